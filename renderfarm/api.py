@@ -1,0 +1,87 @@
+"""The one-call Python API: :func:`render`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from renderfarm.errors import InputError
+from renderfarm.job import JobResult, JobSpec
+
+
+def parse_tiles(tiles: str | Sequence[int]) -> tuple[int, int]:
+    """``"4x2"``, ``"3"`` or ``(4, 2)`` to ``(columns, rows)``.
+
+    Raises:
+        InputError: the grid is malformed or not positive.
+    """
+    if isinstance(tiles, str):
+        text = tiles.lower().strip()
+        try:
+            parts = [int(p) for p in text.split("x")] if "x" in text else [int(text)] * 2
+        except ValueError:
+            parts = []
+        if len(parts) != 2:
+            raise InputError(f"cannot read tiles {tiles!r}; write columns x rows, like '4x2'")
+        tiles = parts
+    grid = tuple(int(v) for v in tiles)
+    if len(grid) != 2 or min(grid) < 1:
+        raise InputError(f"tiles must be at least 1x1 (columns x rows), not {tiles!r}")
+    return grid[0], grid[1]
+
+
+def render(
+    blend_file: str | os.PathLike[str],
+    frames: str | None = None,
+    tiles: str | Sequence[int] = (1, 1),
+    output: str | os.PathLike[str] = "render/####.exr",
+    *,
+    samples: int | None = None,
+    percentage: int | None = None,
+    device: str = "auto",
+    retries: int = 2,
+    task_timeout: float | None = None,
+    allow_scripts: bool = False,
+    overscan: int | None = None,
+    scene: str | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    permit_scripts: bool = False,
+    progress: bool = False,
+) -> JobResult:
+    """Render a ``.blend`` on a Ray cluster and wait for the result.
+
+    Args:
+        blend_file: the file to render.
+        frames: frame range such as ``"1-8"``; None renders the scene's range.
+        tiles: ``(columns, rows)`` or ``"4x2"`` each frame is split into.
+        output: output pattern; ``#`` runs become the frame, the extension picks the format.
+        samples: render samples override.
+        percentage: resolution percentage override.
+        device: ``"auto"``, ``"cpu"`` or ``"gpu"``.
+        retries: tries again for a failed task.
+        task_timeout: seconds before a task is stopped and retried.
+        allow_scripts: run Python embedded in the file (needs ``permit_scripts`` too).
+        overscan: pixels rendered around tiles; None picks them from the scene.
+        scene: the scene to render; None: the file's active scene.
+        address: Ray address (``auto``, ``ray://head:10001``); None starts Ray here.
+        workers: number of workers (None: one per GPU, or one per node for CPU).
+        permit_scripts: let this farm run jobs that allow scripts.
+        progress: show a progress bar on standard error.
+
+    Returns:
+        The job's result; ``result.outputs`` maps frames to files.
+
+    Raises:
+        RenderFarmError: bad input, a failed render or a failed merge.
+    """
+    from renderfarm.farm import Farm, check_spec
+
+    spec = JobSpec(
+        blend_file=os.fspath(blend_file), frames=frames, tiles=parse_tiles(tiles),
+        samples=samples, percentage=percentage, device=device, output=os.fspath(output),
+        retries=retries, task_timeout=task_timeout, allow_scripts=allow_scripts,
+        overscan=overscan, scene=scene)
+    check_spec(spec)
+    with Farm(address=address, workers=workers, permit_scripts=permit_scripts) as farm:
+        return farm.render(spec, progress=progress)

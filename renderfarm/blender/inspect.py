@@ -1,0 +1,170 @@
+"""Facts about a loaded scene: what planning needs (:func:`scene_info`) and what a user checks
+before sending a file to the farm (:func:`file_report`)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Any
+
+from renderfarm.job import SceneInfo
+
+#: compositor nodes that do not change the rendered image
+_NEUTRAL_NODES = {"R_LAYERS", "COMPOSITE", "GROUP_OUTPUT", "GROUP_INPUT", "VIEWER", "REROUTE",
+                  "FRAME", "NodeFrame", "NodeReroute", "NodeGroupOutput", "NodeGroupInput",
+                  "CompositorNodeRLayers", "CompositorNodeComposite", "CompositorNodeViewer"}
+
+_PASS_FLAGS = re.compile(r"^use_pass_(.+)$")
+
+
+def _compositor_changes_image(scene: Any) -> bool:
+    """Whether the compositor or sequencer alters the rendered image (needs the whole frame)."""
+    render = scene.render
+    if render.use_sequencer and scene.sequence_editor is not None:
+        strips = getattr(scene.sequence_editor, "strips_all", None)
+        if strips is None:
+            strips = getattr(scene.sequence_editor, "sequences_all", [])
+        if any(not s.mute for s in strips):
+            return True
+    if not render.use_compositing:
+        return False
+    tree = getattr(scene, "compositing_node_group", None)
+    if tree is None:
+        return False
+    for node in tree.nodes:
+        if node.mute:
+            continue
+        if node.type not in _NEUTRAL_NODES and node.bl_idname not in _NEUTRAL_NODES:
+            return True
+    return False
+
+
+def _passes(layer: Any) -> list[str]:
+    names = []
+    for holder in (layer, getattr(layer, "cycles", None), getattr(layer, "eevee", None)):
+        if holder is None:
+            continue
+        for prop in holder.bl_rna.properties:
+            match = _PASS_FLAGS.match(prop.identifier)
+            if (match and prop.type == "BOOLEAN" and getattr(holder, prop.identifier)
+                    and match.group(1) != "cryptomatte_accurate"):
+                names.append(match.group(1))
+    names.extend(f"aov:{aov.name}" for aov in getattr(layer, "aovs", []))
+    names.extend(f"lightgroup:{lg.name}" for lg in getattr(layer, "lightgroups", []))
+    return names
+
+
+def scene_info(scene: Any) -> SceneInfo:
+    """The planning facts of a ``bpy.types.Scene``."""
+    render = scene.render
+    cycles = getattr(scene, "cycles", None)
+    is_cycles = render.engine == "CYCLES" and cycles is not None
+    layers = {vl.name: _passes(vl) for vl in scene.view_layers if vl.use}
+    denoise = bool(is_cycles and cycles.use_denoising)
+    return SceneInfo(
+        scene=scene.name,
+        engine=render.engine,
+        resolution=(render.resolution_x, render.resolution_y),
+        percentage=render.resolution_percentage,
+        frame_start=scene.frame_start,
+        frame_end=scene.frame_end,
+        frame_step=scene.frame_step,
+        camera=scene.camera.name if scene.camera is not None else None,
+        use_border=bool(render.use_border),
+        border=(render.border_min_x, render.border_min_y, render.border_max_x,
+                render.border_max_y),
+        crop_to_border=bool(render.use_crop_to_border),
+        samples=int(cycles.samples) if is_cycles else None,
+        adaptive_sampling=bool(is_cycles and cycles.use_adaptive_sampling),
+        denoising=denoise,
+        compositing=_compositor_changes_image(scene),
+        view_layers=layers,
+        libraries=[lib.filepath for lib in _bpy_data().libraries],
+        missing_files=missing_files(),
+        file_format=render.image_settings.file_format,
+        fps=render.fps / render.fps_base,
+    )
+
+
+def _bpy_data() -> Any:
+    import bpy
+
+    return bpy.data
+
+
+def _exists(path: str) -> bool:
+    if "<UDIM>" in path or "<UVTILE>" in path:
+        pattern = path.replace("<UDIM>", "1[0-9][0-9][0-9]").replace("<UVTILE>", "u*_v*")
+        return bool(glob.glob(glob.escape(os.path.dirname(pattern)) + "/"
+                              + os.path.basename(pattern)))
+    return os.path.exists(path)
+
+
+def missing_files() -> list[str]:
+    """External files the open ``.blend`` uses that do not exist (absolute paths)."""
+    import bpy
+
+    missing: list[str] = []
+    collections = [bpy.data.libraries, bpy.data.images, bpy.data.movieclips, bpy.data.sounds,
+                   bpy.data.fonts, bpy.data.cache_files, bpy.data.volumes]
+    for collection in collections:
+        for block in collection:
+            path = getattr(block, "filepath", "")
+            if not path or path == "<builtin>":
+                continue
+            if getattr(block, "packed_file", None) is not None:
+                continue
+            if getattr(block, "source", "FILE") in {"GENERATED", "VIEWER"}:
+                continue
+            library = getattr(block, "library", None)
+            absolute = bpy.path.abspath(path, library=library)
+            if getattr(block, "source", "") == "TILED":
+                absolute = re.sub(r"\.1\d{3}\.", ".<UDIM>.", absolute) if "<UDIM>" not in \
+                    absolute else absolute
+            if not _exists(os.path.normpath(absolute)):
+                missing.append(os.path.normpath(absolute))
+    return sorted(set(missing))
+
+
+def file_report(path: str) -> dict[str, Any]:
+    """Everything ``renderfarm inspect`` shows about the open file and its scenes."""
+    import bpy
+
+    scenes = []
+    for scene in bpy.data.scenes:
+        info = scene_info(scene)
+        scenes.append(info.to_dict())
+    active = bpy.context.scene.name if bpy.context.scene is not None else None
+    return {
+        "file": path,
+        "blender_version": ".".join(str(v) for v in bpy.data.version[:2]),
+        "active_scene": active,
+        "scenes": scenes,
+        "libraries": [lib.filepath for lib in bpy.data.libraries],
+        "missing_files": missing_files(),
+    }
+
+
+def _main(argv: list[str]) -> int:  # pragma: no cover - run by renderfarm.cli in a child
+    """``python -m renderfarm.blender.inspect FILE OUT.json``: open FILE, write its report."""
+    import json
+
+    from renderfarm.blender.session import open_blend
+    from renderfarm.errors import RenderFarmError
+
+    path, out = argv[0], argv[1]
+    try:
+        open_blend(path, allow_scripts=False)
+        report: dict[str, Any] = file_report(os.path.abspath(path))
+    except RenderFarmError as exc:
+        report = {"error": exc.to_dict()}
+    with open(out, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

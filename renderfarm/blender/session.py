@@ -1,0 +1,325 @@
+"""A Blender session that keeps one ``.blend`` loaded and renders tasks from it.
+
+One session lives in each worker process. It opens a file with Python scripts disabled unless
+asked, applies a job's settings once, and renders regions of frames to multilayer EXR pieces
+(or whole frames straight to the output format) while Cycles keeps its scene data between
+renders (``use_persistent_data``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from renderfarm.errors import BlendFileError, RenderError, SceneError
+from renderfarm.job import RenderSettings, SceneInfo, Task
+from renderfarm.planner import border_for
+
+logger = logging.getLogger(__name__)
+
+_MEM = re.compile(r"(Peak|Mem):\s*([\d.]+)\s*([KMG])", re.IGNORECASE)
+_UNIT = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}
+#: extensions of files Blender writes per format
+EXTENSIONS = {"OPEN_EXR_MULTILAYER": ".exr", "PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif"}
+
+
+def is_blend_file(path: str) -> bool:
+    """Whether a file starts like a ``.blend`` (plain, gzip or zstd compressed)."""
+    with open(path, "rb") as handle:
+        head = handle.read(7)
+    return head.startswith(b"BLENDER") or head[:2] == b"\x1f\x8b" or head[:4] == \
+        b"\x28\xb5\x2f\xfd"
+
+
+def open_blend(path: str, allow_scripts: bool = False) -> float:
+    """Open a ``.blend`` file in this process and return the seconds it took.
+
+    Raises:
+        BlendFileError: the file is missing, is not a ``.blend`` or Blender cannot read it.
+    """
+    import bpy
+
+    if not os.path.isfile(path):
+        raise BlendFileError("file not found; check the path", path=path)
+    if not is_blend_file(path):
+        raise BlendFileError("not a .blend file (it does not start with a Blender header)",
+                             path=path)
+    start = time.perf_counter()
+    try:
+        bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=allow_scripts)
+    except RuntimeError as exc:
+        detail = str(exc).split("failed:", 1)[-1].strip().splitlines()[0]
+        raise BlendFileError(
+            f"Blender cannot open this file ({detail}); the file is damaged or was written "
+            "by an incompatible Blender version: save it again from Blender",
+            path=path, retryable=False,
+        ) from exc
+    return time.perf_counter() - start
+
+
+def find_scene(name: str | None) -> Any:
+    """The scene called ``name`` in the open file, or the file's active scene.
+
+    Raises:
+        SceneError: there is no such scene.
+    """
+    import bpy
+
+    if name is None:
+        scene = bpy.context.scene or (bpy.data.scenes[0] if bpy.data.scenes else None)
+        if scene is None:
+            raise SceneError("the file holds no scene")
+        return scene
+    scene = bpy.data.scenes.get(name)
+    if scene is None:
+        known = ", ".join(s.name for s in bpy.data.scenes)
+        raise SceneError(f"no scene called {name!r} in the file; scenes: {known}")
+    return scene
+
+
+def set_output_format(scene: Any, file_format: str) -> None:
+    """Make ``scene`` write ``file_format``, keeping the scene's own settings where they apply.
+
+    When the scene already writes that format its depth, colour mode, codec and quality stay;
+    multilayer EXR defaults to 32-bit float with ZIP compression.
+    """
+    settings = scene.render.image_settings
+    if settings.file_format == file_format:
+        return
+    if file_format == "OPEN_EXR_MULTILAYER":
+        settings.media_type = "MULTI_LAYER_IMAGE"
+        settings.file_format = file_format
+        settings.color_depth = "32"
+        settings.exr_codec = "ZIP"
+    else:
+        settings.media_type = "IMAGE"
+        settings.file_format = file_format
+
+
+@dataclass
+class PieceStats:
+    """Measurements of one rendered task."""
+
+    render_seconds: float
+    peak_memory_mb: float
+    rss_mb: float
+
+
+class BlenderSession:
+    """Keeps one scene loaded in this process and renders tasks from it.
+
+    A job's settings are applied once (:meth:`prepare`); tasks of the same job then only move
+    the frame and the border. A job with other settings reopens the file, so no job inherits
+    another's overrides.
+
+    Args:
+        assigned_gpus: GPU ids Ray assigned to this worker (for ``device="gpu"``).
+    """
+
+    def __init__(self, assigned_gpus: Sequence[int] | None = None) -> None:
+        self.assigned_gpus = list(assigned_gpus) if assigned_gpus is not None else None
+        self.loaded_hash: str | None = None
+        self.device_label = ""
+        self._key: tuple[Any, ...] | None = None
+        self._allow_scripts = False
+        self._scene_name: str | None = None
+        self._format = "OPEN_EXR_MULTILAYER"
+        self._border: tuple[Any, ...] = ()
+        self._info: dict[str | None, SceneInfo] = {}
+        self._stats: list[str] = []
+
+    # -- loading -----------------------------------------------------------------------------
+    def _open(self, path: str, blend_hash: str, allow_scripts: bool) -> float:
+        self.loaded_hash = None
+        self._key = None
+        self._info = {}
+        seconds = open_blend(path, allow_scripts)
+        self.loaded_hash = blend_hash
+        self._allow_scripts = allow_scripts
+        return seconds
+
+    def info(self, path: str, blend_hash: str, allow_scripts: bool,
+             scene: str | None) -> SceneInfo:
+        """The planning facts of a scene as the file has them (no job settings applied)."""
+        from renderfarm.blender.inspect import scene_info
+
+        if self.loaded_hash == blend_hash and scene in self._info:
+            return self._info[scene]
+        if self.loaded_hash != blend_hash or self._key is not None \
+                or self._allow_scripts != allow_scripts:
+            self._open(path, blend_hash, allow_scripts)
+        self._info[scene] = scene_info(find_scene(scene))
+        return self._info[scene]
+
+    @property
+    def scene(self) -> Any:
+        """The scene being rendered."""
+        return find_scene(self._scene_name)
+
+    def prepare(self, path: str, settings: RenderSettings, output_format: str) -> float:
+        """Load the file and apply a job's settings unless they are in place already.
+
+        Returns:
+            Seconds spent opening the file (0 when it stayed loaded).
+        """
+        key = (settings, output_format)
+        if self._key == key and self.loaded_hash == settings.blend_hash:
+            return 0.0
+        seconds = 0.0
+        if (self.loaded_hash != settings.blend_hash or self._key is not None
+                or self._allow_scripts != settings.allow_scripts):
+            seconds = self._open(path, settings.blend_hash, settings.allow_scripts)
+        self.info(path, settings.blend_hash, settings.allow_scripts, settings.scene)
+        self._configure(settings, output_format)
+        self._key = key
+        return seconds
+
+    def _configure(self, settings: RenderSettings, output_format: str) -> None:
+        from renderfarm.blender.device import configure_device
+
+        self._scene_name = settings.scene
+        scene = self.scene
+        render = scene.render
+        if settings.samples is not None and render.engine == "CYCLES":
+            scene.cycles.samples = settings.samples
+        if settings.samples is not None and render.engine.startswith("BLENDER_EEVEE"):
+            scene.eevee.taa_render_samples = settings.samples
+        if settings.percentage is not None:
+            render.resolution_percentage = settings.percentage
+        if render.engine == "CYCLES":
+            self.device_label = configure_device(scene, settings.device, self.assigned_gpus)
+        else:
+            self.device_label = render.engine
+        if settings.threads:
+            render.threads_mode = "FIXED"
+            render.threads = settings.threads
+        render.use_persistent_data = True
+        render.use_compositing = settings.compositing and render.use_compositing
+        if not settings.compositing:
+            render.use_sequencer = False
+        set_output_format(scene, output_format)
+        self._format = output_format
+        self._border = (render.use_border, render.use_crop_to_border, render.border_min_x,
+                        render.border_min_y, render.border_max_x, render.border_max_y)
+        if self._record_stats not in _handlers():
+            _handlers().append(self._record_stats)
+
+    # -- rendering ---------------------------------------------------------------------------
+    def _record_stats(self, text: Any) -> None:
+        self._stats.append(str(text))
+
+    def _peak_memory(self) -> float:
+        peak = 0.0
+        for line in self._stats:
+            for _kind, value, unit in _MEM.findall(line):
+                peak = max(peak, float(value) * _UNIT[unit.upper()])
+        return peak
+
+    def render(self, task: Task, path: str) -> PieceStats:
+        """Render ``task`` into ``path`` in the prepared format.
+
+        Raises:
+            RenderError: Blender reported a failure or wrote no file.
+        """
+        import bpy
+
+        if self._key is None:
+            raise RenderError("the worker has no job prepared", frame=task.frame)
+        scene = self.scene
+        render = scene.render
+        scene.frame_set(task.frame)
+        if task.tiled:
+            min_x, min_y, max_x, max_y = border_for(task.tile.render, task.size)
+            render.use_border = True
+            render.use_crop_to_border = True
+            render.border_min_x, render.border_max_x = min_x, max_x
+            render.border_min_y, render.border_max_y = min_y, max_y
+        else:
+            (render.use_border, render.use_crop_to_border, render.border_min_x,
+             render.border_min_y, render.border_max_x, render.border_max_y) = self._border
+        render.filepath = path
+        render.use_file_extension = False
+        self._stats.clear()
+        if os.path.exists(path):
+            os.remove(path)
+        start = time.perf_counter()
+        try:
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        except RuntimeError as exc:
+            raise RenderError(f"Blender failed to render: {exc}", frame=task.frame,
+                              tile=task.tile.index) from exc
+        seconds = time.perf_counter() - start
+        if not os.path.isfile(path):
+            raise RenderError("Blender finished but wrote no image; see the worker log",
+                              frame=task.frame, tile=task.tile.index)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        return PieceStats(seconds, self._peak_memory(), rss)
+
+    def convert(self, source: str, target: str, file_format: str) -> None:
+        """Write the RGBA float image ``source`` as ``target`` the way Blender writes renders.
+
+        The image goes through a copy of the job's scene whose compositor only reads it, so
+        Blender's own output path applies the scene's colour management (view transform,
+        look, exposure, display), its dither and its settings for ``file_format``; nothing is
+        rendered. The job's scene itself is not changed.
+        """
+        import bpy
+
+        if self._key is None:
+            raise RenderError("the worker has no job prepared to convert for", path=source)
+        scene = self._convert_scene()
+        image = bpy.data.images.load(source, check_existing=False)
+        tree = scene.compositing_node_group
+        try:
+            scene.compositing_node_group.nodes["renderfarm-image"].image = image
+            scene.render.resolution_x, scene.render.resolution_y = image.size[:]
+            set_output_format(scene, file_format)
+            scene.render.filepath = target
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        finally:
+            bpy.data.images.remove(image)
+            bpy.data.scenes.remove(scene)
+            bpy.data.node_groups.remove(tree)
+        if not os.path.isfile(target):
+            raise RenderError(f"Blender did not write {target}", path=target)
+
+    def _convert_scene(self) -> Any:
+        """A fresh copy of the job's scene whose compositor shows one image."""
+        import bpy
+
+        name = "renderfarm-convert"
+        scene = self.scene.copy()
+        scene.name = name
+        tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        node = tree.nodes.new("CompositorNodeImage")
+        node.name = "renderfarm-image"
+        output = tree.nodes.new("NodeGroupOutput")
+        tree.links.new(node.outputs["Image"], output.inputs[0])
+        scene.compositing_node_group = tree
+        render = scene.render
+        render.use_compositing = True
+        render.use_sequencer = False
+        render.use_border = False
+        render.resolution_percentage = 100
+        render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+        render.use_file_extension = False
+        return scene
+
+
+def _handlers() -> list[Any]:
+    import bpy
+
+    return bpy.app.handlers.render_stats  # type: ignore[no-any-return]
+
+
+def piece_extension(output_format: str) -> str:
+    """File extension for a piece in ``output_format``."""
+    return EXTENSIONS[output_format]
+

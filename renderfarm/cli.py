@@ -1,0 +1,236 @@
+"""The ``renderfarm`` command.
+
+Exit codes: 0 done, 2 usage, 3 bad input, 4 render failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from renderfarm import __version__
+from renderfarm.errors import RenderFarmError
+
+logger = logging.getLogger("renderfarm")
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``renderfarm`` command."""
+    parser = _Parser(prog="renderfarm", description="Render Blender scenes on a Ray cluster.")
+    parser.add_argument("--version", action="version", version=f"renderfarm {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging; show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    render = sub.add_parser("render", parents=[common], help="render a .blend on the farm",
+                            description="Render a .blend on a Ray cluster (a local one by "
+                            "default) and write one merged image per frame.")
+    render.add_argument("blend", help="the .blend file")
+    render.add_argument("--frames", help="frames, e.g. '1-8' or '1-10,15,20-30x2' "
+                        "(default: the scene's range)")
+    render.add_argument("--tiles", default="1x1", help="split each frame in COLSxROWS tiles "
+                        "(default 1x1)")
+    render.add_argument("-o", "--output", default=None,
+                        help="output pattern; '#' runs are the frame, the extension picks the "
+                        "format: .exr (multilayer, all passes), .png, .jpg, .tif "
+                        "(default: render/<file>_####.exr)")
+    render.add_argument("--samples", type=_positive_int, help="render samples override")
+    render.add_argument("--percentage", type=_positive_int,
+                        help="resolution percentage override")
+    render.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="render device (default: auto, GPU when the cluster has one)")
+    render.add_argument("--scene", help="scene to render (default: the file's active scene)")
+    render.add_argument("--address", help="Ray cluster address ('auto', 'ray://head:10001'); "
+                        "default: start Ray on this machine")
+    render.add_argument("--workers", type=_positive_int,
+                        help="number of workers (default: one per GPU, or one per node)")
+    render.add_argument("--retries", type=int, default=2, help="tries again for a failed task")
+    render.add_argument("--timeout", type=float, help="seconds a task may take")
+    render.add_argument("--overscan", type=int,
+                        help="pixels rendered around each tile (default: from the scene)")
+    render.add_argument("--allow-scripts", action="store_true",
+                        help="run Python embedded in the file (needs --permit-scripts)")
+    render.add_argument("--permit-scripts", action="store_true",
+                        help="let this farm run jobs that allow scripts")
+    render.add_argument("--json", action="store_true",
+                        help="print a machine-readable summary on stdout")
+    render.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    inspect = sub.add_parser("inspect", parents=[common], help="show what a .blend holds",
+                             description="Show engine, resolution, frame range, camera, view "
+                             "layers and passes, linked and missing files of a .blend.")
+    inspect.add_argument("blend", help="the .blend file")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
+                                         logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        if args.command == "render":
+            return _render(args)
+        return _inspect(args)
+    except KeyboardInterrupt:
+        print("renderfarm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RenderFarmError as exc:
+        if args.verbose:
+            logger.exception("details")
+        print(f"renderfarm: error: {exc.one_line()}", file=sys.stderr)
+        if exc.log_tail and args.verbose:
+            print(exc.log_tail, file=sys.stderr)
+        return exc.exit_code
+
+
+def _render(args: argparse.Namespace) -> int:
+    from renderfarm.api import parse_tiles
+    from renderfarm.farm import Farm, FarmConfig, check_spec
+    from renderfarm.job import JobSpec
+
+    output = args.output
+    if output is None:
+        stem = os.path.splitext(os.path.basename(args.blend))[0]
+        output = os.path.join("render", f"{stem}_####.exr")
+    spec = JobSpec(blend_file=args.blend, frames=args.frames, tiles=parse_tiles(args.tiles),
+                   samples=args.samples, percentage=args.percentage, device=args.device,
+                   output=output, retries=args.retries, task_timeout=args.timeout,
+                   allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene)
+    config = FarmConfig(address=args.address, workers=args.workers,
+                        permit_scripts=args.permit_scripts)
+    check_spec(spec, config)  # bad input fails here, before Ray starts
+    with Farm(config=config) as farm:
+        handle = farm.submit(spec)
+        try:
+            _follow(handle, show_bar=not (args.no_progress or args.quiet or args.json))
+            result = handle.result()
+        except KeyboardInterrupt:
+            print("renderfarm: cancelling...", file=sys.stderr)
+            handle.cancel()
+            handle.wait(60)
+            raise
+    if args.json:
+        summary = result.to_dict()
+        summary["render_seconds"] = result.render_seconds
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        first, last = min(result.outputs), max(result.outputs)
+        print(f"rendered {len(result.outputs)} frame(s) in {result.wall_seconds:.1f} s on "
+              f"{result.workers} {result.device} worker(s): {result.outputs[first]}"
+              + (f" .. {result.outputs[last]}" if last != first else ""))
+    return EXIT_OK
+
+
+def _follow(handle: Any, show_bar: bool) -> None:
+    if show_bar:
+        from renderfarm.progress import show_progress
+
+        show_progress(handle)
+        return
+    for event in handle.events():
+        if event.kind in ("warning", "task_retry", "task_failed"):
+            print(f"renderfarm: {event.kind.replace('_', ' ')}: {event.message}",
+                  file=sys.stderr)
+
+
+def inspect_file(path: str) -> dict[str, Any]:
+    """Inspect a ``.blend`` in a child process (a crashing file cannot take the caller down).
+
+    Raises:
+        BlendFileError: the file is missing, not a ``.blend``, or Blender cannot open it.
+    """
+    from renderfarm.errors import BlendFileError
+    from renderfarm.executor import error_from
+
+    if not os.path.isfile(path):
+        raise BlendFileError("file not found; check the path", path=path)
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "report.json")
+        proc = subprocess.run(
+            [sys.executable, "-m", "renderfarm.blender.inspect", path, out],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        if not os.path.exists(out):
+            tail = "\n".join(proc.stdout.splitlines()[-10:])
+            raise BlendFileError(f"Blender crashed while opening the file (exit code "
+                                 f"{proc.returncode})", path=path, log_tail=tail)
+        with open(out, encoding="utf-8") as handle:
+            report: dict[str, Any] = json.load(handle)
+    if "error" in report:
+        raise error_from(report["error"])
+    return report
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    report = inspect_file(args.blend)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(format_report(report))
+    return EXIT_OK
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable form of an inspection report."""
+    lines = [f"file: {report['file']} (saved by Blender {report['blender_version']})"]
+    for scene in report["scenes"]:
+        active = " (active)" if scene["scene"] == report["active_scene"] else ""
+        res = scene["resolution"]
+        lines += [
+            f"scene {scene['scene']}{active}",
+            f"  engine: {scene['engine']}",
+            f"  resolution: {res[0]}x{res[1]} at {scene['percentage']}%",
+            f"  frames: {scene['frame_start']}-{scene['frame_end']} step {scene['frame_step']}"
+            f" at {scene['fps']:g} fps",
+            f"  camera: {scene['camera'] or 'NONE (cannot render; set a camera)'}",
+        ]
+        if scene["use_border"]:
+            lines.append(f"  border: {scene['border']} crop={scene['crop_to_border']}")
+        if scene["samples"] is not None:
+            lines.append(f"  samples: {scene['samples']} adaptive={scene['adaptive_sampling']}"
+                         f" denoising={scene['denoising']}")
+        lines.append(f"  compositing: {'yes' if scene['compositing'] else 'no'}")
+        for layer, passes in scene["view_layers"].items():
+            lines.append(f"  view layer {layer}: {', '.join(passes) or 'combined'}")
+    lines.append("linked files: " + (", ".join(report["libraries"]) or "none"))
+    missing = report["missing_files"]
+    lines.append("missing files: " + (", ".join(missing) if missing else "none"))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Errors raised by renderfarm.
+
+Every error carries the context a user needs to act on it (the file, frame or tile it concerns,
+the tail of a log) and says whether retrying the same work can help. The CLI prints
+:meth:`RenderFarmError.one_line` and exits with :attr:`RenderFarmError.exit_code`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RenderFarmError(Exception):
+    """Base class of every error renderfarm raises on purpose.
+
+    Args:
+        message: what went wrong and what to do about it, in one sentence.
+        path: the file the error concerns, if any.
+        frame: the frame the error concerns, if any.
+        tile: the tile index the error concerns, if any.
+        log_tail: the last lines a worker logged before the error, if any.
+        retryable: whether running the same work again may succeed.
+    """
+
+    #: exit code of the CLI for this kind of error.
+    exit_code: int = 4
+    #: default for ``retryable`` when the constructor does not say.
+    default_retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        frame: int | None = None,
+        tile: int | None = None,
+        log_tail: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.frame = frame
+        self.tile = tile
+        self.log_tail = log_tail
+        self.retryable = self.default_retryable if retryable is None else retryable
+
+    def one_line(self) -> str:
+        """The error as the single line the CLI prints."""
+        where = []
+        if self.path is not None:
+            where.append(str(self.path))
+        if self.frame is not None:
+            where.append(f"frame {self.frame}")
+        if self.tile is not None:
+            where.append(f"tile {self.tile}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        return prefix + " ".join(self.message.split())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form of the error (used in task results and ``--json``)."""
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "path": self.path,
+            "frame": self.frame,
+            "tile": self.tile,
+            "log_tail": self.log_tail,
+            "retryable": self.retryable,
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments do not survive pickling by default; Ray pickles errors.
+        return (_rebuild, (type(self), self.to_dict()))
+
+
+def _rebuild(cls: type[RenderFarmError], data: dict[str, Any]) -> RenderFarmError:
+    return cls(
+        data["message"],
+        path=data["path"],
+        frame=data["frame"],
+        tile=data["tile"],
+        log_tail=data["log_tail"],
+        retryable=data["retryable"],
+    )
+
+
+class UsageError(RenderFarmError):
+    """The command or call itself is malformed (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class InputError(RenderFarmError):
+    """The input is wrong: a missing or corrupt file, a bad frame range, an impossible tile grid."""
+
+    exit_code = 3
+
+
+class FrameRangeError(InputError):
+    """A frame-range string cannot be parsed or selects no frame."""
+
+
+class BlendFileError(InputError):
+    """A ``.blend`` file is missing, is not a ``.blend`` file, or cannot be opened."""
+
+
+class SceneError(InputError):
+    """The scene cannot be rendered as asked (no camera, tiles larger than the image, ...)."""
+
+
+class OutputError(InputError):
+    """The output pattern is unusable: unknown extension or a folder that cannot be written."""
+
+
+class ResourceError(InputError):
+    """The job asks for resources the cluster does not have (e.g. GPUs on a CPU-only cluster)."""
+
+
+class RenderError(RenderFarmError):
+    """A task failed while rendering (CLI exit code 4)."""
+
+    default_retryable = True
+
+
+class WorkerDiedError(RenderError):
+    """A worker process died (Blender crashed, the node went away) while it held a task."""
+
+
+class TaskTimeoutError(RenderError):
+    """A task ran longer than the job's per-task timeout."""
+
+
+class MergeError(RenderFarmError):
+    """Pieces of a frame could not be merged or the output could not be written."""
+
+
+class JobFailedError(RenderFarmError):
+    """A job ended with tasks that failed after all retries."""
+
+
+class CancelledError(RenderFarmError):
+    """The job was cancelled by the user (CLI exit code 130)."""
+
+    exit_code = 130

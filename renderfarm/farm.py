@@ -1,0 +1,614 @@
+"""The farm: plan -> dispatch -> collect -> merge -> report, for jobs on a Ray cluster.
+
+:class:`Farm` owns the connection to Ray, pools of long-lived workers (one pool per device
+kind) and a dispatcher thread per pool. :meth:`Farm.submit` checks a job, returns a
+:class:`JobHandle` at once and runs the job in the background; several jobs can run at once
+and share the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from renderfarm.errors import (
+    BlendFileError,
+    CancelledError,
+    InputError,
+    JobFailedError,
+    MergeError,
+    OutputError,
+    RenderFarmError,
+)
+from renderfarm.events import Event
+from renderfarm.executor import (
+    START_TIMEOUT,
+    PoolShape,
+    Source,
+    WorkerHandle,
+    WorkerPool,
+    cluster_resources,
+    dispatch,
+    error_from,
+    file_hash,
+    new_job_id,
+    plan_pool,
+    scene_info_from,
+)
+from renderfarm.frames import parse_frames
+from renderfarm.job import (
+    JobResult,
+    JobSpec,
+    RenderSettings,
+    SceneInfo,
+    Task,
+    TaskResult,
+    output_format,
+    output_path,
+)
+from renderfarm.merge import Piece, combined_rgba, merge_pieces, write_atomically
+from renderfarm.planner import Plan, plan_job
+from renderfarm.state import JobState, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+_EXTENSIONS = {"OPEN_EXR_MULTILAYER": ".exr", "PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif"}
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    """How a farm runs.
+
+    Attributes:
+        address: Ray address (``auto``, ``ray://head:10001``); None starts Ray on this machine.
+        workers: workers per pool (None: one per GPU, or one per node for CPU).
+        cpus_per_worker: CPUs each CPU worker takes (None: a node's CPUs shared out).
+        permit_scripts: whether jobs may ask to run Python embedded in ``.blend`` files.
+        max_frames: the most frames one job may render.
+        start_timeout: seconds to wait for workers before calling the cluster too small.
+        merge_threads: frames merged at once on the driver.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float | None = None
+    permit_scripts: bool = False
+    max_frames: int = 100_000
+    start_timeout: float = START_TIMEOUT
+    merge_threads: int = 2
+
+
+def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
+    """Check a job before anything starts: the file, the frames, the output, the permissions.
+
+    Raises:
+        BlendFileError: the file is missing or is not a ``.blend``.
+        FrameRangeError: the frames are malformed or too many.
+        OutputError: the output extension is unknown or its folder cannot be written.
+        InputError: the job asks to run scripts and the farm does not permit it.
+    """
+    from renderfarm.blender.session import is_blend_file
+
+    config = config or FarmConfig()
+    path = spec.blend_file
+    if not os.path.exists(path):
+        raise BlendFileError("file not found; check the path", path=path)
+    if os.path.isdir(path) or not is_blend_file(path):
+        raise BlendFileError("not a .blend file; give the path of a file saved by Blender",
+                             path=path)
+    if spec.frames is not None:
+        parse_frames(spec.frames, max_count=config.max_frames)
+    if spec.allow_scripts and not config.permit_scripts:
+        raise InputError(
+            "the job asks to run Python scripts embedded in the file, but this farm does not "
+            "permit it; start the farm with scripts permitted (--permit-scripts) or render "
+            "without --allow-scripts", path=path)
+    output_format(spec.output)
+    check_output_folder(output_path(spec.output, 0).parent)
+
+
+def check_output_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure files can be written in it.
+
+    Raises:
+        OutputError: the folder cannot be created or written.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror}); choose another "
+                          "--output", path=str(folder)) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError("the output folder is not writable; choose another --output",
+                          path=str(folder))
+
+
+class JobHandle:
+    """A running job: its events, its result, and a way to cancel it."""
+
+    def __init__(self, job_id: str, spec: JobSpec) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self._events: queue.Queue[Event | None] = queue.Queue()
+        self._finished = threading.Event()
+        self._cancel = threading.Event()
+        self._result: JobResult | None = None
+        self._error: RenderFarmError | None = None
+
+    def events(self) -> Iterator[Event]:
+        """Yield the job's events as they happen, until it ends (one consumer only)."""
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            yield event
+
+    def result(self, timeout: float | None = None) -> JobResult:
+        """Wait for the job and return its result.
+
+        Raises:
+            RenderFarmError: the job failed or was cancelled.
+            TimeoutError: ``timeout`` passed first.
+        """
+        if not self._finished.wait(timeout):
+            raise TimeoutError(f"job {self.job_id} still running after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        """Stop the job: running tasks are stopped, nothing more is started."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancel.is_set()
+
+    def done(self) -> bool:
+        """Whether the job has ended (done, failed or cancelled)."""
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job ends; True when it has."""
+        return self._finished.wait(timeout)
+
+    def _emit(self, event: Event) -> None:
+        self._events.put(event)
+
+    def _end(self, result: JobResult | None, error: RenderFarmError | None) -> None:
+        self._result, self._error = result, error
+        self._finished.set()
+        self._events.put(None)
+
+
+class _PoolRunner:
+    """A worker pool with its dispatcher thread and the sources it serves."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.sources: list[Source] = []
+        self.lock = threading.Lock()
+        self.closing = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="renderfarm-dispatch",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            dispatch(self.pool, self._sources, lambda: self.closing)
+        except BaseException as exc:  # keep the farm alive; jobs see it as a failure
+            logger.exception("dispatcher stopped")
+            self.error = exc
+
+    def _sources(self) -> list[Source]:
+        with self.lock:
+            return list(self.sources)
+
+    def add(self, source: Source) -> None:
+        with self.lock:
+            self.sources.append(source)
+
+    def remove(self, source: Source) -> None:
+        with self.lock:
+            if source in self.sources:
+                self.sources.remove(source)
+
+
+class Farm:
+    """Renders jobs on a Ray cluster with long-lived Blender workers.
+
+    Args:
+        address: Ray address; None starts Ray on this machine (the embedded default).
+        workers: workers per pool (see :class:`FarmConfig`).
+        cpus_per_worker: CPUs per CPU worker.
+        permit_scripts: allow jobs that ask to run scripts embedded in ``.blend`` files.
+        config: all settings at once (the other arguments override it).
+        worker_class: the worker actor class (tests and benchmarks may swap it).
+
+    Use it as a context manager, or call :meth:`shutdown`, so no worker is left behind.
+    """
+
+    def __init__(self, address: str | None = None, *, workers: int | None = None,
+                 cpus_per_worker: float | None = None, permit_scripts: bool | None = None,
+                 config: FarmConfig | None = None, worker_class: type | None = None) -> None:
+        config = config or FarmConfig()
+        overrides: dict[str, Any] = {}
+        if address is not None:
+            overrides["address"] = address
+        if workers is not None:
+            overrides["workers"] = workers
+        if cpus_per_worker is not None:
+            overrides["cpus_per_worker"] = cpus_per_worker
+        if permit_scripts is not None:
+            overrides["permit_scripts"] = permit_scripts
+        self.config = replace(config, **overrides)
+        if self.config.workers is not None and self.config.workers < 1:
+            raise InputError(f"workers must be 1 or more, not {self.config.workers}")
+        self.worker_class = worker_class
+        self._started_ray = False
+        self._runners: dict[str, _PoolRunner] = {}
+        self._lock = threading.Lock()
+        self._merger = ThreadPoolExecutor(self.config.merge_threads,
+                                          thread_name_prefix="renderfarm-merge")
+        self._jobs: list[JobHandle] = []
+        self._connect()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        address = self.config.address
+        if address is None or not address.startswith("ray://"):
+            kwargs["include_dashboard"] = False
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            raise InputError(f"cannot connect to the Ray cluster at {address!r} ({exc}); "
+                             "check --address and that the cluster is up") from exc
+        self._started_ray = True
+
+    def __enter__(self) -> Farm:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Cancel running jobs, kill every worker and disconnect from Ray if this farm
+        connected."""
+        for handle in self._jobs:
+            handle.cancel()
+        for handle in self._jobs:
+            handle.wait(30)
+        for runner in self._runners.values():
+            runner.closing = True
+            runner.thread.join(30)
+            runner.pool.kill_all()
+        self._runners.clear()
+        self._merger.shutdown(wait=True)
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+    def pool_shape(self, device: str) -> PoolShape:
+        """The shape a pool for ``device`` (``cpu`` or ``gpu``) has on this cluster."""
+        cpus, gpus = cluster_resources()
+        return plan_pool(device, cpus, gpus, self.config.workers, self.config.cpus_per_worker)
+
+    def resolve_device(self, device: str) -> str:
+        """``auto`` becomes ``gpu`` when the cluster has a GPU, else ``cpu``."""
+        if device != "auto":
+            return device
+        return "gpu" if cluster_resources()[1] >= 1 else "cpu"
+
+    def _runner(self, device: str) -> _PoolRunner:
+        with self._lock:
+            runner = self._runners.get(device)
+            if runner is None or runner.error is not None:
+                kwargs = {"actor_class": self.worker_class} if self.worker_class else {}
+                pool = WorkerPool(self.pool_shape(device), start_timeout=self.config.start_timeout,
+                                  **kwargs)
+                pool.start()
+                runner = _PoolRunner(pool)
+                self._runners[device] = runner
+            return runner
+
+    # -- jobs --------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec, priority: int = 0) -> JobHandle:
+        """Check a job and start it in the background.
+
+        Raises:
+            InputError: the job is wrong before anything runs (file, frames, output).
+        """
+        check_spec(spec, self.config)
+        handle = JobHandle(new_job_id(), spec)
+        self._jobs.append(handle)
+        thread = threading.Thread(target=_JobRun(self, handle, priority).run,
+                                  name=f"renderfarm-job-{handle.job_id}", daemon=True)
+        thread.start()
+        return handle
+
+    def render(self, spec: JobSpec, progress: bool = False) -> JobResult:
+        """Render a job and wait for it (with a progress bar when ``progress``)."""
+        handle = self.submit(spec)
+        if progress:
+            from renderfarm.progress import show_progress
+
+            show_progress(handle)
+        return handle.result()
+
+
+class _JobRun:
+    """Runs one job: inspect, plan, feed the dispatcher, merge frames, build the result."""
+
+    def __init__(self, farm: Farm, handle: JobHandle, priority: int) -> None:
+        self.farm = farm
+        self.handle = handle
+        self.spec = handle.spec
+        self.priority = priority
+        self.lock = threading.Lock()
+        self.blob: list[Any] = []
+        self.results: list[TaskResult] = []
+        self.outputs: dict[int, Path] = {}
+        self.merges: list[Future[None]] = []
+        self.fatal: RenderFarmError | None = None
+        self.ended = threading.Event()
+        self.frames_done = 0
+        self.warnings: list[str] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+    def emit(self, kind: str, **kwargs: Any) -> None:
+        state = getattr(self, "state", None)
+        plan: Plan | None = getattr(self, "plan", None)
+        self.handle._emit(Event(
+            kind=kind, job_id=self.handle.job_id,
+            tasks_done=state.count(TaskStatus.DONE) if state else 0,
+            tasks_total=state.total if state else 0,
+            frames_done=self.frames_done, frames_total=len(plan.frames) if plan else 0,
+            **kwargs))
+
+    def _put_blob(self) -> None:
+        import ray
+
+        if not self.blob:
+            with open(self.spec.blend_file, "rb") as handle:
+                self.blob.append(ray.put(handle.read()))
+
+    # -- the job -----------------------------------------------------------------------------
+    def run(self) -> None:
+        start = time.monotonic()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"renderfarm-{self.handle.job_id}-"))
+        try:
+            result = self._run(start)
+        except RenderFarmError as exc:
+            self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
+                      message=exc.one_line())
+            self.handle._end(None, exc)
+        except Exception as exc:  # never leave a handle hanging
+            logger.exception("job %s crashed", self.handle.job_id)
+            error = JobFailedError(f"internal error: {type(exc).__name__}: {exc}")
+            self.emit("job_failed", message=error.one_line())
+            self.handle._end(None, error)
+        else:
+            self.emit("job_done", data={"outputs": {str(k): str(v)
+                                                    for k, v in result.outputs.items()}})
+            self.handle._end(result, None)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _run(self, start: float) -> JobResult:
+        spec = self.spec
+        self.emit("job_queued")
+        blend_hash = file_hash(spec.blend_file)
+        device = self.farm.resolve_device(spec.device)
+        runner = self.farm._runner(device)
+        if self.handle.cancelled:
+            raise CancelledError("the job was cancelled")
+        info = self._inspect(runner.pool, blend_hash)
+        self.plan = plan = plan_job(spec, info, self.handle.job_id)
+        for warning in plan.warnings:
+            logger.info("%s", warning)
+            self.warnings.append(warning)
+            self.emit("warning", message=warning)
+        self.state = JobState(plan.tasks, spec.retries)
+        self.final_format = spec.output_format
+        self.piece_format = "OPEN_EXR_MULTILAYER" if plan.tiled else self.final_format
+        self.settings = RenderSettings(
+            blend_path=os.path.abspath(spec.blend_file), blend_hash=blend_hash,
+            scene=spec.scene if spec.scene is not None else info.scene,
+            samples=spec.samples, percentage=spec.percentage, device=device,
+            allow_scripts=spec.allow_scripts, compositing=plan.compositing,
+            threads=runner.pool.shape.threads)
+        self.pool = runner.pool
+        self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
+                                       "tiles": list(plan.tiles), "overscan": plan.overscan,
+                                       "size": list(plan.size)})
+        source = Source(key=blend_hash, next_task=self._next_task, call=self._call,
+                        done=self._done, failed=self._failed, timeout=spec.task_timeout,
+                        priority=self.priority, cancelled=self.handle._cancel)
+        runner.add(source)
+        try:
+            while not self.ended.wait(0.1):
+                if self.handle.cancelled:
+                    break
+                if runner.error is not None:
+                    raise JobFailedError(f"the dispatcher stopped: {runner.error}")
+        finally:
+            runner.remove(source)
+            if self.handle.cancelled:
+                source.cancelled.set()
+        for merge in list(self.merges):
+            merge.exception()  # wait; errors are recorded in self.fatal
+        if self.handle.cancelled:
+            raise CancelledError("the job was cancelled; frames finished before that are kept")
+        if self.fatal is not None:
+            raise self.fatal
+        return JobResult(
+            job_id=self.handle.job_id, spec=spec, scene=info, frames=plan.frames,
+            outputs=dict(sorted(self.outputs.items())), tasks=tuple(self.results),
+            wall_seconds=time.monotonic() - start, device=device,
+            workers=runner.pool.shape.workers, warnings=tuple(self.warnings))
+
+    def _inspect(self, pool: WorkerPool, blend_hash: str) -> SceneInfo:
+        import ray
+
+        spec = self.spec
+        path = os.path.abspath(spec.blend_file)
+        for attempt in range(spec.retries + 2):
+            handle = pool.preferred(blend_hash)
+            try:
+                reply = ray.get(handle.actor.inspect.remote(
+                    path, blend_hash, spec.allow_scripts, spec.scene, self.blob))
+            except ray.exceptions.RayActorError:
+                logger.warning("worker %s died while opening %s (attempt %d)",
+                               handle.worker_id, path, attempt + 1)
+                pool.replace(handle.worker_id)
+                pool.start()
+                continue
+            if reply.get("need_blob"):
+                self._put_blob()
+                continue
+            info = scene_info_from(reply)
+            handle.loaded = blend_hash
+            return info
+        raise BlendFileError("every worker that opened this file crashed; the file may be "
+                             "damaged: open and save it again in Blender",
+                             path=spec.blend_file, retryable=False)
+
+    # -- dispatcher callbacks (dispatcher thread) --------------------------------------------
+    def _next_task(self, worker: str, live: int) -> Task | None:
+        if self.ended.is_set():
+            return None
+        with self.lock:
+            return self.state.next_for(worker, live)
+
+    def _call(self, handle: WorkerHandle, task: Task) -> Any:
+        attempt = self.state.entries[task.index].attempts
+        self.emit("task_started", frame=task.frame, tile=task.tile.index,
+                  data={"worker": handle.worker_id, "attempt": attempt})
+        return handle.actor.render.remote(self.settings.to_dict(), self.piece_format,
+                                          task.to_dict(), attempt, self.blob)
+
+    def _done(self, handle: WorkerHandle, task: Task, value: Any) -> bool:
+        reply, data = value
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            if error.get("need_blob"):
+                self._put_blob()
+                with self.lock:
+                    self.state.requeue(task.index)
+                return True
+            self._failed(handle, task, error_from(error), reply)
+            return True
+        piece = self.scratch / f"{task.task_id}{_EXTENSIONS[self.piece_format]}"
+        piece.write_bytes(data)
+        self.results.append(TaskResult.from_dict(reply))
+        with self.lock:
+            frame_complete = self.state.succeeded(task.index)
+        self.emit("task_done", frame=task.frame, tile=task.tile.index,
+                  data={k: reply.get(k) for k in ("worker", "render_seconds", "device")})
+        if frame_complete:
+            self.merges.append(self.farm._merger.submit(self._merge, task.frame))
+        self._check_end()
+        return True
+
+    def _failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,
+                reply: dict[str, Any] | None = None) -> None:
+        if error.frame is None:
+            error.frame = task.frame
+        if reply is not None:
+            self.results.append(TaskResult.from_dict({**reply, "ok": False,
+                                                      "error": error.to_dict()}))
+        with self.lock:
+            again = self.state.failed_attempt(task.index, error.one_line(), error.retryable)
+        if again:
+            self.emit("task_retry", frame=task.frame, tile=task.tile.index,
+                      message=error.one_line())
+        else:
+            self.emit("task_failed", frame=task.frame, tile=task.tile.index,
+                      message=error.one_line())
+            if self.fatal is None and not isinstance(error, CancelledError):
+                self.fatal = error
+            if not error.retryable and not isinstance(error, CancelledError):
+                # the same input fails on every worker: stop the job now
+                with self.lock:
+                    self.state.cancel_pending(error.one_line())
+        self._check_end()
+
+    def _check_end(self) -> None:
+        with self.lock:
+            finished = self.state.finished
+        if finished:
+            self.ended.set()
+
+    # -- merging (merge threads) -------------------------------------------------------------
+    def _merge(self, frame: int) -> None:
+        try:
+            target = output_path(self.spec.output, frame)
+            tasks = self.plan.tasks_of(frame)
+            pieces = [Piece(t.tile, self.scratch / f"{t.task_id}{_EXTENSIONS[self.piece_format]}")
+                      for t in tasks]
+            if not self.plan.tiled:
+                write_atomically(target, lambda tmp: shutil.move(pieces[0].path, tmp))
+            elif self.final_format == "OPEN_EXR_MULTILAYER":
+                merge_pieces(pieces, self.plan.canvas, target)
+            else:
+                self._merge_and_convert(pieces, frame, target)
+            for piece in pieces:
+                piece.path.unlink(missing_ok=True)
+            with self.lock:
+                self.outputs[frame] = target
+                self.frames_done += 1
+            self.emit("frame_merged", frame=frame, data={"path": str(target)})
+        except RenderFarmError as exc:
+            exc.frame = frame
+            self.fatal = self.fatal or exc
+            self.emit("task_failed", frame=frame, message=exc.one_line())
+        except Exception as exc:
+            error = MergeError(f"{type(exc).__name__}: {exc}", frame=frame)
+            self.fatal = self.fatal or error
+            self.emit("task_failed", frame=frame, message=error.one_line())
+
+    def _merge_and_convert(self, pieces: list[Piece], frame: int, target: Path) -> None:
+        import ray
+
+        merged = self.scratch / f"frame-{frame}.exr"
+        rgba = self.scratch / f"frame-{frame}-rgba.exr"
+        merge_pieces(pieces, self.plan.canvas, merged)
+        combined_rgba(merged, rgba)
+        payload = rgba.read_bytes()
+        extension = _EXTENSIONS[self.final_format]
+        for _attempt in range(self.spec.retries + 1):
+            handle = self.pool.preferred(self.settings.blend_hash)
+            try:
+                data = ray.get(handle.actor.convert.remote(
+                    self.settings.to_dict(), payload, self.final_format, extension,
+                    self.blob))
+                break
+            except ray.exceptions.RayActorError:
+                self.pool.replace(handle.worker_id)
+        else:
+            raise MergeError("every worker died while converting the frame", frame=frame)
+        write_atomically(target, lambda tmp: tmp.write_bytes(data))
+        merged.unlink(missing_ok=True)
+        rgba.unlink(missing_ok=True)

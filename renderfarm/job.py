@@ -1,0 +1,460 @@
+"""The job model: what a user asks for, what the planner makes of it, what comes back.
+
+Everything here is a frozen dataclass with a JSON round-trip (``to_dict``/``from_dict``,
+``to_json``/``from_json``) and validation on construction, so a job can cross a process,
+a network or a database without losing meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from renderfarm.errors import InputError, OutputError, UsageError
+from renderfarm.frames import parse_frames
+
+DEVICES = ("auto", "cpu", "gpu")
+
+#: output extension -> Blender file format
+OUTPUT_FORMATS: dict[str, str] = {
+    ".exr": "OPEN_EXR_MULTILAYER",
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+_T = TypeVar("_T")
+_HASHES = re.compile(r"#+")
+
+
+def output_format(pattern: str) -> str:
+    """The Blender file format an output pattern asks for, from its extension.
+
+    Raises:
+        OutputError: the extension is not one renderfarm writes.
+    """
+    ext = os.path.splitext(str(pattern))[1].lower()
+    if ext not in OUTPUT_FORMATS:
+        known = ", ".join(sorted(OUTPUT_FORMATS))
+        raise OutputError(
+            f"unknown output extension {ext or '(none)'!r}; use one of {known}",
+            path=str(pattern),
+        )
+    return OUTPUT_FORMATS[ext]
+
+
+def output_path(pattern: str | os.PathLike[str], frame: int) -> Path:
+    """The file a frame is written to.
+
+    Runs of ``#`` in the file name become the frame number zero-padded to the run's length,
+    as in Blender (``shot_####.exr`` -> ``shot_0007.exr``); a pattern without ``#`` gets four
+    digits before its extension (``shot.exr`` -> ``shot0007.exr``).
+    """
+    path = Path(pattern)
+    name = path.name
+    if "#" in name:
+        name = _HASHES.sub(lambda m: f"{frame:0{len(m.group(0))}d}", name)
+    else:
+        stem, ext = os.path.splitext(name)
+        name = f"{stem}{frame:04d}{ext}"
+    return path.with_name(name)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be a whole number, not {value!r}")
+    if value < low or (high is not None and value > high):
+        limit = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise InputError(f"{name} must be {limit}, not {value}")
+
+
+class _Json:
+    """JSON round-trip shared by the dataclasses of this module."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object as plain JSON-compatible data."""
+        return _to_plain(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The object as a JSON string."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls: type[_T], text: str) -> _T:
+        """Rebuild an object from :meth:`to_json` output (validated)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"not valid JSON for {cls.__name__}: {exc}") from exc
+        return cls.from_dict(data)  # type: ignore[attr-defined, no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[_T], data: dict[str, Any]) -> _T:
+        """Rebuild an object from :meth:`to_dict` output (validated)."""
+        if not isinstance(data, dict):
+            raise UsageError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names
+        if unknown:
+            raise UsageError(f"unknown fields for {cls.__name__}: {', '.join(sorted(unknown))}")
+        return cls(**cls._convert(dict(data)))  # type: ignore[attr-defined]
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Rect(_Json):
+    """A pixel rectangle in full-frame coordinates: origin top-left, ends exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def __post_init__(self) -> None:
+        if not (self.x0 < self.x1 and self.y0 < self.y1):
+            raise InputError(f"empty rectangle {self.x0},{self.y0}-{self.x1},{self.y1}")
+
+    @property
+    def width(self) -> int:
+        """Width in pixels."""
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        """Height in pixels."""
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> int:
+        """Number of pixels."""
+        return self.width * self.height
+
+    def contains(self, other: Rect) -> bool:
+        """Whether ``other`` lies entirely inside this rectangle."""
+        return (
+            self.x0 <= other.x0 and self.y0 <= other.y0
+            and other.x1 <= self.x1 and other.y1 <= self.y1
+        )
+
+
+@dataclass(frozen=True)
+class Tile(_Json):
+    """One piece of a frame.
+
+    Attributes:
+        index: position in the grid, row-major from the top-left.
+        core: the pixels this tile contributes to the merged frame.
+        render: the pixels the worker renders: ``core`` plus overscan, clipped to the region.
+    """
+
+    index: int
+    core: Rect
+    render: Rect
+
+    def __post_init__(self) -> None:
+        if not self.render.contains(self.core):
+            raise InputError(f"tile {self.index}: render rectangle does not contain its core")
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["core"] = Rect.from_dict(data["core"])
+        data["render"] = Rect.from_dict(data["render"])
+        return data
+
+
+@dataclass(frozen=True)
+class SceneInfo(_Json):
+    """Facts about a scene that planning and reporting need (read by ``renderfarm.blender``).
+
+    Attributes:
+        scene: the scene's name.
+        engine: the render engine (``CYCLES``, ``BLENDER_EEVEE``, ...).
+        resolution: ``(x, y)`` resolution at 100 %.
+        percentage: the scene's resolution percentage.
+        frame_start: first frame of the scene's range.
+        frame_end: last frame of the scene's range.
+        frame_step: the scene's frame step.
+        camera: the active camera's name, or None.
+        use_border: whether the scene renders a border region.
+        border: ``(min_x, min_y, max_x, max_y)`` of the border, as Blender stores it (0..1,
+            y from the bottom).
+        crop_to_border: whether Blender crops the output to the border.
+        samples: the render samples (Cycles) or None.
+        adaptive_sampling: whether Cycles' adaptive sampling is on.
+        denoising: whether render-time denoising is on.
+        compositing: whether the compositor changes the image (a node tree beyond a plain
+            Render Layers -> Composite link).
+        view_layers: ``{layer name: [pass names]}`` of the layers that render.
+        libraries: linked library paths as stored in the file.
+        missing_files: external files the scene uses that do not exist.
+        file_format: the scene's own output file format.
+        fps: frames per second.
+    """
+
+    scene: str
+    engine: str
+    resolution: tuple[int, int]
+    percentage: int
+    frame_start: int
+    frame_end: int
+    frame_step: int = 1
+    camera: str | None = None
+    use_border: bool = False
+    border: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    crop_to_border: bool = False
+    samples: int | None = None
+    adaptive_sampling: bool = False
+    denoising: bool = False
+    compositing: bool = False
+    view_layers: dict[str, list[str]] = field(default_factory=dict)
+    libraries: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+    file_format: str = "PNG"
+    fps: float = 24.0
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["resolution"] = tuple(data["resolution"])
+        if "border" in data:
+            data["border"] = tuple(data["border"])
+        return data
+
+
+@dataclass(frozen=True)
+class JobSpec(_Json):
+    """What a user asks the farm to render.
+
+    Attributes:
+        blend_file: the ``.blend`` file.
+        frames: a frame-range string (``"1-10,15"``); None renders the scene's range and step.
+        tiles: ``(columns, rows)`` each frame is split into.
+        samples: render samples override; None keeps the scene's.
+        percentage: resolution percentage override; None keeps the scene's.
+        device: ``"auto"`` (GPU when the cluster has one), ``"cpu"`` or ``"gpu"``.
+        output: output pattern; ``#`` runs are the zero-padded frame, the extension picks the
+            format (``.exr`` multilayer with every pass, ``.png``, ``.jpg``, ``.tif``).
+        retries: how many times a failed task is tried again.
+        task_timeout: seconds a task may take before it is stopped and retried; None: no limit.
+        allow_scripts: run Python embedded in the file (needs the farm to permit it too).
+        overscan: pixels rendered around each tile and cropped by the merge; None picks them
+            from the scene (16 with adaptive sampling, else 0).
+        scene: the scene to render; None: the file's active scene.
+        name: a name for the job, shown in progress and reports.
+    """
+
+    blend_file: str
+    frames: str | None = None
+    tiles: tuple[int, int] = (1, 1)
+    samples: int | None = None
+    percentage: int | None = None
+    device: str = "auto"
+    output: str = "render/####.exr"
+    retries: int = 2
+    task_timeout: float | None = None
+    allow_scripts: bool = False
+    overscan: int | None = None
+    scene: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.blend_file, str) or not self.blend_file:
+            raise InputError("blend_file must be the path of a .blend file")
+        object.__setattr__(self, "tiles", tuple(self.tiles))
+        if len(self.tiles) != 2:
+            raise InputError(f"tiles must be (columns, rows), not {self.tiles!r}")
+        _check_int("tile columns", self.tiles[0], 1)
+        _check_int("tile rows", self.tiles[1], 1)
+        if self.frames is not None:
+            parse_frames(self.frames)
+        if self.samples is not None:
+            _check_int("samples", self.samples, 1, 2**24)
+        if self.percentage is not None:
+            _check_int("resolution percentage", self.percentage, 1, 32767)
+        if self.device not in DEVICES:
+            raise InputError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        output_format(self.output)
+        _check_int("retries", self.retries, 0, 100)
+        if self.task_timeout is not None and not (
+            isinstance(self.task_timeout, (int, float)) and self.task_timeout > 0
+        ):
+            raise InputError(f"task_timeout must be a positive number of seconds, not "
+                             f"{self.task_timeout!r}")
+        if self.overscan is not None:
+            _check_int("overscan", self.overscan, 0, 4096)
+        if not isinstance(self.allow_scripts, bool):
+            raise InputError("allow_scripts must be true or false")
+
+    @property
+    def output_format(self) -> str:
+        """The Blender file format of the output."""
+        return output_format(self.output)
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if "tiles" in data and isinstance(data["tiles"], list):
+            data["tiles"] = tuple(data["tiles"])
+        return data
+
+
+@dataclass(frozen=True)
+class RenderSettings(_Json):
+    """How a worker sets up a scene for a job's tasks (identical for every task of a job).
+
+    Attributes:
+        blend_path: the file as the driver sees it.
+        blend_hash: SHA-256 of the file's content; workers cache loaded scenes by it.
+        scene: the scene to render, or None for the active one.
+        samples: samples override.
+        percentage: resolution percentage override.
+        device: ``"cpu"`` or ``"gpu"`` (``auto`` is resolved before tasks run).
+        allow_scripts: whether the file's Python may run.
+        compositing: whether pieces render with the compositor (whole frames only).
+        piece_format: ``"exr"`` (multilayer, every pass).
+        threads: CPU threads for Cycles, 0 for all.
+    """
+
+    blend_path: str
+    blend_hash: str
+    scene: str | None = None
+    samples: int | None = None
+    percentage: int | None = None
+    device: str = "cpu"
+    allow_scripts: bool = False
+    compositing: bool = False
+    piece_format: str = "exr"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Task(_Json):
+    """One unit of work: a tile of a frame.
+
+    Attributes:
+        job_id: the job this task belongs to.
+        index: the task's number within the job.
+        frame: the frame to render.
+        tile: which pixels to render and keep.
+        size: ``(width, height)`` of the full frame in pixels at the job's percentage.
+        tiled: whether the frame is split (False: render the scene's frame as it is set up).
+    """
+
+    job_id: str
+    index: int
+    frame: int
+    tile: Tile
+    size: tuple[int, int]
+    tiled: bool = False
+
+    @property
+    def task_id(self) -> str:
+        """A readable id, unique within the job: ``f0001-t03``."""
+        return f"f{self.frame:04d}-t{self.tile.index:02d}"
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["tile"] = Tile.from_dict(data["tile"])
+        data["size"] = tuple(data["size"])
+        return data
+
+
+@dataclass(frozen=True)
+class TaskResult(_Json):
+    """What a worker reports for a task.
+
+    Attributes:
+        task_index: :attr:`Task.index`.
+        frame: the frame.
+        tile: the tile index.
+        ok: whether the piece was rendered.
+        worker: the worker's id.
+        node: the Ray node the worker ran on.
+        device: the Cycles device(s) used, e.g. ``"CPU"`` or ``"OPTIX:NVIDIA A10"``.
+        render_seconds: time inside Blender's render call.
+        task_seconds: time from task start to piece ready (render, write, read back).
+        load_seconds: time spent opening the file for this task (0 when already loaded).
+        peak_memory_mb: Blender's peak render memory for the task.
+        rss_mb: the worker process's peak resident memory.
+        attempt: 1 for the first try, 2 for the first retry, ...
+        error: the error, as :meth:`RenderFarmError.to_dict`, when ``ok`` is False.
+    """
+
+    task_index: int
+    frame: int
+    tile: int
+    ok: bool
+    worker: str = ""
+    node: str = ""
+    device: str = ""
+    render_seconds: float = 0.0
+    task_seconds: float = 0.0
+    load_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    rss_mb: float = 0.0
+    attempt: int = 1
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobResult(_Json):
+    """What a finished job returns.
+
+    Attributes:
+        job_id: the job's id.
+        spec: the job as asked.
+        scene: the scene facts it was planned from.
+        frames: the frames rendered.
+        outputs: ``{frame: output file}``.
+        tasks: the result of every task attempt that finished (retries included).
+        wall_seconds: time from submission to the last frame written.
+        device: the device the job ran on (``cpu`` or ``gpu``).
+        workers: number of workers used.
+        warnings: things the user should know (fallbacks, ignored settings).
+    """
+
+    job_id: str
+    spec: JobSpec
+    scene: SceneInfo
+    frames: tuple[int, ...]
+    outputs: dict[int, Path]
+    tasks: tuple[TaskResult, ...] = ()
+    wall_seconds: float = 0.0
+    device: str = "cpu"
+    workers: int = 1
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def render_seconds(self) -> float:
+        """Sum of the time workers spent inside Blender's render call."""
+        return sum(t.render_seconds for t in self.tasks)
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["spec"] = JobSpec.from_dict(data["spec"])
+        data["scene"] = SceneInfo.from_dict(data["scene"])
+        data["frames"] = tuple(data["frames"])
+        data["outputs"] = {int(k): Path(v) for k, v in data["outputs"].items()}
+        data["tasks"] = tuple(TaskResult.from_dict(t) for t in data.get("tasks", ()))
+        data["warnings"] = tuple(data.get("warnings", ()))
+        return data

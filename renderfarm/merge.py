@@ -1,0 +1,229 @@
+"""Merging tile pieces into frames with OpenImageIO.
+
+A piece is the multilayer EXR Blender writes for a tile's render rectangle (overscan included,
+cropped to the rectangle, so it carries no offset). The merge places each piece from the
+task's own rectangle, keeps only the tile's core, and writes every part (Blender 5 writes one
+EXR part per pass) with its name, channels, pixel types and metadata. One part is held in
+memory at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from renderfarm.errors import MergeError
+from renderfarm.job import Rect, Tile
+
+logger = logging.getLogger(__name__)
+
+#: attributes of a piece's header that describe the piece, not the merged frame
+_PIECE_ATTRIBUTES = {"oiio:subimages", "oiio:subimagename", "openexr:chunkCount"}
+
+
+def _oiio() -> Any:
+    import OpenImageIO
+
+    return OpenImageIO
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A rendered tile: where it belongs and the file holding it."""
+
+    tile: Tile
+    path: Path
+
+
+def _open(path: Path) -> Any:
+    oiio = _oiio()
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise MergeError(f"cannot read piece: {oiio.geterror()}", path=str(path))
+    return inp
+
+
+def _parts(inp: Any) -> list[Any]:
+    specs = []
+    index = 0
+    while inp.seek_subimage(index, 0):
+        specs.append(inp.spec())
+        index += 1
+    return specs
+
+
+def _part_name(spec: Any, index: int) -> str:
+    return str(spec.getattribute("name") or spec.getattribute("oiio:subimagename") or index)
+
+
+def write_atomically(target: Path, write: Any) -> None:
+    """Call ``write(temporary_path)`` and move the file into place only when it succeeded."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def merge_pieces(pieces: Sequence[Piece], canvas: Rect, target: Path) -> None:
+    """Merge the pieces of one frame into ``target`` (a multilayer EXR).
+
+    Args:
+        pieces: every tile of the frame, each with the file Blender wrote for it.
+        canvas: the output image in full-frame pixels (the frame, or the border when Blender
+            crops to it).
+        target: the EXR to write.
+
+    Raises:
+        MergeError: a piece is missing, unreadable, of the wrong size, or its parts or channels
+            differ from the others'.
+    """
+    if not pieces:
+        raise MergeError("no piece to merge", path=str(target))
+    inputs = [_open(p.path) for p in pieces]
+    try:
+        layouts = [_parts(inp) for inp in inputs]
+        reference = layouts[0]
+        names = [(_part_name(s, i), tuple(s.channelnames)) for i, s in enumerate(reference)]
+        for piece, layout in zip(pieces, layouts, strict=True):
+            got = [(_part_name(s, i), tuple(s.channelnames)) for i, s in enumerate(layout)]
+            if got != names:
+                raise MergeError(
+                    "piece has other passes than the first piece of the frame; the workers "
+                    "render with different settings", path=str(piece.path),
+                    tile=piece.tile.index)
+            for spec in layout:
+                if (spec.width, spec.height) != (piece.tile.render.width,
+                                                 piece.tile.render.height):
+                    raise MergeError(
+                        f"piece is {spec.width}x{spec.height} pixels but its tile renders "
+                        f"{piece.tile.render.width}x{piece.tile.render.height}",
+                        path=str(piece.path), tile=piece.tile.index)
+        specs = [_frame_spec(spec, canvas) for spec in reference]
+
+        def write(path: Path) -> None:
+            _write_parts(path, specs, lambda index: _paste_part(inputs, pieces, index, specs,
+                                                                canvas))
+
+        write_atomically(target, write)
+    finally:
+        for inp in inputs:
+            inp.close()
+
+
+def _frame_spec(piece_spec: Any, canvas: Rect) -> Any:
+    oiio = _oiio()
+    spec = oiio.ImageSpec(piece_spec)
+    spec.width, spec.height = canvas.width, canvas.height
+    spec.full_width, spec.full_height = canvas.width, canvas.height
+    spec.x = spec.y = spec.full_x = spec.full_y = 0
+    spec.tile_width = spec.tile_height = 0
+    for name in _PIECE_ATTRIBUTES:
+        spec.erase_attribute(name)
+    return spec
+
+
+def _paste_part(inputs: Sequence[Any], pieces: Sequence[Piece], index: int,
+                specs: Sequence[Any], canvas: Rect) -> np.ndarray:
+    oiio = _oiio()
+    spec = specs[index]
+    frame = np.zeros((canvas.height, canvas.width, spec.nchannels), dtype=np.float32)
+    for inp, piece in zip(inputs, pieces, strict=True):
+        if not inp.seek_subimage(index, 0):
+            raise MergeError("piece lost a part while reading", path=str(piece.path))
+        pixels = inp.read_image(index, 0, 0, spec.nchannels, oiio.FLOAT)
+        if pixels is None:
+            raise MergeError(f"cannot read piece: {inp.geterror()}", path=str(piece.path),
+                             tile=piece.tile.index)
+        pixels = pixels.reshape(piece.tile.render.height, piece.tile.render.width,
+                                spec.nchannels)
+        core, render = piece.tile.core, piece.tile.render
+        sy, sx = core.y0 - render.y0, core.x0 - render.x0
+        dy, dx = core.y0 - canvas.y0, core.x0 - canvas.x0
+        frame[dy:dy + core.height, dx:dx + core.width] = \
+            pixels[sy:sy + core.height, sx:sx + core.width]
+    return frame
+
+
+def _write_parts(path: Path, specs: Sequence[Any], pixels_of: Any) -> None:
+    """Write a multi-part file, computing one part's pixels at a time."""
+    oiio = _oiio()
+    out = oiio.ImageOutput.create(str(path))
+    if out is None:
+        raise MergeError(f"cannot write: {oiio.geterror()}", path=str(path))
+    try:
+        if len(specs) > 1:
+            ok = out.open(str(path), list(specs))
+        else:
+            ok = out.open(str(path), specs[0])
+        if not ok:
+            raise MergeError(f"cannot write: {out.geterror()}", path=str(path))
+        for index, spec in enumerate(specs):
+            if index > 0 and not out.open(str(path), spec, "AppendSubimage"):
+                raise MergeError(f"cannot write part {index}: {out.geterror()}", path=str(path))
+            if not out.write_image(pixels_of(index)):
+                raise MergeError(f"cannot write part {index}: {out.geterror()}", path=str(path))
+    finally:
+        out.close()
+
+
+def combined_rgba(source: Path, target: Path) -> None:
+    """Write the first view layer's Combined pass of a multilayer EXR as a plain RGBA EXR.
+
+    This is the image Blender would save in an 8/16-bit format; the conversion to that format
+    (view transform, display, dither) is Blender's (:meth:`BlenderSession.convert`).
+
+    Raises:
+        MergeError: the file has no Combined pass.
+    """
+    oiio = _oiio()
+    inp = _open(source)
+    try:
+        layout = _parts(inp)
+        index = next((i for i, s in enumerate(layout)
+                      if _part_name(s, i).endswith("Combined")), None)
+        if index is None:
+            raise MergeError("the render has no Combined pass to convert; enable it in the "
+                             "view layer's passes", path=str(source))
+        spec = layout[index]
+        inp.seek_subimage(index, 0)
+        pixels = inp.read_image(index, 0, 0, spec.nchannels, oiio.FLOAT)
+    finally:
+        inp.close()
+    channels = [c.rsplit(".", 1)[-1] for c in spec.channelnames]
+    out_spec = oiio.ImageSpec(spec.width, spec.height, len(channels), oiio.FLOAT)
+    out_spec.channelnames = tuple(channels)
+    out_spec.attribute("compression", "none")
+    buf = oiio.ImageBuf(out_spec)
+    buf.set_pixels(oiio.ROI(), pixels.reshape(spec.height, spec.width, len(channels)))
+    if not buf.write(str(target)):
+        raise MergeError(f"cannot write: {buf.geterror()}", path=str(target))
+
+
+def read_layers(path: Path) -> dict[str, np.ndarray]:
+    """Every channel of every part of an image, as float arrays keyed by channel name.
+
+    Channel names of multilayer EXRs are Blender's full names (``ViewLayer.Combined.R``).
+    """
+    oiio = _oiio()
+    inp = _open(path)
+    try:
+        channels: dict[str, np.ndarray] = {}
+        for index, spec in enumerate(_parts(inp)):
+            inp.seek_subimage(index, 0)
+            pixels = inp.read_image(index, 0, 0, spec.nchannels, oiio.FLOAT)
+            pixels = pixels.reshape(spec.height, spec.width, spec.nchannels)
+            for c, name in enumerate(spec.channelnames):
+                channels[name] = pixels[:, :, c]
+        return channels
+    finally:
+        inp.close()

@@ -1,0 +1,241 @@
+"""Planning: scene facts and a job spec in, tasks out. Pure: no Blender, no Ray, no I/O.
+
+Coordinates are pixels of the full frame at the job's resolution percentage, origin at the
+top-left, ends exclusive (:class:`renderfarm.job.Rect`). Blender's border counts ``y`` from the
+bottom and turns a border into pixels by truncating ``border * size`` in single precision; the
+helpers here model that exactly so tiles cover the frame with no gap and no overlap.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from renderfarm.errors import FrameRangeError, SceneError
+from renderfarm.frames import parse_frames, scene_frames
+from renderfarm.job import JobSpec, Rect, SceneInfo, Task, Tile
+
+#: overscan (pixels) added around tiles when Cycles' adaptive sampling is on: its convergence
+#: test looks at neighbouring pixels, so tiles need a margin to match the full frame.
+ADAPTIVE_OVERSCAN = 16
+
+
+def f32(value: float) -> float:
+    """Round a float to single precision, as Blender stores border values."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def render_size(resolution: tuple[int, int], percentage: int) -> tuple[int, int]:
+    """The frame size Blender renders for a resolution and percentage (integer division)."""
+    width = resolution[0] * percentage // 100
+    height = resolution[1] * percentage // 100
+    if width < 1 or height < 1:
+        raise SceneError(
+            f"resolution {resolution[0]}x{resolution[1]} at {percentage}% is smaller than one "
+            "pixel; raise the resolution percentage"
+        )
+    return width, height
+
+
+def blender_border_pixels(
+    border: tuple[float, float, float, float], size: tuple[int, int]
+) -> Rect:
+    """The pixels Blender renders for a border, in top-left coordinates.
+
+    Blender computes ``int(border.xmin * width)`` etc. in single precision, with ``y`` from the
+    bottom; this reproduces it.
+
+    Raises:
+        SceneError: the border covers no pixel.
+    """
+    width, height = size
+    min_x, min_y, max_x, max_y = (f32(v) for v in border)
+    x0 = int(f32(min_x * width))
+    x1 = int(f32(max_x * width))
+    bottom0 = int(f32(min_y * height))
+    bottom1 = int(f32(max_y * height))
+    if x1 <= x0 or bottom1 <= bottom0:
+        raise SceneError(
+            f"the scene's render border {border} covers no pixel at {width}x{height}; "
+            "widen the border or turn it off"
+        )
+    return Rect(x0, height - bottom1, x1, height - bottom0)
+
+
+def border_for(rect: Rect, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Border values (min_x, min_y, max_x, max_y) that make Blender render exactly ``rect``.
+
+    Each inner edge sits half a pixel past the pixel boundary, so Blender's truncation lands on
+    the boundary despite rounding; frame edges are exactly 0 and 1.
+    """
+    width, height = size
+
+    def edge(pixel: int, extent: int) -> float:
+        if pixel <= 0:
+            return 0.0
+        if pixel >= extent:
+            return 1.0
+        return (pixel + 0.5) / extent
+
+    return (
+        edge(rect.x0, width),
+        edge(height - rect.y1, height),
+        edge(rect.x1, width),
+        edge(height - rect.y0, height),
+    )
+
+
+def grid_edges(start: int, length: int, parts: int) -> list[int]:
+    """``parts + 1`` integer edges splitting ``[start, start + length)`` as evenly as possible."""
+    return [start + (i * length) // parts for i in range(parts + 1)]
+
+
+def plan_tiles(region: Rect, columns: int, rows: int, overscan: int = 0) -> list[Tile]:
+    """Split a region into a grid of tiles, row-major from the top-left.
+
+    The cores partition the region exactly; each render rectangle is the core grown by
+    ``overscan`` pixels and clipped to the region.
+
+    Raises:
+        SceneError: more columns or rows than the region has pixels.
+    """
+    if columns < 1 or rows < 1:
+        raise SceneError(f"a tile grid needs at least 1x1 tiles, not {columns}x{rows}")
+    if columns > region.width or rows > region.height:
+        raise SceneError(
+            f"{columns}x{rows} tiles is more tiles than the {region.width}x{region.height} "
+            "pixels to render; use fewer tiles or a higher resolution"
+        )
+    xs = grid_edges(region.x0, region.width, columns)
+    ys = grid_edges(region.y0, region.height, rows)
+    tiles = []
+    for row in range(rows):
+        for col in range(columns):
+            core = Rect(xs[col], ys[row], xs[col + 1], ys[row + 1])
+            grown = Rect(
+                max(region.x0, core.x0 - overscan),
+                max(region.y0, core.y0 - overscan),
+                min(region.x1, core.x1 + overscan),
+                min(region.y1, core.y1 + overscan),
+            )
+            tiles.append(Tile(index=row * columns + col, core=core, render=grown))
+    return tiles
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer for a job.
+
+    Attributes:
+        frames: the frames to render, sorted.
+        size: full-frame size in pixels at the job's percentage.
+        region: the pixels that render (the scene's border, or the whole frame).
+        canvas: the pixels of the output image (the region when Blender crops to the border,
+            else the whole frame).
+        tiles: the grid actually used (``(1, 1)`` after a fallback to whole frames).
+        overscan: margin in pixels around tiles.
+        tasks: every task, frame by frame.
+        compositing: whether pieces render with the compositor on.
+        warnings: fallbacks the user should hear about.
+    """
+
+    frames: tuple[int, ...]
+    size: tuple[int, int]
+    region: Rect
+    canvas: Rect
+    tiles: tuple[int, int]
+    overscan: int
+    tasks: tuple[Task, ...]
+    compositing: bool
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def tiled(self) -> bool:
+        """Whether frames are split into tiles."""
+        return self.tiles != (1, 1)
+
+    def tasks_of(self, frame: int) -> list[Task]:
+        """The tasks of one frame."""
+        return [t for t in self.tasks if t.frame == frame]
+
+
+def resolve_frames(spec: JobSpec, scene: SceneInfo) -> list[int]:
+    """The frames a job renders: its own range, or the scene's range and step."""
+    if spec.frames is not None:
+        return parse_frames(spec.frames)
+    return scene_frames(scene.frame_start, scene.frame_end, scene.frame_step)
+
+
+def tiling_fallback(scene: SceneInfo) -> str | None:
+    """Why a scene must render whole frames instead of tiles, or None when tiles are exact."""
+    if scene.engine != "CYCLES":
+        return (
+            f"{scene.engine} is not split into tiles (its screen-space effects need the "
+            "whole frame); rendering whole frames"
+        )
+    if scene.denoising:
+        return (
+            "the scene denoises at render time and denoising tiles separately shows seams; "
+            "rendering whole frames"
+        )
+    if scene.compositing:
+        return (
+            "the scene's compositor needs the whole frame; rendering whole frames"
+        )
+    return None
+
+
+def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job") -> Plan:
+    """Turn a job spec and the scene's facts into tasks.
+
+    Raises:
+        SceneError: no camera, an empty border, or more tiles than pixels.
+        FrameRangeError: the frames are malformed or empty.
+    """
+    if scene.camera is None:
+        raise SceneError(
+            f"scene {scene.scene!r} has no active camera; set one in Blender "
+            "(Scene properties > Camera) and save the file",
+            path=spec.blend_file,
+        )
+    frames = resolve_frames(spec, scene)
+    if not frames:
+        raise FrameRangeError("the job selects no frame", path=spec.blend_file)
+    percentage = spec.percentage if spec.percentage is not None else scene.percentage
+    size = render_size(scene.resolution, percentage)
+    full = Rect(0, 0, size[0], size[1])
+    region = blender_border_pixels(scene.border, size) if scene.use_border else full
+    canvas = region if scene.use_border and scene.crop_to_border else full
+
+    warnings: list[str] = []
+    tiles = tuple(spec.tiles)
+    if tiles != (1, 1):
+        # check the grid even when falling back, so a bad grid is an error, not a surprise.
+        plan_tiles(region, tiles[0], tiles[1])
+        reason = tiling_fallback(scene)
+        if reason:
+            warnings.append(f"--tiles {tiles[0]}x{tiles[1]} ignored: {reason}")
+            tiles = (1, 1)
+    tiled = tiles != (1, 1)
+    if spec.overscan is not None:
+        overscan = spec.overscan if tiled else 0
+    else:
+        overscan = ADAPTIVE_OVERSCAN if tiled and scene.adaptive_sampling else 0
+    grid = plan_tiles(region, tiles[0], tiles[1], overscan)
+    tasks = tuple(
+        Task(job_id=job_id, index=i * len(grid) + t.index, frame=frame, tile=t, size=size,
+             tiled=tiled)
+        for i, frame in enumerate(frames)
+        for t in grid
+    )
+    return Plan(
+        frames=tuple(frames),
+        size=size,
+        region=region,
+        canvas=canvas,
+        tiles=tiles,
+        overscan=overscan,
+        tasks=tasks,
+        compositing=scene.compositing and not tiled,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,168 @@
+"""Job and task state, apart from any I/O.
+
+:class:`JobState` is changed only through its methods, which take what happened (a worker is
+free, a task finished or failed) and answer what to do next. The executor drives it with Ray;
+tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from renderfarm.job import Task
+
+
+class TaskStatus(enum.Enum):
+    """Where a task is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class TaskEntry:
+    """A task and what happened to it so far."""
+
+    task: Task
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    worker: str | None = None
+    failed_on: set[str] = field(default_factory=set)
+    last_error: str | None = None
+
+
+class JobState:
+    """The state of one job's tasks.
+
+    Args:
+        tasks: the job's tasks.
+        retries: how many times a failed task is tried again.
+    """
+
+    def __init__(self, tasks: Iterable[Task], retries: int) -> None:
+        self.entries: dict[int, TaskEntry] = {t.index: TaskEntry(t) for t in tasks}
+        self.retries = retries
+        self._pending = sorted(self.entries)  # a heap of pending task indices
+        self._counts: Counter[TaskStatus] = Counter({TaskStatus.PENDING: len(self.entries)})
+        self._frame_left: dict[int, int] = {}
+        for entry in self.entries.values():
+            frame = entry.task.frame
+            self._frame_left[frame] = self._frame_left.get(frame, 0) + 1
+
+    # -- questions ---------------------------------------------------------------------------
+    def count(self, status: TaskStatus) -> int:
+        """How many tasks are in ``status``."""
+        return self._counts[status]
+
+    @property
+    def total(self) -> int:
+        """Number of tasks."""
+        return len(self.entries)
+
+    @property
+    def finished(self) -> bool:
+        """Whether no task is pending or running."""
+        return self._counts[TaskStatus.PENDING] + self._counts[TaskStatus.RUNNING] == 0
+
+    @property
+    def failed(self) -> list[TaskEntry]:
+        """Tasks that failed after all retries."""
+        return [e for e in self.entries.values() if e.status is TaskStatus.FAILED]
+
+    def has_pending(self) -> bool:
+        """Whether a task waits for a worker."""
+        return self._counts[TaskStatus.PENDING] > 0
+
+    # -- transitions -------------------------------------------------------------------------
+    def next_for(self, worker: str, live_workers: int = 1) -> Task | None:
+        """Start the next task on ``worker`` (which asks because it is free).
+
+        Tasks go in order (frame by frame), except that a retried task avoids the workers it
+        failed on while other workers are alive to take it.
+
+        Returns:
+            The task now running on ``worker``, or None when nothing suits it.
+        """
+        skipped: list[int] = []
+        chosen: Task | None = None
+        while self._pending:
+            index = heapq.heappop(self._pending)
+            entry = self.entries[index]
+            if entry.status is not TaskStatus.PENDING:
+                continue
+            if worker in entry.failed_on and len(entry.failed_on) < live_workers:
+                skipped.append(index)  # another live worker has not failed it: leave it
+                continue
+            chosen = self._start(entry, worker)
+            break
+        for index in skipped:
+            heapq.heappush(self._pending, index)
+        return chosen
+
+    def _move(self, entry: TaskEntry, status: TaskStatus) -> None:
+        self._counts[entry.status] -= 1
+        self._counts[status] += 1
+        entry.status = status
+
+    def _start(self, entry: TaskEntry, worker: str) -> Task:
+        self._move(entry, TaskStatus.RUNNING)
+        entry.attempts += 1
+        entry.worker = worker
+        return entry.task
+
+    def succeeded(self, index: int) -> bool:
+        """Record that task ``index`` finished; True when its frame has every piece now."""
+        entry = self.entries[index]
+        if entry.status is TaskStatus.DONE:
+            return False
+        self._move(entry, TaskStatus.DONE)
+        frame = entry.task.frame
+        self._frame_left[frame] -= 1
+        return self._frame_left[frame] == 0
+
+    def failed_attempt(self, index: int, error: str, retryable: bool = True) -> bool:
+        """Record a failed attempt of task ``index``.
+
+        Returns:
+            True when the task will be tried again, False when it has failed for good.
+        """
+        entry = self.entries[index]
+        entry.last_error = error
+        if entry.worker is not None:
+            entry.failed_on.add(entry.worker)
+        entry.worker = None
+        if retryable and entry.attempts <= self.retries:
+            self._move(entry, TaskStatus.PENDING)
+            heapq.heappush(self._pending, index)
+            return True
+        self._move(entry, TaskStatus.FAILED)
+        return False
+
+    def requeue(self, index: int) -> None:
+        """Put a running task back in the queue without counting the attempt (the worker
+        could not start it, e.g. it had to fetch the file first)."""
+        entry = self.entries[index]
+        if entry.status is TaskStatus.RUNNING:
+            entry.attempts -= 1
+            entry.worker = None
+            self._move(entry, TaskStatus.PENDING)
+            heapq.heappush(self._pending, index)
+
+    def running_on(self, worker: str) -> list[int]:
+        """Indices of the tasks running on ``worker``."""
+        return [i for i, e in self.entries.items()
+                if e.status is TaskStatus.RUNNING and e.worker == worker]
+
+    def cancel_pending(self, reason: str) -> None:
+        """Mark every pending task failed (used when the job is stopped)."""
+        for entry in self.entries.values():
+            if entry.status is TaskStatus.PENDING:
+                self._move(entry, TaskStatus.FAILED)
+                entry.last_error = reason
+        self._pending.clear()

@@ -1,0 +1,41 @@
+"""Reference renders for the tests: plain bpy in one process, no renderfarm code on the path
+of the pixels. ``python blender_reference.py FILE.blend OUT_PATTERN FRAME[,FRAME...] [FORMAT [SAMPLES PERCENT]]``
+
+Each frame is rendered untiled with the scene as saved and written with ``write_still`` to
+OUT_PATTERN with ``{frame}`` replaced. FORMAT is EXR (default, multilayer) or PNG, JPEG, TIFF.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import bpy
+
+
+def main(argv: list[str]) -> int:
+    path, pattern, frames = argv[0], argv[1], [int(f) for f in argv[2].split(",")]
+    fmt = argv[3] if len(argv) > 3 else "EXR"
+    bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=False)
+    scene = bpy.context.scene
+    if len(argv) > 5:
+        scene.cycles.samples = int(argv[4])
+        scene.render.resolution_percentage = int(argv[5])
+    settings = scene.render.image_settings
+    if fmt != "EXR":
+        settings.media_type = "IMAGE"
+        settings.file_format = fmt
+    elif settings.file_format != "OPEN_EXR_MULTILAYER":
+        settings.media_type = "MULTI_LAYER_IMAGE"
+        settings.file_format = "OPEN_EXR_MULTILAYER"
+        settings.color_depth = "32"
+        settings.exr_codec = "ZIP"
+    scene.render.use_file_extension = False
+    for frame in frames:
+        scene.frame_set(frame)
+        scene.render.filepath = pattern.format(frame=frame)
+        bpy.ops.render.render(write_still=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""Real renders: real bpy workers on a real local Ray cluster, merged with OpenImageIO, compared
+with plain single-process Blender renders of the same scene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from renderfarm.job import JobSpec
+from renderfarm.merge import read_layers
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+def assert_same_image(got: Path, want: Path) -> None:
+    """Every channel of every part equal, bit for bit, with the same names."""
+    a, b = read_layers(got), read_layers(want)
+    assert list(a) == list(b), f"channels differ: {list(a)} != {list(b)}"
+    for name in a:
+        assert a[name].shape == b[name].shape, name
+        diff = a[name] != b[name]
+        assert not diff.any(), (
+            f"{name}: {int(diff.sum())} pixels differ, max "
+            f"{float(np.abs(a[name] - b[name]).max())}")
+
+
+def parts(path: Path) -> list[tuple[str, tuple[str, ...], str]]:
+    import OpenImageIO as oiio
+
+    inp = oiio.ImageInput.open(str(path))
+    found = []
+    index = 0
+    while inp.seek_subimage(index, 0):
+        spec = inp.spec()
+        found.append((spec.getattribute("name"), tuple(spec.channelnames), str(spec.format)))
+        index += 1
+    inp.close()
+    return found
+
+
+@pytest.mark.parametrize("tiles", [(2, 2), (3, 2), (7, 5)])
+def test_tiled_render_equals_untiled_bit_for_bit(farm, make_scene, reference, tmp_path,
+                                                 tiles) -> None:
+    # odd size at a percentage, passes and two view layers, several frames
+    blend = make_scene(width=67, height=45, percentage=75, frames=3, samples=4, passes=True)
+    result = farm.render(JobSpec(str(blend), frames="1-3", tiles=tiles,
+                                 output=str(tmp_path / "out_####.exr")))
+    assert sorted(result.outputs) == [1, 2, 3]
+    assert len(result.tasks) == 3 * tiles[0] * tiles[1]
+    refs = reference(blend, [1, 2, 3])
+    for frame, path in result.outputs.items():
+        assert path == tmp_path / f"out_{frame:04d}.exr"
+        assert parts(path) == parts(refs[frame])
+        assert_same_image(path, refs[frame])
+
+
+def test_animation_writes_each_frame_to_its_file(farm, make_scene, reference, tmp_path) -> None:
+    blend = make_scene(width=40, height=30, frames=4, samples=2)
+    result = farm.render(JobSpec(str(blend), frames="2,4", output=str(tmp_path / "a_###.exr")))
+    assert result.outputs == {2: tmp_path / "a_002.exr", 4: tmp_path / "a_004.exr"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_002.exr", "a_004.exr"]
+    refs = reference(blend, [2, 4])
+    assert_same_image(result.outputs[2], refs[2])
+    assert_same_image(result.outputs[4], refs[4])
+    # the objects move: frames must differ, so a swapped frame cannot pass
+    a = read_layers(result.outputs[2])["ViewLayer.Combined.R"]
+    b = read_layers(result.outputs[4])["ViewLayer.Combined.R"]
+    assert (a != b).any()
+
+
+def test_scene_range_is_the_default(farm, make_scene, tmp_path) -> None:
+    blend = make_scene(width=32, height=32, frames=3, samples=1)
+    result = farm.render(JobSpec(str(blend), output=str(tmp_path / "s_####.exr")))
+    assert sorted(result.outputs) == [1, 2, 3]
+    assert all(p.exists() for p in result.outputs.values())
+
+
+@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("TIFF", "tif")])
+def test_tiled_8bit_output_equals_blenders_own_file(farm, make_scene, reference, tmp_path,
+                                                    fmt, ext) -> None:
+    import OpenImageIO as oiio
+
+    blend = make_scene(width=61, height=37, frames=1, samples=4)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(3, 2),
+                                 output=str(tmp_path / f"c_####.{ext}")))
+    got = oiio.ImageBuf(str(result.outputs[1]))
+    want = oiio.ImageBuf(str(reference(blend, [1], fmt)[1]))
+    assert got.spec().format == want.spec().format
+    assert got.spec().nchannels == want.spec().nchannels
+    assert got.spec().width == 61 and got.spec().height == 37
+    fmt_type = want.spec().format
+    assert np.array_equal(got.get_pixels(fmt_type), want.get_pixels(fmt_type))
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_user_border_is_respected(farm, make_scene, reference, tmp_path, crop) -> None:
+    blend = make_scene(width=71, height=53, frames=1, samples=4,
+                       border="0.13,0.21,0.77,0.9", no_crop=not crop)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(3, 3),
+                                 output=str(tmp_path / "b_####.exr")))
+    assert_same_image(result.outputs[1], reference(blend, [1])[1])
+
+
+def test_adaptive_sampling_tiles_get_overscan(farm, make_scene, reference, tmp_path) -> None:
+    blend = make_scene(width=96, height=64, frames=1, samples=16, adaptive=True)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
+                                 output=str(tmp_path / "ad_####.exr")))
+    got = read_layers(result.outputs[1])["ViewLayer.Combined.R"]
+    want = read_layers(reference(blend, [1])[1])["ViewLayer.Combined.R"]
+    assert (got == want).mean() > 0.999, f"{(got != want).sum()} pixels differ"
+
+
+def test_denoised_scene_falls_back_to_whole_frames(farm, make_scene, reference,
+                                                   tmp_path) -> None:
+    blend = make_scene(width=48, height=32, frames=1, samples=4, denoise=True)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
+                                 output=str(tmp_path / "dn_####.exr")))
+    assert any("denois" in w for w in result.warnings)
+    assert len(result.tasks) == 1
+    assert_same_image(result.outputs[1], reference(blend, [1])[1])
+
+
+def test_linked_libraries_and_geometry_nodes_render(farm, corpus, reference, tmp_path) -> None:
+    blend = corpus / "geometry-nodes" / "file_to_pack.blend"
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 1), samples=2,
+                                 percentage=5, output=str(tmp_path / "gn_####.exr")))
+    layers = read_layers(result.outputs[1])
+    depth = layers["View Layer.Depth.Z"]
+    assert depth.shape == (858 * 5 // 100, 2048 * 5 // 100)
+    # the linked geometry shows up: something is nearer than the background
+    assert np.isfinite(depth).any() and depth.min() < 1e9
+    assert_same_image(result.outputs[1], reference(blend, [1], "EXR", 2, 5)[1])
