@@ -74,19 +74,23 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[in
     return render
 
 
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """A real Ray cluster on this machine (2 CPUs), shared by the session."""
+def start_local_ray() -> None:
+    """Start (or keep) a real Ray cluster on this machine with 2 CPUs."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A real Ray cluster on this machine (2 CPUs); kept across modules that use it."""
+    start_local_ray()
     yield
-    ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def farm(ray_local: None) -> Iterator[object]:
     """A farm of two CPU workers (1 CPU each) on the local Ray cluster."""
     from renderfarm.farm import Farm
@@ -104,3 +108,12 @@ def corpus() -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import sys as _sys
+
+    if "ray" in _sys.modules:
+        import ray
+
+        ray.shutdown()

@@ -47,12 +47,6 @@ class DeviceChoice:
         return f"{self.backend}:{','.join(d.name for d in self.devices)}"
 
 
-def _gpu_index(device: DeviceInfo) -> int | None:
-    """The CUDA ordinal in a Cycles device id such as ``CUDA_NVIDIA A10_0000:65:00`` (if any)."""
-    tail = device.id.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else None
-
-
 def choose_gpu_devices(
     devices: Sequence[DeviceInfo],
     assigned: Sequence[int] | None = None,
@@ -68,7 +62,8 @@ def choose_gpu_devices(
         order: backends from most to least preferred.
         visible_restricted: True when Ray already limited the process to its GPUs (it sets
             ``CUDA_VISIBLE_DEVICES`` and friends), so every listed device is the worker's own.
-            When False and ``assigned`` is given, only devices whose ordinal is assigned are kept.
+            When False and ``assigned`` is given, the devices at the assigned positions of the
+            backend's list are kept (Cycles lists them in the driver's ordinal order).
 
     Returns:
         The preferred backend that has at least one device, with all its devices.
@@ -79,8 +74,7 @@ def choose_gpu_devices(
     for backend in order:
         found = [d for d in devices if d.type == backend]
         if found and assigned is not None and not visible_restricted:
-            wanted = set(assigned)
-            found = [d for d in found if _gpu_index(d) in wanted] or found[: len(wanted)]
+            found = [found[i] for i in assigned if 0 <= i < len(found)] or found[:len(assigned)]
         if found:
             return DeviceChoice(backend, tuple(found))
     listed = ", ".join(sorted({d.type for d in devices})) or "none"

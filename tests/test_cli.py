@@ -1,0 +1,126 @@
+"""The ``renderfarm`` command as a user runs it: exit codes, one clear line, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.blender
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "renderfarm.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def assert_one_clear_line(proc: subprocess.CompletedProcess[str], code: int,
+                          *fragments: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("renderfarm: error")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(make_scene) -> Path:
+    return make_scene(width=32, height=24, frames=2, samples=1)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.blend"
+    assert_one_clear_line(run("render", str(missing)), 3, str(missing), "file not found")
+
+
+def test_not_a_blend_file(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.blend"
+    fake.write_text("hello")
+    assert_one_clear_line(run("render", str(fake)), 3, "not a .blend file")
+    assert_one_clear_line(run("render", str(tmp_path)), 3, "not a .blend file")
+
+
+@pytest.mark.parametrize("frames,fragment", [
+    ("1-x", "cannot read '1-x'"),
+    ("", "frame range is empty"),
+    ("9-3", "runs backwards"),
+    ("1-2000000", "outside the allowed frames"),
+])
+def test_bad_frames(tiny: Path, frames: str, fragment: str) -> None:
+    assert_one_clear_line(run("render", str(tiny), "--frames", frames), 3, fragment)
+
+
+@pytest.mark.parametrize("tiles,fragment", [("0x2", "at least 1x1"), ("ax2", "cannot read")])
+def test_bad_tiles(tiny: Path, tiles: str, fragment: str) -> None:
+    assert_one_clear_line(run("render", str(tiny), "--tiles", tiles), 3, fragment)
+
+
+def test_unknown_extension_and_unwritable_folder(tiny: Path, tmp_path: Path) -> None:
+    assert_one_clear_line(run("render", str(tiny), "-o", str(tmp_path / "x_####.gif")), 3,
+                          "unknown output extension '.gif'")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert_one_clear_line(run("render", str(tiny), "-o", str(blocker / "x_####.exr")), 3,
+                          "cannot create the output folder")
+
+
+def test_scripts_need_the_farms_permission(tiny: Path) -> None:
+    assert_one_clear_line(run("render", str(tiny), "--allow-scripts"), 3, "does not permit")
+
+
+def test_usage_errors_exit_2(tiny: Path) -> None:
+    assert run().returncode == 2
+    assert run("render").returncode == 2
+    proc = run("render", str(tiny), "--bogus")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+    assert run("render", str(tiny), "--samples", "0").returncode == 2
+
+
+def test_errors_found_by_the_workers(tiny: Path, corpus: Path, tmp_path: Path) -> None:
+    """Errors only Blender can see, each through a real local Ray cluster."""
+    out = str(tmp_path / "o_####.exr")
+    corrupt = corpus / "corrupt_only_magic.blend"
+    assert_one_clear_line(run("render", str(corrupt), "-o", out), 3, "Blender cannot open",
+                          "Missing DNA block")
+    no_camera = corpus / "basic_file.blend"
+    assert_one_clear_line(run("render", str(no_camera), "-o", out), 3, "no active camera")
+    assert_one_clear_line(run("render", str(tiny), "--tiles", "33x1", "-o", out), 3,
+                          "more tiles than the 32x24 pixels")
+    assert_one_clear_line(run("render", str(tiny), "--device", "gpu", "-o", out), 3,
+                          "no GPU", "--device cpu")
+    assert not list(tmp_path.glob("o_*"))
+
+
+def test_render_succeeds_with_json_summary(tiny: Path, tmp_path: Path) -> None:
+    proc = run("render", str(tiny), "--frames", "1-2", "--tiles", "2x2", "--workers", "2",
+               "-o", str(tmp_path / "t_####.png"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["outputs"] == {"1": str(tmp_path / "t_0001.png"),
+                                  "2": str(tmp_path / "t_0002.png")}
+    assert len(summary["tasks"]) == 8 and summary["workers"] == 2
+    assert (tmp_path / "t_0001.png").stat().st_size > 0
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    proc = run("render", str(tmp_path / "missing.blend"), "-v")
+    assert proc.returncode == 3 and "Traceback" in proc.stderr
+
+
+def test_inspect(corpus: Path) -> None:
+    proc = run("inspect", str(corpus / "geometry-nodes" / "file_to_pack.blend"))
+    assert proc.returncode == 0, proc.stderr
+    assert "engine: CYCLES" in proc.stdout
+    assert "resolution: 2048x858 at 100%" in proc.stdout
+    assert "camera: Camera" in proc.stdout
+    assert "linked files: //node_lib.blend, //object_lib.blend" in proc.stdout
+    data = json.loads(run("inspect", "--json", str(corpus / "basic_file_ñønæščii.blend")).stdout)
+    assert data["scenes"][0]["camera"] is None
+    missing = json.loads(run("inspect", "--json", str(corpus / "missing_textures.blend")).stdout)
+    assert missing["missing_files"], "missing_textures.blend lists no missing file"
+    assert_one_clear_line(run("inspect", str(corpus / "corrupt_only_magic.blend")), 3,
+                          "Blender cannot open")

@@ -1,0 +1,118 @@
+"""Workers that die, tasks that hang, jobs that are cancelled: the farm keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from renderfarm.errors import BlendFileError, CancelledError, TaskTimeoutError
+from renderfarm.job import JobSpec
+from renderfarm.merge import read_layers
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+def worker_pids(farm) -> dict[str, int]:
+    import ray
+
+    pool = farm._runner("cpu").pool
+    return {h.worker_id: ray.get(h.actor.ping.remote())["pid"] for h in pool.workers.values()}
+
+
+def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(
+        farm, make_scene, reference, tmp_path) -> None:
+    blend = make_scene(width=96, height=64, frames=3, samples=64)
+    pids = worker_pids(farm)
+    handle = farm.submit(JobSpec(str(blend), frames="1-3", tiles=(2, 1),
+                                 output=str(tmp_path / "k_####.exr")))
+    killed = None
+    for event in handle.events():
+        if event.kind == "task_started" and killed is None:
+            killed = event.data["worker"]
+            time.sleep(0.2)
+            os.kill(pids[killed], signal.SIGKILL)  # as when Blender aborts
+    result = handle.result()
+    assert sorted(result.outputs) == [1, 2, 3]
+    assert any(t.attempt == 2 for t in result.tasks), "no task was retried"
+    refs = reference(blend, [1, 2, 3])
+    for frame in (1, 2, 3):
+        got = read_layers(result.outputs[frame])
+        want = read_layers(refs[frame])
+        assert all((got[k] == want[k]).all() for k in want)
+    assert len(farm._runner("cpu").pool.workers) == 2
+    assert killed not in farm._runner("cpu").pool.workers
+
+
+def test_a_task_over_its_timeout_fails_clearly_and_the_farm_goes_on(
+        farm, make_scene, tmp_path) -> None:
+    slow = make_scene(width=128, height=96, frames=1, samples=512)
+    handle = farm.submit(JobSpec(str(slow), frames="1", task_timeout=0.5, retries=1,
+                                 output=str(tmp_path / "slow_####.exr")))
+    with pytest.raises(TaskTimeoutError, match="longer than its 0.5 s timeout"):
+        handle.result(timeout=120)
+    events = [e.kind for e in handle.events()]
+    assert events.count("task_retry") == 1 and "job_failed" in events
+    assert not (tmp_path / "slow_0001.exr").exists()
+    quick = make_scene(width=32, height=24, frames=1, samples=1)
+    result = farm.render(JobSpec(str(quick), frames="1", output=str(tmp_path / "q_####.exr")))
+    assert result.outputs[1].exists()
+
+
+def test_cancel_stops_running_tasks_and_keeps_finished_frames(farm, make_scene,
+                                                              tmp_path) -> None:
+    blend = make_scene(width=96, height=64, frames=6, samples=128)
+    handle = farm.submit(JobSpec(str(blend), output=str(tmp_path / "c_####.exr")))
+    for event in handle.events():
+        if event.kind == "frame_merged":
+            handle.cancel()
+    with pytest.raises(CancelledError):
+        handle.result(timeout=60)
+    written = sorted(tmp_path.glob("c_*.exr"))
+    assert 1 <= len(written) < 6
+    # the farm still renders after a cancel
+    quick = make_scene(width=32, height=24, frames=1, samples=1)
+    assert farm.render(JobSpec(str(quick), frames="1",
+                               output=str(tmp_path / "after_####.exr"))).outputs
+
+
+def test_a_corrupt_file_fails_its_job_only(farm, corpus, make_scene, tmp_path) -> None:
+    bad = farm.submit(JobSpec(str(corpus / "corrupt_only_magic.blend"),
+                              output=str(tmp_path / "bad_####.exr")))
+    good_blend = make_scene(width=32, height=24, frames=2, samples=1)
+    good = farm.submit(JobSpec(str(good_blend), output=str(tmp_path / "good_####.exr")))
+    with pytest.raises(BlendFileError, match="Missing DNA block"):
+        bad.result(timeout=120)
+    assert sorted(good.result(timeout=120).outputs) == [1, 2]
+
+
+def blender_workers() -> int:
+    out = subprocess.run(["pgrep", "-f", "ray::BlenderWorker"], capture_output=True, text=True)
+    return len(out.stdout.split())
+
+
+def test_ctrl_c_in_the_cli_cancels_and_leaves_no_worker(make_scene, tmp_path) -> None:
+    blend = make_scene(width=96, height=64, frames=20, samples=128)
+    before = blender_workers()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "renderfarm.cli", "render", str(blend), "--no-progress",
+         "--workers", "2", "-o", str(tmp_path / "i_####.exr"), "-v"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and blender_workers() < before + 2:
+        time.sleep(0.5)
+    time.sleep(3)  # rendering now
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and blender_workers() > before:
+        time.sleep(0.5)
+    assert blender_workers() == before
+    assert len(list(Path(tmp_path).glob("i_*.exr"))) < 20

@@ -1,0 +1,83 @@
+"""The job model: JSON round-trips, validation, output patterns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from renderfarm.errors import InputError, OutputError, UsageError
+from renderfarm.job import (
+    JobResult,
+    JobSpec,
+    Rect,
+    SceneInfo,
+    Task,
+    TaskResult,
+    Tile,
+    output_format,
+    output_path,
+)
+
+
+def test_spec_round_trip() -> None:
+    spec = JobSpec("shot.blend", frames="1-8", tiles=(2, 2), samples=16, percentage=50,
+                   device="gpu", output="out/shot_####.png", retries=3, task_timeout=60.0,
+                   allow_scripts=True, overscan=8, scene="Main", name="shot")
+    assert JobSpec.from_json(spec.to_json()) == spec
+    assert JobSpec.from_dict({"blend_file": "a.blend"}) == JobSpec("a.blend")
+
+
+def test_result_round_trip() -> None:
+    spec = JobSpec("a.blend", frames="1-2")
+    info = SceneInfo("Scene", "CYCLES", (64, 48), 100, 1, 2, camera="Camera",
+                     view_layers={"ViewLayer": ["combined", "z"]})
+    tile = Tile(0, Rect(0, 0, 64, 48), Rect(0, 0, 64, 48))
+    task = Task("j", 0, 1, tile, (64, 48))
+    assert Task.from_json(task.to_json()) == task
+    result = JobResult("j", spec, info, (1, 2), {1: Path("o/1.exr"), 2: Path("o/2.exr")},
+                       (TaskResult(0, 1, 0, True, render_seconds=1.5),), 3.0, "cpu", 2,
+                       ("careful",))
+    back = JobResult.from_json(result.to_json())
+    assert back == result
+    assert back.outputs[2] == Path("o/2.exr")
+    assert back.render_seconds == 1.5
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"tiles": (0, 2)}, "tile columns must be from 1|tile columns must be 1 or more"),
+    ({"tiles": (2, -1)}, "tile rows"),
+    ({"tiles": (2,)}, "columns, rows"),
+    ({"samples": 0}, "samples"),
+    ({"percentage": 0}, "percentage"),
+    ({"device": "tpu"}, "device must be one of"),
+    ({"output": "out/x.gif"}, "unknown output extension '.gif'"),
+    ({"output": "out/x"}, "unknown output extension"),
+    ({"retries": -1}, "retries"),
+    ({"task_timeout": 0}, "task_timeout"),
+    ({"frames": "3-1"}, "backwards"),
+    ({"overscan": -2}, "overscan"),
+])
+def test_validation(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(InputError, match=fragment):
+        JobSpec("a.blend", **kwargs)
+
+
+def test_from_dict_refuses_unknown_fields_and_bad_json() -> None:
+    with pytest.raises(UsageError, match="unknown fields for JobSpec: colour"):
+        JobSpec.from_dict({"blend_file": "a.blend", "colour": "red"})
+    with pytest.raises(UsageError, match="not valid JSON"):
+        JobSpec.from_json("{")
+
+
+def test_output_patterns() -> None:
+    assert output_path("out/shot_####.exr", 7) == Path("out/shot_0007.exr")
+    assert output_path("out/shot_#.exr", 123) == Path("out/shot_123.exr")
+    assert output_path("out/shot.exr", 7) == Path("out/shot0007.exr")
+    assert output_path("out/a_##_b_###.png", 5) == Path("out/a_05_b_005.png")
+    assert output_path("out/shot_####.exr", -3) == Path("out/shot_-003.exr")
+    assert output_path("o/#/x_####.exr", 1) == Path("o/#/x_0001.exr")  # folders keep '#'
+    assert output_format("a.EXR") == "OPEN_EXR_MULTILAYER"
+    assert output_format("a.jpeg") == "JPEG"
+    with pytest.raises(OutputError):
+        output_format("a.mp4")

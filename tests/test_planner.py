@@ -1,0 +1,155 @@
+"""Tile planning, without Blender or Ray: exact partitions and Blender's border arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from renderfarm.errors import FrameRangeError, SceneError
+from renderfarm.job import JobSpec, Rect, SceneInfo
+from renderfarm.planner import (
+    ADAPTIVE_OVERSCAN,
+    blender_border_pixels,
+    border_for,
+    plan_job,
+    plan_tiles,
+    render_size,
+)
+
+
+def scene(**kw: object) -> SceneInfo:
+    base = dict(scene="Scene", engine="CYCLES", resolution=(333, 211), percentage=75,
+                frame_start=1, frame_end=4, camera="Camera")
+    base.update(kw)
+    return SceneInfo(**base)  # type: ignore[arg-type]
+
+
+def covered(tiles, region: Rect) -> None:
+    """Every pixel of the region in exactly one core; render rects inside the region."""
+    seen = [[0] * region.width for _ in range(region.height)]
+    for tile in tiles:
+        assert region.contains(tile.render) and tile.render.contains(tile.core)
+        for y in range(tile.core.y0, tile.core.y1):
+            for x in range(tile.core.x0, tile.core.x1):
+                seen[y - region.y0][x - region.x0] += 1
+    assert all(v == 1 for row in seen for v in row)
+
+
+def test_render_size_truncates_like_blender() -> None:
+    assert render_size((333, 211), 75) == (249, 158)
+    assert render_size((1920, 1080), 100) == (1920, 1080)
+    with pytest.raises(SceneError, match="smaller than one pixel"):
+        render_size((10, 10), 1)
+
+
+def test_the_issue_example_7x5_tiles_at_75_percent() -> None:
+    plan = plan_job(JobSpec("a.blend", frames="1", tiles=(7, 5)), scene())
+    assert plan.size == (249, 158)
+    assert len(plan.tasks) == 35
+    covered([t.tile for t in plan.tasks], plan.region)
+
+
+@settings(max_examples=300, deadline=None)
+@given(w=st.integers(1, 400), h=st.integers(1, 300), cols=st.integers(1, 40),
+       rows=st.integers(1, 40), overscan=st.integers(0, 20))
+def test_tiles_partition_the_frame(w: int, h: int, cols: int, rows: int, overscan: int) -> None:
+    region = Rect(0, 0, w, h)
+    if cols > w or rows > h:
+        with pytest.raises(SceneError, match="more tiles than"):
+            plan_tiles(region, cols, rows, overscan)
+        return
+    tiles = plan_tiles(region, cols, rows, overscan)
+    assert len(tiles) == cols * rows
+    covered(tiles, region)
+    for tile in tiles:
+        assert tile.render.x0 == max(0, tile.core.x0 - overscan)
+        assert tile.render.y1 == min(h, tile.core.y1 + overscan)
+
+
+@settings(max_examples=500, deadline=None)
+@given(size=st.tuples(st.integers(1, 20000), st.integers(1, 20000)), data=st.data())
+def test_border_values_land_on_the_exact_pixels(size: tuple[int, int], data) -> None:
+    w, h = size
+    x0 = data.draw(st.integers(0, w - 1))
+    x1 = data.draw(st.integers(x0 + 1, w))
+    y0 = data.draw(st.integers(0, h - 1))
+    y1 = data.draw(st.integers(y0 + 1, h))
+    rect = Rect(x0, y0, x1, y1)
+    assert blender_border_pixels(border_for(rect, size), size) == rect
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 67, 249, 1000, 1919, 4096, 8191, 16384])
+def test_every_boundary_of_a_width(width: int) -> None:
+    """Each pixel boundary of the frame, as a tile edge, survives Blender's truncation."""
+    for edge in range(width + 1):
+        if edge > 0:
+            rect = Rect(0, 0, edge, 1)
+            assert blender_border_pixels(border_for(rect, (width, 1)), (width, 1)) == rect
+        if edge < width:
+            rect = Rect(edge, 0, width, 1)
+            assert blender_border_pixels(border_for(rect, (width, 1)), (width, 1)) == rect
+
+
+def test_plain_division_borders_would_lose_pixels() -> None:
+    """The pitfall the half-pixel offset avoids: px / size truncates one short somewhere."""
+    from renderfarm.planner import f32
+
+    short = [px for px in range(1, 2000) if int(f32(f32(px / 1999) * 1999)) != px]
+    assert short, "plain borders happened to work; the half-pixel test proves nothing"
+
+
+def test_user_border_is_the_region_and_y_counts_from_the_bottom() -> None:
+    info = scene(resolution=(100, 50), percentage=100, use_border=True,
+                 border=(0.1, 0.2, 0.5, 0.9), crop_to_border=True)
+    plan = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2)), info)
+    # y: from the bottom 0.2*50=10 .. 0.9*50=45 -> from the top 5 .. 40
+    assert plan.region == Rect(10, 5, 50, 40)
+    assert plan.canvas == plan.region
+    covered([t.tile for t in plan.tasks], plan.region)
+    uncropped = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2)),
+                         scene(resolution=(100, 50), percentage=100, use_border=True,
+                               border=(0.1, 0.2, 0.5, 0.9), crop_to_border=False))
+    assert uncropped.canvas == Rect(0, 0, 100, 50)
+
+
+def test_frames_and_tasks() -> None:
+    plan = plan_job(JobSpec("a.blend", frames="2-3", tiles=(2, 1)), scene())
+    assert plan.frames == (2, 3)
+    assert [(t.frame, t.tile.index) for t in plan.tasks] == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert [t.index for t in plan.tasks] == [0, 1, 2, 3]
+    assert all(t.tiled for t in plan.tasks)
+    whole = plan_job(JobSpec("a.blend"), scene(frame_start=1, frame_end=9, frame_step=4))
+    assert whole.frames == (1, 5, 9) and not whole.tiled
+
+
+def test_adaptive_sampling_adds_overscan_unless_overridden() -> None:
+    plan = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2)), scene(adaptive_sampling=True))
+    assert plan.overscan == ADAPTIVE_OVERSCAN
+    assert plan.tasks[0].tile.render.x1 == plan.tasks[0].tile.core.x1 + ADAPTIVE_OVERSCAN
+    plan = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2), overscan=3),
+                    scene(adaptive_sampling=True))
+    assert plan.overscan == 3
+    assert plan_job(JobSpec("a.blend", frames="1"), scene(adaptive_sampling=True)).overscan == 0
+
+
+@pytest.mark.parametrize("facts,word", [
+    ({"denoising": True}, "denois"),
+    ({"compositing": True}, "compositor"),
+    ({"engine": "BLENDER_EEVEE"}, "BLENDER_EEVEE"),
+])
+def test_tiles_fall_back_to_whole_frames_with_a_warning(facts, word) -> None:
+    plan = plan_job(JobSpec("a.blend", frames="1-2", tiles=(3, 3)), scene(**facts))
+    assert plan.tiles == (1, 1) and len(plan.tasks) == 2
+    assert len(plan.warnings) == 1 and word in plan.warnings[0]
+
+
+def test_errors() -> None:
+    with pytest.raises(SceneError, match="no active camera"):
+        plan_job(JobSpec("a.blend"), scene(camera=None))
+    with pytest.raises(SceneError, match="more tiles than"):
+        plan_job(JobSpec("a.blend", tiles=(250, 1)), scene())
+    with pytest.raises(SceneError, match="covers no pixel"):
+        plan_job(JobSpec("a.blend"), scene(use_border=True, border=(0.5, 0.5, 0.5, 0.9)))
+    with pytest.raises(FrameRangeError):
+        plan_job(JobSpec("a.blend"), scene(frame_start=5, frame_end=1))
