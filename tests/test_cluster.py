@@ -1,0 +1,82 @@
+"""Multi-node behaviour on a real Ray cluster of several nodes on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from renderfarm.job import JobSpec
+
+pytestmark = [pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    """Two 1-CPU nodes and one node with two (declared) GPUs, joined by this driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    the_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    the_cluster.add_node(num_cpus=1)
+    the_cluster.add_node(num_cpus=2, num_gpus=2)
+    ray.init(address=the_cluster.address, log_to_driver=False, logging_level="ERROR")
+    the_cluster.wait_for_nodes()
+    yield the_cluster
+    ray.shutdown()
+    the_cluster.shutdown()
+
+
+def test_each_gpu_worker_gets_its_own_gpu(cluster) -> None:
+    import ray
+
+    from renderfarm.executor import WorkerPool, cluster_resources, plan_pool
+
+    class GpuProbe:
+        """A stand-in worker that reports what Ray assigned to it (defined here so Ray ships
+        it by value to workers that cannot import the tests)."""
+
+        def __init__(self, worker_id: str) -> None:
+            self.worker_id = worker_id
+
+        def ping(self) -> dict[str, object]:
+            ctx = ray.get_runtime_context()
+            return {"worker": self.worker_id, "node": ctx.get_node_id(),
+                    "gpus": [int(g) for g in ray.get_gpu_ids()]}
+
+    cpus, gpus = cluster_resources()
+    assert sorted(cpus) == [1.0, 1.0, 2.0] and gpus == 2
+    shape = plan_pool("gpu", cpus, gpus)
+    assert shape.workers == 2
+    pool = WorkerPool(shape, actor_class=GpuProbe, start_timeout=60)
+    pool.start()
+    try:
+        replies = [ray.get(h.actor.ping.remote()) for h in pool.workers.values()]
+        assert sorted(g for r in replies for g in r["gpus"]) == [0, 1]
+        assert len({r["node"] for r in replies}) == 1  # the GPU node
+    finally:
+        pool.kill_all()
+
+
+@pytest.mark.blender
+def test_frames_spread_over_nodes(cluster, make_scene, tmp_path) -> None:
+    from renderfarm.farm import Farm
+
+    blend = make_scene(width=48, height=32, frames=6, samples=16)
+    with Farm(address=cluster.address, workers=3, cpus_per_worker=1) as farm:
+        result = farm.render(JobSpec(str(blend), device="cpu",
+                                     output=str(tmp_path / "n_####.exr")))
+    assert sorted(result.outputs) == [1, 2, 3, 4, 5, 6]
+    assert len({t.node for t in result.tasks}) >= 2, "all tasks ran on one node"
+
+
+def test_a_cluster_too_small_fails_at_once(cluster) -> None:
+    from renderfarm.errors import ResourceError
+    from renderfarm.farm import Farm
+
+    farm = Farm(address=cluster.address, workers=3)
+    with pytest.raises(ResourceError, match="3 GPU workers asked but the Ray cluster has 2"):
+        farm.pool_shape("gpu")
+    with pytest.raises(ResourceError, match="largest node has 2"):
+        Farm(address=cluster.address, cpus_per_worker=4).pool_shape("cpu")
