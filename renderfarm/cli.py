@@ -95,6 +95,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
                                          logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("ray").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

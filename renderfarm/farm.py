@@ -273,7 +273,9 @@ class Farm:
 
         if ray.is_initialized():
             return
-        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        # Ray's own notices follow the level of the "ray" logger (the CLI raises it unless -v)
+        level = max(logging.getLogger("ray").getEffectiveLevel(), logging.INFO)
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": level}
         address = self.config.address
         if address is None or not address.startswith("ray://"):
             kwargs["include_dashboard"] = False

@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from renderfarm.farm import JobHandle
 
-logger = logging.getLogger(__name__)
+_SAY = {"warning": "warning", "task_retry": "retrying", "task_failed": "failed"}
 
 
 def show_progress(handle: JobHandle, stream: TextIO | None = None) -> None:
     """Show tasks done, frames merged and the ETA until the job ends."""
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="task", desc=handle.job_id, file=stream or sys.stderr,
-               dynamic_ncols=True, leave=True)
+    out = stream or sys.stderr
+    bar: Any = None
+    postfix = ""
     try:
         for event in handle.events():
-            if event.tasks_total and bar.total != event.tasks_total:
-                bar.total = event.tasks_total
-                bar.refresh()
-            if event.kind == "warning":
-                bar.write(f"warning: {event.message}")
-            elif event.kind == "task_retry":
-                bar.write(f"retrying: {event.message}")
-            elif event.kind == "task_failed":
-                bar.write(f"failed: {event.message}")
+            if bar is None and event.tasks_total:
+                bar = tqdm(total=event.tasks_total, unit="task", desc=handle.job_id, file=out,
+                           dynamic_ncols=True, leave=True)
+            if event.kind in _SAY:
+                line = f"{_SAY[event.kind]}: {event.message}"
+                (bar.write(line, file=out) if bar is not None else print(line, file=out))
+            if bar is None:
+                continue
+            text = f"frames {event.frames_done}/{event.frames_total}"
+            if text != postfix:
+                postfix = text
+                bar.set_postfix_str(text, refresh=False)
             if event.tasks_done > bar.n:
                 bar.update(event.tasks_done - bar.n)
-            if event.frames_total:
-                bar.set_postfix_str(f"frames {event.frames_done}/{event.frames_total}")
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
