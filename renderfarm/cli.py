@@ -95,8 +95,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
                                          logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if verbose < 2:
-        logging.getLogger("ray").setLevel(logging.ERROR)
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,7 +133,8 @@ def _render(args: argparse.Namespace) -> int:
                    output=output, retries=args.retries, task_timeout=args.timeout,
                    allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene)
     config = FarmConfig(address=args.address, workers=args.workers,
-                        permit_scripts=args.permit_scripts)
+                        permit_scripts=args.permit_scripts,
+                        ray_log_level=logging.INFO if args.verbose else logging.ERROR)
     check_spec(spec, config)  # bad input fails here, before Ray starts
     with Farm(config=config) as farm:
         handle = farm.submit(spec)

@@ -78,6 +78,7 @@ class FarmConfig:
         max_frames: the most frames one job may render.
         start_timeout: seconds to wait for workers before calling the cluster too small.
         merge_threads: frames merged at once on the driver.
+        ray_log_level: the level of Ray's own notices when this farm starts Ray.
     """
 
     address: str | None = None
@@ -87,6 +88,7 @@ class FarmConfig:
     max_frames: int = 100_000
     start_timeout: float = START_TIMEOUT
     merge_threads: int = 2
+    ray_log_level: int = logging.WARNING
 
 
 def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
@@ -273,9 +275,8 @@ class Farm:
 
         if ray.is_initialized():
             return
-        # Ray's own notices follow the level of the "ray" logger (the CLI raises it unless -v)
-        level = max(logging.getLogger("ray").getEffectiveLevel(), logging.INFO)
-        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": level}
+        kwargs: dict[str, Any] = {"log_to_driver": False,
+                                  "logging_level": self.config.ray_log_level}
         address = self.config.address
         if address is None or not address.startswith("ray://"):
             kwargs["include_dashboard"] = False

@@ -1,5 +1,7 @@
 """Reference renders for the tests: plain bpy in one process, no renderfarm code on the path
-of the pixels. ``python blender_reference.py FILE.blend OUT_PATTERN FRAME[,FRAME...] [FORMAT [SAMPLES PERCENT]]``
+of the pixels.
+
+``python blender_reference.py FILE.blend OUT_PATTERN FRAME[,FRAME...] [FORMAT [SAMPLES PCT]]``
 
 Each frame is rendered untiled with the scene as saved and written with ``write_still`` to
 OUT_PATTERN with ``{frame}`` replaced. FORMAT is EXR (default, multilayer) or PNG, JPEG, TIFF.
