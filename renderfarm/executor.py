@@ -371,6 +371,8 @@ class Source:
         done: ``done(handle, task, value)`` takes a finished call's value; it returns False
             when the worker must be replaced.
         failed: ``failed(handle, task, error)`` takes a failure (a dead worker, a timeout).
+        requeue: ``requeue(task)`` puts back a task that was queued on a worker but never
+            started there (the worker was replaced); no attempt is counted.
         timeout: per-task timeout in seconds, or None.
         priority: higher first.
         cancelled: set to stop the job: its running tasks are stopped.
@@ -381,6 +383,7 @@ class Source:
     call: Callable[[WorkerHandle, Any], Any]
     done: Callable[[WorkerHandle, Any, Any], bool]
     failed: Callable[[WorkerHandle, Any, RenderFarmError], None]
+    requeue: Callable[[Any], None]
     timeout: float | None = None
     priority: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -392,27 +395,35 @@ class _Running:
     source: Source
     task: Any
     handle: WorkerHandle
-    started: float
+    started: float | None  # None while queued behind the worker's current task
 
 
 def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
-             stop: Callable[[], bool], poll: float = 0.05) -> None:
+             stop: Callable[[], bool], poll: float = 0.05, depth: int = 2) -> None:
     """Run tasks from ``sources`` on ``pool`` until ``stop()`` is true and nothing runs.
 
-    ``sources()`` is asked again on every round, so jobs can come and go. A free worker takes
-    the first source (by priority, then order) that has work, preferring one whose ``key`` it
-    has loaded among sources of the same priority.
+    ``sources()`` is asked again on every round, so jobs can come and go. A worker with fewer
+    than ``depth`` tasks takes the next one from the first source (by priority, then order)
+    that has work, preferring one whose ``key`` it has loaded among sources of the same
+    priority. With ``depth=2`` each worker has its next task queued while it renders, so it
+    never waits for the driver between tasks; a worker still only gets work when it is
+    nearly free, so fast workers do more.
     """
     import ray
 
     running: dict[Any, _Running] = {}
+    queues: dict[str, list[Any]] = {}
     while True:
         active = [s for s in sources() if not s.cancelled.is_set()]
-        _stop_cancelled(pool, running)
+        _stop_cancelled(pool, running, queues)
         for handle in list(pool.workers.values()):
-            if handle.busy:
-                continue
-            _start_one(pool, handle, active, running)
+            queue = queues.setdefault(handle.worker_id, [])
+            while len(queue) < depth:
+                ref = _start_one(pool, handle, active, running, started=not queue)
+                if ref is None:
+                    break
+                queue.append(ref)
+            handle.busy = len(queue) >= depth
         if not running:
             if stop():
                 return
@@ -423,14 +434,15 @@ def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
             more, _ = ray.wait([r for r in running if r not in ready],
                                num_returns=len(running) - len(ready), timeout=0)
             for ref in ready + more:
-                _finish(pool, running.pop(ref), ref)
-        _check_timeouts(pool, running)
+                if ref in running:
+                    _finish(pool, running, queues, ref)
+        _check_timeouts(pool, running, queues)
 
 
 def _start_one(pool: WorkerPool, handle: WorkerHandle, active: list[Source],
-               running: dict[Any, _Running]) -> bool:
+               running: dict[Any, _Running], started: bool) -> Any:
     if not active:
-        return False
+        return None
     top = max(s.priority for s in active)
     ordered = sorted(active, key=lambda s: (-s.priority,
                                             s.priority == top and s.key != handle.loaded))
@@ -441,55 +453,84 @@ def _start_one(pool: WorkerPool, handle: WorkerHandle, active: list[Source],
             continue
         refs = source.call(handle, task)
         ref = refs[0] if isinstance(refs, (list, tuple)) else refs
-        handle.busy = True
         handle.loaded = source.key
-        running[ref] = _Running(source, task, handle, time.monotonic())
-        return True
-    return False
+        running[ref] = _Running(source, task, handle, time.monotonic() if started else None)
+        return ref
+    return None
 
 
-def _finish(pool: WorkerPool, item: _Running, ref: Any) -> None:
+def _drop_worker(pool: WorkerPool, running: dict[Any, _Running],
+                 queues: dict[str, list[Any]], handle: WorkerHandle,
+                 error: RenderFarmError) -> None:
+    """Replace a worker: a task it was running fails with ``error``, queued ones go back."""
+    pool.replace(handle.worker_id)
+    for ref in queues.pop(handle.worker_id, []):
+        item = running.pop(ref, None)
+        if item is None:
+            continue
+        if item.started is None:
+            item.source.requeue(item.task)
+        else:
+            item.source.failed(handle, item.task, error)
+
+
+def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, list[Any]],
+            ref: Any) -> None:
     import ray
 
+    item = running.pop(ref)
     handle = item.handle
-    handle.busy = False
+    queue = queues.get(handle.worker_id, [])
+    if ref in queue:
+        queue.remove(ref)
+    if queue and queue[0] in running:
+        running[queue[0]].started = time.monotonic()
     try:
         value = ray.get(ref)
     except ray.exceptions.RayActorError as exc:
         logger.warning("worker %s died: %s", handle.worker_id, exc)
-        pool.replace(handle.worker_id)
-        item.source.failed(handle, item.task, WorkerDiedError(
+        died = WorkerDiedError(
             f"worker {handle.worker_id} died while rendering (Blender crashed or the node "
-            "went away); the task is retried on another worker"))
+            "went away); the task is retried on another worker")
+        item.source.failed(handle, item.task, died)
+        _drop_worker(pool, running, queues, handle, died)
         return
     except Exception as exc:  # a bug in the worker code: report, replace the worker
-        pool.replace(handle.worker_id)
         item.source.failed(handle, item.task, RenderError(f"worker call failed: {exc}"))
+        _drop_worker(pool, running, queues, handle, RenderError("worker replaced"))
         return
     handle.tasks_done += 1
     if not item.source.done(handle, item.task, value):
-        pool.replace(handle.worker_id)
+        _drop_worker(pool, running, queues, handle, RenderError("worker replaced"))
 
 
-def _check_timeouts(pool: WorkerPool, running: dict[Any, _Running]) -> None:
+def _check_timeouts(pool: WorkerPool, running: dict[Any, _Running],
+                    queues: dict[str, list[Any]]) -> None:
     now = time.monotonic()
     for ref, item in list(running.items()):
         limit = item.source.timeout
-        if limit is not None and now - item.started > limit:
+        if ref not in running or limit is None or item.started is None:
+            continue
+        if now - item.started > limit:
             running.pop(ref)
-            pool.replace(item.handle.worker_id)
+            queues.get(item.handle.worker_id, []).remove(ref)
             item.source.failed(item.handle, item.task, TaskTimeoutError(
                 f"task ran longer than its {limit:g} s timeout and was stopped; raise "
                 "--timeout or render fewer samples"))
+            _drop_worker(pool, running, queues, item.handle, RenderError(
+                "the worker was stopped because another task timed out", retryable=True))
 
 
-def _stop_cancelled(pool: WorkerPool, running: dict[Any, _Running]) -> None:
+def _stop_cancelled(pool: WorkerPool, running: dict[Any, _Running],
+                    queues: dict[str, list[Any]]) -> None:
     for ref, item in list(running.items()):
-        if item.source.cancelled.is_set():
+        if ref in running and item.source.cancelled.is_set():
             running.pop(ref)
-            pool.replace(item.handle.worker_id)
+            queues.get(item.handle.worker_id, []).remove(ref)
             item.source.failed(item.handle, item.task,
                                CancelledError("the job was cancelled", retryable=False))
+            _drop_worker(pool, running, queues, item.handle, RenderError(
+                "the worker was stopped because another job was cancelled", retryable=True))
 
 
 def new_job_id() -> str:

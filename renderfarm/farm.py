@@ -447,7 +447,8 @@ class _JobRun:
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
                                        "size": list(plan.size)})
         source = Source(key=blend_hash, next_task=self._next_task, call=self._call,
-                        done=self._done, failed=self._failed, timeout=spec.task_timeout,
+                        done=self._done, failed=self._failed, requeue=self._requeue,
+                        timeout=spec.task_timeout,
                         priority=self.priority, cancelled=self.handle._cancel)
         runner.add(source)
         try:
@@ -518,8 +519,7 @@ class _JobRun:
             error = reply.get("error") or {}
             if error.get("need_blob"):
                 self._put_blob()
-                with self.lock:
-                    self.state.requeue(task.index)
+                self._requeue(task)
                 return True
             self._failed(handle, task, error_from(error), reply)
             return True
@@ -534,6 +534,10 @@ class _JobRun:
             self.merges.append(self.farm._merger.submit(self._merge, task.frame))
         self._check_end()
         return True
+
+    def _requeue(self, task: Task) -> None:
+        with self.lock:
+            self.state.requeue(task.index)
 
     def _failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,
                 reply: dict[str, Any] | None = None) -> None:
