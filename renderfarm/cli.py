@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "layers and passes, linked and missing files of a .blend.")
     inspect.add_argument("blend", help="the .blend file")
     inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("bench", help="run the benchmarks (benchmarks/run.py of a source checkout)",
+                   add_help=False)
     return parser
 
 
@@ -101,6 +104,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
@@ -117,6 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.log_tail and args.verbose:
             print(exc.log_tail, file=sys.stderr)
         return exc.exit_code
+
+
+def _bench(argv: list[str]) -> int:
+    """Run ``benchmarks/run.py`` of the checkout this package was installed from."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks", "run.py")
+    if not os.path.isfile(script):
+        print("renderfarm: error: the benchmarks ship with the source checkout, not the "
+              "package; run 'pip install -e .' in a clone", file=sys.stderr)
+        return EXIT_USAGE
+    return subprocess.call([sys.executable, script, *argv])
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -132,7 +132,7 @@ class BlenderWorker:
         the_task = Task.from_dict(task)
         base = {"task_index": the_task.index, "frame": the_task.frame,
                 "tile": the_task.tile.index, "worker": self.worker_id, "node": self.node,
-                "attempt": attempt}
+                "attempt": attempt, "started": time.time()}
         start = time.perf_counter()
         piece = os.path.join(self.scratch,
                              f"piece-{next(self._counter)}{piece_extension(output_format)}")
@@ -146,7 +146,7 @@ class BlenderWorker:
                 data = handle.read()
             return {**base, "ok": True, "device": self.session.device_label,
                     "render_seconds": stats.render_seconds, "load_seconds": load,
-                    "task_seconds": time.perf_counter() - start,
+                    "task_seconds": time.perf_counter() - start, "finished": time.time(),
                     "peak_memory_mb": stats.peak_memory_mb, "rss_mb": stats.rss_mb}, data
         except Exception as exc:  # reported to the driver, never fatal to the worker
             error = _error_dict(exc)

@@ -397,6 +397,8 @@ class TaskResult(_Json):
         peak_memory_mb: Blender's peak render memory for the task.
         rss_mb: the worker process's peak resident memory.
         attempt: 1 for the first try, 2 for the first retry, ...
+        started: wall-clock time (seconds since the epoch) the worker began the task.
+        finished: wall-clock time the piece was ready.
         error: the error, as :meth:`RenderFarmError.to_dict`, when ``ok`` is False.
     """
 
@@ -413,6 +415,8 @@ class TaskResult(_Json):
     peak_memory_mb: float = 0.0
     rss_mb: float = 0.0
     attempt: int = 1
+    started: float = 0.0
+    finished: float = 0.0
     error: dict[str, Any] | None = None
 
 

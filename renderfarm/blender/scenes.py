@@ -30,6 +30,8 @@ class SceneRecipe:
         crop: crop the output to the border.
         camera: add a camera.
         percentage: resolution percentage.
+        detail: subdivision levels (render) on the objects, for production-like geometry
+            (each level multiplies the faces by four; 0 keeps the primitives as they are).
     """
 
     width: int = 64
@@ -44,6 +46,7 @@ class SceneRecipe:
     crop: bool = True
     camera: bool = True
     percentage: int = 100
+    detail: int = 0
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
@@ -94,6 +97,13 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         add(location=location)
         obj = bpy.context.object
         obj.data.materials.append(material(f"M{index}", color, emission))
+        if recipe.detail:
+            subsurf = obj.modifiers.new("detail", "SUBSURF")
+            subsurf.levels = 1
+            subsurf.render_levels = recipe.detail
+            displace = obj.modifiers.new("bumps", "DISPLACE")
+            displace.texture = bpy.data.textures.new(f"bumps{index}", "CLOUDS")
+            displace.strength = 0.05
         for frame in range(1, recipe.frames + 1):
             obj.location = (location[0], location[1] + 0.25 * (frame - 1) * (index - 1),
                             location[2])
@@ -145,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--percentage", type=int, default=100)
+    parser.add_argument("--detail", type=int, default=0)
     parser.add_argument("--engine", default="CYCLES")
     parser.add_argument("--adaptive", action="store_true")
     parser.add_argument("--denoise", action="store_true")
@@ -158,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         width=args.width, height=args.height, samples=args.samples, frames=args.frames,
         engine=args.engine, adaptive=args.adaptive, denoise=args.denoise, passes=args.passes,
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
-        percentage=args.percentage))
+        percentage=args.percentage, detail=args.detail))
     return 0
 
 

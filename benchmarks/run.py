@@ -1,0 +1,535 @@
+"""renderfarm benchmarks: ratios against baselines measured in the same run.
+
+    python benchmarks/run.py [--quick] [--json PATH] [--compare OLD.json] [--plot PATH.png]
+    renderfarm bench ...            (the same)
+
+Every benchmark records the median of N repetitions of what it measures and of its baseline,
+their min and max, the ratio, the target and whether the ratio meets it. The machine is shared
+and noisy, so each comparison runs its baseline side by side in the same run, and a target
+counts as missed only beyond its noise margin (``margin``, in units of the ratio). Scenes are
+generated here with bpy, so nothing large is committed.
+
+Exit code: 0 when every target is met (within its margin), 1 otherwise, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BASELINES = HERE / "baselines.py"
+
+
+@dataclass
+class Record:
+    """One benchmark's outcome.
+
+    Attributes:
+        name: e.g. ``per_frame.vs_loop``.
+        compared: what was compared with what, in words.
+        unit: unit of ``median``/``min``/``max`` (seconds, tasks/s, MB).
+        samples: the measured values (one per repetition).
+        baseline: the baseline's values, when there is one.
+        ratio: the figure the target applies to.
+        target: the threshold, or None when the figure is only reported.
+        op: ``"<="`` or ``">="``.
+        margin: how far past the target still counts as noise.
+        note: anything a reader should know.
+    """
+
+    name: str
+    compared: str
+    unit: str
+    samples: list[float]
+    baseline: list[float] = field(default_factory=list)
+    ratio: float = 0.0
+    target: float | None = None
+    op: str = "<="
+    margin: float = 0.0
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False against the target (with the margin); None when only reported."""
+        if self.target is None:
+            return None
+        if self.op == "<=":
+            return self.ratio <= self.target + self.margin
+        return self.ratio >= self.target - self.margin
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(median=self.median, min=min(self.samples), max=max(self.samples),
+                    passed=self.passed)
+        if self.baseline:
+            data.update(baseline_median=statistics.median(self.baseline))
+        return data
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+def make_scene(path: Path, **options: Any) -> Path:
+    """Generate a scene with ``python -m renderfarm.blender.scenes`` (cached by path)."""
+    if not path.exists():
+        args = [sys.executable, "-m", "renderfarm.blender.scenes", str(path)]
+        for key, value in options.items():
+            args += [f"--{key}", str(value)]
+        subprocess.run(args, check=True, capture_output=True)
+    return path
+
+
+def baseline(mode: str, blend: Path, frames: Sequence[int], out: Path, threads: int) -> float:
+    """Seconds reported by ``benchmarks/baselines.py`` (see there)."""
+    proc = subprocess.run([sys.executable, str(BASELINES), mode, str(blend),
+                           ",".join(map(str, frames)), str(out), str(threads)],
+                          capture_output=True, text=True, check=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
+    return float(line.split()[1])
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Context:
+    """Settings and shared resources of a run."""
+
+    def __init__(self, quick: bool, workdir: Path) -> None:
+        self.quick = quick
+        self.reps = 3 if quick else 5
+        self.workdir = workdir
+        self.threads = os.cpu_count() or 1
+        self._farm: Any = None
+        self.timeline: list[Any] = []
+        self.plots: dict[str, Any] = {}
+
+    def farm(self) -> Any:
+        """A farm with one worker using every CPU (Ray started before, excluded)."""
+        if self._farm is None:
+            from renderfarm.farm import Farm
+
+            self._farm = Farm(workers=1)
+            self._farm._runner("cpu")  # start the worker now: Ray start is excluded
+        return self._farm
+
+    def out(self, name: str) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
+        return folder
+
+    def close(self) -> None:
+        if self._farm is not None:
+            self._farm.shutdown()
+
+
+# ------------------------------------------------------------------------------------------
+# the benchmarks
+# ------------------------------------------------------------------------------------------
+def bench_per_frame(ctx: Context) -> list[Record]:
+    """N frames on one renderfarm worker vs one process looping vs one process per frame."""
+    from renderfarm.job import JobSpec
+
+    frames = list(range(1, 5 if ctx.quick else 9))
+    blend = make_scene(ctx.workdir / "anim.blend", width=320, height=180, samples=16,
+                       frames=len(frames))
+    farm = ctx.farm()
+    ours, loop, per_process = [], [], []
+    for _ in range(ctx.reps if not ctx.quick else 2):
+        spec = JobSpec(str(blend), frames=f"1-{len(frames)}",
+                       output=str(ctx.out("pf") / "f_####.exr"))
+        ours.append(timed(lambda spec=spec: farm.render(spec)))
+        loop.append(baseline("loop", blend, frames, ctx.out("loop"), ctx.threads))
+        out = ctx.out("proc")
+        per_process.append(timed(lambda out=out: [
+            baseline("one", blend, [f], out, ctx.threads) for f in frames]))
+    what = f"{len(frames)} frames 320x180 16 samples, one worker ({ctx.threads} threads)"
+    return [
+        Record("per_frame.vs_loop", f"renderfarm / one process rendering in a loop; {what}",
+               "s", ours, loop, median(ours) / median(loop), 1.10, "<=", 0.05),
+        Record("per_frame.process_per_frame",
+               f"a fresh Blender process per frame / renderfarm; {what}", "s", per_process,
+               ours, median(per_process) / median(ours), 1.8, ">=", 0.1,
+               note="the gap is Blender's start-up (import bpy, open, kernels) per frame"),
+    ]
+
+
+def bench_tiling(ctx: Context) -> list[Record]:
+    """One frame in 2x2, 4x4, 8x8 tiles on one worker vs untiled, merge included."""
+    from renderfarm.job import JobSpec
+
+    blend = make_scene(ctx.workdir / "still.blend", width=320, height=180, samples=16, frames=1)
+    farm = ctx.farm()
+    grids = [(1, 1), (2, 2), (4, 4), (8, 8)]
+    times: dict[tuple[int, int], list[float]] = {g: [] for g in grids}
+    for _ in range(ctx.reps):
+        for grid in grids:  # interleaved, so drift hits every grid alike
+            spec = JobSpec(str(blend), frames="1", tiles=grid,
+                           output=str(ctx.out("tile") / "t_####.exr"))
+            times[grid].append(timed(lambda spec=spec: farm.render(spec)))
+    targets = {(2, 2): None, (4, 4): 1.15, (8, 8): 1.40}
+    records = []
+    for grid, target in targets.items():
+        records.append(Record(
+            f"tiling.{grid[0]}x{grid[1]}", f"{grid[0]}x{grid[1]} tiles / untiled, one "
+            "320x180 16-sample frame on one worker, merge included", "s", times[grid],
+            times[(1, 1)], median(times[grid]) / median(times[(1, 1)]), target, "<=", 0.05))
+    ctx.plots["tiling"] = {f"{g[0]}x{g[1]}": median(t) for g, t in times.items()}
+    return records
+
+
+PASSES = [("Combined", "RGBA"), ("Depth", "Z"), ("Normal", "XYZ"), ("Vector", "XYZW"),
+          ("Mist", "Z"), ("AO", "RGB"), ("Emit", "RGB"), ("DiffDir", "RGB")]
+
+
+def _merge_inputs(ctx: Context, width: int, height: int, grid: int,
+                  passes: Sequence[tuple[str, str]]) -> tuple[list[Any], Any]:
+    """Pieces of a Blender-like multilayer frame (one EXR part per pass), made once."""
+    import numpy as np
+    import OpenImageIO as oiio
+
+    from renderfarm.job import Rect
+    from renderfarm.merge import Piece, _write_parts
+    from renderfarm.planner import plan_tiles
+
+    folder = ctx.workdir / f"pieces-{width}-{grid}-{len(passes)}"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(7)
+    tiles = plan_tiles(Rect(0, 0, width, height), grid, grid)
+    pieces = []
+    for tile in tiles:
+        path = folder / f"piece-{tile.index}.exr"
+        w, h = tile.render.width, tile.render.height
+        specs, data = [], []
+        for name, chans in passes:
+            spec = oiio.ImageSpec(w, h, len(chans), oiio.FLOAT)
+            spec.channelnames = tuple(f"ViewLayer.{name}.{c}" for c in chans)
+            spec.attribute("name", f"ViewLayer.{name}")
+            spec.attribute("compression", "zip")
+            specs.append(spec)
+            # smooth image plus render noise: compresses like a render, not like random bits
+            ys, xs = np.mgrid[tile.render.y0:tile.render.y1, tile.render.x0:tile.render.x1]
+            base = (np.sin(xs / 97.0) * np.cos(ys / 61.0)).astype(np.float32)
+            noise = rng.normal(0, 0.02, (h, w, len(chans))).astype(np.float32)
+            data.append(base[:, :, None] + noise)
+        if not path.exists():
+            _write_parts(path, specs, lambda i, data=data: data[i])
+        pieces.append(Piece(tile, path))
+    return pieces, Rect(0, 0, width, height)
+
+
+def _io_floor(pieces: Sequence[Any], merged: Path, target: Path) -> float:
+    """Read every piece, then write the merged frame's pixels (already in memory) once."""
+    import OpenImageIO as oiio
+
+    from renderfarm.merge import _parts, _write_parts
+
+    inp = oiio.ImageInput.open(str(merged))
+    specs = _parts(inp)
+    frame = []
+    for i, spec in enumerate(specs):
+        inp.seek_subimage(i, 0)
+        frame.append(inp.read_image(i, 0, 0, spec.nchannels, oiio.FLOAT))
+    inp.close()
+    start = time.perf_counter()
+    for piece in pieces:
+        src = oiio.ImageInput.open(str(piece.path))
+        for i, spec in enumerate(_parts(src)):
+            src.seek_subimage(i, 0)
+            src.read_image(i, 0, 0, spec.nchannels, oiio.FLOAT)
+        src.close()
+    _write_parts(target, specs, lambda i: frame[i])
+    return time.perf_counter() - start
+
+
+def _oiiotool(pieces: Sequence[Any], canvas: Any, target: Path, parts: int) -> float:
+    """oiiotool pasting the same pieces into the frame, as one command: each part is the first
+    piece grown to the frame with every other piece pasted in, then all parts are appended
+    (``--paste`` works on one subimage at a time)."""
+    tool = shutil.which("oiiotool")
+    if tool is None:
+        raise RuntimeError("oiiotool not found (it comes with the OpenImageIO wheel)")
+    args = [tool]
+    for part in range(parts):
+        args += [str(pieces[0].path), "--subimage", str(part), "--crop",
+                 f"{canvas.width}x{canvas.height}+0+0"]
+        for piece in pieces[1:]:
+            args += [str(piece.path), "--subimage", str(part), "--swap", "--paste",
+                     f"+{piece.tile.core.x0}+{piece.tile.core.y0}"]
+    args += ["--siappendall", "-o", str(target)]
+    start = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def bench_merge(ctx: Context) -> list[Record]:
+    """Merging a 3840x2160 multilayer frame: vs the I/O floor and vs oiiotool."""
+    from renderfarm.merge import merge_pieces, read_layers
+
+    width, height = (1920, 1080) if ctx.quick else (3840, 2160)
+    pieces, canvas = _merge_inputs(ctx, width, height, 4, PASSES)
+    ours, floor, tool = [], [], []
+    for _ in range(2 if ctx.quick else ctx.reps):
+        target = ctx.out("merge") / "merged.exr"
+        ours.append(timed(lambda target=target: merge_pieces(pieces, canvas, target)))
+        floor.append(_io_floor(pieces, target, ctx.out("floor") / "floor.exr"))
+        tool_out = ctx.out("tool") / "tool.exr"
+        tool.append(_oiiotool(pieces, canvas, tool_out, len(PASSES)))
+    a, b = read_layers(target), read_layers(tool_out)
+    same = list(a) == list(b) and all((a[k] == b[k]).all() for k in a)
+    channels = sum(len(c) for _, c in PASSES)
+    what = f"{width}x{height}, {len(PASSES)} passes ({channels} channels), 4x4 tiles"
+    ctx.plots["merge"] = {"renderfarm": median(ours), "I/O floor": median(floor),
+                          "oiiotool": median(tool), "size": f"{width}x{height}"}
+    return [
+        Record("merge.vs_io_floor", f"merge / read every piece + write the frame once; {what}",
+               "s", ours, floor, median(ours) / median(floor), 1.5, "<=", 0.1),
+        Record("merge.vs_oiiotool", f"merge / oiiotool -a --paste of the same pieces; {what}",
+               "s", ours, tool, median(ours) / median(tool), 1.0, "<=", 0.1,
+               note="oiiotool's frame equals ours pixel for pixel" if same else
+               "oiiotool's output differs from ours (layout or pixels)"),
+    ]
+
+
+def bench_scheduler(ctx: Context) -> list[Record]:
+    """The dispatcher's own limit and its makespan, on synthetic sleeping workers."""
+    import ray
+
+    from renderfarm.synthetic import run_synthetic, start_pool
+
+    zero_tasks = 3000 if ctx.quick else 10_000
+    pool = start_pool(32)
+    try:
+        remote = pool.workers[next(iter(pool.workers))].actor
+        raw, ours = [], []
+        for _ in range(ctx.reps):
+            start = time.perf_counter()
+            ray.get([remote.work.remote(i, 0.0) for i in range(1000)])
+            raw.append(1000 / (time.perf_counter() - start))
+            ours.append(run_synthetic(pool, [0.0] * zero_tasks).throughput)
+        records = [Record(
+            "scheduler.throughput", f"tasks/s dispatching {zero_tasks} zero-length tasks over "
+            "32 workers (baseline: plain Ray actor calls/s, one actor, in the same run)",
+            "tasks/s", ours, raw, median(ours), 500, ">=", 25,
+            note=f"{median(ours) / median(raw):.2f}x plain Ray actor calls")]
+        workers = 16 if ctx.quick else 100
+        tasks = 320 if ctx.quick else 2000
+        if workers < len(pool.workers):
+            for worker_id in list(pool.workers)[workers:]:
+                pool.kill(worker_id)
+        else:
+            pool.shape = type(pool.shape)(**{**asdict(pool.shape), "workers": workers})
+            pool.start()
+        runs = [run_synthetic(pool, [0.5] * tasks) for _ in range(2 if ctx.quick else 3)]
+        ctx.plots["makespan"] = runs[0].timeline
+        records.append(Record(
+            "scheduler.makespan", f"makespan / ideal (sum of work / workers), {tasks} tasks of "
+            f"0.5 s over {workers} workers", "s", [r.makespan for r in runs],
+            [r.ideal for r in runs], median([r.makespan / r.ideal for r in runs]), 1.05, "<=",
+            0.02))
+        slow_id = next(iter(pool.workers))
+        slow = [run_synthetic(pool, [0.5] * tasks, slow={slow_id: 5.0})
+                for _ in range(2 if ctx.quick else 3)]
+        capacity = (len(pool.workers) - 1) + 1 / 5
+        best = tasks * 0.5 / capacity
+        records.append(Record(
+            "stragglers.makespan", f"makespan / ideal with one of {workers} workers 5x slower",
+            "s", [r.makespan for r in slow], [r.ideal for r in slow],
+            median([r.makespan / r.ideal for r in slow]), None,
+            note=f"the best any scheduler can do here is {best / slow[0].ideal:.3f}x "
+            "(the slow worker's capacity is lost); no target until straggler handling lands"))
+        ctx.timeline = list(slow[0].timeline)
+    finally:
+        pool.kill_all()
+    return records
+
+
+def bench_memory(ctx: Context) -> list[Record]:
+    """Worker memory after 50 tasks vs after the first; peak memory of a 3840x2160 merge."""
+    from renderfarm.job import JobSpec
+
+    blend = make_scene(ctx.workdir / "mem.blend", width=200, height=100, samples=4, frames=1)
+    result = ctx.farm().render(JobSpec(str(blend), frames="1", tiles=(10, 5),
+                                       output=str(ctx.out("mem") / "m_####.exr")))
+    ordered = sorted(result.tasks, key=lambda t: t.started)
+    first, last = ordered[0].rss_mb, ordered[-1].rss_mb
+    pieces, _canvas = _merge_inputs(ctx, 3840, 2160, 4, PASSES)
+    code = ("import sys, resource, pickle; from renderfarm.merge import merge_pieces;"
+            "p, c, t = pickle.load(open(sys.argv[1], 'rb')); merge_pieces(p, c, t);"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    import pickle
+
+    job = ctx.workdir / "merge-job.pkl"
+    with open(job, "wb") as handle:
+        pickle.dump((pieces, _canvas, ctx.out("mm") / "m.exr"), handle)
+    peaks = []
+    for _ in range(1 if ctx.quick else 2):
+        out = subprocess.run([sys.executable, "-c", code, str(job)], capture_output=True,
+                             text=True, check=True).stdout
+        peaks.append(int(out.split()[-1]) / 1024)
+    all_parts = 3840 * 2160 * sum(len(c) for _, c in PASSES) * 4 / 2**20
+    return [
+        Record("memory.worker_growth", "peak RSS of a worker after 50 tasks / after the first",
+               "MB", [last], [first], last / first, 1.10, "<="),
+        Record("memory.merge_peak", "peak RSS of merging a 3840x2160 frame / the frame's "
+               f"pixels as float ({all_parts:.0f} MB for all passes)", "MB", peaks,
+               [all_parts], median(peaks) / all_parts, None,
+               note="the merge holds one pass (EXR part) of the frame at a time"),
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[Context], list[Record]]] = {
+    "per_frame": bench_per_frame, "tiling": bench_tiling, "merge": bench_merge,
+    "scheduler": bench_scheduler, "memory": bench_memory,
+}
+
+
+# ------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------
+def table(records: Sequence[Record]) -> str:
+    """The readable table printed on stdout."""
+    rows = [("benchmark", "median", "min..max", "ratio", "target", "result")]
+    for r in records:
+        target = "report" if r.target is None else f"{r.op} {r.target:g} (±{r.margin:g})"
+        result = {True: "pass", False: "FAIL", None: "-"}[r.passed]
+        rows.append((r.name, f"{r.median:.3f} {r.unit}",
+                     f"{min(r.samples):.3f}..{max(r.samples):.3f}", f"{r.ratio:.3f}", target,
+                     result))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines += [f"{r.name}: {r.compared}" + (f" — {r.note}" if r.note else "") for r in records]
+    return "\n".join(lines)
+
+
+def compare(records: Sequence[Record], old_path: Path, threshold: float) -> list[str]:
+    """Regressions against an earlier ``--json`` file: ratios worse by more than
+    ``threshold`` (relative)."""
+    old = {r["name"]: r for r in json.loads(old_path.read_text())["records"]}
+    found = []
+    for r in records:
+        before = old.get(r.name)
+        if before is None:
+            continue
+        worse = (r.ratio > before["ratio"] * (1 + threshold) if r.op == "<=" else
+                 r.ratio < before["ratio"] * (1 - threshold))
+        if worse:
+            found.append(f"{r.name}: ratio {before['ratio']:.3f} -> {r.ratio:.3f}")
+    return found
+
+
+def plot(ctx: Context, path: Path) -> None:
+    """Draw the per-worker timeline (Gantt, coloured by task) and the tiling/merge figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [3, 1, 1]})
+    gantt, tiles, merge = axes
+    workers = sorted({row[0] for row in ctx.timeline})
+    cmap = plt.get_cmap("tab20")
+    for w_index, worker in enumerate(workers):
+        for name, start, end, index in ctx.timeline:
+            if name == worker:
+                gantt.barh(w_index, end - start, left=start, color=cmap(index % 20),
+                           edgecolor="none")
+    gantt.set_yticks(range(len(workers)), workers, fontsize=6)
+    gantt.set_xlabel("seconds")
+    gantt.set_title("tasks per worker (one worker 5x slower), coloured by task")
+    if "tiling" in ctx.plots:
+        names = list(ctx.plots["tiling"])
+        tiles.bar(names, [ctx.plots["tiling"][n] for n in names], color="tab:blue")
+        tiles.set_title("one frame, one worker (s)")
+    if "merge" in ctx.plots:
+        figures = dict(ctx.plots["merge"])
+        size = figures.pop("size")
+        merge.bar(list(figures), list(figures.values()), color="tab:green")
+        merge.set_title(f"merge {size} (s)")
+        merge.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="renderfarm bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the CI run (under 5 minutes)")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--compare", type=Path, help="an earlier --json to check against")
+    parser.add_argument("--threshold", type=float, default=0.15,
+                        help="relative worsening of a ratio that counts as a regression")
+    parser.add_argument("--plot", type=Path, help="draw the figures to this PNG")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS),
+                        help="run only these benchmarks")
+    args = parser.parse_args(argv)
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install -e '.[plot]'")
+
+    import ray
+
+    started = time.time()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    workdir = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
+    ctx = Context(args.quick, workdir)
+    records: list[Record] = []
+    try:
+        for name in args.only or list(BENCHMARKS):
+            begun = time.time()
+            records += BENCHMARKS[name](ctx)
+            print(f"[{name}: {time.time() - begun:.0f} s]", file=sys.stderr, flush=True)
+        if args.plot is not None:
+            plot(ctx, args.plot)
+    finally:
+        ctx.close()
+        ray.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(table(records))
+    regressions = compare(records, args.compare, args.threshold) if args.compare else []
+    for line in regressions:
+        print(f"REGRESSION {line}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "mode": "quick" if args.quick else "full", "seconds": time.time() - started,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                        / 1024},
+            "records": [r.to_dict() for r in records], "regressions": regressions,
+        }, indent=2))
+    failed = [r.name for r in records if r.passed is False]
+    if failed:
+        print(f"missed targets: {', '.join(failed)}")
+    return 1 if failed or regressions else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The dispatcher on a real Ray cluster with synthetic workers (no Blender): pull-based work
+distribution, throughput, and the benchmark tooling's bookkeeping."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from renderfarm.synthetic import run_synthetic, start_pool
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local):
+    the_pool = start_pool(4)
+    yield the_pool
+    the_pool.kill_all()
+
+
+def test_every_task_runs_once_and_the_makespan_is_near_ideal(pool) -> None:
+    run = run_synthetic(pool, [0.1] * 40)
+    assert sorted(row[3] for row in run.timeline) == list(range(40))
+    assert run.ideal == pytest.approx(1.0)
+    assert run.makespan < run.ideal * 1.5
+
+
+def test_fast_workers_do_more(pool) -> None:
+    slow = next(iter(pool.workers))
+    run = run_synthetic(pool, [0.1] * 40, slow={slow: 5.0})
+    per_worker = Counter(row[0] for row in run.timeline)
+    assert per_worker[slow] <= 4, per_worker
+    assert min(n for w, n in per_worker.items() if w != slow) >= 10, per_worker
+
+
+def test_zero_length_tasks_flow(pool) -> None:
+    run = run_synthetic(pool, [0.0] * 500)
+    assert run.tasks == 500 and len(run.timeline) == 500
+    assert run.throughput > 50  # far below the benchmark's figure: a sanity floor only
+
+
+def _bench_module():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_records_targets_margins_and_regressions(tmp_path: Path) -> None:
+    bench = _bench_module()
+    ok = bench.Record("a", "x", "s", [1.0, 2.0, 3.0], [1.0], ratio=1.12, target=1.10,
+                      op="<=", margin=0.05)
+    bad = bench.Record("b", "y", "s", [1.0], [1.0], ratio=1.6, target=1.8, op=">=",
+                       margin=0.1)
+    info = bench.Record("c", "z", "MB", [5.0], ratio=0.5)
+    assert (ok.passed, bad.passed, info.passed) == (True, False, None)
+    assert ok.to_dict()["median"] == 2.0
+    text = bench.table([ok, bad, info])
+    assert "FAIL" in text and "pass" in text and "report" in text
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"records": [
+        {"name": "a", "ratio": 0.9}, {"name": "b", "ratio": 1.7}, {"name": "c", "ratio": 0.5}]}))
+    assert bench.compare([ok, bad, info], old, 0.15) == ["a: ratio 0.900 -> 1.120"]
