@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _bench_module():
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
     spec = importlib.util.spec_from_file_location("bench_run", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -36,9 +36,19 @@ def scripted(tmp_path_factory) -> tuple[Path, Path]:
     return blend, marker
 
 
-def test_scripts_stay_off_by_default(farm, scripted, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def permitting_farm(ray_local):
+    from renderfarm.farm import Farm
+
+    with Farm(workers=1, permit_scripts=True) as the_farm:
+        yield the_farm
+
+
+def test_scripts_stay_off_unless_the_job_allows_them(permitting_farm, scripted,
+                                                     tmp_path) -> None:
     blend, marker = scripted
-    result = farm.render(JobSpec(str(blend), frames="1", output=str(tmp_path / "s_####.exr")))
+    result = permitting_farm.render(JobSpec(str(blend), frames="1",
+                                            output=str(tmp_path / "s_####.exr")))
     assert result.outputs[1].exists()
     assert not marker.exists(), "the file's script ran although the job did not allow it"
 
@@ -50,11 +60,8 @@ def test_a_job_cannot_allow_scripts_on_a_farm_that_does_not_permit_them(farm, sc
                             output=str(tmp_path / "s_####.exr")))
 
 
-def test_scripts_run_when_allowed_and_permitted(ray_local, scripted, tmp_path) -> None:
-    from renderfarm.farm import Farm
-
+def test_scripts_run_when_allowed_and_permitted(permitting_farm, scripted, tmp_path) -> None:
     blend, marker = scripted
-    with Farm(workers=1, permit_scripts=True) as farm:
-        farm.render(JobSpec(str(blend), frames="1", allow_scripts=True,
-                            output=str(tmp_path / "s_####.exr")))
+    permitting_farm.render(JobSpec(str(blend), frames="1", allow_scripts=True,
+                                   output=str(tmp_path / "s_####.exr")))
     assert marker.exists() and "ran" in marker.read_text()
