@@ -484,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.15,
                         help="relative worsening of a ratio that counts as a regression")
     parser.add_argument("--plot", type=Path, help="draw the figures to this PNG")
+    parser.add_argument("--address", help="run on an existing Ray cluster (e.g. 'auto' on its "
+                        "head node) instead of starting Ray on this machine")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS),
                         help="run only these benchmarks")
     args = parser.parse_args(argv)
@@ -496,8 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
 
     started = time.time()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False, logging_level="ERROR")
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
     workdir = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
     ctx = Context(args.quick, workdir)
     records: list[Record] = []

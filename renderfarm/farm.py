@@ -378,11 +378,12 @@ class _JobRun:
         self.ended = threading.Event()
         self.frames_done = 0
         self.warnings: list[str] = []
+        self.state: JobState | None = None
+        self.plan: Plan | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def emit(self, kind: str, **kwargs: Any) -> None:
-        state = getattr(self, "state", None)
-        plan: Plan | None = getattr(self, "plan", None)
+        state, plan = self.state, self.plan
         self.handle._emit(Event(
             kind=kind, job_id=self.handle.job_id,
             tasks_done=state.count(TaskStatus.DONE) if state else 0,
