@@ -193,11 +193,11 @@ def inspect_file(path: str) -> dict[str, Any]:
     Raises:
         BlendFileError: the file is missing, not a ``.blend``, or Blender cannot open it.
     """
+    from renderfarm.blender.session import check_blend_file
     from renderfarm.errors import BlendFileError
     from renderfarm.executor import error_from
 
-    if not os.path.isfile(path):
-        raise BlendFileError("file not found; check the path", path=path)
+    check_blend_file(path)
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "report.json")
         proc = subprocess.run(

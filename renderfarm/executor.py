@@ -32,7 +32,7 @@ from renderfarm.errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from renderfarm.job import RenderSettings, SceneInfo, Task
+from renderfarm.job import FORMAT_EXTENSIONS, RenderSettings, SceneInfo, Task
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,6 @@ class BlenderWorker:
     def render(self, settings: dict[str, Any], output_format: str, task: dict[str, Any],
                attempt: int, blob: Sequence[Any] = ()) -> tuple[dict[str, Any], bytes | None]:
         """Render one task and return its result and the piece's bytes."""
-        from renderfarm.blender.session import piece_extension
-
         job_settings = RenderSettings.from_dict(settings)
         the_task = Task.from_dict(task)
         base = {"task_index": the_task.index, "frame": the_task.frame,
@@ -135,7 +133,7 @@ class BlenderWorker:
                 "attempt": attempt, "started": time.time()}
         start = time.perf_counter()
         piece = os.path.join(self.scratch,
-                             f"piece-{next(self._counter)}{piece_extension(output_format)}")
+                             f"piece-{next(self._counter)}{FORMAT_EXTENSIONS[output_format]}")
         try:
             local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, blob)
             if local is None:

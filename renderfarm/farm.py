@@ -48,6 +48,7 @@ from renderfarm.executor import (
 )
 from renderfarm.frames import parse_frames
 from renderfarm.job import (
+    FORMAT_EXTENSIONS,
     JobResult,
     JobSpec,
     RenderSettings,
@@ -62,8 +63,6 @@ from renderfarm.planner import Plan, plan_job
 from renderfarm.state import JobState, TaskStatus
 
 logger = logging.getLogger(__name__)
-
-_EXTENSIONS = {"OPEN_EXR_MULTILAYER": ".exr", "PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif"}
 
 
 @dataclass(frozen=True)
@@ -100,15 +99,11 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
         OutputError: the output extension is unknown or its folder cannot be written.
         InputError: the job asks to run scripts and the farm does not permit it.
     """
-    from renderfarm.blender.session import is_blend_file
+    from renderfarm.blender.session import check_blend_file
 
     config = config or FarmConfig()
     path = spec.blend_file
-    if not os.path.exists(path):
-        raise BlendFileError("file not found; check the path", path=path)
-    if os.path.isdir(path) or not is_blend_file(path):
-        raise BlendFileError("not a .blend file; give the path of a file saved by Blender",
-                             path=path)
+    check_blend_file(path)
     if spec.frames is not None:
         parse_frames(spec.frames, max_count=config.max_frames)
     if spec.allow_scripts and not config.permit_scripts:
@@ -524,8 +519,7 @@ class _JobRun:
                 return True
             self._failed(handle, task, error_from(error), reply)
             return True
-        piece = self.scratch / f"{task.task_id}{_EXTENSIONS[self.piece_format]}"
-        piece.write_bytes(data)
+        self._piece_path(task).write_bytes(data)
         self.results.append(TaskResult.from_dict(reply))
         with self.lock:
             frame_complete = self.state.succeeded(task.index)
@@ -570,12 +564,15 @@ class _JobRun:
             self.ended.set()
 
     # -- merging (merge threads) -------------------------------------------------------------
+    def _piece_path(self, task: Task) -> Path:
+        """Where the driver keeps a task's piece until its frame is merged."""
+        return self.scratch / f"{task.task_id}{FORMAT_EXTENSIONS[self.piece_format]}"
+
     def _merge(self, frame: int) -> None:
         try:
             target = output_path(self.spec.output, frame)
             tasks = self.plan.tasks_of(frame)
-            pieces = [Piece(t.tile, self.scratch / f"{t.task_id}{_EXTENSIONS[self.piece_format]}")
-                      for t in tasks]
+            pieces = [Piece(t.tile, self._piece_path(t)) for t in tasks]
             if not self.plan.tiled:
                 write_atomically(target, lambda tmp: shutil.move(pieces[0].path, tmp))
             elif self.final_format == "OPEN_EXR_MULTILAYER":
@@ -605,7 +602,7 @@ class _JobRun:
         merge_pieces(pieces, self.plan.canvas, merged)
         combined_rgba(merged, rgba)
         payload = rgba.read_bytes()
-        extension = _EXTENSIONS[self.final_format]
+        extension = FORMAT_EXTENSIONS[self.final_format]
         for _attempt in range(self.spec.retries + 1):
             handle = self.pool.preferred(self.settings.blend_hash)
             try:

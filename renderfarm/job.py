@@ -30,6 +30,11 @@ OUTPUT_FORMATS: dict[str, str] = {
     ".tiff": "TIFF",
 }
 
+#: Blender file format -> the extension renderfarm writes it with
+FORMAT_EXTENSIONS: dict[str, str] = {
+    "OPEN_EXR_MULTILAYER": ".exr", "PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif",
+}
+
 _T = TypeVar("_T")
 _HASHES = re.compile(r"#+")
 

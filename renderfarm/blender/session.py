@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 _MEM = re.compile(r"(Peak|Mem):\s*([\d.]+)\s*([KMG])", re.IGNORECASE)
 _UNIT = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}
-#: extensions of files Blender writes per format
-EXTENSIONS = {"OPEN_EXR_MULTILAYER": ".exr", "PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif"}
 
 
 def is_blend_file(path: str) -> bool:
@@ -37,6 +35,19 @@ def is_blend_file(path: str) -> bool:
         b"\x28\xb5\x2f\xfd"
 
 
+def check_blend_file(path: str) -> None:
+    """Make sure ``path`` is an existing file that starts like a ``.blend`` (no Blender needed).
+
+    Raises:
+        BlendFileError: the file is missing, a folder, or not a ``.blend``.
+    """
+    if not os.path.exists(path):
+        raise BlendFileError("file not found; check the path", path=path)
+    if not os.path.isfile(path) or not is_blend_file(path):
+        raise BlendFileError("not a .blend file; give the path of a file saved by Blender",
+                             path=path)
+
+
 def open_blend(path: str, allow_scripts: bool = False) -> float:
     """Open a ``.blend`` file in this process and return the seconds it took.
 
@@ -45,11 +56,7 @@ def open_blend(path: str, allow_scripts: bool = False) -> float:
     """
     import bpy
 
-    if not os.path.isfile(path):
-        raise BlendFileError("file not found; check the path", path=path)
-    if not is_blend_file(path):
-        raise BlendFileError("not a .blend file (it does not start with a Blender header)",
-                             path=path)
+    check_blend_file(path)
     start = time.perf_counter()
     try:
         bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=allow_scripts)
@@ -317,9 +324,3 @@ def _handlers() -> list[Any]:
     import bpy
 
     return bpy.app.handlers.render_stats  # type: ignore[no-any-return]
-
-
-def piece_extension(output_format: str) -> str:
-    """File extension for a piece in ``output_format``."""
-    return EXTENSIONS[output_format]
-
