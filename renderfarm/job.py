@@ -209,8 +209,9 @@ class SceneInfo(_Json):
         samples: the render samples (Cycles) or None.
         adaptive_sampling: whether Cycles' adaptive sampling is on.
         denoising: whether render-time denoising is on.
-        compositing: whether the compositor changes the image (a node tree beyond a plain
-            Render Layers -> Composite link).
+        compositing: whether the compositor or the sequencer changes the image (a node tree
+            beyond a plain Render Layers -> Composite link, or sequencer strips).
+        sequencer: whether the video sequencer makes the image (it needs no camera).
         view_layers: ``{layer name: [pass names]}`` of the layers that render.
         libraries: linked library paths as stored in the file.
         missing_files: external files the scene uses that do not exist.
@@ -233,6 +234,7 @@ class SceneInfo(_Json):
     adaptive_sampling: bool = False
     denoising: bool = False
     compositing: bool = False
+    sequencer: bool = False
     view_layers: dict[str, list[str]] = field(default_factory=dict)
     libraries: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)

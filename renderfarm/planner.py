@@ -192,7 +192,7 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job") -> Plan:
         SceneError: no camera, an empty border, or more tiles than pixels.
         FrameRangeError: the frames are malformed or empty.
     """
-    if scene.camera is None:
+    if scene.camera is None and not scene.sequencer:
         raise SceneError(
             f"scene {scene.scene!r} has no active camera; set one in Blender "
             "(Scene properties > Camera) and save the file",

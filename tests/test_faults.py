@@ -116,3 +116,33 @@ def test_ctrl_c_in_the_cli_cancels_and_leaves_no_worker(make_scene, tmp_path) ->
         time.sleep(0.5)
     assert blender_workers() == before
     assert len(list(Path(tmp_path).glob("i_*.exr"))) < 20
+
+
+def test_every_corpus_file_renders_or_fails_with_a_clear_input_error(farm, corpus, make_scene,
+                                                                    tmp_path) -> None:
+    """Real files written by others, one after the other on the same workers: each job ends
+    in frames or in an input error that names the problem, never an internal error, and the
+    farm still renders afterwards (Blender may abort after many files: workers are replaced)."""
+    from renderfarm.errors import InputError, RenderFarmError
+
+    outcomes = {}
+    for index, blend in enumerate(sorted(corpus.rglob("*.blend"))):
+        spec = JobSpec(str(blend), frames="1", samples=1, percentage=2,
+                       output=str(tmp_path / f"c{index}_####.png"))
+        try:
+            result = farm.render(spec)
+            assert result.outputs[1].stat().st_size > 0
+            outcomes[blend.name] = "rendered"
+        except InputError as exc:
+            assert exc.exit_code == 3 and exc.message, exc
+            outcomes[blend.name] = type(exc).__name__
+        except RenderFarmError as exc:  # pragma: no cover - reported with its name
+            pytest.fail(f"{blend.name}: {type(exc).__name__}: {exc.one_line()}")
+    assert outcomes["file_to_pack.blend"] == "rendered"
+    assert outcomes["corrupt_only_magic.blend"] == "BlendFileError"
+    assert outcomes["basic_file.blend"] == "SceneError"
+    # the video sequencer makes the image: no camera needed, as in Blender
+    assert outcomes["with_sequencer.blend"] == "rendered"
+    quick = make_scene(width=32, height=24, frames=1, samples=1)
+    assert farm.render(JobSpec(str(quick), frames="1",
+                               output=str(tmp_path / "last_####.exr"))).outputs

@@ -144,6 +144,12 @@ def test_tiles_fall_back_to_whole_frames_with_a_warning(facts, word) -> None:
     assert len(plan.warnings) == 1 and word in plan.warnings[0]
 
 
+def test_sequencer_scenes_need_no_camera() -> None:
+    plan = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2)),
+                    scene(camera=None, sequencer=True, compositing=True))
+    assert plan.tiles == (1, 1) and plan.compositing and len(plan.tasks) == 1
+
+
 def test_errors() -> None:
     with pytest.raises(SceneError, match="no active camera"):
         plan_job(JobSpec("a.blend"), scene(camera=None))

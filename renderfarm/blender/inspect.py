@@ -18,15 +18,21 @@ _NEUTRAL_NODES = {"R_LAYERS", "COMPOSITE", "GROUP_OUTPUT", "GROUP_INPUT", "VIEWE
 _PASS_FLAGS = re.compile(r"^use_pass_(.+)$")
 
 
+def _uses_sequencer(scene: Any) -> bool:
+    """Whether the video sequencer makes the image (unmuted strips, sequencer on)."""
+    if not scene.render.use_sequencer or scene.sequence_editor is None:
+        return False
+    strips = getattr(scene.sequence_editor, "strips_all", None)
+    if strips is None:
+        strips = getattr(scene.sequence_editor, "sequences_all", [])
+    return any(not s.mute for s in strips)
+
+
 def _compositor_changes_image(scene: Any) -> bool:
     """Whether the compositor or sequencer alters the rendered image (needs the whole frame)."""
     render = scene.render
-    if render.use_sequencer and scene.sequence_editor is not None:
-        strips = getattr(scene.sequence_editor, "strips_all", None)
-        if strips is None:
-            strips = getattr(scene.sequence_editor, "sequences_all", [])
-        if any(not s.mute for s in strips):
-            return True
+    if _uses_sequencer(scene):
+        return True
     if not render.use_compositing:
         return False
     tree = getattr(scene, "compositing_node_group", None)
@@ -79,6 +85,7 @@ def scene_info(scene: Any) -> SceneInfo:
         adaptive_sampling=bool(is_cycles and cycles.use_adaptive_sampling),
         denoising=denoise,
         compositing=_compositor_changes_image(scene),
+        sequencer=_uses_sequencer(scene),
         view_layers=layers,
         libraries=[lib.filepath for lib in _bpy_data().libraries],
         missing_files=missing_files(),
