@@ -68,3 +68,30 @@ def test_benchmark_records_targets_margins_and_regressions(tmp_path: Path) -> No
     old.write_text(json.dumps({"records": [
         {"name": "a", "ratio": 0.9}, {"name": "b", "ratio": 1.7}, {"name": "c", "ratio": 0.5}]}))
     assert bench.compare([ok, bad, info], old, 0.15) == ["a: ratio 0.900 -> 1.120"]
+
+
+def test_a_worker_that_cannot_see_the_file_gets_it_through_the_object_store(
+        ray_local, tmp_path: Path) -> None:
+    import ray
+
+    from renderfarm.executor import BlenderWorker, file_hash
+
+    source = tmp_path / "shot.blend"
+    source.write_bytes(b"BLENDER-v300" + bytes(range(256)) * 10)
+    digest = file_hash(str(source))
+    worker = BlenderWorker("probe")
+    # the driver's own path, seen from this node: used as it is
+    assert worker._blend_path(str(source), digest, ()) == str(source)
+    # a path this node does not have: None until the driver sends the bytes, then a copy
+    elsewhere = str(tmp_path / "on-another-node" / "shot.blend")
+    fresh = BlenderWorker("probe-2")
+    assert fresh._blend_path(elsewhere, digest, ()) is None
+    copy = fresh._blend_path(elsewhere, digest, [ray.put(source.read_bytes())])
+    assert copy != elsewhere and Path(copy).name == "shot.blend"
+    assert file_hash(copy) == digest
+    # a file at the same path but with other content is not taken for it
+    other = tmp_path / "other.blend"
+    other.write_bytes(b"BLENDER-v300 different")
+    assert BlenderWorker("probe-3")._blend_path(str(other), digest, ()) is None
+    worker.shutdown()
+    fresh.shutdown()
