@@ -9,6 +9,7 @@ memory at a time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -27,17 +28,13 @@ logger = logging.getLogger(__name__)
 _PIECE_ATTRIBUTES = {"oiio:subimages", "oiio:subimagename", "openexr:chunkCount"}
 
 
-_CONFIGURED: list[bool] = []
-
-
+@functools.cache
 def _oiio() -> Any:
     import OpenImageIO
 
-    if not _CONFIGURED:
-        # EXR (de)compression is the merge's cost: let OpenEXR use more threads than cores,
-        # since its blocks wait on I/O as well as on zlib (measured 1.7x faster on 2 cores).
-        OpenImageIO.attribute("exr_threads", max(4, 2 * (os.cpu_count() or 1)))
-        _CONFIGURED.append(True)
+    # EXR (de)compression is the merge's cost: let OpenEXR use more threads than cores,
+    # since its blocks wait on I/O as well as on zlib (measured 1.7x faster on 2 cores).
+    OpenImageIO.attribute("exr_threads", max(4, 2 * (os.cpu_count() or 1)))
     return OpenImageIO
 
 

@@ -29,10 +29,8 @@ def _uses_sequencer(scene: Any) -> bool:
 
 
 def _compositor_changes_image(scene: Any) -> bool:
-    """Whether the compositor or sequencer alters the rendered image (needs the whole frame)."""
+    """Whether the compositor alters the rendered image (needs the whole frame)."""
     render = scene.render
-    if _uses_sequencer(scene):
-        return True
     if not render.use_compositing:
         return False
     tree = getattr(scene, "compositing_node_group", None)
@@ -68,6 +66,7 @@ def scene_info(scene: Any) -> SceneInfo:
     is_cycles = render.engine == "CYCLES" and cycles is not None
     layers = {vl.name: _passes(vl) for vl in scene.view_layers if vl.use}
     denoise = bool(is_cycles and cycles.use_denoising)
+    sequencer = _uses_sequencer(scene)
     return SceneInfo(
         scene=scene.name,
         engine=render.engine,
@@ -84,8 +83,8 @@ def scene_info(scene: Any) -> SceneInfo:
         samples=int(cycles.samples) if is_cycles else None,
         adaptive_sampling=bool(is_cycles and cycles.use_adaptive_sampling),
         denoising=denoise,
-        compositing=_compositor_changes_image(scene),
-        sequencer=_uses_sequencer(scene),
+        compositing=sequencer or _compositor_changes_image(scene),
+        sequencer=sequencer,
         view_layers=layers,
         libraries=[lib.filepath for lib in _bpy_data().libraries],
         missing_files=missing_files(),
