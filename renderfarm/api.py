@@ -44,6 +44,7 @@ def render(
     allow_scripts: bool = False,
     overscan: int | None = None,
     scene: str | None = None,
+    group_tiles: bool = True,
     address: str | None = None,
     workers: int | None = None,
     permit_scripts: bool = False,
@@ -64,6 +65,8 @@ def render(
         allow_scripts: run Python embedded in the file (needs ``permit_scripts`` too).
         overscan: pixels rendered around tiles; None picks them from the scene.
         scene: the scene to render; None: the file's active scene.
+        group_tiles: let a worker render neighbouring tiles of a row in one call when
+            tiles outnumber what the workers need (same pixels, fewer Blender calls).
         address: Ray address (``auto``, ``ray://head:10001``); None starts Ray here.
         workers: number of workers (None: one per GPU, or one per node for CPU).
         permit_scripts: let this farm run jobs that allow scripts.
@@ -81,7 +84,7 @@ def render(
         blend_file=os.fspath(blend_file), frames=frames, tiles=parse_tiles(tiles),
         samples=samples, percentage=percentage, device=device, output=os.fspath(output),
         retries=retries, task_timeout=task_timeout, allow_scripts=allow_scripts,
-        overscan=overscan, scene=scene)
+        overscan=overscan, scene=scene, group_tiles=group_tiles)
     check_spec(spec)
     with Farm(address=address, workers=workers, permit_scripts=permit_scripts) as farm:
         return farm.render(spec, progress=progress)

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--timeout", type=float, help="seconds a task may take")
     render.add_argument("--overscan", type=int,
                         help="pixels rendered around each tile (default: from the scene)")
+    render.add_argument("--one-call-per-tile", action="store_true",
+                        help="never let a worker render neighbouring tiles in one call")
     render.add_argument("--allow-scripts", action="store_true",
                         help="run Python embedded in the file (needs --permit-scripts)")
     render.add_argument("--permit-scripts", action="store_true",
@@ -147,7 +149,8 @@ def _render(args: argparse.Namespace) -> int:
     spec = JobSpec(blend_file=args.blend, frames=args.frames, tiles=parse_tiles(args.tiles),
                    samples=args.samples, percentage=args.percentage, device=args.device,
                    output=output, retries=args.retries, task_timeout=args.timeout,
-                   allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene)
+                   allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
+                   group_tiles=not args.one_call_per_tile)
     config = FarmConfig(address=args.address, workers=args.workers,
                         permit_scripts=args.permit_scripts,
                         ray_log_level=logging.INFO if args.verbose else logging.ERROR)

@@ -130,7 +130,7 @@ class BlenderWorker:
         the_task = Task.from_dict(task)
         base = {"task_index": the_task.index, "frame": the_task.frame,
                 "tile": the_task.tile.index, "worker": self.worker_id, "node": self.node,
-                "attempt": attempt, "started": time.time()}
+                "attempt": attempt, "started": time.time(), "covers": list(the_task.covers)}
         start = time.perf_counter()
         piece = os.path.join(self.scratch,
                              f"piece-{next(self._counter)}{FORMAT_EXTENSIONS[output_format]}")
@@ -283,6 +283,11 @@ class WorkerPool:
         self.workers: dict[str, WorkerHandle] = {}
         self._numbers = itertools.count(1)
         self._remote: Any = None
+        # the dispatcher, job threads (inspect) and merge threads (convert) all replace
+        # workers; without the lock two of them could replace the same one and grow the pool
+        # past its shape, leaving an actor that never gets resources and a call that waits
+        # on it forever
+        self._lock = threading.RLock()
 
     def _new_actor(self) -> WorkerHandle:
         import ray
@@ -306,7 +311,8 @@ class WorkerPool:
         """
         import ray
 
-        fresh = [self._new_actor() for _ in range(self.shape.workers - len(self.workers))]
+        with self._lock:
+            fresh = [self._new_actor() for _ in range(self.shape.workers - len(self.workers))]
         if not fresh:
             return
         pings = {h.actor.ping.remote(): h for h in fresh}
@@ -326,16 +332,27 @@ class WorkerPool:
                 f"{self.start_timeout:g} s (each asks for {self.shape.num_cpus:g} CPU, "
                 f"{self.shape.num_gpus:g} GPU); the cluster lacks free resources")
 
-    def replace(self, worker_id: str) -> WorkerHandle:
-        """Kill a worker (if alive) and start another in its place."""
-        self.kill(worker_id)
-        return self._new_actor()
+    def replace(self, worker_id: str) -> WorkerHandle | None:
+        """Kill a worker (if alive) and start another in its place.
+
+        Returns:
+            The new worker, or None when ``worker_id`` had been replaced already (by another
+            thread) or the pool is full.
+        """
+        with self._lock:
+            if worker_id not in self.workers:
+                return None
+            self.kill(worker_id)
+            if len(self.workers) >= self.shape.workers:
+                return None
+            return self._new_actor()
 
     def kill(self, worker_id: str) -> None:
         """Kill one worker."""
         import ray
 
-        handle = self.workers.pop(worker_id, None)
+        with self._lock:
+            handle = self.workers.pop(worker_id, None)
         if handle is not None:
             try:
                 ray.kill(handle.actor, no_restart=True)
@@ -349,7 +366,8 @@ class WorkerPool:
 
     def preferred(self, blend_hash: str) -> WorkerHandle:
         """A worker for a one-off call on a file: one that has it loaded, else an idle one."""
-        handles = list(self.workers.values())
+        with self._lock:
+            handles = list(self.workers.values())
         handles.sort(key=lambda h: (h.loaded != blend_hash, h.busy, h.tasks_done))
         return handles[0]
 
@@ -371,7 +389,8 @@ class Source:
         failed: ``failed(handle, task, error)`` takes a failure (a dead worker, a timeout).
         requeue: ``requeue(task)`` puts back a task that was queued on a worker but never
             started there (the worker was replaced); no attempt is counted.
-        timeout: per-task timeout in seconds, or None.
+        timeout: per-task timeout in seconds, or None; a task standing for several
+            (``members``) gets it once per member.
         priority: higher first.
         cancelled: set to stop the job: its running tasks are stopped.
     """
@@ -509,6 +528,7 @@ def _check_timeouts(pool: WorkerPool, running: dict[Any, _Running],
         limit = item.source.timeout
         if ref not in running or limit is None or item.started is None:
             continue
+        limit *= len(getattr(item.task, "members", (None,)))
         if now - item.started > limit:
             running.pop(ref)
             queues.get(item.handle.worker_id, []).remove(ref)

@@ -368,6 +368,7 @@ class _JobRun:
         self.blob: list[Any] = []
         self.results: list[TaskResult] = []
         self.outputs: dict[int, Path] = {}
+        self.pieces: dict[int, list[Piece]] = {}
         self.merges: list[Future[None]] = []
         self.fatal: RenderFarmError | None = None
         self.ended = threading.Event()
@@ -500,12 +501,13 @@ class _JobRun:
         if self.ended.is_set():
             return None
         with self.lock:
-            return self.state.next_for(worker, live)
+            return self.state.next_for(worker, live, group=self.spec.group_tiles)
 
     def _call(self, handle: WorkerHandle, task: Task) -> Any:
         attempt = self.state.entries[task.index].attempts
         self.emit("task_started", frame=task.frame, tile=task.tile.index,
-                  data={"worker": handle.worker_id, "attempt": attempt})
+                  data={"worker": handle.worker_id, "attempt": attempt,
+                        "tiles": self._tiles(task)})
         return handle.actor.render.remote(self.settings.to_dict(), self.piece_format,
                                           task.to_dict(), attempt, self.blob)
 
@@ -519,20 +521,29 @@ class _JobRun:
                 return True
             self._failed(handle, task, error_from(error), reply)
             return True
-        self._piece_path(task).write_bytes(data)
+        path = self._piece_path(task)
+        path.write_bytes(data)
         self.results.append(TaskResult.from_dict(reply))
         with self.lock:
-            frame_complete = self.state.succeeded(task.index)
+            self.pieces.setdefault(task.frame, []).append(Piece(task.tile, path))
+            frame_complete = any([self.state.succeeded(i) for i in task.members])
         self.emit("task_done", frame=task.frame, tile=task.tile.index,
-                  data={k: reply.get(k) for k in ("worker", "render_seconds", "device")})
+                  data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},
+                        "tiles": self._tiles(task)})
         if frame_complete:
             self.merges.append(self.farm._merger.submit(self._merge, task.frame))
         self._check_end()
         return True
 
+    def _tiles(self, task: Task) -> list[int]:
+        """The grid tiles a task renders (several when neighbouring tiles were grouped)."""
+        assert self.state is not None
+        return [self.state.entries[i].task.tile.index for i in task.members]
+
     def _requeue(self, task: Task) -> None:
         with self.lock:
-            self.state.requeue(task.index)
+            for index in task.members:
+                self.state.requeue(index)
 
     def _failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,
                 reply: dict[str, Any] | None = None) -> None:
@@ -542,7 +553,8 @@ class _JobRun:
             self.results.append(TaskResult.from_dict({**reply, "ok": False,
                                                       "error": error.to_dict()}))
         with self.lock:
-            again = self.state.failed_attempt(task.index, error.one_line(), error.retryable)
+            again = any([self.state.failed_attempt(i, error.one_line(), error.retryable)
+                         for i in task.members])
         if again:
             self.emit("task_retry", frame=task.frame, tile=task.tile.index,
                       message=error.one_line())
@@ -571,8 +583,8 @@ class _JobRun:
     def _merge(self, frame: int) -> None:
         try:
             target = output_path(self.spec.output, frame)
-            tasks = self.plan.tasks_of(frame)
-            pieces = [Piece(t.tile, self._piece_path(t)) for t in tasks]
+            with self.lock:
+                pieces = self.pieces.pop(frame)
             if not self.plan.tiled:
                 write_atomically(target, lambda tmp: shutil.move(pieces[0].path, tmp))
             elif self.final_format == "OPEN_EXR_MULTILAYER":

@@ -156,6 +156,11 @@ class Rect(_Json):
         """Number of pixels."""
         return self.width * self.height
 
+    def union(self, other: Rect) -> Rect:
+        """The smallest rectangle holding both."""
+        return Rect(min(self.x0, other.x0), min(self.y0, other.y0), max(self.x1, other.x1),
+                    max(self.y1, other.y1))
+
     def contains(self, other: Rect) -> bool:
         """Whether ``other`` lies entirely inside this rectangle."""
         return (
@@ -269,6 +274,10 @@ class JobSpec(_Json):
             from the scene (16 with adaptive sampling, else 0).
         scene: the scene to render; None: the file's active scene.
         name: a name for the job, shown in progress and reports.
+        group_tiles: let a worker render neighbouring tiles of a row in one Blender call
+            when there are more tiles waiting than the workers need to stay busy (each call
+            costs Blender a fixed ~15-25 ms, and the pixels are the same); False: one call
+            per tile, always.
     """
 
     blend_file: str
@@ -284,6 +293,7 @@ class JobSpec(_Json):
     overscan: int | None = None
     scene: str | None = None
     name: str | None = None
+    group_tiles: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -365,6 +375,9 @@ class Task(_Json):
         tile: which pixels to render and keep.
         size: ``(width, height)`` of the full frame in pixels at the job's percentage.
         tiled: whether the frame is split (False: render the scene's frame as it is set up).
+        covers: when several neighbouring tiles of a row are rendered in one call, the indices
+            of the tasks this one stands for (its ``tile`` is then their union); empty for a
+            task that is just itself.
     """
 
     job_id: str
@@ -373,6 +386,12 @@ class Task(_Json):
     tile: Tile
     size: tuple[int, int]
     tiled: bool = False
+    covers: tuple[int, ...] = ()
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The task indices this task renders (its own index unless it is a group)."""
+        return self.covers or (self.index,)
 
     @property
     def task_id(self) -> str:
@@ -383,6 +402,7 @@ class Task(_Json):
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
         data["tile"] = Tile.from_dict(data["tile"])
         data["size"] = tuple(data["size"])
+        data["covers"] = tuple(data.get("covers", ()))
         return data
 
 
@@ -407,6 +427,8 @@ class TaskResult(_Json):
         started: wall-clock time (seconds since the epoch) the worker began the task.
         finished: wall-clock time the piece was ready.
         error: the error, as :meth:`RenderFarmError.to_dict`, when ``ok`` is False.
+        covers: for neighbouring tiles rendered in one call, the indices of every task the
+            call rendered (``task_index`` first); empty for a single tile.
     """
 
     task_index: int
@@ -425,6 +447,17 @@ class TaskResult(_Json):
     started: float = 0.0
     finished: float = 0.0
     error: dict[str, Any] | None = None
+    covers: tuple[int, ...] = ()
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The task indices this result stands for."""
+        return self.covers or (self.task_index,)
+
+    @classmethod
+    def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["covers"] = tuple(data.get("covers", ()))
+        return data
 
 
 @dataclass(frozen=True)

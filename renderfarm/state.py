@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from renderfarm.job import Task
+from renderfarm.job import Task, Tile
 
 
 class TaskStatus(enum.Enum):
@@ -80,11 +80,15 @@ class JobState:
         return self._counts[TaskStatus.PENDING] > 0
 
     # -- transitions -------------------------------------------------------------------------
-    def next_for(self, worker: str, live_workers: int = 1) -> Task | None:
+    def next_for(self, worker: str, live_workers: int = 1, group: bool = False) -> Task | None:
         """Start the next task on ``worker`` (which asks because it is free).
 
         Tasks go in order (frame by frame), except that a retried task avoids the workers it
         failed on while other workers are alive to take it.
+
+        With ``group``, a tile task takes the pending tiles right of it in the same row along
+        (as many as :meth:`group_size` allows) and the answer is one task for their union,
+        whose :attr:`Task.covers` lists them; each keeps its own state.
 
         Returns:
             The task now running on ``worker``, or None when nothing suits it.
@@ -99,11 +103,44 @@ class JobState:
             if worker in entry.failed_on and len(entry.failed_on) < live_workers:
                 skipped.append(index)  # another live worker has not failed it: leave it
                 continue
+            size = self.group_size(live_workers) if group and entry.task.tiled else 1
             chosen = self._start(entry, worker)
+            if size > 1:
+                chosen = self._grow(entry, worker, size)
             break
         for index in skipped:
             heapq.heappush(self._pending, index)
         return chosen
+
+    def group_size(self, live_workers: int) -> int:
+        """How many tiles one call may take: enough that every live worker still has two
+        calls' worth of pending work, at least one."""
+        return max(1, self._counts[TaskStatus.PENDING] // (2 * max(1, live_workers)))
+
+    def _grow(self, first: TaskEntry, worker: str, size: int) -> Task:
+        members = [first]
+        row = first.task.tile.core
+        index = first.task.index + 1
+        while len(members) < size and index in self.entries:
+            entry = self.entries[index]
+            core = entry.task.tile.core
+            if (entry.status is not TaskStatus.PENDING or entry.task.frame != first.task.frame
+                    or (core.y0, core.y1) != (row.y0, row.y1) or worker in entry.failed_on
+                    or entry.task.tile.render.y0 != first.task.tile.render.y0
+                    or entry.task.tile.render.y1 != first.task.tile.render.y1):
+                break
+            self._start(entry, worker)  # its heap slot is skipped when popped later
+            members.append(entry)
+            index += 1
+        if len(members) == 1:
+            return first.task
+        tiles = [m.task.tile for m in members]
+        core, render = tiles[0].core, tiles[0].render
+        for tile in tiles[1:]:
+            core, render = core.union(tile.core), render.union(tile.render)
+        task = first.task
+        return Task(task.job_id, task.index, task.frame, Tile(tiles[0].index, core, render),
+                    task.size, task.tiled, tuple(m.task.index for m in members))
 
     def _move(self, entry: TaskEntry, status: TaskStatus) -> None:
         self._counts[entry.status] -= 1

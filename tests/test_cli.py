@@ -102,7 +102,8 @@ def test_render_succeeds_with_json_summary(tiny: Path, tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["outputs"] == {"1": str(tmp_path / "t_0001.png"),
                                   "2": str(tmp_path / "t_0002.png")}
-    assert len(summary["tasks"]) == 8 and summary["workers"] == 2
+    rendered = sorted(i for t in summary["tasks"] for i in (t["covers"] or [t["task_index"]]))
+    assert rendered == list(range(8)) and summary["workers"] == 2
     assert (tmp_path / "t_0001.png").stat().st_size > 0
 
 

@@ -40,15 +40,23 @@ def parts(path: Path) -> list[tuple[str, tuple[str, ...], str]]:
     return found
 
 
-@pytest.mark.parametrize("tiles", [(2, 2), (3, 2), (7, 5)])
+@pytest.mark.parametrize(("tiles", "group"), [((2, 2), True), ((3, 2), True), ((7, 5), True),
+                                              ((7, 5), False)])
 def test_tiled_render_equals_untiled_bit_for_bit(farm, make_scene, reference, tmp_path,
-                                                 tiles) -> None:
+                                                 tiles, group) -> None:
     # odd size at a percentage, passes and two view layers, several frames
     blend = make_scene(width=67, height=45, percentage=75, frames=3, samples=4, passes=True)
-    result = farm.render(JobSpec(str(blend), frames="1-3", tiles=tiles,
+    result = farm.render(JobSpec(str(blend), frames="1-3", tiles=tiles, group_tiles=group,
                                  output=str(tmp_path / "out_####.exr")))
     assert sorted(result.outputs) == [1, 2, 3]
-    assert len(result.tasks) == 3 * tiles[0] * tiles[1]
+    count = 3 * tiles[0] * tiles[1]
+    rendered = sorted(i for t in result.tasks if t.ok for i in t.members)
+    assert rendered == list(range(count))  # every tile once, alone or in a group
+    if group:
+        # 2 workers, more tiles than they need: neighbours of a row share Blender calls
+        assert len(result.tasks) < count
+    else:
+        assert len(result.tasks) == count and not any(t.covers for t in result.tasks)
     refs = reference(blend, [1, 2, 3])
     for frame, path in result.outputs.items():
         assert path == tmp_path / f"out_{frame:04d}.exr"

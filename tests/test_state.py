@@ -68,3 +68,58 @@ def test_requeue_does_not_count_an_attempt_and_cancel_empties_the_queue() -> Non
     state.cancel_pending("stopped")
     assert state.count(TaskStatus.PENDING) == 0
     assert state.next_for("w") is None
+
+
+def grid(columns: int, rows: int, frames: int = 1) -> list[Task]:
+    out = []
+    for f in range(frames):
+        for r in range(rows):
+            for c in range(columns):
+                core = Rect(c * 10, r * 10, c * 10 + 10, r * 10 + 10)
+                render = Rect(max(0, core.x0 - 2), core.y0, core.x1 + 2, core.y1)
+                index = f * columns * rows + r * columns + c
+                out.append(Task("j", index, f + 1, Tile(r * columns + c, core, render),
+                                (columns * 10, rows * 10), True))
+    return out
+
+
+def test_grouping_takes_neighbours_of_a_row_while_workers_stay_busy() -> None:
+    state = JobState(grid(4, 3), retries=1)
+    assert state.group_size(1) == 6
+    first = state.next_for("w1", 1, group=True)
+    # one worker, 12 tiles: the whole first row in one call, never across rows
+    assert first.covers == (0, 1, 2, 3)
+    assert first.tile.core == Rect(0, 0, 40, 10)
+    assert first.tile.render == Rect(0, 0, 42, 10)  # the union keeps the outer overscan
+    assert state.count(TaskStatus.RUNNING) == 4
+    # many workers: no grouping, one tile per call
+    assert state.group_size(8) == 1
+    single = state.next_for("w2", 8, group=True)
+    assert single.covers == () and single.members == (4,)
+    # every member finishes on its own; the frame completes with the last
+    done = [state.succeeded(i) for i in (*first.members, *single.members)]
+    assert done == [False] * 5
+    rest = []
+    while (task := state.next_for("w1", 1, group=True)) is not None:
+        rest.append(task)
+    assert sorted(i for t in rest for i in t.members) == list(range(5, 12))
+    assert all(t.tile.core.y0 == state.entries[t.index].task.tile.core.y0 for t in rest)
+    assert [any([state.succeeded(i) for i in t.members]) for t in rest][-1] is True
+    assert state.finished and not state.failed
+
+
+def test_grouping_skips_running_and_failed_neighbours_and_failures_hit_every_member() -> None:
+    state = JobState(grid(4, 1, frames=2), retries=1)
+    a = state.next_for("w1", 1)  # tile 0 alone
+    b = state.next_for("w2", 1, group=True)
+    assert b.members == (1, 2, 3)  # stops at the row's end, not in the next frame
+    for index in b.members:
+        assert state.failed_attempt(index, "boom") is True
+    # w2 failed them: with two live workers it does not take them back as a group
+    c = state.next_for("w2", 2, group=True)
+    assert 1 not in c.members
+    again = state.next_for("w1", 1, group=True)
+    assert again.members[0] == 1 and state.entries[1].attempts == 2
+    assert a.members == (0,)
+    with_flag_off = JobState(grid(4, 1), retries=1).next_for("w1", 1, group=False)
+    assert with_flag_off.members == (0,)

@@ -1,7 +1,10 @@
 """Small deterministic scenes for the demo, the tests and the benchmarks.
 
 ``python -m renderfarm.blender.scenes OUT.blend [--width W --height H --samples S --frames N
---engine CYCLES --adaptive --denoise --passes --border X0,Y0,X1,Y1 --no-camera]`` writes one.
+--engine CYCLES --adaptive --denoise --passes --border X0,Y0,X1,Y1 --no-camera --kind demo|cube]``
+writes one. ``--kind cube`` is Blender's own factory startup scene (cube, point light, camera)
+with the cube turning, the usual probe for per-frame overhead; ``demo`` (the default) is a lit
+floor with three animated primitives, one of them emissive.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class SceneRecipe:
         percentage: resolution percentage.
         detail: subdivision levels (render) on the objects, for production-like geometry
             (each level multiplies the faces by four; 0 keeps the primitives as they are).
+        kind: ``demo`` or ``cube`` (Blender's factory startup scene; only ``width``,
+            ``height``, ``samples``, ``frames``, ``engine`` and ``percentage`` apply).
     """
 
     width: int = 64
@@ -47,13 +52,16 @@ class SceneRecipe:
     camera: bool = True
     percentage: int = 100
     detail: int = 0
+    kind: str = "demo"
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
     """Build the scene described by ``recipe`` in a fresh Blender session and save it."""
     import bpy
 
-    bpy.ops.wm.read_factory_settings(use_empty=True)
+    if recipe.kind not in ("demo", "cube"):
+        raise ValueError(f"unknown scene kind {recipe.kind!r}: use 'demo' or 'cube'")
+    bpy.ops.wm.read_factory_settings(use_empty=recipe.kind != "cube")
     scene = bpy.context.scene
     render = scene.render
     render.engine = recipe.engine
@@ -67,6 +75,13 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         scene.cycles.device = "CPU"
     else:
         scene.eevee.taa_render_samples = recipe.samples
+    if recipe.kind == "cube":
+        cube = scene.objects["Cube"]
+        for frame in range(1, recipe.frames + 1):
+            cube.rotation_euler = (0, 0, 0.2 * frame)
+            cube.keyframe_insert("rotation_euler", frame=frame)
+        _save(path, render)
+        return
 
     world = bpy.data.worlds.new("World")
     if world.node_tree is None:
@@ -140,9 +155,15 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         second = scene.view_layers.new("Second")
         second.use_pass_z = True
 
-    render.image_settings.media_type = "MULTI_LAYER_IMAGE"
-    render.image_settings.file_format = "OPEN_EXR_MULTILAYER"
-    render.image_settings.color_depth = "32"
+    _save(path, render)
+
+
+def _save(path: str, render: object) -> None:
+    import bpy
+
+    render.image_settings.media_type = "MULTI_LAYER_IMAGE"  # type: ignore[attr-defined]
+    render.image_settings.file_format = "OPEN_EXR_MULTILAYER"  # type: ignore[attr-defined]
+    render.image_settings.color_depth = "32"  # type: ignore[attr-defined]
     bpy.ops.wm.save_as_mainfile(filepath=path, compress=True)
 
 
@@ -163,13 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--border", help="min_x,min_y,max_x,max_y")
     parser.add_argument("--no-crop", action="store_true")
     parser.add_argument("--no-camera", action="store_true")
+    parser.add_argument("--kind", choices=("demo", "cube"), default="demo")
     args = parser.parse_args(argv)
     border = tuple(float(v) for v in args.border.split(",")) if args.border else None
     build_scene(args.path, SceneRecipe(
         width=args.width, height=args.height, samples=args.samples, frames=args.frames,
         engine=args.engine, adaptive=args.adaptive, denoise=args.denoise, passes=args.passes,
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
-        percentage=args.percentage, detail=args.detail))
+        percentage=args.percentage, detail=args.detail, kind=args.kind))
     return 0
 
 

@@ -218,7 +218,8 @@ class BlenderSession:
             _handlers().append(self._record_stats)
 
     # -- rendering ---------------------------------------------------------------------------
-    def _record_stats(self, text: Any) -> None:
+    def _record_stats(self, text: Any, *_: Any) -> None:
+        # Blender 5 passes (stats, None); older versions only the stats
         self._stats.append(str(text))
 
     def _peak_memory(self) -> float:
