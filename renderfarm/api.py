@@ -45,6 +45,7 @@ def render(
     overscan: int | None = None,
     scene: str | None = None,
     group_tiles: bool = True,
+    denoise: str = "auto",
     address: str | None = None,
     workers: int | None = None,
     permit_scripts: bool = False,
@@ -67,6 +68,7 @@ def render(
         scene: the scene to render; None: the file's active scene.
         group_tiles: let a worker render neighbouring tiles of a row in one call when
             tiles outnumber what the workers need (same pixels, fewer Blender calls).
+        denoise: ``"auto"``, ``"post"`` or ``"render"`` (see :attr:`JobSpec.denoise`).
         address: Ray address (``auto``, ``ray://head:10001``); None starts Ray here.
         workers: number of workers (None: one per GPU, or one per node for CPU).
         permit_scripts: let this farm run jobs that allow scripts.
@@ -84,7 +86,8 @@ def render(
         blend_file=os.fspath(blend_file), frames=frames, tiles=parse_tiles(tiles),
         samples=samples, percentage=percentage, device=device, output=os.fspath(output),
         retries=retries, task_timeout=task_timeout, allow_scripts=allow_scripts,
-        overscan=overscan, scene=scene, group_tiles=group_tiles)
+        overscan=overscan, scene=scene, group_tiles=group_tiles,
+        denoise=denoise)
     check_spec(spec)
     with Farm(address=address, workers=workers, permit_scripts=permit_scripts) as farm:
         return farm.render(spec, progress=progress)

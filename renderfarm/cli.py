@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--timeout", type=float, help="seconds a task may take")
     render.add_argument("--overscan", type=int,
                         help="pixels rendered around each tile (default: from the scene)")
+    render.add_argument("--denoise", choices=("auto", "post", "render"), default="auto",
+                        help="scenes that denoise: 'auto' denoises split frames once after the "
+                        "merge (seam-free), 'post' always after the merge, 'render' keeps "
+                        "Blender's render-time denoise (whole frames)")
     render.add_argument("--one-call-per-tile", action="store_true",
                         help="never let a worker render neighbouring tiles in one call")
     render.add_argument("--allow-scripts", action="store_true",
@@ -150,7 +154,7 @@ def _render(args: argparse.Namespace) -> int:
                    samples=args.samples, percentage=args.percentage, device=args.device,
                    output=output, retries=args.retries, task_timeout=args.timeout,
                    allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
-                   group_tiles=not args.one_call_per_tile)
+                   group_tiles=not args.one_call_per_tile, denoise=args.denoise)
     config = FarmConfig(address=args.address, workers=args.workers,
                         permit_scripts=args.permit_scripts,
                         ray_log_level=logging.INFO if args.verbose else logging.ERROR)

@@ -156,23 +156,24 @@ class BlenderWorker:
             if os.path.exists(piece):
                 os.remove(piece)
 
-    def convert(self, settings: dict[str, Any], rgba_exr: bytes, file_format: str,
-                extension: str, blob: Sequence[Any] = ()) -> bytes:
-        """Convert a merged RGBA float image to ``file_format`` with the colour management
-        of the job's scene, returning the file's bytes."""
+    def finish(self, settings: dict[str, Any], merged_exr: bytes, file_format: str,
+               extension: str, blob: Sequence[Any] = ()) -> bytes:
+        """Finish a merged frame (multilayer EXR): denoise it when the job renders noisy
+        pieces, and write it in ``file_format`` with the colour management of the job's scene;
+        return the file's bytes."""
         job_settings = RenderSettings.from_dict(settings)
         local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, blob)
         if local is None:
-            raise RenderError("the worker cannot see the .blend file to convert a frame",
+            raise RenderError("the worker cannot see the .blend file to finish a frame",
                               path=job_settings.blend_path)
         self.session.prepare(local, job_settings, "OPEN_EXR_MULTILAYER")
         number = next(self._counter)
-        source = os.path.join(self.scratch, f"convert-{number}.exr")
-        target = os.path.join(self.scratch, f"convert-{number}{extension}")
+        source = os.path.join(self.scratch, f"finish-{number}.exr")
+        target = os.path.join(self.scratch, f"finish-{number}{extension}")
         try:
             with open(source, "wb") as handle:
-                handle.write(rgba_exr)
-            self.session.convert(source, target, file_format)
+                handle.write(merged_exr)
+            self.session.finish(source, target, file_format)
             with open(target, "rb") as handle:
                 return handle.read()
         finally:

@@ -58,7 +58,7 @@ from renderfarm.job import (
     output_format,
     output_path,
 )
-from renderfarm.merge import Piece, combined_rgba, merge_pieces, write_atomically
+from renderfarm.merge import Piece, merge_pieces, write_atomically
 from renderfarm.planner import Plan, plan_job
 from renderfarm.state import JobState, TaskStatus
 
@@ -432,13 +432,14 @@ class _JobRun:
             self.emit("warning", message=warning)
         self.state = JobState(plan.tasks, spec.retries)
         self.final_format = spec.output_format
-        self.piece_format = "OPEN_EXR_MULTILAYER" if plan.tiled else self.final_format
+        self.piece_format = ("OPEN_EXR_MULTILAYER" if plan.tiled or plan.post_denoise
+                             else self.final_format)
         self.settings = RenderSettings(
             blend_path=os.path.abspath(spec.blend_file), blend_hash=blend_hash,
             scene=spec.scene if spec.scene is not None else info.scene,
             samples=spec.samples, percentage=spec.percentage, device=device,
             allow_scripts=spec.allow_scripts, compositing=plan.compositing,
-            threads=runner.pool.shape.threads)
+            threads=runner.pool.shape.threads, post_denoise=plan.post_denoise)
         self.pool = runner.pool
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
@@ -585,12 +586,13 @@ class _JobRun:
             target = output_path(self.spec.output, frame)
             with self.lock:
                 pieces = self.pieces.pop(frame)
-            if not self.plan.tiled:
+            if self.plan.post_denoise or (self.plan.tiled
+                                          and self.final_format != "OPEN_EXR_MULTILAYER"):
+                self._merge_and_finish(pieces, frame, target)
+            elif not self.plan.tiled:
                 write_atomically(target, lambda tmp: shutil.move(pieces[0].path, tmp))
-            elif self.final_format == "OPEN_EXR_MULTILAYER":
-                merge_pieces(pieces, self.plan.canvas, target)
             else:
-                self._merge_and_convert(pieces, frame, target)
+                merge_pieces(pieces, self.plan.canvas, target)
             for piece in pieces:
                 piece.path.unlink(missing_ok=True)
             with self.lock:
@@ -606,26 +608,30 @@ class _JobRun:
             self.fatal = self.fatal or error
             self.emit("task_failed", frame=frame, message=error.one_line())
 
-    def _merge_and_convert(self, pieces: list[Piece], frame: int, target: Path) -> None:
+    def _merge_and_finish(self, pieces: list[Piece], frame: int, target: Path) -> None:
+        """Merge on the driver, then let a worker denoise and/or convert the frame."""
         import ray
 
         merged = self.scratch / f"frame-{frame}.exr"
-        rgba = self.scratch / f"frame-{frame}-rgba.exr"
-        merge_pieces(pieces, self.plan.canvas, merged)
-        combined_rgba(merged, rgba)
-        payload = rgba.read_bytes()
+        if len(pieces) == 1 and not self.plan.tiled:
+            shutil.move(pieces[0].path, merged)
+        else:
+            merge_pieces(pieces, self.plan.canvas, merged)
+        payload = merged.read_bytes()
         extension = FORMAT_EXTENSIONS[self.final_format]
         for _attempt in range(self.spec.retries + 1):
             handle = self.pool.preferred(self.settings.blend_hash)
             try:
-                data = ray.get(handle.actor.convert.remote(
+                data = ray.get(handle.actor.finish.remote(
                     self.settings.to_dict(), payload, self.final_format, extension,
                     self.blob))
                 break
             except ray.exceptions.RayActorError:
                 self.pool.replace(handle.worker_id)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, RenderFarmError) else None
+                raise cause or MergeError(str(exc), frame=frame) from exc
         else:
-            raise MergeError("every worker died while converting the frame", frame=frame)
+            raise MergeError("every worker died while finishing the frame", frame=frame)
         write_atomically(target, lambda tmp: tmp.write_bytes(data))
         merged.unlink(missing_ok=True)
-        rgba.unlink(missing_ok=True)

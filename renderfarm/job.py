@@ -19,6 +19,8 @@ from renderfarm.errors import InputError, OutputError, UsageError
 from renderfarm.frames import parse_frames
 
 DEVICES = ("auto", "cpu", "gpu")
+#: how a job denoises scenes that use Cycles' denoiser (see :attr:`JobSpec.denoise`)
+DENOISE_MODES = ("auto", "post", "render")
 
 #: output extension -> Blender file format
 OUTPUT_FORMATS: dict[str, str] = {
@@ -214,6 +216,8 @@ class SceneInfo(_Json):
         samples: the render samples (Cycles) or None.
         adaptive_sampling: whether Cycles' adaptive sampling is on.
         denoising: whether render-time denoising is on.
+        motion_blur: whether the scene renders motion blur (it forbids the Vector pass that
+            Cycles' standalone denoiser needs).
         compositing: whether the compositor or the sequencer changes the image (a node tree
             beyond a plain Render Layers -> Composite link, or sequencer strips).
         sequencer: whether the video sequencer makes the image (it needs no camera).
@@ -238,6 +242,7 @@ class SceneInfo(_Json):
     samples: int | None = None
     adaptive_sampling: bool = False
     denoising: bool = False
+    motion_blur: bool = False
     compositing: bool = False
     sequencer: bool = False
     view_layers: dict[str, list[str]] = field(default_factory=dict)
@@ -278,6 +283,11 @@ class JobSpec(_Json):
             when there are more tiles waiting than the workers need to stay busy (each call
             costs Blender a fixed ~15-25 ms, and the pixels are the same); False: one call
             per tile, always.
+        denoise: for scenes that denoise: ``"auto"`` denoises split frames once after the
+            merge (seam-free) and whole frames as Blender does at render time; ``"post"``
+            always denoises after the merge (a whole frame then equals its tiled render bit
+            for bit); ``"render"`` keeps Blender's render-time denoise and renders whole
+            frames.
     """
 
     blend_file: str
@@ -294,6 +304,7 @@ class JobSpec(_Json):
     scene: str | None = None
     name: str | None = None
     group_tiles: bool = True
+    denoise: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -322,6 +333,9 @@ class JobSpec(_Json):
             _check_int("overscan", self.overscan, 0, 4096)
         if not isinstance(self.allow_scripts, bool):
             raise InputError("allow_scripts must be true or false")
+        if self.denoise not in DENOISE_MODES:
+            raise InputError(f"denoise must be one of {', '.join(DENOISE_MODES)}, not "
+                             f"{self.denoise!r}")
 
     @property
     def output_format(self) -> str:
@@ -350,6 +364,8 @@ class RenderSettings(_Json):
         compositing: whether pieces render with the compositor (whole frames only).
         piece_format: ``"exr"`` (multilayer, every pass).
         threads: CPU threads for Cycles, 0 for all.
+        post_denoise: render noisy pieces with the denoiser's passes (albedo, normal, vector)
+            for a denoise of the merged frame.
     """
 
     blend_path: str
@@ -362,6 +378,7 @@ class RenderSettings(_Json):
     compositing: bool = False
     piece_format: str = "exr"
     threads: int = 0
+    post_denoise: bool = False
 
 
 @dataclass(frozen=True)

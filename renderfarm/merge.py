@@ -232,3 +232,119 @@ def read_layers(path: Path) -> dict[str, np.ndarray]:
         return channels
     finally:
         inp.close()
+
+
+def to_single_part(source: Path, target: Path) -> None:
+    """Write every channel of a multi-part EXR into one part (for Cycles' standalone denoiser,
+    which reads only the first part of a file).
+
+    The header keeps the first part's attributes and every ``cycles.*`` attribute of the others
+    (the denoiser needs ``cycles.<layer>.samples``).
+    """
+    oiio = _oiio()
+    inp = _open(source)
+    try:
+        layout = _parts(inp)
+        names: list[str] = []
+        blocks = []
+        for index, spec in enumerate(layout):
+            inp.seek_subimage(index, 0)
+            pixels = inp.read_image(index, 0, 0, spec.nchannels, oiio.FLOAT)
+            blocks.append(pixels.reshape(spec.height, spec.width, spec.nchannels))
+            names += list(spec.channelnames)
+        first = layout[0]
+        spec = oiio.ImageSpec(first.width, first.height, len(names), oiio.FLOAT)
+        spec.channelnames = tuple(names)
+        for part in layout:
+            for attr in part.extra_attribs:
+                if attr.name in _PIECE_ATTRIBUTES or attr.name == "name":
+                    continue
+                if part is first or attr.name.startswith("cycles."):
+                    spec.attribute(attr.name, attr.type, attr.value)
+    finally:
+        inp.close()
+    _write_parts(target, [spec], lambda _index: np.concatenate(blocks, axis=2))
+
+
+@dataclass(frozen=True)
+class PartSource:
+    """Where a part of a composed file comes from.
+
+    Attributes:
+        name: the part's name in the new file (``ViewLayer.Noisy Image``).
+        path: the file holding its pixels.
+        source: the name of the channels' prefix there (``ViewLayer.Combined``): a part of
+            that name, or those channels of a single-part file.
+        template: a file whose part named ``template_part`` gives the pixel types and the
+            header (None: the source's).
+        template_part: the part of ``template`` to copy the header from.
+    """
+
+    name: str
+    path: Path
+    source: str
+    template: Path | None = None
+    template_part: str | None = None
+
+
+def _channels_of(inp: Any, prefix: str) -> tuple[int, list[int], Any] | None:
+    """(part index, channel indices, part spec) of the channels named ``prefix.*``."""
+    for index, spec in enumerate(_parts(inp)):
+        picked = [c for c, name in enumerate(spec.channelnames)
+                  if name.rsplit(".", 1)[0] == prefix]
+        if picked:
+            return index, picked, spec
+    return None
+
+
+def compose_parts(target: Path, parts: Sequence[PartSource]) -> None:
+    """Write a multi-part EXR whose parts are taken (and renamed) from other files.
+
+    Raises:
+        MergeError: a source part is missing.
+    """
+    oiio = _oiio()
+    opened: dict[Path, Any] = {}
+
+    def source(path: Path) -> Any:
+        if path not in opened:
+            opened[path] = _open(path)
+        return opened[path]
+
+    try:
+        plan = []
+        specs = []
+        for part in parts:
+            found = _channels_of(source(part.path), part.source)
+            if found is None:
+                raise MergeError(f"no {part.source!r} channels to make {part.name!r} from",
+                                 path=str(part.path))
+            index, picked, src_spec = found
+            template_spec = src_spec
+            if part.template is not None:
+                templ = _channels_of(source(part.template), part.template_part or part.source)
+                if templ is not None and len(templ[1]) == len(picked):
+                    template_spec = templ[2]
+            spec = oiio.ImageSpec(template_spec)
+            if len(spec.channelnames) != len(picked):  # a single-part source: narrow it
+                spec = oiio.ImageSpec(src_spec.width, src_spec.height, len(picked), oiio.FLOAT)
+            suffixes = [src_spec.channelnames[c].rsplit(".", 1)[1] for c in picked]
+            spec.channelnames = tuple(f"{part.name}.{s}" for s in suffixes)
+            spec.attribute("name", part.name)
+            for name in _PIECE_ATTRIBUTES:
+                spec.erase_attribute(name)
+            plan.append((part.path, index, picked, src_spec))
+            specs.append(spec)
+
+        def pixels(i: int) -> np.ndarray:
+            path, index, picked, spec = plan[i]
+            inp = source(path)
+            inp.seek_subimage(index, 0)
+            data = inp.read_image(index, 0, 0, spec.nchannels, oiio.FLOAT)
+            data = data.reshape(spec.height, spec.width, spec.nchannels)
+            return np.ascontiguousarray(data[:, :, picked])
+
+        write_atomically(target, lambda tmp: _write_parts(tmp, specs, pixels))
+    finally:
+        for inp in opened.values():
+            inp.close()

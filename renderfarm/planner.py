@@ -148,6 +148,7 @@ class Plan:
     tasks: tuple[Task, ...]
     compositing: bool
     warnings: tuple[str, ...] = ()
+    post_denoise: bool = False
 
     @property
     def tiled(self) -> bool:
@@ -166,18 +167,26 @@ def resolve_frames(spec: JobSpec, scene: SceneInfo) -> list[int]:
     return scene_frames(scene.frame_start, scene.frame_end, scene.frame_step)
 
 
-def tiling_fallback(scene: SceneInfo) -> str | None:
+def post_denoise_blocker(scene: SceneInfo) -> str | None:
+    """Why a denoising scene cannot be denoised after the merge, or None when it can."""
+    if scene.motion_blur:
+        return ("the scene uses motion blur, which forbids the Vector pass Cycles' standalone "
+                "denoiser needs")
+    return None
+
+
+def tiling_fallback(scene: SceneInfo, denoise: str = "auto") -> str | None:
     """Why a scene must render whole frames instead of tiles, or None when tiles are exact."""
     if scene.engine != "CYCLES":
         return (
             f"{scene.engine} is not split into tiles (its screen-space effects need the "
             "whole frame); rendering whole frames"
         )
-    if scene.denoising:
-        return (
-            "the scene denoises at render time and denoising tiles separately shows seams; "
-            "rendering whole frames"
-        )
+    if scene.denoising and denoise == "render":
+        return "the job keeps Blender's render-time denoise; rendering whole frames"
+    if scene.denoising and post_denoise_blocker(scene):
+        return (f"{post_denoise_blocker(scene)}, and denoising tiles separately shows seams; "
+                "rendering whole frames")
     if scene.compositing:
         return (
             "the scene's compositor needs the whole frame; rendering whole frames"
@@ -212,11 +221,17 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job") -> Plan:
     if tiles != (1, 1):
         # check the grid even when falling back, so a bad grid is an error, not a surprise.
         plan_tiles(region, tiles[0], tiles[1])
-        reason = tiling_fallback(scene)
+        reason = tiling_fallback(scene, spec.denoise)
         if reason:
             warnings.append(f"--tiles {tiles[0]}x{tiles[1]} ignored: {reason}")
             tiles = (1, 1)
     tiled = tiles != (1, 1)
+    post_denoise = (scene.engine == "CYCLES" and scene.denoising
+                    and (tiled or spec.denoise == "post"))
+    if post_denoise and post_denoise_blocker(scene):
+        warnings.append(f"--denoise post ignored: {post_denoise_blocker(scene)}; Blender "
+                        "denoises each frame at render time")
+        post_denoise = False
     if spec.overscan is not None:
         overscan = spec.overscan if tiled else 0
     else:
@@ -238,4 +253,5 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job") -> Plan:
         tasks=tasks,
         compositing=scene.compositing and not tiled,
         warnings=tuple(warnings),
+        post_denoise=post_denoise,
     )

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from renderfarm.errors import FrameRangeError, SceneError
+from renderfarm.errors import FrameRangeError, InputError, SceneError
 from renderfarm.job import JobSpec, Rect, SceneInfo
 from renderfarm.planner import (
     ADAPTIVE_OVERSCAN,
@@ -134,7 +134,7 @@ def test_adaptive_sampling_adds_overscan_unless_overridden() -> None:
 
 
 @pytest.mark.parametrize("facts,word", [
-    ({"denoising": True}, "denois"),
+    ({"denoising": True, "motion_blur": True}, "motion blur"),
     ({"compositing": True}, "compositor"),
     ({"engine": "BLENDER_EEVEE"}, "BLENDER_EEVEE"),
 ])
@@ -142,6 +142,28 @@ def test_tiles_fall_back_to_whole_frames_with_a_warning(facts, word) -> None:
     plan = plan_job(JobSpec("a.blend", frames="1-2", tiles=(3, 3)), scene(**facts))
     assert plan.tiles == (1, 1) and len(plan.tasks) == 2
     assert len(plan.warnings) == 1 and word in plan.warnings[0]
+
+
+def test_denoising_scenes_denoise_once_after_the_merge() -> None:
+    tiled = plan_job(JobSpec("a.blend", frames="1", tiles=(3, 3)), scene(denoising=True))
+    assert tiled.tiles == (3, 3) and tiled.post_denoise and not tiled.warnings
+    # whole frames keep Blender's render-time denoise unless the job asks otherwise
+    whole = plan_job(JobSpec("a.blend", frames="1"), scene(denoising=True))
+    assert not whole.post_denoise
+    post = plan_job(JobSpec("a.blend", frames="1", denoise="post"), scene(denoising=True))
+    assert post.post_denoise and post.tiles == (1, 1)
+    kept = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2), denoise="render"),
+                    scene(denoising=True))
+    assert kept.tiles == (1, 1) and not kept.post_denoise
+    assert "render-time denoise" in kept.warnings[0]
+    blurred = plan_job(JobSpec("a.blend", frames="1", denoise="post"),
+                       scene(denoising=True, motion_blur=True))
+    assert not blurred.post_denoise and "Vector pass" in blurred.warnings[0]
+    # scenes that do not denoise are not touched
+    assert not plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2), denoise="post"),
+                        scene()).post_denoise
+    with pytest.raises(InputError, match="denoise must be one of"):
+        JobSpec("a.blend", denoise="later")
 
 
 def test_sequencer_scenes_need_no_camera() -> None:

@@ -120,12 +120,12 @@ def test_adaptive_sampling_tiles_get_overscan(farm, make_scene, reference, tmp_p
     assert (got == want).mean() > 0.999, f"{(got != want).sum()} pixels differ"
 
 
-def test_denoised_scene_falls_back_to_whole_frames(farm, make_scene, reference,
-                                                   tmp_path) -> None:
+def test_render_time_denoise_renders_whole_frames(farm, make_scene, reference,
+                                                  tmp_path) -> None:
     blend = make_scene(width=48, height=32, frames=1, samples=4, denoise=True)
-    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2), denoise="render",
                                  output=str(tmp_path / "dn_####.exr")))
-    assert any("denois" in w for w in result.warnings)
+    assert any("render-time denoise" in w for w in result.warnings)
     assert len(result.tasks) == 1
     assert_same_image(result.outputs[1], reference(blend, [1])[1])
 

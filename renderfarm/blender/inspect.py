@@ -83,6 +83,7 @@ def scene_info(scene: Any) -> SceneInfo:
         samples=int(cycles.samples) if is_cycles else None,
         adaptive_sampling=bool(is_cycles and cycles.use_adaptive_sampling),
         denoising=denoise,
+        motion_blur=bool(render.use_motion_blur),
         compositing=sequencer or _compositor_changes_image(scene),
         sequencer=sequencer,
         view_layers=layers,

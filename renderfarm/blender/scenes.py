@@ -35,6 +35,7 @@ class SceneRecipe:
         percentage: resolution percentage.
         detail: subdivision levels (render) on the objects, for production-like geometry
             (each level multiplies the faces by four; 0 keeps the primitives as they are).
+        motion_blur: render motion blur.
         kind: ``demo`` or ``cube`` (Blender's factory startup scene; only ``width``,
             ``height``, ``samples``, ``frames``, ``engine`` and ``percentage`` apply).
     """
@@ -53,6 +54,7 @@ class SceneRecipe:
     percentage: int = 100
     detail: int = 0
     kind: str = "demo"
+    motion_blur: bool = False
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
@@ -141,6 +143,7 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         scene.collection.objects.link(cam)
         scene.camera = cam
 
+    render.use_motion_blur = recipe.motion_blur
     if recipe.border is not None:
         render.use_border = True
         render.use_crop_to_border = recipe.crop
@@ -185,13 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-crop", action="store_true")
     parser.add_argument("--no-camera", action="store_true")
     parser.add_argument("--kind", choices=("demo", "cube"), default="demo")
+    parser.add_argument("--motion-blur", action="store_true")
     args = parser.parse_args(argv)
     border = tuple(float(v) for v in args.border.split(",")) if args.border else None
     build_scene(args.path, SceneRecipe(
         width=args.width, height=args.height, samples=args.samples, frames=args.frames,
         engine=args.engine, adaptive=args.adaptive, denoise=args.denoise, passes=args.passes,
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
-        percentage=args.percentage, detail=args.detail, kind=args.kind))
+        percentage=args.percentage, detail=args.detail, kind=args.kind,
+        motion_blur=args.motion_blur))
     return 0
 
 

@@ -15,6 +15,7 @@ import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from renderfarm.errors import BlendFileError, RenderError, SceneError
@@ -140,6 +141,9 @@ class BlenderSession:
         self._border: tuple[Any, ...] = ()
         self._info: dict[str | None, SceneInfo] = {}
         self._stats: list[str] = []
+        #: for post-merge denoising: {view layer: (store passes, vector pass)} as the file has
+        #: them, for the layers that denoise
+        self._denoise_layers: dict[str, tuple[bool, bool]] = {}
 
     # -- loading -----------------------------------------------------------------------------
     def _open(self, path: str, blend_hash: str, allow_scripts: bool) -> float:
@@ -207,6 +211,17 @@ class BlenderSession:
             render.threads_mode = "FIXED"
             render.threads = settings.threads
         render.use_persistent_data = True
+        self._denoise_layers = {}
+        if settings.post_denoise and render.engine == "CYCLES" and scene.cycles.use_denoising:
+            # render noisy, with what Cycles' standalone denoiser reads; the merged frame is
+            # denoised once (finish), so the tile grid cannot change the result
+            scene.cycles.use_denoising = False
+            for layer in scene.view_layers:
+                if layer.use and layer.cycles.use_denoising:
+                    self._denoise_layers[layer.name] = (layer.cycles.denoising_store_passes,
+                                                        layer.use_pass_vector)
+                    layer.cycles.denoising_store_passes = True
+                    layer.use_pass_vector = True
         render.use_compositing = settings.compositing and render.use_compositing
         if not settings.compositing:
             render.use_sequencer = False
@@ -268,6 +283,97 @@ class BlenderSession:
                               frame=task.frame, tile=task.tile.index)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         return PieceStats(seconds, self._peak_memory(), rss)
+
+    def finish(self, merged: str, target: str, file_format: str) -> None:
+        """Turn a merged frame into the job's output: denoise it when the job renders noisy
+        pieces, then write it in ``file_format`` (through :meth:`convert` unless it is a
+        multilayer EXR).
+
+        Raises:
+            RenderError: the denoiser or Blender's writer failed.
+        """
+        from renderfarm.merge import combined_rgba
+
+        work = merged
+        if self._denoise_layers:
+            work = self._denoise(merged)
+        if file_format == "OPEN_EXR_MULTILAYER":
+            os.replace(work, target)
+            return
+        rgba = f"{merged}.rgba.exr"
+        try:
+            combined_rgba(Path(work), Path(rgba))
+            self.convert(rgba, target, file_format)
+        finally:
+            for path in {rgba, work} - {merged}:
+                if os.path.exists(path):
+                    os.remove(path)
+
+    def _denoise(self, merged: str) -> str:
+        """Denoise a merged noisy frame with Cycles' standalone denoiser; return the file that
+        holds what Blender writes for a render-time denoised frame (same parts, in order)."""
+        import _cycles  # type: ignore[import-not-found]
+        import bpy
+
+        from renderfarm.merge import PartSource, compose_parts, to_single_part
+
+        scene = self.scene
+        single, denoised, final = (f"{merged}.{name}.exr" for name in
+                                   ("single", "denoised", "final"))
+        to_single_part(Path(merged), Path(single))
+        layer = scene.view_layers[next(iter(self._denoise_layers))]
+        use_gpu = scene.cycles.denoising_use_gpu
+        scene.cycles.use_denoising = True
+        scene.cycles.denoising_use_gpu = self.device_label.split(":")[0] != "CPU"
+        try:
+            _cycles.denoise(bpy.context.preferences.as_pointer(), scene.as_pointer(),
+                            layer.as_pointer(), input=[single], output=[denoised])
+        except Exception as exc:
+            raise RenderError(f"Cycles' denoiser failed on the merged frame: {exc}",
+                              path=merged) from exc
+        finally:
+            scene.cycles.use_denoising = False
+            scene.cycles.denoising_use_gpu = use_gpu
+            os.remove(single)
+        if not os.path.isfile(denoised):
+            raise RenderError("Cycles' denoiser wrote no file", path=merged)
+        parts = []
+        for layer_name, passes in self._final_passes(scene).items():
+            for name in passes:
+                part = f"{layer_name}.{name}"
+                if name == "Combined" and layer_name in self._denoise_layers:
+                    parts.append(PartSource(part, Path(denoised), part, Path(merged), part))
+                elif name == "Noisy Image":
+                    combined = f"{layer_name}.Combined"
+                    parts.append(PartSource(part, Path(merged), combined))
+                else:
+                    parts.append(PartSource(part, Path(merged), part))
+        try:
+            compose_parts(Path(final), parts)
+        finally:
+            os.remove(denoised)
+        return final
+
+    def _final_passes(self, scene: Any) -> dict[str, list[str]]:
+        """The passes Blender writes, layer by layer and in its order, with the file's own
+        denoising settings (not the ones the noisy pieces rendered with)."""
+        from cycles import engine as cycles_engine  # type: ignore[import-not-found]
+
+        changed = {name: (scene.view_layers[name].cycles.denoising_store_passes,
+                          scene.view_layers[name].use_pass_vector)
+                   for name in self._denoise_layers}
+        scene.cycles.use_denoising = True
+        try:
+            for name, (store, vector) in self._denoise_layers.items():
+                scene.view_layers[name].cycles.denoising_store_passes = store
+                scene.view_layers[name].use_pass_vector = vector
+            return {layer.name: [p[0] for p in cycles_engine.list_render_passes(scene, layer)]
+                    for layer in scene.view_layers if layer.use}
+        finally:
+            scene.cycles.use_denoising = False
+            for name, (store, vector) in changed.items():
+                scene.view_layers[name].cycles.denoising_store_passes = store
+                scene.view_layers[name].use_pass_vector = vector
 
     def convert(self, source: str, target: str, file_format: str) -> None:
         """Write the RGBA float image ``source`` as ``target`` the way Blender writes renders.

@@ -1,0 +1,72 @@
+"""Seam-free frames: denoising after the merge, compared with Blender's own renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from renderfarm.job import JobSpec
+from renderfarm.merge import read_layers
+from tests.test_render import assert_same_image, parts
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+def psnr(got: Path, want: Path, layer: str = "ViewLayer") -> float:
+    """PSNR of the Combined RGB, clamped to [0, 1], peak 1."""
+    a, b = read_layers(got), read_layers(want)
+    rgb = [f"{layer}.Combined.{c}" for c in "RGB"]
+    x = np.clip(np.stack([a[c] for c in rgb]), 0, 1)
+    y = np.clip(np.stack([b[c] for c in rgb]), 0, 1)
+    mse = float(np.mean((x - y) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+
+
+def test_denoise_after_merge_is_independent_of_the_grid_and_close_to_blender(
+        farm, make_scene, reference, tmp_path) -> None:
+    # odd size, 3x3 tiles (grouped into rows on the two workers) against one whole frame
+    blend = make_scene(width=101, height=67, frames=1, samples=64, denoise=True)
+    tiled = farm.render(JobSpec(str(blend), frames="1", tiles=(3, 3),
+                                output=str(tmp_path / "t_####.exr")))
+    whole = farm.render(JobSpec(str(blend), frames="1", denoise="post",
+                                output=str(tmp_path / "w_####.exr")))
+    assert not tiled.warnings and not whole.warnings
+    # the denoiser sees the merged frame, so the grid cannot change a single bit
+    assert_same_image(tiled.outputs[1], whole.outputs[1])
+    blender = reference(blend, [1])[1]
+    # what Blender writes for a render-time denoised frame: same parts, channels and types
+    assert parts(tiled.outputs[1]) == parts(blender)
+    got = psnr(tiled.outputs[1], blender)
+    assert got >= 44.0, f"PSNR {got:.1f} dB against Blender's render-time denoise"
+    # the noisy image it keeps is Blender's noisy pass... up to the noise realization, which
+    # Cycles draws differently while its denoiser is on (see the README)
+    noisy = read_layers(tiled.outputs[1])["ViewLayer.Noisy Image.R"]
+    assert noisy.shape == (67, 101) and np.isfinite(noisy).all()
+
+
+def test_motion_blur_scenes_denoise_at_render_time_with_one_warning(
+        farm, make_scene, reference, tmp_path) -> None:
+    blend = make_scene(width=48, height=32, frames=1, samples=4, denoise=True,
+                       motion_blur=True)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
+                                 output=str(tmp_path / "mb_####.exr")))
+    assert len(result.warnings) == 1 and "motion blur" in result.warnings[0]
+    assert_same_image(result.outputs[1], reference(blend, [1])[1])
+
+
+def test_denoised_tiles_written_as_png_look_like_blenders_png(farm, make_scene, reference,
+                                                               tmp_path) -> None:
+    import OpenImageIO as oiio
+
+    blend = make_scene(width=101, height=67, frames=1, samples=64, denoise=True)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
+                                 output=str(tmp_path / "p_####.png")))
+    got = oiio.ImageBuf(str(result.outputs[1]))
+    want = oiio.ImageBuf(str(reference(blend, [1], fmt="PNG")[1]))
+    assert got.spec().format == want.spec().format  # the scene's depth, as Blender writes it
+    a, b = got.get_pixels(oiio.FLOAT), want.get_pixels(oiio.FLOAT)
+    assert a.shape == b.shape == (67, 101, 4)
+    assert float(np.abs(a - b).mean()) * 255 < 1.0  # on average under one 8-bit step
+    assert not np.array_equal(a, b)  # a different noise realization, denoised: not the same
