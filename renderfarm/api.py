@@ -6,15 +6,18 @@ import os
 from collections.abc import Sequence
 
 from renderfarm.errors import InputError
-from renderfarm.job import JobResult, JobSpec
+from renderfarm.job import AUTO_TILES, JobResult, JobSpec
 
 
 def parse_tiles(tiles: str | Sequence[int]) -> tuple[int, int]:
-    """``"4x2"``, ``"3"`` or ``(4, 2)`` to ``(columns, rows)``.
+    """``"4x2"``, ``"3"`` or ``(4, 2)`` to ``(columns, rows)``; ``"auto"`` to
+    :data:`~renderfarm.job.AUTO_TILES` (the farm picks the grid).
 
     Raises:
         InputError: the grid is malformed or not positive.
     """
+    if isinstance(tiles, str) and tiles.lower().strip() == "auto":
+        return AUTO_TILES
     if isinstance(tiles, str):
         text = tiles.lower().strip()
         try:
@@ -25,6 +28,8 @@ def parse_tiles(tiles: str | Sequence[int]) -> tuple[int, int]:
             raise InputError(f"cannot read tiles {tiles!r}; write columns x rows, like '4x2'")
         tiles = parts
     grid = tuple(int(v) for v in tiles)
+    if grid == AUTO_TILES:
+        return AUTO_TILES
     if len(grid) != 2 or min(grid) < 1:
         raise InputError(f"tiles must be at least 1x1 (columns x rows), not {tiles!r}")
     return grid[0], grid[1]
@@ -56,7 +61,7 @@ def render(
     Args:
         blend_file: the file to render.
         frames: frame range such as ``"1-8"``; None renders the scene's range.
-        tiles: ``(columns, rows)`` or ``"4x2"`` each frame is split into.
+        tiles: ``(columns, rows)`` or ``"4x2"`` each frame is split into, or ``"auto"``.
         output: output pattern; ``#`` runs become the frame, the extension picks the format.
         samples: render samples override.
         percentage: resolution percentage override.

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("blend", help="the .blend file")
     render.add_argument("--frames", help="frames, e.g. '1-8' or '1-10,15,20-30x2' "
                         "(default: the scene's range)")
-    render.add_argument("--tiles", default="1x1", help="split each frame in COLSxROWS tiles "
+    render.add_argument("--tiles", default="1x1", help="'auto' (picked from the frame size, "
+                        "the frames and the workers) or split each frame in COLSxROWS tiles "
                         "(default 1x1)")
     render.add_argument("-o", "--output", default=None,
                         help="output pattern; '#' runs are the frame, the extension picks the "
@@ -188,7 +189,9 @@ def _follow(handle: Any, show_bar: bool) -> None:
         show_progress(handle)
         return
     for event in handle.events():
-        if event.kind in ("warning", "task_retry", "task_failed"):
+        if event.kind == "info":
+            print(f"renderfarm: {event.message}", file=sys.stderr)
+        elif event.kind in ("warning", "task_retry", "task_failed"):
             print(f"renderfarm: {event.kind.replace('_', ' ')}: {event.message}",
                   file=sys.stderr)
 

@@ -425,7 +425,11 @@ class _JobRun:
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
         info = self._inspect(runner.pool, blend_hash)
-        self.plan = plan = plan_job(spec, info, self.handle.job_id)
+        self.plan = plan = plan_job(spec, info, self.handle.job_id,
+                                    workers=runner.pool.shape.workers)
+        for note in plan.notes:
+            logger.info("%s", note)
+            self.emit("info", message=note)
         for warning in plan.warnings:
             logger.info("%s", warning)
             self.warnings.append(warning)
@@ -469,7 +473,7 @@ class _JobRun:
             job_id=self.handle.job_id, spec=spec, scene=info, frames=plan.frames,
             outputs=dict(sorted(self.outputs.items())), tasks=tuple(self.results),
             wall_seconds=time.monotonic() - start, device=device,
-            workers=runner.pool.shape.workers, warnings=tuple(self.warnings))
+            workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles)
 
     def _inspect(self, pool: WorkerPool, blend_hash: str) -> SceneInfo:
         import ray

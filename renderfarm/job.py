@@ -19,6 +19,8 @@ from renderfarm.errors import InputError, OutputError, UsageError
 from renderfarm.frames import parse_frames
 
 DEVICES = ("auto", "cpu", "gpu")
+#: ``JobSpec.tiles`` value that lets the planner pick the grid (``--tiles auto``)
+AUTO_TILES = (0, 0)
 #: how a job denoises scenes that use Cycles' denoiser (see :attr:`JobSpec.denoise`)
 DENOISE_MODES = ("auto", "post", "render")
 
@@ -266,7 +268,8 @@ class JobSpec(_Json):
     Attributes:
         blend_file: the ``.blend`` file.
         frames: a frame-range string (``"1-10,15"``); None renders the scene's range and step.
-        tiles: ``(columns, rows)`` each frame is split into.
+        tiles: ``(columns, rows)`` each frame is split into; :data:`AUTO_TILES` lets the
+            planner pick from the frame size, the frames and the workers.
         samples: render samples override; None keeps the scene's.
         percentage: resolution percentage override; None keeps the scene's.
         device: ``"auto"`` (GPU when the cluster has one), ``"cpu"`` or ``"gpu"``.
@@ -312,8 +315,9 @@ class JobSpec(_Json):
         object.__setattr__(self, "tiles", tuple(self.tiles))
         if len(self.tiles) != 2:
             raise InputError(f"tiles must be (columns, rows), not {self.tiles!r}")
-        _check_int("tile columns", self.tiles[0], 1)
-        _check_int("tile rows", self.tiles[1], 1)
+        if self.tiles != AUTO_TILES:
+            _check_int("tile columns", self.tiles[0], 1)
+            _check_int("tile rows", self.tiles[1], 1)
         if self.frames is not None:
             parse_frames(self.frames)
         if self.samples is not None:
@@ -492,6 +496,7 @@ class JobResult(_Json):
         device: the device the job ran on (``cpu`` or ``gpu``).
         workers: number of workers used.
         warnings: things the user should know (fallbacks, ignored settings).
+        tiles: the grid the frames were split into (what ``--tiles auto`` chose).
     """
 
     job_id: str
@@ -504,6 +509,7 @@ class JobResult(_Json):
     device: str = "cpu"
     workers: int = 1
     warnings: tuple[str, ...] = ()
+    tiles: tuple[int, int] = (1, 1)
 
     @property
     def render_seconds(self) -> float:
@@ -518,4 +524,5 @@ class JobResult(_Json):
         data["outputs"] = {int(k): Path(v) for k, v in data["outputs"].items()}
         data["tasks"] = tuple(TaskResult.from_dict(t) for t in data.get("tasks", ()))
         data["warnings"] = tuple(data.get("warnings", ()))
+        data["tiles"] = tuple(data.get("tiles", (1, 1)))
         return data

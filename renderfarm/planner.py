@@ -8,12 +8,13 @@ helpers here model that exactly so tiles cover the frame with no gap and no over
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
 from renderfarm.errors import FrameRangeError, SceneError
 from renderfarm.frames import parse_frames, scene_frames
-from renderfarm.job import JobSpec, Rect, SceneInfo, Task, Tile
+from renderfarm.job import AUTO_TILES, JobSpec, Rect, SceneInfo, Task, Tile
 
 #: overscan (pixels) added around tiles when Cycles' adaptive sampling is on: its convergence
 #: test looks at neighbouring pixels, so tiles need a margin to match the full frame.
@@ -137,6 +138,8 @@ class Plan:
         tasks: every task, frame by frame.
         compositing: whether pieces render with the compositor on.
         warnings: fallbacks the user should hear about.
+        post_denoise: pieces render noisy and the merged frame is denoised once.
+        notes: choices the planner made that the user should see (``--tiles auto``).
     """
 
     frames: tuple[int, ...]
@@ -149,6 +152,7 @@ class Plan:
     compositing: bool
     warnings: tuple[str, ...] = ()
     post_denoise: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def tiled(self) -> bool:
@@ -194,8 +198,33 @@ def tiling_fallback(scene: SceneInfo, denoise: str = "auto") -> str | None:
     return None
 
 
-def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job") -> Plan:
+#: the smallest tile side ``--tiles auto`` makes: below it Blender's fixed cost per render
+#: call (15-25 ms) outweighs what another worker adds
+AUTO_MIN_TILE = 64
+
+
+def auto_grid(width: int, height: int, frames: int, workers: int) -> tuple[int, int]:
+    """The grid ``--tiles auto`` picks for a ``width`` x ``height`` region.
+
+    With at least as many frames as workers, whole frames keep every worker busy. Otherwise
+    each frame is split into about twice as many pieces as the workers it gets (so a slow
+    piece does not leave the others idle), as close to square as the frame allows, and never
+    into tiles smaller than :data:`AUTO_MIN_TILE` pixels a side.
+    """
+    if frames >= workers or workers <= 1:
+        return (1, 1)
+    pieces = math.ceil(2 * workers / max(1, frames))
+    columns = max(1, round(math.sqrt(pieces * width / height)))
+    rows = max(1, math.ceil(pieces / columns))
+    columns = max(1, min(columns, width // AUTO_MIN_TILE))
+    rows = max(1, min(rows, height // AUTO_MIN_TILE))
+    return (columns, rows)
+
+
+def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int = 1) -> Plan:
     """Turn a job spec and the scene's facts into tasks.
+
+    ``workers`` is the number of workers the job will run on (for ``--tiles auto``).
 
     Raises:
         SceneError: no camera, an empty border, or more tiles than pixels.
@@ -217,8 +246,16 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job") -> Plan:
     canvas = region if scene.use_border and scene.crop_to_border else full
 
     warnings: list[str] = []
+    notes: list[str] = []
     tiles = tuple(spec.tiles)
-    if tiles != (1, 1):
+    if tiles == AUTO_TILES:
+        reason = tiling_fallback(scene, spec.denoise)
+        tiles = (1, 1) if reason else auto_grid(region.width, region.height, len(frames),
+                                                workers)
+        why = f"{len(frames)} frame(s), {workers} worker(s), {region.width}x{region.height} px"
+        notes.append(f"--tiles auto chose {tiles[0]}x{tiles[1]} ({why})"
+                     + (f"; {reason}" if reason else ""))
+    elif tiles != (1, 1):
         # check the grid even when falling back, so a bad grid is an error, not a surprise.
         plan_tiles(region, tiles[0], tiles[1])
         reason = tiling_fallback(scene, spec.denoise)
@@ -254,4 +291,5 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job") -> Plan:
         compositing=scene.compositing and not tiled,
         warnings=tuple(warnings),
         post_denoise=post_denoise,
+        notes=tuple(notes),
     )

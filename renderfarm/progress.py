@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from renderfarm.farm import JobHandle
 
-_SAY = {"warning": "warning", "task_retry": "retrying", "task_failed": "failed"}
+_SAY = {"info": "renderfarm", "warning": "warning", "task_retry": "retrying",
+        "task_failed": "failed"}
 
 
 def show_progress(handle: JobHandle, stream: TextIO | None = None) -> None:

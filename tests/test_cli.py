@@ -125,3 +125,14 @@ def test_inspect(corpus: Path) -> None:
     assert missing["missing_files"], "missing_textures.blend lists no missing file"
     assert_one_clear_line(run("inspect", str(corpus / "corrupt_only_magic.blend")), 3,
                           "Blender cannot open")
+
+
+def test_tiles_auto_says_what_it_chose(make_scene, tmp_path: Path) -> None:
+    still = make_scene(width=160, height=128, frames=1, samples=1)
+    proc = run("render", str(still), "--frames", "1", "--tiles", "auto", "--workers", "2",
+               "--no-progress", "-o", str(tmp_path / "a_####.exr"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "--tiles auto chose 2x2 (1 frame(s), 2 worker(s), 160x128 px)" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["tiles"] == [2, 2]
+    assert (tmp_path / "a_0001.exr").stat().st_size > 0

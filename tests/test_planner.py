@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from renderfarm.errors import FrameRangeError, InputError, SceneError
-from renderfarm.job import JobSpec, Rect, SceneInfo
+from renderfarm.job import AUTO_TILES, JobSpec, Rect, SceneInfo
 from renderfarm.planner import (
     ADAPTIVE_OVERSCAN,
+    auto_grid,
     blender_border_pixels,
     border_for,
     plan_job,
@@ -181,3 +182,31 @@ def test_errors() -> None:
         plan_job(JobSpec("a.blend"), scene(use_border=True, border=(0.5, 0.5, 0.5, 0.9)))
     with pytest.raises(FrameRangeError):
         plan_job(JobSpec("a.blend"), scene(frame_start=5, frame_end=1))
+
+
+@pytest.mark.parametrize(("size", "frames", "workers", "grid"), [
+    ((1920, 1080), 100, 8, (1, 1)),      # more frames than workers: whole frames
+    ((1920, 1080), 8, 8, (1, 1)),
+    ((7680, 4320), 1, 16, (8, 4)),       # one 8K still on 16 GPUs: 32 tiles, near square
+    ((1920, 1080), 2, 8, (4, 2)),        # two frames on 8 workers: 8 pieces each
+    ((320, 180), 1, 2, (3, 2)),
+    ((100, 60), 1, 64, (1, 1)),          # never tiles under 64 px a side
+    ((1080, 1920), 1, 4, (2, 4)),        # portrait frames get more rows
+])
+def test_auto_grid(size, frames, workers, grid) -> None:
+    assert auto_grid(size[0], size[1], frames, workers) == grid
+
+
+def test_tiles_auto_plans_and_says_what_it_chose() -> None:
+    plan = plan_job(JobSpec("a.blend", frames="1", tiles=AUTO_TILES),
+                    scene(resolution=(7680, 4320), percentage=100), workers=16)
+    assert plan.tiles == (8, 4) and len(plan.tasks) == 32
+    assert plan.notes == ("--tiles auto chose 8x4 (1 frame(s), 16 worker(s), 7680x4320 px)",)
+    eevee = plan_job(JobSpec("a.blend", frames="1", tiles=AUTO_TILES),
+                     scene(engine="BLENDER_EEVEE"), workers=16)
+    assert eevee.tiles == (1, 1) and "BLENDER_EEVEE" in eevee.notes[0] and not eevee.warnings
+    from renderfarm.api import parse_tiles
+
+    assert parse_tiles("auto") == AUTO_TILES and parse_tiles("AUTO ") == AUTO_TILES
+    with pytest.raises(InputError):
+        parse_tiles((0, 3))
