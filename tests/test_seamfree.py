@@ -70,3 +70,34 @@ def test_denoised_tiles_written_as_png_look_like_blenders_png(farm, make_scene, 
     assert a.shape == b.shape == (67, 101, 4)
     assert float(np.abs(a - b).mean()) * 255 < 1.0  # on average under one 8-bit step
     assert not np.array_equal(a, b)  # a different noise realization, denoised: not the same
+
+
+@pytest.fixture(scope="module")
+def all_passes(make_scene) -> Path:
+    return make_scene(width=61, height=43, frames=1, samples=4, all_passes=True)
+
+
+@pytest.mark.parametrize("tiles", [(3, 2), (5, 4)])
+def test_every_pass_and_view_layer_is_bit_identical(farm, all_passes, reference, tmp_path,
+                                                    tiles) -> None:
+    """Data, light, volume and shadow catcher passes, Cryptomatte (object, material, asset),
+    shader AOVs, light groups and a second view layer: 43 parts, every pixel the same."""
+    result = farm.render(JobSpec(str(all_passes), frames="1", tiles=tiles,
+                                 output=str(tmp_path / "ap_####.exr")))
+    blender = reference(all_passes, [1])[1]
+    got, want = parts(result.outputs[1]), parts(blender)
+    assert got == want and len(got) == 43
+    names = [name for name, _channels, _type in got]
+    for expected in ("ViewLayer.Vector", "ViewLayer.CryptoAsset02", "ViewLayer.tint",
+                     "ViewLayer.height", "ViewLayer.Combined_key", "Second.CryptoObject00"):
+        assert expected in names
+    assert_same_image(result.outputs[1], blender)
+
+
+def test_denoised_frame_keeps_every_pass_blender_writes(farm, make_scene, reference,
+                                                        tmp_path) -> None:
+    blend = make_scene(width=61, height=43, frames=1, samples=4, all_passes=True,
+                       denoise=True)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
+                                 output=str(tmp_path / "apd_####.exr")))
+    assert parts(result.outputs[1]) == parts(reference(blend, [1])[1])

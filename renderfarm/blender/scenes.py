@@ -36,6 +36,8 @@ class SceneRecipe:
         detail: subdivision levels (render) on the objects, for production-like geometry
             (each level multiplies the faces by four; 0 keeps the primitives as they are).
         motion_blur: render motion blur.
+        all_passes: every pass Cycles offers on the first layer (data, light, Cryptomatte,
+            a colour and a value shader AOV, two light groups) and a second view layer.
         kind: ``demo`` or ``cube`` (Blender's factory startup scene; only ``width``,
             ``height``, ``samples``, ``frames``, ``engine`` and ``percentage`` apply).
     """
@@ -55,6 +57,7 @@ class SceneRecipe:
     detail: int = 0
     kind: str = "demo"
     motion_blur: bool = False
+    all_passes: bool = False
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
@@ -150,6 +153,8 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         (render.border_min_x, render.border_min_y, render.border_max_x,
          render.border_max_y) = recipe.border
 
+    if recipe.all_passes:
+        _all_passes(scene)
     if recipe.passes:
         layer = scene.view_layers[0]
         for flag in ("use_pass_z", "use_pass_normal", "use_pass_mist", "use_pass_emit",
@@ -159,6 +164,39 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         second.use_pass_z = True
 
     _save(path, render)
+
+
+def _all_passes(scene: object) -> None:
+    """Every pass of the first view layer, AOVs written by every material, light groups, and a
+    second view layer with a few passes."""
+    import bpy
+
+    layer = scene.view_layers[0]  # type: ignore[attr-defined]
+    for prop in layer.bl_rna.properties:
+        if prop.identifier.startswith("use_pass_") and prop.identifier not in (
+                "use_pass_cryptomatte_accurate", "use_pass_grease_pencil"):
+            setattr(layer, prop.identifier, True)
+    for prop in ("use_pass_volume_direct", "use_pass_volume_indirect",
+                 "use_pass_shadow_catcher"):
+        setattr(layer.cycles, prop, True)
+    colour = layer.aovs.add()
+    colour.name, colour.type = "tint", "COLOR"
+    value = layer.aovs.add()
+    value.name, value.type = "height", "VALUE"
+    for mat in bpy.data.materials:
+        nodes, links = mat.node_tree.nodes, mat.node_tree.links
+        geometry = nodes.new("ShaderNodeNewGeometry")
+        for name, socket in (("tint", "Color"), ("height", "Value")):
+            out = nodes.new("ShaderNodeOutputAOV")
+            out.aov_name = name
+            links.new(geometry.outputs["Normal" if name == "tint" else "Backfacing"],
+                      out.inputs[socket])
+    for name in ("key", "sky"):
+        layer.lightgroups.add(name=name)
+    scene.objects["Key"].lightgroup = "key"  # type: ignore[attr-defined]
+    scene.world.lightgroup = "sky"  # type: ignore[attr-defined]
+    second = scene.view_layers.new("Second")  # type: ignore[attr-defined]
+    second.use_pass_z = second.use_pass_normal = second.use_pass_cryptomatte_object = True
 
 
 def _save(path: str, render: object) -> None:
@@ -189,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-camera", action="store_true")
     parser.add_argument("--kind", choices=("demo", "cube"), default="demo")
     parser.add_argument("--motion-blur", action="store_true")
+    parser.add_argument("--all-passes", action="store_true")
     args = parser.parse_args(argv)
     border = tuple(float(v) for v in args.border.split(",")) if args.border else None
     build_scene(args.path, SceneRecipe(
@@ -196,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=args.engine, adaptive=args.adaptive, denoise=args.denoise, passes=args.passes,
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
         percentage=args.percentage, detail=args.detail, kind=args.kind,
-        motion_blur=args.motion_blur))
+        motion_blur=args.motion_blur, all_passes=args.all_passes))
     return 0
 
 

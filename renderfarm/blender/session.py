@@ -144,6 +144,7 @@ class BlenderSession:
         #: for post-merge denoising: {view layer: (store passes, vector pass)} as the file has
         #: them, for the layers that denoise
         self._denoise_layers: dict[str, tuple[bool, bool]] = {}
+        self._layers = 1
 
     # -- loading -----------------------------------------------------------------------------
     def _open(self, path: str, blend_hash: str, allow_scripts: bool) -> float:
@@ -210,7 +211,10 @@ class BlenderSession:
         if settings.threads:
             render.threads_mode = "FIXED"
             render.threads = settings.threads
+        # Blender 5.0.1 segfaults when a persistent-data render changes size (tiles) with
+        # several view layers and Cryptomatte or shader AOVs: keep the data only for one layer
         render.use_persistent_data = True
+        self._layers = sum(1 for layer in scene.view_layers if layer.use)
         self._denoise_layers = {}
         if settings.post_denoise and render.engine == "CYCLES" and scene.cycles.use_denoising:
             # render noisy, with what Cycles' standalone denoiser reads; the merged frame is
@@ -257,6 +261,7 @@ class BlenderSession:
         scene = self.scene
         render = scene.render
         scene.frame_set(task.frame)
+        render.use_persistent_data = not (task.tiled and self._layers > 1)
         if task.tiled:
             min_x, min_y, max_x, max_y = border_for(task.tile.render, task.size)
             render.use_border = True
@@ -337,15 +342,17 @@ class BlenderSession:
             os.remove(single)
         if not os.path.isfile(denoised):
             raise RenderError("Cycles' denoiser wrote no file", path=merged)
+        denoised_names = _channel_prefixes(Path(denoised))
         parts = []
         for layer_name, passes in self._final_passes(scene).items():
             for name in passes:
                 part = f"{layer_name}.{name}"
-                if name == "Combined" and layer_name in self._denoise_layers:
+                if name.startswith("Noisy "):  # the noisy pass Blender keeps: the merged one
+                    noisy = "Combined" if name == "Noisy Image" else name[len("Noisy "):]
+                    parts.append(PartSource(part, Path(merged), f"{layer_name}.{noisy}"))
+                elif (layer_name in self._denoise_layers and part in denoised_names
+                      and name in _DENOISED_PASSES):
                     parts.append(PartSource(part, Path(denoised), part, Path(merged), part))
-                elif name == "Noisy Image":
-                    combined = f"{layer_name}.Combined"
-                    parts.append(PartSource(part, Path(merged), combined))
                 else:
                     parts.append(PartSource(part, Path(merged), part))
         try:
@@ -425,6 +432,28 @@ class BlenderSession:
         render.pixel_aspect_x = render.pixel_aspect_y = 1.0
         render.use_file_extension = False
         return scene
+
+
+#: passes Cycles' denoiser replaces with a denoised version (Blender also keeps "Noisy <pass>")
+_DENOISED_PASSES = ("Combined", "Shadow Catcher")
+
+
+def _channel_prefixes(path: Path) -> set[str]:
+    """``layer.pass`` names of every channel of an EXR (all parts)."""
+    import OpenImageIO as oiio
+
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise RenderError(f"cannot read {path}: {oiio.geterror()}", path=str(path))
+    names: set[str] = set()
+    try:
+        index = 0
+        while inp.seek_subimage(index, 0):
+            names.update(c.rsplit(".", 1)[0] for c in inp.spec().channelnames)
+            index += 1
+    finally:
+        inp.close()
+    return names
 
 
 def _handlers() -> list[Any]:
