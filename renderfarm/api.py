@@ -35,6 +35,14 @@ def parse_tiles(tiles: str | Sequence[int]) -> tuple[int, int]:
     return grid[0], grid[1]
 
 
+def _chunks(split: str, chunks: int | None) -> int:
+    if split not in ("tiles", "samples"):
+        raise InputError(f"split must be 'tiles' or 'samples', not {split!r}")
+    if chunks is not None:
+        return chunks
+    return 0 if split == "samples" else 1
+
+
 def render(
     blend_file: str | os.PathLike[str],
     frames: str | None = None,
@@ -51,6 +59,8 @@ def render(
     scene: str | None = None,
     group_tiles: bool = True,
     denoise: str = "auto",
+    split: str = "tiles",
+    chunks: int | None = None,
     address: str | None = None,
     workers: int | None = None,
     permit_scripts: bool = False,
@@ -74,6 +84,10 @@ def render(
         group_tiles: let a worker render neighbouring tiles of a row in one call when
             tiles outnumber what the workers need (same pixels, fewer Blender calls).
         denoise: ``"auto"``, ``"post"`` or ``"render"`` (see :attr:`JobSpec.denoise`).
+        split: ``"samples"`` renders each frame (or tile) as sample ranges on several workers
+            and combines them exactly; ``"tiles"`` (default) splits by ``tiles`` only.
+        chunks: the number of sample ranges (default with ``split="samples"``: one per
+            worker).
         address: Ray address (``auto``, ``ray://head:10001``); None starts Ray here.
         workers: number of workers (None: one per GPU, or one per node for CPU).
         permit_scripts: let this farm run jobs that allow scripts.
@@ -92,7 +106,7 @@ def render(
         samples=samples, percentage=percentage, device=device, output=os.fspath(output),
         retries=retries, task_timeout=task_timeout, allow_scripts=allow_scripts,
         overscan=overscan, scene=scene, group_tiles=group_tiles,
-        denoise=denoise)
+        denoise=denoise, chunks=_chunks(split, chunks))
     check_spec(spec)
     with Farm(address=address, workers=workers, permit_scripts=permit_scripts) as farm:
         return farm.render(spec, progress=progress)

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--timeout", type=float, help="seconds a task may take")
     render.add_argument("--overscan", type=int,
                         help="pixels rendered around each tile (default: from the scene)")
+    render.add_argument("--split", choices=("tiles", "samples"), default="tiles",
+                        help="'samples' renders each frame (or tile) as sample ranges on "
+                        "several workers and combines them exactly (Cycles)")
+    render.add_argument("--chunks", type=_positive_int,
+                        help="sample ranges per frame or tile (default with --split samples: "
+                        "one per worker)")
     render.add_argument("--denoise", choices=("auto", "post", "render"), default="auto",
                         help="scenes that denoise: 'auto' denoises split frames once after the "
                         "merge (seam-free), 'post' always after the merge, 'render' keeps "
@@ -155,7 +161,8 @@ def _render(args: argparse.Namespace) -> int:
                    samples=args.samples, percentage=args.percentage, device=args.device,
                    output=output, retries=args.retries, task_timeout=args.timeout,
                    allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
-                   group_tiles=not args.one_call_per_tile, denoise=args.denoise)
+                   group_tiles=not args.one_call_per_tile, denoise=args.denoise,
+                   chunks=args.chunks or (0 if args.split == "samples" else 1))
     config = FarmConfig(address=args.address, workers=args.workers,
                         permit_scripts=args.permit_scripts,
                         ray_log_level=logging.INFO if args.verbose else logging.ERROR)

@@ -58,8 +58,14 @@ from renderfarm.job import (
     output_format,
     output_path,
 )
-from renderfarm.merge import Piece, merge_pieces, write_atomically
-from renderfarm.planner import Plan, plan_job
+from renderfarm.merge import (
+    Piece,
+    combine_samples,
+    drop_parts,
+    merge_pieces,
+    write_atomically,
+)
+from renderfarm.planner import Plan, added_colour_passes, plan_job
 from renderfarm.state import JobState, TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -368,7 +374,7 @@ class _JobRun:
         self.blob: list[Any] = []
         self.results: list[TaskResult] = []
         self.outputs: dict[int, Path] = {}
-        self.pieces: dict[int, list[Piece]] = {}
+        self.pieces: dict[int, list[tuple[int, Piece]]] = {}
         self.merges: list[Future[None]] = []
         self.fatal: RenderFarmError | None = None
         self.ended = threading.Event()
@@ -376,6 +382,7 @@ class _JobRun:
         self.warnings: list[str] = []
         self.state: JobState | None = None
         self.plan: Plan | None = None
+        self.info: SceneInfo | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def emit(self, kind: str, **kwargs: Any) -> None:
@@ -424,7 +431,7 @@ class _JobRun:
         runner = self.farm._runner(device)
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
-        info = self._inspect(runner.pool, blend_hash)
+        self.info = info = self._inspect(runner.pool, blend_hash)
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
                                     workers=runner.pool.shape.workers)
         for note in plan.notes:
@@ -436,17 +443,20 @@ class _JobRun:
             self.emit("warning", message=warning)
         self.state = JobState(plan.tasks, spec.retries)
         self.final_format = spec.output_format
-        self.piece_format = ("OPEN_EXR_MULTILAYER" if plan.tiled or plan.post_denoise
+        self.piece_format = ("OPEN_EXR_MULTILAYER"
+                             if plan.tiled or plan.post_denoise or plan.chunks > 1
                              else self.final_format)
         self.settings = RenderSettings(
             blend_path=os.path.abspath(spec.blend_file), blend_hash=blend_hash,
             scene=spec.scene if spec.scene is not None else info.scene,
             samples=spec.samples, percentage=spec.percentage, device=device,
             allow_scripts=spec.allow_scripts, compositing=plan.compositing,
-            threads=runner.pool.shape.threads, post_denoise=plan.post_denoise)
+            threads=runner.pool.shape.threads, post_denoise=plan.post_denoise,
+            sample_chunks=plan.chunks > 1)
         self.pool = runner.pool
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
+                                       "chunks": plan.chunks,
                                        "size": list(plan.size)})
         source = Source(key=blend_hash, next_task=self._next_task, call=self._call,
                         done=self._done, failed=self._failed, requeue=self._requeue,
@@ -530,7 +540,7 @@ class _JobRun:
         path.write_bytes(data)
         self.results.append(TaskResult.from_dict(reply))
         with self.lock:
-            self.pieces.setdefault(task.frame, []).append(Piece(task.tile, path))
+            self.pieces.setdefault(task.frame, []).append((task.chunk, Piece(task.tile, path)))
             frame_complete = any([self.state.succeeded(i) for i in task.members])
         self.emit("task_done", frame=task.frame, tile=task.tile.index,
                   data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},
@@ -589,14 +599,17 @@ class _JobRun:
         try:
             target = output_path(self.spec.output, frame)
             with self.lock:
-                pieces = self.pieces.pop(frame)
-            if self.plan.post_denoise or (self.plan.tiled
-                                          and self.final_format != "OPEN_EXR_MULTILAYER"):
-                self._merge_and_finish(pieces, frame, target)
-            elif not self.plan.tiled:
+                found = self.pieces.pop(frame)
+            pieces = [piece for _chunk, piece in found]
+            split = self.plan.tiled or self.plan.chunks > 1
+            if not split and not self.plan.post_denoise:
                 write_atomically(target, lambda tmp: shutil.move(pieces[0].path, tmp))
+            elif self.plan.post_denoise or self.final_format != "OPEN_EXR_MULTILAYER":
+                merged = self._merge_frame(found, frame)
+                self._finish(merged, frame, target)
             else:
-                merge_pieces(pieces, self.plan.canvas, target)
+                merged = self._merge_frame(found, frame)
+                write_atomically(target, lambda tmp: shutil.move(merged, tmp))
             for piece in pieces:
                 piece.path.unlink(missing_ok=True)
             with self.lock:
@@ -612,15 +625,39 @@ class _JobRun:
             self.fatal = self.fatal or error
             self.emit("task_failed", frame=frame, message=error.one_line())
 
-    def _merge_and_finish(self, pieces: list[Piece], frame: int, target: Path) -> None:
-        """Merge on the driver, then let a worker denoise and/or convert the frame."""
+    def _merge_frame(self, found: list[tuple[int, Piece]], frame: int) -> Path:
+        """One multilayer EXR of the frame from its pieces: tiles placed, sample ranges
+        combined."""
+        chunks: dict[int, list[Piece]] = {}
+        for chunk, piece in found:
+            chunks.setdefault(chunk, []).append(piece)
+        frames = []
+        for chunk in sorted(chunks):
+            path = self.scratch / f"frame-{frame}-c{chunk}.exr"
+            if self.plan.tiled:
+                merge_pieces(chunks[chunk], self.plan.canvas, path)
+            else:
+                shutil.move(chunks[chunk][0].path, path)
+            frames.append(path)
+        if len(frames) == 1:
+            return frames[0]
+        merged = self.scratch / f"frame-{frame}.exr"
+        lengths = [r[1] for r in self.plan.sample_ranges if r is not None]
+        combine_samples(frames, lengths, merged)
+        for path in frames:
+            path.unlink(missing_ok=True)
+        added = added_colour_passes(self.info)
+        if added:  # colour passes rendered only to combine light passes exactly
+            trimmed = self.scratch / f"frame-{frame}-trimmed.exr"
+            drop_parts(merged, trimmed, added)
+            merged.unlink()
+            return trimmed
+        return merged
+
+    def _finish(self, merged: Path, frame: int, target: Path) -> None:
+        """Let a worker denoise and/or convert the merged frame."""
         import ray
 
-        merged = self.scratch / f"frame-{frame}.exr"
-        if len(pieces) == 1 and not self.plan.tiled:
-            shutil.move(pieces[0].path, merged)
-        else:
-            merge_pieces(pieces, self.plan.canvas, merged)
         payload = merged.read_bytes()
         extension = FORMAT_EXTENSIONS[self.final_format]
         for _attempt in range(self.spec.retries + 1):

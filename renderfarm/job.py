@@ -216,6 +216,8 @@ class SceneInfo(_Json):
             y from the bottom).
         crop_to_border: whether Blender crops the output to the border.
         samples: the render samples (Cycles) or None.
+        sample_subset: ``(offset, length)`` when the scene renders only a subset of its
+            samples (Cycles' sample subset), else None.
         adaptive_sampling: whether Cycles' adaptive sampling is on.
         denoising: whether render-time denoising is on.
         motion_blur: whether the scene renders motion blur (it forbids the Vector pass that
@@ -242,6 +244,7 @@ class SceneInfo(_Json):
     border: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     crop_to_border: bool = False
     samples: int | None = None
+    sample_subset: tuple[int, int] | None = None
     adaptive_sampling: bool = False
     denoising: bool = False
     motion_blur: bool = False
@@ -256,6 +259,8 @@ class SceneInfo(_Json):
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
         data["resolution"] = tuple(data["resolution"])
+        if data.get("sample_subset") is not None:
+            data["sample_subset"] = tuple(data["sample_subset"])
         if "border" in data:
             data["border"] = tuple(data["border"])
         return data
@@ -286,6 +291,9 @@ class JobSpec(_Json):
             when there are more tiles waiting than the workers need to stay busy (each call
             costs Blender a fixed ~15-25 ms, and the pixels are the same); False: one call
             per tile, always.
+        chunks: split each piece (frame or tile) by samples into this many sample ranges
+            rendered apart and combined exactly (Cycles only; ``--split samples``); 0: one
+            range per worker.
         denoise: for scenes that denoise: ``"auto"`` denoises split frames once after the
             merge (seam-free) and whole frames as Blender does at render time; ``"post"``
             always denoises after the merge (a whole frame then equals its tiled render bit
@@ -308,6 +316,7 @@ class JobSpec(_Json):
     name: str | None = None
     group_tiles: bool = True
     denoise: str = "auto"
+    chunks: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -337,6 +346,7 @@ class JobSpec(_Json):
             _check_int("overscan", self.overscan, 0, 4096)
         if not isinstance(self.allow_scripts, bool):
             raise InputError("allow_scripts must be true or false")
+        _check_int("sample chunks", self.chunks, 0, 4096)
         if self.denoise not in DENOISE_MODES:
             raise InputError(f"denoise must be one of {', '.join(DENOISE_MODES)}, not "
                              f"{self.denoise!r}")
@@ -370,6 +380,8 @@ class RenderSettings(_Json):
         threads: CPU threads for Cycles, 0 for all.
         post_denoise: render noisy pieces with the denoiser's passes (albedo, normal, vector)
             for a denoise of the merged frame.
+        sample_chunks: pieces are sample ranges: light passes also render their colour pass
+            (Cycles stores them divided by it), so the ranges combine exactly.
     """
 
     blend_path: str
@@ -383,6 +395,7 @@ class RenderSettings(_Json):
     piece_format: str = "exr"
     threads: int = 0
     post_denoise: bool = False
+    sample_chunks: bool = False
 
 
 @dataclass(frozen=True)
@@ -396,6 +409,9 @@ class Task(_Json):
         tile: which pixels to render and keep.
         size: ``(width, height)`` of the full frame in pixels at the job's percentage.
         tiled: whether the frame is split (False: render the scene's frame as it is set up).
+        samples: ``(offset, length)``: the sample range this task renders (``--split
+            samples``), or None for all of them.
+        chunk: which sample range of the piece this is (0 for the first or only one).
         covers: when several neighbouring tiles of a row are rendered in one call, the indices
             of the tasks this one stands for (its ``tile`` is then their union); empty for a
             task that is just itself.
@@ -408,6 +424,8 @@ class Task(_Json):
     size: tuple[int, int]
     tiled: bool = False
     covers: tuple[int, ...] = ()
+    samples: tuple[int, int] | None = None
+    chunk: int = 0
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -417,13 +435,15 @@ class Task(_Json):
     @property
     def task_id(self) -> str:
         """A readable id, unique within the job: ``f0001-t03``."""
-        return f"f{self.frame:04d}-t{self.tile.index:02d}"
+        return f"f{self.frame:04d}-t{self.tile.index:02d}-c{self.chunk:02d}"
 
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
         data["tile"] = Tile.from_dict(data["tile"])
         data["size"] = tuple(data["size"])
         data["covers"] = tuple(data.get("covers", ()))
+        if data.get("samples") is not None:
+            data["samples"] = tuple(data["samples"])
         return data
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,3 +349,131 @@ def compose_parts(target: Path, parts: Sequence[PartSource]) -> None:
     finally:
         for inp in opened.values():
             inp.close()
+
+
+#: passes Cycles writes from a pixel's first sample only: a split by samples keeps the first
+#: range's values
+_FIRST_SAMPLE_PASSES = ("Depth", "Position", "Object Index", "Material Index",
+                        "Denoising Depth")
+#: light passes Cycles writes divided by their colour pass (when that pass is on)
+_DIVIDED_PASSES = {f"{kind} {part}": f"{kind} Color"
+                   for kind in ("Diffuse", "Glossy", "Transmission")
+                   for part in ("Direct", "Indirect")}
+_CRYPTO = re.compile(r"^(?P<group>.+\.Crypto\w+?)(?P<rank>\d\d)$")
+
+
+def combine_samples(chunks: Sequence[Path], weights: Sequence[int], target: Path) -> None:
+    """Combine frames rendered with disjoint sample ranges into the frame of all samples.
+
+    Each pass is combined the way Cycles accumulates it: weighted by the ranges' sample
+    counts; first-sample passes (Depth, Position, indices) from the first range; light passes
+    stored divided by their colour pass as the ratio of the sums; Cryptomatte by adding each
+    ID's coverage over the ranges and ranking again.
+
+    Args:
+        chunks: the frames, first sample range first (same parts and sizes).
+        weights: the number of samples each rendered.
+        target: the EXR to write (the first frame's parts and headers).
+
+    Raises:
+        MergeError: the frames do not have the same parts.
+    """
+    oiio = _oiio()
+    inputs = [_open(p) for p in chunks]
+    try:
+        layouts = [_parts(inp) for inp in inputs]
+        names = [_part_name(s, i) for i, s in enumerate(layouts[0])]
+        for path, layout in zip(chunks, layouts, strict=True):
+            if [_part_name(s, i) for i, s in enumerate(layout)] != names:
+                raise MergeError("sample ranges of a frame have different passes",
+                                 path=str(path))
+        specs = [_frame_spec(s, Rect(0, 0, s.width, s.height)) for s in layouts[0]]
+        total = float(sum(weights))
+        share = [w / total for w in weights]
+        cache: dict[str, dict[str, np.ndarray]] = {}
+
+        def read(index: int) -> list[np.ndarray]:
+            spec = specs[index]
+            blocks = []
+            for inp in inputs:
+                inp.seek_subimage(index, 0)
+                data = inp.read_image(index, 0, 0, spec.nchannels, oiio.FLOAT)
+                blocks.append(data.reshape(spec.height, spec.width, spec.nchannels))
+            return blocks
+
+        def average(blocks: list[np.ndarray]) -> np.ndarray:
+            acc = np.zeros(blocks[0].shape, np.float64)
+            for block, part in zip(blocks, share, strict=True):
+                acc += part * block
+            return acc.astype(np.float32)
+
+        def pixels(index: int) -> np.ndarray:
+            name = names[index]
+            layer_pass = name.rsplit(".", 1)
+            crypto = _CRYPTO.match(name)
+            if crypto:
+                group = crypto.group("group")
+                if group not in cache:
+                    members = [i for i, n in enumerate(names)
+                               if (m := _CRYPTO.match(n)) and m.group("group") == group]
+                    per_chunk = [np.concatenate(b, axis=2) for b in
+                                 zip(*(read(i) for i in members), strict=True)]
+                    merged = _merge_cryptomatte(per_chunk, share)
+                    cache[group] = {names[i]: merged[..., 4 * r:4 * r + 4]
+                                    for r, i in enumerate(members)}
+                return cache[group].pop(name)
+            if len(layer_pass) == 2 and layer_pass[1] in _FIRST_SAMPLE_PASSES:
+                return read(index)[0]
+            if len(layer_pass) == 2 and layer_pass[1] in _DIVIDED_PASSES:
+                colour = f"{layer_pass[0]}.{_DIVIDED_PASSES[layer_pass[1]]}"
+                if colour in names:
+                    light, tint = read(index), read(names.index(colour))
+                    num = average([d * c for d, c in zip(light, tint, strict=True)])
+                    den = average(tint)
+                    safe = np.where(den != 0, den, 1)
+                    return np.where(den != 0, num / safe, 0).astype(np.float32)
+            return average(read(index))
+
+        write_atomically(target, lambda tmp: _write_parts(tmp, specs, pixels))
+    finally:
+        for inp in inputs:
+            inp.close()
+
+
+def _merge_cryptomatte(chunks: Sequence[np.ndarray], share: Sequence[float]) -> np.ndarray:
+    """Cryptomatte ranks (id, coverage pairs over RGBA channels) of several sample ranges
+    as one: each ID's coverage is the weighted sum over the ranges, ranked again (exact while
+    a pixel sees no more IDs than the layer's Cryptomatte levels keep)."""
+    height, width, channels = chunks[0].shape
+    pairs = channels // 2
+    ids = np.concatenate([c[..., 0::2] for c in chunks], axis=2).view(np.uint32)
+    cover = np.concatenate([c[..., 1::2].astype(np.float64) * s
+                            for c, s in zip(chunks, share, strict=True)], axis=2)
+    out = np.zeros((height, width, channels), np.float32)
+    for top in range(0, height, 64):
+        rows = slice(top, top + 64)
+        strip_ids, strip_cover = ids[rows], cover[rows]
+        unique = np.unique(strip_ids[strip_cover > 0])
+        if unique.size == 0:
+            continue
+        acc = np.stack([np.where(strip_ids == u, strip_cover, 0).sum(axis=2) for u in unique],
+                       axis=2)
+        keep = min(pairs, unique.size)
+        # by coverage; IDs of equal coverage may come in another order than Cycles' (which
+        # keeps its own accumulation order): readers add coverage per ID, so it is the same
+        order = np.argsort(-acc, axis=2, kind="stable")[..., :keep]
+        weight = np.take_along_axis(acc, order, axis=2).astype(np.float32)
+        rank_ids = np.where(weight > 0, unique[order].view(np.float32), 0)
+        out[rows, :, 0:2 * keep:2] = rank_ids
+        out[rows, :, 1:2 * keep:2] = weight
+    return out
+
+
+def drop_parts(source: Path, target: Path, names: Sequence[str]) -> None:
+    """Copy ``source`` to ``target`` without the parts called ``names``."""
+    inp = _open(source)
+    try:
+        keep = [_part_name(s, i) for i, s in enumerate(_parts(inp))]
+    finally:
+        inp.close()
+    compose_parts(target, [PartSource(n, source, n) for n in keep if n not in set(names)])

@@ -140,6 +140,7 @@ class Plan:
         warnings: fallbacks the user should hear about.
         post_denoise: pieces render noisy and the merged frame is denoised once.
         notes: choices the planner made that the user should see (``--tiles auto``).
+        sample_ranges: the ``(offset, length)`` sample range of each chunk, or ``(None,)``.
     """
 
     frames: tuple[int, ...]
@@ -153,6 +154,12 @@ class Plan:
     warnings: tuple[str, ...] = ()
     post_denoise: bool = False
     notes: tuple[str, ...] = ()
+    sample_ranges: tuple[tuple[int, int] | None, ...] = (None,)
+
+    @property
+    def chunks(self) -> int:
+        """Sample ranges each piece is split into (1: all samples at once)."""
+        return len(self.sample_ranges)
 
     @property
     def tiled(self) -> bool:
@@ -221,6 +228,42 @@ def auto_grid(width: int, height: int, frames: int, workers: int) -> tuple[int, 
     return (columns, rows)
 
 
+def split_samples(offset: int, count: int, chunks: int) -> list[tuple[int, int]]:
+    """``count`` samples from ``offset`` in ``chunks`` contiguous ranges whose lengths differ
+    by one at most (never more ranges than samples)."""
+    chunks = max(1, min(chunks, count))
+    base, extra = divmod(count, chunks)
+    ranges = []
+    start = offset
+    for index in range(chunks):
+        length = base + (1 if index < extra else 0)
+        ranges.append((start, length))
+        start += length
+    return ranges
+
+
+def added_colour_passes(scene: SceneInfo) -> list[str]:
+    """Parts that sample-range pieces render beyond the scene's own passes: the colour pass of
+    each light pass the scene has without it (Cycles stores light passes divided by it)."""
+    added = []
+    for layer, passes in scene.view_layers.items():
+        for kind in ("diffuse", "glossy", "transmission"):
+            light = f"{kind}_direct" in passes or f"{kind}_indirect" in passes
+            if light and f"{kind}_color" not in passes:
+                added.append(f"{layer}.{kind.capitalize()} Color")
+    return added
+
+
+def chunk_blocker(scene: SceneInfo) -> str | None:
+    """Why a scene cannot be split by samples, or None."""
+    if scene.engine != "CYCLES":
+        return f"{scene.engine} cannot render a subset of its samples"
+    if scene.adaptive_sampling:
+        return ("adaptive sampling stops each sample range on its own noise, so the ranges "
+                "would not add up to the single render")
+    return None
+
+
 def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int = 1) -> Plan:
     """Turn a job spec and the scene's facts into tasks.
 
@@ -263,8 +306,21 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
             warnings.append(f"--tiles {tiles[0]}x{tiles[1]} ignored: {reason}")
             tiles = (1, 1)
     tiled = tiles != (1, 1)
+    ranges: list[tuple[int, int] | None] = [None]
+    chunks = spec.chunks or workers
+    if chunks > 1:
+        blocker = chunk_blocker(scene)
+        if blocker:
+            warnings.append(f"--chunks {chunks} ignored: {blocker}; rendering all "
+                            "samples at once")
+        else:
+            count = spec.samples if spec.samples is not None else (scene.samples or 1)
+            offset = 0
+            if spec.samples is None and scene.sample_subset is not None:
+                offset, count = scene.sample_subset
+            ranges = list(split_samples(offset, count, chunks))
     post_denoise = (scene.engine == "CYCLES" and scene.denoising
-                    and (tiled or spec.denoise == "post"))
+                    and (tiled or len(ranges) > 1 or spec.denoise == "post"))
     if post_denoise and post_denoise_blocker(scene):
         warnings.append(f"--denoise post ignored: {post_denoise_blocker(scene)}; Blender "
                         "denoises each frame at render time")
@@ -274,10 +330,13 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
     else:
         overscan = ADAPTIVE_OVERSCAN if tiled and scene.adaptive_sampling else 0
     grid = plan_tiles(region, tiles[0], tiles[1], overscan)
+    # frame by frame; within a frame, chunk by chunk, so neighbouring tiles of one chunk
+    # have neighbouring indices (tile grouping relies on it)
     tasks = tuple(
-        Task(job_id=job_id, index=i * len(grid) + t.index, frame=frame, tile=t, size=size,
-             tiled=tiled)
+        Task(job_id=job_id, index=(i * len(ranges) + c) * len(grid) + t.index, frame=frame,
+             tile=t, size=size, tiled=tiled, samples=rng, chunk=c)
         for i, frame in enumerate(frames)
+        for c, rng in enumerate(ranges)
         for t in grid
     )
     return Plan(
@@ -292,4 +351,5 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
         warnings=tuple(warnings),
         post_denoise=post_denoise,
         notes=tuple(notes),
+        sample_ranges=tuple(ranges),
     )

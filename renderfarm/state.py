@@ -125,6 +125,7 @@ class JobState:
             entry = self.entries[index]
             core = entry.task.tile.core
             if (entry.status is not TaskStatus.PENDING or entry.task.frame != first.task.frame
+                    or entry.task.samples != first.task.samples
                     or (core.y0, core.y1) != (row.y0, row.y1) or worker in entry.failed_on
                     or entry.task.tile.render.y0 != first.task.tile.render.y0
                     or entry.task.tile.render.y1 != first.task.tile.render.y1):
@@ -140,7 +141,8 @@ class JobState:
             core, render = core.union(tile.core), render.union(tile.render)
         task = first.task
         return Task(task.job_id, task.index, task.frame, Tile(tiles[0].index, core, render),
-                    task.size, task.tiled, tuple(m.task.index for m in members))
+                    task.size, task.tiled, tuple(m.task.index for m in members), task.samples,
+                    task.chunk)
 
     def _move(self, entry: TaskEntry, status: TaskStatus) -> None:
         self._counts[entry.status] -= 1

@@ -10,12 +10,14 @@ from renderfarm.errors import FrameRangeError, InputError, SceneError
 from renderfarm.job import AUTO_TILES, JobSpec, Rect, SceneInfo
 from renderfarm.planner import (
     ADAPTIVE_OVERSCAN,
+    added_colour_passes,
     auto_grid,
     blender_border_pixels,
     border_for,
     plan_job,
     plan_tiles,
     render_size,
+    split_samples,
 )
 
 
@@ -210,3 +212,38 @@ def test_tiles_auto_plans_and_says_what_it_chose() -> None:
     assert parse_tiles("auto") == AUTO_TILES and parse_tiles("AUTO ") == AUTO_TILES
     with pytest.raises(InputError):
         parse_tiles((0, 3))
+
+
+def test_split_by_samples_plans_ranges_per_piece() -> None:
+    assert split_samples(0, 10, 4) == [(0, 3), (3, 3), (6, 2), (8, 2)]
+    assert split_samples(5, 2, 8) == [(5, 1), (6, 1)]  # never more ranges than samples
+    plan = plan_job(JobSpec("a.blend", frames="1-2", tiles=(2, 1), chunks=3, samples=9),
+                    scene())
+    assert plan.chunks == 3 and len(plan.tasks) == 2 * 3 * 2
+    first = plan.tasks[:6]  # frame 1: range by range, tiles of a range together
+    assert [(t.chunk, t.tile.index, t.samples) for t in first] == [
+        (0, 0, (0, 3)), (0, 1, (0, 3)), (1, 0, (3, 3)), (1, 1, (3, 3)), (2, 0, (6, 3)),
+        (2, 1, (6, 3))]
+    # the file's own sample subset is what gets split
+    subset = plan_job(JobSpec("a.blend", frames="1", chunks=2),
+                      scene(samples=64, sample_subset=(16, 8)))
+    assert subset.sample_ranges == ((16, 4), (20, 4))
+    # one range per worker by default with --split samples
+    assert plan_job(JobSpec("a.blend", frames="1", chunks=0), scene(samples=8),
+                    workers=4).chunks == 4
+    # denoising scenes denoise the combined frame
+    assert plan_job(JobSpec("a.blend", frames="1", chunks=2),
+                    scene(denoising=True, samples=8)).post_denoise
+
+
+@pytest.mark.parametrize(("facts", "word"), [({"adaptive_sampling": True}, "adaptive"),
+                                             ({"engine": "BLENDER_EEVEE"}, "subset")])
+def test_sample_split_falls_back_with_a_warning(facts, word) -> None:
+    plan = plan_job(JobSpec("a.blend", frames="1", chunks=4), scene(**facts))
+    assert plan.chunks == 1 and len(plan.tasks) == 1 and word in plan.warnings[0]
+
+
+def test_colour_passes_added_for_exact_light_passes() -> None:
+    info = scene(view_layers={"A": ["combined", "diffuse_direct", "glossy_indirect",
+                                    "glossy_color"], "B": ["combined"]})
+    assert added_colour_passes(info) == ["A.Diffuse Color"]

@@ -101,3 +101,60 @@ def test_denoised_frame_keeps_every_pass_blender_writes(farm, make_scene, refere
     result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
                                  output=str(tmp_path / "apd_####.exr")))
     assert parts(result.outputs[1]) == parts(reference(blend, [1])[1])
+
+
+def assert_same_cryptomatte(got: dict[str, np.ndarray], want: dict[str, np.ndarray],
+                            group: str) -> None:
+    """Each pixel's ID -> coverage the same (IDs of equal coverage may swap ranks)."""
+    names = [n for n in want if n.startswith(group)]  # file order: r, g, b, a per rank
+    a = np.stack([got[n] for n in names], axis=-1)
+    b = np.stack([want[n] for n in names], axis=-1)
+
+    def coverage(px: np.ndarray) -> dict[int, float]:
+        ids, weights = px[0::2].view(np.uint32), px[1::2]
+        return {int(i): float(w) for i, w in zip(ids, weights, strict=True) if w > 0}
+
+    for y, x in np.argwhere((a.view(np.uint32) != b.view(np.uint32)).any(axis=-1)):
+        ca, cb = coverage(a[y, x]), coverage(b[y, x])
+        assert ca.keys() == cb.keys(), (group, y, x, ca, cb)
+        assert all(abs(ca[k] - cb[k]) < 1e-6 for k in ca), (group, y, x, ca, cb)
+
+
+def assert_same_to_float_precision(got: Path, want: Path) -> float:
+    """Every channel equal up to float rounding; returns the largest relative error."""
+    a, b = read_layers(got), read_layers(want)
+    assert list(a) == list(b)
+    worst, where = 0.0, ""
+    for name in b:
+        if ".Crypto" in name:
+            continue
+        diff = np.abs(a[name].astype(np.float64) - b[name])
+        scale = np.maximum(np.abs(b[name]), 1.0)
+        if float((diff / scale).max()) > worst:
+            worst, where = float((diff / scale).max()), name
+    for group in {n.rsplit(".", 1)[0][:-2] for n in b if ".Crypto" in n}:
+        assert_same_cryptomatte(a, b, group)
+    assert worst < 1e-5, f"largest relative error {worst:.3g} in {where}"
+    return worst
+
+
+def test_split_by_samples_adds_up_to_the_single_render(farm, all_passes, reference,
+                                                       tmp_path) -> None:
+    # 4 workers' worth of sample ranges on the two workers: 4 ranges of 1 sample each
+    result = farm.render(JobSpec(str(all_passes), frames="1", chunks=4,
+                                 output=str(tmp_path / "s_####.exr")))
+    assert sorted(t.task_index for t in result.tasks if t.ok) == [0, 1, 2, 3]
+    blender = reference(all_passes, [1])[1]
+    assert parts(result.outputs[1]) == parts(blender)
+    assert_same_to_float_precision(result.outputs[1], blender)
+
+
+def test_tiles_and_sample_chunks_combine(farm, make_scene, reference, tmp_path) -> None:
+    blend = make_scene(width=67, height=45, percentage=75, frames=2, samples=8, passes=True)
+    result = farm.render(JobSpec(str(blend), frames="1-2", tiles=(2, 2), chunks=3,
+                                 output=str(tmp_path / "tc_####.exr")))
+    rendered = sorted(i for t in result.tasks if t.ok for i in t.members)
+    assert rendered == list(range(2 * 4 * 3))  # frames x tiles x ranges (3, 3 and 2 samples)
+    refs = reference(blend, [1, 2])
+    for frame in (1, 2):
+        assert_same_to_float_precision(result.outputs[frame], refs[frame])

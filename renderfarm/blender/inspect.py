@@ -81,6 +81,8 @@ def scene_info(scene: Any) -> SceneInfo:
                 render.border_max_y),
         crop_to_border=bool(render.use_crop_to_border),
         samples=int(cycles.samples) if is_cycles else None,
+        sample_subset=((int(cycles.sample_offset), int(cycles.sample_subset_length))
+                       if is_cycles and cycles.use_sample_subset else None),
         adaptive_sampling=bool(is_cycles and cycles.use_adaptive_sampling),
         denoising=denoise,
         motion_blur=bool(render.use_motion_blur),

@@ -145,6 +145,9 @@ class BlenderSession:
         #: them, for the layers that denoise
         self._denoise_layers: dict[str, tuple[bool, bool]] = {}
         self._layers = 1
+        #: colour passes added so sample ranges of light passes combine exactly
+        self._added_colour: list[tuple[str, str]] = []
+        self._subset: tuple[bool, int, int] = (False, 0, 1)
 
     # -- loading -----------------------------------------------------------------------------
     def _open(self, path: str, blend_hash: str, allow_scripts: bool) -> float:
@@ -211,10 +214,14 @@ class BlenderSession:
         if settings.threads:
             render.threads_mode = "FIXED"
             render.threads = settings.threads
-        # Blender 5.0.1 segfaults when a persistent-data render changes size (tiles) with
-        # several view layers and Cryptomatte or shader AOVs: keep the data only for one layer
-        render.use_persistent_data = True
+        # Blender 5.0.1 with persistent data and several view layers segfaults when the
+        # render changes size (tiles) and writes stray Cryptomatte IDs into the second
+        # layer: keep the data only for scenes that render one layer
         self._layers = sum(1 for layer in scene.view_layers if layer.use)
+        render.use_persistent_data = self._layers == 1
+        if render.engine == "CYCLES":
+            self._subset = (scene.cycles.use_sample_subset, scene.cycles.sample_offset,
+                            scene.cycles.sample_subset_length)
         self._denoise_layers = {}
         if settings.post_denoise and render.engine == "CYCLES" and scene.cycles.use_denoising:
             # render noisy, with what Cycles' standalone denoiser reads; the merged frame is
@@ -226,6 +233,16 @@ class BlenderSession:
                                                         layer.use_pass_vector)
                     layer.cycles.denoising_store_passes = True
                     layer.use_pass_vector = True
+        self._added_colour = []
+        if settings.sample_chunks:
+            for layer in scene.view_layers:
+                for kind in ("diffuse", "glossy", "transmission"):
+                    colour = f"use_pass_{kind}_color"
+                    light = (getattr(layer, f"use_pass_{kind}_direct")
+                             or getattr(layer, f"use_pass_{kind}_indirect"))
+                    if light and not getattr(layer, colour):
+                        setattr(layer, colour, True)
+                        self._added_colour.append((layer.name, colour))
         render.use_compositing = settings.compositing and render.use_compositing
         if not settings.compositing:
             render.use_sequencer = False
@@ -261,7 +278,12 @@ class BlenderSession:
         scene = self.scene
         render = scene.render
         scene.frame_set(task.frame)
-        render.use_persistent_data = not (task.tiled and self._layers > 1)
+        if task.samples is not None:
+            scene.cycles.use_sample_subset = True
+            scene.cycles.sample_offset, scene.cycles.sample_subset_length = task.samples
+        elif render.engine == "CYCLES":  # the file's own subset (chunks of a job changed it)
+            (scene.cycles.use_sample_subset, scene.cycles.sample_offset,
+             scene.cycles.sample_subset_length) = self._subset
         if task.tiled:
             min_x, min_y, max_x, max_y = border_for(task.tile.render, task.size)
             render.use_border = True
@@ -374,6 +396,8 @@ class BlenderSession:
             for name, (store, vector) in self._denoise_layers.items():
                 scene.view_layers[name].cycles.denoising_store_passes = store
                 scene.view_layers[name].use_pass_vector = vector
+            for name, colour in self._added_colour:
+                setattr(scene.view_layers[name], colour, False)
             return {layer.name: [p[0] for p in cycles_engine.list_render_passes(scene, layer)]
                     for layer in scene.view_layers if layer.use}
         finally:
@@ -381,6 +405,8 @@ class BlenderSession:
             for name, (store, vector) in changed.items():
                 scene.view_layers[name].cycles.denoising_store_passes = store
                 scene.view_layers[name].use_pass_vector = vector
+            for name, colour in self._added_colour:
+                setattr(scene.view_layers[name], colour, True)
 
     def convert(self, source: str, target: str, file_format: str) -> None:
         """Write the RGBA float image ``source`` as ``target`` the way Blender writes renders.
