@@ -110,7 +110,8 @@ def make_scene(path: Path, **options: Any) -> Path:
     if not path.exists():
         args = [sys.executable, "-m", "renderfarm.blender.scenes", str(path)]
         for key, value in options.items():
-            args += [f"--{key}", str(value)]
+            flag = f"--{key.replace('_', '-')}"
+            args += [flag] if value is True else [flag, str(value)]
         subprocess.run(args, check=True, capture_output=True)
     return path
 
@@ -251,6 +252,39 @@ def bench_tiling(ctx: Context) -> list[Record]:
     ctx.plots["tiling"] = {f"{g[0]}x{g[1]}" + ("" if g[2] else "/call"): median(t)
                            for g, t in times.items()}
     return records
+
+
+def bench_seamfree(ctx: Context) -> list[Record]:
+    """What seam-free frames cost: a denoised frame in 4x4 tiles (noisy tiles, one denoise
+    after the merge) vs Blender denoising the whole frame at render time, and a still split
+    into 4 sample ranges vs one render of all samples, both on one worker."""
+    from renderfarm.job import JobSpec
+
+    plain = make_scene(ctx.workdir / "still.blend", width=320, height=180, samples=16,
+                       frames=1)
+    noisy = make_scene(ctx.workdir / "still-denoise.blend", width=320, height=180, samples=16,
+                       frames=1, denoise=True)
+    farm = ctx.farm()
+    runs = {"whole_denoised": (noisy, (1, 1), 1), "tiles_denoised": (noisy, (4, 4), 1),
+            "whole": (plain, (1, 1), 1), "chunks": (plain, (1, 1), 4)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(ctx.reps):
+        for name, (blend, tiles, chunks) in runs.items():
+            spec = JobSpec(str(blend), frames="1", tiles=tiles, chunks=chunks,
+                           output=str(ctx.out("seam") / "s_####.exr"))
+            times[name].append(timed(lambda spec=spec: farm.render(spec)))
+    return [
+        Record("seamfree.denoise_4x4", "4x4 tiles rendered noisy + one denoise of the merged "
+               "frame / the whole frame denoised by Blender at render time; 320x180 16 samples, "
+               "one worker", "s", times["tiles_denoised"], times["whole_denoised"],
+               median(times["tiles_denoised"]) / median(times["whole_denoised"]), None,
+               note="includes the denoiser's passes, the merge, the standalone denoise and "
+               "rebuilding Blender's parts"),
+        Record("seamfree.samples_4_chunks", "4 sample ranges combined / one render of all "
+               "samples; 320x180 16 samples, one worker", "s", times["chunks"], times["whole"],
+               median(times["chunks"]) / median(times["whole"]), None,
+               note="Blender's fixed cost per render call 4 times, plus combining the ranges"),
+    ]
 
 
 PASSES = [("Combined", "RGBA"), ("Depth", "Z"), ("Normal", "XYZ"), ("Vector", "XYZW"),
@@ -454,7 +488,8 @@ def bench_memory(ctx: Context) -> list[Record]:
 
 
 BENCHMARKS: dict[str, Callable[[Context], list[Record]]] = {
-    "per_frame": bench_per_frame, "tiling": bench_tiling, "merge": bench_merge,
+    "per_frame": bench_per_frame, "tiling": bench_tiling, "seamfree": bench_seamfree,
+    "merge": bench_merge,
     "scheduler": bench_scheduler, "memory": bench_memory,
 }
 
