@@ -268,7 +268,7 @@ def bench_seamfree(ctx: Context) -> list[Record]:
     runs = {"whole_denoised": (noisy, (1, 1), 1), "tiles_denoised": (noisy, (4, 4), 1),
             "whole": (plain, (1, 1), 1), "chunks": (plain, (1, 1), 4)}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(ctx.reps):
+    for _ in range(2 if ctx.quick else ctx.reps):
         for name, (blend, tiles, chunks) in runs.items():
             spec = JobSpec(str(blend), frames="1", tiles=tiles, chunks=chunks,
                            output=str(ctx.out("seam") / "s_####.exr"))
@@ -438,7 +438,7 @@ def bench_scheduler(ctx: Context) -> list[Record]:
             0.02))
         slow_id = next(iter(pool.workers))
         slow = [run_synthetic(pool, [0.5] * tasks, slow={slow_id: 5.0})
-                for _ in range(2 if ctx.quick else 3)]
+                for _ in range(1 if ctx.quick else 3)]
         capacity = (len(pool.workers) - 1) + 1 / 5
         best = tasks * 0.5 / capacity
         records.append(Record(
@@ -458,11 +458,12 @@ def bench_memory(ctx: Context) -> list[Record]:
     from renderfarm.job import JobSpec
 
     blend = make_scene(ctx.workdir / "mem.blend", width=200, height=100, samples=4, frames=1)
-    result = ctx.farm().render(JobSpec(str(blend), frames="1", tiles=(10, 5),
+    result = ctx.farm().render(JobSpec(str(blend), frames="1", tiles=(10, 5), group_tiles=False,
                                        output=str(ctx.out("mem") / "m_####.exr")))
     ordered = sorted(result.tasks, key=lambda t: t.started)
     first, last = ordered[0].rss_mb, ordered[-1].rss_mb
-    pieces, _canvas = _merge_inputs(ctx, 3840, 2160, 4, PASSES)
+    width, height = (1920, 1080) if ctx.quick else (3840, 2160)
+    pieces, _canvas = _merge_inputs(ctx, width, height, 4, PASSES)
     code = ("import sys, resource, pickle; from renderfarm.merge import merge_pieces;"
             "p, c, t = pickle.load(open(sys.argv[1], 'rb')); merge_pieces(p, c, t);"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
@@ -476,11 +477,11 @@ def bench_memory(ctx: Context) -> list[Record]:
         out = subprocess.run([sys.executable, "-c", code, str(job)], capture_output=True,
                              text=True, check=True).stdout
         peaks.append(int(out.split()[-1]) / 1024)
-    all_parts = 3840 * 2160 * sum(len(c) for _, c in PASSES) * 4 / 2**20
+    all_parts = width * height * sum(len(c) for _, c in PASSES) * 4 / 2**20
     return [
         Record("memory.worker_growth", "peak RSS of a worker after 50 tasks / after the first",
                "MB", [last], [first], last / first, 1.10, "<="),
-        Record("memory.merge_peak", "peak RSS of merging a 3840x2160 frame / the frame's "
+        Record("memory.merge_peak", f"peak RSS of merging a {width}x{height} frame / the frame's "
                f"pixels as float ({all_parts:.0f} MB for all passes)", "MB", peaks,
                [all_parts], median(peaks) / all_parts, None,
                note="the merge holds one pass (EXR part) of the frame at a time"),

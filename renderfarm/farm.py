@@ -452,7 +452,7 @@ class _JobRun:
             samples=spec.samples, percentage=spec.percentage, device=device,
             allow_scripts=spec.allow_scripts, compositing=plan.compositing,
             threads=runner.pool.shape.threads, post_denoise=plan.post_denoise,
-            sample_chunks=plan.chunks > 1)
+            sample_chunks=plan.chunks > 1, post_composite=plan.post_composite)
         self.pool = runner.pool
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
@@ -604,7 +604,8 @@ class _JobRun:
             split = self.plan.tiled or self.plan.chunks > 1
             if not split and not self.plan.post_denoise:
                 write_atomically(target, lambda tmp: shutil.move(pieces[0].path, tmp))
-            elif self.plan.post_denoise or self.final_format != "OPEN_EXR_MULTILAYER":
+            elif (self.plan.post_denoise or self.plan.post_composite
+                  or self.final_format != "OPEN_EXR_MULTILAYER"):
                 merged = self._merge_frame(found, frame)
                 self._finish(merged, frame, target)
             else:

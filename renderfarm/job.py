@@ -225,6 +225,8 @@ class SceneInfo(_Json):
         compositing: whether the compositor or the sequencer changes the image (a node tree
             beyond a plain Render Layers -> Composite link, or sequencer strips).
         sequencer: whether the video sequencer makes the image (it needs no camera).
+        compositor_blocker: why the compositor cannot run once on a merged frame (it reads
+            other scenes or the render result itself), or None.
         view_layers: ``{layer name: [pass names]}`` of the layers that render.
         libraries: linked library paths as stored in the file.
         missing_files: external files the scene uses that do not exist.
@@ -250,6 +252,7 @@ class SceneInfo(_Json):
     motion_blur: bool = False
     compositing: bool = False
     sequencer: bool = False
+    compositor_blocker: str | None = None
     view_layers: dict[str, list[str]] = field(default_factory=dict)
     libraries: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
@@ -380,6 +383,8 @@ class RenderSettings(_Json):
         threads: CPU threads for Cycles, 0 for all.
         post_denoise: render noisy pieces with the denoiser's passes (albedo, normal, vector)
             for a denoise of the merged frame.
+        post_composite: pieces render without the compositor, which runs once on the merged
+            frame.
         sample_chunks: pieces are sample ranges: light passes also render their colour pass
             (Cycles stores them divided by it), so the ranges combine exactly.
     """
@@ -396,6 +401,7 @@ class RenderSettings(_Json):
     threads: int = 0
     post_denoise: bool = False
     sample_chunks: bool = False
+    post_composite: bool = False
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,8 @@ class Plan:
         compositing: whether pieces render with the compositor on.
         warnings: fallbacks the user should hear about.
         post_denoise: pieces render noisy and the merged frame is denoised once.
+        post_composite: pieces render without the compositor; it runs once on the merged
+            frame.
         notes: choices the planner made that the user should see (``--tiles auto``).
         sample_ranges: the ``(offset, length)`` sample range of each chunk, or ``(None,)``.
     """
@@ -153,6 +155,7 @@ class Plan:
     compositing: bool
     warnings: tuple[str, ...] = ()
     post_denoise: bool = False
+    post_composite: bool = False
     notes: tuple[str, ...] = ()
     sample_ranges: tuple[tuple[int, int] | None, ...] = (None,)
 
@@ -198,10 +201,19 @@ def tiling_fallback(scene: SceneInfo, denoise: str = "auto") -> str | None:
     if scene.denoising and post_denoise_blocker(scene):
         return (f"{post_denoise_blocker(scene)}, and denoising tiles separately shows seams; "
                 "rendering whole frames")
-    if scene.compositing:
-        return (
-            "the scene's compositor needs the whole frame; rendering whole frames"
-        )
+    blocker = composite_blocker(scene)
+    if blocker:
+        return f"{blocker}; rendering whole frames"
+    return None
+
+
+def composite_blocker(scene: SceneInfo) -> str | None:
+    """Why a compositing scene cannot be split (its compositor runs once on the merged frame
+    otherwise), or None."""
+    if scene.sequencer:
+        return "the video sequencer makes the scene's image from whole frames"
+    if scene.compositing and scene.compositor_blocker:
+        return f"the scene's compositor cannot run on a merged frame: {scene.compositor_blocker}"
     return None
 
 
@@ -261,7 +273,7 @@ def chunk_blocker(scene: SceneInfo) -> str | None:
     if scene.adaptive_sampling:
         return ("adaptive sampling stops each sample range on its own noise, so the ranges "
                 "would not add up to the single render")
-    return None
+    return composite_blocker(scene)
 
 
 def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int = 1) -> Plan:
@@ -319,8 +331,9 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
             if spec.samples is None and scene.sample_subset is not None:
                 offset, count = scene.sample_subset
             ranges = list(split_samples(offset, count, chunks))
+    split = tiled or len(ranges) > 1
     post_denoise = (scene.engine == "CYCLES" and scene.denoising
-                    and (tiled or len(ranges) > 1 or spec.denoise == "post"))
+                    and (split or spec.denoise == "post"))
     if post_denoise and post_denoise_blocker(scene):
         warnings.append(f"--denoise post ignored: {post_denoise_blocker(scene)}; Blender "
                         "denoises each frame at render time")
@@ -347,7 +360,8 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
         tiles=tiles,
         overscan=overscan,
         tasks=tasks,
-        compositing=scene.compositing and not tiled,
+        compositing=scene.compositing and not split,
+        post_composite=scene.compositing and split,
         warnings=tuple(warnings),
         post_denoise=post_denoise,
         notes=tuple(notes),

@@ -138,7 +138,9 @@ def test_adaptive_sampling_adds_overscan_unless_overridden() -> None:
 
 @pytest.mark.parametrize("facts,word", [
     ({"denoising": True, "motion_blur": True}, "motion blur"),
-    ({"compositing": True}, "compositor"),
+    ({"compositing": True, "compositor_blocker": "its Cryptomatte node reads the render result"},
+     "Cryptomatte node"),
+    ({"compositing": True, "sequencer": True}, "sequencer"),
     ({"engine": "BLENDER_EEVEE"}, "BLENDER_EEVEE"),
 ])
 def test_tiles_fall_back_to_whole_frames_with_a_warning(facts, word) -> None:
@@ -167,6 +169,17 @@ def test_denoising_scenes_denoise_once_after_the_merge() -> None:
                         scene()).post_denoise
     with pytest.raises(InputError, match="denoise must be one of"):
         JobSpec("a.blend", denoise="later")
+
+
+def test_compositing_runs_once_on_the_merged_frame() -> None:
+    tiled = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2)), scene(compositing=True))
+    assert tiled.tiles == (2, 2) and tiled.post_composite and not tiled.compositing
+    assert not tiled.warnings
+    whole = plan_job(JobSpec("a.blend", frames="1"), scene(compositing=True))
+    assert whole.compositing and not whole.post_composite  # Blender composites as usual
+    chunks = plan_job(JobSpec("a.blend", frames="1", chunks=2),
+                      scene(compositing=True, samples=8))
+    assert chunks.chunks == 2 and chunks.post_composite
 
 
 def test_sequencer_scenes_need_no_camera() -> None:

@@ -158,3 +158,50 @@ def test_tiles_and_sample_chunks_combine(farm, make_scene, reference, tmp_path) 
     refs = reference(blend, [1, 2])
     for frame in (1, 2):
         assert_same_to_float_precision(result.outputs[frame], refs[frame])
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("EXR", "exr"), ("PNG", "png")])
+def test_compositor_runs_once_on_the_merged_frame(farm, make_scene, reference, tmp_path,
+                                                  fmt, ext) -> None:
+    """Glare, blur and lens distortion need neighbouring pixels, and the tree reads Depth:
+    the tiled frame equals Blender's composited render bit for bit, Composite part included."""
+    blend = make_scene(width=83, height=61, frames=1, samples=4, compositor=True)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(3, 2),
+                                 output=str(tmp_path / f"comp_####.{ext}")))
+    assert not result.warnings
+    blender = reference(blend, [1], fmt)[1]
+    if fmt == "EXR":
+        assert parts(result.outputs[1])[0][0] == "Composite.Combined"
+        assert parts(result.outputs[1]) == parts(blender)
+    assert_same_image(result.outputs[1], blender)
+
+
+BLOCKERS = """
+import bpy
+from renderfarm.blender.inspect import compositor_blocker
+bpy.ops.wm.read_factory_settings(use_empty=False)
+scene = bpy.context.scene
+tree = bpy.data.node_groups.new("C", "CompositorNodeTree")
+scene.compositing_node_group = tree
+layers = tree.nodes.new("CompositorNodeRLayers")
+print("plain:", compositor_blocker(scene))
+crypto = tree.nodes.new("CompositorNodeCryptomatteV2")
+print("crypto:", compositor_blocker(scene))
+crypto.source = "IMAGE"
+print("crypto image:", compositor_blocker(scene))
+other = bpy.data.scenes.new("Other")
+layers.scene = other
+print("other:", compositor_blocker(scene))
+"""
+
+
+def test_compositors_that_cannot_run_on_a_merged_frame_are_named(tmp_path) -> None:
+    from tests.conftest import run_python
+
+    script = tmp_path / "blockers.py"
+    script.write_text(BLOCKERS)
+    out = run_python(str(script)).stdout
+    assert "plain: None" in out
+    assert "crypto: its Cryptomatte node reads the render result" in out
+    assert "crypto image: None" in out
+    assert "other: its compositor reads another scene ('Other')" in out

@@ -44,6 +44,35 @@ def _compositor_changes_image(scene: Any) -> bool:
     return False
 
 
+def compositor_blocker(scene: Any) -> str | None:
+    """Why the scene's compositor cannot run on a merged frame instead of a render, or None.
+
+    The farm replaces each Render Layers node with an image of the merged frame; nodes that
+    read other scenes' renders or the render result directly cannot be fed that way.
+    """
+    tree = getattr(scene, "compositing_node_group", None)
+    if tree is None:
+        return None
+    for node in _all_nodes(tree):
+        if node.mute:
+            continue
+        if node.bl_idname == "CompositorNodeRLayers" and node.scene not in (None, scene):
+            return f"its compositor reads another scene ({node.scene.name!r})"
+        if node.bl_idname.startswith("CompositorNodeCryptomatte") and \
+                getattr(node, "source", "RENDER") == "RENDER":
+            return "its Cryptomatte node reads the render result"
+    for group in _all_nodes(tree):
+        inner = getattr(group, "node_tree", None)
+        if inner is not None and any(n.bl_idname == "CompositorNodeRLayers"
+                                     for n in inner.nodes):
+            return "a node group holds a Render Layers node"
+    return None
+
+
+def _all_nodes(tree: Any) -> list[Any]:
+    return list(tree.nodes)
+
+
 def _passes(layer: Any) -> list[str]:
     names = []
     for holder in (layer, getattr(layer, "cycles", None), getattr(layer, "eevee", None)):
@@ -87,6 +116,8 @@ def scene_info(scene: Any) -> SceneInfo:
         denoising=denoise,
         motion_blur=bool(render.use_motion_blur),
         compositing=sequencer or _compositor_changes_image(scene),
+        compositor_blocker=compositor_blocker(scene) if _compositor_changes_image(scene)
+        else None,
         sequencer=sequencer,
         view_layers=layers,
         libraries=[lib.filepath for lib in _bpy_data().libraries],

@@ -36,6 +36,8 @@ class SceneRecipe:
         detail: subdivision levels (render) on the objects, for production-like geometry
             (each level multiplies the faces by four; 0 keeps the primitives as they are).
         motion_blur: render motion blur.
+        compositor: a compositor that needs neighbouring pixels (glare, blur, lens
+            distortion) and reads the Depth pass.
         all_passes: every pass Cycles offers on the first layer (data, light, Cryptomatte,
             a colour and a value shader AOV, two light groups) and a second view layer.
         kind: ``demo`` or ``cube`` (Blender's factory startup scene; only ``width``,
@@ -58,6 +60,7 @@ class SceneRecipe:
     kind: str = "demo"
     motion_blur: bool = False
     all_passes: bool = False
+    compositor: bool = False
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
@@ -155,6 +158,8 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
 
     if recipe.all_passes:
         _all_passes(scene)
+    if recipe.compositor:
+        _compositor(scene)
     if recipe.passes:
         layer = scene.view_layers[0]
         for flag in ("use_pass_z", "use_pass_normal", "use_pass_mist", "use_pass_emit",
@@ -199,6 +204,44 @@ def _all_passes(scene: object) -> None:
     second.use_pass_z = second.use_pass_normal = second.use_pass_cryptomatte_object = True
 
 
+def _compositor(scene: object) -> None:
+    """Render Layers -> Glare -> Blur -> Lens Distortion -> multiplied by a depth falloff."""
+    import bpy
+
+    layer = scene.view_layers[0]  # type: ignore[attr-defined]
+    layer.use_pass_z = True
+    tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    nodes, links = tree.nodes, tree.links
+    layers = nodes.new("CompositorNodeRLayers")
+    glare = nodes.new("CompositorNodeGlare")
+    blur = nodes.new("CompositorNodeBlur")
+    if "Size" in blur.inputs:
+        size = blur.inputs["Size"]
+        size.default_value = (4, 4) if hasattr(size.default_value, "__len__") else 4
+    lens = nodes.new("CompositorNodeLensdist")
+    for name, value in (("Distortion", 0.05), ("Dispersion", 0.02)):
+        if name in lens.inputs:
+            lens.inputs[name].default_value = value
+    falloff = nodes.new("ShaderNodeMath")
+    falloff.operation = "MULTIPLY"
+    falloff.inputs[1].default_value = 0.1
+    mix = nodes.new("ShaderNodeMix")
+    mix.data_type = "RGBA"
+    mix.blend_type = "MULTIPLY"
+    mix.inputs["Factor"].default_value = 0.5
+    output = nodes.new("NodeGroupOutput")
+    links.new(layers.outputs["Image"], glare.inputs["Image"])
+    links.new(glare.outputs["Image"], blur.inputs["Image"])
+    links.new(blur.outputs["Image"], lens.inputs["Image"])
+    links.new(layers.outputs["Depth"], falloff.inputs[0])
+    links.new(lens.outputs["Image"], mix.inputs["A"])
+    links.new(falloff.outputs[0], mix.inputs["B"])
+    links.new(mix.outputs["Result"], output.inputs[0])
+    scene.compositing_node_group = tree  # type: ignore[attr-defined]
+    scene.render.use_compositing = True  # type: ignore[attr-defined]
+
+
 def _save(path: str, render: object) -> None:
     import bpy
 
@@ -228,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("demo", "cube"), default="demo")
     parser.add_argument("--motion-blur", action="store_true")
     parser.add_argument("--all-passes", action="store_true")
+    parser.add_argument("--compositor", action="store_true")
     args = parser.parse_args(argv)
     border = tuple(float(v) for v in args.border.split(",")) if args.border else None
     build_scene(args.path, SceneRecipe(
@@ -235,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=args.engine, adaptive=args.adaptive, denoise=args.denoise, passes=args.passes,
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
         percentage=args.percentage, detail=args.detail, kind=args.kind,
-        motion_blur=args.motion_blur, all_passes=args.all_passes))
+        motion_blur=args.motion_blur, all_passes=args.all_passes,
+        compositor=args.compositor))
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from renderfarm.errors import BlendFileError, RenderError, SceneError
-from renderfarm.job import RenderSettings, SceneInfo, Task
+from renderfarm.job import FORMAT_EXTENSIONS, RenderSettings, SceneInfo, Task
 from renderfarm.planner import border_for
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ class BlenderSession:
         #: them, for the layers that denoise
         self._denoise_layers: dict[str, tuple[bool, bool]] = {}
         self._layers = 1
+        self._post_composite = False
         #: colour passes added so sample ranges of light passes combine exactly
         self._added_colour: list[tuple[str, str]] = []
         self._subset: tuple[bool, int, int] = (False, 0, 1)
@@ -233,6 +234,7 @@ class BlenderSession:
                                                         layer.use_pass_vector)
                     layer.cycles.denoising_store_passes = True
                     layer.use_pass_vector = True
+        self._post_composite = settings.post_composite and scene.compositing_node_group is not None
         self._added_colour = []
         if settings.sample_chunks:
             for layer in scene.view_layers:
@@ -324,6 +326,13 @@ class BlenderSession:
         work = merged
         if self._denoise_layers:
             work = self._denoise(merged)
+        if self._post_composite:
+            try:
+                self._composite(work, target, file_format)
+            finally:
+                if work != merged and os.path.exists(work):
+                    os.remove(work)
+            return
         if file_format == "OPEN_EXR_MULTILAYER":
             os.replace(work, target)
             return
@@ -382,6 +391,63 @@ class BlenderSession:
         finally:
             os.remove(denoised)
         return final
+
+    def _composite(self, source: str, target: str, file_format: str) -> None:
+        """Run the scene's compositor once on a merged frame: a copy of the scene whose node
+        tree reads the frame through Image nodes where it had Render Layers nodes, written by
+        Blender in ``file_format`` (a multilayer EXR also keeps the frame's passes, after the
+        ``Composite`` part, as Blender writes it)."""
+        import bpy
+
+        from renderfarm.merge import PartSource, compose_parts
+
+        original = self.scene
+        scene = original.copy()
+        scene.name = "renderfarm-composite"
+        tree = original.compositing_node_group.copy()
+        image = bpy.data.images.load(source, check_existing=False)
+        written = f"{source}.composite{FORMAT_EXTENSIONS[file_format]}"
+        try:
+            for layers in [n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers"]:
+                node = tree.nodes.new("CompositorNodeImage")
+                node.image = image
+                node.layer = layers.layer
+                for link in [lk for lk in tree.links if lk.from_node == layers]:
+                    name = "Combined" if link.from_socket.name == "Image" else \
+                        link.from_socket.name
+                    socket = node.outputs.get(name)
+                    if socket is None:
+                        raise RenderError(f"the merged frame has no {name!r} pass of view "
+                                          f"layer {layers.layer!r} for the compositor",
+                                          path=source)
+                    tree.links.new(socket, link.to_socket)
+                tree.nodes.remove(layers)
+            scene.compositing_node_group = tree
+            render = scene.render
+            render.use_compositing = True
+            render.use_sequencer = False
+            render.use_border = False
+            render.resolution_x, render.resolution_y = _image_size(Path(source))
+            render.resolution_percentage = 100
+            render.use_file_extension = False
+            set_output_format(scene, file_format)
+            render.filepath = written
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        finally:
+            bpy.data.images.remove(image)
+            bpy.data.scenes.remove(scene)
+            bpy.data.node_groups.remove(tree)
+        if not os.path.isfile(written):
+            raise RenderError("Blender's compositor wrote no image", path=source)
+        if file_format != "OPEN_EXR_MULTILAYER":
+            os.replace(written, target)
+            return
+        parts = [PartSource("Composite.Combined", Path(written), "Composite.Combined")]
+        parts += [PartSource(name, Path(source), name) for name in _part_names(Path(source))]
+        try:
+            compose_parts(Path(target), parts)
+        finally:
+            os.remove(written)
 
     def _final_passes(self, scene: Any) -> dict[str, list[str]]:
         """The passes Blender writes, layer by layer and in its order, with the file's own
@@ -462,6 +528,37 @@ class BlenderSession:
 
 #: passes Cycles' denoiser replaces with a denoised version (Blender also keeps "Noisy <pass>")
 _DENOISED_PASSES = ("Combined", "Shadow Catcher")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height of an image (Blender reports 0x0 for a multilayer EXR not read yet)."""
+    import OpenImageIO as oiio
+
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise RenderError(f"cannot read {path}: {oiio.geterror()}", path=str(path))
+    try:
+        return inp.spec().width, inp.spec().height
+    finally:
+        inp.close()
+
+
+def _part_names(path: Path) -> list[str]:
+    """The part names of a multi-part EXR, in order."""
+    import OpenImageIO as oiio
+
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise RenderError(f"cannot read {path}: {oiio.geterror()}", path=str(path))
+    names = []
+    try:
+        index = 0
+        while inp.seek_subimage(index, 0):
+            names.append(str(inp.spec().getattribute("name")))
+            index += 1
+    finally:
+        inp.close()
+    return names
 
 
 def _channel_prefixes(path: Path) -> set[str]:
