@@ -256,16 +256,21 @@ def bench_tiling(ctx: Context) -> list[Record]:
 
 def bench_seamfree(ctx: Context) -> list[Record]:
     """What seam-free frames cost: a denoised frame in 4x4 tiles (noisy tiles, one denoise
-    after the merge) vs Blender denoising the whole frame at render time, and a still split
-    into 4 sample ranges vs one render of all samples, both on one worker."""
+    after the merge) vs Blender denoising the whole frame at render time, a composited frame in
+    4x4 tiles (the compositor once on the merged frame) vs Blender compositing it, and a still
+    split into 4 sample ranges vs one render of all samples, all on one worker."""
     from renderfarm.job import JobSpec
 
     plain = make_scene(ctx.workdir / "still.blend", width=320, height=180, samples=16,
                        frames=1)
     noisy = make_scene(ctx.workdir / "still-denoise.blend", width=320, height=180, samples=16,
                        frames=1, denoise=True)
+    composited = make_scene(ctx.workdir / "still-composite.blend", width=320, height=180,
+                            samples=16, frames=1, compositor=True)
     farm = ctx.farm()
     runs = {"whole_denoised": (noisy, (1, 1), 1), "tiles_denoised": (noisy, (4, 4), 1),
+            "whole_composited": (composited, (1, 1), 1),
+            "tiles_composited": (composited, (4, 4), 1),
             "whole": (plain, (1, 1), 1), "chunks": (plain, (1, 1), 4)}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(2 if ctx.quick else ctx.reps):
@@ -280,6 +285,12 @@ def bench_seamfree(ctx: Context) -> list[Record]:
                median(times["tiles_denoised"]) / median(times["whole_denoised"]), None,
                note="includes the denoiser's passes, the merge, the standalone denoise and "
                "rebuilding Blender's parts"),
+        Record("seamfree.composite_4x4", "4x4 tiles + the compositor (glare, blur, lens "
+               "distortion) run once on the merged frame / the whole frame composited by "
+               "Blender; 320x180 16 samples, one worker", "s", times["tiles_composited"],
+               times["whole_composited"],
+               median(times["tiles_composited"]) / median(times["whole_composited"]), None,
+               note="bit-identical output; the cost is the merge and a compositor-only pass"),
         Record("seamfree.samples_4_chunks", "4 sample ranges combined / one render of all "
                "samples; 320x180 16 samples, one worker", "s", times["chunks"], times["whole"],
                median(times["chunks"]) / median(times["whole"]), None,

@@ -205,3 +205,14 @@ def test_compositors_that_cannot_run_on_a_merged_frame_are_named(tmp_path) -> No
     assert "crypto: its Cryptomatte node reads the render result" in out
     assert "crypto image: None" in out
     assert "other: its compositor reads another scene ('Other')" in out
+
+
+def test_sample_ranges_of_a_denoising_scene_are_denoised_once(farm, make_scene, reference,
+                                                              tmp_path) -> None:
+    blend = make_scene(width=101, height=67, frames=1, samples=64, denoise=True)
+    result = farm.render(JobSpec(str(blend), frames="1", chunks=2, tiles=(2, 1),
+                                 output=str(tmp_path / "sd_####.exr")))
+    blender = reference(blend, [1])[1]
+    assert parts(result.outputs[1]) == parts(blender)
+    got = psnr(result.outputs[1], blender)
+    assert got >= 44.0, f"PSNR {got:.1f} dB against Blender's render-time denoise"
