@@ -114,25 +114,60 @@ class JobState:
 
     def group_size(self, live_workers: int) -> int:
         """How many tiles one call may take: enough that every live worker still has two
-        calls' worth of pending work, at least one."""
-        return max(1, self._counts[TaskStatus.PENDING] // (2 * max(1, live_workers)))
+        calls' worth of pending work, at least one; a lone worker has nobody to share with
+        and may take everything pending."""
+        pending = self._counts[TaskStatus.PENDING]
+        if live_workers <= 1:
+            return max(1, pending)
+        return max(1, pending // (2 * live_workers))
+
+    def _joins(self, first: TaskEntry, entry: TaskEntry, worker: str) -> bool:
+        """Whether ``entry`` may be rendered in the same call as ``first``'s group."""
+        return (entry.status is TaskStatus.PENDING and entry.task.frame == first.task.frame
+                and entry.task.samples == first.task.samples and entry.task.tiled
+                and worker not in entry.failed_on)
+
+    def _next_row(self, first: TaskEntry, last: TaskEntry, index: int,
+                  worker: str) -> list[TaskEntry]:
+        """The whole grid row starting at ``index`` when it lies right below a group of whole
+        rows (so the union stays a rectangle) and every tile of it can join; else []."""
+        head = self.entries.get(index)
+        if head is None or not self._joins(first, head, worker):
+            return []
+        core, top = head.task.tile.core, last.task.tile.core
+        if core.y0 != top.y1 or core.x0 != first.task.tile.core.x0:
+            return []
+        row = []
+        while index in self.entries and self.entries[index].task.tile.core.y0 == core.y0:
+            entry = self.entries[index]
+            if not self._joins(first, entry, worker) or entry.task.frame != head.task.frame:
+                return []
+            row.append(entry)
+            index += 1
+        return row
 
     def _grow(self, first: TaskEntry, worker: str, size: int) -> Task:
         members = [first]
-        row = first.task.tile.core
+        row = first.task.tile
         index = first.task.index + 1
         while len(members) < size and index in self.entries:
             entry = self.entries[index]
-            core = entry.task.tile.core
-            if (entry.status is not TaskStatus.PENDING or entry.task.frame != first.task.frame
-                    or entry.task.samples != first.task.samples
-                    or (core.y0, core.y1) != (row.y0, row.y1) or worker in entry.failed_on
-                    or entry.task.tile.render.y0 != first.task.tile.render.y0
-                    or entry.task.tile.render.y1 != first.task.tile.render.y1):
+            tile = entry.task.tile
+            same_row = ((tile.core.y0, tile.core.y1, tile.render.y0, tile.render.y1)
+                        == (row.core.y0, row.core.y1, row.render.y0, row.render.y1))
+            if same_row and self._joins(first, entry, worker):
+                self._start(entry, worker)  # its heap slot is skipped when popped later
+                members.append(entry)
+                index += 1
+                continue
+            # the row is done: take the next one whole if the group is whole rows so far
+            below = self._next_row(first, members[-1], index, worker) if not same_row else []
+            if not below or len(members) + len(below) > size:
                 break
-            self._start(entry, worker)  # its heap slot is skipped when popped later
-            members.append(entry)
-            index += 1
+            for entry in below:
+                self._start(entry, worker)
+            members += below
+            index += len(below)
         if len(members) == 1:
             return first.task
         tiles = [m.task.tile for m in members]

@@ -216,3 +216,15 @@ def test_sample_ranges_of_a_denoising_scene_are_denoised_once(farm, make_scene, 
     assert parts(result.outputs[1]) == parts(blender)
     got = psnr(result.outputs[1], blender)
     assert got >= 44.0, f"PSNR {got:.1f} dB against Blender's render-time denoise"
+
+
+@pytest.mark.parametrize("width", [0.01, 4.0, 10.0])
+def test_tiles_need_no_overscan_for_wide_pixel_filters(farm, make_scene, reference, tmp_path,
+                                                       width) -> None:
+    """Cycles importance-samples its pixel filter: a sample only ever lands in its own pixel,
+    so tiles stay exact at any filter width without a margin."""
+    blend = make_scene(width=64, height=48, frames=1, samples=4, filter_width=width)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=(3, 3),
+                                 output=str(tmp_path / "fw_####.exr")))
+    assert result.tiles == (3, 3)
+    assert_same_image(result.outputs[1], reference(blend, [1])[1])

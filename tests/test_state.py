@@ -83,14 +83,19 @@ def grid(columns: int, rows: int, frames: int = 1) -> list[Task]:
     return out
 
 
-def test_grouping_takes_neighbours_of_a_row_while_workers_stay_busy() -> None:
-    state = JobState(grid(4, 3), retries=1)
-    assert state.group_size(1) == 6
-    first = state.next_for("w1", 1, group=True)
-    # one worker, 12 tiles: the whole first row in one call, never across rows
-    assert first.covers == (0, 1, 2, 3)
-    assert first.tile.core == Rect(0, 0, 40, 10)
-    assert first.tile.render == Rect(0, 0, 42, 10)  # the union keeps the outer overscan
+def test_grouping_takes_neighbours_while_workers_stay_busy() -> None:
+    # a lone worker has nobody to share with: the whole frame in one call
+    alone = JobState(grid(4, 3), retries=1)
+    assert alone.group_size(1) == 12
+    whole = alone.next_for("w1", 1, group=True)
+    assert whole.covers == tuple(range(12))
+    assert whole.tile.core == Rect(0, 0, 40, 30)
+    assert whole.tile.render == Rect(0, 0, 42, 30)  # the union keeps the outer overscan
+    # two workers on 2x8 tiles: 16 // (2 * 2) = 4 tiles a call, i.e. two whole rows
+    state = JobState(grid(2, 8), retries=1)
+    assert state.group_size(2) == 4
+    first = state.next_for("w1", 2, group=True)
+    assert first.covers == (0, 1, 2, 3) and first.tile.core == Rect(0, 0, 20, 20)
     assert state.count(TaskStatus.RUNNING) == 4
     # many workers: no grouping, one tile per call
     assert state.group_size(8) == 1
@@ -100,10 +105,11 @@ def test_grouping_takes_neighbours_of_a_row_while_workers_stay_busy() -> None:
     done = [state.succeeded(i) for i in (*first.members, *single.members)]
     assert done == [False] * 5
     rest = []
-    while (task := state.next_for("w1", 1, group=True)) is not None:
+    while (task := state.next_for("w1", 2, group=True)) is not None:
         rest.append(task)
-    assert sorted(i for t in rest for i in t.members) == list(range(5, 12))
-    assert all(t.tile.core.y0 == state.entries[t.index].task.tile.core.y0 for t in rest)
+    assert sorted(i for t in rest for i in t.members) == list(range(5, 16))
+    # a group that starts in the middle of a row never goes down a row (no L shapes)
+    assert rest[0].members == (5,)
     assert [any([state.succeeded(i) for i in t.members]) for t in rest][-1] is True
     assert state.finished and not state.failed
 

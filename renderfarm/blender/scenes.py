@@ -36,6 +36,7 @@ class SceneRecipe:
         detail: subdivision levels (render) on the objects, for production-like geometry
             (each level multiplies the faces by four; 0 keeps the primitives as they are).
         motion_blur: render motion blur.
+        filter_width: Cycles' pixel filter width in pixels (None: Blender's 1.5).
         compositor: a compositor that needs neighbouring pixels (glare, blur, lens
             distortion) and reads the Depth pass.
         all_passes: every pass Cycles offers on the first layer (data, light, Cryptomatte,
@@ -61,6 +62,7 @@ class SceneRecipe:
     motion_blur: bool = False
     all_passes: bool = False
     compositor: bool = False
+    filter_width: float | None = None
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
@@ -81,6 +83,8 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         scene.cycles.use_adaptive_sampling = recipe.adaptive
         scene.cycles.use_denoising = recipe.denoise
         scene.cycles.device = "CPU"
+        if recipe.filter_width is not None:
+            scene.cycles.filter_width = recipe.filter_width
     else:
         scene.eevee.taa_render_samples = recipe.samples
     if recipe.kind == "cube":
@@ -272,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--motion-blur", action="store_true")
     parser.add_argument("--all-passes", action="store_true")
     parser.add_argument("--compositor", action="store_true")
+    parser.add_argument("--filter-width", type=float)
     args = parser.parse_args(argv)
     border = tuple(float(v) for v in args.border.split(",")) if args.border else None
     build_scene(args.path, SceneRecipe(
@@ -280,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
         percentage=args.percentage, detail=args.detail, kind=args.kind,
         motion_blur=args.motion_blur, all_passes=args.all_passes,
-        compositor=args.compositor))
+        compositor=args.compositor, filter_width=args.filter_width))
     return 0
 
 
