@@ -407,7 +407,8 @@ class BlenderSession:
         tree = original.compositing_node_group.copy()
         image = bpy.data.images.load(source, check_existing=False)
         written = f"{source}.composite{FORMAT_EXTENSIONS[file_format]}"
-        try:
+
+        def feed() -> None:
             for layers in [n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers"]:
                 node = tree.nodes.new("CompositorNodeImage")
                 node.image = image
@@ -430,15 +431,8 @@ class BlenderSession:
             render.resolution_x, render.resolution_y = _image_size(Path(source))
             render.resolution_percentage = 100
             render.use_file_extension = False
-            set_output_format(scene, file_format)
-            render.filepath = written
-            bpy.ops.render.render(write_still=True, scene=scene.name)
-        finally:
-            bpy.data.images.remove(image)
-            bpy.data.scenes.remove(scene)
-            bpy.data.node_groups.remove(tree)
-        if not os.path.isfile(written):
-            raise RenderError("Blender's compositor wrote no image", path=source)
+
+        _write_composite(scene, tree, image, feed, file_format, written)
         if file_format != "OPEN_EXR_MULTILAYER":
             os.replace(written, target)
             return
@@ -488,19 +482,13 @@ class BlenderSession:
             raise RenderError("the worker has no job prepared to convert for", path=source)
         scene = self._convert_scene()
         image = bpy.data.images.load(source, check_existing=False)
-        tree = scene.compositing_node_group
-        try:
+
+        def show() -> None:
             scene.compositing_node_group.nodes["renderfarm-image"].image = image
             scene.render.resolution_x, scene.render.resolution_y = image.size[:]
-            set_output_format(scene, file_format)
-            scene.render.filepath = target
-            bpy.ops.render.render(write_still=True, scene=scene.name)
-        finally:
-            bpy.data.images.remove(image)
-            bpy.data.scenes.remove(scene)
-            bpy.data.node_groups.remove(tree)
-        if not os.path.isfile(target):
-            raise RenderError(f"Blender did not write {target}", path=target)
+
+        _write_composite(scene, scene.compositing_node_group, image, show, file_format,
+                         target)
 
     def _convert_scene(self) -> Any:
         """A fresh copy of the job's scene whose compositor shows one image."""
@@ -528,6 +516,30 @@ class BlenderSession:
 
 #: passes Cycles' denoiser replaces with a denoised version (Blender also keeps "Noisy <pass>")
 _DENOISED_PASSES = ("Combined", "Shadow Catcher")
+
+
+def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format: str,
+                     path: str) -> None:
+    """Let Blender write the compositor result of a throw-away ``scene`` (nothing is
+    rendered: its tree reads ``image``) as ``file_format`` at ``path``; ``setup()`` wires the
+    tree first. The scene, its tree and the image are removed afterwards, whatever happens.
+
+    Raises:
+        RenderError: Blender wrote no file.
+    """
+    import bpy
+
+    try:
+        setup()
+        set_output_format(scene, file_format)
+        scene.render.filepath = path
+        bpy.ops.render.render(write_still=True, scene=scene.name)
+    finally:
+        bpy.data.images.remove(image)
+        bpy.data.scenes.remove(scene)
+        bpy.data.node_groups.remove(tree)
+    if not os.path.isfile(path):
+        raise RenderError(f"Blender's compositor wrote no image at {path}", path=path)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
