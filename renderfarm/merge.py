@@ -469,11 +469,34 @@ def _merge_cryptomatte(chunks: Sequence[np.ndarray], share: Sequence[float]) -> 
     return out
 
 
-def drop_parts(source: Path, target: Path, names: Sequence[str]) -> None:
-    """Copy ``source`` to ``target`` without the parts called ``names``."""
-    inp = _open(source)
+def part_names(path: Path) -> list[str]:
+    """The part names of a multi-part EXR, in order."""
+    inp = _open(path)
     try:
-        keep = [_part_name(s, i) for i, s in enumerate(_parts(inp))]
+        return [_part_name(s, i) for i, s in enumerate(_parts(inp))]
     finally:
         inp.close()
-    compose_parts(target, [PartSource(n, source, n) for n in keep if n not in set(names)])
+
+
+def channel_prefixes(path: Path) -> set[str]:
+    """``layer.pass`` names of every channel of an EXR (all parts)."""
+    inp = _open(path)
+    try:
+        return {c.rsplit(".", 1)[0] for spec in _parts(inp) for c in spec.channelnames}
+    finally:
+        inp.close()
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """Width and height of an image (Blender reports 0x0 for a multilayer EXR not read yet)."""
+    inp = _open(path)
+    try:
+        return inp.spec().width, inp.spec().height
+    finally:
+        inp.close()
+
+
+def drop_parts(source: Path, target: Path, names: Sequence[str]) -> None:
+    """Copy ``source`` to ``target`` without the parts called ``names``."""
+    drop = set(names)
+    compose_parts(target, [PartSource(n, source, n) for n in part_names(source) if n not in drop])

@@ -198,8 +198,9 @@ def tiling_fallback(scene: SceneInfo, denoise: str = "auto") -> str | None:
         )
     if scene.denoising and denoise == "render":
         return "the job keeps Blender's render-time denoise; rendering whole frames"
-    if scene.denoising and post_denoise_blocker(scene):
-        return (f"{post_denoise_blocker(scene)}, and denoising tiles separately shows seams; "
+    denoise_blocker = post_denoise_blocker(scene) if scene.denoising else None
+    if denoise_blocker:
+        return (f"{denoise_blocker}, and denoising tiles separately shows seams; "
                 "rendering whole frames")
     blocker = composite_blocker(scene)
     if blocker:
@@ -254,16 +255,23 @@ def split_samples(offset: int, count: int, chunks: int) -> list[tuple[int, int]]
     return ranges
 
 
-def added_colour_passes(scene: SceneInfo) -> list[str]:
-    """Parts that sample-range pieces render beyond the scene's own passes: the colour pass of
-    each light pass the scene has without it (Cycles stores light passes divided by it)."""
-    added = []
+def missing_colour_passes(scene: SceneInfo) -> list[tuple[str, str]]:
+    """``(view layer, kind)`` of each light pass kind (``diffuse``, ``glossy``,
+    ``transmission``) the scene renders without its colour pass. Cycles stores light passes
+    divided by their colour pass, so sample-range pieces render it too (to combine exactly)."""
+    missing = []
     for layer, passes in scene.view_layers.items():
         for kind in ("diffuse", "glossy", "transmission"):
             light = f"{kind}_direct" in passes or f"{kind}_indirect" in passes
             if light and f"{kind}_color" not in passes:
-                added.append(f"{layer}.{kind.capitalize()} Color")
-    return added
+                missing.append((layer, kind))
+    return missing
+
+
+def added_colour_passes(scene: SceneInfo) -> list[str]:
+    """Parts that sample-range pieces render beyond the scene's own passes (see
+    :func:`missing_colour_passes`), as part names."""
+    return [f"{layer}.{kind.capitalize()} Color" for layer, kind in missing_colour_passes(scene)]
 
 
 def chunk_blocker(scene: SceneInfo) -> str | None:
@@ -334,9 +342,10 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
     split = tiled or len(ranges) > 1
     post_denoise = (scene.engine == "CYCLES" and scene.denoising
                     and (split or spec.denoise == "post"))
-    if post_denoise and post_denoise_blocker(scene):
-        warnings.append(f"--denoise post ignored: {post_denoise_blocker(scene)}; Blender "
-                        "denoises each frame at render time")
+    blocker = post_denoise_blocker(scene) if post_denoise else None
+    if blocker:
+        warnings.append(f"--denoise post ignored: {blocker}; Blender denoises each frame at "
+                        "render time")
         post_denoise = False
     if spec.overscan is not None:
         overscan = spec.overscan if tiled else 0

@@ -20,7 +20,7 @@ from typing import Any
 
 from renderfarm.errors import BlendFileError, RenderError, SceneError
 from renderfarm.job import FORMAT_EXTENSIONS, RenderSettings, SceneInfo, Task
-from renderfarm.planner import border_for
+from renderfarm.planner import border_for, missing_colour_passes
 
 logger = logging.getLogger(__name__)
 
@@ -237,14 +237,10 @@ class BlenderSession:
         self._post_composite = settings.post_composite and scene.compositing_node_group is not None
         self._added_colour = []
         if settings.sample_chunks:
-            for layer in scene.view_layers:
-                for kind in ("diffuse", "glossy", "transmission"):
-                    colour = f"use_pass_{kind}_color"
-                    light = (getattr(layer, f"use_pass_{kind}_direct")
-                             or getattr(layer, f"use_pass_{kind}_indirect"))
-                    if light and not getattr(layer, colour):
-                        setattr(layer, colour, True)
-                        self._added_colour.append((layer.name, colour))
+            for layer, kind in missing_colour_passes(self._info[settings.scene]):
+                colour = f"use_pass_{kind}_color"
+                setattr(scene.view_layers[layer], colour, True)
+                self._added_colour.append((layer, colour))
         render.use_compositing = settings.compositing and render.use_compositing
         if not settings.compositing:
             render.use_sequencer = False
@@ -351,7 +347,7 @@ class BlenderSession:
         import _cycles  # type: ignore[import-not-found]
         import bpy
 
-        from renderfarm.merge import PartSource, compose_parts, to_single_part
+        from renderfarm.merge import PartSource, channel_prefixes, compose_parts, to_single_part
 
         scene = self.scene
         single, denoised, final = (f"{merged}.{name}.exr" for name in
@@ -373,7 +369,7 @@ class BlenderSession:
             os.remove(single)
         if not os.path.isfile(denoised):
             raise RenderError("Cycles' denoiser wrote no file", path=merged)
-        denoised_names = _channel_prefixes(Path(denoised))
+        denoised_names = channel_prefixes(Path(denoised))
         parts = []
         for layer_name, passes in self._final_passes(scene).items():
             for name in passes:
@@ -399,7 +395,7 @@ class BlenderSession:
         ``Composite`` part, as Blender writes it)."""
         import bpy
 
-        from renderfarm.merge import PartSource, compose_parts
+        from renderfarm.merge import PartSource, compose_parts, image_size, part_names
 
         original = self.scene
         scene = original.copy()
@@ -428,7 +424,7 @@ class BlenderSession:
             render.use_compositing = True
             render.use_sequencer = False
             render.use_border = False
-            render.resolution_x, render.resolution_y = _image_size(Path(source))
+            render.resolution_x, render.resolution_y = image_size(Path(source))
             render.resolution_percentage = 100
             render.use_file_extension = False
 
@@ -437,7 +433,7 @@ class BlenderSession:
             os.replace(written, target)
             return
         parts = [PartSource("Composite.Combined", Path(written), "Composite.Combined")]
-        parts += [PartSource(name, Path(source), name) for name in _part_names(Path(source))]
+        parts += [PartSource(name, Path(source), name) for name in part_names(Path(source))]
         try:
             compose_parts(Path(target), parts)
         finally:
@@ -540,55 +536,6 @@ def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format:
         bpy.data.node_groups.remove(tree)
     if not os.path.isfile(path):
         raise RenderError(f"Blender's compositor wrote no image at {path}", path=path)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height of an image (Blender reports 0x0 for a multilayer EXR not read yet)."""
-    import OpenImageIO as oiio
-
-    inp = oiio.ImageInput.open(str(path))
-    if inp is None:
-        raise RenderError(f"cannot read {path}: {oiio.geterror()}", path=str(path))
-    try:
-        return inp.spec().width, inp.spec().height
-    finally:
-        inp.close()
-
-
-def _part_names(path: Path) -> list[str]:
-    """The part names of a multi-part EXR, in order."""
-    import OpenImageIO as oiio
-
-    inp = oiio.ImageInput.open(str(path))
-    if inp is None:
-        raise RenderError(f"cannot read {path}: {oiio.geterror()}", path=str(path))
-    names = []
-    try:
-        index = 0
-        while inp.seek_subimage(index, 0):
-            names.append(str(inp.spec().getattribute("name")))
-            index += 1
-    finally:
-        inp.close()
-    return names
-
-
-def _channel_prefixes(path: Path) -> set[str]:
-    """``layer.pass`` names of every channel of an EXR (all parts)."""
-    import OpenImageIO as oiio
-
-    inp = oiio.ImageInput.open(str(path))
-    if inp is None:
-        raise RenderError(f"cannot read {path}: {oiio.geterror()}", path=str(path))
-    names: set[str] = set()
-    try:
-        index = 0
-        while inp.seek_subimage(index, 0):
-            names.update(c.rsplit(".", 1)[0] for c in inp.spec().channelnames)
-            index += 1
-    finally:
-        inp.close()
-    return names
 
 
 def _handlers() -> list[Any]:
