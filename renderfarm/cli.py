@@ -49,47 +49,64 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    render = sub.add_parser("render", parents=[common], help="render a .blend on the farm",
-                            description="Render a .blend on a Ray cluster (a local one by "
-                            "default) and write one merged image per frame.")
-    render.add_argument("blend", help="the .blend file")
-    render.add_argument("--frames", help="frames, e.g. '1-8' or '1-10,15,20-30x2' "
+    jobs = argparse.ArgumentParser(add_help=False)
+    jobs.add_argument("--frames", help="frames, e.g. '1-8' or '1-10,15,20-30x2' "
                         "(default: the scene's range)")
-    render.add_argument("--tiles", default="1x1", help="'auto' (picked from the frame size, "
+    jobs.add_argument("--tiles", default="1x1", help="'auto' (picked from the frame size, "
                         "the frames and the workers) or split each frame in COLSxROWS tiles "
                         "(default 1x1)")
-    render.add_argument("-o", "--output", default=None,
+    jobs.add_argument("-o", "--output", default=None,
                         help="output pattern; '#' runs are the frame, the extension picks the "
                         "format: .exr (multilayer, all passes), .png, .jpg, .tif "
                         "(default: render/<file>_####.exr)")
-    render.add_argument("--samples", type=_positive_int, help="render samples override")
-    render.add_argument("--percentage", type=_positive_int,
+    jobs.add_argument("--samples", type=_positive_int, help="render samples override")
+    jobs.add_argument("--percentage", type=_positive_int,
                         help="resolution percentage override")
-    render.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+    jobs.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="render device (default: auto, GPU when the cluster has one)")
-    render.add_argument("--scene", help="scene to render (default: the file's active scene)")
+    jobs.add_argument("--scene", help="scene to render (default: the file's active scene)")
+    jobs.add_argument("--retries", type=int, default=2, help="tries again for a failed task")
+    jobs.add_argument("--task-timeout", type=float, dest="timeout",
+                      help="seconds a task may take")
+    jobs.add_argument("--overscan", type=int,
+                        help="pixels rendered around each tile (default: from the scene)")
+    jobs.add_argument("--split", choices=("tiles", "samples"), default="tiles",
+                        help="'samples' renders each frame (or tile) as sample ranges on "
+                        "several workers and combines them exactly (Cycles)")
+    jobs.add_argument("--chunks", type=_positive_int,
+                        help="sample ranges per frame or tile (default with --split samples: "
+                        "one per worker)")
+    jobs.add_argument("--denoise", choices=("auto", "post", "render"), default="auto",
+                        help="scenes that denoise: 'auto' denoises split frames once after the "
+                        "merge (seam-free), 'post' always after the merge, 'render' keeps "
+                        "Blender's render-time denoise (whole frames)")
+    jobs.add_argument("--one-call-per-tile", action="store_true",
+                        help="never let a worker render neighbouring tiles in one call")
+    jobs.add_argument("--allow-scripts", action="store_true",
+                        help="run Python embedded in the file (needs --permit-scripts)")
+    farm = argparse.ArgumentParser(add_help=False)
+    farm.add_argument("--farm", default=os.environ.get("RENDERFARM_ADDRESS",
+                                                       "tcp://127.0.0.1:5555"),
+                      help="the farm service's address (default: $RENDERFARM_ADDRESS or "
+                      "tcp://127.0.0.1:5555)")
+    farm.add_argument("--server-key", default=os.environ.get("RENDERFARM_SERVER_KEY"),
+                      help="the service's public key (Z85 text or .key file; default "
+                      "$RENDERFARM_SERVER_KEY); none for a loopback farm without keys")
+    farm.add_argument("--client-key", default=os.environ.get("RENDERFARM_CLIENT_KEY"),
+                      help="this client's secret key file (.key_secret; default "
+                      "$RENDERFARM_CLIENT_KEY)")
+    farm.add_argument("--reply-timeout", type=float, default=15.0,
+                      help="seconds to wait for each reply (default 15)")
+
+    render = sub.add_parser("render", parents=[common, jobs], help="render a .blend on the farm",
+                            description="Render a .blend on a Ray cluster (a local one by "
+                            "default) and write one merged image per frame.")
+    render.add_argument("blend", help="the .blend file")
+    render.add_argument("--timeout", type=float, help="the same as --task-timeout")
     render.add_argument("--address", help="Ray cluster address ('auto', 'ray://head:10001'); "
                         "default: start Ray on this machine")
     render.add_argument("--workers", type=_positive_int,
                         help="number of workers (default: one per GPU, or one per node)")
-    render.add_argument("--retries", type=int, default=2, help="tries again for a failed task")
-    render.add_argument("--timeout", type=float, help="seconds a task may take")
-    render.add_argument("--overscan", type=int,
-                        help="pixels rendered around each tile (default: from the scene)")
-    render.add_argument("--split", choices=("tiles", "samples"), default="tiles",
-                        help="'samples' renders each frame (or tile) as sample ranges on "
-                        "several workers and combines them exactly (Cycles)")
-    render.add_argument("--chunks", type=_positive_int,
-                        help="sample ranges per frame or tile (default with --split samples: "
-                        "one per worker)")
-    render.add_argument("--denoise", choices=("auto", "post", "render"), default="auto",
-                        help="scenes that denoise: 'auto' denoises split frames once after the "
-                        "merge (seam-free), 'post' always after the merge, 'render' keeps "
-                        "Blender's render-time denoise (whole frames)")
-    render.add_argument("--one-call-per-tile", action="store_true",
-                        help="never let a worker render neighbouring tiles in one call")
-    render.add_argument("--allow-scripts", action="store_true",
-                        help="run Python embedded in the file (needs --permit-scripts)")
     render.add_argument("--permit-scripts", action="store_true",
                         help="let this farm run jobs that allow scripts")
     render.add_argument("--json", action="store_true",
@@ -102,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("blend", help="the .blend file")
     inspect.add_argument("--json", action="store_true", help="print JSON")
 
+    from renderfarm.service_cli import add_commands
+
+    add_commands(sub, common, jobs, farm)
     sub.add_parser("bench", help="run the benchmarks (benchmarks/run.py of a source checkout)",
                    add_help=False)
     return parser
@@ -124,7 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "render":
             return _render(args)
-        return _inspect(args)
+        if args.command == "inspect":
+            return _inspect(args)
+        from renderfarm.service_cli import run
+
+        return run(args)
     except KeyboardInterrupt:
         print("renderfarm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

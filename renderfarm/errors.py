@@ -143,3 +143,36 @@ class CancelledError(RenderFarmError):
     """The job was cancelled by the user (CLI exit code 130)."""
 
     exit_code = 130
+
+
+class ProtocolError(InputError):
+    """A message to or from the farm service breaks the protocol (schema, version, size).
+
+    Args:
+        message: what is wrong with the message.
+        kind: a short type sent back in the error reply (``bad_request``, ``too_big``,
+            ``version``).
+        request_id: the id of the request, when it could be read.
+    """
+
+    def __init__(self, message: str, *, kind: str = "bad_request", request_id: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.kind = kind
+        self.request_id = request_id
+
+
+class ServiceError(RenderFarmError):
+    """The farm service refused a request, or cannot be reached.
+
+    Args:
+        message: the service's reason, or why it cannot be reached.
+        kind: the error type the service replied (``not_found``, ``refused``, ...) or
+            ``unreachable``.
+    """
+
+    def __init__(self, message: str, *, kind: str = "refused", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.kind = kind
+        # the request was wrong (exit 3), or the farm could not do it (exit 4)
+        self.exit_code = 4 if kind in ("unreachable", "internal", "failed") else 3

@@ -15,9 +15,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +55,7 @@ from renderfarm.job import (
     SceneInfo,
     Task,
     TaskResult,
+    Tile,
     output_format,
     output_path,
 )
@@ -137,6 +138,37 @@ def check_output_folder(folder: Path) -> None:
                           path=str(folder))
 
 
+@dataclass(frozen=True)
+class ResumePiece:
+    """A piece rendered before the job was interrupted (e.g. the farm service restarted).
+
+    Attributes:
+        frame: its frame.
+        chunk: its sample range.
+        tiles: the grid tiles it covers (several when neighbouring tiles were grouped).
+        tile: the :class:`~renderfarm.job.Tile` it holds, as a dict.
+        path: its file.
+    """
+
+    frame: int
+    chunk: int
+    tiles: tuple[int, ...]
+    tile: dict[str, Any]
+    path: str
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What an interrupted job had finished: pieces not yet merged and merged frames.
+
+    The job must be planned the same way again (same tiles and sample ranges), which
+    :meth:`Farm.submit` makes sure of with ``tiles`` and ``chunks`` taken from the first run.
+    """
+
+    pieces: tuple[ResumePiece, ...] = ()
+    frames: dict[int, str] = field(default_factory=dict)
+
+
 class JobHandle:
     """A running job: its events, its result, and a way to cancel it."""
 
@@ -146,6 +178,9 @@ class JobHandle:
         self._events: queue.Queue[Event | None] = queue.Queue()
         self._finished = threading.Event()
         self._cancel = threading.Event()
+        self._paused = threading.Event()
+        self._priority_changed: list[int] = []
+        self._source: Source | None = None
         self._result: JobResult | None = None
         self._error: RenderFarmError | None = None
 
@@ -174,6 +209,25 @@ class JobHandle:
     def cancel(self) -> None:
         """Stop the job: running tasks are stopped, nothing more is started."""
         self._cancel.set()
+
+    def pause(self) -> None:
+        """Start no more tasks of this job; running ones finish and are kept."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Start tasks of this job again after :meth:`pause`."""
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the job is paused."""
+        return self._paused.is_set()
+
+    def set_priority(self, priority: int) -> None:
+        """Change the job's priority (higher first) for the tasks it has not started yet."""
+        self._priority_changed.append(priority)
+        if self._source is not None:
+            self._source.priority = priority
 
     @property
     def cancelled(self) -> bool:
@@ -338,16 +392,32 @@ class Farm:
             return runner
 
     # -- jobs --------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec, priority: int = 0) -> JobHandle:
+    def submit(self, spec: JobSpec, priority: int = 0, *, job_id: str | None = None,
+               workdir: Path | None = None, resume: Resume | None = None,
+               on_piece: Callable[[Task, Path], None] | None = None) -> JobHandle:
         """Check a job and start it in the background.
+
+        Args:
+            spec: the job.
+            priority: higher first; see :meth:`JobHandle.set_priority`.
+            job_id: the job's id (default: a new one).
+            workdir: where pieces wait for their frame's merge; kept after the job (the
+                caller removes it) so an interrupted job can resume. Default: a temporary
+                folder removed at the end.
+            resume: what an earlier run of this job finished; those pieces and frames are
+                not rendered again.
+            on_piece: called with each finished task and its piece file before the piece
+                can be merged away (keep it short: it runs on the dispatcher thread).
 
         Raises:
             InputError: the job is wrong before anything runs (file, frames, output).
         """
         check_spec(spec, self.config)
-        handle = JobHandle(new_job_id(), spec)
+        handle = JobHandle(job_id or new_job_id(), spec)
         self._jobs.append(handle)
-        thread = threading.Thread(target=_JobRun(self, handle, priority).run,
+        run = _JobRun(self, handle, priority, workdir=workdir, resume=resume,
+                      on_piece=on_piece)
+        thread = threading.Thread(target=run.run,
                                   name=f"renderfarm-job-{handle.job_id}", daemon=True)
         thread.start()
         return handle
@@ -365,8 +435,13 @@ class Farm:
 class _JobRun:
     """Runs one job: inspect, plan, feed the dispatcher, merge frames, build the result."""
 
-    def __init__(self, farm: Farm, handle: JobHandle, priority: int) -> None:
+    def __init__(self, farm: Farm, handle: JobHandle, priority: int,
+                 workdir: Path | None = None, resume: Resume | None = None,
+                 on_piece: Callable[[Task, Path], None] | None = None) -> None:
         self.farm = farm
+        self.on_piece = on_piece
+        self.workdir = workdir
+        self.resume = resume
         self.handle = handle
         self.spec = handle.spec
         self.priority = priority
@@ -404,7 +479,11 @@ class _JobRun:
     # -- the job -----------------------------------------------------------------------------
     def run(self) -> None:
         start = time.monotonic()
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"renderfarm-{self.handle.job_id}-"))
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.scratch = self.workdir
+        else:
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"renderfarm-{self.handle.job_id}-"))
         try:
             result = self._run(start)
         except RenderFarmError as exc:
@@ -421,7 +500,8 @@ class _JobRun:
                                                     for k, v in result.outputs.items()}})
             self.handle._end(result, None)
         finally:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            if self.workdir is None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _run(self, start: float) -> JobResult:
         spec = self.spec
@@ -457,11 +537,18 @@ class _JobRun:
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
                                        "chunks": plan.chunks,
-                                       "size": list(plan.size)})
+                                       "size": list(plan.size),
+                                       "canvas": [plan.canvas.x0, plan.canvas.y0,
+                                                  plan.canvas.x1, plan.canvas.y1]})
         source = Source(key=blend_hash, next_task=self._next_task, call=self._call,
                         done=self._done, failed=self._failed, requeue=self._requeue,
                         timeout=spec.task_timeout,
                         priority=self.priority, cancelled=self.handle._cancel)
+        if self.handle._priority_changed:
+            source.priority = self.handle._priority_changed[-1]
+        self.handle._source = source
+        if self.resume is not None:
+            self._take_resume(self.resume)
         runner.add(source)
         try:
             while not self.ended.wait(0.1):
@@ -484,6 +571,39 @@ class _JobRun:
             outputs=dict(sorted(self.outputs.items())), tasks=tuple(self.results),
             wall_seconds=time.monotonic() - start, device=device,
             workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles)
+
+    def _take_resume(self, resume: Resume) -> None:
+        """Mark what an earlier run finished as done; merge frames it left complete."""
+        assert self.state is not None
+        index = {(e.task.frame, e.task.tile.index, e.task.chunk): i
+                 for i, e in self.state.entries.items()}
+        complete: set[int] = set()
+        for frame, path in resume.frames.items():
+            found = [i for (f, _t, _c), i in index.items() if f == frame]
+            if not found or not Path(path).is_file():
+                continue
+            for i in found:
+                self.state.succeeded(i)
+            self.outputs[frame] = Path(path)
+            self.frames_done += 1
+        for piece in resume.pieces:
+            members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
+            if (piece.frame in self.outputs or None in members
+                    or not Path(piece.path).is_file()):
+                continue
+            if any(self.state.entries[i].status is TaskStatus.DONE for i in members):
+                continue
+            for i in members:
+                if self.state.succeeded(i):
+                    complete.add(piece.frame)
+            self.pieces.setdefault(piece.frame, []).append(
+                (piece.chunk, Piece(Tile.from_dict(piece.tile), Path(piece.path))))
+        if resume.frames or resume.pieces:
+            self.emit("info", message=f"resumed: {len(self.outputs)} frame(s) and "
+                      f"{self.state.count(TaskStatus.DONE)} task(s) already done")
+        for frame in sorted(complete):
+            self.merges.append(self.farm._merger.submit(self._merge, frame))
+        self._check_end()
 
     def _inspect(self, pool: WorkerPool, blend_hash: str) -> SceneInfo:
         import ray
@@ -513,7 +633,7 @@ class _JobRun:
 
     # -- dispatcher callbacks (dispatcher thread) --------------------------------------------
     def _next_task(self, worker: str, live: int) -> Task | None:
-        if self.ended.is_set():
+        if self.ended.is_set() or self.handle.paused:
             return None
         with self.lock:
             return self.state.next_for(worker, live, group=self.spec.group_tiles)
@@ -538,13 +658,20 @@ class _JobRun:
             return True
         path = self._piece_path(task)
         path.write_bytes(data)
+        if self.on_piece is not None:
+            try:
+                self.on_piece(task, path)
+            except Exception:  # a hook must not lose the piece
+                logger.exception("on_piece hook failed for %s", task.task_id)
         self.results.append(TaskResult.from_dict(reply))
         with self.lock:
             self.pieces.setdefault(task.frame, []).append((task.chunk, Piece(task.tile, path)))
             frame_complete = any([self.state.succeeded(i) for i in task.members])
         self.emit("task_done", frame=task.frame, tile=task.tile.index,
                   data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},
-                        "tiles": self._tiles(task)})
+                        "tiles": self._tiles(task),
+                        "piece": {"path": str(path), "chunk": task.chunk,
+                                  "tile": task.tile.to_dict(), "size": list(task.size)}})
         if frame_complete:
             self.merges.append(self.farm._merger.submit(self._merge, task.frame))
         self._check_end()

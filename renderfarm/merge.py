@@ -182,11 +182,13 @@ def _write_parts(path: Path, specs: Sequence[Any], pixels_of: Any) -> None:
         out.close()
 
 
-def combined_rgba(source: Path, target: Path) -> None:
-    """Write the first view layer's Combined pass of a multilayer EXR as a plain RGBA EXR.
+def read_combined(source: Path) -> tuple[np.ndarray, list[str], bool]:
+    """The first view layer's Combined pass of an image (or its RGBA for a single-part file).
 
-    This is the image Blender would save in an 8/16-bit format; the conversion to that format
-    (view transform, display, dither) is Blender's (:meth:`BlenderSession.convert`).
+    Returns:
+        ``(pixels, channels, linear)``: float pixels ``(height, width, channels)`` top row
+        first, the channel names without layer prefix (``R``, ``G``, ``B``, ``A``), and whether
+        the values are scene-linear floats (EXR) rather than display values (PNG, JPEG).
 
     Raises:
         MergeError: the file has no Combined pass.
@@ -197,20 +199,38 @@ def combined_rgba(source: Path, target: Path) -> None:
         layout = _parts(inp)
         index = next((i for i, s in enumerate(layout)
                       if _part_name(s, i).endswith("Combined")), None)
+        if index is None and len(layout) == 1:
+            index = 0
         if index is None:
-            raise MergeError("the render has no Combined pass to convert; enable it in the "
-                             "view layer's passes", path=str(source))
+            raise MergeError("the render has no Combined pass; enable it in the view layer's "
+                             "passes", path=str(source))
         spec = layout[index]
         inp.seek_subimage(index, 0)
         pixels = inp.read_image(index, 0, 0, spec.nchannels, oiio.FLOAT)
+        linear = spec.format.basetype in (oiio.FLOAT, oiio.HALF)
     finally:
         inp.close()
     channels = [c.rsplit(".", 1)[-1] for c in spec.channelnames]
-    out_spec = oiio.ImageSpec(spec.width, spec.height, len(channels), oiio.FLOAT)
+    return pixels.reshape(spec.height, spec.width, len(channels)), channels, linear
+
+
+def combined_rgba(source: Path, target: Path) -> None:
+    """Write the first view layer's Combined pass of a multilayer EXR as a plain RGBA EXR.
+
+    This is the image Blender would save in an 8/16-bit format; the conversion to that format
+    (view transform, display, dither) is Blender's (:meth:`BlenderSession.convert`).
+
+    Raises:
+        MergeError: the file has no Combined pass.
+    """
+    oiio = _oiio()
+    pixels, channels, _linear = read_combined(source)
+    height, width = pixels.shape[:2]
+    out_spec = oiio.ImageSpec(width, height, len(channels), oiio.FLOAT)
     out_spec.channelnames = tuple(channels)
     out_spec.attribute("compression", "none")
     buf = oiio.ImageBuf(out_spec)
-    buf.set_pixels(oiio.ROI(), pixels.reshape(spec.height, spec.width, len(channels)))
+    buf.set_pixels(oiio.ROI(), pixels)
     if not buf.write(str(target)):
         raise MergeError(f"cannot write: {buf.geterror()}", path=str(target))
 

@@ -117,3 +117,159 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         import ray
 
         ray.shutdown()
+
+
+# -- the farm service ----------------------------------------------------------------------
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free on loopback (requests and events)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randrange(20000, 40000, 2)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+class ServerProcess:
+    """A real ``renderfarm serve`` in a child process, on loopback.
+
+    Args:
+        state: its state folder.
+        keys: the folder with ``server.key_secret`` and ``clients/``; None runs without keys
+            (``--insecure-loopback``).
+        extra: more command-line arguments.
+        env: more environment variables.
+    """
+
+    def __init__(self, state: Path, keys: Path | None, *extra: str,
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.state = state
+        self.keys = keys
+        self.port = port or free_port_pair()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.extra = list(extra)
+        self.env = {**os.environ, **(env or {})}
+        self.log = state.parent / f"{state.name}-serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> ServerProcess:
+        """Start it and wait until it answers."""
+        import time
+
+        args = [sys.executable, "-m", "renderfarm", "serve", "-v", "--bind", self.address,
+                "--state", str(self.state), *self.extra]
+        if self.keys is None:
+            args.append("--insecure-loopback")
+        else:
+            args += ["--server-key", str(self.keys / "server.key_secret"),
+                     "--clients", str(self.keys / "clients")]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"renderfarm serve exited ({self.proc.returncode}):\n"
+                            f"{self.log.read_text()[-3000:]}")
+            try:
+                with self.client(timeout=2) as client:
+                    client.hello()
+                return self
+            except Exception:
+                time.sleep(0.5)
+        pytest.fail(f"renderfarm serve did not answer in {timeout} s:\n"
+                    f"{self.log.read_text()[-3000:]}")
+
+    def client(self, timeout: float = 15, client_key: str | None = None) -> object:
+        """A FarmClient with the allowed client key."""
+        from renderfarm.client import FarmClient
+
+        if self.keys is None:
+            return FarmClient(self.address, timeout=timeout)
+        return FarmClient(self.address, server_key=str(self.keys / "server.key"),
+                          client_key=client_key or str(self.keys / "client.key_secret"),
+                          timeout=timeout)
+
+    def cli_args(self) -> list[str]:
+        """``--farm`` and key arguments for the ``renderfarm`` client commands."""
+        args = ["--farm", self.address]
+        if self.keys is not None:
+            args += ["--server-key", str(self.keys / "server.key"),
+                     "--client-key", str(self.keys / "client.key_secret")]
+        return args
+
+    def stop(self, sig: int = 15, timeout: float = 60) -> int:
+        """Stop it with ``sig``; returns its exit code. SIGKILL kills its whole process
+        group (Ray's processes too), as when the machine running it goes down."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            if sig == 9:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def farm_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keys made by ``renderfarm keys``: the server's, an allowed client's (in ``clients/``)
+    and a stranger's (not allowed)."""
+    folder = tmp_path_factory.mktemp("keys")
+    run_python("-m", "renderfarm", "keys", str(folder), "--name", "server")
+    run_python("-m", "renderfarm", "keys", str(folder), "--name", "client")
+    run_python("-m", "renderfarm", "keys", str(folder), "--name", "stranger")
+    (folder / "clients").mkdir()
+    (folder / "clients" / "client.key").write_bytes((folder / "client.key").read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def farm_server(tmp_path_factory: pytest.TempPathFactory,
+                farm_keys: Path) -> Iterator[ServerProcess]:
+    """A real ``renderfarm serve`` with CURVE keys, two workers and the status page."""
+    state = tmp_path_factory.mktemp("farm") / "state"
+    http_port = free_port_pair()
+    server = ServerProcess(state, farm_keys, "--workers", "2", "--http",
+                           f"127.0.0.1:{http_port}")
+    server.http = f"http://127.0.0.1:{http_port}"  # type: ignore[attr-defined]
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-speaking HTTP server (moto_server) on loopback; yields its URL."""
+    import time
+    import urllib.request
+
+    port = free_port_pair()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"moto_server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(10)

@@ -1,0 +1,365 @@
+"""``FarmClient``: talk to ``renderfarm serve`` over ZeroMQ.
+
+Needs only pyzmq: no Ray, no OpenImageIO, no bpy (the Blender add-on uses it). One client is
+for one thread (ZeroMQ sockets are not thread-safe).
+
+    from renderfarm.client import FarmClient
+
+    with FarmClient("tcp://farm:5555", server_key="farm.key", client_key="me.key_secret") as c:
+        job_id = c.submit("shot.blend", {"frames": "1-10", "tiles": [2, 2],
+                                         "output": "shot_####.exr"})
+        for event in c.events(job_id):
+            print(event["kind"], event["tasks_done"], "/", event["tasks_total"])
+        c.fetch_outputs(job_id, "out/")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from renderfarm.errors import InputError, ServiceError
+from renderfarm.server import protocol
+from renderfarm.server.transport import KeyPair, read_key, secure_client
+
+logger = logging.getLogger(__name__)
+
+#: seconds to wait for a reply before calling the farm unreachable
+DEFAULT_TIMEOUT = 15.0
+
+
+class FarmClient:
+    """A connection to a farm service.
+
+    Args:
+        address: the service's request address (``tcp://host:5555``).
+        server_key: the service's public key (Z85 text or a ``.key`` file); None for a
+            service on loopback without keys.
+        client_key: this client's key pair: a ``.key_secret`` file or a :class:`KeyPair`.
+        timeout: seconds to wait for each reply.
+
+    Raises:
+        InputError: a key is malformed, or only one of the two keys is given.
+    """
+
+    def __init__(self, address: str, server_key: str | None = None,
+                 client_key: str | KeyPair | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        import zmq
+
+        self.address = address
+        self.timeout = timeout
+        self._server_key = read_key(server_key).public if server_key else None
+        if isinstance(client_key, str):
+            client_key = read_key(client_key, secret=True)
+        self._client_key = client_key
+        self._context = zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._sock: Any = None
+        self._monitor: Any = None
+        self._sub: Any = None
+        self._hello: dict[str, Any] | None = None
+        self._connect()
+
+    # -- connection --------------------------------------------------------------------------
+    def _connect(self) -> None:
+        import zmq
+
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        secure_client(sock, self._server_key, self._client_key)
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        sock.connect(self.address)
+        self._sock = sock
+
+    def close(self) -> None:
+        """Close the sockets."""
+        for sock in (self._sock, self._sub):
+            if sock is not None:
+                if sock is self._sock:
+                    sock.disable_monitor()
+                sock.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+        self._sock = self._sub = self._monitor = None
+
+    def __enter__(self) -> FarmClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _refused(self) -> str | None:
+        """Why the service refused our handshake, if it did."""
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        reason = None
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                reason = ("the farm refused this client's key: give the farm's admin this "
+                          "client's public key (for its --clients folder), and check the "
+                          "server key in your settings")
+            elif reason is None:
+                reason = ("the secure handshake with the farm failed: the server's public key "
+                          "is wrong, or the farm runs without keys")
+        return reason
+
+    def request(self, op: str, data: bytes | None = None,
+                **fields: Any) -> tuple[dict[str, Any], bytes | None]:
+        """Send one request and wait for its reply.
+
+        Raises:
+            ServiceError: the service replied with an error (``kind`` says which), or did
+                not reply in time (``unreachable``).
+        """
+        import zmq
+
+        request_id = next(self._ids)
+        frames = [protocol.request(op, request_id, **fields)]
+        if data is not None:
+            frames.append(data)
+        self._sock.send_multipart(frames, copy=False)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(min(left, 0.2) * 1000)):
+                refused = self._refused()
+                if refused:
+                    self._reset()
+                    raise ServiceError(refused, kind="refused_key")
+                if left <= 0:
+                    self._reset()
+                    raise ServiceError(
+                        f"no reply from the farm at {self.address} in {self.timeout:.0f} s: "
+                        "is `renderfarm serve` running there, and are the address and keys "
+                        "right?", kind="unreachable")
+                continue
+            reply, blob = protocol.parse_reply(self._sock.recv_multipart(zmq.NOBLOCK))
+            if reply.get("id") not in (request_id, None):
+                continue  # a late reply to a request that timed out
+            if not reply.get("ok"):
+                error = reply.get("error") or {}
+                raise ServiceError(error.get("message", "the farm refused the request"),
+                                   kind=error.get("type", "refused"))
+            return reply, blob
+
+    def _reset(self) -> None:
+        """Start a fresh socket (a DEALER keeps unsent requests queued otherwise)."""
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._sock.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+        self._connect()
+
+    # -- operations --------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        """The service's version, limits and event port."""
+        if self._hello is None:
+            self._hello = self.request("hello")[0]
+        return self._hello
+
+    def upload(self, path: str | os.PathLike[str],
+               progress: Callable[[int, int], None] | None = None) -> str:
+        """Upload a file in chunks; returns its SHA-256 (the service keeps each file once).
+
+        Raises:
+            InputError: the file cannot be read.
+        """
+        path = Path(path)
+        try:
+            total = path.stat().st_size
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise InputError(f"cannot read the file to upload ({exc.strerror})",
+                             path=str(path)) from exc
+        sha = digest.hexdigest()
+        chunk = int(self.hello().get("chunk") or protocol.CHUNK)
+        offset = 0
+        with open(path, "rb") as handle:
+            while True:
+                data = handle.read(chunk)
+                reply, _ = self.request("upload", data, sha256=sha, offset=offset, total=total)
+                offset = reply["received"]
+                if progress is not None:
+                    progress(offset, total)
+                if reply["complete"]:
+                    return sha
+                if not data:
+                    raise ServiceError("the upload stopped before the end of the file",
+                                       kind="bad_upload")
+                handle.seek(offset)
+
+    def submit(self, blend: str | os.PathLike[str], spec: dict[str, Any] | None = None,
+               priority: int = 0, filename: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> str:
+        """Upload a ``.blend`` and queue a job for it; returns the job id.
+
+        Args:
+            blend: the file (a copy the artist's work can change under no more).
+            spec: job fields (``frames``, ``tiles``, ``samples``, ``device``, ``output`` — its
+                file name only: outputs stay on the farm until fetched —, ``denoise``, ...).
+            priority: higher first.
+            filename: the name the farm shows (default: the file's).
+            progress: called with (bytes sent, total) during the upload.
+        """
+        sha = self.upload(blend, progress)
+        reply, _ = self.request("submit", spec=dict(spec or {}), blob=sha,
+                                filename=filename or Path(blend).name, priority=priority)
+        return str(reply["job_id"])
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """A job's state, progress, warnings and finished frames."""
+        return self.request("status", job_id=job_id)[0]["job"]
+
+    def list(self, states: list[str] | None = None) -> list[dict[str, Any]]:
+        """Jobs in queue order (optionally only those in ``states``)."""
+        fields = {"states": states} if states else {}
+        return self.request("list", **fields)[0]["jobs"]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job; frames already finished are kept."""
+        return self.request("cancel", job_id=job_id)[0]["job"]
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        """Start no more tasks of a job until :meth:`resume`."""
+        return self.request("pause", job_id=job_id)[0]["job"]
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """Resume a paused job."""
+        return self.request("resume", job_id=job_id)[0]["job"]
+
+    def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
+        """Change a job's priority."""
+        return self.request("priority", job_id=job_id, priority=priority)[0]["job"]
+
+    def fetch(self, job_id: str, frame: int, folder: str | os.PathLike[str]) -> Path:
+        """Download a finished frame into ``folder``; returns its path.
+
+        Raises:
+            ServiceError: the frame is not finished (``not_found``).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        offset, size, name = 0, None, None
+        tmp = folder / f".{job_id}-{frame}.part"
+        with open(tmp, "wb") as handle:
+            while size is None or offset < size:
+                reply, data = self.request("fetch", job_id=job_id, frame=frame, offset=offset,
+                                           length=0)
+                size, name = reply["size"], reply["name"]
+                handle.write(data or b"")
+                offset += len(data or b"")
+                if not data and offset < size:
+                    raise ServiceError("the farm sent an empty chunk", kind="failed")
+        target = folder / str(name)
+        os.replace(tmp, target)
+        return target
+
+    def fetch_outputs(self, job_id: str, folder: str | os.PathLike[str]) -> dict[int, Path]:
+        """Download every finished frame of a job into ``folder``."""
+        outputs = self.status(job_id).get("outputs") or {}
+        return {int(frame): self.fetch(job_id, int(frame), folder)
+                for frame in sorted(outputs, key=int)}
+
+    # -- events ------------------------------------------------------------------------------
+    def subscribe(self, job_id: str | None = None, previews: bool = False) -> None:
+        """Start receiving events of one job (or of all), with tile previews if asked.
+
+        Subscribe before submitting to see a job's first events (``job_id=None``).
+        """
+        import zmq
+
+        if self._sub is None:
+            port = self.hello().get("publish_port")
+            base = self.address.rsplit(":", 1)[0]
+            sub = self._context.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, 100_000)
+            secure_client(sub, self._server_key, self._client_key)
+            sub.connect(f"{base}:{port}")
+            self._sub = sub
+        topics = [protocol.event_topic("job", job_id or "")]
+        if previews:
+            topics.append(protocol.event_topic("preview", job_id or ""))
+        for topic in topics:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Events received so far (waiting up to ``timeout`` for the first one).
+
+        Each is a dict: ``kind`` (``job_started``, ``task_done``, ``frame_merged``,
+        ``job_done``, ``job_failed``, ``job_cancelled``, ... or ``preview``), ``job_id``,
+        ``state``, progress counters; a preview has ``x``, ``y``, ``width``, ``height``,
+        ``frame_width``, ``frame_height`` and ``rgba`` (8-bit RGBA bytes, top row first).
+        """
+        import zmq
+
+        if self._sub is None:
+            raise InputError("subscribe() before polling events")
+        events = []
+        wait = int(timeout * 1000)
+        while self._sub.poll(wait):
+            wait = 0
+            frames = self._sub.recv_multipart(zmq.NOBLOCK)
+            try:
+                message, blob = protocol.parse_reply(frames[1:])
+            except Exception:
+                logger.warning("malformed event on %r dropped", frames[0][:40])
+                continue
+            if frames[0].startswith(b"preview."):
+                message = {**message, "kind": "preview", "rgba": zlib.decompress(blob or b"")}
+            events.append(message)
+        return events
+
+    def events(self, job_id: str, timeout: float | None = None,
+               previews: bool = False) -> Iterator[dict[str, Any]]:
+        """Yield a job's events until it ends (done, failed or cancelled).
+
+        The job's state is also asked every few seconds, so an event lost on the way (events
+        are not stored) cannot make this wait forever.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        self.subscribe(job_id, previews)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_check = time.monotonic()
+        while True:
+            for event in self.poll_events(0.2):
+                if event.get("job_id") != job_id:
+                    continue
+                yield event
+                if event.get("kind") in ("job_done", "job_failed", "job_cancelled"):
+                    return
+            if time.monotonic() >= next_check:
+                job = self.status(job_id)
+                if job["state"] in protocol.FINAL_STATES:
+                    yield {**job, "kind": f"job_{job['state']}",
+                           "message": job.get("error") or ""}
+                    return
+                next_check = time.monotonic() + 2.0
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until a job ends and return its status."""
+        for _event in self.events(job_id, timeout):
+            pass
+        return self.status(job_id)

@@ -1,0 +1,221 @@
+"""The farm service's wire protocol: message schemas, validation and size limits.
+
+Pure: no sockets here. A request is a ZeroMQ multipart message whose first frame is a JSON
+object ``{"v": 1, "op": ..., "id": ..., <fields>}`` and whose further frames are raw bytes
+(an upload's chunk). A reply is ``{"v": 1, "id": ..., "ok": true, <fields>}`` or
+``{"v": 1, "id": ..., "ok": false, "error": {"type": ..., "message": ...}}`` plus, for a
+fetch, one frame of bytes. Events go out on the PUB socket as ``[topic, json]`` (plus the
+pixels for a preview); topics are ``job.<id>`` and ``preview.<id>``.
+
+Every field of every request is checked against :data:`REQUESTS`; unknown operations,
+unknown fields, wrong types and messages over the size limit get an error reply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from renderfarm.errors import ProtocolError
+
+#: the protocol version this code speaks
+VERSION = 1
+#: default limit of a whole request (all frames), in bytes
+MAX_MESSAGE = 16 * 1024 * 1024
+#: upload chunk size clients use (well under :data:`MAX_MESSAGE`)
+CHUNK = 4 * 1024 * 1024
+#: job states
+STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
+#: states a job does not leave
+FINAL_STATES = ("done", "failed", "cancelled")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a request.
+
+    Attributes:
+        kind: the Python type(s) the JSON value must have.
+        required: whether the field must be there.
+        check: an extra check returning an error text, or None when the value is fine.
+    """
+
+    kind: type | tuple[type, ...]
+    required: bool = True
+    check: Any = None
+
+
+def _sha(value: str) -> str | None:
+    return None if _SHA256.match(value) else "must be 64 lowercase hex digits (SHA-256)"
+
+
+def _job(value: str) -> str | None:
+    return None if _JOB_ID.match(value) else "is not a job id"
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _priority(value: int) -> str | None:
+    return None if -1000 <= value <= 1000 else "must be between -1000 and 1000"
+
+
+def _states(value: list[Any]) -> str | None:
+    bad = [v for v in value if v not in STATES]
+    return f"has unknown states {bad}; known: {', '.join(STATES)}" if bad else None
+
+
+def _filename(value: str) -> str | None:
+    if not value or "/" in value or "\\" in value or value in (".", "..") or len(value) > 255:
+        return "must be a plain file name"
+    return None
+
+
+_JOB_FIELD = Field(str, check=_job)
+
+#: request fields by operation
+REQUESTS: dict[str, dict[str, Field]] = {
+    "hello": {},
+    "upload": {"sha256": Field(str, check=_sha), "offset": Field(int, check=_non_negative),
+               "total": Field(int, check=_non_negative)},
+    "submit": {"spec": Field(dict), "blob": Field(str, check=_sha),
+               "filename": Field(str, check=_filename),
+               "priority": Field(int, required=False, check=_priority)},
+    "status": {"job_id": _JOB_FIELD},
+    "list": {"states": Field(list, required=False, check=_states)},
+    "cancel": {"job_id": _JOB_FIELD},
+    "pause": {"job_id": _JOB_FIELD},
+    "resume": {"job_id": _JOB_FIELD},
+    "priority": {"job_id": _JOB_FIELD, "priority": Field(int, check=_priority)},
+    "fetch": {"job_id": _JOB_FIELD, "frame": Field(int),
+              "offset": Field(int, check=_non_negative),
+              "length": Field(int, check=_non_negative)},
+}
+#: operations that carry exactly one frame of bytes after the header
+WITH_DATA = ("upload",)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked request.
+
+    Attributes:
+        op: the operation.
+        id: the client's request id (echoed in the reply).
+        fields: the operation's fields.
+        data: the bytes frame (uploads), else None.
+    """
+
+    op: str
+    id: Any
+    fields: dict[str, Any]
+    data: bytes | None = None
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """A message as the bytes of one frame."""
+    return json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode()
+
+
+def request(op: str, request_id: Any = None, **fields: Any) -> bytes:
+    """The header frame of a request (what a client sends)."""
+    return encode({"op": op, "id": request_id, **fields})
+
+
+def reply_ok(request_id: Any, **fields: Any) -> bytes:
+    """A success reply."""
+    return encode({"id": request_id, "ok": True, **fields})
+
+
+def reply_error(request_id: Any, error: str, message: str) -> bytes:
+    """An error reply: ``error`` is a short type (``bad_request``, ``not_found``, ...)."""
+    return encode({"id": request_id, "ok": False,
+                   "error": {"type": error, "message": message}})
+
+
+def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
+    """Check a request's frames against the schema.
+
+    Raises:
+        ProtocolError: the message is too big, not JSON, of another version, an unknown
+            operation, or has a missing, unknown or wrongly typed field.
+    """
+    size = sum(len(f) for f in frames)
+    if size > limit:
+        raise ProtocolError(f"message of {size} bytes is over the limit of {limit} bytes; "
+                            f"send files in chunks of at most {CHUNK} bytes", kind="too_big")
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        header = json.loads(frames[0])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"the first frame is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("the first frame must be a JSON object")
+    request_id = header.get("id")
+    if header.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {header.get('v')!r} is not supported; this "
+                            f"server speaks version {VERSION}: update the client",
+                            kind="version", request_id=request_id)
+    op = header.get("op")
+    schema = REQUESTS.get(op) if isinstance(op, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown operation {op!r}; known: {', '.join(sorted(REQUESTS))}",
+                            request_id=request_id)
+    fields = {k: v for k, v in header.items() if k not in ("v", "op", "id")}
+    unknown = sorted(set(fields) - set(schema))
+    if unknown:
+        raise ProtocolError(f"{op}: unknown field(s) {', '.join(unknown)}",
+                            request_id=request_id)
+    for name, spec in schema.items():
+        if name not in fields:
+            if spec.required:
+                raise ProtocolError(f"{op}: field {name!r} is missing", request_id=request_id)
+            continue
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, spec.kind):
+            kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+            raise ProtocolError(f"{op}: field {name!r} must be "
+                                f"{' or '.join(k.__name__ for k in kinds)}, not "
+                                f"{type(value).__name__}", request_id=request_id)
+        problem = spec.check(value) if spec.check else None
+        if problem:
+            raise ProtocolError(f"{op}: field {name!r} {problem}", request_id=request_id)
+    data = None
+    if op in WITH_DATA:
+        if len(frames) != 2:
+            raise ProtocolError(f"{op}: needs exactly one data frame after the header",
+                                request_id=request_id)
+        data = bytes(frames[1])
+    elif len(frames) != 1:
+        raise ProtocolError(f"{op}: takes no data frames", request_id=request_id)
+    return Request(op=op, id=request_id, fields=fields, data=data)
+
+
+def parse_reply(frames: Sequence[bytes]) -> tuple[dict[str, Any], bytes | None]:
+    """A reply's fields and its data frame (if any).
+
+    Raises:
+        ProtocolError: the reply is not a JSON object of this protocol version.
+    """
+    try:
+        header = json.loads(frames[0])
+    except (IndexError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"the server sent a malformed reply ({exc})") from None
+    if not isinstance(header, dict) or header.get("v") != VERSION:
+        raise ProtocolError(f"the server speaks another protocol version "
+                            f"({header.get('v') if isinstance(header, dict) else '?'}, "
+                            f"this client {VERSION}): update one of them", kind="version")
+    return header, (bytes(frames[1]) if len(frames) > 1 else None)
+
+
+def event_topic(kind: str, job_id: str) -> bytes:
+    """The PUB topic of a job's events (``job``) or previews (``preview``)."""
+    return f"{kind}.{job_id}".encode()

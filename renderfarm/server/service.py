@@ -1,0 +1,577 @@
+"""``renderfarm serve``: the long-running farm service.
+
+One process owns the Ray driver, one :class:`~renderfarm.farm.Farm` (so every job shares one
+pool of workers), the job queue in SQLite and the ZeroMQ sockets. The main thread is the only
+one that touches the sockets: it answers requests, publishes the events that job threads put
+on a queue, and starts queued jobs by priority (higher first, then first come).
+
+Files: uploaded ``.blend`` files and finished frames live in the storage (a folder or S3); the
+state folder holds the database, each job's pieces until their frame is merged, and a local
+copy of what S3 holds. A service restarted in the middle of a job finds it in the database and
+resumes it with the pieces and frames already finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import threading
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from renderfarm import __version__
+from renderfarm.errors import ProtocolError, RenderFarmError, ServiceError
+from renderfarm.events import Event
+from renderfarm.job import JobSpec, Rect, Task, Tile
+from renderfarm.server import protocol
+from renderfarm.server.store import JobRow, Store
+from renderfarm.server.transport import KeyPair, ServerSockets, bind_server
+
+logger = logging.getLogger(__name__)
+
+#: spec fields a client may set (the service chooses the file and the output folder)
+CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
+                      "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
+                      "group_tiles", "denoise", "chunks")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the service runs.
+
+    Attributes:
+        bind: the request socket's address.
+        publish: the event socket's address (default: request port + 1).
+        address: the Ray cluster (None starts Ray on this machine).
+        storage: a folder or ``s3://bucket/prefix`` for uploads and finished frames.
+        state: the folder of the database and of pieces in flight.
+        server_key: the service's key pair (None: no CURVE, loopback only).
+        clients: the folder of allowed clients' public keys.
+        insecure_loopback: allow running without keys on loopback.
+        workers: workers in the pool (None: the farm's default).
+        max_running: jobs started at once (they share the workers by priority).
+        permit_scripts: jobs may ask to run Python embedded in their files.
+        max_message: the largest request accepted, in bytes.
+        http: ``host:port`` of the read-only status page, or None.
+    """
+
+    bind: str = "tcp://127.0.0.1:5555"
+    publish: str | None = None
+    address: str | None = None
+    storage: str | None = None
+    state: Path = Path("farm-state")
+    server_key: KeyPair | None = None
+    clients: Path | None = None
+    insecure_loopback: bool = False
+    workers: int | None = None
+    max_running: int = 4
+    permit_scripts: bool = False
+    max_message: int = protocol.MAX_MESSAGE
+    http: str | None = None
+
+
+@dataclass
+class _Live:
+    """A job running in the farm."""
+
+    handle: Any
+    canvas: Rect | None = None
+    previews: dict[int, Any] = field(default_factory=dict)  # frame -> RGBA canvas
+
+
+class FarmService:
+    """The farm service: sockets, queue, farm.
+
+    Args:
+        config: how to run.
+        farm: a farm to use (tests pass one with a synthetic worker); default: a new
+            :class:`~renderfarm.farm.Farm` on ``config.address``.
+    """
+
+    def __init__(self, config: ServiceConfig, farm: Any = None) -> None:
+        from renderfarm.storage import open_storage
+
+        self.config = config
+        self.state_dir = config.state.resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = open_storage(config.storage or str(self.state_dir / "storage"))
+        self.store = Store(self.state_dir / "farm.db")
+        self.sockets: ServerSockets = bind_server(
+            config.bind, config.publish, config.server_key, config.clients,
+            config.insecure_loopback, config.max_message)
+        self._farm = farm
+        self._live: dict[str, _Live] = {}
+        self._outbox: queue.Queue[list[bytes]] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._http: Any = None
+        self.http_address: str | None = None
+        for job in self.store.jobs(["running"]):  # interrupted by a restart: run them again
+            logger.info("job %s was running when the service stopped; it resumes", job.id)
+            self.store.act(job.id, "requeue")
+
+    # -- the farm ----------------------------------------------------------------------------
+    @property
+    def farm(self) -> Any:
+        """The farm (started on first use: it connects to Ray)."""
+        if self._farm is None:
+            from renderfarm.farm import Farm, FarmConfig
+
+            self._farm = Farm(config=FarmConfig(address=self.config.address,
+                                                workers=self.config.workers,
+                                                permit_scripts=self.config.permit_scripts))
+        return self._farm
+
+    # -- main loop ---------------------------------------------------------------------------
+    def serve(self, ready: threading.Event | None = None) -> None:
+        """Answer requests and run jobs until :meth:`stop`."""
+        import zmq
+
+        if self.config.http:
+            self._start_http(self.config.http)
+        _ = self.farm
+        logger.info("serving on %s (events on %s), storage %s", self.sockets.endpoint,
+                    self.sockets.publish, self.storage.url)
+        if ready is not None:
+            ready.set()
+        poller = zmq.Poller()
+        poller.register(self.sockets.router, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(50):
+                    if sock is self.sockets.router:
+                        self._receive()
+                self._publish()
+                self._schedule()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Make :meth:`serve` return (jobs stay in the database and resume on restart)."""
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+        with self._lock:
+            live = list(self._live.items())
+            self._live.clear()
+        for _job_id, run in live:  # interrupted, not cancelled: they resume next time
+            run.handle.cancel()
+        if self._farm is not None:
+            self._farm.shutdown()
+        self.sockets.close()
+        self.store.close()
+
+    def _receive(self) -> None:
+        import zmq
+
+        while True:
+            try:
+                frames = self.sockets.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            identity, body = frames[0], frames[1:]
+            reply = self._answer(body, identity)
+            try:
+                self.sockets.router.send_multipart([identity, *reply], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # the client went away: nothing to do
+                logger.debug("reply dropped: %s", exc)
+
+    def _answer(self, body: list[bytes], identity: bytes) -> list[bytes]:
+        request_id = None
+        try:
+            request = protocol.parse_request(body, self.config.max_message)
+            request_id = request.id
+            handler = getattr(self, f"_op_{request.op}")
+            result = handler(request, identity)
+            if isinstance(result, tuple):
+                fields, data = result
+                return [protocol.reply_ok(request_id, **fields), data]
+            return [protocol.reply_ok(request_id, **result)]
+        except ProtocolError as exc:
+            logger.info("bad request: %s", exc.message)
+            return [protocol.reply_error(exc.request_id, exc.kind, exc.message)]
+        except ServiceError as exc:
+            return [protocol.reply_error(request_id, exc.kind, exc.one_line())]
+        except RenderFarmError as exc:
+            return [protocol.reply_error(request_id, "bad_input", exc.one_line())]
+        except Exception as exc:  # never let one request take the service down
+            logger.exception("request failed")
+            return [protocol.reply_error(request_id, "internal",
+                                         f"internal error: {type(exc).__name__}: {exc}")]
+
+    def _publish(self) -> None:
+        import zmq
+
+        while True:
+            try:
+                frames = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self.sockets.pub.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # no subscriber can keep up: events are advisory, state is in status
+
+    # -- operations --------------------------------------------------------------------------
+    def _op_hello(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        port = self.sockets.publish.rsplit(":", 1)[-1]
+        return {"server": __version__, "protocol": protocol.VERSION,
+                "publish_port": int(port) if port.isdigit() else None,
+                "max_message": self.config.max_message, "chunk": protocol.CHUNK,
+                "permit_scripts": self.config.permit_scripts, "http": self.http_address}
+
+    def _upload_part(self, sha: str) -> Path:
+        return self.state_dir / "uploads" / f"{sha}.part"
+
+    def _op_upload(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        sha, offset, total = (request.fields[k] for k in ("sha256", "offset", "total"))
+        key = f"blobs/{sha}.blend"
+        if self.storage.exists(key):
+            return {"received": total, "complete": True}
+        part = self._upload_part(sha)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        have = part.stat().st_size if part.exists() else 0
+        data = request.data or b""
+        if offset != have:
+            if offset != 0:
+                raise ServiceError(f"upload of {sha[:12]} must continue at byte {have}, not "
+                                   f"{offset}", kind="conflict")
+            part.unlink(missing_ok=True)
+        if offset + len(data) > total:
+            raise ProtocolError(f"upload: {offset + len(data)} bytes is more than the "
+                                f"announced total {total}", request_id=request.id)
+        with open(part, "ab" if offset else "wb") as handle:
+            handle.write(data)
+        received = offset + len(data)
+        if received < total:
+            return {"received": received, "complete": False}
+        digest = _sha256(part)
+        if digest != sha:
+            part.unlink()
+            raise ServiceError(f"the uploaded file's SHA-256 is {digest[:12]}…, not "
+                               f"{sha[:12]}…: it was damaged on the way; upload it again",
+                               kind="bad_upload")
+        self.storage.put_file(key, part)
+        part.unlink(missing_ok=True)
+        return {"received": received, "complete": True}
+
+    def _op_submit(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        from renderfarm.executor import new_job_id
+        from renderfarm.farm import check_spec
+
+        fields = request.fields
+        raw = dict(fields["spec"])
+        unknown = sorted(set(raw) - set(CLIENT_SPEC_FIELDS) - {"blend_file"})
+        if unknown:
+            raise ProtocolError(f"submit: spec has unknown field(s) {', '.join(unknown)}",
+                                request_id=request.id)
+        key = f"blobs/{fields['blob']}.blend"
+        if not self.storage.exists(key):
+            raise ServiceError("the file was not uploaded (or the upload did not finish): "
+                               "upload it, then submit", kind="not_found")
+        job_id = new_job_id()
+        workdir = self.state_dir / "jobs" / job_id
+        workdir.mkdir(parents=True)
+        blend = workdir / fields["filename"]
+        if not blend.name.endswith(".blend"):
+            blend = blend.with_name(blend.name + ".blend")
+        self._materialise(key, blend)
+        output = Path(raw.get("output") or "####.exr").name
+        raw.update(blend_file=str(blend), output=str(self._output_dir(job_id) / output))
+        try:
+            spec = JobSpec.from_dict(raw)
+            check_spec(spec, self.farm.config)
+        except RenderFarmError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        except (TypeError, ValueError, KeyError) as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise ProtocolError(f"submit: the spec is not valid ({exc})",
+                                request_id=request.id) from exc
+        name = spec.name or Path(fields["filename"]).stem
+        row = self.store.add_job(job_id, name, spec.to_dict(), fields.get("priority", 0),
+                                 identity.hex())
+        logger.info("job %s queued: %s, priority %d", job_id, name, row.priority)
+        self._event(Event("job_queued", job_id, message=f"{name} queued"), row)
+        return {"job_id": job_id, "job": row.to_dict()}
+
+    def _op_status(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        row = self.store.job(request.fields["job_id"])
+        return {"job": {**row.to_dict(), "outputs": self._outputs(row)}}
+
+    def _op_list(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        return {"jobs": [j.to_dict() for j in self.store.jobs(request.fields.get("states"))]}
+
+    def _op_cancel(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        job_id = request.fields["job_id"]
+        row = self.store.act(job_id, "cancel", error="cancelled by a client")
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is not None:
+            live.handle.cancel()
+        self._event(Event("job_cancelled", job_id, message="cancelled by a client"), row)
+        return {"job": row.to_dict()}
+
+    def _op_pause(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        job_id = request.fields["job_id"]
+        row = self.store.act(job_id, "pause")
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is not None:
+            live.handle.pause()
+        self._event(Event("job_paused", job_id), row)
+        return {"job": row.to_dict()}
+
+    def _op_resume(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        job_id = request.fields["job_id"]
+        row = self.store.act(job_id, "resume")
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is not None:
+            live.handle.resume()
+            row = self.store.act(job_id, "start")
+        self._event(Event("job_resumed", job_id), row)
+        return {"job": row.to_dict()}
+
+    def _op_priority(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        job_id, priority = request.fields["job_id"], request.fields["priority"]
+        row = self.store.set_priority(job_id, priority)
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is not None:
+            live.handle.set_priority(priority)
+        return {"job": row.to_dict()}
+
+    def _op_fetch(self, request: protocol.Request,
+                  identity: bytes) -> tuple[dict[str, Any], bytes]:
+        job_id, frame = request.fields["job_id"], request.fields["frame"]
+        row = self.store.job(job_id)
+        frames = self.store.frames(job_id)
+        if frame not in frames:
+            raise ServiceError(f"job {job_id} has no finished frame {frame} (finished: "
+                               f"{sorted(frames) or 'none'})", kind="not_found")
+        key = self._output_key(job_id, Path(frames[frame]).name)
+        size = self.storage.size(key)
+        limit = self.config.max_message - 4096
+        length = min(request.fields["length"] or limit, limit)
+        data = self.storage.read(key, request.fields["offset"], length)
+        return ({"job_id": row.id, "frame": frame, "name": Path(frames[frame]).name,
+                 "size": size, "offset": request.fields["offset"]}, data)
+
+    # -- files -------------------------------------------------------------------------------
+    def _materialise(self, key: str, target: Path) -> None:
+        """Put a stored blob at ``target`` (a hard link when storage is this disk)."""
+        local = self.storage.local_path(key)
+        if local is None:
+            self.storage.get_file(key, target)
+            return
+        try:
+            os.link(local, target)
+        except OSError:
+            shutil.copyfile(local, target)
+
+    def _output_key(self, job_id: str, name: str) -> str:
+        return f"jobs/{job_id}/{name}"
+
+    def _output_dir(self, job_id: str) -> Path:
+        local = self.storage.local_path(self._output_key(job_id, "x"))
+        return local.parent if local is not None else self.state_dir / "outputs" / job_id
+
+    def _outputs(self, row: JobRow) -> dict[str, str]:
+        return {str(frame): Path(path).name for frame, path in self.store.frames(row.id).items()}
+
+    # -- scheduling --------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        with self._lock:
+            running = len(self._live)
+        if running >= self.config.max_running:
+            return
+        for job in self.store.jobs(["queued"])[:self.config.max_running - running]:
+            self._start(job)
+
+    def _start(self, job: JobRow) -> None:
+        from renderfarm.farm import Resume, ResumePiece
+
+        spec = JobSpec.from_dict(job.spec)
+        resume = None
+        if job.plan:  # it ran before: plan it the same way, keep what it finished
+            spec = replace(spec, tiles=tuple(job.plan["tiles"]), chunks=job.plan["chunks"])
+            resume = Resume(
+                pieces=tuple(ResumePiece(p["frame"], p["chunk"], tuple(p["tiles"]), p["tile"],
+                                         p["path"]) for p in self.store.pieces(job.id)),
+                frames=self.store.frames(job.id))
+        row = self.store.act(job.id, "start")
+        workdir = self.state_dir / "jobs" / job.id / "pieces"
+        try:
+            handle = self.farm.submit(spec, job.priority, job_id=job.id, workdir=workdir,
+                                      resume=resume, on_piece=self._keep_for_preview(job.id))
+        except RenderFarmError as exc:
+            row = self.store.act(job.id, "fail", error=exc.one_line())
+            self._event(Event("job_failed", job.id, message=exc.one_line()), row)
+            return
+        live = _Live(handle)
+        with self._lock:
+            self._live[job.id] = live
+        threading.Thread(target=self._watch, args=(job.id, live), daemon=True,
+                         name=f"renderfarm-watch-{job.id}").start()
+
+    def _keep_for_preview(self, job_id: str) -> Any:
+        folder = self.state_dir / "jobs" / job_id / "previews"
+
+        def keep(task: Task, path: Path) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            link = folder / path.name
+            try:
+                os.link(path, link)
+            except OSError:
+                shutil.copyfile(path, link)
+
+        return keep
+
+    # -- a job's events (one thread per running job) ----------------------------------------
+    def _watch(self, job_id: str, live: _Live) -> None:
+        handle = live.handle
+        for event in handle.events():
+            try:
+                self._record(job_id, live, event)
+            except Exception:  # a bookkeeping error must not stop the job's events
+                logger.exception("job %s: cannot record %s", job_id, event.kind)
+        if live.previews:
+            from renderfarm.server.preview import png
+
+            (self.state_dir / "jobs" / job_id / "preview.png").write_bytes(
+                png(live.previews[max(live.previews)]))
+        with self._lock:
+            self._live.pop(job_id, None)
+        shutil.rmtree(self.state_dir / "jobs" / job_id / "previews", ignore_errors=True)
+        row = self.store.job(job_id)
+        if row.state in protocol.FINAL_STATES:
+            shutil.rmtree(self.state_dir / "jobs" / job_id / "pieces", ignore_errors=True)
+
+    def _record(self, job_id: str, live: _Live, event: Event) -> None:
+        store = self.store
+        if self._stop.is_set() and event.kind in ("job_cancelled", "job_failed"):
+            return  # the service is stopping: the job resumes on restart
+        if event.tasks_total:
+            store.set_progress(job_id, event.tasks_done, event.tasks_total, event.frames_done,
+                               event.frames_total)
+        data = event.data
+        if event.kind == "job_started":
+            canvas = data.get("canvas")
+            live.canvas = Rect(*canvas) if canvas else None
+            store.set_plan(job_id, {k: data.get(k) for k in
+                                    ("tiles", "chunks", "size", "canvas", "device", "workers",
+                                     "overscan")})
+        elif event.kind == "task_done":
+            piece = data["piece"]
+            path = Path(piece["path"])
+            store.add_piece(job_id, path.stem, event.frame or 0, piece["chunk"], data["tiles"],
+                            piece["tile"], str(path), data.get("worker"),
+                            data.get("render_seconds"))
+            self._preview(job_id, live, event.frame or 0, Tile.from_dict(piece["tile"]),
+                          path.parent.parent / "previews" / path.name)
+        elif event.kind == "frame_merged":
+            path = Path(data["path"])
+            key = self._output_key(job_id, path.name)
+            if self.storage.local_path(key) != path:
+                self.storage.put_file(key, path)
+            store.add_frame(job_id, event.frame or 0, str(path))
+        elif event.kind == "warning":
+            store.add_warning(job_id, event.message)
+        elif event.kind in ("job_done", "job_failed", "job_cancelled"):
+            action = {"job_done": "done", "job_failed": "fail",
+                      "job_cancelled": "cancelled"}[event.kind]
+            try:
+                store.act(job_id, action, error=event.message or None)
+            except ServiceError:
+                pass  # already cancelled by a request
+        self._event(event, store.job(job_id))
+
+    def _preview(self, job_id: str, live: _Live, frame: int, tile: Tile, path: Path) -> None:
+        from renderfarm.server.preview import tile_preview
+
+        if live.canvas is None or not path.exists():
+            return
+        try:
+            preview = tile_preview(path, tile, live.canvas)
+        except RenderFarmError as exc:
+            logger.info("no preview for %s: %s", path.name, exc.one_line())
+            return
+        finally:
+            path.unlink(missing_ok=True)
+        if preview is None:
+            return
+        self._keep_frame_preview(live, frame, preview)
+        header = {"job_id": job_id, "frame": frame, "tile": tile.index, **preview.header()}
+        self._outbox.put([protocol.event_topic("preview", job_id), protocol.encode(header),
+                          zlib.compress(preview.rgba, 6)])
+
+    def _keep_frame_preview(self, live: _Live, frame: int, preview: Any) -> None:
+        import numpy as np
+
+        canvas = live.previews.get(frame)
+        if canvas is None:
+            canvas = np.zeros((preview.frame_height, preview.frame_width, 4), np.uint8)
+            live.previews[frame] = canvas
+            for old in sorted(live.previews)[:-4]:  # frames in flight; the last one is shown
+                del live.previews[old]
+        pixels = np.frombuffer(preview.rgba, np.uint8).reshape(preview.height, preview.width, 4)
+        canvas[preview.y:preview.y + preview.height, preview.x:preview.x + preview.width] = \
+            pixels
+
+    def _event(self, event: Event, row: JobRow) -> None:
+        message = {**event.to_dict(), "state": row.state, "elapsed": row.to_dict()["elapsed"]}
+        if not event.tasks_total:
+            message.update(tasks_done=row.tasks_done, tasks_total=row.tasks_total,
+                           frames_done=row.frames_done, frames_total=row.frames_total)
+        self._outbox.put([protocol.event_topic("job", event.job_id), protocol.encode(message)])
+
+    # -- status page -------------------------------------------------------------------------
+    def preview_png(self, job_id: str) -> bytes | None:
+        """The latest frame's preview of a job as PNG (kept on disk once the job ends)."""
+        from renderfarm.server.preview import png
+
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is not None and live.previews:
+            return png(live.previews[max(live.previews)].copy())
+        path = self.state_dir / "jobs" / job_id / "preview.png"
+        return path.read_bytes() if path.is_file() else None
+
+    def _start_http(self, address: str) -> None:
+        from renderfarm.server.web import start_status_page
+
+        self._http = start_status_page(self, address)
+        host, port = self._http.server_address[:2]
+        self.http_address = f"http://{host}:{port}/"
+        logger.info("status page on %s", self.http_address)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def serve(config: ServiceConfig) -> None:
+    """Run the service until SIGINT or SIGTERM (jobs resume when it starts again)."""
+    import signal
+
+    service = FarmService(config)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logger.info("signal %d: stopping (running jobs resume at the next start)", signum)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service.serve()

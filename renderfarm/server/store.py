@@ -1,0 +1,295 @@
+"""The farm service's job state in SQLite: jobs, their finished pieces and merged frames.
+
+What survives a restart of ``renderfarm serve``: the queue (state, priority, order), each
+running job's plan (tile grid, sample ranges) and every piece and frame it finished, so the
+job resumes without rendering them again. State changes go through :func:`transition`,
+which is pure.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from renderfarm.errors import ServiceError
+from renderfarm.server.protocol import FINAL_STATES
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    client TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    error TEXT,
+    plan TEXT,
+    tasks_done INTEGER NOT NULL DEFAULT 0,
+    tasks_total INTEGER NOT NULL DEFAULT 0,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER NOT NULL DEFAULT 0,
+    warnings TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS pieces (
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    tiles TEXT NOT NULL,
+    tile TEXT NOT NULL,
+    path TEXT NOT NULL,
+    worker TEXT,
+    seconds REAL,
+    PRIMARY KEY (job_id, task_id)
+);
+CREATE TABLE IF NOT EXISTS frames (
+    job_id TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (job_id, frame)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    job_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    tiles TEXT NOT NULL,
+    worker TEXT,
+    seconds REAL
+);
+"""
+
+#: what each action does to a job in each state (a missing pair is refused)
+_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("queued", "start"): "running",
+    ("queued", "pause"): "paused",
+    ("queued", "cancel"): "cancelled",
+    ("running", "pause"): "paused",
+    ("running", "cancel"): "cancelled",
+    ("running", "done"): "done",
+    ("running", "fail"): "failed",
+    ("running", "cancelled"): "cancelled",
+    ("running", "requeue"): "queued",
+    ("paused", "resume"): "queued",
+    ("paused", "cancel"): "cancelled",
+    ("paused", "done"): "done",
+    ("paused", "fail"): "failed",
+    ("paused", "cancelled"): "cancelled",
+}
+
+
+def transition(state: str, action: str) -> str:
+    """The state a job in ``state`` moves to on ``action``.
+
+    A paused job that had started goes back to ``queued`` on resume and is picked up again by
+    the scheduler, in priority order.
+
+    Raises:
+        ServiceError: the action is not possible in that state (e.g. pausing a finished job).
+    """
+    new = _TRANSITIONS.get((state, action))
+    if new is None:
+        hint = " (it has ended)" if state in FINAL_STATES else ""
+        raise ServiceError(f"cannot {action} a job that is {state}{hint}", kind="conflict")
+    return new
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as stored.
+
+    Attributes mirror the ``jobs`` table; ``spec`` and ``plan`` are decoded JSON.
+    """
+
+    id: str
+    seq: int
+    name: str
+    spec: dict[str, Any]
+    priority: int
+    state: str
+    client: str | None
+    created: float
+    started: float | None
+    ended: float | None
+    error: str | None
+    plan: dict[str, Any] | None
+    tasks_done: int
+    tasks_total: int
+    frames_done: int
+    frames_total: int
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the protocol sends it (status, list)."""
+        now = time.time()
+        elapsed = None
+        if self.started is not None:
+            elapsed = (self.ended or now) - self.started
+        return {
+            "job_id": self.id, "name": self.name, "state": self.state,
+            "priority": self.priority, "created": self.created, "started": self.started,
+            "ended": self.ended, "elapsed": elapsed, "error": self.error,
+            "tasks_done": self.tasks_done, "tasks_total": self.tasks_total,
+            "frames_done": self.frames_done, "frames_total": self.frames_total,
+            "warnings": list(self.warnings), "plan": self.plan,
+            "frames": self.spec.get("frames"), "output": Path(self.spec["output"]).name,
+        }
+
+
+class Store:
+    """Job state in one SQLite file; safe to use from several threads.
+
+    Args:
+        path: the database file (created with its folder).
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    # -- jobs --------------------------------------------------------------------------------
+    def add_job(self, job_id: str, name: str, spec: dict[str, Any], priority: int,
+                client: str | None) -> JobRow:
+        """Queue a new job."""
+        with self._lock:
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO jobs (id, seq, name, spec, priority, state, client, created) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (job_id, seq, name, json.dumps(spec), priority, client, time.time()))
+        return self.job(job_id)
+
+    def job(self, job_id: str) -> JobRow:
+        """One job.
+
+        Raises:
+            ServiceError: no job has that id.
+        """
+        rows = self._run("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise ServiceError(f"no job {job_id!r} on this farm; `renderfarm list` shows "
+                               "the jobs", kind="not_found")
+        return _row(rows[0])
+
+    def jobs(self, states: Iterable[str] | None = None) -> list[JobRow]:
+        """Jobs in queue order: priority (higher first), then first come."""
+        rows = self._run("SELECT * FROM jobs ORDER BY priority DESC, seq ASC")
+        wanted = set(states) if states else None
+        return [job for job in map(_row, rows) if wanted is None or job.state in wanted]
+
+    def act(self, job_id: str, action: str, error: str | None = None) -> JobRow:
+        """Apply ``action`` to a job (see :func:`transition`) and return the new row."""
+        with self._lock:
+            row = self._db.execute("SELECT state, started FROM jobs WHERE id = ?",
+                                   (job_id,)).fetchone()
+            if row is None:
+                raise ServiceError(f"no job {job_id!r} on this farm", kind="not_found")
+            new = transition(row[0], action)
+            now = time.time()
+            started = row[1] if row[1] is not None or new != "running" else now
+            ended = now if new in FINAL_STATES else None
+            self._db.execute("UPDATE jobs SET state = ?, started = ?, ended = ?, "
+                             "error = COALESCE(?, error) WHERE id = ?",
+                             (new, started, ended, error, job_id))
+        return self.job(job_id)
+
+    def set_priority(self, job_id: str, priority: int) -> JobRow:
+        """Change a job's priority."""
+        self.job(job_id)
+        self._run("UPDATE jobs SET priority = ? WHERE id = ?", (priority, job_id))
+        return self.job(job_id)
+
+    def set_plan(self, job_id: str, plan: dict[str, Any]) -> None:
+        """Record how a job was planned (so a resumed run plans it the same way)."""
+        self._run("UPDATE jobs SET plan = ? WHERE id = ?", (json.dumps(plan), job_id))
+
+    def set_progress(self, job_id: str, tasks_done: int, tasks_total: int, frames_done: int,
+                     frames_total: int) -> None:
+        """Record a job's progress counters."""
+        self._run("UPDATE jobs SET tasks_done = ?, tasks_total = ?, frames_done = ?, "
+                  "frames_total = ? WHERE id = ?",
+                  (tasks_done, tasks_total, frames_done, frames_total, job_id))
+
+    def add_warning(self, job_id: str, warning: str) -> None:
+        """Record a warning of a job."""
+        with self._lock:
+            row = self._db.execute("SELECT warnings FROM jobs WHERE id = ?",
+                                   (job_id,)).fetchone()
+            if row is None:
+                return
+            warnings = json.loads(row[0])
+            if warning not in warnings:
+                warnings.append(warning)
+            self._db.execute("UPDATE jobs SET warnings = ? WHERE id = ?",
+                             (json.dumps(warnings), job_id))
+
+    # -- pieces and frames -------------------------------------------------------------------
+    def add_piece(self, job_id: str, task_id: str, frame: int, chunk: int, tiles: list[int],
+                  tile: dict[str, Any], path: str, worker: str | None,
+                  seconds: float | None) -> None:
+        """Record a finished piece (kept until its frame is merged)."""
+        self._run("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (job_id, task_id, frame, chunk, json.dumps(tiles), json.dumps(tile), path,
+                   worker, seconds))
+        self._run("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                  (job_id, task_id, frame, json.dumps(tiles), worker, seconds))
+
+    def add_frame(self, job_id: str, frame: int, path: str) -> None:
+        """Record a merged frame; its pieces are no longer needed."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO frames VALUES (?, ?, ?)",
+                             (job_id, frame, path))
+            self._db.execute("DELETE FROM pieces WHERE job_id = ? AND frame = ?",
+                             (job_id, frame))
+
+    def pieces(self, job_id: str) -> list[dict[str, Any]]:
+        """The pieces of a job waiting for their frame's merge."""
+        rows = self._run("SELECT frame, chunk, tiles, tile, path FROM pieces WHERE job_id = ?",
+                         (job_id,))
+        return [{"frame": r[0], "chunk": r[1], "tiles": json.loads(r[2]),
+                 "tile": json.loads(r[3]), "path": r[4]} for r in rows]
+
+    def frames(self, job_id: str) -> dict[int, str]:
+        """The merged frames of a job and their files."""
+        return dict(self._run("SELECT frame, path FROM frames WHERE job_id = ? ORDER BY frame",
+                              (job_id,)))
+
+    def runs(self, job_id: str) -> list[dict[str, Any]]:
+        """Every finished task of a job: worker, seconds, tiles (for the status page)."""
+        rows = self._run("SELECT task_id, frame, tiles, worker, seconds FROM runs "
+                         "WHERE job_id = ?", (job_id,))
+        return [{"task_id": r[0], "frame": r[1], "tiles": json.loads(r[2]), "worker": r[3],
+                 "seconds": r[4]} for r in rows]
+
+
+def _row(row: tuple[Any, ...]) -> JobRow:
+    (job_id, seq, name, spec, priority, state, client, created, started, ended, error, plan,
+     tasks_done, tasks_total, frames_done, frames_total, warnings) = row
+    return JobRow(id=job_id, seq=seq, name=name, spec=json.loads(spec), priority=priority,
+                  state=state, client=client, created=created, started=started, ended=ended,
+                  error=error, plan=json.loads(plan) if plan else None, tasks_done=tasks_done,
+                  tasks_total=tasks_total, frames_done=frames_done, frames_total=frames_total,
+                  warnings=json.loads(warnings))

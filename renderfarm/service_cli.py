@@ -1,0 +1,207 @@
+"""The farm-service commands of ``renderfarm``: serve, keys, submit, status, list, cancel,
+pause, resume, priority, fetch.
+
+Only ``serve`` imports Ray (through the service); the others need pyzmq alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from renderfarm.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: the commands this module runs
+COMMANDS = ("serve", "keys", "submit", "status", "list", "cancel", "pause", "resume",
+            "priority", "fetch")
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.ArgumentParser,
+                 farm: argparse.ArgumentParser) -> None:
+    """Add the service commands to the ``renderfarm`` parser."""
+    serve = sub.add_parser("serve", parents=[common], help="run the farm service",
+                           description="Run the farm service: a job queue (SQLite) served over "
+                           "ZeroMQ, rendering on a Ray cluster. Jobs survive a restart.")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                       help="request address (default tcp://127.0.0.1:5555; events on the "
+                       "next port)")
+    serve.add_argument("--publish", help="event address (default: request port + 1)")
+    serve.add_argument("--address", help="Ray cluster address ('auto', 'ray://head:10001'); "
+                       "default: start Ray on this machine")
+    serve.add_argument("--storage", help="folder or s3://bucket/prefix for uploaded files and "
+                       "finished frames (default: STATE/storage)")
+    serve.add_argument("--state", default="farm-state",
+                       help="folder of the job database and pieces in flight "
+                       "(default ./farm-state)")
+    serve.add_argument("--server-key", help="the service's secret key file (.key_secret)")
+    serve.add_argument("--clients", help="folder of the allowed clients' public keys (*.key)")
+    serve.add_argument("--insecure-loopback", action="store_true",
+                       help="run without keys (only on loopback addresses)")
+    serve.add_argument("--workers", type=int, help="workers in the pool")
+    serve.add_argument("--max-running", type=int, default=4,
+                       help="jobs started at once; they share the workers by priority "
+                       "(default 4)")
+    serve.add_argument("--permit-scripts", action="store_true",
+                       help="let jobs run Python embedded in their files when they ask")
+    serve.add_argument("--http", help="HOST:PORT of a read-only status page")
+
+    keys = sub.add_parser("keys", parents=[common], help="create a CurveZMQ key pair",
+                          description="Create NAME.key (public: give it to the other side) and "
+                          "NAME.key_secret (keep it) in FOLDER.")
+    keys.add_argument("folder", help="where to write the keys")
+    keys.add_argument("--name", default="client", help="file name (default 'client'; "
+                      "'server' for the service)")
+
+    submit = sub.add_parser("submit", parents=[common, jobs, farm],
+                            help="send a .blend to the farm service",
+                            description="Upload a .blend and queue a job on the farm service.")
+    submit.add_argument("blend", help="the .blend file")
+    submit.add_argument("--priority", type=int, default=0, help="higher first (default 0)")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the job to its end and fetch its frames")
+    submit.add_argument("--fetch-to", default=None,
+                        help="folder for the frames with --wait (default: the -o folder, "
+                        "or render/)")
+    submit.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, text in (("status", "a job's state and progress"), ("cancel", "cancel a job"),
+                       ("pause", "start no more tasks of a job"),
+                       ("resume", "resume a paused job")):
+        cmd = sub.add_parser(name, parents=[common, farm], help=text)
+        cmd.add_argument("job", help="the job id")
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+    listing = sub.add_parser("list", parents=[common, farm], help="the farm's jobs")
+    listing.add_argument("--state", action="append", help="only jobs in this state "
+                         "(repeatable)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    priority = sub.add_parser("priority", parents=[common, farm], help="re-prioritise a job")
+    priority.add_argument("job", help="the job id")
+    priority.add_argument("priority", type=int, help="the new priority (higher first)")
+    priority.add_argument("--json", action="store_true", help="print JSON")
+    fetch = sub.add_parser("fetch", parents=[common, farm], help="download a job's frames")
+    fetch.add_argument("job", help="the job id")
+    fetch.add_argument("folder", help="where to write them")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one service command."""
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "keys":
+        return _keys(args)
+    from renderfarm.client import FarmClient
+
+    with FarmClient(args.farm, server_key=args.server_key, client_key=args.client_key,
+                    timeout=args.reply_timeout) as client:
+        if args.command == "submit":
+            return _submit(args, client)
+        if args.command == "list":
+            jobs = client.list(args.state)
+            if args.json:
+                print(json.dumps(jobs, indent=2))
+            else:
+                for job in jobs:
+                    print(format_job(job))
+            return 0
+        if args.command == "fetch":
+            paths = client.fetch_outputs(args.job, args.folder)
+            for path in paths.values():
+                print(path)
+            return 0
+        if args.command == "priority":
+            job = client.set_priority(args.job, args.priority)
+        else:
+            job = getattr(client, args.command)(args.job)
+        print(json.dumps(job, indent=2) if args.json else format_job(job))
+        return 4 if args.command == "status" and job["state"] == "failed" else 0
+
+
+def format_job(job: dict[str, Any]) -> str:
+    """One line about a job."""
+    elapsed = f" {job['elapsed']:.0f}s" if job.get("elapsed") is not None else ""
+    error = f" — {job['error']}" if job.get("error") else ""
+    return (f"{job['job_id']}  {job['state']:<9} p{job['priority']:<3} "
+            f"tasks {job['tasks_done']}/{job['tasks_total']} frames "
+            f"{job['frames_done']}/{job['frames_total']}{elapsed}  {job['name']}{error}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from renderfarm.server.service import ServiceConfig, serve
+    from renderfarm.server.transport import read_key
+
+    server_key = read_key(args.server_key, secret=True) if args.server_key else None
+    config = ServiceConfig(
+        bind=args.bind, publish=args.publish, address=args.address, storage=args.storage,
+        state=Path(args.state), server_key=server_key,
+        clients=Path(args.clients) if args.clients else None,
+        insecure_loopback=args.insecure_loopback, workers=args.workers,
+        max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http)
+    serve(config)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from renderfarm.server.transport import create_keys, read_key
+
+    if not args.name.replace("-", "").replace("_", "").isalnum():
+        raise InputError(f"--name {args.name!r}: use letters, digits, '-' and '_'")
+    public, secret = create_keys(Path(args.folder), args.name)
+    print(f"public key {read_key(str(public)).public} in {public}")
+    print(f"secret key in {secret} (keep it private)")
+    return 0
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    from renderfarm.api import parse_tiles
+    from renderfarm.job import JobSpec
+
+    output = Path(args.output).name if args.output else f"{Path(args.blend).stem}_####.exr"
+    spec = JobSpec(blend_file=args.blend, frames=args.frames, tiles=parse_tiles(args.tiles),
+                   samples=args.samples, percentage=args.percentage, device=args.device,
+                   output=output, retries=args.retries, task_timeout=args.timeout,
+                   allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
+                   group_tiles=not args.one_call_per_tile, denoise=args.denoise,
+                   chunks=args.chunks or (0 if args.split == "samples" else 1))
+    data = spec.to_dict()
+    data.pop("blend_file")
+    return data
+
+
+def _submit(args: argparse.Namespace, client: Any) -> int:
+    blend = Path(args.blend)
+    if not blend.is_file():
+        raise InputError("no such file; give the .blend to render", path=str(blend))
+    spec = _spec(args)
+    if args.wait:
+        client.subscribe()
+    job_id = client.submit(blend, spec, priority=args.priority)
+    if not args.wait:
+        print(json.dumps({"job_id": job_id}) if args.json else job_id)
+        return 0
+    started = time.monotonic()
+    last = ""
+    for event in client.events(job_id):
+        line = (f"{event.get('state', '')} tasks {event.get('tasks_done', 0)}/"
+                f"{event.get('tasks_total', 0)} frames {event.get('frames_done', 0)}/"
+                f"{event.get('frames_total', 0)}")
+        if line != last and not args.quiet and not args.json:
+            print(f"{job_id} {line}", file=sys.stderr)
+            last = line
+    job = client.status(job_id)
+    folder = args.fetch_to or (str(Path(args.output).parent) if args.output else "render")
+    outputs = client.fetch_outputs(job_id, folder) if job["outputs"] else {}
+    if args.json:
+        print(json.dumps({**job, "fetched": {str(k): str(v) for k, v in outputs.items()}},
+                         indent=2))
+    elif not args.quiet:
+        print(f"{job_id} {job['state']} in {time.monotonic() - started:.1f} s: "
+              f"{len(outputs)} frame(s) in {folder}" + (f" — {job['error']}"
+                                                         if job.get("error") else ""))
+    return {"done": 0, "cancelled": 130}.get(job["state"], 4)

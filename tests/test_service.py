@@ -1,0 +1,258 @@
+"""The farm service for real: `renderfarm serve` in a child process (its own Ray, real Blender
+workers), CURVE keys, ZeroMQ on loopback, SQLite, the CLI client commands."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from renderfarm.errors import ServiceError
+from renderfarm.merge import read_layers
+from tests.conftest import ServerProcess
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the ``renderfarm`` command; the caller checks the exit code."""
+    return subprocess.run([sys.executable, "-m", "renderfarm", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def wait_state(client: Any, job_id: str, states: tuple[str, ...],
+               timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.status(job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not {states} after {timeout} s: {job}")
+
+
+def wait_until(client: Any, job_id: str, test: Any, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.status(job_id)
+        if test(job):
+            return job
+        assert job["state"] not in ("failed", "cancelled"), job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id}: condition not met after {timeout} s: {job}")
+
+
+def test_submit_wait_fetch_equals_blender(farm_server: ServerProcess, make_scene, reference,
+                                          tmp_path: Path) -> None:
+    blend = make_scene(width=67, height=45, samples=4, frames=2)
+    out = tmp_path / "out"
+    proc = cli("submit", str(blend), *farm_server.cli_args(), "--tiles", "3x2",
+               "--frames", "1-2", "-o", str(out / "shot_####.exr"), "--wait", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["state"] == "done" and summary["frames_done"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["shot_0001.exr", "shot_0002.exr"]
+    want = reference(blend, [1, 2])
+    for frame in (1, 2):
+        got, ref = read_layers(out / f"shot_{frame:04d}.exr"), read_layers(want[frame])
+        assert got.keys() == ref.keys()
+        for name in ref:
+            assert np.array_equal(got[name], ref[name]), name
+
+
+def test_status_list_cancel_from_the_cli(farm_server: ServerProcess, make_scene) -> None:
+    blend = make_scene(width=96, height=64, samples=64, frames=40)
+    proc = cli("submit", str(blend), *farm_server.cli_args(), "--frames", "1-40")
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    with farm_server.client() as client:
+        wait_until(client, job_id, lambda j: j["tasks_done"] >= 1)
+    status = cli("status", job_id, *farm_server.cli_args(), "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "running"
+    cancel = cli("cancel", job_id, *farm_server.cli_args())
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout
+    listing = cli("list", *farm_server.cli_args(), "--json")
+    jobs = {j["job_id"]: j for j in json.loads(listing.stdout)}
+    assert jobs[job_id]["state"] == "cancelled"
+    assert jobs[job_id]["frames_done"] < 40
+    again = cli("cancel", job_id, *farm_server.cli_args())
+    assert again.returncode == 3 and "cannot cancel a job that is cancelled" in again.stderr
+    unknown = cli("status", "no-such-job", *farm_server.cli_args())
+    assert unknown.returncode == 3 and "no job 'no-such-job'" in unknown.stderr
+
+
+def test_priorities_pause_and_resume(farm_server: ServerProcess, make_scene) -> None:
+    blend = make_scene(width=96, height=64, samples=16, frames=8)
+    with farm_server.client() as client:
+        low = client.submit(blend, {"frames": "1-8", "output": "low_####.exr"})
+        later = client.submit(blend, {"frames": "1-8", "output": "later_####.exr"})
+        wait_until(client, low, lambda j: j["tasks_done"] >= 1)
+        urgent = client.submit(blend, {"frames": "1-2", "output": "urgent_####.exr"},
+                               priority=5)
+        paused = client.submit(blend, {"frames": "1-3", "output": "paused_####.exr"})
+        assert client.pause(paused)["state"] == "paused"
+        for job_id in (urgent, later, low):
+            wait_state(client, job_id, ("done",))
+        # higher first: the urgent job, submitted last, ends before the one queued before it
+        assert client.status(urgent)["ended"] < client.status(later)["ended"]
+        on_hold = client.status(paused)
+        assert on_hold["state"] == "paused" and on_hold["tasks_done"] == 0
+        time.sleep(1.5)
+        assert client.status(paused)["tasks_done"] == 0
+        assert client.resume(paused)["state"] in ("queued", "running")
+        assert wait_state(client, paused, ("done", "failed"))["state"] == "done"
+        reordered = client.set_priority(paused, 7)
+        assert reordered["priority"] == 7
+        assert client.list(["paused"]) == []
+
+
+def test_bad_messages_get_error_replies_and_the_server_lives_on(
+        farm_server: ServerProcess, farm_keys: Path) -> None:
+    import zmq
+
+    from renderfarm.server.transport import read_key, secure_client
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    secure_client(sock, read_key(str(farm_keys / "server.key")).public,
+                  read_key(str(farm_keys / "client.key_secret"), secret=True))
+    sock.connect(farm_server.address)
+
+    def ask(*frames: bytes) -> dict[str, Any]:
+        sock.send_multipart(list(frames))
+        assert sock.poll(15000), "no reply"
+        return json.loads(sock.recv_multipart()[0])
+
+    cases = [
+        ([b"\xff not json"], "bad_request", "not JSON"),
+        ([b"[1, 2]"], "bad_request", "JSON object"),
+        ([b'{"v": 99, "op": "hello"}'], "version", "version 99"),
+        ([b'{"v": 1, "op": "explode"}'], "bad_request", "unknown operation 'explode'"),
+        ([b'{"v": 1, "op": "status"}'], "bad_request", "'job_id' is missing"),
+        ([b'{"v": 1, "op": "status", "job_id": 5}'], "bad_request", "must be str"),
+        ([b'{"v": 1, "op": "list", "states": ["melting"]}'], "bad_request", "unknown states"),
+        ([b'{"v": 1, "op": "hello", "extra": 1}'], "bad_request", "unknown field(s) extra"),
+        ([b'{"v": 1, "op": "upload", "sha256": "' + b"a" * 64 + b'", "offset": 0, '
+          b'"total": 3}'], "bad_request", "exactly one data frame"),
+        ([b'{"v": 1, "op": "upload", "sha256": "' + b"a" * 64 + b'", "offset": 0, '
+          b'"total": 3}', b"abc"], "bad_upload", "damaged"),
+        ([b'{"v": 1, "op": "submit", "spec": {}, "blob": "' + b"b" * 64 + b'", '
+          b'"filename": "x.blend"}'], "not_found", "not uploaded"),
+        ([b'{"v": 1, "op": "submit", "spec": {}, "blob": "' + b"b" * 64 + b'", '
+          b'"filename": "../x.blend"}'], "bad_request", "plain file name"),
+        ([b'{"v": 1, "op": "hello"}', b"x" * (17 * 1024 * 1024)], "too_big", "over the limit"),
+    ]
+    for frames, kind, text in cases:
+        reply = ask(*frames)
+        assert reply["ok"] is False, frames[0][:60]
+        assert reply["error"]["type"] == kind, (frames[0][:60], reply)
+        assert text in reply["error"]["message"], (frames[0][:60], reply)
+    sock.close(0)
+    with farm_server.client() as client:
+        assert client.hello()["protocol"] == 1
+
+
+def test_a_client_with_an_unknown_key_is_refused(farm_server: ServerProcess,
+                                                 farm_keys: Path) -> None:
+    with farm_server.client(timeout=5, client_key=str(farm_keys / "stranger.key_secret")) \
+            as client, pytest.raises(ServiceError) as info:
+        client.list()
+    assert info.value.kind == "refused_key"
+    assert "refused this client's key" in info.value.message
+    proc = cli("list", "--farm", farm_server.address, "--server-key",
+               str(farm_keys / "server.key"), "--client-key",
+               str(farm_keys / "stranger.key_secret"), "--reply-timeout", "5")
+    assert proc.returncode == 3 and "refused this client's key" in proc.stderr
+    nokey = cli("list", "--farm", farm_server.address, "--reply-timeout", "3")
+    assert nokey.returncode == 3 and "secure handshake with the farm failed" in nokey.stderr
+
+
+def test_server_without_keys_serves_loopback_only(tmp_path: Path) -> None:
+    proc = cli("serve", "--bind", "tcp://0.0.0.0:5999", "--insecure-loopback", "--state",
+               str(tmp_path / "s"), timeout=60)
+    assert proc.returncode == 3 and "not a loopback address" in proc.stderr
+    proc = cli("serve", "--bind", "tcp://127.0.0.1:5999", "--state", str(tmp_path / "s"),
+               timeout=60)
+    assert proc.returncode == 3 and "needs keys" in proc.stderr
+
+
+_VANISHING_CLIENT = """
+import sys, time
+from renderfarm.client import FarmClient
+c = FarmClient(sys.argv[1], server_key=sys.argv[2], client_key=sys.argv[3])
+c.subscribe()
+job = c.submit(sys.argv[4], {"frames": "1-6", "tiles": [2, 2], "output": "gone_####.exr"})
+print(job, flush=True)
+c.subscribe(job, previews=True)
+while True:
+    c.poll_events(0.5)
+"""
+
+
+def test_server_survives_a_client_that_disappears_mid_job(farm_server: ServerProcess,
+                                                          farm_keys: Path, make_scene) -> None:
+    blend = make_scene(width=64, height=48, samples=16, frames=6)
+    child = subprocess.Popen([sys.executable, "-c", _VANISHING_CLIENT, farm_server.address,
+                              str(farm_keys / "server.key"),
+                              str(farm_keys / "client.key_secret"), str(blend)],
+                             stdout=subprocess.PIPE, text=True)
+    job_id = child.stdout.readline().strip()  # type: ignore[union-attr]
+    with farm_server.client() as client:
+        wait_until(client, job_id, lambda j: j["tasks_done"] >= 1)
+        child.kill()
+        child.wait()
+        job = wait_state(client, job_id, ("done", "failed"))
+        assert job["state"] == "done" and job["frames_done"] == 6
+        assert farm_server.proc.poll() is None
+
+
+def test_restart_mid_job_resumes_without_rendering_finished_pieces_again(
+        tmp_path: Path, make_scene, reference, s3_server: str) -> None:
+    """Storage in S3 (a real S3 server on loopback); the service is killed mid-job."""
+    import boto3
+
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test",
+                      aws_secret_access_key="test", region_name="us-east-1")
+    s3.create_bucket(Bucket="frames")
+    blend = make_scene(width=64, height=48, samples=24, frames=6)
+    server = ServerProcess(tmp_path / "state", None, "--workers", "2", "--storage",
+                           "s3://frames/farm", env=env).start()
+    try:
+        with server.client() as client:
+            job_id = client.submit(blend, {"frames": "1-6", "tiles": [2, 2],
+                                           "output": "shot_####.exr", "group_tiles": False})
+            before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 8)
+    finally:
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    server.start()
+    try:
+        with server.client() as client:
+            job = wait_state(client, job_id, ("done", "failed"))
+            assert job["state"] == "done", job
+            fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+    finally:
+        server.stop()
+    db = sqlite3.connect(server.state / "farm.db")
+    runs = [row[0] for row in db.execute("SELECT task_id FROM runs WHERE job_id = ?",
+                                         (job_id,))]
+    # every one of the 24 tiles rendered exactly once, across both runs of the service
+    assert len(runs) == 24 and len(set(runs)) == 24, runs
+    assert before["tasks_done"] >= 8
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="frames")["Contents"]}
+    assert {f"farm/jobs/{job_id}/shot_{f:04d}.exr" for f in range(1, 7)} <= keys
+    assert any(k.startswith("farm/blobs/") for k in keys)
+    want = reference(blend, [1, 6])
+    for frame in (1, 6):
+        got, ref = read_layers(fetched[frame]), read_layers(want[frame])
+        for name in ref:
+            assert np.array_equal(got[name], ref[name]), (frame, name)
