@@ -84,14 +84,10 @@ class FarmClient:
 
     def close(self) -> None:
         """Close the sockets."""
-        for sock in (self._sock, self._sub):
-            if sock is not None:
-                if sock is self._sock:
-                    sock.disable_monitor()
-                sock.close(linger=0)
-        if self._monitor is not None:
-            self._monitor.close(linger=0)
-        self._sock = self._sub = self._monitor = None
+        self._disconnect()
+        if self._sub is not None:
+            self._sub.close(linger=0)
+        self._sub = None
 
     def __enter__(self) -> FarmClient:
         return self
@@ -127,6 +123,8 @@ class FarmClient:
         """
         import zmq
 
+        if self._sock is None:
+            self._connect()
         request_id = next(self._ids)
         frames = [protocol.request(op, request_id, **fields)]
         if data is not None:
@@ -137,11 +135,11 @@ class FarmClient:
             left = deadline - time.monotonic()
             if left <= 0 or not self._sock.poll(int(min(left, 0.2) * 1000)):
                 refused = self._refused()
-                if refused:
-                    self._reset()
+                if refused:  # stop retrying the handshake: it would fail again and again
+                    self._disconnect()
                     raise ServiceError(refused, kind="refused_key")
                 if left <= 0:
-                    self._reset()
+                    self._disconnect()
                     raise ServiceError(
                         f"no reply from the farm at {self.address} in {self.timeout:.0f} s: "
                         "is `renderfarm serve` running there, and are the address and keys "
@@ -156,14 +154,15 @@ class FarmClient:
                                    kind=error.get("type", "refused"))
             return reply, blob
 
-    def _reset(self) -> None:
-        """Start a fresh socket (a DEALER keeps unsent requests queued otherwise)."""
+    def _disconnect(self) -> None:
+        """Drop the request socket (the next request opens a fresh one: a DEALER would
+        otherwise keep unsent requests queued, or retry a refused handshake forever)."""
         if self._sock is not None:
             self._sock.disable_monitor()
             self._sock.close(linger=0)
         if self._monitor is not None:
             self._monitor.close(linger=0)
-        self._connect()
+        self._sock = self._monitor = None
 
     # -- operations --------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:

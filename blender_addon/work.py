@@ -1,0 +1,304 @@
+"""The add-on's background work: pack the saved copy, upload it, submit, follow the job.
+
+Nothing here touches ``bpy``: it runs on a thread (or inline in a blocking ``execute``) and
+reports through a queue of small messages that only the main thread applies (``live.py``).
+Packing runs in a child Blender so the artist's session is never changed by it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+#: job event kinds that end a job
+END_KINDS = ("job_done", "job_failed", "job_cancelled")
+
+_PACK_SCRIPT = r"""
+import json, os, sys
+import bpy
+source, target = sys.argv[-2], sys.argv[-1]
+bpy.ops.wm.open_mainfile(filepath=source, load_ui=False, use_scripts=False)
+notes = []
+for op in (bpy.ops.file.pack_libraries, bpy.ops.file.pack_all):
+    try:
+        op()
+    except RuntimeError as exc:
+        notes.append(str(exc).strip())
+external = sorted({p for p in bpy.utils.blend_paths(absolute=True, packed=False)
+                   if p and os.path.exists(bpy.path.abspath(p))})
+bpy.ops.wm.save_as_mainfile(filepath=target, compress=True, copy=True)
+print("RENDERFARM-PACK " + json.dumps({"notes": notes, "external": external}))
+"""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where the submission is (``packing``, ``uploading``, ``submitted``, ...)."""
+
+    stage: str
+    text: str = ""
+    fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The farm queued the job."""
+
+    job_id: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """A job event from the farm (progress, state)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TilePreview:
+    """A finished tile's pixels (8-bit RGBA, top row first) and where they go."""
+
+    frame: int
+    x: int
+    y: int
+    width: int
+    height: int
+    frame_width: int
+    frame_height: int
+    rgba: bytes
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The job ended; ``outputs`` are the frames fetched to the output folder."""
+
+    state: str
+    outputs: dict[int, str] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The submission or the job failed; ``reason`` says why, for a Blender report."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the farm (from the add-on's preferences)."""
+
+    address: str
+    server_key: str = ""
+    client_public: str = ""
+    client_secret: str = ""
+    timeout: float = 15.0
+    online_access: bool = True
+
+    def check(self) -> None:
+        """Refuse a farm Blender may not reach.
+
+        Raises:
+            ValueError: Blender's online access is off and the farm is not on this machine,
+                or the keys are half given.
+        """
+        host = urlsplit(self.address).hostname or ""
+        local = self.address.startswith("ipc://") or host in ("localhost", "::1") \
+            or host.startswith("127.")
+        if not self.online_access and not local:
+            raise ValueError(f"Blender's online access is off, so the farm at {self.address} "
+                             "cannot be reached: allow it in Preferences > System > Network "
+                             "(farms on this machine work without it)")
+        if bool(self.server_key) != bool(self.client_public and self.client_secret):
+            raise ValueError("give both the farm's public key and this client's key pair in "
+                             "the add-on's preferences (or neither, for a farm on this "
+                             "machine without keys)")
+
+    def client(self) -> Any:
+        """A :class:`renderfarm.client.FarmClient` for this thread."""
+        from renderfarm.client import FarmClient
+        from renderfarm.server.transport import KeyPair
+
+        keys = KeyPair(self.client_public, self.client_secret) if self.client_secret else None
+        return FarmClient(self.address, server_key=self.server_key or None, client_key=keys,
+                          timeout=self.timeout)
+
+
+def pack_command(blender: str, source: Path, target: Path) -> list[str]:
+    """The command that packs ``source`` into ``target`` in a child Blender.
+
+    ``blender`` is Blender's executable, or empty when Blender runs as the ``bpy`` module of
+    this Python (then the child is this Python importing ``bpy``).
+    """
+    if blender:
+        return [blender, "--background", "--factory-startup", "--python-expr", _PACK_SCRIPT,
+                "--", str(source), str(target)]
+    return [sys.executable, "-c", _PACK_SCRIPT, str(source), str(target)]
+
+
+class Submission:
+    """One "Render on Network": pack, upload, submit, then follow the job.
+
+    Args:
+        connection: the farm.
+        copy: the saved copy of the artist's scene (removed when done).
+        blender: Blender's executable ('' when running as the bpy module).
+        spec: job fields for :meth:`renderfarm.client.FarmClient.submit`.
+        priority: the job's priority.
+        filename: the name the farm shows.
+        output_dir: where finished frames are fetched.
+    """
+
+    def __init__(self, connection: Connection, copy: Path, blender: str, spec: dict[str, Any],
+                 priority: int, filename: str, output_dir: Path) -> None:
+        self.connection = connection
+        self.copy = copy
+        self.blender = blender
+        self.spec = spec
+        self.priority = priority
+        self.filename = filename
+        self.output_dir = output_dir
+        self.messages: queue.Queue[Any] = queue.Queue()
+        self.job_id: str | None = None
+        self.cancel_requested = threading.Event()
+        self.ended = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._client: Any = None
+        self.warnings: list[str] = []
+
+    # -- steps -------------------------------------------------------------------------------
+    def prepare(self) -> bool:
+        """Pack, upload and submit; False (with a :class:`Failed` message) on failure."""
+        try:
+            self.connection.check()
+            self.messages.put(Stage("packing", "packing the scene's files"))
+            packed = self._pack()
+            self._client = self.connection.client()
+            self._client.subscribe()  # before submitting, so no early event is missed
+            self.messages.put(Stage("uploading", "uploading", 0.0))
+            job_id = self._client.submit(
+                packed, self.spec, priority=self.priority, filename=self.filename,
+                progress=lambda done, total: self.messages.put(
+                    Stage("uploading", f"uploading {done / 1e6:.1f} of {total / 1e6:.1f} MB",
+                          done / max(total, 1))))
+            self.job_id = job_id
+            self.messages.put(Submitted(job_id, tuple(self.warnings)))
+            return True
+        except Exception as exc:  # every failure reaches the artist as a report
+            self._fail(exc)
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            return False
+        finally:
+            self._remove_copy()
+
+    def follow(self) -> None:
+        """Forward the job's events and previews until it ends; then fetch its frames."""
+        try:
+            assert self._client is not None and self.job_id is not None
+            client, job_id = self._client, self.job_id
+            client.subscribe(job_id, previews=True)
+            cancel_sent = False
+            last_check = time.monotonic()
+            ended: dict[str, Any] | None = None
+            while ended is None:
+                if self.cancel_requested.is_set() and not cancel_sent:
+                    client.cancel(job_id)
+                    cancel_sent = True
+                for event in client.poll_events(0.2):
+                    if event.get("job_id") != job_id:
+                        continue
+                    if event["kind"] == "preview":
+                        self.messages.put(TilePreview(
+                            event["frame"], event["x"], event["y"], event["width"],
+                            event["height"], event["frame_width"], event["frame_height"],
+                            event["rgba"]))
+                        continue
+                    self.messages.put(JobUpdate(event))
+                    if event["kind"] in END_KINDS:
+                        ended = event
+                if ended is None and time.monotonic() - last_check > 2.0:
+                    last_check = time.monotonic()
+                    job = client.status(job_id)  # events are not stored: never wait forever
+                    if job["state"] in ("done", "failed", "cancelled"):
+                        ended = {**job, "kind": f"job_{job['state']}"}
+                        self.messages.put(JobUpdate(ended))
+            job = client.status(job_id)
+            outputs = {int(k): str(v) for k, v in
+                       client.fetch_outputs(job_id, self.output_dir).items()}
+            self.messages.put(Finished(job["state"], outputs, job.get("error") or ""))
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            if self._client is not None:
+                self._client.close()
+            self.ended.set()
+
+    def start(self) -> None:
+        """Run :meth:`prepare` and :meth:`follow` on a thread."""
+        def run() -> None:
+            if self.prepare():
+                self.follow()
+            else:
+                self.ended.set()
+
+        self.thread = threading.Thread(target=run, name="renderfarm-submit", daemon=True)
+        self.thread.start()
+
+    def cancel(self) -> None:
+        """Ask the farm to cancel the job (sent from the submission's own thread)."""
+        self.cancel_requested.set()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _pack(self) -> Path:
+        target = self.copy.with_name(self.copy.stem + "-packed.blend")
+        proc = subprocess.run(pack_command(self.blender, self.copy, target),
+                              capture_output=True, text=True, timeout=600, check=False)
+        report = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("RENDERFARM-PACK "):
+                report = json.loads(line[len("RENDERFARM-PACK "):])
+        if proc.returncode != 0 or report is None or not target.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeError("packing the scene failed: " + (" / ".join(tail) or
+                                                                f"exit {proc.returncode}"))
+        self.warnings = [f"not packed: {note}" for note in report["notes"]]
+        if report["external"]:
+            shown = ", ".join(os.path.basename(p) for p in report["external"][:5])
+            self.warnings.append(f"{len(report['external'])} file(s) stay outside the "
+                                 f"upload (caches, movies, ...): {shown}; the farm needs them "
+                                 "at the same paths")
+        return target
+
+    def _remove_copy(self) -> None:
+        for path in (self.copy, self.copy.with_name(self.copy.stem + "-packed.blend")):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        try:
+            self.copy.parent.rmdir()
+        except OSError:
+            pass
+
+    def _fail(self, exc: BaseException) -> None:
+        message = getattr(exc, "one_line", None)
+        reason = message() if callable(message) else str(exc) or type(exc).__name__
+        self.messages.put(Failed(reason))
+
+
+def copy_folder() -> Path:
+    """A fresh folder for the saved copy of the scene."""
+    return Path(tempfile.mkdtemp(prefix="renderfarm-submit-"))

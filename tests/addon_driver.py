@@ -1,0 +1,200 @@
+"""Drive the "Render on Network" extension inside real bpy, as an artist's session would.
+
+``python addon_driver.py EXTENSION.zip SETTINGS.json RESULT.json``
+
+Runs with ``BLENDER_USER_RESOURCES`` pointing at an empty folder: installs and enables the
+extension from its zip (Blender's own extension installer, wheels included), sets the
+preferences, then plays the scenarios and writes what it saw to RESULT.json: states and
+progress as the timer applied them, the preview image's pixels before the final frame
+replaced it (as .npy), the reports of failures. The test asserts on that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+
+PACKAGE = "bl_ext.user_default.renderfarm"
+
+
+def sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def set_keys(prefs: Any, settings: dict[str, Any], client: str) -> None:
+    from renderfarm.server.transport import read_key
+
+    prefs.address = settings["address"]
+    prefs.server_key = read_key(settings["server_key"]).public
+    pair = read_key(settings[client], secret=True)
+    prefs.client_public, prefs.client_secret = pair.public, pair.secret
+
+
+def follow(scene: Any, on_message: Any = None, timeout: float = 240) -> list[list[Any]]:
+    """Apply the submission's messages as the timer would; returns the states seen."""
+    live = sys.modules[PACKAGE + ".live"]
+    work = sys.modules[PACKAGE + ".work"]
+    submission = live.submission_of(scene)
+    assert submission is not None, "no submission is followed"
+    seen: list[list[Any]] = []
+    deadline = time.monotonic() + timeout
+    settings = scene.renderfarm
+    while time.monotonic() < deadline:
+        if submission.ended.is_set() and submission.messages.empty():
+            break
+        try:
+            message = submission.messages.get(timeout=0.2)
+        except Exception:
+            continue
+        if on_message is not None:
+            on_message(message, work)
+        live.apply(scene, message)
+        live.apply_pending(scene, submission)
+        row = [settings.state, round(settings.progress, 4), settings.tasks_done,
+               settings.frames_done, round(settings.elapsed, 2), round(settings.eta, 2)]
+        if not seen or seen[-1][:4] != row[:4]:
+            seen.append(row)
+    live.drain()  # the timer forgets a finished submission
+    return seen
+
+
+def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    artist = settings["artist_file"]
+    before = sha(artist)
+    bpy.ops.wm.open_mainfile(filepath=artist)
+    scene = bpy.context.scene
+    scene.render.resolution_x = 80  # an unsaved edit: the farm must render it
+    assert bpy.data.is_dirty
+    rf = scene.renderfarm
+    rf.split, rf.tiles_x, rf.tiles_y, rf.frames = "TILES", 2, 2, "2"
+    rf.output_dir = str(out / "frames") + "/"
+    rf.priority = 3
+    started = time.monotonic()
+    result = bpy.ops.renderfarm.submit()
+    submitted = {"result": sorted(result), "state": rf.state, "job_id": rf.job_id,
+                 "seconds": time.monotonic() - started}
+    snapshot: dict[str, Any] = {}
+
+    def on_message(message: Any, work: Any) -> None:
+        if isinstance(message, work.TilePreview):
+            snapshot["tiles"] = snapshot.get("tiles", 0) + 1
+        if isinstance(message, work.Finished):
+            image = bpy.data.images["Render on Network"]
+            pixels = np.empty(len(image.pixels), dtype=np.float32)
+            image.pixels.foreach_get(pixels)
+            np.save(out / "preview.npy", pixels.reshape(image.size[1], image.size[0], 4))
+            snapshot["preview_size"] = list(image.size)
+
+    seen = follow(scene, on_message)
+    final = bpy.data.images["Render on Network"]
+    return {**submitted, "seen": seen, **snapshot, "final_state": rf.state,
+            "message": rf.message, "last_output": rf.last_output,
+            "final_image": bpy.path.abspath(final.filepath), "final_source": final.source,
+            "artist_unchanged": sha(artist) == before, "still_dirty": bpy.data.is_dirty,
+            "filepath": bpy.data.filepath}
+
+
+def scenario_invoke(settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The UI's path: invoke returns at once; packing and upload run on a thread."""
+    bpy.ops.wm.open_mainfile(filepath=settings["artist_file"])
+    rf = bpy.context.scene.renderfarm
+    rf.split, rf.frames, rf.output_dir = "AUTO", "1", str(out / "invoked") + "/"
+    started = time.monotonic()
+    result = bpy.ops.renderfarm.submit(threaded=True)  # what invoke (the button) runs
+    returned = {"result": sorted(result), "seconds": time.monotonic() - started,
+                "state_on_return": rf.state, "job_on_return": rf.job_id}
+    seen = follow(bpy.context.scene)
+    return {**returned, "seen": seen, "final_state": rf.state, "last_output": rf.last_output}
+
+
+def scenario_cancel(settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    bpy.ops.wm.open_mainfile(filepath=settings["long_file"])
+    scene = bpy.context.scene
+    rf = scene.renderfarm
+    rf.split, rf.frames, rf.output_dir = "FRAMES", "1-40", str(out / "cancelled") + "/"
+    assert bpy.ops.renderfarm.submit() == {"FINISHED"}
+    job_id = rf.job_id
+    cancelled: dict[str, Any] = {}
+
+    def on_message(message: Any, work: Any) -> None:
+        if (not cancelled and isinstance(message, work.JobUpdate)
+                and message.event.get("kind") == "task_done"):
+            cancelled["at_tasks"] = message.event.get("tasks_done")
+            cancelled["result"] = sorted(bpy.ops.renderfarm.cancel())
+
+    seen = follow(scene, on_message)
+    return {"job_id": job_id, "seen": seen, **cancelled, "final_state": rf.state,
+            "message": rf.message}
+
+
+def scenario_refused(settings: dict[str, Any], prefs: Any) -> dict[str, Any]:
+    set_keys(prefs, settings, "stranger_key")
+    prefs.timeout = 5.0
+    rf = bpy.context.scene.renderfarm
+    try:
+        bpy.ops.renderfarm.submit()
+        error = None
+    except RuntimeError as exc:
+        error = str(exc)
+    result = {"error": error, "state": rf.state, "message": rf.message}
+    set_keys(prefs, settings, "client_key")
+    prefs.timeout = 15.0
+    return result
+
+
+def scenario_offline(prefs: Any) -> dict[str, Any]:
+    address = prefs.address
+    prefs.address = "tcp://192.0.2.10:5555"
+    try:
+        bpy.ops.renderfarm.submit()
+        error = None
+    except RuntimeError as exc:
+        error = str(exc)
+    prefs.address = address
+    return {"online_access": bpy.app.online_access, "error": error}
+
+
+def scenario_new_file(out: Path) -> dict[str, Any]:
+    bpy.ops.wm.read_homefile(use_empty=False)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 2
+    scene.render.resolution_x, scene.render.resolution_y = 48, 32
+    scene.render.resolution_percentage = 100
+    rf = scene.renderfarm
+    rf.frames, rf.output_dir, rf.file_format = "1", str(out / "new") + "/", "PNG"
+    result = bpy.ops.renderfarm.submit(wait=True)
+    return {"result": sorted(result), "state": rf.state, "last_output": rf.last_output,
+            "filepath": bpy.data.filepath}
+
+
+def main(argv: list[str]) -> int:
+    zip_path, settings_path, result_path = argv
+    settings = json.loads(Path(settings_path).read_text())
+    out = Path(result_path).parent
+    installed = bpy.ops.extensions.package_install_files(
+        filepath=zip_path, repo="user_default", enable_on_install=True)
+    prefs = bpy.context.preferences.addons[PACKAGE].preferences
+    set_keys(prefs, settings, "client_key")
+    results: dict[str, Any] = {"installed": sorted(installed),
+                               "registered": hasattr(bpy.types.Scene, "renderfarm")}
+    results["render"] = scenario_render(settings, out)
+    results["invoke"] = scenario_invoke(settings, out)
+    results["cancel"] = scenario_cancel(settings, out)
+    results["refused"] = scenario_refused(settings, prefs)
+    results["offline"] = scenario_offline(prefs)
+    results["new_file"] = scenario_new_file(out)
+    Path(result_path).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
