@@ -1,0 +1,166 @@
+"""The service's pure parts and small I/O: message schema, job state transitions, the SQLite
+store, previews, keys and addresses. No Ray, no Blender."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from renderfarm.errors import InputError, ProtocolError, ServiceError
+from renderfarm.job import Rect, Tile
+from renderfarm.server import protocol
+from renderfarm.server.preview import png, preview_scale, srgb8, tile_preview
+from renderfarm.server.store import Store, transition
+from renderfarm.server.transport import create_keys, is_loopback, publish_address, read_key
+
+
+def frames(**fields: object) -> list[bytes]:
+    return [json.dumps({"v": 1, **fields}).encode()]
+
+
+def test_a_valid_request_is_parsed() -> None:
+    request = protocol.parse_request(frames(op="status", id=7, job_id="20261122-1-abc"))
+    assert (request.op, request.id, request.fields) == ("status", 7, {"job_id": "20261122-1-abc"})
+    upload = protocol.parse_request([*frames(op="upload", sha256="a" * 64, offset=0, total=3),
+                                     b"abc"])
+    assert upload.data == b"abc"
+
+
+@pytest.mark.parametrize(("message", "text"), [
+    (frames(op="priority", job_id="j", priority=True), "must be int, not bool"),
+    (frames(op="priority", job_id="j", priority=5000), "between -1000 and 1000"),
+    (frames(op="fetch", job_id="j", frame=1, offset=-1, length=0), "0 or more"),
+    (frames(op="status", job_id="../etc"), "is not a job id"),
+    (frames(op="upload", sha256="A" * 64, offset=0, total=1) + [b"x"], "SHA-256"),
+    (frames(op="list") + [b"extra"], "takes no data frames"),
+    ([], "empty message"),
+])
+def test_malformed_requests_are_refused_with_a_reason(message: list[bytes], text: str) -> None:
+    with pytest.raises(ProtocolError, match=text):
+        protocol.parse_request(message)
+
+
+def test_size_limit() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_request(frames(op="hello") + [b"x" * 100], limit=50)
+    assert info.value.kind == "too_big"
+
+
+def test_replies_round_trip() -> None:
+    reply, data = protocol.parse_reply([protocol.reply_ok(3, job={"a": 1}), b"bytes"])
+    assert reply == {"v": 1, "id": 3, "ok": True, "job": {"a": 1}} and data == b"bytes"
+    error, _ = protocol.parse_reply([protocol.reply_error(4, "not_found", "no job")])
+    assert error["error"] == {"type": "not_found", "message": "no job"}
+    with pytest.raises(ProtocolError, match="another protocol version"):
+        protocol.parse_reply([b'{"v": 2}'])
+
+
+def test_job_state_transitions() -> None:
+    assert transition("queued", "start") == "running"
+    assert transition("running", "pause") == "paused"
+    assert transition("paused", "resume") == "queued"
+    assert transition("running", "requeue") == "queued"
+    for ended in ("done", "failed", "cancelled"):
+        with pytest.raises(ServiceError, match=f"cannot pause a job that is {ended}"):
+            transition(ended, "pause")
+
+
+def test_store_keeps_queue_order_pieces_and_frames(tmp_path: Path) -> None:
+    store = Store(tmp_path / "farm.db")
+    spec = {"output": "/x/shot_####.exr", "frames": "1-2"}
+    for job_id, priority in (("a", 0), ("b", 0), ("c", 5)):
+        store.add_job(job_id, job_id, spec, priority, None)
+    assert [j.id for j in store.jobs()] == ["c", "a", "b"]  # higher first, then first come
+    store.set_priority("b", 9)
+    assert [j.id for j in store.jobs(["queued"])] == ["b", "c", "a"]
+    assert store.act("a", "start").state == "running"
+    tile = {"index": 1, "core": {"x0": 0, "y0": 0, "x1": 2, "y1": 2},
+            "render": {"x0": 0, "y0": 0, "x1": 2, "y1": 2}}
+    store.add_piece("a", "f0001-t01-c00", 1, 0, [1], tile, "/p/1.exr", "cpu-1", 0.5)
+    store.add_piece("a", "f0002-t01-c00", 2, 0, [1], tile, "/p/2.exr", "cpu-1", 0.5)
+    store.add_frame("a", 1, "/x/shot_0001.exr")
+    assert [p["frame"] for p in store.pieces("a")] == [2]  # merged frames drop their pieces
+    assert store.frames("a") == {1: "/x/shot_0001.exr"}
+    assert len(store.runs("a")) == 2
+    store.close()
+    again = Store(tmp_path / "farm.db")  # what a restarted service reads
+    assert again.job("a").state == "running" and again.frames("a") == {1: "/x/shot_0001.exr"}
+    with pytest.raises(ServiceError, match="no job 'z'"):
+        again.job("z")
+
+
+def test_srgb_encoding() -> None:
+    values = srgb8(np.array([0.0, 0.0031308, 0.214041, 0.5, 1.0, 7.0]))
+    assert values.tolist() == [0, 10, 127, 188, 255, 255]  # 0.214041 is sRGB 0.49999
+
+
+def test_png_is_readable_by_openimageio(tmp_path: Path) -> None:
+    import OpenImageIO as oiio
+
+    rgba = np.random.default_rng(1).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    (tmp_path / "p.png").write_bytes(png(rgba))
+    config = oiio.ImageSpec()
+    config.attribute("oiio:UnassociatedAlpha", 1)  # PNG alpha is straight; keep it so
+    buf = oiio.ImageBuf(str(tmp_path / "p.png"), 0, 0, config)
+    assert np.array_equal(buf.get_pixels(oiio.UINT8), rgba)
+
+
+@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(1, 9), st.integers(1, 9))
+def test_scaled_tile_previews_cover_the_frame_once(width: int, height: int, cols: int,
+                                                   rows: int) -> None:
+    from renderfarm.server.preview import _edge
+
+    canvas = Rect(0, 0, width, height)
+    scale = preview_scale(canvas)
+    xs = [width * i // cols for i in range(cols + 1)]
+    ys = [height * j // rows for j in range(rows + 1)]
+    covered = sum(max(0, _edge(xs[i + 1], 0, scale) - _edge(xs[i], 0, scale)) *
+                  max(0, _edge(ys[j + 1], 0, scale) - _edge(ys[j], 0, scale))
+                  for i in range(cols) for j in range(rows))
+    assert covered == _edge(width, 0, scale) * _edge(height, 0, scale)
+
+
+def test_tile_preview_crops_overscan_and_scales(tmp_path: Path) -> None:
+    import OpenImageIO as oiio
+
+    # a 1200x800 frame, a tile with 8 px overscan; the piece holds a horizontal ramp
+    tile = Tile(3, Rect(600, 400, 1200, 800), Rect(592, 392, 1200, 800))
+    ramp = np.tile(np.linspace(0, 1, tile.render.width, dtype=np.float32),
+                   (tile.render.height, 1))
+    pixels = np.dstack([ramp, ramp, ramp, np.ones_like(ramp)])
+    spec = oiio.ImageSpec(tile.render.width, tile.render.height, 4, oiio.FLOAT)
+    buf = oiio.ImageBuf(spec)
+    buf.set_pixels(oiio.ROI(), pixels)
+    assert buf.write(str(tmp_path / "piece.exr"))
+    preview = tile_preview(tmp_path / "piece.exr", tile, Rect(0, 0, 1200, 800))
+    assert preview is not None
+    assert (preview.frame_width, preview.frame_height) == (512, 341)
+    assert (preview.x, preview.y, preview.width, preview.height) == (256, 170, 256, 171)
+    rgba = np.frombuffer(preview.rgba, np.uint8).reshape(171, 256, 4)
+    # overscan cropped: the first preview column starts at the core (ramp ~0.014, sRGB ~31),
+    # not at the piece's edge (0)
+    assert 25 <= rgba[0, 0, 0] <= 38
+    assert rgba[0, -1, 0] >= 254 and (rgba[:, :, 3] == 255).all()
+    assert (np.diff(rgba[0, :, 0].astype(int)) >= 0).all()  # the ramp survives scaling
+
+
+def test_keys_and_addresses(tmp_path: Path) -> None:
+    public, secret = create_keys(tmp_path, "me")
+    pair = read_key(str(secret), secret=True)
+    assert read_key(str(public)).public == pair.public and len(pair.secret) == 40
+    assert read_key(pair.public).public == pair.public  # Z85 text works too
+    with pytest.raises(InputError, match="keys are never overwritten"):
+        create_keys(tmp_path, "me")
+    with pytest.raises(InputError, match="secret key file"):
+        read_key(str(public), secret=True)
+    with pytest.raises(InputError, match="not a key"):
+        read_key("not-a-key")
+    assert publish_address("tcp://0.0.0.0:5555") == "tcp://0.0.0.0:5556"
+    assert publish_address("tcp://h:1", "tcp://h:9") == "tcp://h:9"
+    assert is_loopback("tcp://127.0.0.1:1") and is_loopback("ipc:///tmp/x")
+    assert not is_loopback("tcp://0.0.0.0:1") and not is_loopback("tcp://10.0.0.1:1")
