@@ -503,10 +503,66 @@ def bench_memory(ctx: Context) -> list[Record]:
     ]
 
 
+def bench_service(ctx: Context) -> list[Record]:
+    """The same job through the farm service vs on an in-process Farm (full run only).
+
+    The service runs in this process on the benchmark's warm farm, bound to loopback; the
+    client uploads the file, submits, follows the events and fetches every frame, so the
+    figure is what `renderfarm submit --wait` adds over `renderfarm render`.
+    """
+    if ctx.quick:
+        return []
+    import socket
+    import threading
+
+    from renderfarm.client import FarmClient
+    from renderfarm.job import JobSpec
+    from renderfarm.server.service import FarmService, ServiceConfig
+
+    farm = ctx.farm()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = FarmService(ServiceConfig(bind=f"tcp://127.0.0.1:{port}",
+                                        publish=f"tcp://127.0.0.1:{port + 1}",
+                                        insecure_loopback=True, state=ctx.out("service")),
+                          farm=farm)
+    ready = threading.Event()
+    thread = threading.Thread(target=service.serve, args=(ready,), daemon=True)
+    thread.start()
+    ready.wait(60)
+    frames = 8
+    blend = make_scene(ctx.workdir / "anim-cube.blend", width=320, height=180, samples=16,
+                       frames=frames, kind="cube")
+    direct: list[float] = []
+    served: list[float] = []
+    try:
+        with FarmClient(f"tcp://127.0.0.1:{port}") as client:
+            for _ in range(ctx.reps):
+                spec = JobSpec(str(blend), frames=f"1-{frames}",
+                               output=str(ctx.out("direct") / "f_####.exr"))
+                direct.append(timed(lambda spec=spec: farm.render(spec)))
+
+                def through_service() -> None:
+                    job_id = client.submit(blend, {"frames": f"1-{frames}",
+                                                   "output": "f_####.exr"})
+                    client.wait(job_id)
+                    client.fetch_outputs(job_id, ctx.out("fetched"))
+
+                served.append(timed(through_service))
+    finally:
+        service.stop()
+        thread.join(60)
+    return [Record("service.vs_farm",
+                   f"renderfarm serve + FarmClient (upload, queue, events, fetch) / the same job "
+                   f"on an in-process Farm; {frames} frames 320x180 16 samples of the cube scene",
+                   "s", served, direct, median(served) / median(direct))]
+
+
 BENCHMARKS: dict[str, Callable[[Context], list[Record]]] = {
     "per_frame": bench_per_frame, "tiling": bench_tiling, "seamfree": bench_seamfree,
     "merge": bench_merge,
-    "scheduler": bench_scheduler, "memory": bench_memory,
+    "scheduler": bench_scheduler, "memory": bench_memory, "service": bench_service,
 }
 
 

@@ -157,11 +157,10 @@ class FarmClient:
     def _disconnect(self) -> None:
         """Drop the request socket (the next request opens a fresh one: a DEALER would
         otherwise keep unsent requests queued, or retry a refused handshake forever)."""
-        if self._sock is not None:
-            self._sock.disable_monitor()
-            self._sock.close(linger=0)
         if self._monitor is not None:
             self._monitor.close(linger=0)
+        if self._sock is not None:
+            self._sock.close(linger=0)  # stops its monitor too
         self._sock = self._monitor = None
 
     # -- operations --------------------------------------------------------------------------

@@ -96,8 +96,14 @@ def run(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "keys":
         return _keys(args)
+    import faulthandler
+
     from renderfarm.client import FarmClient
 
+    if args.command not in ("submit", "fetch"):
+        # a client command is a few round trips: should one ever hang inside ZeroMQ, print
+        # where and exit rather than wait forever
+        faulthandler.dump_traceback_later(max(60.0, 4 * args.reply_timeout), exit=True)
     with FarmClient(args.farm, server_key=args.server_key, client_key=args.client_key,
                     timeout=args.reply_timeout) as client:
         if args.command == "submit":

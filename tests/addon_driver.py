@@ -71,6 +71,11 @@ def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
     bpy.ops.wm.open_mainfile(filepath=artist)
     scene = bpy.context.scene
     scene.render.resolution_x = 80  # an unsaved edit: the farm must render it
+    texture = bpy.data.images.new("texture", 8, 8)  # an external file the scene depends on
+    texture.filepath_raw = str(out / "texture.png")
+    texture.file_format = "PNG"
+    texture.save()
+    texture.use_fake_user = True
     assert bpy.data.is_dirty
     rf = scene.renderfarm
     rf.split, rf.tiles_x, rf.tiles_y, rf.frames = "TILES", 2, 2, "2"
@@ -161,6 +166,24 @@ def scenario_offline(prefs: Any) -> dict[str, Any]:
     return {"online_access": bpy.app.online_access, "error": error}
 
 
+def scenario_packed(settings: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """What the farm received for the first job: the copy, with the texture packed in."""
+    folder = Path(settings["state"]) / "jobs" / job_id
+    received = next(folder.glob("*.blend"))
+    bpy.ops.wm.open_mainfile(filepath=str(received), load_ui=False, use_scripts=False)
+    texture = bpy.data.images.get("texture")
+    return {"name": received.name, "texture_packed": bool(texture and texture.packed_file),
+            "resolution_x": bpy.context.scene.render.resolution_x}
+
+
+def scenario_keys(prefs: Any) -> dict[str, Any]:
+    """The preferences' button that creates a key pair."""
+    before = prefs.client_public
+    result = bpy.ops.renderfarm.create_keys()
+    return {"result": sorted(result), "public": prefs.client_public,
+            "secret_length": len(prefs.client_secret), "changed": prefs.client_public != before}
+
+
 def scenario_new_file(out: Path) -> dict[str, Any]:
     bpy.ops.wm.read_homefile(use_empty=False)
     scene = bpy.context.scene
@@ -192,6 +215,8 @@ def main(argv: list[str]) -> int:
     results["refused"] = scenario_refused(settings, prefs)
     results["offline"] = scenario_offline(prefs)
     results["new_file"] = scenario_new_file(out)
+    results["packed"] = scenario_packed(settings, results["render"]["job_id"])
+    results["keys"] = scenario_keys(prefs)
     Path(result_path).write_text(json.dumps(results, indent=1))
     return 0
 

@@ -273,3 +273,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests of the farm service last: its server (with its own Ray cluster) lives
+    from its first test to the end of the session and would load the machine under the
+    timing-sensitive dispatch tests."""
+    items.sort(key=lambda item: "farm_server" in getattr(item, "fixturenames", ()))

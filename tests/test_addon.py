@@ -46,6 +46,7 @@ def addon_run(extension: Path, farm_server: ServerProcess, farm_keys: Path, make
         "client_key": str(farm_keys / "client.key_secret"),
         "stranger_key": str(farm_keys / "stranger.key_secret"), "artist_file": str(artist),
         "long_file": str(make_scene(width=96, height=64, samples=64, frames=40)),
+        "state": str(farm_server.state),
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(folder / "blender-user")}
@@ -148,3 +149,17 @@ def test_an_unsaved_new_file_renders(addon_run: dict[str, Any]) -> None:
     assert output.name == "untitled_0001.png"
     pixels = read_layers(output)
     assert next(iter(pixels.values())).shape == (32, 48)
+
+
+def test_the_farm_gets_a_packed_copy_with_the_unsaved_edit(addon_run: dict[str, Any]) -> None:
+    run = addon_run["packed"]
+    assert run["name"] == "artist's shot.blend"
+    assert run["texture_packed"] and run["resolution_x"] == 80
+
+
+def test_preferences_create_a_key_pair(addon_run: dict[str, Any]) -> None:
+    from renderfarm.server.transport import read_key
+
+    run = addon_run["keys"]
+    assert run["result"] == ["FINISHED"] and run["changed"] and run["secret_length"] == 40
+    assert read_key(run["public"]).public == run["public"]  # valid Z85 public key

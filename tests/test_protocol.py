@@ -164,3 +164,15 @@ def test_keys_and_addresses(tmp_path: Path) -> None:
     assert publish_address("tcp://h:1", "tcp://h:9") == "tcp://h:9"
     assert is_loopback("tcp://127.0.0.1:1") and is_loopback("ipc:///tmp/x")
     assert not is_loopback("tcp://0.0.0.0:1") and not is_loopback("tcp://10.0.0.1:1")
+
+
+def test_the_client_needs_only_pyzmq() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, renderfarm.client, renderfarm.server.transport; "
+            "print(sorted(m for m in ('ray', 'numpy', 'OpenImageIO', 'bpy', 'boto3') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -105,6 +105,7 @@ class FarmService:
             config.bind, config.publish, config.server_key, config.clients,
             config.insecure_loopback, config.max_message)
         self._farm = farm
+        self._owns_farm = farm is None
         self._live: dict[str, _Live] = {}
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
         self._stop = threading.Event()
@@ -163,7 +164,7 @@ class FarmService:
             self._live.clear()
         for _job_id, run in live:  # interrupted, not cancelled: they resume next time
             run.handle.cancel()
-        if self._farm is not None:
+        if self._farm is not None and self._owns_farm:
             self._farm.shutdown()
         self.sockets.close()
         self.store.close()
