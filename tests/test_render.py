@@ -140,3 +140,28 @@ def test_linked_libraries_and_geometry_nodes_render(farm, corpus, reference, tmp
     # the linked geometry shows up: something is nearer than the background
     assert np.isfinite(depth).any() and depth.min() < 1e9
     assert_same_image(result.outputs[1], reference(blend, [1], "EXR", 2, 5)[1])
+
+
+def test_idle_workers_do_not_burn_cpu(farm, make_scene, tmp_path) -> None:
+    """One-thread workers (two on two cores) sit idle after a job at ~0 % CPU (Blender 5.0.1
+    spins a thread at 100 % after rendering with persistent data and one thread)."""
+    import os
+    import time
+
+    import ray
+
+    blend = make_scene(width=48, height=32, samples=2, frames=2)
+    farm.render(JobSpec(str(blend), frames="1-2", tiles=(2, 1),
+                        output=str(tmp_path / "idle_####.exr")))
+    pool = farm._runners["cpu"].pool
+    pids = [ray.get(w.actor.ping.remote())["pid"] for w in pool.workers.values()]
+
+    def cpu_seconds(pid: int) -> float:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    time.sleep(1.0)
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    time.sleep(3.0)
+    busy = {pid: (cpu_seconds(pid) - before[pid]) / 3.0 for pid in pids}
+    assert len(pids) == 2 and all(share < 0.2 for share in busy.values()), busy
