@@ -256,3 +256,19 @@ def test_restart_mid_job_resumes_without_rendering_finished_pieces_again(
         got, ref = read_layers(fetched[frame]), read_layers(want[frame])
         for name in ref:
             assert np.array_equal(got[name], ref[name]), (frame, name)
+
+
+def test_the_example_client_script_renders_on_the_farm(farm_server: ServerProcess,
+                                                       farm_keys: Path, make_scene,
+                                                       tmp_path: Path) -> None:
+    blend = make_scene(width=48, height=32, samples=2, frames=2)
+    example = Path(__file__).parent.parent / "examples" / "submit_to_farm.py"
+    proc = subprocess.run([sys.executable, str(example), str(blend), "--farm",
+                           farm_server.address, "--server-key", str(farm_keys / "server.key"),
+                           "--client-key", str(farm_keys / "client.key_secret"),
+                           "--frames", "1-2", "--out", str(tmp_path / "ex")],
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "job_done" in proc.stdout and ": done, 2 frame(s)" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == ["shot_0001.exr",
+                                                                   "shot_0002.exr"]
