@@ -61,7 +61,6 @@ def drain() -> float | None:
 
 def apply_pending(scene: bpy.types.Scene, submission: work.Submission) -> None:
     """Apply a submission's messages to ``scene`` (main thread only)."""
-    settings = scene.renderfarm
     while True:
         try:
             message = submission.messages.get_nowait()
@@ -71,6 +70,12 @@ def apply_pending(scene: bpy.types.Scene, submission: work.Submission) -> None:
             apply(scene, message)
         except Exception:  # one bad message must not stop the live view
             logger.exception("cannot apply %r", type(message).__name__)
+    tick(scene)
+
+
+def tick(scene: bpy.types.Scene) -> None:
+    """Advance the running job's elapsed time and ETA between the farm's events."""
+    settings = scene.renderfarm
     anchor = _clock.get(scene.name)
     if anchor is not None and settings.state in ("queued", "running", "paused"):
         settings.elapsed = anchor[0] + time.monotonic() - anchor[1]

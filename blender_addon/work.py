@@ -14,14 +14,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-#: job event kinds that end a job
-END_KINDS = ("job_done", "job_failed", "job_cancelled")
 
 _PACK_SCRIPT = r"""
 import json, os, sys
@@ -209,32 +205,22 @@ class Submission:
         try:
             assert self._client is not None and self.job_id is not None
             client, job_id = self._client, self.job_id
-            client.subscribe(job_id, previews=True)
             cancel_sent = False
-            last_check = time.monotonic()
-            ended: dict[str, Any] | None = None
-            while ended is None:
+
+            def send_cancel() -> None:
+                nonlocal cancel_sent
                 if self.cancel_requested.is_set() and not cancel_sent:
                     client.cancel(job_id)
                     cancel_sent = True
-                for event in client.poll_events(0.2):
-                    if event.get("job_id") != job_id:
-                        continue
-                    if event["kind"] == "preview":
-                        self.messages.put(TilePreview(
-                            event["frame"], event["x"], event["y"], event["width"],
-                            event["height"], event["frame_width"], event["frame_height"],
-                            event["rgba"]))
-                        continue
+
+            for event in client.events(job_id, previews=True, on_idle=send_cancel):
+                if event["kind"] == "preview":
+                    self.messages.put(TilePreview(
+                        event["frame"], event["x"], event["y"], event["width"],
+                        event["height"], event["frame_width"], event["frame_height"],
+                        event["rgba"]))
+                else:
                     self.messages.put(JobUpdate(event))
-                    if event["kind"] in END_KINDS:
-                        ended = event
-                if ended is None and time.monotonic() - last_check > 2.0:
-                    last_check = time.monotonic()
-                    job = client.status(job_id)  # events are not stored: never wait forever
-                    if job["state"] in ("done", "failed", "cancelled"):
-                        ended = {**job, "kind": f"job_{job['state']}"}
-                        self.messages.put(JobUpdate(ended))
             job = client.status(job_id)
             outputs = {int(k): str(v) for k, v in
                        client.fetch_outputs(job_id, self.output_dir).items()}

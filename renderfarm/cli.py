@@ -172,21 +172,31 @@ def _bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, script, *argv])
 
 
-def _render(args: argparse.Namespace) -> int:
+def job_spec(args: argparse.Namespace, output: str) -> Any:
+    """The :class:`~renderfarm.job.JobSpec` the job options (``render``, ``submit``) ask for.
+
+    Raises:
+        InputError: an option's value is invalid (tiles, frames, ...).
+    """
     from renderfarm.api import parse_tiles
-    from renderfarm.farm import Farm, FarmConfig, check_spec
     from renderfarm.job import JobSpec
 
-    output = args.output
-    if output is None:
-        stem = os.path.splitext(os.path.basename(args.blend))[0]
-        output = os.path.join("render", f"{stem}_####.exr")
-    spec = JobSpec(blend_file=args.blend, frames=args.frames, tiles=parse_tiles(args.tiles),
+    return JobSpec(blend_file=args.blend, frames=args.frames, tiles=parse_tiles(args.tiles),
                    samples=args.samples, percentage=args.percentage, device=args.device,
                    output=output, retries=args.retries, task_timeout=args.timeout,
                    allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
                    group_tiles=not args.one_call_per_tile, denoise=args.denoise,
                    chunks=args.chunks or (0 if args.split == "samples" else 1))
+
+
+def _render(args: argparse.Namespace) -> int:
+    from renderfarm.farm import Farm, FarmConfig, check_spec
+
+    output = args.output
+    if output is None:
+        stem = os.path.splitext(os.path.basename(args.blend))[0]
+        output = os.path.join("render", f"{stem}_####.exr")
+    spec = job_spec(args, output)
     config = FarmConfig(address=args.address, workers=args.workers,
                         permit_scripts=args.permit_scripts,
                         ray_log_level=logging.INFO if args.verbose else logging.ERROR)

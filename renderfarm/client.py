@@ -326,12 +326,13 @@ class FarmClient:
             events.append(message)
         return events
 
-    def events(self, job_id: str, timeout: float | None = None,
-               previews: bool = False) -> Iterator[dict[str, Any]]:
+    def events(self, job_id: str, timeout: float | None = None, previews: bool = False,
+               on_idle: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
         """Yield a job's events until it ends (done, failed or cancelled).
 
         The job's state is also asked every few seconds, so an event lost on the way (events
-        are not stored) cannot make this wait forever.
+        are not stored) cannot make this wait forever. ``on_idle`` is called on this thread
+        between polls (about every 0.2 s), e.g. to send a request such as a cancel.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
@@ -340,6 +341,8 @@ class FarmClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = time.monotonic()
         while True:
+            if on_idle is not None:
+                on_idle()
             for event in self.poll_events(0.2):
                 if event.get("job_id") != job_id:
                     continue

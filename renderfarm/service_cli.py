@@ -165,17 +165,10 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
-    from renderfarm.api import parse_tiles
-    from renderfarm.job import JobSpec
+    from renderfarm.cli import job_spec
 
     output = Path(args.output).name if args.output else f"{Path(args.blend).stem}_####.exr"
-    spec = JobSpec(blend_file=args.blend, frames=args.frames, tiles=parse_tiles(args.tiles),
-                   samples=args.samples, percentage=args.percentage, device=args.device,
-                   output=output, retries=args.retries, task_timeout=args.timeout,
-                   allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
-                   group_tiles=not args.one_call_per_tile, denoise=args.denoise,
-                   chunks=args.chunks or (0 if args.split == "samples" else 1))
-    data = spec.to_dict()
+    data = job_spec(args, output).to_dict()
     data.pop("blend_file")
     return data
 

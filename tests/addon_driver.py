@@ -56,7 +56,7 @@ def follow(scene: Any, on_message: Any = None, timeout: float = 240) -> list[lis
         if on_message is not None:
             on_message(message, work)
         live.apply(scene, message)
-        live.apply_pending(scene, submission)
+        live.tick(scene)  # what the timer does between messages
         row = [settings.state, round(settings.progress, 4), settings.tasks_done,
                settings.frames_done, round(settings.elapsed, 2), round(settings.eta, 2)]
         if not seen or seen[-1][:4] != row[:4]:

@@ -13,7 +13,6 @@ resumes it with the pieces and frames already finished.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -82,6 +81,12 @@ class _Live:
     handle: Any
     canvas: Rect | None = None
     previews: dict[int, Any] = field(default_factory=dict)  # frame -> RGBA canvas
+
+    def latest_png(self) -> bytes | None:
+        """The preview of the latest frame with a finished tile, as PNG."""
+        from renderfarm.server.preview import png
+
+        return png(self.previews[max(self.previews)].copy()) if self.previews else None
 
 
 class FarmService:
@@ -221,6 +226,12 @@ class FarmService:
                 pass  # no subscriber can keep up: events are advisory, state is in status
 
     # -- operations --------------------------------------------------------------------------
+    def _handle(self, job_id: str) -> Any:
+        """The running job's :class:`~renderfarm.farm.JobHandle`, or None."""
+        with self._lock:
+            live = self._live.get(job_id)
+        return live.handle if live is not None else None
+
     def _op_hello(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         port = self.sockets.publish.rsplit(":", 1)[-1]
         return {"server": __version__, "protocol": protocol.VERSION,
@@ -232,6 +243,8 @@ class FarmService:
         return self.state_dir / "uploads" / f"{sha}.part"
 
     def _op_upload(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        from renderfarm.executor import file_hash
+
         sha, offset, total = (request.fields[k] for k in ("sha256", "offset", "total"))
         key = f"blobs/{sha}.blend"
         if self.storage.exists(key):
@@ -253,7 +266,7 @@ class FarmService:
         received = offset + len(data)
         if received < total:
             return {"received": received, "complete": False}
-        digest = _sha256(part)
+        digest = file_hash(str(part))
         if digest != sha:
             part.unlink()
             raise ServiceError(f"the uploaded file's SHA-256 is {digest[:12]}…, not "
@@ -278,7 +291,7 @@ class FarmService:
             raise ServiceError("the file was not uploaded (or the upload did not finish): "
                                "upload it, then submit", kind="not_found")
         job_id = new_job_id()
-        workdir = self.state_dir / "jobs" / job_id
+        workdir = self._job_dir(job_id)
         workdir.mkdir(parents=True)
         blend = workdir / fields["filename"]
         if not blend.name.endswith(".blend"):
@@ -313,30 +326,27 @@ class FarmService:
     def _op_cancel(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         job_id = request.fields["job_id"]
         row = self.store.act(job_id, "cancel", error="cancelled by a client")
-        with self._lock:
-            live = self._live.get(job_id)
-        if live is not None:
-            live.handle.cancel()
+        handle = self._handle(job_id)
+        if handle is not None:
+            handle.cancel()
         self._event(Event("job_cancelled", job_id, message="cancelled by a client"), row)
         return {"job": row.to_dict()}
 
     def _op_pause(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         job_id = request.fields["job_id"]
         row = self.store.act(job_id, "pause")
-        with self._lock:
-            live = self._live.get(job_id)
-        if live is not None:
-            live.handle.pause()
+        handle = self._handle(job_id)
+        if handle is not None:
+            handle.pause()
         self._event(Event("job_paused", job_id), row)
         return {"job": row.to_dict()}
 
     def _op_resume(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         job_id = request.fields["job_id"]
         row = self.store.act(job_id, "resume")
-        with self._lock:
-            live = self._live.get(job_id)
-        if live is not None:
-            live.handle.resume()
+        handle = self._handle(job_id)
+        if handle is not None:
+            handle.resume()
             row = self.store.act(job_id, "start")
         self._event(Event("job_resumed", job_id), row)
         return {"job": row.to_dict()}
@@ -344,10 +354,9 @@ class FarmService:
     def _op_priority(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         job_id, priority = request.fields["job_id"], request.fields["priority"]
         row = self.store.set_priority(job_id, priority)
-        with self._lock:
-            live = self._live.get(job_id)
-        if live is not None:
-            live.handle.set_priority(priority)
+        handle = self._handle(job_id)
+        if handle is not None:
+            handle.set_priority(priority)
         return {"job": row.to_dict()}
 
     def _op_fetch(self, request: protocol.Request,
@@ -372,11 +381,12 @@ class FarmService:
         local = self.storage.local_path(key)
         if local is None:
             self.storage.get_file(key, target)
-            return
-        try:
-            os.link(local, target)
-        except OSError:
-            shutil.copyfile(local, target)
+        else:
+            _link_or_copy(local, target)
+
+    def _job_dir(self, job_id: str) -> Path:
+        """The job's folder in the state folder: its .blend, ``pieces/``, ``previews/``."""
+        return self.state_dir / "jobs" / job_id
 
     def _output_key(self, job_id: str, name: str) -> str:
         return f"jobs/{job_id}/{name}"
@@ -409,7 +419,7 @@ class FarmService:
                                          p["path"]) for p in self.store.pieces(job.id)),
                 frames=self.store.frames(job.id))
         row = self.store.act(job.id, "start")
-        workdir = self.state_dir / "jobs" / job.id / "pieces"
+        workdir = self._job_dir(job.id) / "pieces"
         try:
             handle = self.farm.submit(spec, job.priority, job_id=job.id, workdir=workdir,
                                       resume=resume, on_piece=self._keep_for_preview(job.id))
@@ -424,15 +434,11 @@ class FarmService:
                          name=f"renderfarm-watch-{job.id}").start()
 
     def _keep_for_preview(self, job_id: str) -> Any:
-        folder = self.state_dir / "jobs" / job_id / "previews"
+        folder = self._job_dir(job_id) / "previews"
 
         def keep(task: Task, path: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True)
-            link = folder / path.name
-            try:
-                os.link(path, link)
-            except OSError:
-                shutil.copyfile(path, link)
+            _link_or_copy(path, folder / path.name)
 
         return keep
 
@@ -444,17 +450,15 @@ class FarmService:
                 self._record(job_id, live, event)
             except Exception:  # a bookkeeping error must not stop the job's events
                 logger.exception("job %s: cannot record %s", job_id, event.kind)
-        if live.previews:
-            from renderfarm.server.preview import png
-
-            (self.state_dir / "jobs" / job_id / "preview.png").write_bytes(
-                png(live.previews[max(live.previews)]))
+        image = live.latest_png()
+        if image is not None:
+            (self._job_dir(job_id) / "preview.png").write_bytes(image)
         with self._lock:
             self._live.pop(job_id, None)
-        shutil.rmtree(self.state_dir / "jobs" / job_id / "previews", ignore_errors=True)
+        shutil.rmtree(self._job_dir(job_id) / "previews", ignore_errors=True)
         row = self.store.job(job_id)
         if row.state in protocol.FINAL_STATES:
-            shutil.rmtree(self.state_dir / "jobs" / job_id / "pieces", ignore_errors=True)
+            shutil.rmtree(self._job_dir(job_id) / "pieces", ignore_errors=True)
 
     def _record(self, job_id: str, live: _Live, event: Event) -> None:
         store = self.store
@@ -477,7 +481,7 @@ class FarmService:
                             piece["tile"], str(path), data.get("worker"),
                             data.get("render_seconds"))
             self._preview(job_id, live, event.frame or 0, Tile.from_dict(piece["tile"]),
-                          path.parent.parent / "previews" / path.name)
+                          self._job_dir(job_id) / "previews" / path.name)
         elif event.kind == "frame_merged":
             path = Path(data["path"])
             key = self._output_key(job_id, path.name)
@@ -537,13 +541,12 @@ class FarmService:
     # -- status page -------------------------------------------------------------------------
     def preview_png(self, job_id: str) -> bytes | None:
         """The latest frame's preview of a job as PNG (kept on disk once the job ends)."""
-        from renderfarm.server.preview import png
-
         with self._lock:
             live = self._live.get(job_id)
-        if live is not None and live.previews:
-            return png(live.previews[max(live.previews)].copy())
-        path = self.state_dir / "jobs" / job_id / "preview.png"
+        image = live.latest_png() if live is not None else None
+        if image is not None:
+            return image
+        path = self._job_dir(job_id) / "preview.png"
         return path.read_bytes() if path.is_file() else None
 
     def _start_http(self, address: str) -> None:
@@ -555,12 +558,12 @@ class FarmService:
         logger.info("status page on %s", self.http_address)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (a copy across file systems)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def serve(config: ServiceConfig) -> None:
