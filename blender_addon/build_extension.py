@@ -3,8 +3,9 @@
     python blender_addon/build_extension.py                      # this machine's platform
     python blender_addon/build_extension.py --platform linux-x64 --platform windows-x64
 
-Each zip holds the add-on, a wheel of renderfarm (its client is what the add-on imports) and
-the pyzmq wheel for Blender's Python (3.11) on that platform, listed in the manifest's
+Each zip holds the add-on, a wheel of renderfarm (its client is what the add-on imports),
+Blender Asset Tracer (bundles) and the pyzmq and zstandard wheels for Blender's Python (3.11)
+on that platform, listed in the manifest's
 ``wheels`` with ``platforms`` set to match. Install it in Blender with Edit > Preferences >
 Get Extensions > Install from Disk. pyzmq wheels come from PyPI (``pip download``) unless
 ``--pyzmq-wheel`` gives one.
@@ -68,6 +69,22 @@ def download_pyzmq(folder: Path, blender_platform: str) -> Path:
     return next(folder.glob("pyzmq-*.whl"))
 
 
+def download_bundling(folder: Path, blender_platform: str) -> list[Path]:
+    """Blender Asset Tracer (pure Python) and zstandard for Blender's Python on
+    ``blender_platform`` (Blender 5 saves zstd-compressed files), as installed here."""
+    from importlib.metadata import version
+
+    tags = [arg for tag in PLATFORMS[blender_platform] for arg in ("--platform", tag)]
+    for requirement in (f"blender-asset-tracer=={version('blender-asset-tracer')}",
+                        f"zstandard=={version('zstandard')}"):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--only-binary=:all:", "--python-version", PYTHON_VERSION,
+                        "--implementation", "cp", *tags, requirement, "-d", str(folder)],
+                       check=True)
+    return [next(folder.glob("blender_asset_tracer-*.whl")),
+            next(folder.glob("zstandard-*.whl"))]
+
+
 def manifest(wheels: list[str], blender_platform: str) -> str:
     """The add-on's manifest with ``wheels`` and ``platforms`` filled in."""
     text = (HERE / "blender_manifest.toml").read_text()
@@ -88,7 +105,8 @@ def build(blender_platform: str, out: Path, pyzmq_wheel: Path | None = None) -> 
     with tempfile.TemporaryDirectory() as tmp:
         wheels_dir = Path(tmp)
         wheels = [build_renderfarm_wheel(wheels_dir),
-                  pyzmq_wheel or download_pyzmq(wheels_dir, blender_platform)]
+                  pyzmq_wheel or download_pyzmq(wheels_dir, blender_platform),
+                  *download_bundling(wheels_dir, blender_platform)]
         out.mkdir(parents=True, exist_ok=True)
         target = out / f"renderfarm-{__version__}-{blender_platform.replace('-', '_')}.zip"
         with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -32,6 +32,8 @@ def job_spec(scene: bpy.types.Scene, settings: Any) -> dict[str, Any]:
         spec["tiles"] = [0, 0]
     stem = Path(bpy.data.filepath).stem if bpy.data.filepath else "untitled"
     spec["output"] = f"{stem}_####.{_FORMATS[settings.file_format]}"
+    if settings.allow_missing:
+        spec["allow_missing"] = True
     return spec
 
 

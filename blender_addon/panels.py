@@ -40,6 +40,7 @@ class RENDERFARM_PT_render(bpy.types.Panel):
         col.prop(settings, "priority")
         col.prop(settings, "output_dir")
         col.prop(settings, "file_format")
+        col.prop(settings, "allow_missing")
 
         running = live.submission_of(scene) is not None
         row = layout.row()

@@ -38,6 +38,10 @@ class RenderFarmSettings(bpy.types.PropertyGroup):
         name="Format", default="EXR",
         items=(("EXR", "OpenEXR Multilayer", "Every pass of every view layer"),
                ("PNG", "PNG", "8-bit image as the scene's view transform shows it")))
+    allow_missing: bpy.props.BoolProperty(
+        name="Allow Missing Files", default=False,
+        description="Render although files the scene needs cannot be found (each is a "
+        "warning); off: the submission stops naming them")
 
     # the job running now (set by the add-on, shown in the panel)
     job_id: bpy.props.StringProperty(name="Job", default="")

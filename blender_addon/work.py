@@ -1,8 +1,11 @@
-"""The add-on's background work: pack the saved copy, upload it, submit, follow the job.
+"""The add-on's background work: pack the saved copy's unsaved images, bundle it with every
+file it depends on (Blender Asset Tracer), upload what the farm lacks, submit, follow the job.
 
 Nothing here touches ``bpy``: it runs on a thread (or inline in a blocking ``execute``) and
 reports through a queue of small messages that only the main thread applies (``live.py``).
-Packing runs in a child Blender so the artist's session is never changed by it.
+Packing runs in a child Blender so the artist's session is never changed by it; libraries,
+textures, caches, movie clips, fonts and sounds go through the bundle
+(:func:`renderfarm.bundle.make_bundle`), not Blender's packing.
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ import json, os, sys
 import bpy
 source, target = sys.argv[-2], sys.argv[-1]
 bpy.ops.wm.open_mainfile(filepath=source, load_ui=False, use_scripts=False)
-notes = []
-for op in (bpy.ops.file.pack_libraries, bpy.ops.file.pack_all):
-    try:
-        op()
-    except RuntimeError as exc:
-        notes.append(str(exc).strip())
-external = sorted({p for p in bpy.utils.blend_paths(absolute=True, packed=False)
-                   if p and os.path.exists(bpy.path.abspath(p))})
+notes, packed = [], []
+for image in bpy.data.images:  # painted but never saved: only Blender has these pixels
+    if image.packed_file is None and image.source in {"FILE", "GENERATED"} and (
+            image.is_dirty or (image.source == "FILE" and image.filepath
+                               and not os.path.exists(bpy.path.abspath(image.filepath))
+                               and image.has_data)):
+        try:
+            image.pack()
+            packed.append(image.name)
+        except RuntimeError as exc:
+            notes.append(f"{image.name}: {str(exc).strip()}")
 bpy.ops.wm.save_as_mainfile(filepath=target, compress=True, copy=True)
-print("RENDERFARM-PACK " + json.dumps({"notes": notes, "external": external}))
+print("RENDERFARM-PACK " + json.dumps({"notes": notes, "packed": packed}))
 """
 
 
@@ -178,7 +184,7 @@ class Submission:
         """Pack, upload and submit; False (with a :class:`Failed` message) on failure."""
         try:
             self.connection.check()
-            self.messages.put(Stage("packing", "packing the scene's files"))
+            self.messages.put(Stage("packing", "packing unsaved images, bundling files"))
             packed = self._pack()
             self._client = self.connection.client()
             self._client.subscribe()  # before submitting, so no early event is missed
@@ -189,6 +195,11 @@ class Submission:
                     Stage("uploading", f"uploading {done / 1e6:.1f} of {total / 1e6:.1f} MB",
                           done / max(total, 1))))
             self.job_id = job_id
+            sent = self._client.last_transfer
+            if sent:
+                self.warnings.append(
+                    f"sent {sent['sent_files']} of {sent['bundle_files']} file(s), "
+                    f"{sent['sent_bytes'] / 1e6:.1f} of {sent['bundle_bytes'] / 1e6:.1f} MB")
             self.messages.put(Submitted(job_id, tuple(self.warnings)))
             return True
         except Exception as exc:  # every failure reaches the artist as a report
@@ -261,11 +272,6 @@ class Submission:
             raise RuntimeError("packing the scene failed: " + (" / ".join(tail) or
                                                                 f"exit {proc.returncode}"))
         self.warnings = [f"not packed: {note}" for note in report["notes"]]
-        if report["external"]:
-            shown = ", ".join(os.path.basename(p) for p in report["external"][:5])
-            self.warnings.append(f"{len(report['external'])} file(s) stay outside the "
-                                 f"upload (caches, movies, ...): {shown}; the farm needs them "
-                                 "at the same paths")
         return target
 
     def _remove_copy(self) -> None:

@@ -65,6 +65,10 @@ def render(
     workers: int | None = None,
     permit_scripts: bool = False,
     progress: bool = False,
+    files: str = "bundle",
+    allow_missing: bool = False,
+    project: str | os.PathLike[str] | None = None,
+    storage: str | None = None,
 ) -> JobResult:
     """Render a ``.blend`` on a Ray cluster and wait for the result.
 
@@ -92,6 +96,12 @@ def render(
         workers: number of workers (None: one per GPU, or one per node for CPU).
         permit_scripts: let this farm run jobs that allow scripts.
         progress: show a progress bar on standard error.
+        files: ``"bundle"`` sends the file and every dependency to the workers (they need
+            not see this disk); ``"shared"``: workers read the same paths.
+        allow_missing: render although files the scene needs are missing (warnings).
+        project: the folder the bundle keeps relative paths from (default: the file's).
+        storage: where the farm keeps job files for the workers (a folder they see, or
+            ``s3://bucket/prefix``); None: a temporary folder.
 
     Returns:
         The job's result; ``result.outputs`` maps frames to files.
@@ -99,14 +109,16 @@ def render(
     Raises:
         RenderFarmError: bad input, a failed render or a failed merge.
     """
-    from renderfarm.farm import Farm, check_spec
+    from renderfarm.farm import Farm, FarmConfig, check_spec
 
     spec = JobSpec(
         blend_file=os.fspath(blend_file), frames=frames, tiles=parse_tiles(tiles),
         samples=samples, percentage=percentage, device=device, output=os.fspath(output),
         retries=retries, task_timeout=task_timeout, allow_scripts=allow_scripts,
         overscan=overscan, scene=scene, group_tiles=group_tiles,
-        denoise=denoise, chunks=_chunks(split, chunks))
+        denoise=denoise, chunks=_chunks(split, chunks), files=files,
+        allow_missing=allow_missing, project=os.fspath(project) if project else None)
     check_spec(spec)
-    with Farm(address=address, workers=workers, permit_scripts=permit_scripts) as farm:
+    with Farm(address=address, workers=workers, permit_scripts=permit_scripts,
+              config=FarmConfig(storage=storage)) as farm:
         return farm.render(spec, progress=progress)

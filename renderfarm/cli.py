@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never let a worker render neighbouring tiles in one call")
     jobs.add_argument("--allow-scripts", action="store_true",
                         help="run Python embedded in the file (needs --permit-scripts)")
+    jobs.add_argument("--files", choices=("bundle", "shared"), default="bundle",
+                      help="'bundle' (default) sends the .blend and every file it uses "
+                      "(libraries, textures, caches), so workers need not see this disk; "
+                      "'shared': workers read the same paths (a studio file server)")
+    jobs.add_argument("--allow-missing", action="store_true",
+                      help="render although the scene needs files that cannot be found "
+                      "(each is a warning); default: the job fails naming them")
+    jobs.add_argument("--project", help="the project folder the bundle keeps relative "
+                      "paths from (default: the .blend's folder)")
     farm = argparse.ArgumentParser(add_help=False)
     farm.add_argument("--farm", default=os.environ.get("RENDERFARM_ADDRESS",
                                                        "tcp://127.0.0.1:5555"),
@@ -186,7 +195,8 @@ def job_spec(args: argparse.Namespace, output: str) -> Any:
                    output=output, retries=args.retries, task_timeout=args.timeout,
                    allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
                    group_tiles=not args.one_call_per_tile, denoise=args.denoise,
-                   chunks=args.chunks or (0 if args.split == "samples" else 1))
+                   chunks=args.chunks or (0 if args.split == "samples" else 1),
+                   files=args.files, allow_missing=args.allow_missing, project=args.project)
 
 
 def _render(args: argparse.Namespace) -> int:

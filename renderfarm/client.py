@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import logging
 import os
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -63,6 +64,9 @@ class FarmClient:
         self._client_key = client_key
         self._context = zmq.Context.instance()
         self._ids = itertools.count(1)
+        #: what the last :meth:`submit` sent: ``bundle_files``, ``bundle_bytes``,
+        #: ``sent_files``, ``sent_bytes``
+        self.last_transfer: dict[str, int] = {}
         self._sock: Any = None
         self._monitor: Any = None
         self._sub: Any = None
@@ -171,11 +175,17 @@ class FarmClient:
         return self._hello
 
     def upload(self, path: str | os.PathLike[str],
-               progress: Callable[[int, int], None] | None = None) -> str:
+               progress: Callable[[int, int], None] | None = None,
+               sha256: str | None = None) -> str:
         """Upload a file in chunks; returns its SHA-256 (the service keeps each file once).
 
+        Args:
+            path: the file.
+            progress: called with (bytes sent, total).
+            sha256: the content the caller expects; a file that changed since is refused.
+
         Raises:
-            InputError: the file cannot be read.
+            InputError: the file cannot be read, or no longer has the expected content.
         """
         path = Path(path)
         try:
@@ -188,6 +198,9 @@ class FarmClient:
             raise InputError(f"cannot read the file to upload ({exc.strerror})",
                              path=str(path)) from exc
         sha = digest.hexdigest()
+        if sha256 is not None and sha != sha256:
+            raise InputError("the file changed while the job was being sent; submit again",
+                             path=str(path))
         chunk = int(self.hello().get("chunk") or protocol.CHUNK)
         offset = 0
         with open(path, "rb") as handle:
@@ -206,19 +219,48 @@ class FarmClient:
 
     def submit(self, blend: str | os.PathLike[str], spec: dict[str, Any] | None = None,
                priority: int = 0, filename: str | None = None,
-               progress: Callable[[int, int], None] | None = None) -> str:
-        """Upload a ``.blend`` and queue a job for it; returns the job id.
+               progress: Callable[[int, int], None] | None = None,
+               project: str | os.PathLike[str] | None = None) -> str:
+        """Bundle a ``.blend`` with every file it depends on, upload what the farm lacks and
+        queue a job; returns the job id. When it returns, the files may change or move.
 
         Args:
-            blend: the file (a copy the artist's work can change under no more).
+            blend: the file.
             spec: job fields (``frames``, ``tiles``, ``samples``, ``device``, ``output`` — its
-                file name only: outputs stay on the farm until fetched —, ``denoise``, ...).
+                file name only: outputs stay on the farm until fetched —, ``denoise``,
+                ``allow_missing``, ...).
             priority: higher first.
             filename: the name the farm shows (default: the file's).
             progress: called with (bytes sent, total) during the upload.
+            project: the folder relative paths are kept from (default: the file's folder).
+
+        Raises:
+            MissingFilesError: the scene needs files that cannot be found and ``spec`` does
+                not set ``allow_missing``.
+            BundleError: the dependencies cannot be read.
+            ServiceError: the farm refused the job.
         """
-        sha = self.upload(blend, progress)
-        reply, _ = self.request("submit", spec=dict(spec or {}), blob=sha,
+        from renderfarm.bundle import make_bundle, missing_error
+
+        spec = dict(spec or {})
+        with tempfile.TemporaryDirectory(prefix="renderfarm-bundle-") as folder:
+            manifest = make_bundle(blend, folder, project)
+            if manifest.missing and spec.get("allow_missing") is not True:
+                raise missing_error(manifest.missing, str(blend))
+            lacking = set(self.request("have", hashes=manifest.hashes())[0]["missing"])
+            sources = {f.sha256: f for f in manifest.files if f.sha256 in lacking}
+            total = sum(f.size for f in sources.values())
+            done = 0
+            for entry in sources.values():
+                assert entry.source is not None
+                self.upload(entry.source, None if progress is None else (
+                    lambda sent, _size, base=done: progress(base + sent, total)),
+                    sha256=entry.sha256)
+                done += entry.size
+        self.last_transfer = {"bundle_files": len(manifest.files),
+                              "bundle_bytes": manifest.total_bytes,
+                              "sent_files": len(sources), "sent_bytes": total}
+        reply, _ = self.request("submit", spec=spec, bundle=manifest.to_dict(),
                                 filename=filename or Path(blend).name, priority=priority)
         return str(reply["job_id"])
 

@@ -117,10 +117,33 @@ class ResourceError(InputError):
     """The job asks for resources the cluster does not have (e.g. GPUs on a CPU-only cluster)."""
 
 
+class BundleError(InputError):
+    """A job's files cannot be bundled or unpacked safely (a path that leaves the bundle, a
+    bundle over the farm's size limit, a malformed manifest)."""
+
+
+class MissingFilesError(InputError):
+    """The scene needs files that cannot be found (textures, libraries, caches).
+
+    Args:
+        message: what is missing and what to do.
+        missing: every missing file, as the scene names it.
+    """
+
+    def __init__(self, message: str, *, missing: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.missing = tuple(missing)
+
+
 class RenderError(RenderFarmError):
     """A task failed while rendering (CLI exit code 4)."""
 
     default_retryable = True
+
+
+class IntegrityError(RenderError):
+    """A file a worker fetched does not have the content (SHA-256) the job names; fetching it
+    again may help."""
 
 
 class WorkerDiedError(RenderError):

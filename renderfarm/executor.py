@@ -78,6 +78,9 @@ class BlenderWorker:
         self.scratch = tempfile.mkdtemp(prefix="renderfarm-worker-")
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._paths: dict[str, str] = {}
+        self._bundles: list[str] = []
+        self._storages: dict[str, Any] = {}
+        self._cache: Any = None
         self._counter = itertools.count()
 
     def ping(self) -> dict[str, Any]:
@@ -85,9 +88,19 @@ class BlenderWorker:
         return {"worker": self.worker_id, "node": self.node, "pid": os.getpid(),
                 "loaded": self.session.loaded_hash}
 
-    def _blend_path(self, path: str, blend_hash: str, blob: Sequence[Any]) -> str | None:
-        """A local path of the file with ``blend_hash``: the driver's own path when this node
-        sees the same file, else a copy made from ``blob`` (None when a copy is needed)."""
+    def _blend_path(self, path: str, blend_hash: str,
+                    files: dict[str, Any] | None) -> str | None:
+        """A local path of the job's ``.blend``, or None when the driver must send the files
+        through Ray's object store (this node sees neither its path nor the farm's storage).
+
+        ``files`` says how the job's files travel: ``{"mode": "bundle", "manifest": ...,
+        "storage": url, "refs": {sha: ref}}`` lays the bundle out from this node's cache,
+        filled from the farm's storage; ``{"mode": "shared", "blob": [ref]}`` uses the
+        driver's own path when this node sees the same file, else a copy of the file.
+        """
+        files = files or {}
+        if files.get("mode") == "bundle":
+            return self._bundle_root(blend_hash, files)
         if blend_hash in self._paths and os.path.isfile(self._paths[blend_hash]):
             return self._paths[blend_hash]
         if os.path.isfile(path):
@@ -98,6 +111,7 @@ class BlenderWorker:
             if self._hashes[key] == blend_hash:
                 self._paths[blend_hash] = path
                 return path
+        blob = files.get("blob") or ()
         if not blob:
             return None
         import ray
@@ -111,11 +125,69 @@ class BlenderWorker:
         self._paths[blend_hash] = local
         return local
 
+    def _bundle_root(self, key: str, files: dict[str, Any]) -> str | None:
+        """Lay the job's bundle out from the node cache; its root ``.blend``'s path."""
+        from renderfarm.bundle import (
+            Manifest,
+            NodeCache,
+            default_cache_bytes,
+            default_cache_root,
+            materialise,
+        )
+
+        known = self._paths.get(key)
+        if known is not None and os.path.isfile(known):
+            return known
+        manifest = Manifest.from_dict(files.get("manifest"))  # checked here too: untrusted
+        download = self._downloader(files)
+        if download is None:
+            return None
+        if self._cache is None:
+            self._cache = NodeCache(default_cache_root(self.node), default_cache_bytes())
+        cache = self._cache
+        root = materialise(manifest, os.path.join(self.scratch, "bundles", key),
+                           lambda entry: cache.get(entry.sha256, entry.size,
+                                                   lambda tmp: download(entry.sha256, tmp)))
+        self._paths[key] = str(root)
+        self._bundles.append(key)
+        while len(self._bundles) > 4:  # keep the latest few bundles laid out
+            old = self._bundles.pop(0)
+            self._paths.pop(old, None)
+            shutil.rmtree(os.path.join(self.scratch, "bundles", old), ignore_errors=True)
+        return str(root)
+
+    def _downloader(self, files: dict[str, Any]) -> Callable[[str, Any], None] | None:
+        """How this node gets a file by hash: straight from the farm's storage when it can
+        reach it, else from Ray's object store (None when the driver must put them there)."""
+        from pathlib import Path
+
+        from renderfarm.bundle import storage_key
+
+        refs = files.get("refs")
+        url = str(files.get("storage") or "")
+        if url.startswith("s3://") or (url and os.path.isdir(url)):
+            if url not in self._storages:
+                from renderfarm.storage import open_storage
+
+                self._storages[url] = open_storage(url)
+            storage = self._storages[url]
+            return lambda sha, tmp: storage.get_file(storage_key(sha), Path(tmp))
+        if not refs:
+            return None
+        import ray
+
+        def from_refs(sha: str, tmp: Any) -> None:
+            if sha not in refs:
+                raise RenderError(f"the driver sent no file with SHA-256 {sha[:12]}…")
+            Path(tmp).write_bytes(ray.get(refs[sha]))
+
+        return from_refs
+
     def inspect(self, path: str, blend_hash: str, allow_scripts: bool, scene: str | None,
-                blob: Sequence[Any] = ()) -> dict[str, Any]:
+                files: dict[str, Any] | None = None) -> dict[str, Any]:
         """Open the file (if needed) and return the scene's facts."""
         try:
-            local = self._blend_path(path, blend_hash, blob)
+            local = self._blend_path(path, blend_hash, files)
             if local is None:
                 return {"ok": False, "need_blob": True}
             info = self.session.info(local, blend_hash, allow_scripts, scene)
@@ -124,7 +196,8 @@ class BlenderWorker:
             return {"ok": False, "error": _error_dict(exc)}
 
     def render(self, settings: dict[str, Any], output_format: str, task: dict[str, Any],
-               attempt: int, blob: Sequence[Any] = ()) -> tuple[dict[str, Any], bytes | None]:
+               attempt: int, files: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], bytes | None]:
         """Render one task and return its result and the piece's bytes."""
         job_settings = RenderSettings.from_dict(settings)
         the_task = Task.from_dict(task)
@@ -135,7 +208,7 @@ class BlenderWorker:
         piece = os.path.join(self.scratch,
                              f"piece-{next(self._counter)}{FORMAT_EXTENSIONS[output_format]}")
         try:
-            local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, blob)
+            local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
             if local is None:
                 return {**base, "ok": False, "error": {"need_blob": True}}, None
             load = self.session.prepare(local, job_settings, output_format)
@@ -157,15 +230,14 @@ class BlenderWorker:
                 os.remove(piece)
 
     def finish(self, settings: dict[str, Any], merged_exr: bytes, file_format: str,
-               extension: str, blob: Sequence[Any] = ()) -> bytes:
+               extension: str, files: dict[str, Any] | None = None) -> bytes | None:
         """Finish a merged frame (multilayer EXR): denoise it when the job renders noisy
         pieces, and write it in ``file_format`` with the colour management of the job's scene;
-        return the file's bytes."""
+        return the file's bytes (None when this worker needs the job's files sent)."""
         job_settings = RenderSettings.from_dict(settings)
-        local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, blob)
+        local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
         if local is None:
-            raise RenderError("the worker cannot see the .blend file to finish a frame",
-                              path=job_settings.blend_path)
+            return None  # the driver puts the files in Ray's object store and asks again
         self.session.prepare(local, job_settings, "OPEN_EXR_MULTILAYER")
         number = next(self._counter)
         source = os.path.join(self.scratch, f"finish-{number}.exr")

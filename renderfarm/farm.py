@@ -22,8 +22,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from renderfarm.bundle import (
+    MAX_BUNDLE_BYTES,
+    Manifest,
+    make_bundle,
+    missing_error,
+    publish,
+    storage_key,
+    trace_missing,
+)
 from renderfarm.errors import (
     BlendFileError,
+    BundleError,
     CancelledError,
     InputError,
     JobFailedError,
@@ -85,6 +95,10 @@ class FarmConfig:
         start_timeout: seconds to wait for workers before calling the cluster too small.
         merge_threads: frames merged at once on the driver.
         ray_log_level: the level of Ray's own notices when this farm starts Ray.
+        storage: where job files are kept by hash for the workers (a folder the workers
+            see, or ``s3://bucket/prefix``); None: a temporary folder of this farm's (workers
+            on nodes that cannot see it get the files through Ray's object store).
+        max_bundle_bytes: the largest bundle (a job's files) the farm accepts.
     """
 
     address: str | None = None
@@ -95,6 +109,8 @@ class FarmConfig:
     start_timeout: float = START_TIMEOUT
     merge_threads: int = 2
     ray_log_level: int = logging.WARNING
+    storage: str | None = None
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES
 
 
 def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
@@ -110,7 +126,15 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
 
     config = config or FarmConfig()
     path = spec.blend_file
-    check_blend_file(path)
+    if spec.bundle is not None:
+        if spec.files != "bundle":
+            raise InputError("a job with a bundle must use files='bundle'", path=path)
+        Manifest.from_dict(spec.bundle, config.max_bundle_bytes)
+    else:
+        check_blend_file(path)
+    if spec.project is not None and not os.path.isdir(spec.project):
+        raise InputError("the project folder does not exist; give the folder the .blend's "
+                         "relative paths start from (--project)", path=spec.project)
     if spec.frames is not None:
         parse_frames(spec.frames, max_count=config.max_frames)
     if spec.allow_scripts and not config.permit_scripts:
@@ -183,6 +207,9 @@ class JobHandle:
         self._source: Source | None = None
         self._result: JobResult | None = None
         self._error: RenderFarmError | None = None
+        #: what bundling stored for this job (``bundle_files``, ``bundle_bytes``,
+        #: ``sent_files``, ``sent_bytes``); empty when the client sent the bundle
+        self.transfer: dict[str, int] = {}
 
     def events(self) -> Iterator[Event]:
         """Yield the job's events as they happen, until it ends (one consumer only)."""
@@ -322,6 +349,8 @@ class Farm:
         self._merger = ThreadPoolExecutor(self.config.merge_threads,
                                           thread_name_prefix="renderfarm-merge")
         self._jobs: list[JobHandle] = []
+        self._storage: Any = None
+        self._own_storage: Path | None = None
         self._connect()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -362,11 +391,29 @@ class Farm:
             runner.pool.kill_all()
         self._runners.clear()
         self._merger.shutdown(wait=True)
+        if self._own_storage is not None:
+            shutil.rmtree(self._own_storage, ignore_errors=True)
+            self._own_storage = None
+            self._storage = None
         if self._started_ray:
             import ray
 
             ray.shutdown()
             self._started_ray = False
+
+    @property
+    def storage(self) -> Any:
+        """Where this farm keeps job files by hash (:class:`~renderfarm.storage.Storage`)."""
+        with self._lock:
+            if self._storage is None:
+                from renderfarm.storage import open_storage
+
+                location = self.config.storage
+                if location is None:
+                    self._own_storage = Path(tempfile.mkdtemp(prefix="renderfarm-storage-"))
+                    location = str(self._own_storage)
+                self._storage = open_storage(location)
+            return self._storage
 
     def pool_shape(self, device: str) -> PoolShape:
         """The shape a pool for ``device`` (``cpu`` or ``gpu``) has on this cluster."""
@@ -413,7 +460,11 @@ class Farm:
             InputError: the job is wrong before anything runs (file, frames, output).
         """
         check_spec(spec, self.config)
+        transfer: dict[str, int] = {}
+        if spec.files == "bundle" and spec.bundle is None:
+            spec, transfer = self.bundle(spec)
         handle = JobHandle(job_id or new_job_id(), spec)
+        handle.transfer = transfer
         self._jobs.append(handle)
         run = _JobRun(self, handle, priority, workdir=workdir, resume=resume,
                       on_piece=on_piece)
@@ -421,6 +472,34 @@ class Farm:
                                   name=f"renderfarm-job-{handle.job_id}", daemon=True)
         thread.start()
         return handle
+
+    def bundle(self, spec: JobSpec) -> tuple[JobSpec, dict[str, int]]:
+        """Bundle a job's ``.blend`` and its dependencies into this farm's storage.
+
+        Done before :meth:`submit` returns, so the artist's files may change or move
+        afterwards: the job renders what they were at submission.
+
+        Returns:
+            The job with its bundle's manifest, and what was stored: ``bundle_files``,
+            ``bundle_bytes``, ``sent_files``, ``sent_bytes``.
+
+        Raises:
+            MissingFilesError: the scene needs files that cannot be found (unless the job
+                allows it).
+            BundleError: the dependencies cannot be read, or the bundle is too large.
+        """
+        with tempfile.TemporaryDirectory(prefix="renderfarm-bundle-") as folder:
+            manifest = make_bundle(spec.blend_file, folder, spec.project,
+                                   self.config.max_bundle_bytes)
+            if manifest.missing and not spec.allow_missing:
+                raise missing_error(manifest.missing, spec.blend_file)
+            sent, sent_bytes = publish(manifest, self.storage)
+        transfer = {"bundle_files": len(manifest.files), "bundle_bytes": manifest.total_bytes,
+                    "sent_files": sent, "sent_bytes": sent_bytes}
+        logger.info("bundle of %s: %d file(s), %d bytes; stored %d new file(s), %d bytes",
+                    spec.blend_file, len(manifest.files), manifest.total_bytes, sent,
+                    sent_bytes)
+        return replace(spec, bundle=manifest.to_dict()), transfer
 
     def render(self, spec: JobSpec, progress: bool = False) -> JobResult:
         """Render a job and wait for it (with a progress bar when ``progress``)."""
@@ -446,7 +525,9 @@ class _JobRun:
         self.spec = handle.spec
         self.priority = priority
         self.lock = threading.Lock()
-        self.blob: list[Any] = []
+        self.files: dict[str, Any] = {}
+        self.files_ref: Any = None
+        self.manifest: Manifest | None = None
         self.results: list[TaskResult] = []
         self.outputs: dict[int, Path] = {}
         self.pieces: dict[int, list[tuple[int, Piece]]] = {}
@@ -470,11 +551,88 @@ class _JobRun:
             **kwargs))
 
     def _put_blob(self) -> None:
+        """Send the job's files through Ray's object store, for workers that can reach
+        neither the driver's paths nor the farm's storage."""
         import ray
 
-        if not self.blob:
-            with open(self.spec.blend_file, "rb") as handle:
-                self.blob.append(ray.put(handle.read()))
+        with self.lock:
+            if self.files.get("mode") == "shared" and not self.files.get("blob"):
+                with open(self.spec.blend_file, "rb") as handle:
+                    self.files["blob"] = [ray.put(handle.read())]
+            elif self.files.get("mode") == "bundle" and not self.files.get("refs"):
+                assert self.manifest is not None
+                storage = self.farm.storage
+                refs = {}
+                for sha in self.manifest.hashes():
+                    local = storage.local_path(storage_key(sha))
+                    if local is None:
+                        local = self.scratch / f"fetch-{sha}"
+                        storage.get_file(storage_key(sha), local)
+                    refs[sha] = ray.put(Path(local).read_bytes())
+                self.files["refs"] = refs
+            else:
+                return
+            self.files_ref = ray.put(self.files)
+
+    def _prepare_files(self) -> str:
+        """Make the job's files reachable by workers; returns the key workers load it by
+        (the bundle's digest, or the shared file's hash).
+
+        Raises:
+            MissingFilesError: the scene needs files that cannot be found (unless the job
+                allows it: then each is a warning).
+            BundleError: the bundle cannot be made, is too large, or lacks stored files.
+        """
+        import ray
+
+        spec = self.spec
+        if spec.files == "shared":
+            try:
+                key = file_hash(spec.blend_file)
+            except OSError as exc:
+                raise BlendFileError(f"the file cannot be read ({exc.strerror}); with --files "
+                                     "shared it must stay in place until the job ends",
+                                     path=spec.blend_file) from exc
+            self._check_missing(trace_missing(spec.blend_file))
+            self.files = {"mode": "shared", "blob": []}
+        else:
+            storage = self.farm.storage
+            limit = self.farm.config.max_bundle_bytes
+            assert spec.bundle is not None  # Farm.submit bundled it, or the client did
+            manifest = Manifest.from_dict(spec.bundle, limit)
+            absent = [h for h in manifest.hashes() if not storage.exists(storage_key(h))]
+            if absent:
+                raise BundleError(
+                    f"{len(absent)} file(s) of the job's bundle are not in the farm's "
+                    "storage (the upload did not finish); submit the job again",
+                    path=spec.blend_file)
+            transfer = self.handle.transfer
+            if transfer:
+                self.emit("info", message=f"bundle: {transfer['bundle_files']} file(s), "
+                          f"{transfer['bundle_bytes']} bytes; sent {transfer['sent_files']} "
+                          f"new file(s), {transfer['sent_bytes']} bytes", data=transfer)
+            self._check_missing(manifest.missing)
+            self.manifest = manifest
+            key = manifest.digest
+            self.files = {"mode": "bundle", "manifest": manifest.to_dict(),
+                          "storage": storage.url, "refs": None}
+        self.files_ref = ray.put(self.files)
+        return key
+
+    def _check_missing(self, missing: Any, seen: Any = ()) -> None:
+        """Fail the job naming each missing file, or warn per file when it allows them."""
+        missing = sorted(set(missing))
+        if not missing:
+            return
+        if not self.spec.allow_missing:
+            raise missing_error(missing, self.spec.blend_file)
+        known = {os.path.basename(p) for p in seen}
+        for path in missing:
+            if os.path.basename(path) in known:
+                continue
+            warning = f"missing file, rendered without it (--allow-missing): {path}"
+            self.warnings.append(warning)
+            self.emit("warning", message=warning, data={"missing": path})
 
     # -- the job -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -506,12 +664,15 @@ class _JobRun:
     def _run(self, start: float) -> JobResult:
         spec = self.spec
         self.emit("job_queued")
-        blend_hash = file_hash(spec.blend_file)
+        blend_hash = self._prepare_files()
         device = self.farm.resolve_device(spec.device)
         runner = self.farm._runner(device)
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
         self.info = info = self._inspect(runner.pool, blend_hash)
+        # what Blender itself reports missing after opening the file on a worker
+        self._check_missing(info.missing_files, seen=self.manifest.missing if self.manifest
+                            else trace_missing(spec.blend_file) if info.missing_files else ())
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
                                     workers=runner.pool.shape.workers)
         for note in plan.notes:
@@ -532,7 +693,8 @@ class _JobRun:
             samples=spec.samples, percentage=spec.percentage, device=device,
             allow_scripts=spec.allow_scripts, compositing=plan.compositing,
             threads=runner.pool.shape.threads, post_denoise=plan.post_denoise,
-            sample_chunks=plan.chunks > 1, post_composite=plan.post_composite)
+            sample_chunks=plan.chunks > 1, post_composite=plan.post_composite,
+            allow_missing=spec.allow_missing, files=spec.files)
         self.pool = runner.pool
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
@@ -614,7 +776,7 @@ class _JobRun:
             handle = pool.preferred(blend_hash)
             try:
                 reply = ray.get(handle.actor.inspect.remote(
-                    path, blend_hash, spec.allow_scripts, spec.scene, self.blob))
+                    path, blend_hash, spec.allow_scripts, spec.scene, self.files_ref))
             except ray.exceptions.RayActorError:
                 logger.warning("worker %s died while opening %s (attempt %d)",
                                handle.worker_id, path, attempt + 1)
@@ -644,7 +806,7 @@ class _JobRun:
                   data={"worker": handle.worker_id, "attempt": attempt,
                         "tiles": self._tiles(task)})
         return handle.actor.render.remote(self.settings.to_dict(), self.piece_format,
-                                          task.to_dict(), attempt, self.blob)
+                                          task.to_dict(), attempt, self.files_ref)
 
     def _done(self, handle: WorkerHandle, task: Task, value: Any) -> bool:
         reply, data = value
@@ -788,12 +950,15 @@ class _JobRun:
 
         payload = merged.read_bytes()
         extension = FORMAT_EXTENSIONS[self.final_format]
-        for _attempt in range(self.spec.retries + 1):
+        for _attempt in range(self.spec.retries + 2):
             handle = self.pool.preferred(self.settings.blend_hash)
             try:
                 data = ray.get(handle.actor.finish.remote(
                     self.settings.to_dict(), payload, self.final_format, extension,
-                    self.blob))
+                    self.files_ref))
+                if data is None:  # the worker cannot reach the job's files: send them
+                    self._put_blob()
+                    continue
                 break
             except ray.exceptions.RayActorError:
                 self.pool.replace(handle.worker_id)

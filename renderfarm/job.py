@@ -23,6 +23,8 @@ DEVICES = ("auto", "cpu", "gpu")
 AUTO_TILES = (0, 0)
 #: how a job denoises scenes that use Cycles' denoiser (see :attr:`JobSpec.denoise`)
 DENOISE_MODES = ("auto", "post", "render")
+#: how a job's files reach the workers
+FILE_MODES = ("bundle", "shared")
 
 #: output extension -> Blender file format
 OUTPUT_FORMATS: dict[str, str] = {
@@ -302,6 +304,15 @@ class JobSpec(_Json):
             always denoises after the merge (a whole frame then equals its tiled render bit
             for bit); ``"render"`` keeps Blender's render-time denoise and renders whole
             frames.
+        files: ``"bundle"`` (default) sends the ``.blend`` and every file it depends on
+            (Blender Asset Tracer), so workers need not see the client's disk; ``"shared"``
+            lets workers read the same paths (a studio file server).
+        allow_missing: render although the scene needs files that cannot be found (each is
+            a warning of the job) instead of failing the job naming them.
+        project: the project folder the bundle keeps paths relative to (default: the
+            ``.blend``'s folder).
+        bundle: the bundle's manifest when the client made it (the farm service's jobs);
+            None: the farm bundles ``blend_file`` itself.
     """
 
     blend_file: str
@@ -320,6 +331,10 @@ class JobSpec(_Json):
     group_tiles: bool = True
     denoise: str = "auto"
     chunks: int = 1
+    files: str = "bundle"
+    allow_missing: bool = False
+    project: str | None = None
+    bundle: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -350,6 +365,13 @@ class JobSpec(_Json):
         if not isinstance(self.allow_scripts, bool):
             raise InputError("allow_scripts must be true or false")
         _check_int("sample chunks", self.chunks, 0, 4096)
+        if self.files not in FILE_MODES:
+            raise InputError(f"files must be one of {', '.join(FILE_MODES)}, not "
+                             f"{self.files!r}")
+        if not isinstance(self.allow_missing, bool):
+            raise InputError("allow_missing must be true or false")
+        if self.bundle is not None and not isinstance(self.bundle, dict):
+            raise InputError("bundle must be a bundle manifest (an object)")
         if self.denoise not in DENOISE_MODES:
             raise InputError(f"denoise must be one of {', '.join(DENOISE_MODES)}, not "
                              f"{self.denoise!r}")
@@ -387,6 +409,9 @@ class RenderSettings(_Json):
             frame.
         sample_chunks: pieces are sample ranges: light passes also render their colour pass
             (Cycles stores them divided by it), so the ranges combine exactly.
+        allow_missing: render although the scene misses files (else a worker that finds a
+            file missing after opening the scene fails the task).
+        files: how the job's files reach workers (``bundle`` or ``shared``).
     """
 
     blend_path: str
@@ -402,6 +427,8 @@ class RenderSettings(_Json):
     post_denoise: bool = False
     sample_chunks: bool = False
     post_composite: bool = False
+    allow_missing: bool = False
+    files: str = "bundle"
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
 
     output = Path(args.output).name if args.output else f"{Path(args.blend).stem}_####.exr"
     data = job_spec(args, output).to_dict()
-    data.pop("blend_file")
+    for name in ("blend_file", "files", "project", "bundle"):  # the client's business
+        data.pop(name)
     return data
 
 
@@ -177,12 +178,20 @@ def _submit(args: argparse.Namespace, client: Any) -> int:
     blend = Path(args.blend)
     if not blend.is_file():
         raise InputError("no such file; give the .blend to render", path=str(blend))
+    if args.files != "bundle":
+        raise InputError("a farm service takes bundles only (its workers do not see this "
+                         "disk); submit without --files shared", path=str(blend))
     spec = _spec(args)
     if args.wait:
         client.subscribe()
-    job_id = client.submit(blend, spec, priority=args.priority)
+    job_id = client.submit(blend, spec, priority=args.priority, project=args.project)
+    sent = client.last_transfer
+    if not args.quiet and not args.json:
+        print(f"{job_id}: sent {sent['sent_files']} of {sent['bundle_files']} file(s), "
+              f"{sent['sent_bytes']} of {sent['bundle_bytes']} bytes (the farm had the rest)",
+              file=sys.stderr)
     if not args.wait:
-        print(json.dumps({"job_id": job_id}) if args.json else job_id)
+        print(json.dumps({"job_id": job_id, "transfer": sent}) if args.json else job_id)
         return 0
     started = time.monotonic()
     last = ""
@@ -197,8 +206,8 @@ def _submit(args: argparse.Namespace, client: Any) -> int:
     folder = args.fetch_to or (str(Path(args.output).parent) if args.output else "render")
     outputs = client.fetch_outputs(job_id, folder) if job["outputs"] else {}
     if args.json:
-        print(json.dumps({**job, "fetched": {str(k): str(v) for k, v in outputs.items()}},
-                         indent=2))
+        print(json.dumps({**job, "fetched": {str(k): str(v) for k, v in outputs.items()},
+                          "transfer": sent}, indent=2))
     elif not args.quiet:
         print(f"{job_id} {job['state']} in {time.monotonic() - started:.1f} s: "
               f"{len(outputs)} frame(s) in {folder}" + (f" — {job['error']}"

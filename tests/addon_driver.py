@@ -76,6 +76,9 @@ def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
     texture.file_format = "PNG"
     texture.save()
     texture.use_fake_user = True
+    paint = bpy.data.images.new("paint", 4, 4)  # painted, never saved: only Blender has it
+    paint.pixels = [0.25, 0.5, 0.75, 1.0] * 16
+    paint.use_fake_user = True
     assert bpy.data.is_dirty
     rf = scene.renderfarm
     rf.split, rf.tiles_x, rf.tiles_y, rf.frames = "TILES", 2, 2, "2"
@@ -166,13 +169,25 @@ def scenario_offline(prefs: Any) -> dict[str, Any]:
     return {"online_access": bpy.app.online_access, "error": error}
 
 
-def scenario_packed(settings: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """What the farm received for the first job: the copy, with the texture packed in."""
-    folder = Path(settings["state"]) / "jobs" / job_id
-    received = next(folder.glob("*.blend"))
+def scenario_packed(settings: dict[str, Any], job_id: str, out: Path) -> dict[str, Any]:
+    """What the farm received for the first job: a bundle of the copy (the unsaved image
+    packed in it) and the texture it reads, stored by content hash."""
+    import shutil
+    import sqlite3
+
+    state = Path(settings["state"])
+    with sqlite3.connect(state / "farm.db") as db:
+        spec = json.loads(db.execute("SELECT spec FROM jobs WHERE id = ?",
+                                     (job_id,)).fetchone()[0])
+    files = {f["path"]: f["sha256"] for f in spec["bundle"]["files"]}
+    root = spec["bundle"]["root"]
+    received = out / "received.blend"
+    shutil.copyfile(state / "storage" / "files" / files[root], received)
     bpy.ops.wm.open_mainfile(filepath=str(received), load_ui=False, use_scripts=False)
-    texture = bpy.data.images.get("texture")
-    return {"name": received.name, "texture_packed": bool(texture and texture.packed_file),
+    paint = bpy.data.images.get("paint")
+    texture = [sha for path, sha in files.items() if path.endswith("/texture.png")]
+    return {"name": root, "paint_packed": bool(paint and paint.packed_file),
+            "texture_in_bundle": texture == [sha(out / "texture.png")],
             "resolution_x": bpy.context.scene.render.resolution_x}
 
 
@@ -215,7 +230,7 @@ def main(argv: list[str]) -> int:
     results["refused"] = scenario_refused(settings, prefs)
     results["offline"] = scenario_offline(prefs)
     results["new_file"] = scenario_new_file(out)
-    results["packed"] = scenario_packed(settings, results["render"]["job_id"])
+    results["packed"] = scenario_packed(settings, results["render"]["job_id"], out)
     results["keys"] = scenario_keys(prefs)
     Path(result_path).write_text(json.dumps(results, indent=1))
     return 0

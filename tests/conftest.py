@@ -55,6 +55,33 @@ def make_scene(scene_dir: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine project folder (``shot.blend``, an image sequence in ``textures/seq/``,
+    ``lib/props.blend`` linking its own ``lib/tex/props.png``); tests copy it, never change
+    it."""
+    folder = tmp_path_factory.mktemp("project") / "shot-project"
+    run_python("-m", "renderfarm.blender.scenes", str(folder), "--kind", "project")
+    return folder
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a project folder (tests render and delete copies, never the original)."""
+    import shutil
+
+    shutil.copytree(source, target, symlinks=True)
+    for path in target.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o200)
+    return target
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` with its SHA-256 (to prove a folder was not changed)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[int, Path]]:
     """``reference(blend, frames, fmt="EXR", samples=None, percentage=None)`` -> {frame: file}
     rendered untiled by plain bpy, with the given overrides."""

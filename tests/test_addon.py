@@ -151,10 +151,12 @@ def test_an_unsaved_new_file_renders(addon_run: dict[str, Any]) -> None:
     assert next(iter(pixels.values())).shape == (32, 48)
 
 
-def test_the_farm_gets_a_packed_copy_with_the_unsaved_edit(addon_run: dict[str, Any]) -> None:
+def test_the_farm_gets_a_bundle_with_the_unsaved_edit(addon_run: dict[str, Any]) -> None:
     run = addon_run["packed"]
     assert run["name"] == "artist's shot.blend"
-    assert run["texture_packed"] and run["resolution_x"] == 80
+    assert run["resolution_x"] == 80  # the unsaved edit
+    assert run["paint_packed"]  # an image painted and never saved is packed
+    assert run["texture_in_bundle"]  # a file on disk travels in the bundle, by its hash
 
 
 def test_preferences_create_a_key_pair(addon_run: dict[str, Any]) -> None:

@@ -84,8 +84,11 @@ def test_errors_found_by_the_workers(tiny: Path, corpus: Path, tmp_path: Path) -
     """Errors only Blender can see, each through a real local Ray cluster."""
     out = str(tmp_path / "o_####.exr")
     corrupt = corpus / "corrupt_only_magic.blend"
-    assert_one_clear_line(run("render", str(corrupt), "-o", out), 3, "Blender cannot open",
-                          "Missing DNA block")
+    # found while bundling, before any worker opens it
+    assert_one_clear_line(run("render", str(corrupt), "-o", out), 3, "damaged",
+                          "DNA1 block", "save it again in Blender")
+    assert_one_clear_line(run("render", str(corrupt), "--files", "shared", "-o", out), 3,
+                          "damaged", "DNA1 block")
     no_camera = corpus / "basic_file.blend"
     assert_one_clear_line(run("render", str(no_camera), "-o", out), 3, "no active camera")
     assert_one_clear_line(run("render", str(tiny), "--tiles", "33x1", "-o", out), 3,

@@ -82,11 +82,16 @@ def test_cancel_stops_running_tasks_and_keeps_finished_frames(farm, make_scene,
 
 
 def test_a_corrupt_file_fails_its_job_only(farm, corpus, make_scene, tmp_path) -> None:
-    bad = farm.submit(JobSpec(str(corpus / "corrupt_only_magic.blend"),
+    # bundling reads the file first: a damaged one is refused before anything starts
+    with pytest.raises(BlendFileError, match="DNA1 block"):
+        farm.submit(JobSpec(str(corpus / "corrupt_only_magic.blend"),
+                            output=str(tmp_path / "bad_####.exr")))
+    # with shared files the job itself fails, and only that job
+    bad = farm.submit(JobSpec(str(corpus / "corrupt_only_magic.blend"), files="shared",
                               output=str(tmp_path / "bad_####.exr")))
     good_blend = make_scene(width=32, height=24, frames=2, samples=1)
     good = farm.submit(JobSpec(str(good_blend), output=str(tmp_path / "good_####.exr")))
-    with pytest.raises(BlendFileError, match="Missing DNA block"):
+    with pytest.raises(BlendFileError, match="DNA1 block"):
         bad.result(timeout=120)
     assert sorted(good.result(timeout=120).outputs) == [1, 2]
 
@@ -130,7 +135,7 @@ def test_every_corpus_file_renders_or_fails_with_a_clear_input_error(farm, corpu
         spec = JobSpec(str(blend), frames="1", samples=1, percentage=2,
                        output=str(tmp_path / f"c{index}_####.png"))
         try:
-            result = farm.render(spec)
+            result = farm.render(spec)  # bundled: workers render from their own copy
             assert result.outputs[1].stat().st_size > 0
             outcomes[blend.name] = "rendered"
         except InputError as exc:

@@ -250,7 +250,7 @@ def test_restart_mid_job_resumes_without_rendering_finished_pieces_again(
     assert before["tasks_done"] >= 8
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="frames")["Contents"]}
     assert {f"farm/jobs/{job_id}/shot_{f:04d}.exr" for f in range(1, 7)} <= keys
-    assert any(k.startswith("farm/blobs/") for k in keys)
+    assert any(k.startswith("farm/files/") for k in keys)  # the bundle, by content hash
     want = reference(blend, [1, 6])
     for frame in (1, 6):
         got, ref = read_layers(fetched[frame]), read_layers(want[frame])

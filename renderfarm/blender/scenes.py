@@ -4,7 +4,8 @@
 --engine CYCLES --adaptive --denoise --passes --border X0,Y0,X1,Y1 --no-camera --kind demo|cube]``
 writes one. ``--kind cube`` is Blender's own factory startup scene (cube, point light, camera)
 with the cube turning, the usual probe for per-frame overhead; ``demo`` (the default) is a lit
-floor with three animated primitives, one of them emissive.
+floor with three animated primitives, one of them emissive; ``project`` writes a project
+folder (:func:`build_project`: image sequence, linked library with its own texture).
 """
 
 from __future__ import annotations
@@ -255,6 +256,115 @@ def _save(path: str, render: object) -> None:
     bpy.ops.wm.save_as_mainfile(filepath=path, compress=True)
 
 
+def _texture_image(path: str, name: str, colour: tuple[float, float, float]) -> None:
+    """Write an 8x8 PNG checker of ``colour`` and black to ``path``."""
+    import os
+
+    import bpy
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = bpy.data.images.new(name, 8, 8)
+    pixels = []
+    for y in range(8):
+        for x in range(8):
+            on = (x + y) % 2 == 0
+            pixels += [*(colour if on else (0.05, 0.05, 0.05)), 1.0]
+    image.pixels = pixels
+    image.filepath_raw = path
+    image.file_format = "PNG"
+    image.save()
+    bpy.data.images.remove(image)
+
+
+def _image_material(name: str, image_path: str, sequence: int = 0) -> object:
+    """A material whose colour is an image texture (an image sequence of ``sequence`` frames
+    when it is not 0), emission-lit so the texture shows at a few samples."""
+    import bpy
+
+    material = bpy.data.materials.new(name)
+    tree = material.node_tree
+    if tree is None:  # Blender < 5 needs nodes switched on
+        material.use_nodes = True
+        tree = material.node_tree
+    tree.nodes.clear()
+    output = tree.nodes.new("ShaderNodeOutputMaterial")
+    emission = tree.nodes.new("ShaderNodeEmission")
+    texture = tree.nodes.new("ShaderNodeTexImage")
+    texture.interpolation = "Closest"
+    image = bpy.data.images.load(image_path)
+    if sequence:
+        image.source = "SEQUENCE"
+        texture.image_user.frame_duration = sequence
+        texture.image_user.frame_start = 1
+        texture.image_user.use_auto_refresh = True
+    texture.image = image
+    tree.links.new(texture.outputs["Color"], emission.inputs["Color"])
+    tree.links.new(emission.outputs["Emission"], output.inputs["Surface"])
+    return material
+
+
+def build_project(folder: str, width: int = 64, height: int = 48, samples: int = 4) -> str:
+    """A small project folder as artists have them; returns the shot's path.
+
+    ``shot.blend`` has a floor textured by an image sequence (``//textures/seq/seq_0001.png``
+    .. ``seq_0004.png``, one colour per frame) and links the object ``Prop`` from
+    ``//lib/props.blend``, whose material reads the library's own texture
+    (``//tex/props.png``, relative to the library). Without any of these files the frames
+    differ visibly.
+    """
+    import os
+
+    import bpy
+
+    folder = os.path.abspath(folder)
+    lib_path = os.path.join(folder, "lib", "props.blend")
+    os.makedirs(os.path.dirname(lib_path), exist_ok=True)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    _texture_image(os.path.join(folder, "lib", "tex", "props.png"), "props", (0.9, 0.3, 0.1))
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=0.8, location=(0.0, 0.0, 0.8))
+    prop = bpy.context.active_object
+    prop.name = "Prop"
+    prop.data.materials.append(_image_material(
+        "PropMaterial", os.path.join(folder, "lib", "tex", "props.png")))
+    bpy.ops.wm.save_as_mainfile(filepath=lib_path, relative_remap=True)
+    bpy.ops.file.make_paths_relative()
+    bpy.ops.wm.save_as_mainfile(filepath=lib_path)
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    colours = [(0.1, 0.6, 0.9), (0.2, 0.9, 0.2), (0.9, 0.9, 0.2), (0.9, 0.2, 0.8)]
+    for number, colour in enumerate(colours, start=1):
+        _texture_image(os.path.join(folder, "textures", "seq", f"seq_{number:04d}.png"),
+                       f"seq{number}", colour)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    scene.cycles.use_adaptive_sampling = False
+    scene.cycles.seed = 3
+    scene.render.resolution_x, scene.render.resolution_y = width, height
+    scene.render.resolution_percentage = 100
+    scene.frame_start, scene.frame_end = 1, 2
+    bpy.ops.mesh.primitive_plane_add(size=8.0)
+    floor = bpy.context.active_object
+    floor.data.materials.append(_image_material(
+        "Floor", os.path.join(folder, "textures", "seq", "seq_0001.png"), sequence=4))
+    with bpy.data.libraries.load(lib_path, link=True, relative=True) as (source, target):
+        target.objects = ["Prop"]
+    for obj in target.objects:
+        scene.collection.objects.link(obj)
+    bpy.ops.object.camera_add(location=(0.0, -6.0, 4.0), rotation=(math.radians(55), 0, 0))
+    scene.camera = bpy.context.active_object
+    bpy.ops.object.light_add(type="SUN", location=(0, 0, 5))
+    shot = os.path.join(folder, "shot.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=shot, relative_remap=True)
+    bpy.ops.file.make_paths_relative()
+    _save(shot, scene.render)
+    for backup in (shot + "1", lib_path + "1"):  # Blender's .blend1 backups
+        if os.path.exists(backup):
+            os.remove(backup)
+    return shot
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of this module (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m renderfarm.blender.scenes")
@@ -272,12 +382,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--border", help="min_x,min_y,max_x,max_y")
     parser.add_argument("--no-crop", action="store_true")
     parser.add_argument("--no-camera", action="store_true")
-    parser.add_argument("--kind", choices=("demo", "cube"), default="demo")
+    parser.add_argument("--kind", choices=("demo", "cube", "project"), default="demo",
+                        help="'project': PATH is a folder for a shot with an image sequence "
+                        "and a linked library with its own texture")
     parser.add_argument("--motion-blur", action="store_true")
     parser.add_argument("--all-passes", action="store_true")
     parser.add_argument("--compositor", action="store_true")
     parser.add_argument("--filter-width", type=float)
     args = parser.parse_args(argv)
+    if args.kind == "project":  # PATH is a folder
+        build_project(args.path, args.width, args.height, args.samples)
+        return 0
     border = tuple(float(v) for v in args.border.split(",")) if args.border else None
     build_scene(args.path, SceneRecipe(
         width=args.width, height=args.height, samples=args.samples, frames=args.frames,

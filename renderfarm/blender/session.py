@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from renderfarm.bundle import missing_error
 from renderfarm.errors import BlendFileError, RenderError, SceneError
 from renderfarm.job import FORMAT_EXTENSIONS, RenderSettings, SceneInfo, Task
 from renderfarm.planner import border_for, missing_colour_passes
@@ -191,7 +192,13 @@ class BlenderSession:
         if (self.loaded_hash != settings.blend_hash or self._key is not None
                 or self._allow_scripts != settings.allow_scripts):
             seconds = self._open(path, settings.blend_hash, settings.allow_scripts)
-        self.info(path, settings.blend_hash, settings.allow_scripts, settings.scene)
+        info = self.info(path, settings.blend_hash, settings.allow_scripts, settings.scene)
+        if info.missing_files and not settings.allow_missing:
+            # Blender's own view of the scene: never render without a file it needs
+            error = missing_error(info.missing_files, settings.blend_path)
+            # a shared file system may lack the file on this node only: another may have it
+            error.retryable = settings.files == "shared"
+            raise error
         self._configure(settings, output_format)
         self._key = key
         return seconds

@@ -78,6 +78,18 @@ def _filename(value: str) -> str | None:
     return None
 
 
+#: the most hashes one ``have`` request may ask about
+MAX_HASHES = 200_000
+
+
+def _hashes(value: list[Any]) -> str | None:
+    if len(value) > MAX_HASHES:
+        return f"asks about more than {MAX_HASHES} files"
+    if not all(isinstance(v, str) and _SHA256.match(v) for v in value):
+        return "must be a list of SHA-256 hashes (64 lowercase hex digits)"
+    return None
+
+
 _JOB_FIELD = Field(str, check=_job)
 
 #: request fields by operation
@@ -85,7 +97,9 @@ REQUESTS: dict[str, dict[str, Field]] = {
     "hello": {},
     "upload": {"sha256": Field(str, check=_sha), "offset": Field(int, check=_non_negative),
                "total": Field(int, check=_non_negative)},
-    "submit": {"spec": Field(dict), "blob": Field(str, check=_sha),
+    "have": {"hashes": Field(list, check=_hashes)},
+    "submit": {"spec": Field(dict), "blob": Field(str, required=False, check=_sha),
+               "bundle": Field(dict, required=False),
                "filename": Field(str, check=_filename),
                "priority": Field(int, required=False, check=_priority)},
     "status": {"job_id": _JOB_FIELD},

@@ -24,6 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from renderfarm import __version__
+from renderfarm.bundle import (
+    MAX_BUNDLE_BYTES,
+    BundleFile,
+    Manifest,
+    missing_error,
+    storage_key,
+)
 from renderfarm.errors import ProtocolError, RenderFarmError, ServiceError
 from renderfarm.events import Event
 from renderfarm.job import JobSpec, Rect, Task, Tile
@@ -36,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: spec fields a client may set (the service chooses the file and the output folder)
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
-                      "group_tiles", "denoise", "chunks")
+                      "group_tiles", "denoise", "chunks", "allow_missing")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class ServiceConfig:
         permit_scripts: jobs may ask to run Python embedded in their files.
         max_message: the largest request accepted, in bytes.
         http: ``host:port`` of the read-only status page, or None.
+        max_bundle_bytes: the largest bundle (a job's files) accepted.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -72,6 +80,7 @@ class ServiceConfig:
     permit_scripts: bool = False
     max_message: int = protocol.MAX_MESSAGE
     http: str | None = None
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES
 
 
 @dataclass
@@ -128,9 +137,10 @@ class FarmService:
         if self._farm is None:
             from renderfarm.farm import Farm, FarmConfig
 
-            self._farm = Farm(config=FarmConfig(address=self.config.address,
-                                                workers=self.config.workers,
-                                                permit_scripts=self.config.permit_scripts))
+            self._farm = Farm(config=FarmConfig(
+                address=self.config.address, workers=self.config.workers,
+                permit_scripts=self.config.permit_scripts, storage=self.storage.url,
+                max_bundle_bytes=self.config.max_bundle_bytes))
         return self._farm
 
     # -- main loop ---------------------------------------------------------------------------
@@ -246,7 +256,7 @@ class FarmService:
         from renderfarm.executor import file_hash
 
         sha, offset, total = (request.fields[k] for k in ("sha256", "offset", "total"))
-        key = f"blobs/{sha}.blend"
+        key = storage_key(sha)
         if self.storage.exists(key):
             return {"received": total, "complete": True}
         part = self._upload_part(sha)
@@ -276,6 +286,35 @@ class FarmService:
         part.unlink(missing_ok=True)
         return {"received": received, "complete": True}
 
+    def _op_have(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+        hashes = sorted(set(request.fields["hashes"]))
+        return {"missing": [h for h in hashes if not self.storage.exists(storage_key(h))]}
+
+    def _manifest(self, request: protocol.Request) -> Manifest:
+        """The job's bundle: the client's manifest, or the one uploaded ``.blend`` alone."""
+        fields = request.fields
+        if ("blob" in fields) == ("bundle" in fields):
+            raise ProtocolError("submit: give either 'bundle' (a manifest) or 'blob' (one "
+                                "uploaded .blend)", request_id=request.id)
+        if "blob" in fields:
+            name = fields["filename"] if fields["filename"].endswith(".blend") else \
+                fields["filename"] + ".blend"
+            key = storage_key(fields["blob"])
+            if not self.storage.exists(key):
+                raise ServiceError("the file was not uploaded (or the upload did not "
+                                   "finish): upload it, then submit", kind="not_found")
+            return Manifest(name, (BundleFile(name, fields["blob"], self.storage.size(key)),))
+        try:
+            manifest = Manifest.from_dict(fields["bundle"], self.config.max_bundle_bytes)
+        except RenderFarmError as exc:
+            raise ServiceError(f"submit: {exc.one_line()}", kind="bad_bundle") from exc
+        absent = [h for h in manifest.hashes() if not self.storage.exists(storage_key(h))]
+        if absent:
+            raise ServiceError(f"{len(absent)} file(s) of the bundle were not uploaded (e.g. "
+                               f"{absent[0][:12]}…): upload them, then submit",
+                               kind="not_found")
+        return manifest
+
     def _op_submit(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         from renderfarm.executor import new_job_id
         from renderfarm.farm import check_spec
@@ -286,19 +325,17 @@ class FarmService:
         if unknown:
             raise ProtocolError(f"submit: spec has unknown field(s) {', '.join(unknown)}",
                                 request_id=request.id)
-        key = f"blobs/{fields['blob']}.blend"
-        if not self.storage.exists(key):
-            raise ServiceError("the file was not uploaded (or the upload did not finish): "
-                               "upload it, then submit", kind="not_found")
+        manifest = self._manifest(request)
+        if manifest.missing and raw.get("allow_missing") is not True:
+            raise ServiceError(missing_error(manifest.missing, fields["filename"]).one_line(),
+                               kind="missing_files")
         job_id = new_job_id()
         workdir = self._job_dir(job_id)
         workdir.mkdir(parents=True)
-        blend = workdir / fields["filename"]
-        if not blend.name.endswith(".blend"):
-            blend = blend.with_name(blend.name + ".blend")
-        self._materialise(key, blend)
+        blend = workdir / Path(manifest.root).name
         output = Path(raw.get("output") or "####.exr").name
-        raw.update(blend_file=str(blend), output=str(self._output_dir(job_id) / output))
+        raw.update(blend_file=str(blend), output=str(self._output_dir(job_id) / output),
+                   files="bundle", bundle=manifest.to_dict())
         try:
             spec = JobSpec.from_dict(raw)
             check_spec(spec, self.farm.config)
@@ -376,14 +413,6 @@ class FarmService:
                  "size": size, "offset": request.fields["offset"]}, data)
 
     # -- files -------------------------------------------------------------------------------
-    def _materialise(self, key: str, target: Path) -> None:
-        """Put a stored blob at ``target`` (a hard link when storage is this disk)."""
-        local = self.storage.local_path(key)
-        if local is None:
-            self.storage.get_file(key, target)
-        else:
-            _link_or_copy(local, target)
-
     def _job_dir(self, job_id: str) -> Path:
         """The job's folder in the state folder: its .blend, ``pieces/``, ``previews/``."""
         return self.state_dir / "jobs" / job_id

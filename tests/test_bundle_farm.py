@@ -1,0 +1,139 @@
+"""Jobs carry every file they need: a project copied, submitted, then deleted renders as
+Blender renders the original; missing files are never silent (real bpy, a real local Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from renderfarm.errors import MissingFilesError
+from renderfarm.job import JobSpec
+from renderfarm.merge import read_layers
+from tests.conftest import copy_project
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+def reference_of(project: Path, tmp_path: Path, reference, frames: list[int],
+                 name: str) -> dict[int, Path]:
+    """Plain Blender's render of a copy of the project (named apart: references are cached
+    by file name)."""
+    copy = copy_project(project, tmp_path / f"ref-{name}")
+    blend = copy / f"{name}.blend"
+    (copy / "shot.blend").rename(blend)
+    return reference(blend, frames)
+
+
+def assert_same_pixels(got: Path, want: Path) -> None:
+    mine, theirs = read_layers(got), read_layers(want)
+    assert mine.keys() == theirs.keys()
+    for layer in theirs:
+        assert np.array_equal(mine[layer], theirs[layer]), (got.name, layer)
+
+
+def test_a_project_deleted_after_submit_renders_as_blender_renders_it(
+        farm, project, reference, tmp_path: Path) -> None:
+    work = copy_project(project, tmp_path / "work")
+    handle = farm.submit(JobSpec(str(work / "shot.blend"), frames="1-2", tiles=(2, 2),
+                                 output=str(tmp_path / "out" / "f_####.exr")))
+    shutil.rmtree(work)  # moved away, as on another machine
+    result = handle.result(timeout=300)
+    assert result.warnings == ()
+    assert handle.transfer["bundle_files"] == 7  # shot, library, its texture, 4 frames
+    want = reference_of(project, tmp_path, reference, [1, 2], "shot_moved")
+    for frame in (1, 2):
+        assert_same_pixels(result.outputs[frame], want[frame])
+
+
+def test_missing_files_fail_the_job_naming_each_or_warn_when_allowed(
+        farm, project, reference, tmp_path: Path) -> None:
+    work = copy_project(project, tmp_path / "work")
+    (work / "lib" / "tex" / "props.png").unlink()  # the library's own texture
+    (work / "textures" / "seq" / "seq_0001.png").unlink()
+    spec = JobSpec(str(work / "shot.blend"), frames="1", tiles=(2, 1),
+                   output=str(tmp_path / "out" / "m_####.exr"))
+    with pytest.raises(MissingFilesError) as caught:
+        farm.submit(spec)
+    message = caught.value.one_line()
+    assert "props.png" in message and "seq_0001.png" in message, message
+    assert "--allow-missing" in message and caught.value.exit_code == 3
+    assert not list((tmp_path / "out").glob("*"))  # nothing rendered
+
+    result = farm.render(dataclasses.replace(spec, allow_missing=True))
+    warned = " ".join(result.warnings)
+    assert "props.png" in warned and "seq_0001.png" in warned, result.warnings
+    want = reference_of(project, tmp_path, reference, [1], "shot_missing")
+    # rendered without them: not the artist's picture (this is what the check prevents)
+    mine, theirs = read_layers(result.outputs[1]), read_layers(want[1])
+    assert not np.array_equal(mine["ViewLayer.Combined.R"], theirs["ViewLayer.Combined.R"])
+
+
+def test_shared_files_are_read_in_place_and_missing_ones_named(
+        farm, project, reference, tmp_path: Path) -> None:
+    work = copy_project(project, tmp_path / "work")
+    result = farm.render(JobSpec(str(work / "shot.blend"), frames="2", files="shared",
+                                 output=str(tmp_path / "out" / "s_####.exr")))
+    want = reference_of(project, tmp_path, reference, [2], "shot_shared")
+    assert_same_pixels(result.outputs[2], want[2])
+    (work / "lib" / "tex" / "props.png").unlink()
+    handle = farm.submit(JobSpec(str(work / "shot.blend"), frames="2", files="shared",
+                                 output=str(tmp_path / "out" / "t_####.exr")))
+    with pytest.raises(MissingFilesError, match="props.png"):
+        handle.result(timeout=120)
+
+
+def test_a_bundle_that_lacks_a_file_fails_on_the_worker(farm, project, tmp_path: Path) -> None:
+    """A client that leaves a file out of its manifest (and does not say it is missing):
+    Blender on the worker reports it, and the job fails instead of rendering without it."""
+    work = copy_project(project, tmp_path / "work")
+    spec, _ = farm.bundle(JobSpec(str(work / "shot.blend"), frames="1",
+                                  output=str(tmp_path / "out" / "l_####.exr")))
+    assert spec.bundle is not None
+    lying = {**spec.bundle, "files": [f for f in spec.bundle["files"]
+                                      if f["path"] != "lib/tex/props.png"]}
+    handle = farm.submit(dataclasses.replace(spec, bundle=lying))
+    with pytest.raises(MissingFilesError, match="props.png"):
+        handle.result(timeout=120)
+    assert not list((tmp_path / "out").glob("*"))
+
+
+def _downloads() -> dict[str, int]:
+    from renderfarm.bundle import default_cache_root
+
+    counts: dict[str, int] = {}
+    base = default_cache_root("x").parent
+    for log in base.glob("*/downloads.log"):
+        for line in log.read_text().splitlines():
+            sha = line.split()[0]
+            counts[f"{log.parent.name}/{sha}"] = counts.get(f"{log.parent.name}/{sha}", 0) + 1
+    return counts
+
+
+def test_a_many_task_job_downloads_each_file_once_per_node(farm, project,
+                                                           tmp_path: Path) -> None:
+    import OpenImageIO as oiio
+
+    from renderfarm.bundle import file_sha256
+
+    work = copy_project(project, tmp_path / "work")
+    texture = work / "lib" / "tex" / "props.png"
+    noise = np.random.default_rng().random((8, 8, 3)).astype(np.float32)  # new content
+    out = oiio.ImageOutput.create(str(texture))
+    out.open(str(texture), oiio.ImageSpec(8, 8, 3, oiio.UINT8))
+    out.write_image(noise)
+    out.close()
+    before = _downloads()
+    handle = farm.submit(JobSpec(str(work / "shot.blend"), frames="1-2", tiles=(4, 4),
+                                 group_tiles=False, percentage=50,
+                                 output=str(tmp_path / "out" / "d_####.exr")))
+    result = handle.result(timeout=300)
+    assert len(result.tasks) == 32
+    after = _downloads()
+    new = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert all(count == 1 for count in new.values()), new
+    sha = file_sha256(texture)
+    assert sum(1 for k in new if k.endswith(sha)) == 1  # one node here: one download
