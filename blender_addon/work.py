@@ -11,7 +11,6 @@ textures, caches, movie clips, fonts and sounds go through the bundle
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys

@@ -272,3 +272,59 @@ def test_the_example_client_script_renders_on_the_farm(farm_server: ServerProces
     assert "job_done" in proc.stdout and ": done, 2 frame(s)" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == ["shot_0001.exr",
                                                                    "shot_0002.exr"]
+
+
+def test_a_project_deleted_after_submit_renders_and_a_resubmission_sends_one_texture(
+        farm_server: ServerProcess, project: Path, reference, tmp_path: Path) -> None:
+    import shutil
+
+    import OpenImageIO as oiio
+
+    from tests.conftest import copy_project
+    from tests.test_bundle_farm import assert_same_pixels, reference_of
+
+    work = copy_project(project, tmp_path / "work")
+    spec = {"frames": "1-2", "tiles": [2, 2], "output": "shot_####.exr"}
+    with farm_server.client() as client:
+        job_id = client.submit(work / "shot.blend", spec)
+        first = dict(client.last_transfer)
+        shutil.rmtree(work)  # the artist's machine is gone
+        job = wait_state(client, job_id, ("done", "failed"))
+        assert job["state"] == "done" and job["warnings"] == [], job
+        fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+        want = reference_of(project, tmp_path, reference, [1, 2], "shot_service")
+        for frame in (1, 2):
+            assert_same_pixels(fetched[frame], want[frame])
+        assert first["bundle_files"] == 7
+
+        again = copy_project(project, tmp_path / "again")
+        texture = again / "textures" / "seq" / "seq_0002.png"
+        out = oiio.ImageOutput.create(str(texture))
+        out.open(str(texture), oiio.ImageSpec(8, 8, 3, oiio.UINT8))
+        out.write_image(np.full((8, 8, 3), 0.3, dtype=np.float32))
+        out.close()
+        second = client.submit(again / "shot.blend", spec)
+        sent = client.last_transfer
+        assert sent["sent_files"] == 1 and sent["sent_bytes"] == texture.stat().st_size
+        assert sent["sent_bytes"] / sent["bundle_bytes"] <= 0.05
+        assert wait_state(client, second, ("done", "failed"))["state"] == "done"
+
+
+def test_missing_files_are_refused_at_submit_or_warned_in_status(
+        farm_server: ServerProcess, project: Path, tmp_path: Path) -> None:
+    from tests.conftest import copy_project
+
+    work = copy_project(project, tmp_path / "work")
+    (work / "lib" / "tex" / "props.png").unlink()
+    proc = cli("submit", str(work / "shot.blend"), *farm_server.cli_args(), "--frames", "1")
+    assert proc.returncode == 3, proc.stderr
+    assert "props.png" in proc.stderr and "--allow-missing" in proc.stderr
+    proc = cli("submit", str(work / "shot.blend"), *farm_server.cli_args(), "--frames", "1",
+               "--allow-missing", "--json")
+    assert proc.returncode == 0, proc.stderr
+    job_id = json.loads(proc.stdout)["job_id"]
+    with farm_server.client() as client:
+        job = wait_state(client, job_id, ("done", "failed"))
+    assert job["state"] == "done"
+    status = json.loads(cli("status", job_id, *farm_server.cli_args(), "--json").stdout)
+    assert any("props.png" in w for w in status["warnings"]), status
