@@ -559,10 +559,99 @@ def bench_service(ctx: Context) -> list[Record]:
                    "s", served, direct, median(served) / median(direct))]
 
 
+def _cached_hashes() -> set[str]:
+    """Hashes held by every node cache of this machine."""
+    from renderfarm.bundle import default_cache_root
+
+    base = default_cache_root("x").parent
+    return {p.name for p in base.glob("*/files/*/*") if not p.name.endswith(".part")}
+
+
+def _downloads() -> list[str]:
+    from renderfarm.bundle import default_cache_root
+
+    base = default_cache_root("x").parent
+    return [line.split()[0] for log in base.glob("*/downloads.log")
+            for line in log.read_text().splitlines() if line.strip()]
+
+
+def bench_bundle(ctx: Context) -> list[Record]:
+    """Bundling the corpus (time per MB against hashing the same bytes), bytes sent again
+    after touching one texture, and node-cache downloads over a 100-task job."""
+    import numpy as np
+    import OpenImageIO as oiio
+
+    from renderfarm.bundle import file_sha256, make_bundle
+    from renderfarm.job import JobSpec
+
+    corpus = HERE.parent.parent / "shared" / "corpus" / "blendfiles"
+    records: list[Record] = []
+    if corpus.is_dir():
+        copy = ctx.workdir / "corpus"
+        if not copy.exists():
+            shutil.copytree(corpus, copy)
+        blends = [b for b in sorted(copy.rglob("*.blend")) if "corrupt" not in b.name]
+        times, floors, sizes = [], [], []
+        for _ in range(1 if ctx.quick else 3):
+            megabytes, files = 0.0, set()
+            start = time.perf_counter()
+            for blend in blends:
+                manifest = make_bundle(blend, ctx.out("bundle"))
+                megabytes += manifest.total_bytes / 1e6
+                files |= {f.source for f in manifest.files if f.source}
+            times.append((time.perf_counter() - start) / megabytes)
+            start = time.perf_counter()
+            for path in files:  # the floor: reading and hashing each distinct file once
+                file_sha256(path)
+            floors.append((time.perf_counter() - start)
+                          / (sum(os.path.getsize(p) for p in files) / 1e6))
+            sizes.append(megabytes)
+        records.append(Record(
+            "bundle.seconds_per_mb", f"bundling {len(blends)} corpus files "
+            f"({median(sizes):.1f} MB of bundles) / hashing their files once", "s/MB", times,
+            floors, median(times) / median(floors), None,
+            note=f"{median(times) * 1000:.1f} ms per MB bundled"))
+
+    project = ctx.workdir / "project"
+    if not project.exists():
+        subprocess.run([sys.executable, "-m", "renderfarm.blender.scenes", str(project),
+                        "--kind", "project"], check=True, capture_output=True)
+    farm = ctx.farm()
+    spec = JobSpec(str(project / "shot.blend"), frames="1-2", tiles=(10, 5),
+                   group_tiles=False, output=str(ctx.out("bundle") / "b_####.exr"))
+    farm.bundle(spec)  # the farm has the project now
+    texture = project / "textures" / "seq" / "seq_0002.png"
+    out = oiio.ImageOutput.create(str(texture))
+    out.open(str(texture), oiio.ImageSpec(8, 8, 3, oiio.UINT8))
+    out.write_image(np.random.default_rng().random((8, 8, 3)).astype(np.float32))
+    out.close()
+    touched, sent = farm.bundle(spec)
+    records.append(Record(
+        "bundle.resubmit_bytes", "bytes stored on a resubmission after touching one texture / "
+        "the bundle's size", "bytes", [float(sent["sent_bytes"])],
+        [float(sent["bundle_bytes"])], sent["sent_bytes"] / sent["bundle_bytes"], 0.05, "<=",
+        note=f"{sent['sent_files']} of {sent['bundle_files']} files sent"))
+
+    from renderfarm.bundle import Manifest
+
+    hashes = set(Manifest.from_dict(touched.bundle).hashes())
+    new = hashes - _cached_hashes()
+    before = len(_downloads())
+    result = farm.submit(touched).result()
+    downloads = len(_downloads()) - before
+    records.append(Record(
+        "bundle.downloads_per_node", f"files a node downloaded over a {len(result.tasks)}-task "
+        f"job / distinct files it lacked ({len(new)})", "files", [float(downloads)],
+        [float(len(new))], downloads / max(len(new), 1), 1.0, "<=",
+        note=f"{result.workers} worker(s) on one node"))
+    return records
+
+
 BENCHMARKS: dict[str, Callable[[Context], list[Record]]] = {
     "per_frame": bench_per_frame, "tiling": bench_tiling, "seamfree": bench_seamfree,
     "merge": bench_merge,
-    "scheduler": bench_scheduler, "memory": bench_memory, "service": bench_service,
+    "scheduler": bench_scheduler, "memory": bench_memory, "bundle": bench_bundle,
+    "service": bench_service,
 }
 
 

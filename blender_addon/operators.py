@@ -45,6 +45,28 @@ def output_folder(settings: Any) -> Path:
     return Path(bpy.path.abspath(folder))
 
 
+def save_unsaved_pixels(copy: Path) -> None:
+    """Write the pixels of images painted and never saved next to ``copy`` (a saved copy
+    keeps only how a generated image was made, and a dirty file image's file is stale); the
+    child Blender packs them into the copy (:data:`work.UNSAVED_PIXELS`)."""
+    import json
+
+    import numpy as np
+
+    found = {}
+    for index, image in enumerate(bpy.data.images):
+        if image.packed_file is not None or not image.is_dirty or not image.has_data:
+            continue
+        width, height = image.size
+        pixels = np.empty(width * height * image.channels, dtype=np.float32)
+        image.pixels.foreach_get(pixels)
+        path = copy.parent / f"unsaved-{index}.npy"
+        np.save(path, pixels)
+        found[image.name] = {"file": path.name, "size": [width, height]}
+    if found:
+        (copy.parent / work.UNSAVED_PIXELS).write_text(json.dumps(found))
+
+
 def make_submission(context: bpy.types.Context) -> work.Submission:
     """Save a copy of the open file (unsaved edits included) and prepare its submission.
 
@@ -56,6 +78,7 @@ def make_submission(context: bpy.types.Context) -> work.Submission:
     name = bpy.path.basename(bpy.data.filepath) or "untitled.blend"
     copy = work.copy_folder() / name
     bpy.ops.wm.save_as_mainfile(filepath=str(copy), copy=True, check_existing=False)
+    save_unsaved_pixels(copy)
     connection = work.Connection(
         address=prefs.address.strip(), server_key=prefs.server_key.strip(),
         client_public=prefs.client_public.strip(), client_secret=prefs.client_secret.strip(),

@@ -21,22 +21,31 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+#: the file, beside the saved copy, naming the pixels of images painted and never saved
+UNSAVED_PIXELS = "unsaved-images.json"
+
 _PACK_SCRIPT = r"""
 import json, os, sys
 import bpy
+import numpy as np
 source, target = sys.argv[-2], sys.argv[-1]
 bpy.ops.wm.open_mainfile(filepath=source, load_ui=False, use_scripts=False)
 notes, packed = [], []
-for image in bpy.data.images:  # painted but never saved: only Blender has these pixels
-    if image.packed_file is None and image.source in {"FILE", "GENERATED"} and (
-            image.is_dirty or (image.source == "FILE" and image.filepath
-                               and not os.path.exists(bpy.path.abspath(image.filepath))
-                               and image.has_data)):
-        try:
-            image.pack()
-            packed.append(image.name)
-        except RuntimeError as exc:
-            notes.append(f"{image.name}: {str(exc).strip()}")
+listing = os.path.join(os.path.dirname(source), "unsaved-images.json")
+unsaved = json.load(open(listing)) if os.path.exists(listing) else {}
+for name, entry in unsaved.items():  # painted, never saved: only the artist's Blender had them
+    image = bpy.data.images.get(name)
+    if image is None:
+        continue
+    try:
+        pixels = np.load(os.path.join(os.path.dirname(source), entry["file"]))
+        if list(image.size) != entry["size"]:
+            image.scale(*entry["size"])
+        image.pixels.foreach_set(pixels)
+        image.pack()
+        packed.append(name)
+    except (RuntimeError, ValueError, OSError) as exc:
+        notes.append(f"{name}: {str(exc).strip()}")
 bpy.ops.wm.save_as_mainfile(filepath=target, compress=True, copy=True)
 print("RENDERFARM-PACK " + json.dumps({"notes": notes, "packed": packed}))
 """
@@ -259,7 +268,8 @@ class Submission:
 
     # -- helpers -----------------------------------------------------------------------------
     def _pack(self) -> Path:
-        target = self.copy.with_name(self.copy.stem + "-packed.blend")
+        target = self.copy.parent / "packed" / self.copy.name  # the farm shows its name
+        target.parent.mkdir(exist_ok=True)
         proc = subprocess.run(pack_command(self.blender, self.copy, target),
                               capture_output=True, text=True, timeout=600, check=False)
         report = None
@@ -274,15 +284,17 @@ class Submission:
         return target
 
     def _remove_copy(self) -> None:
-        for path in (self.copy, self.copy.with_name(self.copy.stem + "-packed.blend")):
+        for path in (self.copy, self.copy.parent / "packed" / self.copy.name,
+                     self.copy.parent / UNSAVED_PIXELS, *self.copy.parent.glob("unsaved-*.npy")):
             try:
                 path.unlink()
             except OSError:
                 pass
-        try:
-            self.copy.parent.rmdir()
-        except OSError:
-            pass
+        for folder in (self.copy.parent / "packed", self.copy.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
     def _fail(self, exc: BaseException) -> None:
         message = getattr(exc, "one_line", None)

@@ -224,6 +224,7 @@ def _render(args: argparse.Namespace) -> int:
     if args.json:
         summary = result.to_dict()
         summary["render_seconds"] = result.render_seconds
+        summary["transfer"] = handle.transfer  # what bundling stored: files, bytes
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
         first, last = min(result.outputs), max(result.outputs)

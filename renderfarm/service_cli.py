@@ -51,6 +51,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
     serve.add_argument("--permit-scripts", action="store_true",
                        help="let jobs run Python embedded in their files when they ask")
     serve.add_argument("--http", help="HOST:PORT of a read-only status page")
+    serve.add_argument("--max-bundle-gb", type=float, default=64.0,
+                       help="the largest job (a .blend and its files) accepted, in GiB "
+                       "(default 64)")
 
     keys = sub.add_parser("keys", parents=[common], help="create a CurveZMQ key pair",
                           description="Create NAME.key (public: give it to the other side) and "
@@ -148,7 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
         state=Path(args.state), server_key=server_key,
         clients=Path(args.clients) if args.clients else None,
         insecure_loopback=args.insecure_loopback, workers=args.workers,
-        max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http)
+        max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http,
+        max_bundle_bytes=int(args.max_bundle_gb * 1024**3))
     serve(config)
     return 0
 

@@ -19,8 +19,11 @@ def main(argv: list[str]) -> int:
     fmt = argv[3] if len(argv) > 3 else "EXR"
     bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=False)
     scene = bpy.context.scene
-    if len(argv) > 5:
-        scene.cycles.samples = int(argv[4])
+    if len(argv) > 5:  # the overrides as ``--samples`` and ``--percentage`` mean them
+        if scene.render.engine == "CYCLES":
+            scene.cycles.samples = int(argv[4])
+        elif scene.render.engine.startswith("BLENDER_EEVEE"):
+            scene.eevee.taa_render_samples = int(argv[4])
         scene.render.resolution_percentage = int(argv[5])
     settings = scene.render.image_settings
     if fmt != "EXR":

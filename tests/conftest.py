@@ -126,11 +126,28 @@ def farm(ray_local: None) -> Iterator[object]:
         yield the_farm
 
 
-@pytest.fixture()
-def corpus() -> Path:
+@pytest.fixture(scope="session")
+def _corpus_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not CORPUS.is_dir():
         pytest.fail(f"the shared corpus is not at {CORPUS}; clone beside ../shared")
-    return CORPUS
+    return copy_project(CORPUS, tmp_path_factory.mktemp("corpus") / "blendfiles")
+
+
+@pytest.fixture()
+def corpus(_corpus_copy: Path) -> Path:
+    """A copy of the shared corpus (Blender writes next to some files it reads: fluid caches
+    get ``config/*.uni``), made once per session."""
+    return _corpus_copy
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_corpus_untouched() -> Iterator[None]:
+    """Nothing the tests run may change ``../shared``: checked at the end of the session."""
+    before = tree_digest(CORPUS) if CORPUS.is_dir() else {}
+    yield
+    after = tree_digest(CORPUS) if CORPUS.is_dir() else {}
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"the tests changed the shared corpus: {changed[:10]}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -80,3 +80,47 @@ def test_a_cluster_too_small_fails_at_once(cluster) -> None:
         farm.pool_shape("gpu")
     with pytest.raises(ResourceError, match="largest node has 2"):
         Farm(address=cluster.address, cpus_per_worker=4).pool_shape("cpu")
+
+
+@pytest.mark.blender
+def test_a_bundle_reaches_every_node_once_and_survives_the_project_moving(
+        cluster, project, reference, tmp_path) -> None:
+    """Workers on three nodes render a project whose folder is deleted after submit; each
+    node downloads each file of the bundle once, from the farm's storage."""
+    import shutil
+
+    import numpy as np
+    import OpenImageIO as oiio
+
+    from renderfarm.bundle import Manifest, default_cache_root, file_sha256
+    from renderfarm.farm import Farm
+    from tests.conftest import copy_project
+    from tests.test_bundle_farm import assert_same_pixels
+
+    work = copy_project(project, tmp_path / "work")
+    texture = work / "lib" / "tex" / "props.png"  # new content: no node has it yet
+    out = oiio.ImageOutput.create(str(texture))
+    out.open(str(texture), oiio.ImageSpec(8, 8, 3, oiio.UINT8))
+    out.write_image(np.random.default_rng().random((8, 8, 3)).astype(np.float32))
+    out.close()
+    texture_sha = file_sha256(texture)
+    ref_copy = copy_project(work, tmp_path / "ref")
+    (ref_copy / "shot.blend").rename(ref_copy / "shot_cluster.blend")
+    with Farm(address=cluster.address, workers=4, cpus_per_worker=1) as farm:
+        handle = farm.submit(JobSpec(str(work / "shot.blend"), frames="1-2", tiles=(4, 2),
+                                     group_tiles=False, device="cpu",
+                                     output=str(tmp_path / "out" / "k_####.exr")))
+        shutil.rmtree(work)
+        result = handle.result(timeout=300)
+        hashes = set(Manifest.from_dict(handle.spec.bundle).hashes())
+    nodes = {t.node for t in result.tasks}
+    assert len(nodes) >= 2, "all tasks ran on one node"
+    want = reference(ref_copy / "shot_cluster.blend", [1, 2])
+    for frame in (1, 2):
+        assert_same_pixels(result.outputs[frame], want[frame])
+    for node in nodes:
+        log = default_cache_root(node) / "downloads.log"
+        downloads = [line.split()[0] for line in log.read_text().splitlines()]
+        mine = [d for d in downloads if d in hashes]
+        assert len(mine) == len(set(mine)), f"node {node[:8]} downloaded a file twice"
+        assert downloads.count(texture_sha) == 1  # the new texture reached it exactly once

@@ -3,8 +3,10 @@ distribution, throughput, and the benchmark tooling's bookkeeping."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -80,18 +82,43 @@ def test_a_worker_that_cannot_see_the_file_gets_it_through_the_object_store(
     source.write_bytes(b"BLENDER-v300" + bytes(range(256)) * 10)
     digest = file_hash(str(source))
     worker = BlenderWorker("probe")
+    shared: dict[str, object] = {"mode": "shared", "blob": []}
     # the driver's own path, seen from this node: used as it is
-    assert worker._blend_path(str(source), digest, ()) == str(source)
+    assert worker._blend_path(str(source), digest, shared) == str(source)
     # a path this node does not have: None until the driver sends the bytes, then a copy
     elsewhere = str(tmp_path / "on-another-node" / "shot.blend")
     fresh = BlenderWorker("probe-2")
-    assert fresh._blend_path(elsewhere, digest, ()) is None
-    copy = fresh._blend_path(elsewhere, digest, [ray.put(source.read_bytes())])
+    assert fresh._blend_path(elsewhere, digest, shared) is None
+    copy = fresh._blend_path(elsewhere, digest,
+                             {"mode": "shared", "blob": [ray.put(source.read_bytes())]})
     assert copy != elsewhere and Path(copy).name == "shot.blend"
     assert file_hash(copy) == digest
     # a file at the same path but with other content is not taken for it
     other = tmp_path / "other.blend"
     other.write_bytes(b"BLENDER-v300 different")
-    assert BlenderWorker("probe-3")._blend_path(str(other), digest, ()) is None
+    assert BlenderWorker("probe-3")._blend_path(str(other), digest, shared) is None
+    # a bundle whose storage this node cannot reach: None until the driver puts its files in
+    # the object store; then laid out from them, checked by hash
+    from renderfarm.bundle import BundleFile, Manifest
+    from renderfarm.errors import IntegrityError
+
+    texture = os.urandom(64)
+    texture_sha = hashlib.sha256(texture).hexdigest()
+    manifest = Manifest("shot.blend", (BundleFile("shot.blend", digest, source.stat().st_size),
+                                       BundleFile("tex/t.png", texture_sha, 64)))
+    files = {"mode": "bundle", "manifest": manifest.to_dict(),
+             "storage": str(tmp_path / "storage-on-another-machine"), "refs": None}
+    bundled = BlenderWorker("probe-4")
+    assert bundled._blend_path(elsewhere, manifest.digest, files) is None
+    wrong = {**files, "refs": {digest: ray.put(source.read_bytes()),
+                               texture_sha: ray.put(b"not the texture")}}
+    with pytest.raises(IntegrityError, match="SHA-256"):
+        bundled._blend_path(elsewhere, manifest.digest, wrong)
+    good = {**files, "refs": {digest: ray.put(source.read_bytes()),
+                              texture_sha: ray.put(texture)}}
+    root = Path(bundled._blend_path(elsewhere, manifest.digest, good))
+    assert root.name == "shot.blend" and file_hash(str(root)) == digest
+    assert (root.parent / "tex" / "t.png").read_bytes() == texture
+    bundled.shutdown()
     worker.shutdown()
     fresh.shutdown()

@@ -328,3 +328,42 @@ def test_missing_files_are_refused_at_submit_or_warned_in_status(
     assert job["state"] == "done"
     status = json.loads(cli("status", job_id, *farm_server.cli_args(), "--json").stdout)
     assert any("props.png" in w for w in status["warnings"]), status
+
+
+def test_workers_fetch_bundles_straight_from_s3(tmp_path: Path, project: Path, reference,
+                                                 s3_server: str) -> None:
+    """Storage in S3 (moto_server on loopback): the client uploads the bundle to the service,
+    which stores each file by hash in the bucket; workers fetch them from S3 themselves."""
+    import shutil
+
+    import boto3
+
+    from renderfarm.bundle import Manifest, make_bundle
+    from tests.conftest import copy_project
+    from tests.test_bundle_farm import assert_same_pixels, reference_of
+
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test",
+                      aws_secret_access_key="test", region_name="us-east-1")
+    s3.create_bucket(Bucket="bundles")
+    work = copy_project(project, tmp_path / "work")
+    hashes = Manifest.from_dict(make_bundle(work / "shot.blend",
+                                            tmp_path / "b").to_dict()).hashes()
+    server = ServerProcess(tmp_path / "state", None, "--workers", "1", "--storage",
+                           "s3://bundles/farm", env=env).start()
+    try:
+        with server.client() as client:
+            job_id = client.submit(work / "shot.blend", {"frames": "2", "tiles": [2, 1],
+                                                         "output": "s_####.exr"})
+            shutil.rmtree(work)
+            job = wait_state(client, job_id, ("done", "failed"))
+            assert job["state"] == "done", job
+            fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+    finally:
+        server.stop()
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="bundles")["Contents"]}
+    assert {f"farm/files/{h}" for h in hashes} <= keys
+    assert not (tmp_path / "state" / "storage").exists()  # nothing went through a folder
+    want = reference_of(project, tmp_path, reference, [2], "shot_s3")
+    assert_same_pixels(fetched[2], want[2])
