@@ -404,14 +404,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class NodeCache:
-    """Files by hash on one node, shared by its workers (processes), size-limited (LRU).
+    """Files by hash on one machine, shared by its workers (processes), size-limited (LRU).
 
-    A file is fetched once per node: workers wanting the same hash wait on a file lock while
+    A file is fetched once per machine: workers wanting the same hash wait on a file lock while
     one of them downloads it; a download is verified against its hash before it is used.
     Every download is counted in ``downloads.log``.
 
     Args:
-        root: the cache folder (one per node).
+        root: the cache folder (one per machine).
         max_bytes: the cache's size; least recently used files are removed past it.
     """
 
@@ -519,11 +519,12 @@ def materialise(manifest: Manifest, folder: str | os.PathLike[str],
     return base / manifest.root
 
 
-def default_cache_root(node: str) -> Path:
-    """The node cache folder: ``$RENDERFARM_CACHE_DIR`` or the temp folder, per node."""
-    base = os.environ.get("RENDERFARM_CACHE_DIR") or os.path.join(
-        tempfile.gettempdir(), f"renderfarm-cache-{os.getuid()}")
-    return Path(base) / (node[:16] or "node")
+def default_cache_root() -> Path:
+    """This machine's file cache: ``$RENDERFARM_CACHE_DIR``, or ``renderfarm-cache-<uid>`` in
+    the temp folder. It belongs to the machine, not to a Ray node: Ray nodes restarted (or
+    several on one machine) share it."""
+    return Path(os.environ.get("RENDERFARM_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"renderfarm-cache-{os.getuid()}"))
 
 
 def default_cache_bytes() -> int:

@@ -140,6 +140,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
                                          logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # Blender Asset Tracer logs each missing file; the job's error names them
+        logging.getLogger("blender_asset_tracer").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

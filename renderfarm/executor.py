@@ -143,7 +143,7 @@ class BlenderWorker:
         if download is None:
             return None
         if self._cache is None:
-            self._cache = NodeCache(default_cache_root(self.node), default_cache_bytes())
+            self._cache = NodeCache(default_cache_root(), default_cache_bytes())
         cache = self._cache
         root = materialise(manifest, os.path.join(self.scratch, "bundles", key),
                            lambda entry: cache.get(entry.sha256, entry.size,

@@ -83,16 +83,16 @@ def test_a_cluster_too_small_fails_at_once(cluster) -> None:
 
 
 @pytest.mark.blender
-def test_a_bundle_reaches_every_node_once_and_survives_the_project_moving(
+def test_a_bundle_reaches_every_node_and_survives_the_project_moving(
         cluster, project, reference, tmp_path) -> None:
-    """Workers on three nodes render a project whose folder is deleted after submit; each
-    node downloads each file of the bundle once, from the farm's storage."""
+    """Workers on three Ray nodes render a project whose folder is deleted after submit; each
+    file of the bundle is downloaded once per machine, from the farm's storage."""
     import shutil
 
     import numpy as np
     import OpenImageIO as oiio
 
-    from renderfarm.bundle import Manifest, default_cache_root, file_sha256
+    from renderfarm.bundle import Manifest, NodeCache, default_cache_root, file_sha256
     from renderfarm.farm import Farm
     from tests.conftest import copy_project
     from tests.test_bundle_farm import assert_same_pixels
@@ -118,9 +118,8 @@ def test_a_bundle_reaches_every_node_once_and_survives_the_project_moving(
     want = reference(ref_copy / "shot_cluster.blend", [1, 2])
     for frame in (1, 2):
         assert_same_pixels(result.outputs[frame], want[frame])
-    for node in nodes:
-        log = default_cache_root(node) / "downloads.log"
-        downloads = [line.split()[0] for line in log.read_text().splitlines()]
-        mine = [d for d in downloads if d in hashes]
-        assert len(mine) == len(set(mine)), f"node {node[:8]} downloaded a file twice"
-        assert downloads.count(texture_sha) == 1  # the new texture reached it exactly once
+    # the three nodes are one machine here: they share its cache, so the new texture was
+    # downloaded once for all of them, by whichever worker came first
+    downloads = NodeCache(default_cache_root()).downloads()
+    assert downloads.count(texture_sha) == 1
+    assert all(downloads.count(h) <= 1 for h in hashes)
