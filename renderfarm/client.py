@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 15.0
 
 
+_MONITORS = itertools.count()
+
+
 class FarmClient:
     """A connection to a farm service.
 
@@ -80,9 +83,13 @@ class FarmClient:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         secure_client(sock, self._server_key, self._client_key)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        # a unique monitor address: pyzmq's default is named after the socket's file
+        # descriptor, and a closed socket's monitor can still hold that name when the next
+        # socket gets the same descriptor ("Address already in use", seen once under load)
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+            addr=f"inproc://renderfarm-monitor-{os.getpid()}-{next(_MONITORS)}")
         sock.connect(self.address)
         self._sock = sock
 

@@ -1,0 +1,174 @@
+"""Fault injection for tests, soak runs and chaos drills: deterministic, switched on on purpose.
+
+A *fault point* is a named place in the farm's code (``driver.done``, ``worker.render``, ...).
+:func:`fire` is called there; it does nothing unless a fault is armed for that point. Faults
+are armed in this process (:func:`arm`, for the driver's points) or in a JSON file named by
+``$RENDERFARM_FAULTS`` (for workers, which are other processes: the file is read at each
+point, and a fault's ``times`` is counted down in it under a lock, so "once" means once across
+every worker of the machine).
+
+A fault names what happens: ``raise`` (an exception in that code path), ``abort`` (the process
+dies with SIGABRT, as Blender does on a fatal error), ``segv`` (SIGSEGV), ``sleep`` (the worker
+lags ``seconds``), ``memory`` (``MemoryError``, as when a worker runs out of memory) or
+``disk_full`` (``OSError(ENOSPC)``). ``match`` limits it to calls whose context has those
+values (``{"frame": 3}``, ``{"job_id": "..."}``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: the environment variable naming the fault file workers read
+FAULTS_ENV = "RENDERFARM_FAULTS"
+ACTIONS = ("raise", "abort", "segv", "sleep", "memory", "disk_full")
+
+
+class InjectedFault(RuntimeError):
+    """The exception a ``raise`` fault throws."""
+
+
+@dataclass
+class Fault:
+    """One armed fault.
+
+    Attributes:
+        point: where it fires.
+        action: what it does (one of :data:`ACTIONS`).
+        times: how many more times it fires (-1: always).
+        match: context values a call must have for it to fire.
+        seconds: how long ``sleep`` lags.
+        message: the text of the exception it raises.
+    """
+
+    point: str
+    action: str = "raise"
+    times: int = 1
+    match: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    message: str = "injected fault"
+
+    def applies(self, point: str, context: dict[str, Any]) -> bool:
+        """Whether this fault fires at ``point`` for a call with ``context``."""
+        return self.point == point and self.times != 0 and all(
+            context.get(k) == v for k, v in self.match.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fault as JSON-friendly data."""
+        return {"point": self.point, "action": self.action, "times": self.times,
+                "match": self.match, "seconds": self.seconds, "message": self.message}
+
+
+_lock = threading.Lock()
+_armed: list[Fault] = []
+#: how many faults fired in this process, by point (for soak reports)
+fired: dict[str, int] = {}
+
+
+def arm(point: str, action: str = "raise", *, times: int = 1, seconds: float = 0.0,
+        message: str = "injected fault", **match: Any) -> Fault:
+    """Arm a fault in this process (the driver's points); returns it."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown fault action {action!r}; known: {', '.join(ACTIONS)}")
+    fault = Fault(point, action, times, dict(match), seconds, message)
+    with _lock:
+        _armed.append(fault)
+    return fault
+
+
+def disarm() -> None:
+    """Disarm every fault of this process."""
+    with _lock:
+        _armed.clear()
+
+
+def arm_workers(path: str | os.PathLike[str], faults: list[Fault]) -> None:
+    """Write the fault file workers read (``$RENDERFARM_FAULTS`` must name ``path`` in their
+    environment)."""
+    with _file_lock(str(path)):
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump([f.to_dict() for f in faults], handle)
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    import fcntl
+
+    with open(f"{path}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _take_from_file(point: str, context: dict[str, Any]) -> Fault | None:
+    path = os.environ.get(FAULTS_ENV)
+    if not path or not os.path.exists(path):
+        return None
+    with _file_lock(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                faults = [Fault(**f) for f in json.load(handle)]
+        except (OSError, ValueError, TypeError):
+            return None
+        for fault in faults:
+            if fault.applies(point, context):
+                if fault.times > 0:
+                    fault.times -= 1
+                    tmp = f"{path}.tmp"
+                    with open(tmp, "w", encoding="utf-8") as handle:
+                        json.dump([f.to_dict() for f in faults], handle)
+                    os.replace(tmp, path)
+                return fault
+    return None
+
+
+def _take(point: str, context: dict[str, Any]) -> Fault | None:
+    with _lock:
+        for fault in _armed:
+            if fault.applies(point, context):
+                if fault.times > 0:
+                    fault.times -= 1
+                return fault
+    return _take_from_file(point, context)
+
+
+def fire(point: str, **context: Any) -> None:
+    """Do what a fault armed for ``point`` says, if one is (else nothing, cheaply).
+
+    Raises:
+        InjectedFault: a ``raise`` fault.
+        MemoryError: a ``memory`` fault.
+        OSError: a ``disk_full`` fault (errno ENOSPC).
+    """
+    if not _armed and not os.environ.get(FAULTS_ENV):
+        return
+    fault = _take(point, context)
+    if fault is None:
+        return
+    fired[point] = fired.get(point, 0) + 1
+    logger.warning("fault %s fires at %s (%s)", fault.action, point, context)
+    if fault.action == "raise":
+        raise InjectedFault(f"{fault.message} at {point}")
+    if fault.action == "memory":
+        raise MemoryError(f"{fault.message} at {point}")
+    if fault.action == "disk_full":
+        raise OSError(errno.ENOSPC, f"No space left on device ({fault.message} at {point})")
+    if fault.action == "sleep":
+        time.sleep(fault.seconds)
+        return
+    os.kill(os.getpid(), signal.SIGABRT if fault.action == "abort" else signal.SIGSEGV)
