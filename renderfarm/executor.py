@@ -10,12 +10,14 @@ Ray is imported inside functions so that ``import renderfarm`` stays light.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
 import math
 import os
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from renderfarm import faults
 from renderfarm.errors import (
     CancelledError,
     RenderError,
@@ -50,8 +53,17 @@ def file_hash(path: str) -> str:
 
 
 def _error_dict(exc: BaseException) -> dict[str, Any]:
+    """What a worker reports of a failure: what it is, and whether another try may help."""
     if isinstance(exc, RenderFarmError):
         return exc.to_dict()
+    if isinstance(exc, MemoryError):
+        return RenderError(f"the worker ran out of memory ({exc}); the task is retried on "
+                           "another worker: render fewer samples or smaller tiles if it keeps "
+                           "failing", retryable=True).to_dict()
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return RenderError(f"the worker's disk is full ({exc.strerror}); the task is retried "
+                           "on another worker: free space on that machine",
+                           retryable=True).to_dict()
     tail = "".join(traceback.format_exception(exc)[-6:])
     return RenderError(f"{type(exc).__name__}: {exc}", log_tail=tail).to_dict()
 
@@ -208,6 +220,8 @@ class BlenderWorker:
         piece = os.path.join(self.scratch,
                              f"piece-{next(self._counter)}{FORMAT_EXTENSIONS[output_format]}")
         try:
+            faults.fire("worker.render", job_id=the_task.job_id, frame=the_task.frame,
+                        tile=the_task.tile.index, worker=self.worker_id, attempt=attempt)
             local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
             if local is None:
                 return {**base, "ok": False, "error": {"need_blob": True}}, None
@@ -336,6 +350,10 @@ class WorkerHandle:
     busy: bool = False
     node: str = ""
     tasks_done: int = 0
+    #: whether the actor has started (answered its ping); tasks go to started workers only
+    ready: bool = False
+    ready_ref: Any = None
+    created: float = 0.0
 
 
 class WorkerPool:
@@ -349,10 +367,16 @@ class WorkerPool:
     """
 
     def __init__(self, shape: PoolShape, actor_class: type = BlenderWorker,
-                 start_timeout: float = START_TIMEOUT) -> None:
+                 start_timeout: float = START_TIMEOUT, elastic: bool = False) -> None:
         self.shape = shape
         self.actor_class = actor_class
         self.start_timeout = start_timeout
+        #: follow the cluster: one worker per node (CPU) or per GPU, as nodes come and go;
+        #: otherwise keep ``shape.workers`` (never more than the cluster can place)
+        self.elastic = elastic
+        #: how many workers the pool wants now (see :meth:`follow_cluster`)
+        self.target = shape.workers
+        self._last_follow = 0.0
         self.workers: dict[str, WorkerHandle] = {}
         self._numbers = itertools.count(1)
         self._remote: Any = None
@@ -372,7 +396,8 @@ class WorkerPool:
             num_cpus=self.shape.num_cpus, num_gpus=self.shape.num_gpus, max_restarts=0,
             max_concurrency=1, name=None,
         ).remote(worker_id)
-        handle = WorkerHandle(worker_id, actor)
+        handle = WorkerHandle(worker_id, actor, ready_ref=actor.ping.remote(),
+                              created=time.monotonic())
         self.workers[worker_id] = handle
         return handle
 
@@ -385,16 +410,18 @@ class WorkerPool:
         import ray
 
         with self._lock:
-            fresh = [self._new_actor() for _ in range(self.shape.workers - len(self.workers))]
+            self.target = self.shape.workers
+            fresh = [self._new_actor() for _ in range(self.target - len(self.workers))]
         if not fresh:
             return
-        pings = {h.actor.ping.remote(): h for h in fresh}
+        pings = {h.ready_ref: h for h in fresh}
         ready, waiting = ray.wait(list(pings), num_returns=len(pings),
                                   timeout=self.start_timeout)
         for ref in ready:
             handle = pings[ref]
             try:
                 handle.node = ray.get(ref)["node"]
+                handle.ready = True
             except Exception as exc:
                 self.kill_all()
                 raise ResourceError(f"a worker failed to start: {exc}") from exc
@@ -416,9 +443,79 @@ class WorkerPool:
             if worker_id not in self.workers:
                 return None
             self.kill(worker_id)
-            if len(self.workers) >= self.shape.workers:
+            if len(self.workers) >= self.target:
                 return None
-            return self._new_actor()
+            return self._new_actor()  # not ready: it takes tasks once it has started
+
+    @property
+    def ready(self) -> list[WorkerHandle]:
+        """The workers that have started."""
+        with self._lock:
+            return [h for h in self.workers.values() if h.ready]
+
+    def poll_started(self) -> None:
+        """Mark workers whose start finished; drop those that failed to start."""
+        import ray
+
+        with self._lock:
+            waiting = {h.ready_ref: h for h in self.workers.values() if not h.ready}
+        if not waiting:
+            return
+        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
+        for ref in done:
+            handle = waiting[ref]
+            try:
+                handle.node = ray.get(ref)["node"]
+                handle.ready = True
+            except Exception as exc:  # died while starting (its node went away)
+                logger.warning("worker %s did not start: %s", handle.worker_id, exc)
+                self.kill(handle.worker_id)
+
+    def capacity(self) -> int:
+        """How many workers of this pool's shape the alive nodes can hold (one per node for
+        an elastic CPU pool, one per GPU for a GPU pool)."""
+        import ray
+
+        count = 0
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            resources = node.get("Resources", {})
+            cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+            if self.shape.num_gpus:
+                fits = min(gpus // self.shape.num_gpus, cpus // max(self.shape.num_cpus, 1e-9))
+            elif self.shape.num_cpus:
+                fits = cpus // self.shape.num_cpus
+            else:  # asks for nothing (synthetic workers): any number fits
+                return max(self.shape.workers, len(self.workers))
+            if self.elastic and not self.shape.num_gpus:
+                fits = min(fits, 1)
+            count += int(fits)
+        return count
+
+    def follow_cluster(self, every: float = 1.0) -> None:
+        """Resize the pool to what the cluster holds now, at most every ``every`` seconds:
+        workers that cannot be placed (their node is gone) are not kept waiting, and new
+        nodes get workers. Started workers are never stopped here; a lost node's are dead."""
+        now = time.monotonic()
+        if now - self._last_follow < every:
+            return
+        self._last_follow = now
+        capacity = self.capacity()
+        target = capacity if self.elastic else min(self.shape.workers, capacity)
+        with self._lock:
+            self.target = max(target, 1)
+            surplus = len(self.workers) - self.target
+            if surplus > 0:  # the newest workers still waiting to start go first
+                waiting = sorted((h for h in self.workers.values() if not h.ready),
+                                 key=lambda h: -h.created)
+                for handle in waiting[:surplus]:
+                    logger.info("worker %s cannot be placed now; not kept waiting",
+                                handle.worker_id)
+                    self.kill(handle.worker_id)
+            else:
+                for _ in range(-surplus):
+                    self._new_actor()
 
     def kill(self, worker_id: str) -> None:
         """Kill one worker."""
@@ -441,7 +538,8 @@ class WorkerPool:
         """A worker for a one-off call on a file: one that has it loaded, else an idle one."""
         with self._lock:
             handles = list(self.workers.values())
-        handles.sort(key=lambda h: (h.loaded != blend_hash, h.busy, h.tasks_done))
+        handles.sort(key=lambda h: (not h.ready, h.loaded != blend_hash, h.busy,
+                                    h.tasks_done))
         return handles[0]
 
 
@@ -466,6 +564,14 @@ class Source:
             (``members``) gets it once per member.
         priority: higher first.
         cancelled: set to stop the job: its running tasks are stopped.
+        fault: the exception one of the callbacks raised; the dispatcher then stops the
+            job's tasks and calls none of its callbacks again (the job fails with it).
+        backup: ``backup(task)`` is True when the job accepts a backup copy of a running
+            task that lags (a straggler); None: no backups.
+        durations: seconds of the job's finished tasks (kept by the dispatcher).
+        paces: the same per worker (how fast each worker is on this job).
+        pending: ``pending()`` is how many of the job's tasks wait for a worker; with it, a
+            worker measured much slower than the others leaves the job's last tasks to them.
     """
 
     key: str
@@ -478,6 +584,35 @@ class Source:
     priority: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     exhausted: bool = False
+    fault: BaseException | None = None
+    backup: Callable[[Any], bool] | None = None
+    durations: list[float] = field(default_factory=list)
+    pending: Callable[[], int] | None = None
+    paces: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _guarded(source: Source, name: str, *args: Any) -> Any:
+    """Call one of a source's callbacks; an exception fails that job, never the dispatcher.
+
+    Returns:
+        The callback's value, or None when it raised or the source has failed already.
+    """
+    if source.fault is not None:
+        return None
+    try:
+        return getattr(source, name)(*args)
+    except Exception as exc:
+        logger.exception("a job's %s failed; the job stops, the dispatcher goes on", name)
+        source.fault = exc  # the dispatcher stops its tasks as for a cancelled job
+        return None
+
+
+#: a running task lags when it has run this many times the median of its job's finished
+#: tasks (per member of a group), and at least STRAGGLER_MIN_SECONDS
+STRAGGLER_FACTOR = 2.0
+STRAGGLER_MIN_SECONDS = 1.0
+#: finished tasks a job needs before its tasks can count as lagging
+STRAGGLER_SAMPLES = 3
 
 
 @dataclass
@@ -486,6 +621,8 @@ class _Running:
     task: Any
     handle: WorkerHandle
     started: float | None  # None while queued behind the worker's current task
+    twin: Any = None  # the other copy's ref, for a task with a backup
+    dropped: bool = False  # its twin finished first: its result is not wanted
 
 
 def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
@@ -504,21 +641,28 @@ def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
     running: dict[Any, _Running] = {}
     queues: dict[str, list[Any]] = {}
     while True:
-        active = [s for s in sources() if not s.cancelled.is_set()]
+        active = [s for s in sources() if not s.cancelled.is_set() and s.fault is None]
         _stop_cancelled(pool, running, queues)
-        for handle in list(pool.workers.values()):
+        pool.poll_started()
+        pool.follow_cluster()
+        for handle in pool.ready:
             queue = queues.setdefault(handle.worker_id, [])
             while len(queue) < depth:
                 ref = _start_one(pool, handle, active, running, started=not queue)
+                if ref is None and not queue:  # idle, and nothing waits: help the slowest
+                    ref = _start_backup(handle, running)
                 if ref is None:
                     break
                 queue.append(ref)
             handle.busy = len(queue) >= depth
-        if not running:
+        if all(item.dropped for item in running.values()):
+            # only losing copies of backed-up tasks run: nobody waits for them (their
+            # workers stay busy until they end, which the next call to a worker honours)
             if stop():
                 return
-            time.sleep(poll)
-            continue
+            if not running:
+                time.sleep(poll)
+                continue
         ready, _ = ray.wait(list(running), num_returns=1, timeout=poll)
         if ready:
             more, _ = ray.wait([r for r in running if r not in ready],
@@ -536,17 +680,95 @@ def _start_one(pool: WorkerPool, handle: WorkerHandle, active: list[Source],
     top = max(s.priority for s in active)
     ordered = sorted(active, key=lambda s: (-s.priority,
                                             s.priority == top and s.key != handle.loaded))
-    live = len(pool.workers)
+    ready = pool.ready
+    live = len(ready)
     for source in ordered:
-        task = source.next_task(handle.worker_id, live)
+        if _leave_to_faster(handle, source, ready, 0 if started else 1):
+            continue
+        task = _guarded(source, "next_task", handle.worker_id, live)
         if task is None:
             continue
-        refs = source.call(handle, task)
+        refs = _guarded(source, "call", handle, task)
+        if refs is None:
+            continue
         ref = refs[0] if isinstance(refs, (list, tuple)) else refs
         handle.loaded = source.key
         running[ref] = _Running(source, task, handle, time.monotonic() if started else None)
         return ref
     return None
+
+
+def _leave_to_faster(handle: WorkerHandle, source: Source, ready: list[WorkerHandle],
+                     queued: int) -> bool:
+    """Whether a worker measured much slower than its peers should leave a job's last tasks
+    to the others: they would finish them all before it finishes one (the tail of a job
+    then does not wait for its slowest worker)."""
+    if source.pending is None or len(source.durations) < STRAGGLER_SAMPLES:
+        return False
+    own = source.paces.get(handle.worker_id, [])
+    if len(own) < 2:
+        return False
+    typical = statistics.median(source.durations[-50:])
+    pace = statistics.median(own)
+    if pace < STRAGGLER_FACTOR * typical:
+        return False
+
+    def fast(other: WorkerHandle) -> bool:
+        theirs = source.paces.get(other.worker_id, [])
+        return len(theirs) < 2 or statistics.median(theirs) < STRAGGLER_FACTOR * typical
+
+    faster = [h for h in ready if h is not handle and fast(h)]
+    if not faster:
+        return False
+    pending = _guarded(source, "pending") or 0
+    # it would end a new task after the ones it holds; the others drain what is pending in
+    # rounds of one task each
+    return pace * (queued + 1) > math.ceil(pending / len(faster)) * typical + typical
+
+
+def _start_backup(handle: WorkerHandle, running: dict[Any, _Running]) -> Any:
+    """Start a backup copy of the running task that lags most behind its job's median, on
+    an idle worker; the first copy to finish wins."""
+    now = time.monotonic()
+    worst: tuple[float, Any, _Running] | None = None
+    for ref, item in running.items():
+        source = item.source
+        if (item.started is None or item.handle is handle or item.twin is not None
+                or item.dropped or source.backup is None or source.fault is not None
+                or source.cancelled.is_set() or len(source.durations) < STRAGGLER_SAMPLES):
+            continue
+        members = len(getattr(item.task, "members", (None,)))
+        per_member = statistics.median(source.durations[-50:])
+        typical = per_member * members
+        elapsed = now - item.started
+        # a task lags behind its job's median, or runs on a worker measured to be that
+        # much slower, whose copy would end later than a fresh one started now
+        own = source.paces.get(item.handle.worker_id, [])
+        pace = statistics.median(own) if len(own) >= 2 else per_member
+        lagging = elapsed >= STRAGGLER_FACTOR * typical and elapsed >= STRAGGLER_MIN_SECONDS
+        slow_worker = pace >= STRAGGLER_FACTOR * per_member
+        # when it ends: at its worker's pace, or (lagging beyond any pace) as late again
+        expected_end = item.started + max(pace * members, 2 * elapsed if lagging else 0.0)
+        saved = expected_end - (now + typical)
+        if (lagging or slow_worker) and saved > 0 and (worst is None or saved > worst[0]):
+            worst = (saved, ref, item)
+    if worst is None:
+        return None
+    _saved, original, item = worst
+    lag = (now - (item.started or now)) / max(statistics.median(item.source.durations[-50:]),
+                                              1e-6)
+    if not _guarded(item.source, "backup", item.task):
+        return None
+    refs = _guarded(item.source, "call", handle, item.task)
+    if refs is None:
+        return None
+    ref = refs[0] if isinstance(refs, (list, tuple)) else refs
+    logger.info("task %s lags (%.1fx its job's median): backup copy on %s",
+                getattr(item.task, "task_id", item.task), lag, handle.worker_id)
+    handle.loaded = item.source.key
+    running[ref] = _Running(item.source, item.task, handle, now, twin=original)
+    item.twin = ref
+    return ref
 
 
 def _drop_worker(pool: WorkerPool, running: dict[Any, _Running],
@@ -559,9 +781,9 @@ def _drop_worker(pool: WorkerPool, running: dict[Any, _Running],
         if item is None:
             continue
         if item.started is None:
-            item.source.requeue(item.task)
+            _guarded(item.source, "requeue", item.task)
         else:
-            item.source.failed(handle, item.task, error)
+            _guarded(item.source, "failed", handle, item.task, error)
 
 
 def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, list[Any]],
@@ -575,6 +797,22 @@ def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, li
         queue.remove(ref)
     if queue and queue[0] in running:
         running[queue[0]].started = time.monotonic()
+    if item.dropped:  # its twin won: only the worker matters now
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:
+            _drop_worker(pool, running, queues, handle, WorkerDiedError(
+                f"worker {handle.worker_id} died"))
+        except Exception:  # cancelled, or failed: nobody waits for it
+            logger.debug("the losing copy of a task ended: %s", ref)
+        return
+    if item.twin is not None and item.twin in running:  # this copy won: stop the other
+        running[item.twin].dropped = True
+        try:
+            ray.cancel(item.twin)
+        except Exception:
+            logger.debug("the other copy of a task could not be cancelled (it runs)")
+    started = item.started
     try:
         value = ray.get(ref)
     except ray.exceptions.RayActorError as exc:
@@ -582,15 +820,23 @@ def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, li
         died = WorkerDiedError(
             f"worker {handle.worker_id} died while rendering (Blender crashed or the node "
             "went away); the task is retried on another worker")
-        item.source.failed(handle, item.task, died)
+        _guarded(item.source, "failed", handle, item.task, died)
         _drop_worker(pool, running, queues, handle, died)
         return
     except Exception as exc:  # a bug in the worker code: report, replace the worker
-        item.source.failed(handle, item.task, RenderError(f"worker call failed: {exc}"))
+        _guarded(item.source, "failed", handle, item.task,
+                 RenderError(f"worker call failed: {exc}"))
         _drop_worker(pool, running, queues, handle, RenderError("worker replaced"))
         return
     handle.tasks_done += 1
-    if not item.source.done(handle, item.task, value):
+    if started is not None:
+        members = len(getattr(item.task, "members", (None,)))
+        seconds = (time.monotonic() - started) / members
+        item.source.durations.append(seconds)
+        pace = item.source.paces.setdefault(handle.worker_id, [])
+        pace.append(seconds)
+        del pace[:-20]
+    if _guarded(item.source, "done", handle, item.task, value) is False:
         _drop_worker(pool, running, queues, handle, RenderError("worker replaced"))
 
 
@@ -605,7 +851,7 @@ def _check_timeouts(pool: WorkerPool, running: dict[Any, _Running],
         if now - item.started > limit:
             running.pop(ref)
             queues.get(item.handle.worker_id, []).remove(ref)
-            item.source.failed(item.handle, item.task, TaskTimeoutError(
+            _guarded(item.source, "failed", item.handle, item.task, TaskTimeoutError(
                 f"task ran longer than its {limit:g} s timeout and was stopped; raise "
                 "--timeout or render fewer samples"))
             _drop_worker(pool, running, queues, item.handle, RenderError(
@@ -615,11 +861,13 @@ def _check_timeouts(pool: WorkerPool, running: dict[Any, _Running],
 def _stop_cancelled(pool: WorkerPool, running: dict[Any, _Running],
                     queues: dict[str, list[Any]]) -> None:
     for ref, item in list(running.items()):
-        if ref in running and item.source.cancelled.is_set():
+        if item.dropped:  # a losing copy: its worker finishes it, nobody waits for it
+            continue
+        if ref in running and (item.source.cancelled.is_set() or item.source.fault is not None):
             running.pop(ref)
             queues.get(item.handle.worker_id, []).remove(ref)
-            item.source.failed(item.handle, item.task,
-                               CancelledError("the job was cancelled", retryable=False))
+            _guarded(item.source, "failed", item.handle, item.task,
+                     CancelledError("the job was cancelled", retryable=False))
             _drop_worker(pool, running, queues, item.handle, RenderError(
                 "the worker was stopped because another job was cancelled", retryable=True))
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from renderfarm import faults
 from renderfarm.bundle import (
     MAX_BUNDLE_BYTES,
     Manifest,
@@ -210,6 +211,12 @@ class JobHandle:
         #: what bundling stored for this job (``bundle_files``, ``bundle_bytes``,
         #: ``sent_files``, ``sent_bytes``); empty when the client sent the bundle
         self.transfer: dict[str, int] = {}
+        self._run: Any = None
+
+    @property
+    def late_results(self) -> int:
+        """Results that arrived after the job ended and were dropped unread."""
+        return self._run.late_results if self._run is not None else 0
 
     def events(self) -> Iterator[Event]:
         """Yield the job's events as they happen, until it ends (one consumer only)."""
@@ -431,8 +438,10 @@ class Farm:
             runner = self._runners.get(device)
             if runner is None or runner.error is not None:
                 kwargs = {"actor_class": self.worker_class} if self.worker_class else {}
+                # no worker count given: the pool follows the cluster (one worker per node,
+                # or per GPU, as nodes come and go); a count given is kept
                 pool = WorkerPool(self.pool_shape(device), start_timeout=self.config.start_timeout,
-                                  **kwargs)
+                                  elastic=self.config.workers is None, **kwargs)
                 pool.start()
                 runner = _PoolRunner(pool)
                 self._runners[device] = runner
@@ -532,8 +541,13 @@ class _JobRun:
         self.outputs: dict[int, Path] = {}
         self.pieces: dict[int, list[tuple[int, Piece]]] = {}
         self.merges: list[Future[None]] = []
+        handle._run = self
         self.fatal: RenderFarmError | None = None
         self.ended = threading.Event()
+        #: results that arrived after the job ended (dropped without touching its files)
+        self.late_results = 0
+        #: results of a task another copy had finished already (stragglers' backups)
+        self.duplicates = 0
         self.frames_done = 0
         self.warnings: list[str] = []
         self.state: JobState | None = None
@@ -704,6 +718,7 @@ class _JobRun:
                                                   plan.canvas.x1, plan.canvas.y1]})
         source = Source(key=blend_hash, next_task=self._next_task, call=self._call,
                         done=self._done, failed=self._failed, requeue=self._requeue,
+                        backup=self._backup, pending=self._pending,
                         timeout=spec.task_timeout,
                         priority=self.priority, cancelled=self.handle._cancel)
         if self.handle._priority_changed:
@@ -716,12 +731,18 @@ class _JobRun:
             while not self.ended.wait(0.1):
                 if self.handle.cancelled:
                     break
+                if source.fault is not None:
+                    fault = source.fault
+                    if isinstance(fault, RenderFarmError):
+                        raise fault
+                    raise JobFailedError(f"the job failed in its own code and was stopped "
+                                         f"(other jobs go on): {type(fault).__name__}: {fault}")
                 if runner.error is not None:
                     raise JobFailedError(f"the dispatcher stopped: {runner.error}")
         finally:
             runner.remove(source)
-            if self.handle.cancelled:
-                source.cancelled.set()
+            if source.fault is None and self.fatal is not None:
+                source.fault = self.fatal  # a failed merge ended it: stop its running tasks
         for merge in list(self.merges):
             merge.exception()  # wait; errors are recorded in self.fatal
         if self.handle.cancelled:
@@ -780,8 +801,7 @@ class _JobRun:
             except ray.exceptions.RayActorError:
                 logger.warning("worker %s died while opening %s (attempt %d)",
                                handle.worker_id, path, attempt + 1)
-                pool.replace(handle.worker_id)
-                pool.start()
+                pool.replace(handle.worker_id)  # the next try prefers a started worker
                 continue
             if reply.get("need_blob"):
                 self._put_blob()
@@ -795,12 +815,14 @@ class _JobRun:
 
     # -- dispatcher callbacks (dispatcher thread) --------------------------------------------
     def _next_task(self, worker: str, live: int) -> Task | None:
+        faults.fire("driver.next_task", job_id=self.handle.job_id)
         if self.ended.is_set() or self.handle.paused:
             return None
         with self.lock:
             return self.state.next_for(worker, live, group=self.spec.group_tiles)
 
     def _call(self, handle: WorkerHandle, task: Task) -> Any:
+        faults.fire("driver.call", job_id=self.handle.job_id, frame=task.frame)
         attempt = self.state.entries[task.index].attempts
         self.emit("task_started", frame=task.frame, tile=task.tile.index,
                   data={"worker": handle.worker_id, "attempt": attempt,
@@ -809,6 +831,18 @@ class _JobRun:
                                           task.to_dict(), attempt, self.files_ref)
 
     def _done(self, handle: WorkerHandle, task: Task, value: Any) -> bool:
+        faults.fire("driver.done", job_id=self.handle.job_id, frame=task.frame)
+        if self.ended.is_set() or self.handle.cancelled:
+            # the job has ended (cancelled, failed): its files may be gone; drop, count
+            with self.lock:
+                self.late_results += 1
+            logger.info("job %s: result of %s arrived after the job ended; dropped",
+                        self.handle.job_id, task.task_id)
+            return True
+        with self.lock:
+            if all(self.state.entries[i].status is TaskStatus.DONE for i in task.members):
+                self.duplicates += 1  # another copy (a straggler's backup) finished first
+                return True
         reply, data = value
         if not reply.get("ok"):
             error = reply.get("error") or {}
@@ -819,12 +853,15 @@ class _JobRun:
             self._failed(handle, task, error_from(error), reply)
             return True
         path = self._piece_path(task)
-        path.write_bytes(data)
-        if self.on_piece is not None:
-            try:
-                self.on_piece(task, path)
-            except Exception:  # a hook must not lose the piece
-                logger.exception("on_piece hook failed for %s", task.task_id)
+        try:
+            faults.fire("driver.store_piece", job_id=self.handle.job_id, frame=task.frame)
+            path.write_bytes(data)
+        except OSError as exc:
+            raise OutputError(f"cannot store a finished piece where the farm keeps pieces "
+                              f"({exc.strerror}); free space there (pieces stored so far are "
+                              "kept)", path=str(path), frame=task.frame) from exc
+        if self.on_piece is not None:  # the piece is on disk: a failing hook fails the job
+            self.on_piece(task, path)
         self.results.append(TaskResult.from_dict(reply))
         with self.lock:
             self.pieces.setdefault(task.frame, []).append((task.chunk, Piece(task.tile, path)))
@@ -844,13 +881,32 @@ class _JobRun:
         assert self.state is not None
         return [self.state.entries[i].task.tile.index for i in task.members]
 
+    def _pending(self) -> int:
+        with self.lock:
+            return self.state.count(TaskStatus.PENDING) if self.state is not None else 0
+
+    def _backup(self, task: Task) -> bool:
+        """Whether a lagging task may get a backup copy (once; not when paused or ended)."""
+        if self.ended.is_set() or self.handle.paused:
+            return False
+        with self.lock:
+            allowed = [self.state.backup(i) for i in task.members]
+        return all(allowed)
+
     def _requeue(self, task: Task) -> None:
+        faults.fire("driver.requeue", job_id=self.handle.job_id, frame=task.frame)
         with self.lock:
             for index in task.members:
                 self.state.requeue(index)
 
     def _failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,
                 reply: dict[str, Any] | None = None) -> None:
+        faults.fire("driver.failed", job_id=self.handle.job_id, frame=task.frame)
+        if self.ended.is_set():  # stopped because the job ended: nothing to record
+            return
+        with self.lock:
+            if all(self.state.entries[i].status is TaskStatus.DONE for i in task.members):
+                return  # the copy that lost to a backup (or the other way round)
         if error.frame is None:
             error.frame = task.frame
         if reply is not None:
@@ -886,6 +942,9 @@ class _JobRun:
 
     def _merge(self, frame: int) -> None:
         try:
+            faults.fire("driver.merge", job_id=self.handle.job_id, frame=frame)
+            if self.handle.cancelled:  # nothing more is written for a cancelled job
+                return
             target = output_path(self.spec.output, frame)
             with self.lock:
                 found = self.pieces.pop(frame)
@@ -908,12 +967,19 @@ class _JobRun:
             self.emit("frame_merged", frame=frame, data={"path": str(target)})
         except RenderFarmError as exc:
             exc.frame = frame
-            self.fatal = self.fatal or exc
-            self.emit("task_failed", frame=frame, message=exc.one_line())
+            self._abort(exc)
         except Exception as exc:
-            error = MergeError(f"{type(exc).__name__}: {exc}", frame=frame)
+            self._abort(MergeError(f"{type(exc).__name__}: {exc}", frame=frame))
+
+    def _abort(self, error: RenderFarmError) -> None:
+        """End the job now with ``error`` (a merge or a write failed): nothing more starts,
+        running tasks are stopped, frames merged so far are kept."""
+        self.emit("task_failed", frame=error.frame, message=error.one_line())
+        with self.lock:
             self.fatal = self.fatal or error
-            self.emit("task_failed", frame=frame, message=error.one_line())
+            if self.state is not None:
+                self.state.cancel_pending(error.one_line())
+        self.ended.set()
 
     def _merge_frame(self, found: list[tuple[int, Piece]], frame: int) -> Path:
         """One multilayer EXR of the frame from its pieces: tiles placed, sample ranges

@@ -35,6 +35,8 @@ class TaskEntry:
     worker: str | None = None
     failed_on: set[str] = field(default_factory=set)
     last_error: str | None = None
+    #: backup copies running besides the first (a straggler's)
+    backups: int = 0
 
 
 class JobState:
@@ -200,14 +202,30 @@ class JobState:
         self._frame_left[frame] -= 1
         return self._frame_left[frame] == 0
 
+    def backup(self, index: int) -> bool:
+        """Allow one backup copy of running task ``index`` (a straggler); False when it is
+        not running or has a backup already. The first copy to finish counts
+        (:meth:`succeeded` takes one success per task)."""
+        entry = self.entries[index]
+        if entry.status is not TaskStatus.RUNNING or entry.backups:
+            return False
+        entry.backups += 1
+        return True
+
     def failed_attempt(self, index: int, error: str, retryable: bool = True) -> bool:
         """Record a failed attempt of task ``index``.
 
         Returns:
-            True when the task will be tried again, False when it has failed for good.
+            True when the task will be tried again (or another copy of it still runs),
+            False when it has failed for good.
         """
         entry = self.entries[index]
         entry.last_error = error
+        if entry.status is TaskStatus.DONE:  # a copy that lost to one that finished
+            return True
+        if entry.status is TaskStatus.RUNNING and entry.backups:
+            entry.backups -= 1  # the other copy goes on
+            return True
         if entry.worker is not None:
             entry.failed_on.add(entry.worker)
         entry.worker = None

@@ -17,7 +17,7 @@ from typing import Any
 
 from renderfarm.executor import PoolShape, Source, WorkerHandle, WorkerPool, dispatch
 from renderfarm.job import Rect, Task, Tile
-from renderfarm.state import JobState
+from renderfarm.state import JobState, TaskStatus
 
 
 class SyntheticWorker:
@@ -75,7 +75,8 @@ def start_pool(workers: int) -> WorkerPool:
 
 
 def run_synthetic(pool: WorkerPool, durations: Sequence[float],
-                  slow: dict[str, float] | None = None, depth: int = 2) -> SyntheticRun:
+                  slow: dict[str, float] | None = None, depth: int = 2,
+                  backups: bool = True) -> SyntheticRun:
     """Run one task per entry of ``durations`` on ``pool`` through the real dispatcher.
 
     Args:
@@ -83,6 +84,7 @@ def run_synthetic(pool: WorkerPool, durations: Sequence[float],
         durations: modelled seconds of each task.
         slow: ``{worker_id: factor}`` for workers that take longer.
         depth: tasks queued per worker (as for Blender workers).
+        backups: let idle workers run backup copies of lagging tasks (as jobs do).
     """
     rect = Rect(0, 0, 1, 1)
     tile = Tile(0, rect, rect)
@@ -102,6 +104,8 @@ def run_synthetic(pool: WorkerPool, durations: Sequence[float],
 
     def done(handle: WorkerHandle, task: Task, value: dict[str, Any]) -> bool:
         with lock:
+            if state.entries[task.index].status is TaskStatus.DONE:
+                return True  # the other copy of a backed-up task finished first
             state.succeeded(task.index)
         timeline.append((value["worker"], value["start"], value["end"], value["index"]))
         return True
@@ -114,8 +118,17 @@ def run_synthetic(pool: WorkerPool, durations: Sequence[float],
         with lock:
             state.requeue(task.index)
 
+    def backup(task: Task) -> bool:
+        with lock:
+            return state.backup(task.index)
+
+    def pending() -> int:
+        with lock:
+            return state.count(TaskStatus.PENDING)
+
     source = Source(key="synthetic", next_task=next_task, call=call, done=done,
-                    failed=failed, requeue=requeue)
+                    failed=failed, requeue=requeue, backup=backup if backups else None,
+                    pending=pending if backups else None)
     start = time.time()
     dispatch(pool, lambda: [source], lambda: state.finished, poll=0.01, depth=depth)
     makespan = time.time() - start

@@ -6,12 +6,17 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).parent
+#: the fault file workers read (renderfarm.faults); set before any Ray starts so its workers
+#: inherit it; tests that arm worker faults write it and remove it afterwards
+FAULT_FILE = Path(os.environ.setdefault("RENDERFARM_FAULTS", str(
+    Path(tempfile.gettempdir()) / f"renderfarm-faults-{os.getpid()}.json")))
 CORPUS = (HERE.parent.parent / "shared" / "corpus" / "blendfiles").resolve()
 
 

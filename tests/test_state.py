@@ -129,3 +129,36 @@ def test_grouping_skips_running_and_failed_neighbours_and_failures_hit_every_mem
     assert a.members == (0,)
     with_flag_off = JobState(grid(4, 1), retries=1).next_for("w1", 1, group=False)
     assert with_flag_off.members == (0,)
+
+
+def test_a_straggler_gets_one_backup_and_counts_once() -> None:
+    state = JobState(tasks(1, 2), retries=0)
+    slow = state.next_for("slow")
+    assert state.backup(slow.index) is True
+    assert state.backup(slow.index) is False  # one backup at most
+    assert state.succeeded(slow.index) is False  # the backup finished first
+    assert state.succeeded(slow.index) is False  # the slow copy later: not counted again
+    assert state.count(TaskStatus.DONE) == 1
+    assert state.backup(slow.index) is False  # done: nothing to back up
+
+
+def test_a_failing_copy_leaves_the_other_running() -> None:
+    state = JobState(tasks(1, 1), retries=0)
+    task = state.next_for("w1")
+    assert state.backup(task.index)
+    # one copy fails: the other still runs, so the task is neither failed nor requeued
+    assert state.failed_attempt(task.index, "boom") is True
+    assert state.entries[task.index].status is TaskStatus.RUNNING
+    assert not state.has_pending()
+    # the other copy fails too: now it is the task's (only) attempt that failed
+    assert state.failed_attempt(task.index, "boom again") is False
+    assert state.entries[task.index].status is TaskStatus.FAILED
+
+
+def test_a_loser_failing_after_the_winner_changes_nothing() -> None:
+    state = JobState(tasks(1, 1), retries=0)
+    task = state.next_for("w1")
+    assert state.backup(task.index)
+    state.succeeded(task.index)
+    assert state.failed_attempt(task.index, "late") is True
+    assert state.entries[task.index].status is TaskStatus.DONE and state.finished

@@ -1,0 +1,82 @@
+"""The pool follows the cluster: a node removed mid-job does not stall it, nodes added
+mid-job get workers that take tasks (a real multi-node `ray.cluster_utils.Cluster`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from renderfarm.job import JobSpec
+
+pytestmark = [pytest.mark.ray, pytest.mark.blender]
+
+
+@pytest.fixture()
+def cluster() -> Iterator[object]:
+    """A head without CPUs (the driver) and two 1-CPU worker nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    the_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [the_cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=the_cluster.address, log_to_driver=False, logging_level="ERROR")
+    the_cluster.wait_for_nodes()
+    the_cluster.worker_nodes_list = nodes  # type: ignore[attr-defined]
+    yield the_cluster
+    ray.shutdown()
+    the_cluster.shutdown()
+
+
+def _wait_for(test: object, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not test() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.05)
+
+
+def test_a_lost_node_does_not_stall_the_job_and_new_nodes_take_tasks(
+        cluster, make_scene, reference, tmp_path: Path) -> None:
+    import numpy as np
+
+    from renderfarm.farm import Farm
+    from renderfarm.merge import read_layers
+
+    blend = make_scene(width=64, height=48, samples=16, frames=10)
+    with Farm(address=cluster.address) as farm:  # no count given: one worker per node
+        handle = farm.submit(JobSpec(str(blend), frames="1-10", tiles=(2, 1), device="cpu",
+                                     task_timeout=240, group_tiles=False,
+                                     output=str(tmp_path / "lost" / "e_####.exr")))
+        merged: list[int] = []
+        events = iter(handle.events())
+        for event in events:
+            if event.kind == "frame_merged":
+                merged.append(event.frame)
+                break
+        cluster.remove_node(cluster.worker_nodes_list[0])  # a spot instance goes away
+        removed_at = time.monotonic()
+        result = handle.result(timeout=600)
+        after_loss = time.monotonic() - removed_at
+        # no task waited for its 240 s timeout on a worker that could not be placed
+        errors = [t.error for t in result.tasks if not t.ok]
+        assert not any("timeout" in str(e) for e in errors), errors
+        assert after_loss < 120, f"the job took {after_loss:.0f} s after the node went away"
+        want = reference(blend, [1, 5, 10])
+        for frame in (1, 5, 10):
+            got, ref = read_layers(result.outputs[frame]), read_layers(want[frame])
+            for name in ref:
+                assert np.array_equal(got[name], ref[name]), (frame, name)
+
+        # two nodes join: workers start there and take tasks of the next job
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        pool = farm._runners["cpu"].pool
+        _wait_for(lambda: len(pool.ready) >= 3, timeout=120)
+        assert len(pool.ready) == 3
+        grown = farm.render(JobSpec(str(blend), frames="1-10", tiles=(2, 1), device="cpu",
+                                    group_tiles=False,
+                                    output=str(tmp_path / "grown" / "g_####.exr")))
+        assert len({t.node for t in grown.tasks}) == 3, "a new node took no task"

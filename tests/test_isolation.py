@@ -1,0 +1,89 @@
+"""No job takes another down: a fault injected into each of a job's code paths fails that job
+with its reason, while a second job on the same workers runs to the end (real renders on a
+real local Ray; faults switched on deterministically, not by timing luck)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from renderfarm import faults
+from renderfarm.errors import RenderFarmError
+from renderfarm.job import JobSpec
+from tests.conftest import FAULT_FILE
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+@pytest.fixture(autouse=True)
+def no_faults() -> Iterator[None]:
+    faults.disarm()
+    faults.fired.clear()
+    yield
+    faults.disarm()
+    FAULT_FILE.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("point", ["driver.next_task", "driver.call", "driver.done",
+                                   "driver.store_piece", "driver.merge", "driver.failed",
+                                   "on_piece"])
+def test_a_fault_in_one_jobs_code_fails_that_job_only(farm, make_scene, tmp_path: Path,
+                                                     point: str) -> None:
+    other_blend = make_scene(width=40, height=30, frames=3, samples=2)
+    victim_blend = make_scene(width=48, height=32, frames=4, samples=2)
+    other = farm.submit(JobSpec(str(other_blend), tiles=(2, 1),
+                                output=str(tmp_path / "other" / "o_####.exr")))
+    victim_id = f"victim-{point.replace('.', '-')}"
+    extra: dict[str, object] = {}
+    spec = JobSpec(str(victim_blend), tiles=(2, 1), output=str(tmp_path / "v" / "v_####.exr"))
+    if point == "on_piece":  # a hook of the caller's (the service records pieces this way)
+        def hook(task: object, path: Path) -> None:
+            raise RuntimeError("the hook broke")
+
+        extra["on_piece"] = hook
+    else:
+        faults.arm(point, job_id=victim_id, times=-1)
+    if point == "driver.failed":  # only called when a task fails: the worker fails them
+        faults.arm_workers(FAULT_FILE, [faults.Fault("worker.render", times=-1,
+                                                     match={"job_id": victim_id})])
+    victim = farm.submit(spec, job_id=victim_id, **extra)
+    with pytest.raises(RenderFarmError) as caught:
+        victim.result(timeout=180)
+    assert "injected fault" in str(caught.value) or "hook broke" in str(caught.value), \
+        caught.value
+    result = other.result(timeout=180)  # the other job ran to its end
+    assert sorted(result.outputs) == [1, 2, 3]
+    assert all(path.stat().st_size > 0 for path in result.outputs.values())
+    assert all(runner.error is None for runner in farm._runners.values())
+    faults.disarm()
+    again = farm.render(JobSpec(str(other_blend), frames="1",
+                                output=str(tmp_path / "again" / "a_####.exr")))
+    assert again.outputs[1].is_file()
+
+
+def test_a_result_that_arrives_after_cancel_is_dropped_unread(farm, make_scene,
+                                                             tmp_path: Path) -> None:
+    """The race seen in CI: a piece of a cancelled job reached `done` after the job's folder
+    was removed. The dispatcher now holds the piece (a fault makes `done` wait) while the
+    job is cancelled and its folder removed; the piece is dropped and counted."""
+    blend = make_scene(width=48, height=32, frames=2, samples=2)
+    faults.arm("driver.done", "sleep", seconds=2.0, job_id="late-one")
+    handle = farm.submit(JobSpec(str(blend), output=str(tmp_path / "l_####.exr")),
+                         job_id="late-one")
+    deadline = time.monotonic() + 120
+    while not faults.fired.get("driver.done") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    handle.cancel()
+    with pytest.raises(RenderFarmError, match="cancelled"):
+        handle.result(timeout=60)
+    deadline = time.monotonic() + 30
+    while handle.late_results < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert handle.late_results >= 1
+    assert not list(tmp_path.glob("l_*.exr"))
+    assert all(runner.error is None for runner in farm._runners.values())
+    assert farm.render(JobSpec(str(blend), frames="1",
+                               output=str(tmp_path / "after_####.exr"))).outputs
