@@ -177,6 +177,8 @@ def test_materialise_lays_out_every_file(tmp_path: Path) -> None:
 CORPUS_EXPECTED = {
     # file: (files in the bundle (besides the root), missing files by name)
     "geometry-nodes/file_to_pack.blend": ({"node_lib.blend", "object_lib.blend"}, set()),
+    "doubly_linked.blend": ({"linked_cube.blend", "basic_file.blend"},
+                            {"material_textures.blend"}),
     "subdir/doubly_linked_up.blend": ({"_outside_project/basic_file.blend",
                                        "_outside_project/linked_cube.blend"},
                                       {"material_textures.blend"}),
