@@ -750,6 +750,33 @@ def run_group(ctx: Context, name: str, retries: int) -> list[Record]:
     return records
 
 
+def run_soak(minutes: float, seed: int, json_path: Path | None) -> int:
+    """``--soak MINUTES``: jobs on a two-worker farm while faults fire; exit 1 unless every
+    job ended as it must."""
+    import ray
+
+    from renderfarm.farm import Farm
+    from renderfarm.faults import FAULTS_ENV
+    from renderfarm.soak import soak
+
+    workdir = Path(tempfile.mkdtemp(prefix="renderfarm-soak-"))
+    os.environ.setdefault(FAULTS_ENV, str(workdir / "faults.json"))  # before Ray starts
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
+    try:
+        blend = make_scene(workdir / "soak.blend", width=32, height=24, samples=1, frames=3)
+        with Farm(workers=2) as farm:
+            report = soak(farm, str(blend), workdir, minutes * 60, seed)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = report.to_dict()
+    print(json.dumps(summary, indent=2))
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=2))
+    return 0 if report.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="renderfarm bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the CI run (under 5 minutes)")
@@ -765,7 +792,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=2,
                         help="measure a benchmark again when it misses a target, up to this "
                         "many times; the verdict uses the median ratio of the attempts")
+    parser.add_argument("--soak", type=float, metavar="MINUTES",
+                        help="instead of the benchmarks: run jobs for MINUTES while random "
+                        "faults fire, and report (renderfarm.soak)")
+    parser.add_argument("--seed", type=int, default=0, help="the soak's random seed")
     args = parser.parse_args(argv)
+    if args.soak is not None:
+        return run_soak(args.soak, args.seed, args.json)
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -778,8 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.address:
         ray.init(address=args.address, log_to_driver=False, logging_level="ERROR")
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
     workdir = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
     ctx = Context(args.quick, workdir)
     records: list[Record] = []

@@ -5,42 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from renderfarm.errors import InputError
-from renderfarm.job import AUTO_TILES, JobResult, JobSpec
+from renderfarm.job import JobResult, JobSpec
+from renderfarm.options import chunks_for, parse_tiles
 
-
-def parse_tiles(tiles: str | Sequence[int]) -> tuple[int, int]:
-    """``"4x2"``, ``"3"`` or ``(4, 2)`` to ``(columns, rows)``; ``"auto"`` to
-    :data:`~renderfarm.job.AUTO_TILES` (the farm picks the grid).
-
-    Raises:
-        InputError: the grid is malformed or not positive.
-    """
-    if isinstance(tiles, str) and tiles.lower().strip() == "auto":
-        return AUTO_TILES
-    if isinstance(tiles, str):
-        text = tiles.lower().strip()
-        try:
-            parts = [int(p) for p in text.split("x")] if "x" in text else [int(text)] * 2
-        except ValueError:
-            parts = []
-        if len(parts) != 2:
-            raise InputError(f"cannot read tiles {tiles!r}; write columns x rows, like '4x2'")
-        tiles = parts
-    grid = tuple(int(v) for v in tiles)
-    if grid == AUTO_TILES:
-        return AUTO_TILES
-    if len(grid) != 2 or min(grid) < 1:
-        raise InputError(f"tiles must be at least 1x1 (columns x rows), not {tiles!r}")
-    return grid[0], grid[1]
-
-
-def _chunks(split: str, chunks: int | None) -> int:
-    if split not in ("tiles", "samples"):
-        raise InputError(f"split must be 'tiles' or 'samples', not {split!r}")
-    if chunks is not None:
-        return chunks
-    return 0 if split == "samples" else 1
+__all__ = ["parse_tiles", "render"]
 
 
 def render(
@@ -116,9 +84,14 @@ def render(
         samples=samples, percentage=percentage, device=device, output=os.fspath(output),
         retries=retries, task_timeout=task_timeout, allow_scripts=allow_scripts,
         overscan=overscan, scene=scene, group_tiles=group_tiles,
-        denoise=denoise, chunks=_chunks(split, chunks), files=files,
+        denoise=denoise, chunks=chunks_for(split, chunks), files=files,
         allow_missing=allow_missing, project=os.fspath(project) if project else None)
     check_spec(spec)
     with Farm(address=address, workers=workers, permit_scripts=permit_scripts,
               config=FarmConfig(storage=storage)) as farm:
-        return farm.render(spec, progress=progress)
+        handle = farm.submit(spec)
+        if progress:
+            from renderfarm.progress import show_progress
+
+            show_progress(handle)
+        return handle.result()

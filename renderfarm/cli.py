@@ -183,26 +183,9 @@ def _bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, script, *argv])
 
 
-def job_spec(args: argparse.Namespace, output: str) -> Any:
-    """The :class:`~renderfarm.job.JobSpec` the job options (``render``, ``submit``) ask for.
-
-    Raises:
-        InputError: an option's value is invalid (tiles, frames, ...).
-    """
-    from renderfarm.api import parse_tiles
-    from renderfarm.job import JobSpec
-
-    return JobSpec(blend_file=args.blend, frames=args.frames, tiles=parse_tiles(args.tiles),
-                   samples=args.samples, percentage=args.percentage, device=args.device,
-                   output=output, retries=args.retries, task_timeout=args.timeout,
-                   allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
-                   group_tiles=not args.one_call_per_tile, denoise=args.denoise,
-                   chunks=args.chunks or (0 if args.split == "samples" else 1),
-                   files=args.files, allow_missing=args.allow_missing, project=args.project)
-
-
 def _render(args: argparse.Namespace) -> int:
     from renderfarm.farm import Farm, FarmConfig, check_spec
+    from renderfarm.options import job_spec
 
     output = args.output
     if output is None:
@@ -256,7 +239,7 @@ def inspect_file(path: str) -> dict[str, Any]:
     Raises:
         BlendFileError: the file is missing, not a ``.blend``, or Blender cannot open it.
     """
-    from renderfarm.blender.session import check_blend_file
+    from renderfarm.blendfile import check_blend_file
     from renderfarm.errors import BlendFileError
     from renderfarm.executor import error_from
 

@@ -199,3 +199,12 @@ class ServiceError(RenderFarmError):
         self.kind = kind
         # the request was wrong (exit 3), or the farm could not do it (exit 4)
         self.exit_code = 4 if kind in ("unreachable", "internal", "failed") else 3
+
+
+#: every error type by name, to rebuild an error a worker reported (``to_dict``'s ``type``)
+ERRORS: dict[str, type[RenderFarmError]] = {
+    cls.__name__: cls for cls in (
+        RenderFarmError, UsageError, InputError, FrameRangeError, BlendFileError, SceneError,
+        OutputError, ResourceError, BundleError, MissingFilesError, RenderError,
+        IntegrityError, WorkerDiedError, TaskTimeoutError, MergeError, JobFailedError,
+        CancelledError, ProtocolError, ServiceError)}

@@ -10,6 +10,7 @@ Ray is imported inside functions so that ``import renderfarm`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -18,6 +19,7 @@ import math
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -50,6 +52,50 @@ def file_hash(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _Captured:
+    tail = ""
+
+
+@contextlib.contextmanager
+def _captured_output(path: str) -> Any:
+    """Send this process's stdout and stderr (Blender prints there, from C) to ``path`` for
+    the duration, then back; the actor runs one call at a time, so nothing else is lost."""
+    import ctypes
+
+    captured = _Captured()
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    libc.fflush(None)
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "wb") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield captured
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        libc.fflush(None)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        captured.tail = _tail_of(path)
+
+
+def _tail_of(path: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' when there is none)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 16384))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _error_dict(exc: BaseException) -> dict[str, Any]:
@@ -94,6 +140,9 @@ class BlenderWorker:
         self._storages: dict[str, Any] = {}
         self._cache: Any = None
         self._counter = itertools.count()
+        #: where Blender's output of the current task goes (its tail is reported on failure)
+        self.log = os.path.join(self.scratch, "blender.log")
+        self.log_tail = ""
 
     def ping(self) -> dict[str, Any]:
         """Who and where this worker is."""
@@ -225,8 +274,12 @@ class BlenderWorker:
             local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
             if local is None:
                 return {**base, "ok": False, "error": {"need_blob": True}}, None
-            load = self.session.prepare(local, job_settings, output_format)
-            stats = self.session.render(the_task, piece)
+            with _captured_output(self.log) as captured:
+                load = self.session.prepare(local, job_settings, output_format)
+                stats = self.session.render(the_task, piece)
+                faults.fire("worker.rendered", job_id=the_task.job_id, frame=the_task.frame,
+                            worker=self.worker_id)
+            self.log_tail = captured.tail
             with open(piece, "rb") as handle:
                 data = handle.read()
             return {**base, "ok": True, "device": self.session.device_label,
@@ -237,6 +290,10 @@ class BlenderWorker:
             error = _error_dict(exc)
             error["frame"] = the_task.frame
             error["tile"] = the_task.tile.index
+            blender = _tail_of(self.log)  # what Blender printed while it failed
+            if blender:
+                error["log_tail"] = ((error.get("log_tail") or "") + "\n--- Blender:\n"
+                                     + blender).strip()
             return {**base, "ok": False, "task_seconds": time.perf_counter() - start,
                     "error": error}, None
         finally:
@@ -885,11 +942,9 @@ def scene_info_from(reply: dict[str, Any]) -> SceneInfo:
 
 
 def error_from(data: dict[str, Any]) -> RenderFarmError:
-    from renderfarm import errors
+    from renderfarm.errors import ERRORS
 
-    cls = getattr(errors, str(data.get("type", "")), None)
-    if not (isinstance(cls, type) and issubclass(cls, RenderFarmError)):
-        cls = RenderError
+    cls = ERRORS.get(str(data.get("type", "")), RenderError)
     return cls(str(data.get("message", "unknown error")), path=data.get("path"),
                frame=data.get("frame"), tile=data.get("tile"), log_tail=data.get("log_tail"),
                retryable=data.get("retryable"))

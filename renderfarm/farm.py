@@ -88,7 +88,8 @@ class FarmConfig:
     """How a farm runs.
 
     Attributes:
-        address: Ray address (``auto``, ``ray://head:10001``); None starts Ray on this machine.
+        address: Ray address (``auto``, ``ray://head:10001``); None (and no ``$RAY_ADDRESS``)
+            starts a Ray of the farm's own on this machine, even when another runs here.
         workers: workers per pool (None: one per GPU, or one per node for CPU).
         cpus_per_worker: CPUs each CPU worker takes (None: a node's CPUs shared out).
         permit_scripts: whether jobs may ask to run Python embedded in ``.blend`` files.
@@ -123,7 +124,7 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
         OutputError: the output extension is unknown or its folder cannot be written.
         InputError: the job asks to run scripts and the farm does not permit it.
     """
-    from renderfarm.blender.session import check_blend_file
+    from renderfarm.blendfile import check_blend_file
 
     config = config or FarmConfig()
     path = spec.blend_file
@@ -217,6 +218,16 @@ class JobHandle:
     def late_results(self) -> int:
         """Results that arrived after the job ended and were dropped unread."""
         return self._run.late_results if self._run is not None else 0
+
+    @property
+    def duplicates(self) -> int:
+        """Results of a task that another copy (a straggler's backup) had finished first."""
+        return self._run.duplicates if self._run is not None else 0
+
+    @property
+    def merged_twice(self) -> int:
+        """Frames a second merge was asked for (refused; 0 unless something is wrong)."""
+        return self._run.merged_twice if self._run is not None else 0
 
     def events(self) -> Iterator[Event]:
         """Yield the job's events as they happen, until it ends (one consumer only)."""
@@ -368,8 +379,10 @@ class Farm:
             return
         kwargs: dict[str, Any] = {"log_to_driver": False,
                                   "logging_level": self.config.ray_log_level}
-        address = self.config.address
-        if address is None or not address.startswith("ray://"):
+        # no address (and no $RAY_ADDRESS): a Ray of this farm's own on this machine, never
+        # whatever cluster another program left running here (a bare ray.init() joins it)
+        address = self.config.address or os.environ.get("RAY_ADDRESS") or "local"
+        if not address.startswith("ray://"):
             kwargs["include_dashboard"] = False
         try:
             ray.init(address=address, **kwargs)
@@ -510,14 +523,9 @@ class Farm:
                     sent_bytes)
         return replace(spec, bundle=manifest.to_dict()), transfer
 
-    def render(self, spec: JobSpec, progress: bool = False) -> JobResult:
-        """Render a job and wait for it (with a progress bar when ``progress``)."""
-        handle = self.submit(spec)
-        if progress:
-            from renderfarm.progress import show_progress
-
-            show_progress(handle)
-        return handle.result()
+    def render(self, spec: JobSpec) -> JobResult:
+        """Render a job and wait for it (:func:`renderfarm.render` can show a progress bar)."""
+        return self.submit(spec).result()
 
 
 class _JobRun:
@@ -548,6 +556,8 @@ class _JobRun:
         self.late_results = 0
         #: results of a task another copy had finished already (stragglers' backups)
         self.duplicates = 0
+        self.merged_twice = 0
+        self._merged: set[int] = set()
         self.frames_done = 0
         self.warnings: list[str] = []
         self.state: JobState | None = None
@@ -768,6 +778,7 @@ class _JobRun:
             for i in found:
                 self.state.succeeded(i)
             self.outputs[frame] = Path(path)
+            self._merged.add(frame)
             self.frames_done += 1
         for piece in resume.pieces:
             members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
@@ -945,6 +956,13 @@ class _JobRun:
             faults.fire("driver.merge", job_id=self.handle.job_id, frame=frame)
             if self.handle.cancelled:  # nothing more is written for a cancelled job
                 return
+            with self.lock:
+                if frame in self._merged:  # never two merges of one frame
+                    self.merged_twice += 1
+                    logger.error("job %s: frame %d was to be merged twice; refused",
+                                 self.handle.job_id, frame)
+                    return
+                self._merged.add(frame)
             target = output_path(self.spec.output, frame)
             with self.lock:
                 found = self.pieces.pop(frame)

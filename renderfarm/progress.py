@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Iterator
+from typing import Any, Protocol, TextIO
 
-if TYPE_CHECKING:
-    from renderfarm.farm import JobHandle
+from renderfarm.events import Event
+
+
+class JobHandle(Protocol):
+    """What the bar reads of a job (:class:`renderfarm.farm.JobHandle` has it)."""
+
+    job_id: str
+
+    def events(self) -> Iterator[Event]:
+        """The job's events until it ends."""
 
 _SAY = {"info": "renderfarm", "warning": "warning", "task_retry": "retrying",
         "task_failed": "failed"}

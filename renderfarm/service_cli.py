@@ -169,7 +169,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
-    from renderfarm.cli import job_spec
+    from renderfarm.options import job_spec
 
     output = Path(args.output).name if args.output else f"{Path(args.blend).stem}_####.exr"
     data = job_spec(args, output).to_dict()

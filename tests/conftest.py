@@ -111,8 +111,8 @@ def start_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")  # our own, even when another Ray runs here
 
 
 @pytest.fixture(scope="module")

@@ -139,3 +139,44 @@ def test_tiles_auto_says_what_it_chose(make_scene, tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["tiles"] == [2, 2]
     assert (tmp_path / "a_0001.exr").stat().st_size > 0
+
+
+def test_render_starts_its_own_ray_while_another_runs_here(tiny: Path, tmp_path: Path) -> None:
+    """Another program's Ray cluster on this machine (one with no CPU at all, so a farm that
+    joined it could not start a worker): `render` without --address starts its own."""
+    import os
+    import signal
+    import time
+
+    from tests.conftest import free_port_pair
+
+    port = free_port_pair()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    other = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-cpus", "0",
+         "--port", str(port), "--include-dashboard", "false", "--block"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        import socket
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until its GCS answers
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        time.sleep(2)
+        proc = run("render", str(tiny), "--frames", "1", "-o", str(tmp_path / "o_####.png"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (tmp_path / "o_0001.png").stat().st_size > 0
+    finally:
+        os.killpg(other.pid, signal.SIGTERM)
+        try:
+            other.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(other.pid, signal.SIGKILL)  # whatever of that Ray is left
+        except ProcessLookupError:
+            pass
+        other.wait(15)

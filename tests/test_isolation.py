@@ -87,3 +87,18 @@ def test_a_result_that_arrives_after_cancel_is_dropped_unread(farm, make_scene,
     assert all(runner.error is None for runner in farm._runners.values())
     assert farm.render(JobSpec(str(blend), frames="1",
                                output=str(tmp_path / "after_####.exr"))).outputs
+
+
+def test_a_task_failing_on_every_try_fails_the_job_with_blenders_log(
+        farm, make_scene, tmp_path: Path) -> None:
+    """The same failure on three different workers' tries: the job fails with the reason and
+    the tail of what Blender printed while rendering."""
+    blend = make_scene(width=32, height=24, frames=1, samples=1)
+    faults.arm_workers(FAULT_FILE, [faults.Fault("worker.rendered", times=-1,
+                                                 match={"job_id": "always-fails"})])
+    handle = farm.submit(JobSpec(str(blend), frames="1", retries=2,
+                                 output=str(tmp_path / "f_####.exr")), job_id="always-fails")
+    with pytest.raises(RenderFarmError, match="injected fault") as caught:
+        handle.result(timeout=180)
+    tail = caught.value.log_tail or ""
+    assert "--- Blender:" in tail and len(tail.split("--- Blender:")[1].strip()) > 20, tail

@@ -190,7 +190,7 @@ def _main(argv: list[str]) -> int:  # pragma: no cover - run by renderfarm.cli i
     """``python -m renderfarm.blender.inspect FILE OUT.json``: open FILE, write its report."""
     import json
 
-    from renderfarm.blender.session import open_blend
+    from renderfarm.blender.files import open_blend
     from renderfarm.errors import RenderFarmError
 
     path, out = argv[0], argv[1]

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from renderfarm.blender.files import open_blend
 from renderfarm.bundle import missing_error
-from renderfarm.errors import BlendFileError, RenderError, SceneError
+from renderfarm.errors import RenderError, SceneError
 from renderfarm.job import FORMAT_EXTENSIONS, RenderSettings, SceneInfo, Task
 from renderfarm.planner import border_for, missing_colour_passes
 
@@ -27,49 +28,6 @@ logger = logging.getLogger(__name__)
 
 _MEM = re.compile(r"(Peak|Mem):\s*([\d.]+)\s*([KMG])", re.IGNORECASE)
 _UNIT = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}
-
-
-def is_blend_file(path: str) -> bool:
-    """Whether a file starts like a ``.blend`` (plain, gzip or zstd compressed)."""
-    with open(path, "rb") as handle:
-        head = handle.read(7)
-    return head.startswith(b"BLENDER") or head[:2] == b"\x1f\x8b" or head[:4] == \
-        b"\x28\xb5\x2f\xfd"
-
-
-def check_blend_file(path: str) -> None:
-    """Make sure ``path`` is an existing file that starts like a ``.blend`` (no Blender needed).
-
-    Raises:
-        BlendFileError: the file is missing, a folder, or not a ``.blend``.
-    """
-    if not os.path.exists(path):
-        raise BlendFileError("file not found; check the path", path=path)
-    if not os.path.isfile(path) or not is_blend_file(path):
-        raise BlendFileError("not a .blend file; give the path of a file saved by Blender",
-                             path=path)
-
-
-def open_blend(path: str, allow_scripts: bool = False) -> float:
-    """Open a ``.blend`` file in this process and return the seconds it took.
-
-    Raises:
-        BlendFileError: the file is missing, is not a ``.blend`` or Blender cannot read it.
-    """
-    import bpy
-
-    check_blend_file(path)
-    start = time.perf_counter()
-    try:
-        bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=allow_scripts)
-    except RuntimeError as exc:
-        detail = str(exc).split("failed:", 1)[-1].strip().splitlines()[0]
-        raise BlendFileError(
-            f"Blender cannot open this file ({detail}); the file is damaged or was written "
-            "by an incompatible Blender version: save it again from Blender",
-            path=path, retryable=False,
-        ) from exc
-    return time.perf_counter() - start
 
 
 def find_scene(name: str | None) -> Any:
