@@ -38,6 +38,35 @@ DEFAULT_TIMEOUT = 15.0
 
 
 _MONITORS = itertools.count()
+#: the largest preview a client unpacks (a 512 px RGBA frame is 1 MiB)
+MAX_PREVIEW_BYTES = 4 * 1024 * 1024
+
+
+def plain_name(name: object) -> str:
+    """A file name the farm sent, checked: a plain name, never a path (a farm that names
+    ``../x`` or ``/etc/x`` could otherwise make a client write anywhere).
+
+    Raises:
+        ServiceError: the name is not a plain file name.
+    """
+    text = str(name) if isinstance(name, str) else ""
+    if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+            or ":" in text or len(text) > 255 or text.startswith(".")):
+        raise ServiceError(f"the farm sent the file name {str(name)[:80]!r}, which is not a "
+                           "plain file name; nothing was written", kind="failed")
+    return text
+
+
+def _inflate(data: bytes, limit: int) -> bytes | None:
+    """``zlib`` data unpacked, or None when it is damaged or unpacks past ``limit``."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit)
+    except zlib.error:
+        return None
+    if inflater.unconsumed_tail:
+        return None
+    return out
 
 
 class FarmClient:
@@ -315,7 +344,7 @@ class FarmClient:
                 offset += len(data or b"")
                 if not data and offset < size:
                     raise ServiceError("the farm sent an empty chunk", kind="failed")
-        target = folder / str(name)
+        target = folder / plain_name(name)
         os.replace(tmp, target)
         return target
 
@@ -371,7 +400,11 @@ class FarmClient:
                 logger.warning("malformed event on %r dropped", frames[0][:40])
                 continue
             if frames[0].startswith(b"preview."):
-                message = {**message, "kind": "preview", "rgba": zlib.decompress(blob or b"")}
+                rgba = _inflate(blob or b"", MAX_PREVIEW_BYTES)
+                if rgba is None:
+                    logger.warning("oversized or damaged preview on %r dropped", frames[0][:40])
+                    continue
+                message = {**message, "kind": "preview", "rgba": rgba}
             events.append(message)
         return events
 

@@ -10,6 +10,10 @@ from renderfarm.errors import FrameRangeError
 #: Blender's own limits for a frame number (MINAFRAME and MAXFRAME).
 MIN_FRAME = -1048574
 MAX_FRAME = 1048574
+#: the most frames one range string may select when no smaller limit is given
+MAX_COUNT = 1_000_000
+#: the longest frame-range string read
+MAX_TEXT = 10_000
 
 _PART = re.compile(r"^(-?\d+)(?:\s*(?:-|\.\.)\s*(-?\d+)(?:\s*[x:]\s*(\d+))?)?$")
 
@@ -31,7 +35,7 @@ def parse_frames(
         text: the frame-range string.
         min_frame: the smallest frame allowed.
         max_frame: the largest frame allowed.
-        max_count: the largest number of frames allowed, if any.
+        max_count: the largest number of frames allowed (default :data:`MAX_COUNT`).
 
     Returns:
         The frames, sorted ascending, each once.
@@ -44,7 +48,11 @@ def parse_frames(
         raise FrameRangeError(
             "the frame range is empty; give frames like '1-10,15,20-30x2'"
         )
+    if len(text) > MAX_TEXT:
+        raise FrameRangeError(f"the frame range is {len(text)} characters long, more than "
+                              f"{MAX_TEXT}; give fewer, wider ranges")
     frames: set[int] = set()
+    listed = 0  # frames named so far, duplicates included: bounds the work, not the result
     for raw in text.split(","):
         part = raw.strip()
         match = _PART.match(part)
@@ -69,11 +77,16 @@ def parse_frames(
                     f"{min_frame}..{max_frame}"
                 )
         span = range(start, end + 1, step)
-        if max_count is None or len(span) <= max_count:
+        cap = MAX_COUNT if max_count is None else max_count
+        listed += len(span)
+        if listed > 4 * cap and len(span) <= cap:
+            raise FrameRangeError(f"frame range {text!r} names over {4 * cap} frames "
+                                  "(duplicates included); write each range once")
+        if len(span) <= cap:
             frames.update(span)
-        if max_count is not None and (len(span) > max_count or len(frames) > max_count):
+        if len(span) > cap or len(frames) > cap:
             raise FrameRangeError(
-                f"frame range {text!r} selects more than {max_count} frames, the most this "
+                f"frame range {text[:200]!r} selects more than {cap} frames, the most this "
                 "farm accepts in one job; split the job"
             )
     return sorted(frames)

@@ -176,3 +176,36 @@ def test_the_client_needs_only_pyzmq() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_request_ids_and_nesting_are_bounded() -> None:
+    import pytest as _pytest
+
+    from renderfarm.errors import ProtocolError as _ProtocolError
+    from renderfarm.server import protocol as _protocol
+
+    deep = b'{"v": 1, "op": "hello", "id": ' + b"[" * 986 + b"]" * 986 + b"}"
+    with _pytest.raises(_ProtocolError, match="nests deeper") as caught:
+        _protocol.parse_request([deep])
+    assert caught.value.request_id is None  # never echoed back
+    assert _protocol.parse_request([b'{"v": 1, "op": "hello", "id": 7}']).id == 7
+    assert _protocol.parse_request([b'{"v": 1, "op": "hello", "id": "' + b"x" * 65
+                                    + b'"}']).id is None
+
+
+def test_clients_take_only_plain_file_names_and_bounded_previews() -> None:
+    import zlib
+
+    import pytest as _pytest
+
+    from renderfarm.client import _inflate, plain_name
+    from renderfarm.errors import ServiceError as _ServiceError
+
+    assert plain_name("shot_0001.exr") == "shot_0001.exr"
+    for bad in ("../../x", "/etc/passwd", "a/b.exr", "..", "", ".bashrc", "C:x", "a\\b",
+                None, 7):
+        with _pytest.raises(_ServiceError, match="plain file name"):
+            plain_name(bad)
+    assert _inflate(zlib.compress(b"x" * 1000), 4096) == b"x" * 1000
+    assert _inflate(zlib.compress(b"\0" * (64 * 1024 * 1024)), 4 * 1024 * 1024) is None  # bomb
+    assert _inflate(b"not zlib", 100) is None

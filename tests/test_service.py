@@ -149,6 +149,14 @@ def test_bad_messages_get_error_replies_and_the_server_lives_on(
         ([b'{"v": 1, "op": "submit", "spec": {}, "blob": "' + b"b" * 64 + b'", '
           b'"filename": "../x.blend"}'], "bad_request", "plain file name"),
         ([b'{"v": 1, "op": "hello"}', b"x" * (17 * 1024 * 1024)], "too_big", "over the limit"),
+        # an id nested 986 deep once made the reply unencodable and stopped the service
+        ([b'{"v": 1, "op": "hello", "id": ' + b"[" * 986 + b"]" * 986 + b"}"], "bad_request",
+         "nests deeper"),
+        ([b'{"v": 1, "op": "hello", "id": ' + b"[" * 100000 + b"]" * 100000 + b"}"],
+         "bad_request", "nests deeper"),
+        ([b'{"v": 1, "op": "submit", "spec": {"frames": "'
+          + b",".join([b"-1048574-1048574"] * 100) + b'"}, "blob": "' + b"b" * 64
+          + b'", "filename": "x.blend"}'], "not_found", "not uploaded"),
     ]
     for frames, kind, text in cases:
         reply = ask(*frames)

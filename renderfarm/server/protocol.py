@@ -154,6 +154,36 @@ def reply_error(request_id: Any, error: str, message: str) -> bytes:
                    "error": {"type": error, "message": message}})
 
 
+#: how deep JSON values of a request may nest
+MAX_DEPTH = 32
+
+
+def _request_id(value: Any) -> Any:
+    """The client's request id when it is a short string or a bounded int, else None (an id
+    is echoed in the reply: a nested or huge one must never reach the encoder)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int) and -(2**53) < value < 2**53:
+        return value
+    if isinstance(value, str) and len(value) <= 64:
+        return value
+    return None
+
+
+def _too_deep(value: Any) -> str | None:
+    """Why a parsed message nests too deep, or None (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"the message nests deeper than {MAX_DEPTH} levels"
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return None
+
+
 def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
     """Check a request's frames against the schema.
 
@@ -171,9 +201,14 @@ def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
         header = json.loads(frames[0])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"the first frame is not JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError(f"the message nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(header, dict):
         raise ProtocolError("the first frame must be a JSON object")
-    request_id = header.get("id")
+    request_id = _request_id(header.get("id"))
+    problem = _too_deep(header)
+    if problem:
+        raise ProtocolError(problem, request_id=request_id)
     if header.get("v") != VERSION:
         raise ProtocolError(f"protocol version {header.get('v')!r} is not supported; this "
                             f"server speaks version {VERSION}: update the client",

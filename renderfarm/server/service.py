@@ -193,7 +193,12 @@ class FarmService:
             except zmq.Again:
                 return
             identity, body = frames[0], frames[1:]
-            reply = self._answer(body, identity)
+            try:
+                reply = self._answer(body, identity)
+            except Exception:  # even the error reply failed: a fixed one, and go on
+                logger.exception("a request could not be answered")
+                reply = [protocol.reply_error(None, "internal", "the request could not be "
+                                              "answered; it was dropped")]
             try:
                 self.sockets.router.send_multipart([identity, *reply], zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # the client went away: nothing to do
