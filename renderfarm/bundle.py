@@ -353,6 +353,74 @@ def make_bundle(blend: str | os.PathLike[str], folder: str | os.PathLike[str],
     return manifest
 
 
+class BundleCache:
+    """Manifests made before, reused while none of their files changed (size and mtime of
+    each file, and no missing file has appeared): a farm that renders the same shot again
+    does not walk and hash it again.
+
+    Args:
+        size: how many manifests it keeps (the oldest goes first).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._entries: dict[tuple[str, str], tuple[Manifest, dict[str, tuple[int, int]],
+                                                   Path]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stats(manifest: Manifest) -> dict[str, tuple[int, int]] | None:
+        stats = {}
+        for entry in manifest.files:
+            try:
+                stat = os.stat(entry.source or "")
+            except OSError:
+                return None
+            stats[str(entry.source)] = (stat.st_size, stat.st_mtime_ns)
+        return stats
+
+    def make(self, blend: str | os.PathLike[str],
+             project: str | os.PathLike[str] | None = None,
+             max_bytes: int | None = None) -> Manifest:
+        """:func:`make_bundle`, or the manifest made before when nothing changed (its
+        rewritten ``.blend`` files are kept in a folder of the cache's own)."""
+        key = (os.path.abspath(blend), os.path.abspath(project) if project else "")
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None:
+            manifest, stats, _folder = cached
+            if self._stats(manifest) == stats and not any(
+                    os.path.exists(m) for m in manifest.missing):
+                check_size(manifest, max_bytes)
+                return manifest
+        folder = Path(tempfile.mkdtemp(prefix="renderfarm-bundle-"))
+        try:
+            manifest = make_bundle(blend, folder, project, max_bytes)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        stats = self._stats(manifest)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if stats is not None:
+                self._entries[key] = (manifest, stats, folder)
+            if len(self._entries) > self.size:
+                old = self._entries.pop(next(iter(self._entries)))
+        if old is not None:
+            shutil.rmtree(old[2], ignore_errors=True)
+        # (a file that vanished while it was bundled leaves the manifest uncached; its
+        # rewritten files stay in the temp folder for the caller's upload)
+        return manifest
+
+    def clear(self) -> None:
+        """Forget every manifest and remove the rewritten files kept for them."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for _manifest, _stats, folder in entries:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def trace_missing(blend: str | os.PathLike[str]) -> list[str]:
     """Files ``blend`` (and its libraries) need that do not exist, without Blender.
 

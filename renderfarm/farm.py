@@ -25,8 +25,8 @@ from typing import Any
 from renderfarm import faults
 from renderfarm.bundle import (
     MAX_BUNDLE_BYTES,
+    BundleCache,
     Manifest,
-    make_bundle,
     missing_error,
     publish,
     storage_key,
@@ -369,6 +369,7 @@ class Farm:
         self._jobs: list[JobHandle] = []
         self._storage: Any = None
         self._own_storage: Path | None = None
+        self._bundles = BundleCache()
         self._connect()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -411,6 +412,7 @@ class Farm:
             runner.pool.kill_all()
         self._runners.clear()
         self._merger.shutdown(wait=True)
+        self._bundles.clear()
         if self._own_storage is not None:
             shutil.rmtree(self._own_storage, ignore_errors=True)
             self._own_storage = None
@@ -510,12 +512,11 @@ class Farm:
                 allows it).
             BundleError: the dependencies cannot be read, or the bundle is too large.
         """
-        with tempfile.TemporaryDirectory(prefix="renderfarm-bundle-") as folder:
-            manifest = make_bundle(spec.blend_file, folder, spec.project,
-                                   self.config.max_bundle_bytes)
-            if manifest.missing and not spec.allow_missing:
-                raise missing_error(manifest.missing, spec.blend_file)
-            sent, sent_bytes = publish(manifest, self.storage)
+        manifest = self._bundles.make(spec.blend_file, spec.project,
+                                      self.config.max_bundle_bytes)
+        if manifest.missing and not spec.allow_missing:
+            raise missing_error(manifest.missing, spec.blend_file)
+        sent, sent_bytes = publish(manifest, self.storage)
         transfer = {"bundle_files": len(manifest.files), "bundle_bytes": manifest.total_bytes,
                     "sent_files": sent, "sent_bytes": sent_bytes}
         logger.info("bundle of %s: %d file(s), %d bytes; stored %d new file(s), %d bytes",

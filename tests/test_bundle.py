@@ -230,3 +230,26 @@ def test_a_librarys_own_texture_is_in_the_bundle(project: Path, tmp_path: Path) 
         "shot.blend", "lib/props.blend", "lib/tex/props.png",
         *(f"textures/seq/seq_{n:04d}.png" for n in range(1, 5))}
     assert manifest.missing == ()
+
+
+def test_a_bundle_is_made_again_only_when_a_file_changed(project: Path, tmp_path: Path) -> None:
+    import os as _os
+
+    from renderfarm.bundle import BundleCache
+
+    work = copy_project(project, tmp_path / "work")
+    cache = BundleCache()
+    first = cache.make(work / "shot.blend")
+    assert cache.make(work / "shot.blend") is first  # nothing changed: not walked again
+    texture = work / "textures" / "seq" / "seq_0003.png"
+    texture.write_bytes(texture.read_bytes() + b"\0")  # touched
+    stat = texture.stat()
+    _os.utime(texture, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = cache.make(work / "shot.blend")
+    assert second is not first
+    changed = {f.path for f in second.files if f not in set(first.files)}
+    assert changed == {"textures/seq/seq_0003.png"}
+    (work / "lib" / "tex" / "props.png").unlink()
+    third = cache.make(work / "shot.blend")  # a file went missing: walked again
+    assert [Path(m).name for m in third.missing] == ["props.png"]
+    cache.clear()
