@@ -77,7 +77,9 @@ def tick(scene: bpy.types.Scene) -> None:
     """Advance the running job's elapsed time and ETA between the farm's events."""
     settings = scene.renderfarm
     anchor = _clock.get(scene.name)
-    if anchor is not None and settings.state in ("queued", "running", "paused"):
+    # the farm's clock starts when the job starts: a queued job's elapsed time stays 0 (it
+    # went back to 0 at the start when it ticked from the submission)
+    if anchor is not None and settings.state in ("running", "paused"):
         settings.elapsed = anchor[0] + time.monotonic() - anchor[1]
         done, total = settings.tasks_done, settings.tasks_total
         settings.eta = (settings.elapsed * (total - done) / done
@@ -98,7 +100,7 @@ def apply(scene: bpy.types.Scene, message: Any) -> None:
         settings.progress = 0.0
         settings.elapsed = 0.0
         settings.eta = -1.0
-        _clock[scene.name] = (0.0, time.monotonic())
+        _clock.pop(scene.name, None)
         settings.tasks_done = settings.tasks_total = 0
         settings.frames_done = settings.frames_total = 0
     elif isinstance(message, work.JobUpdate):
