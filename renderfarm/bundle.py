@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -72,6 +73,8 @@ def safe_relpath(path: str) -> str:
         raise BundleError(f"bundle path {path!r} is absolute or not a POSIX path; a bundle "
                           "holds only paths relative to its folder")
     parts = PurePosixPath(path).parts
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        raise BundleError(f"bundle path {path[:80]!r}... has a name longer than 255 bytes")
     if any(p in ("..", ".", "") for p in path.split("/")) or not parts:
         raise BundleError(f"bundle path {path!r} leaves the bundle (or has '.' or empty "
                           "parts); a bundle holds only paths inside its folder")
@@ -170,8 +173,13 @@ class Manifest:
                                                     for m in missing) or len(missing) > 10_000:
             raise BundleError("a bundle's missing files must be a list of paths")
         root = safe_relpath(data.get("root"))
-        if root.lower() not in seen or not root.lower().endswith(".blend"):
+        if root not in {f.path for f in files} or not root.lower().endswith(".blend"):
             raise BundleError(f"the bundle's root {root!r} is not one of its .blend files")
+        folders = {"/".join(f.path.split("/")[:i]).lower() for f in files
+                   for i in range(1, f.path.count("/") + 1)}
+        clash = sorted(seen & folders)
+        if clash:
+            raise BundleError(f"bundle path {clash[0]!r} is both a file and a folder")
         manifest = cls(root, tuple(files), tuple(missing))
         check_size(manifest, max_bytes)
         return manifest
@@ -343,6 +351,7 @@ def make_bundle(blend: str | os.PathLike[str], folder: str | os.PathLike[str],
             raise BundleError(f"a dependency would land outside the bundle: {dst}",
                               path=str(source)) from exc
         files[rel] = BundleFile(rel, file_sha256(source), source.stat().st_size, str(source))
+    missing = sorted(set(missing) | set(_sequence_gaps(blend_path)))
     root_rel = safe_relpath(root.relative_to(target).as_posix())
     if root_rel not in files:  # nothing of it needed rewriting: BAT copied it
         files[root_rel] = BundleFile(root_rel, file_sha256(blend_path),
@@ -419,6 +428,52 @@ class BundleCache:
             self._entries.clear()
         for _manifest, _stats, folder in entries:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)(\.[^./]+)$")
+
+
+def _sequence_gaps(blend: Path) -> list[str]:
+    """Frames missing inside the image sequences ``blend`` (and its libraries) use.
+
+    Blender Asset Tracer bundles the frames of a sequence that exist; a frame deleted from
+    the middle would render magenta with no word. A sequence numbered at a constant step
+    (every frame, every 2nd, ...) that skips numbers names the skipped files. UDIM tile sets
+    are not sequences (their gaps are normal).
+    """
+    from blender_asset_tracer import trace
+
+    gaps: set[str] = set()
+    for usage in trace.deps(blend):
+        block = getattr(usage, "block", None)
+        if not usage.is_sequence or getattr(block, "code", None) not in (b"IM", b"MC"):
+            continue  # only images and movie clips number their frames this way
+        text = str(usage.asset_path)
+        if "<UDIM>" in text or "<UVTILE>" in text:
+            continue
+        try:
+            files = sorted(str(p) for p in usage.files())
+        except Exception:  # the whole sequence is missing: BAT lists it as missing
+            continue
+        groups: dict[tuple[str, str, int], list[int]] = {}
+        for name in files:
+            match = _NUMBERED.match(name)
+            if match:
+                head, digits, tail = match.groups()
+                groups.setdefault((head, tail, len(digits)), []).append(int(digits))
+        for (head, tail, width), numbers in groups.items():
+            numbers = sorted(set(numbers))
+            if len(numbers) < 3:
+                continue
+            steps = [b - a for a, b in zip(numbers, numbers[1:], strict=False)]
+            step = min(steps)
+            if step < 1 or all(d == step for d in steps):
+                continue
+            have = set(numbers)
+            for number in range(numbers[0], numbers[-1] + 1, step):
+                if number not in have:
+                    gaps.add(f"{head}{number:0{width}d}{tail}")
+    return sorted(gaps)
 
 
 def trace_missing(blend: str | os.PathLike[str]) -> list[str]:

@@ -206,9 +206,14 @@ class BlenderWorker:
         if self._cache is None:
             self._cache = NodeCache(default_cache_root(), default_cache_bytes())
         cache = self._cache
-        root = materialise(manifest, os.path.join(self.scratch, "bundles", key),
-                           lambda entry: cache.get(entry.sha256, entry.size,
-                                                   lambda tmp: download(entry.sha256, tmp)))
+        folder = os.path.join(self.scratch, "bundles", key)
+        try:
+            root = materialise(manifest, folder,
+                               lambda entry: cache.get(entry.sha256, entry.size,
+                                                       lambda tmp: download(entry.sha256, tmp)))
+        except BaseException:  # nothing half laid out stays behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self._paths[key] = str(root)
         self._bundles.append(key)
         while len(self._bundles) > 4:  # keep the latest few bundles laid out

@@ -82,6 +82,9 @@ from renderfarm.state import JobState, TaskStatus
 
 logger = logging.getLogger(__name__)
 
+#: missing files named one warning each; the rest are counted in one more
+MAX_MISSING_WARNINGS = 50
+
 
 @dataclass(frozen=True)
 class FarmConfig:
@@ -652,12 +655,16 @@ class _JobRun:
         if not self.spec.allow_missing:
             raise missing_error(missing, self.spec.blend_file)
         known = {os.path.basename(p) for p in seen}
-        for path in missing:
-            if os.path.basename(path) in known:
-                continue
+        new = [p for p in missing if os.path.basename(p) not in known]
+        for path in new[:MAX_MISSING_WARNINGS]:
             warning = f"missing file, rendered without it (--allow-missing): {path}"
             self.warnings.append(warning)
             self.emit("warning", message=warning, data={"missing": path})
+        if len(new) > MAX_MISSING_WARNINGS:
+            warning = (f"and {len(new) - MAX_MISSING_WARNINGS} more missing file(s), rendered "
+                       "without them (--allow-missing)")
+            self.warnings.append(warning)
+            self.emit("warning", message=warning)
 
     # -- the job -----------------------------------------------------------------------------
     def run(self) -> None:

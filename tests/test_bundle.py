@@ -57,6 +57,12 @@ def _manifest(**overrides: object) -> dict[str, object]:
     ({"files": [{"path": "../shot.blend", "sha256": SHA, "size": 1}]}, "leaves"),
     ({"files": "all"}, "list of files"),
     ({"missing": "none"}, "missing"),
+    ({"root": "SHOT.blend"}, "root"),  # names are case-sensitive where workers run
+    ({"files": [{"path": "shot.blend", "sha256": SHA, "size": 1},
+                {"path": "tex", "sha256": SHA, "size": 1},
+                {"path": "tex/a.png", "sha256": SHA, "size": 1}]}, "both a file and a folder"),
+    ({"files": [{"path": "shot.blend", "sha256": SHA, "size": 1},
+                {"path": "x" * 256 + ".png", "sha256": SHA, "size": 1}]}, "longer than 255"),
 ])
 def test_malformed_manifests_are_refused_with_the_reason(bad: dict[str, object],
                                                          words: str) -> None:
@@ -253,3 +259,13 @@ def test_a_bundle_is_made_again_only_when_a_file_changed(project: Path, tmp_path
     third = cache.make(work / "shot.blend")  # a file went missing: walked again
     assert [Path(m).name for m in third.missing] == ["props.png"]
     cache.clear()
+
+
+def test_a_frame_missing_inside_an_image_sequence_is_named(project: Path,
+                                                           tmp_path: Path) -> None:
+    """BAT bundles the frames that exist; a frame deleted from the middle would render
+    magenta. The gap is named as missing."""
+    work = copy_project(project, tmp_path / "work")
+    (work / "textures" / "seq" / "seq_0003.png").unlink()
+    manifest = make_bundle(work / "shot.blend", tmp_path / "bundle")
+    assert [Path(m).name for m in manifest.missing] == ["seq_0003.png"]

@@ -375,3 +375,19 @@ def test_workers_fetch_bundles_straight_from_s3(tmp_path: Path, project: Path, r
     assert not (tmp_path / "state" / "storage").exists()  # nothing went through a folder
     want = reference_of(project, tmp_path, reference, [2], "shot_s3")
     assert_same_pixels(fetched[2], want[2])
+
+
+def test_a_manifest_that_lies_about_sizes_is_refused(farm_server: ServerProcess, project: Path,
+                                                     tmp_path: Path) -> None:
+    from renderfarm.bundle import make_bundle
+
+    manifest = make_bundle(project / "shot.blend", tmp_path / "b")
+    with farm_server.client() as client:
+        for entry in manifest.files:
+            client.upload(entry.source, sha256=entry.sha256)
+        lying = manifest.to_dict()
+        lying["files"][0]["size"] = 0  # would slip under a bundle size limit
+        with pytest.raises(ServiceError, match="bytes on the farm") as caught:
+            client.request("submit", spec={"frames": "1"}, bundle=lying, filename="shot.blend")
+        assert caught.value.kind == "bad_bundle"
+        assert client.hello()["protocol"] == 1

@@ -126,6 +126,11 @@ class FarmService:
         self._lock = threading.Lock()
         self._http: Any = None
         self.http_address: str | None = None
+        import time as _time
+
+        for stale in (self.state_dir / "uploads").glob("*.part"):  # unfinished for a day
+            if _time.time() - stale.stat().st_mtime > 86400:
+                stale.unlink(missing_ok=True)
         for job in self.store.jobs(["running"]):  # interrupted by a restart: run them again
             logger.info("job %s was running when the service stopped; it resumes", job.id)
             self.store.act(job.id, "requeue")
@@ -254,8 +259,9 @@ class FarmService:
                 "max_message": self.config.max_message, "chunk": protocol.CHUNK,
                 "permit_scripts": self.config.permit_scripts, "http": self.http_address}
 
-    def _upload_part(self, sha: str) -> Path:
-        return self.state_dir / "uploads" / f"{sha}.part"
+    def _upload_part(self, sha: str, identity: bytes) -> Path:
+        # one part per client: another client sending the same content cannot reset it
+        return self.state_dir / "uploads" / f"{sha}.{identity.hex()[:32]}.part"
 
     def _op_upload(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         from renderfarm.executor import file_hash
@@ -264,7 +270,7 @@ class FarmService:
         key = storage_key(sha)
         if self.storage.exists(key):
             return {"received": total, "complete": True}
-        part = self._upload_part(sha)
+        part = self._upload_part(sha, identity)
         part.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.exists() else 0
         data = request.data or b""
@@ -318,6 +324,14 @@ class FarmService:
             raise ServiceError(f"{len(absent)} file(s) of the bundle were not uploaded (e.g. "
                                f"{absent[0][:12]}…): upload them, then submit",
                                kind="not_found")
+        sizes: dict[str, int] = {}
+        for entry in manifest.files:  # the limit counts what is stored, not what is claimed
+            if entry.sha256 not in sizes:
+                sizes[entry.sha256] = self.storage.size(storage_key(entry.sha256))
+            if sizes[entry.sha256] != entry.size:
+                raise ServiceError(f"bundle file {entry.path!r} is {sizes[entry.sha256]} "
+                                   f"bytes on the farm, not the {entry.size} the manifest "
+                                   "says", kind="bad_bundle")
         return manifest
 
     def _op_submit(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
