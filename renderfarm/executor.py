@@ -688,7 +688,8 @@ class _Running:
 
 
 def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
-             stop: Callable[[], bool], poll: float = 0.05, depth: int = 2) -> None:
+             stop: Callable[[], bool], poll: float = 0.05, depth: int = 2,
+             wake: threading.Event | None = None) -> None:
     """Run tasks from ``sources`` on ``pool`` until ``stop()`` is true and nothing runs.
 
     ``sources()`` is asked again on every round, so jobs can come and go. A worker with fewer
@@ -723,7 +724,11 @@ def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
             if stop():
                 return
             if not running:
-                time.sleep(poll)
+                if wake is not None:  # a new job wakes the dispatcher at once
+                    wake.wait(poll)
+                    wake.clear()
+                else:
+                    time.sleep(poll)
                 continue
         ready, _ = ray.wait(list(running), num_returns=1, timeout=poll)
         if ready:

@@ -307,6 +307,7 @@ class _PoolRunner:
         self.sources: list[Source] = []
         self.lock = threading.Lock()
         self.closing = False
+        self.wake = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="renderfarm-dispatch",
                                        daemon=True)
@@ -314,7 +315,7 @@ class _PoolRunner:
 
     def _run(self) -> None:
         try:
-            dispatch(self.pool, self._sources, lambda: self.closing)
+            dispatch(self.pool, self._sources, lambda: self.closing, wake=self.wake)
         except BaseException as exc:  # keep the farm alive; jobs see it as a failure
             logger.exception("dispatcher stopped")
             self.error = exc
@@ -326,6 +327,7 @@ class _PoolRunner:
     def add(self, source: Source) -> None:
         with self.lock:
             self.sources.append(source)
+        self.wake.set()
 
     def remove(self, source: Source) -> None:
         with self.lock:
