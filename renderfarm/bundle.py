@@ -328,18 +328,7 @@ def make_bundle(blend: str | os.PathLike[str], folder: str | os.PathLike[str],
     except BundleError:
         raise
     except Exception as exc:
-        from blender_asset_tracer.blendfile import exceptions as bat_errors
-
-        damaged = getattr(exc, "filepath", None)
-        if isinstance(exc, (bat_errors.BlendFileError, bat_errors.NoReaderImplemented,
-                            bat_errors.SegmentationFault, EOFError)):
-            raise BlendFileError(
-                f"the file is damaged or is not a .blend Blender can read ({exc}); open and "
-                "save it again in Blender", path=str(damaged or blend_path),
-                retryable=False) from exc
-        raise BundleError(f"cannot bundle the file's dependencies ({type(exc).__name__}: "
-                          f"{exc}); open and save it in Blender, or render with --files "
-                          "shared", path=str(blend_path)) from exc
+        raise _bat_error(exc, blend_path) from exc
     (target / _BAT_INFO).unlink(missing_ok=True)
     files: dict[str, BundleFile] = {}
     for source, dst in placed:
@@ -351,7 +340,7 @@ def make_bundle(blend: str | os.PathLike[str], folder: str | os.PathLike[str],
             raise BundleError(f"a dependency would land outside the bundle: {dst}",
                               path=str(source)) from exc
         files[rel] = BundleFile(rel, file_sha256(source), source.stat().st_size, str(source))
-    missing = sorted(set(missing) | set(_sequence_gaps(blend_path)))
+    missing = sorted(set(missing) | set(_trace(blend_path)[1]))
     root_rel = safe_relpath(root.relative_to(target).as_posix())
     if root_rel not in files:  # nothing of it needed rewriting: BAT copied it
         files[root_rel] = BundleFile(root_rel, file_sha256(blend_path),
@@ -433,57 +422,101 @@ class BundleCache:
 _NUMBERED = re.compile(r"^(.*?)(\d+)(\.[^./]+)$")
 
 
-def _sequence_gaps(blend: Path) -> list[str]:
-    """Frames missing inside the image sequences ``blend`` (and its libraries) use.
+def _bat_error(exc: BaseException, blend: Path) -> BundleError | BlendFileError:
+    """The error to raise when Blender Asset Tracer cannot read a file."""
+    from blender_asset_tracer.blendfile import exceptions as bat_errors
+
+    if isinstance(exc, (bat_errors.BlendFileError, bat_errors.NoReaderImplemented,
+                        bat_errors.SegmentationFault, EOFError)):
+        damaged = getattr(exc, "filepath", None)
+        return BlendFileError(
+            f"the file is damaged or is not a .blend Blender can read ({exc}); open and "
+            "save it again in Blender", path=str(damaged or blend), retryable=False)
+    return BundleError(f"cannot bundle the file's dependencies ({type(exc).__name__}: "
+                       f"{exc}); open and save it in Blender, or render with --files "
+                       "shared", path=str(blend))
+
+
+def _sequence_gaps(usage: Any) -> list[str]:
+    """Frames missing inside the image sequence ``usage`` (a BAT block usage) names.
 
     Blender Asset Tracer bundles the frames of a sequence that exist; a frame deleted from
     the middle would render magenta with no word. A sequence numbered at a constant step
-    (every frame, every 2nd, ...) that skips numbers names the skipped files. UDIM tile sets
-    are not sequences (their gaps are normal).
+    (every frame, every 2nd, ...) that skips numbers names the skipped files. Only images
+    and movie clips number their frames this way; UDIM tile sets are not sequences (their
+    gaps are normal).
     """
-    from blender_asset_tracer import trace
+    block = getattr(usage, "block", None)
+    text = str(usage.asset_path)
+    if getattr(block, "code", None) not in (b"IM", b"MC") or "<UDIM>" in text \
+            or "<UVTILE>" in text:
+        return []
+    try:
+        files = sorted(str(p) for p in usage.files())
+    except Exception:  # the whole sequence is missing: that is reported as missing
+        return []
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for name in files:
+        match = _NUMBERED.match(name)
+        if match:
+            head, digits, tail = match.groups()
+            groups.setdefault((head, tail, len(digits)), []).append(int(digits))
+    gaps = []
+    for (head, tail, width), found in groups.items():
+        numbers = sorted(set(found))
+        if len(numbers) < 3:
+            continue
+        steps = [b - a for a, b in zip(numbers, numbers[1:], strict=False)]
+        step = min(steps)
+        if step < 1 or all(d == step for d in steps):
+            continue
+        have = set(numbers)
+        gaps += [f"{head}{number:0{width}d}{tail}"
+                 for number in range(numbers[0], numbers[-1] + 1, step) if number not in have]
+    return gaps
 
+
+def _trace(blend: Path) -> tuple[list[str], list[str]]:
+    """One walk of ``blend`` and its libraries: the files it needs that do not exist (as
+    Blender Asset Tracer's packer counts them: a sequence with no frame at all), and the
+    frames missing inside its image sequences."""
+    from blender_asset_tracer import trace
+    from blender_asset_tracer.trace import file_sequence
+
+    missing: set[str] = set()
     gaps: set[str] = set()
     for usage in trace.deps(blend):
-        block = getattr(usage, "block", None)
-        if not usage.is_sequence or getattr(block, "code", None) not in (b"IM", b"MC"):
-            continue  # only images and movie clips number their frames this way
-        text = str(usage.asset_path)
-        if "<UDIM>" in text or "<UVTILE>" in text:
+        path = usage.abspath
+        if not usage.is_sequence:
+            if not path.exists():
+                missing.add(str(path))
             continue
         try:
-            files = sorted(str(p) for p in usage.files())
-        except Exception:  # the whole sequence is missing: BAT lists it as missing
+            if not any(p.exists() for p in file_sequence.expand_sequence(path)):
+                missing.add(str(path))
+                continue
+        except file_sequence.DoesNotExist:
+            missing.add(str(path))
             continue
-        groups: dict[tuple[str, str, int], list[int]] = {}
-        for name in files:
-            match = _NUMBERED.match(name)
-            if match:
-                head, digits, tail = match.groups()
-                groups.setdefault((head, tail, len(digits)), []).append(int(digits))
-        for (head, tail, width), numbers in groups.items():
-            numbers = sorted(set(numbers))
-            if len(numbers) < 3:
-                continue
-            steps = [b - a for a, b in zip(numbers, numbers[1:], strict=False)]
-            step = min(steps)
-            if step < 1 or all(d == step for d in steps):
-                continue
-            have = set(numbers)
-            for number in range(numbers[0], numbers[-1] + 1, step):
-                if number not in have:
-                    gaps.add(f"{head}{number:0{width}d}{tail}")
-    return sorted(gaps)
+        gaps.update(_sequence_gaps(usage))
+    return sorted(missing), sorted(gaps)
 
 
 def trace_missing(blend: str | os.PathLike[str]) -> list[str]:
-    """Files ``blend`` (and its libraries) need that do not exist, without Blender.
+    """Files ``blend`` (and its libraries) need that do not exist, without Blender and
+    without reading the files that do (``--files shared`` renders them in place).
 
     Raises:
+        BlendFileError: the file is damaged.
         BundleError: Blender Asset Tracer cannot read a file.
     """
-    with tempfile.TemporaryDirectory(prefix="renderfarm-trace-") as folder:
-        return list(make_bundle(blend, folder).missing)
+    _patch_bat()
+    path = Path(os.path.abspath(blend))
+    try:
+        missing, gaps = _trace(path)
+    except Exception as exc:
+        raise _bat_error(exc, path) from exc
+    return sorted(set(missing) | set(gaps))
 
 
 def publish(manifest: Manifest, storage: Any) -> tuple[int, int]:

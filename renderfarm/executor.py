@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import itertools
 import logging
 import math
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from renderfarm import faults
+from renderfarm.bundle import file_sha256 as file_hash  # workers cache loaded scenes by it
 from renderfarm.errors import (
     CancelledError,
     RenderError,
@@ -45,26 +45,13 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 180.0
 
 
-def file_hash(path: str) -> str:
-    """SHA-256 of a file's content (workers cache loaded scenes by it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class _Captured:
-    tail = ""
-
-
 @contextlib.contextmanager
 def _captured_output(path: str) -> Any:
     """Send this process's stdout and stderr (Blender prints there, from C) to ``path`` for
-    the duration, then back; the actor runs one call at a time, so nothing else is lost."""
+    the duration, then back; the actor runs one call at a time, so nothing else is lost.
+    :func:`_tail_of` reads it when the task failed."""
     import ctypes
 
-    captured = _Captured()
     libc = ctypes.CDLL(None)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -74,7 +61,7 @@ def _captured_output(path: str) -> Any:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
     try:
-        yield captured
+        yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -83,7 +70,6 @@ def _captured_output(path: str) -> Any:
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-        captured.tail = _tail_of(path)
 
 
 def _tail_of(path: str, lines: int = 40) -> str:
@@ -142,7 +128,6 @@ class BlenderWorker:
         self._counter = itertools.count()
         #: where Blender's output of the current task goes (its tail is reported on failure)
         self.log = os.path.join(self.scratch, "blender.log")
-        self.log_tail = ""
 
     def ping(self) -> dict[str, Any]:
         """Who and where this worker is."""
@@ -279,12 +264,11 @@ class BlenderWorker:
             local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
             if local is None:
                 return {**base, "ok": False, "error": {"need_blob": True}}, None
-            with _captured_output(self.log) as captured:
+            with _captured_output(self.log):
                 load = self.session.prepare(local, job_settings, output_format)
                 stats = self.session.render(the_task, piece)
                 faults.fire("worker.rendered", job_id=the_task.job_id, frame=the_task.frame,
                             worker=self.worker_id)
-            self.log_tail = captured.tail
             with open(piece, "rb") as handle:
                 data = handle.read()
             return {**base, "ok": True, "device": self.session.device_label,

@@ -551,6 +551,8 @@ class _JobRun:
         self.files: dict[str, Any] = {}
         self.files_ref: Any = None
         self.manifest: Manifest | None = None
+        #: what the client's side found missing (warned about once, not again per worker)
+        self.known_missing: tuple[str, ...] = ()
         self.results: list[TaskResult] = []
         self.outputs: dict[int, Path] = {}
         self.pieces: dict[int, list[tuple[int, Piece]]] = {}
@@ -623,7 +625,8 @@ class _JobRun:
                 raise BlendFileError(f"the file cannot be read ({exc.strerror}); with --files "
                                      "shared it must stay in place until the job ends",
                                      path=spec.blend_file) from exc
-            self._check_missing(trace_missing(spec.blend_file))
+            self.known_missing = tuple(trace_missing(spec.blend_file))
+            self._check_missing(self.known_missing)
             self.files = {"mode": "shared", "blob": []}
         else:
             storage = self.farm.storage
@@ -641,6 +644,7 @@ class _JobRun:
                 self.emit("info", message=f"bundle: {transfer['bundle_files']} file(s), "
                           f"{transfer['bundle_bytes']} bytes; sent {transfer['sent_files']} "
                           f"new file(s), {transfer['sent_bytes']} bytes", data=transfer)
+            self.known_missing = manifest.missing
             self._check_missing(manifest.missing)
             self.manifest = manifest
             key = manifest.digest
@@ -705,8 +709,7 @@ class _JobRun:
             raise CancelledError("the job was cancelled")
         self.info = info = self._inspect(runner.pool, blend_hash)
         # what Blender itself reports missing after opening the file on a worker
-        self._check_missing(info.missing_files, seen=self.manifest.missing if self.manifest
-                            else trace_missing(spec.blend_file) if info.missing_files else ())
+        self._check_missing(info.missing_files, seen=self.known_missing)
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
                                     workers=runner.pool.shape.workers)
         for note in plan.notes:
@@ -861,7 +864,7 @@ class _JobRun:
                         self.handle.job_id, task.task_id)
             return True
         with self.lock:
-            if all(self.state.entries[i].status is TaskStatus.DONE for i in task.members):
+            if self.state.all_done(task.members):
                 self.duplicates += 1  # another copy (a straggler's backup) finished first
                 return True
         reply, data = value
@@ -926,7 +929,7 @@ class _JobRun:
         if self.ended.is_set():  # stopped because the job ended: nothing to record
             return
         with self.lock:
-            if all(self.state.entries[i].status is TaskStatus.DONE for i in task.members):
+            if self.state.all_done(task.members):
                 return  # the copy that lost to a backup (or the other way round)
         if error.frame is None:
             error.frame = task.frame

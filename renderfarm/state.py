@@ -202,6 +202,10 @@ class JobState:
         self._frame_left[frame] -= 1
         return self._frame_left[frame] == 0
 
+    def all_done(self, indices: Iterable[int]) -> bool:
+        """Whether every task of ``indices`` has finished (another copy may have won)."""
+        return all(self.entries[i].status is TaskStatus.DONE for i in indices)
+
     def backup(self, index: int) -> bool:
         """Allow one backup copy of running task ``index`` (a straggler); False when it is
         not running or has a backup already. The first copy to finish counts
