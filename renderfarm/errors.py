@@ -162,6 +162,14 @@ class JobFailedError(RenderFarmError):
     """A job ended with tasks that failed after all retries."""
 
 
+class ClusterLostError(RenderFarmError):
+    """The Ray cluster under the farm failed (its raylet or GCS died): the job stops without
+    failing; the farm service restarts or reconnects its Ray and resumes the job, keeping
+    every finished piece."""
+
+    default_retryable = True
+
+
 class CancelledError(RenderFarmError):
     """The job was cancelled by the user (CLI exit code 130)."""
 
@@ -207,4 +215,4 @@ ERRORS: dict[str, type[RenderFarmError]] = {
         RenderFarmError, UsageError, InputError, FrameRangeError, BlendFileError, SceneError,
         OutputError, ResourceError, BundleError, MissingFilesError, RenderError,
         IntegrityError, WorkerDiedError, TaskTimeoutError, MergeError, JobFailedError,
-        CancelledError, ProtocolError, ServiceError)}
+        ClusterLostError, CancelledError, ProtocolError, ServiceError)}

@@ -31,6 +31,7 @@ from renderfarm import faults
 from renderfarm.bundle import file_sha256 as file_hash  # workers cache loaded scenes by it
 from renderfarm.errors import (
     CancelledError,
+    ClusterLostError,
     RenderError,
     RenderFarmError,
     ResourceError,
@@ -423,6 +424,9 @@ class WorkerPool:
         #: how many workers the pool wants now (see :meth:`follow_cluster`)
         self.target = shape.workers
         self._last_follow = 0.0
+        #: set when the Ray cluster itself failed (the driver's raylet died): the pool is
+        #: over, its dispatcher stops and its jobs end with this error
+        self.lost: ClusterLostError | None = None
         self.workers: dict[str, WorkerHandle] = {}
         self._numbers = itertools.count(1)
         self._remote: Any = None
@@ -569,7 +573,7 @@ class WorkerPool:
 
         with self._lock:
             handle = self.workers.pop(worker_id, None)
-        if handle is not None:
+        if handle is not None and self.lost is None:  # a lost cluster: nothing to kill
             try:
                 ray.kill(handle.actor, no_restart=True)
             except Exception:  # already dead
@@ -688,6 +692,8 @@ def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
     running: dict[Any, _Running] = {}
     queues: dict[str, list[Any]] = {}
     while True:
+        if pool.lost is not None:  # Ray itself failed: every job of this pool stops with it
+            raise pool.lost
         active = [s for s in sources() if not s.cancelled.is_set() and s.fault is None]
         _stop_cancelled(pool, running, queues)
         pool.poll_started()
@@ -873,6 +879,13 @@ def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, li
             "went away); the task is retried on another worker")
         _guarded(item.source, "failed", handle, item.task, died)
         _drop_worker(pool, running, queues, handle, died)
+        return
+    except ray.exceptions.LocalRayletDiedError as exc:  # not the task's fault, nor the worker's
+        logger.error("the Ray cluster failed under the farm: %s", exc)
+        pool.lost = ClusterLostError(
+            "the Ray cluster under the farm failed (this machine's raylet died); the job "
+            "stopped with its finished pieces kept: run it again, or let the farm service "
+            "resume it once its Ray is back")
         return
     except Exception as exc:  # a bug in the worker code: report, replace the worker
         _guarded(item.source, "failed", handle, item.task,

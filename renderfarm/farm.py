@@ -36,6 +36,7 @@ from renderfarm.errors import (
     BlendFileError,
     BundleError,
     CancelledError,
+    ClusterLostError,
     InputError,
     JobFailedError,
     MergeError,
@@ -316,6 +317,9 @@ class _PoolRunner:
     def _run(self) -> None:
         try:
             dispatch(self.pool, self._sources, lambda: self.closing, wake=self.wake)
+        except RenderFarmError as exc:  # the cluster failed: its jobs end with the reason
+            logger.error("dispatcher stopped: %s", exc.one_line())
+            self.error = exc
         except BaseException as exc:  # keep the farm alive; jobs see it as a failure
             logger.exception("dispatcher stopped")
             self.error = exc
@@ -375,6 +379,8 @@ class Farm:
         self._storage: Any = None
         self._own_storage: Path | None = None
         self._bundles = BundleCache()
+        #: set once the Ray cluster under this farm has failed (see :meth:`cluster_problem`)
+        self.lost: ClusterLostError | None = None
         self._connect()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -406,17 +412,21 @@ class Farm:
 
     def shutdown(self) -> None:
         """Cancel running jobs, kill every worker and disconnect from Ray if this farm
-        connected."""
+        connected.
+
+        After :meth:`mark_lost` it does not wait for what a dead cluster cannot answer: jobs
+        get a few seconds, workers are not killed one by one (they died with it)."""
+        patience = 5.0 if self.lost is not None else 30.0
         for handle in self._jobs:
             handle.cancel()
         for handle in self._jobs:
-            handle.wait(30)
+            handle.wait(patience)
         for runner in self._runners.values():
             runner.closing = True
-            runner.thread.join(30)
+            runner.thread.join(patience)
             runner.pool.kill_all()
         self._runners.clear()
-        self._merger.shutdown(wait=True)
+        self._merger.shutdown(wait=self.lost is None)
         self._bundles.clear()
         if self._own_storage is not None:
             shutil.rmtree(self._own_storage, ignore_errors=True)
@@ -425,8 +435,53 @@ class Farm:
         if self._started_ray:
             import ray
 
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            except Exception:  # a dead cluster may not shut down cleanly; it is gone anyway
+                logger.warning("Ray did not shut down cleanly", exc_info=True)
             self._started_ray = False
+
+    # -- the cluster's health ----------------------------------------------------------------
+    def cluster_problem(self, timeout: float = 3.0) -> str | None:
+        """What is wrong with the Ray cluster under this farm, or None when it is well.
+
+        Checks the Ray processes this farm started (GCS, raylet) and that the cluster's GCS
+        answers within ``timeout`` seconds. A pool that saw its raylet die says so too.
+        """
+        import ray
+
+        if self.lost is not None:
+            return self.lost.message
+        for runner in list(self._runners.values()):
+            if runner.pool.lost is not None:
+                return runner.pool.lost.message
+        if not ray.is_initialized():
+            return "Ray is not connected"
+        worker = ray._private.worker.global_worker
+        node = getattr(ray._private.worker, "_global_node", None)
+        processes = getattr(node, "all_processes", None) or {}
+        for name in ("gcs_server", "raylet"):
+            for info in processes.get(name, ()):
+                code = info.process.poll()
+                if code is not None:
+                    return f"Ray's {name} exited (code {code})"
+        client = getattr(worker, "gcs_client", None)
+        if client is not None:
+            try:
+                client.internal_kv_get(b"renderfarm-health", b"renderfarm", timeout=timeout)
+            except Exception as exc:
+                return f"Ray's GCS does not answer ({type(exc).__name__}: {exc})"
+        return None
+
+    def mark_lost(self, reason: str) -> None:
+        """Say the cluster under this farm has failed: its jobs stop with
+        :class:`~renderfarm.errors.ClusterLostError` (finished pieces kept) and
+        :meth:`shutdown` does not wait on the dead cluster."""
+        self.lost = ClusterLostError(
+            f"the Ray cluster under the farm failed ({reason}); the job stopped with its "
+            "finished pieces kept")
+        for runner in list(self._runners.values()):
+            runner.pool.lost = runner.pool.lost or self.lost
 
     @property
     def storage(self) -> Any:
@@ -454,8 +509,12 @@ class Farm:
         return "gpu" if cluster_resources()[1] >= 1 else "cpu"
 
     def _runner(self, device: str) -> _PoolRunner:
+        if self.lost is not None:
+            raise self.lost
         with self._lock:
             runner = self._runners.get(device)
+            if runner is not None and isinstance(runner.error, ClusterLostError):
+                raise runner.error
             if runner is None or runner.error is not None:
                 kwargs = {"actor_class": self.worker_class} if self.worker_class else {}
                 # no worker count given: the pool follows the cluster (one worker per node,
@@ -684,7 +743,7 @@ class _JobRun:
             result = self._run(start)
         except RenderFarmError as exc:
             self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
-                      message=exc.one_line())
+                      message=exc.one_line(), data={"error": type(exc).__name__})
             self.handle._end(None, exc)
         except Exception as exc:  # never leave a handle hanging
             logger.exception("job %s crashed", self.handle.job_id)
@@ -760,7 +819,11 @@ class _JobRun:
                         raise fault
                     raise JobFailedError(f"the job failed in its own code and was stopped "
                                          f"(other jobs go on): {type(fault).__name__}: {fault}")
+                if self.farm.lost is not None:
+                    raise self.farm.lost
                 if runner.error is not None:
+                    if isinstance(runner.error, RenderFarmError):
+                        raise runner.error
                     raise JobFailedError(f"the dispatcher stopped: {runner.error}")
         finally:
             runner.remove(source)

@@ -136,6 +136,9 @@ def format_job(job: dict[str, Any]) -> str:
     """One line about a job."""
     elapsed = f" {job['elapsed']:.0f}s" if job.get("elapsed") is not None else ""
     error = f" — {job['error']}" if job.get("error") else ""
+    if job.get("farm") == "recovering":
+        error += (f" (the farm is recovering: {job.get('farm_reason') or 'Ray failed'}; "
+                  "the job resumes)")
     return (f"{job['job_id']}  {job['state']:<9} p{job['priority']:<3} "
             f"tasks {job['tasks_done']}/{job['tasks_total']} frames "
             f"{job['frames_done']}/{job['frames_total']}{elapsed}  {job['name']}{error}")

@@ -391,3 +391,68 @@ def test_a_manifest_that_lies_about_sizes_is_refused(farm_server: ServerProcess,
             client.request("submit", spec={"frames": "1"}, bundle=lying, filename="shot.blend")
         assert caught.value.kind == "bad_bundle"
         assert client.hello()["protocol"] == 1
+
+
+def _ray_processes(session: int, name: str) -> list[int]:
+    """Pids of the processes called ``name`` in a process session (Ray's GCS and raylet of
+    a service started in a session of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        if comm == name and int(fields[3]) == session:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("process", ["raylet", "gcs_server"])
+def test_ray_killed_under_the_service_recovers_and_resumes_the_job(
+        tmp_path: Path, make_scene, reference, process: str) -> None:
+    """The raylet or the GCS of the service's own Ray killed mid-job: requests are answered
+    all along (the farm says it is recovering), Ray restarts, the job resumes from SQLite
+    without rendering a finished tile again, and its frames are Blender's."""
+    import os
+
+    blend = make_scene(width=64, height=48, samples=24, frames=6)
+    server = ServerProcess(tmp_path / "state", None, "--workers", "2").start()
+    try:
+        with server.client() as client:
+            job_id = client.submit(blend, {"frames": "1-6", "tiles": [2, 2],
+                                           "output": "shot_####.exr", "group_tiles": False})
+            before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 8)
+            assert client.hello()["farm"] == "ok"
+            pids = _ray_processes(server.proc.pid, process)
+            assert len(pids) == 1, pids
+            os.kill(pids[0], signal.SIGKILL)
+            farm_states, job = [], before
+            deadline = time.monotonic() + 240
+            while job["state"] != "done" and time.monotonic() < deadline:
+                job = client.status(job_id)  # each answered within the client's timeout
+                farm_states.append(job["farm"])
+                assert job["state"] not in ("failed", "cancelled"), job
+                time.sleep(0.1)
+            assert job["state"] == "done", job
+            assert "recovering" in farm_states, farm_states
+            assert farm_states[-1] == "ok"
+            fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+        assert _ray_processes(server.proc.pid, process) != pids  # a new Ray
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "recovering" in log and "the farm has recovered" in log
+    db = sqlite3.connect(server.state / "farm.db")
+    runs = [row[0] for row in db.execute("SELECT task_id FROM runs WHERE job_id = ?",
+                                         (job_id,))]
+    # every one of the 24 tiles rendered once: none finished before the kill ran again
+    assert len(runs) == 24 and len(set(runs)) == 24, runs
+    want = reference(blend, [1, 6])
+    for frame in (1, 6):
+        got, ref = read_layers(fetched[frame]), read_layers(want[frame])
+        for name in ref:
+            assert np.array_equal(got[name], ref[name]), (frame, name)

@@ -65,6 +65,9 @@ class ServiceConfig:
         max_message: the largest request accepted, in bytes.
         http: ``host:port`` of the read-only status page, or None.
         max_bundle_bytes: the largest bundle (a job's files) accepted.
+        health_every: seconds between checks of the Ray cluster's health (GCS, raylet);
+            a failed cluster is restarted (the embedded Ray) or reconnected, and its jobs
+            resume from the database.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -81,6 +84,7 @@ class ServiceConfig:
     max_message: int = protocol.MAX_MESSAGE
     http: str | None = None
     max_bundle_bytes: int = MAX_BUNDLE_BYTES
+    health_every: float = 1.0
 
 
 @dataclass
@@ -88,6 +92,8 @@ class _Live:
     """A job running in the farm."""
 
     handle: Any
+    #: its farm was lost (Ray failed): nothing it says any more is recorded
+    stale: bool = False
     canvas: Rect | None = None
     previews: dict[int, Any] = field(default_factory=dict)  # frame -> RGBA canvas
 
@@ -124,8 +130,15 @@ class FarmService:
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        #: held while jobs start on the farm, and while a failed farm is replaced
+        self._farm_lock = threading.Lock()
         self._http: Any = None
         self.http_address: str | None = None
+        #: "ok", or "recovering" while the service restarts or reconnects its Ray
+        self.farm_state = "ok"
+        #: why the farm last recovered, and how many times it did
+        self.recovery_reason: str | None = None
+        self.recoveries = 0
         import time as _time
 
         for stale in (self.state_dir / "uploads").glob("*.part"):  # unfinished for a day
@@ -140,13 +153,90 @@ class FarmService:
     def farm(self) -> Any:
         """The farm (started on first use: it connects to Ray)."""
         if self._farm is None:
-            from renderfarm.farm import Farm, FarmConfig
-
-            self._farm = Farm(config=FarmConfig(
-                address=self.config.address, workers=self.config.workers,
-                permit_scripts=self.config.permit_scripts, storage=self.storage.url,
-                max_bundle_bytes=self.config.max_bundle_bytes))
+            self._farm = self._new_farm()
         return self._farm
+
+    def _new_farm(self) -> Any:
+        from renderfarm.farm import Farm
+
+        return Farm(config=self._farm_config())
+
+    def _farm_config(self) -> Any:
+        from renderfarm.farm import FarmConfig
+
+        return FarmConfig(
+            address=self.config.address, workers=self.config.workers,
+            permit_scripts=self.config.permit_scripts, storage=self.storage.url,
+            max_bundle_bytes=self.config.max_bundle_bytes)
+
+    # -- Ray's health ------------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        """Check the cluster under the farm; recover when it failed (its own thread, so
+        requests are answered meanwhile)."""
+        while not self._stop.wait(self.config.health_every):
+            farm = self._farm
+            if farm is None or not self._owns_farm:
+                continue
+            try:
+                problem = farm.cluster_problem()
+            except Exception as exc:  # the check itself failed: the cluster is not well
+                problem = f"the health check failed: {type(exc).__name__}: {exc}"
+            if problem is not None:
+                self._recover(problem)
+
+    def _recover(self, problem: str) -> None:
+        """Drop the failed farm, requeue its jobs (their finished pieces stay recorded) and
+        start a new farm, retrying until Ray is back."""
+        self.farm_state, self.recovery_reason = "recovering", problem
+        with self._farm_lock:
+            self._replace_farm(problem)
+        self.farm_state = "ok"
+
+    def _replace_farm(self, problem: str) -> None:
+        self.recoveries += 1
+        logger.error("the Ray cluster failed (%s): recovering; running jobs resume from "
+                     "the database", problem)
+        old = self._farm
+        with self._lock:
+            lives = list(self._live.items())
+        for _job_id, live in lives:
+            live.stale = True
+        if old is not None:
+            old.mark_lost(problem)
+        note = f"the farm is recovering: {problem}; the job resumes with its finished pieces"
+        for job_id, live in lives:
+            live.handle.cancel()
+            row = self.store.job(job_id)
+            if row.state == "running":
+                row = self.store.act(job_id, "requeue")
+            self._event(Event("info", job_id, message=note), row)
+        with self._lock:
+            for job_id, live in lives:
+                if self._live.get(job_id) is live:
+                    del self._live[job_id]
+        if old is not None:
+            try:
+                old.shutdown()
+            except Exception:
+                logger.exception("the failed farm did not shut down cleanly")
+        self._farm = None
+        pause = 1.0
+        while not self._stop.is_set():
+            try:
+                farm = self._new_farm()
+                problem = farm.cluster_problem()
+                if problem is None:
+                    self._farm = farm
+                    break
+                farm.mark_lost(problem)
+                farm.shutdown()
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            logger.warning("Ray is not back yet (%s); trying again in %g s", problem, pause)
+            self._stop.wait(pause)
+            pause = min(pause * 2, 30.0)
+        if self._farm is not None:
+            logger.info("the farm has recovered; its jobs resume")
 
     # -- main loop ---------------------------------------------------------------------------
     def serve(self, ready: threading.Event | None = None) -> None:
@@ -156,6 +246,9 @@ class FarmService:
         if self.config.http:
             self._start_http(self.config.http)
         _ = self.farm
+        if self._owns_farm:
+            threading.Thread(target=self._watchdog, name="renderfarm-watchdog",
+                             daemon=True).start()
         logger.info("serving on %s (events on %s), storage %s", self.sockets.endpoint,
                     self.sockets.publish, self.storage.url)
         if ready is not None:
@@ -168,7 +261,8 @@ class FarmService:
                     if sock is self.sockets.router:
                         self._receive()
                 self._publish()
-                self._schedule()
+                if self.farm_state == "ok":
+                    self._schedule()
         finally:
             self._shutdown()
 
@@ -184,8 +278,13 @@ class FarmService:
             self._live.clear()
         for _job_id, run in live:  # interrupted, not cancelled: they resume next time
             run.handle.cancel()
-        if self._farm is not None and self._owns_farm:
-            self._farm.shutdown()
+        locked = self._farm_lock.acquire(timeout=60)  # let a recovery in progress end
+        try:
+            if self._farm is not None and self._owns_farm:
+                self._farm.shutdown()
+        finally:
+            if locked:
+                self._farm_lock.release()
         self.sockets.close()
         self.store.close()
 
@@ -257,7 +356,16 @@ class FarmService:
         return {"server": __version__, "protocol": protocol.VERSION,
                 "publish_port": int(port) if port.isdigit() else None,
                 "max_message": self.config.max_message, "chunk": protocol.CHUNK,
-                "permit_scripts": self.config.permit_scripts, "http": self.http_address}
+                "permit_scripts": self.config.permit_scripts, "http": self.http_address,
+                **self._farm_status()}
+
+    def _farm_status(self) -> dict[str, Any]:
+        """The farm's own state, sent with every job's status: ``farm`` is ``ok`` or
+        ``recovering`` (Ray failed and is being restarted; jobs resume afterwards)."""
+        status: dict[str, Any] = {"farm": self.farm_state}
+        if self.farm_state != "ok":
+            status["farm_reason"] = self.recovery_reason
+        return status
 
     def _upload_part(self, sha: str, identity: bytes) -> Path:
         # one part per client: another client sending the same content cannot reset it
@@ -357,7 +465,8 @@ class FarmService:
                    files="bundle", bundle=manifest.to_dict())
         try:
             spec = JobSpec.from_dict(raw)
-            check_spec(spec, self.farm.config)
+            check_spec(spec, self._farm.config if self._farm is not None
+                       else self._farm_config())
         except RenderFarmError:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -374,10 +483,12 @@ class FarmService:
 
     def _op_status(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         row = self.store.job(request.fields["job_id"])
-        return {"job": {**row.to_dict(), "outputs": self._outputs(row)}}
+        return {"job": {**row.to_dict(), "outputs": self._outputs(row), **self._farm_status()}}
 
     def _op_list(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
-        return {"jobs": [j.to_dict() for j in self.store.jobs(request.fields.get("states"))]}
+        farm = self._farm_status()
+        return {"jobs": [{**j.to_dict(), **farm}
+                         for j in self.store.jobs(request.fields.get("states"))]}
 
     def _op_cancel(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
         job_id = request.fields["job_id"]
@@ -452,8 +563,15 @@ class FarmService:
             running = len(self._live)
         if running >= self.config.max_running:
             return
-        for job in self.store.jobs(["queued"])[:self.config.max_running - running]:
-            self._start(job)
+        if not self._farm_lock.acquire(blocking=False):
+            return  # the farm is being replaced: jobs start once it is back
+        try:
+            if self._farm is None and self.farm_state != "ok":
+                return
+            for job in self.store.jobs(["queued"])[:self.config.max_running - running]:
+                self._start(job)
+        finally:
+            self._farm_lock.release()
 
     def _start(self, job: JobRow) -> None:
         from renderfarm.farm import Resume, ResumePiece
@@ -494,15 +612,20 @@ class FarmService:
     def _watch(self, job_id: str, live: _Live) -> None:
         handle = live.handle
         for event in handle.events():
+            if live.stale:  # its farm was lost: the job runs again from the database
+                continue
             try:
                 self._record(job_id, live, event)
             except Exception:  # a bookkeeping error must not stop the job's events
                 logger.exception("job %s: cannot record %s", job_id, event.kind)
+        if live.stale:
+            return
         image = live.latest_png()
         if image is not None:
             (self._job_dir(job_id) / "preview.png").write_bytes(image)
         with self._lock:
-            self._live.pop(job_id, None)
+            if self._live.get(job_id) is live:
+                del self._live[job_id]
         shutil.rmtree(self._job_dir(job_id) / "previews", ignore_errors=True)
         row = self.store.job(job_id)
         if row.state in protocol.FINAL_STATES:
@@ -512,6 +635,8 @@ class FarmService:
         store = self.store
         if self._stop.is_set() and event.kind in ("job_cancelled", "job_failed"):
             return  # the service is stopping: the job resumes on restart
+        if event.kind == "job_failed" and self._cluster_lost(live, event):
+            return  # Ray failed under it: the watchdog requeues it, it resumes
         if event.tasks_total:
             store.set_progress(job_id, event.tasks_done, event.tasks_total, event.frames_done,
                                event.frames_total)
@@ -546,6 +671,17 @@ class FarmService:
             except ServiceError:
                 pass  # already cancelled by a request
         self._event(event, store.job(job_id))
+
+    def _cluster_lost(self, live: _Live, event: Event) -> bool:
+        """Whether a job failed because the Ray cluster failed under it: then it is not
+        failed but left to the watchdog, which requeues it and recovers the farm."""
+        if event.data.get("error") != "ClusterLostError" or not self._owns_farm:
+            return False
+        live.stale = True
+        farm = self._farm
+        if farm is not None and farm.lost is None:
+            farm.mark_lost(event.message or "Ray failed")  # the watchdog sees it and recovers
+        return True
 
     def _preview(self, job_id: str, live: _Live, frame: int, tile: Tile, path: Path) -> None:
         from renderfarm.server.preview import tile_preview
