@@ -750,9 +750,10 @@ def run_group(ctx: Context, name: str, retries: int) -> list[Record]:
     return records
 
 
-def run_soak(minutes: float, seed: int, json_path: Path | None) -> int:
+def run_soak(minutes: float, seed: int, json_path: Path | None, nodes: int = 0) -> int:
     """``--soak MINUTES``: jobs on a two-worker farm while faults fire; exit 1 unless every
-    job ended as it must."""
+    job ended as it must. With ``--soak-nodes N``: on a ``ray.cluster_utils.Cluster`` of N
+    one-CPU worker nodes, replaced one by one while jobs run."""
     import ray
 
     from renderfarm.farm import Farm
@@ -761,14 +762,29 @@ def run_soak(minutes: float, seed: int, json_path: Path | None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="renderfarm-soak-"))
     os.environ.setdefault(FAULTS_ENV, str(workdir / "faults.json"))  # before Ray starts
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR")
+    cluster = None
+    if nodes:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
     try:
         blend = make_scene(workdir / "soak.blend", width=32, height=24, samples=1, frames=3)
-        with Farm(workers=2) as farm:
-            report = soak(farm, str(blend), workdir, minutes * 60, seed)
+        if cluster is not None:
+            with Farm(address=cluster.address) as farm:
+                report = soak(farm, str(blend), workdir, minutes * 60, seed, cluster=cluster)
+        else:
+            with Farm(workers=2) as farm:
+                report = soak(farm, str(blend), workdir, minutes * 60, seed)
     finally:
         ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
     summary = report.to_dict()
     print(json.dumps(summary, indent=2))
@@ -796,9 +812,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of the benchmarks: run jobs for MINUTES while random "
                         "faults fire, and report (renderfarm.soak)")
     parser.add_argument("--seed", type=int, default=0, help="the soak's random seed")
+    parser.add_argument("--soak-nodes", type=int, default=0, metavar="N",
+                        help="run the soak on a multi-node ray.cluster_utils.Cluster of N "
+                        "one-CPU nodes, replacing nodes while jobs run")
     args = parser.parse_args(argv)
     if args.soak is not None:
-        return run_soak(args.soak, args.seed, args.json)
+        return run_soak(args.soak, args.seed, args.json, args.soak_nodes)
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -2,10 +2,12 @@
 
 Each round submits a few jobs at once and arms faults at random (seeded): a worker's render
 raises, its Blender aborts or lags (a straggler), the driver's handling of a piece or a merge
-raises for one job. Every job must end: done with every frame written (pieces lost: 0), or
-failed with the injected reason when a fault hit its own driver code; no piece may count twice
-in a job's results (rendered twice) or be merged twice. Used by ``tests/test_soak.py`` (short)
-and ``benchmarks/run.py --soak MINUTES`` (long).
+raises for one job; on a multi-node cluster (``ray.cluster_utils.Cluster``) a node joins and
+the oldest worker node is removed mid-round (a spot instance replaced). Every job must end:
+done with every frame written (pieces lost: 0), or failed with the injected reason when a
+fault hit its own driver code; no piece may count twice in a job's results (rendered twice)
+or be merged twice. Used by ``tests/test_soak.py`` (short) and ``benchmarks/run.py --soak
+MINUTES [--soak-nodes N]`` (long).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class SoakReport:
         rendered_twice: pieces counted twice in a job's results (must be 0).
         merged_twice: frames merged twice (must be 0).
         dropped: results dropped because another copy or the job's end came first.
+        nodes_added: nodes that joined mid-round (multi-node runs).
+        nodes_removed: worker nodes removed mid-round, with whatever ran on them.
         errors: the reasons of jobs that failed otherwise.
     """
 
@@ -57,6 +61,8 @@ class SoakReport:
     rendered_twice: int = 0
     merged_twice: int = 0
     dropped: int = 0
+    nodes_added: int = 0
+    nodes_removed: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -72,15 +78,21 @@ class SoakReport:
                 "failed_as_injected": self.failed_as_injected,
                 "failed_otherwise": self.failed_otherwise, "pieces_lost": self.pieces_lost,
                 "rendered_twice": self.rendered_twice, "merged_twice": self.merged_twice,
-                "dropped": self.dropped, "errors": self.errors, "ok": self.ok}
+                "dropped": self.dropped, "nodes_added": self.nodes_added,
+                "nodes_removed": self.nodes_removed, "errors": self.errors, "ok": self.ok}
 
 
 def soak(farm: Any, blend: str, folder: Path, seconds: float, seed: int = 0,
-         jobs_per_round: int = 3) -> SoakReport:
+         jobs_per_round: int = 3, cluster: Any = None, node_cpus: float = 1) -> SoakReport:
     """Run jobs of ``blend`` on ``farm`` for about ``seconds`` while faults fire.
 
     Workers must read the fault file named by ``$RENDERFARM_FAULTS`` (set before Ray
     started them).
+
+    Args:
+        cluster: a ``ray.cluster_utils.Cluster`` the farm runs on: then, in about half the
+            rounds, a node of ``node_cpus`` CPUs joins and the oldest worker node is removed
+            while the round's jobs run.
     """
     from renderfarm.errors import RenderFarmError
     from renderfarm.job import JobSpec
@@ -117,6 +129,8 @@ def soak(farm: Any, blend: str, folder: Path, seconds: float, seed: int = 0,
                                output=str(folder / job_id / "s_####.exr"))
                 handles.append(farm.submit(spec, job_id=job_id))
                 report.jobs += 1
+            if cluster is not None and rng.random() < 0.5:
+                _replace_a_node(cluster, handles, rng, report, node_cpus)
             for handle in handles:
                 _account(report, handle, handle.job_id in injected, RenderFarmError)
             faults.disarm()
@@ -125,6 +139,21 @@ def soak(farm: Any, blend: str, folder: Path, seconds: float, seed: int = 0,
         Path(fault_file).unlink(missing_ok=True)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _replace_a_node(cluster: Any, handles: list[Any], rng: random.Random,
+                    report: SoakReport, node_cpus: float) -> None:
+    """Once the round's jobs have started rendering (or after a random moment), add a node
+    and remove the oldest worker node, as when a spot instance is replaced."""
+    deadline = time.monotonic() + rng.uniform(0.5, 4.0)
+    while time.monotonic() < deadline and not all(h.done() for h in handles):
+        time.sleep(0.05)
+    cluster.add_node(num_cpus=node_cpus)
+    report.nodes_added += 1
+    workers = [n for n in cluster.list_all_nodes() if n is not cluster.head_node]
+    if len(workers) > 1:
+        cluster.remove_node(workers[0])
+        report.nodes_removed += 1
 
 
 def _account(report: SoakReport, handle: Any, injected: bool, error_type: type) -> None:
