@@ -25,6 +25,30 @@ class TaskStatus(enum.Enum):
     FAILED = "failed"
 
 
+class Verdict(enum.Enum):
+    """What to do with a result that arrived for a task (:meth:`JobState.on_result`)."""
+
+    #: keep the piece and record the task done
+    ACCEPT = "accept"
+    #: the job has ended (cancelled, failed, aborted): drop it without touching its files
+    LATE = "late"
+    #: another copy of the task (a straggler's backup) finished first: drop it
+    DUPLICATE = "duplicate"
+
+
+class Failure(enum.Enum):
+    """What a failed attempt means for the job (:meth:`JobState.on_failure`)."""
+
+    #: nothing: the job has ended, or another copy of the task finished
+    IGNORED = "ignored"
+    #: the task runs again (on another worker where there is one)
+    RETRY = "retry"
+    #: the task failed for good; the job fails once nothing else runs
+    FAILED = "failed"
+    #: failed for good with an error no worker can get past: the job stops now
+    STOP = "stop"
+
+
 @dataclass
 class TaskEntry:
     """A task and what happened to it so far."""
@@ -53,6 +77,8 @@ class JobState:
         self._pending = sorted(self.entries)  # a heap of pending task indices
         self._counts: Counter[TaskStatus] = Counter({TaskStatus.PENDING: len(self.entries)})
         self._frame_left: dict[int, int] = {}
+        #: why the job ended early (cancelled, aborted), or None while it runs
+        self.ended: str | None = None
         for entry in self.entries.values():
             frame = entry.task.frame
             self._frame_left[frame] = self._frame_left.get(frame, 0) + 1
@@ -205,6 +231,54 @@ class JobState:
     def all_done(self, indices: Iterable[int]) -> bool:
         """Whether every task of ``indices`` has finished (another copy may have won)."""
         return all(self.entries[i].status is TaskStatus.DONE for i in indices)
+
+    # -- what happened, and what it means ---------------------------------------------------
+    def on_result(self, members: Iterable[int]) -> Verdict:
+        """What to do with a result for a task covering ``members``."""
+        if self.ended is not None:
+            return Verdict.LATE
+        if self.all_done(members):
+            return Verdict.DUPLICATE
+        return Verdict.ACCEPT
+
+    def complete(self, members: Iterable[int]) -> bool:
+        """Record that a task covering ``members`` finished; True when that completed its
+        frame (every piece of it is in: it can be merged)."""
+        return any([self.succeeded(i) for i in members])
+
+    def on_failure(self, members: Iterable[int], error: str, retryable: bool,
+                   cancelled: bool = False) -> Failure:
+        """Record a failed attempt of a task covering ``members`` and say what it means.
+
+        Args:
+            error: the failure, one line.
+            retryable: whether another attempt may succeed.
+            cancelled: the attempt was stopped because its job was cancelled.
+        """
+        members = list(members)
+        if self.ended is not None or self.all_done(members):
+            return Failure.IGNORED
+        again = any([self.failed_attempt(i, error, retryable) for i in members])
+        if again:
+            return Failure.RETRY
+        if retryable or cancelled:
+            return Failure.FAILED
+        self.cancel_pending(error)  # the same input fails on every worker
+        return Failure.STOP
+
+    def may_backup(self, members: Iterable[int]) -> bool:
+        """Whether a lagging task covering ``members`` may get a backup copy (once each;
+        never once the job has ended)."""
+        if self.ended is not None:
+            return False
+        return all([self.backup(i) for i in members])
+
+    def end(self, reason: str) -> None:
+        """The job ends early (cancelled, or a merge failed): nothing pending starts, and
+        results still arriving are late."""
+        if self.ended is None:
+            self.ended = reason
+        self.cancel_pending(reason)
 
     def backup(self, index: int) -> bool:
         """Allow one backup copy of running task ``index`` (a straggler); False when it is

@@ -1,5 +1,6 @@
 """The pool follows the cluster: a node removed mid-job does not stall it, nodes added
-mid-job get workers that take tasks (a real multi-node `ray.cluster_utils.Cluster`)."""
+mid-job get workers that take tasks, and jobs soaked in faults finish exactly while nodes are
+replaced (a real multi-node `ray.cluster_utils.Cluster`)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,21 @@ def test_a_lost_node_does_not_stall_the_job_and_new_nodes_take_tasks(
                                     group_tiles=False,
                                     output=str(tmp_path / "grown" / "g_####.exr")))
         assert len({t.node for t in grown.tasks}) == 3, "a new node took no task"
+
+
+def test_soak_jobs_finish_exactly_while_nodes_come_and_go_and_faults_fire(
+        cluster, make_scene, tmp_path: Path) -> None:
+    """The soak on a multi-node cluster: besides the faults (a worker's render raises, its
+    Blender aborts or lags; a job's own piece handling or merge raises), worker nodes are
+    replaced mid-round (one joins, the oldest goes, with whatever it was rendering)."""
+    from renderfarm.farm import Farm
+    from renderfarm.soak import soak
+
+    blend = make_scene(width=32, height=24, frames=3, samples=1)
+    with Farm(address=cluster.address) as farm:  # elastic: one worker per node
+        report = soak(farm, str(blend), tmp_path, seconds=60, seed=11, cluster=cluster)
+        summary = report.to_dict()
+        assert all(runner.error is None for runner in farm._runners.values())
+    assert report.nodes_removed >= 2 and report.jobs >= 6, summary
+    assert report.done + report.failed_as_injected == report.jobs, summary
+    assert report.ok, summary

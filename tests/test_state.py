@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from renderfarm.job import Rect, Task, Tile
-from renderfarm.state import JobState, TaskStatus
+from renderfarm.state import Failure, JobState, TaskStatus, Verdict
 
 
 def tasks(frames: int, tiles: int) -> list[Task]:
@@ -162,3 +162,43 @@ def test_a_loser_failing_after_the_winner_changes_nothing() -> None:
     state.succeeded(task.index)
     assert state.failed_attempt(task.index, "late") is True
     assert state.entries[task.index].status is TaskStatus.DONE and state.finished
+
+
+def test_results_after_the_end_are_late_and_a_second_copy_is_a_duplicate() -> None:
+    state = JobState(tasks(2, 1), retries=1)
+    first, second = state.next_for("w1"), state.next_for("w2")
+    assert state.on_result(first.members) is Verdict.ACCEPT
+    assert state.complete(first.members) is True  # frame 1 is whole: merge it
+    assert state.on_result(first.members) is Verdict.DUPLICATE
+    state.end("cancelled by a client")
+    assert state.on_result(second.members) is Verdict.LATE
+    assert state.on_failure(second.members, "boom", True) is Failure.IGNORED
+    assert state.may_backup(second.members) is False
+    assert state.ended == "cancelled by a client" and not state.has_pending()
+
+
+def test_a_failure_retries_then_fails_and_one_no_worker_can_pass_stops_the_job() -> None:
+    state = JobState(tasks(3, 1), retries=1)
+    task = state.next_for("w1")
+    assert state.on_failure(task.members, "crash", True) is Failure.RETRY
+    task = state.next_for("w2")
+    assert state.on_failure(task.members, "crash", True) is Failure.FAILED
+    assert state.count(TaskStatus.PENDING) == 2  # the job goes on with its other tasks
+    task = state.next_for("w1")
+    assert state.on_failure(task.members, "bad file", False) is Failure.STOP
+    assert state.count(TaskStatus.PENDING) == 0 and state.finished
+    # a cancelled attempt fails the task without stopping the others
+    state = JobState(tasks(2, 1), retries=0)
+    task = state.next_for("w1")
+    assert state.on_failure(task.members, "cancelled", False, cancelled=True) is Failure.FAILED
+    assert state.count(TaskStatus.PENDING) == 1
+
+
+def test_a_lagging_task_gets_one_backup_and_not_after_the_end() -> None:
+    state = JobState(tasks(2, 1), retries=1)
+    task = state.next_for("w1")
+    assert state.may_backup(task.members) is True
+    assert state.may_backup(task.members) is False  # one backup per task
+    other = state.next_for("w2")
+    state.end("a merge failed")
+    assert state.may_backup(other.members) is False

@@ -1,0 +1,493 @@
+"""One job's run on a :class:`~renderfarm.farm.Farm`: its files, inspection, plan and
+resume (:class:`JobRun`), the entry points its dispatcher calls (:class:`Entries`, each
+guarded, every decision left to the pure :class:`~renderfarm.state.JobState`), and its last
+stage, the :class:`~renderfarm.assemble.Assembler` that writes its frames."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from renderfarm import faults
+from renderfarm.assemble import Assembler
+from renderfarm.errors import (
+    BlendFileError,
+    CancelledError,
+    JobFailedError,
+    MergeError,
+    OutputError,
+    RenderFarmError,
+)
+from renderfarm.events import Event
+from renderfarm.executor import Source, WorkerHandle, WorkerPool, error_from, scene_info_from
+from renderfarm.job import (
+    FORMAT_EXTENSIONS,
+    JobResult,
+    RenderSettings,
+    SceneInfo,
+    Task,
+    TaskResult,
+    Tile,
+)
+from renderfarm.jobfiles import JobFiles
+from renderfarm.merge import Piece
+from renderfarm.planner import Plan, plan_job
+from renderfarm.state import Failure, JobState, TaskStatus, Verdict
+
+if TYPE_CHECKING:
+    from renderfarm.farm import Farm, JobHandle, Resume, _PoolRunner
+
+logger = logging.getLogger(__name__)
+
+
+class JobRun:
+    """Runs one job: files, inspection, plan, resume; then waits while the dispatcher feeds
+    its tasks (through :class:`Entries`) and the :class:`~renderfarm.assemble.Assembler`
+    writes its frames; builds the result."""
+
+    def __init__(self, farm: Farm, handle: JobHandle, priority: int,
+                 workdir: Path | None = None, resume: Resume | None = None,
+                 on_piece: Callable[[Task, Path], None] | None = None) -> None:
+        self.farm = farm
+        self.on_piece = on_piece
+        self.workdir = workdir
+        self.resume = resume
+        self.handle = handle
+        self.spec = handle.spec
+        self.priority = priority
+        #: guards :attr:`state` and the counters (dispatcher and merge threads)
+        self.lock = threading.Lock()
+        self.results: list[TaskResult] = []
+        handle._run = self
+        self.fatal: RenderFarmError | None = None
+        self.ended = threading.Event()
+        #: results that arrived after the job ended (dropped without touching its files)
+        self.late_results = 0
+        #: results of a task another copy had finished already (stragglers' backups)
+        self.duplicates = 0
+        self.warnings: list[str] = []
+        self.state: JobState | None = None
+        self.plan: Plan | None = None
+        self.info: SceneInfo | None = None
+        self.files: JobFiles | None = None
+        self.assembler: Assembler | None = None
+
+    @property
+    def merged_twice(self) -> int:
+        """Frames a second merge was asked for (refused)."""
+        return self.assembler.merged_twice if self.assembler is not None else 0
+
+    # -- helpers -----------------------------------------------------------------------------
+    def emit(self, kind: str, **kwargs: Any) -> None:
+        state, plan, assembler = self.state, self.plan, self.assembler
+        self.handle._emit(Event(
+            kind=kind, job_id=self.handle.job_id,
+            tasks_done=state.count(TaskStatus.DONE) if state else 0,
+            tasks_total=state.total if state else 0,
+            frames_done=assembler.frames_done if assembler else 0,
+            frames_total=len(plan.frames) if plan else 0,
+            **kwargs))
+
+    def warn(self, message: str, data: dict[str, Any] | None = None) -> None:
+        """Report a warning (kept in the job's result)."""
+        logger.info("%s", message)
+        self.warnings.append(message)
+        self.emit("warning", message=message, **({"data": data} if data else {}))
+
+    def end(self, reason: str) -> None:
+        """Nothing more of the job starts; results still arriving are dropped."""
+        with self.lock:
+            if self.state is not None:
+                self.state.end(reason)
+        self.ended.set()
+
+    def abort(self, error: RenderFarmError) -> None:
+        """End the job now with ``error`` (a merge or a write failed): nothing more starts,
+        running tasks are stopped, frames merged so far are kept."""
+        self.emit("task_failed", frame=error.frame, message=error.one_line())
+        with self.lock:
+            self.fatal = self.fatal or error
+        self.end(error.one_line())
+
+    def check_end(self) -> None:
+        with self.lock:
+            finished = self.state.finished
+        if finished:
+            self.ended.set()
+
+    # -- the job -----------------------------------------------------------------------------
+    def run(self) -> None:
+        start = time.monotonic()
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.scratch = self.workdir
+        else:
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"renderfarm-{self.handle.job_id}-"))
+        try:
+            result = self._run(start)
+        except RenderFarmError as exc:
+            self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
+                      message=exc.one_line(), data={"error": type(exc).__name__})
+            self.handle._end(None, exc)
+        except Exception as exc:  # never leave a handle hanging
+            logger.exception("job %s crashed", self.handle.job_id)
+            error = JobFailedError(f"internal error: {type(exc).__name__}: {exc}")
+            self.emit("job_failed", message=error.one_line())
+            self.handle._end(None, error)
+        else:
+            self.emit("job_done", data={"outputs": {str(k): str(v)
+                                                    for k, v in result.outputs.items()}})
+            self.handle._end(result, None)
+        finally:
+            if self.workdir is None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _run(self, start: float) -> JobResult:
+        spec = self.spec
+        self.emit("job_queued")
+        self.files = JobFiles(spec, lambda: self.farm.storage, self.farm.config.max_bundle_bytes,
+                              self.scratch, self.warn,
+                              lambda message, data: self.emit("info", message=message,
+                                                              data=data))
+        blend_hash = self.files.prepare(self.handle.transfer)
+        device = self.farm.resolve_device(spec.device)
+        runner = self.farm._runner(device)
+        if self.handle.cancelled:
+            raise CancelledError("the job was cancelled")
+        self.info = info = self._inspect(runner.pool, blend_hash)
+        # what Blender itself reports missing after opening the file on a worker
+        self.files.check_missing(info.missing_files, seen=self.files.known_missing)
+        self.plan = plan = plan_job(spec, info, self.handle.job_id,
+                                    workers=runner.pool.shape.workers)
+        for note in plan.notes:
+            logger.info("%s", note)
+            self.emit("info", message=note)
+        for warning in plan.warnings:
+            self.warn(warning)
+        self.state = JobState(plan.tasks, spec.retries)
+        self.pool = runner.pool
+        self.assembler = Assembler(
+            job_id=self.handle.job_id, output=spec.output, plan=plan, info=info,
+            scratch=self.scratch, final_format=spec.output_format,
+            executor=self.farm._merger, finish=self._finish_on_worker,
+            on_merged=lambda frame, path: self.emit("frame_merged", frame=frame,
+                                                    data={"path": str(path)}),
+            on_error=self.abort, ended=lambda: self.handle.cancelled)
+        self.settings = RenderSettings(
+            blend_path=os.path.abspath(spec.blend_file), blend_hash=blend_hash,
+            scene=spec.scene if spec.scene is not None else info.scene,
+            samples=spec.samples, percentage=spec.percentage, device=device,
+            allow_scripts=spec.allow_scripts, compositing=plan.compositing,
+            threads=runner.pool.shape.threads, post_denoise=plan.post_denoise,
+            sample_chunks=plan.chunks > 1, post_composite=plan.post_composite,
+            allow_missing=spec.allow_missing, files=spec.files)
+        self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
+                                       "tiles": list(plan.tiles), "overscan": plan.overscan,
+                                       "chunks": plan.chunks,
+                                       "size": list(plan.size),
+                                       "canvas": [plan.canvas.x0, plan.canvas.y0,
+                                                  plan.canvas.x1, plan.canvas.y1]})
+        entries = Entries(self)
+        source = Source(key=blend_hash, next_task=entries.next_task, call=entries.call,
+                        done=entries.done, failed=entries.failed, requeue=entries.requeue,
+                        backup=entries.backup, pending=entries.pending,
+                        timeout=spec.task_timeout,
+                        priority=self.priority, cancelled=self.handle._cancel)
+        entries.source = source
+        if self.handle._priority_changed:
+            source.priority = self.handle._priority_changed[-1]
+        self.handle._source = source
+        if self.resume is not None:
+            self._take_resume(self.resume)
+        runner.add(source)
+        try:
+            self._wait(source, runner)
+        finally:
+            runner.remove(source)
+            if source.fault is None and self.fatal is not None:
+                source.fault = self.fatal  # a failed merge ended it: stop its running tasks
+        self.assembler.wait()  # errors are recorded in self.fatal
+        if self.handle.cancelled:
+            raise CancelledError("the job was cancelled; frames finished before that are kept")
+        if self.fatal is not None:
+            raise self.fatal
+        return JobResult(
+            job_id=self.handle.job_id, spec=spec, scene=info, frames=plan.frames,
+            outputs=dict(sorted(self.assembler.outputs.items())), tasks=tuple(self.results),
+            wall_seconds=time.monotonic() - start, device=device,
+            workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles)
+
+    def _wait(self, source: Source, runner: _PoolRunner) -> None:
+        """Wait until the job's tasks have ended, it is cancelled, or something stops it."""
+        while not self.ended.wait(0.1):
+            if self.handle.cancelled:
+                self.end("the job was cancelled")
+                return
+            if source.fault is not None:
+                fault = source.fault
+                if isinstance(fault, RenderFarmError):
+                    raise fault
+                raise JobFailedError(f"the job failed in its own code and was stopped "
+                                     f"(other jobs go on): {type(fault).__name__}: {fault}")
+            if self.farm.lost is not None:
+                raise self.farm.lost
+            if runner.error is not None:
+                if isinstance(runner.error, RenderFarmError):
+                    raise runner.error
+                raise JobFailedError(f"the dispatcher stopped: {runner.error}")
+
+    def _take_resume(self, resume: Resume) -> None:
+        """Mark what an earlier run finished as done; merge frames it left complete."""
+        assert self.state is not None and self.assembler is not None
+        index = {(e.task.frame, e.task.tile.index, e.task.chunk): i
+                 for i, e in self.state.entries.items()}
+        complete: set[int] = set()
+        for frame, path in resume.frames.items():
+            found = [i for (f, _t, _c), i in index.items() if f == frame]
+            if not found or not Path(path).is_file():
+                continue
+            for i in found:
+                self.state.succeeded(i)
+            self.assembler.kept(frame, Path(path))
+        for piece in resume.pieces:
+            members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
+            if (piece.frame in self.assembler.outputs or None in members
+                    or not Path(piece.path).is_file()):
+                continue
+            if any(self.state.entries[i].status is TaskStatus.DONE for i in members):
+                continue
+            if self.state.complete(members):
+                complete.add(piece.frame)
+            self.assembler.add(piece.frame, piece.chunk,
+                               Piece(Tile.from_dict(piece.tile), Path(piece.path)))
+        if resume.frames or resume.pieces:
+            self.emit("info", message=f"resumed: {self.assembler.frames_done} frame(s) and "
+                      f"{self.state.count(TaskStatus.DONE)} task(s) already done")
+        for frame in sorted(complete):
+            self.assembler.schedule(frame)
+        self.check_end()
+
+    def _inspect(self, pool: WorkerPool, blend_hash: str) -> SceneInfo:
+        import ray
+
+        assert self.files is not None
+        spec = self.spec
+        path = os.path.abspath(spec.blend_file)
+        for attempt in range(spec.retries + 2):
+            handle = pool.preferred(blend_hash)
+            try:
+                reply = ray.get(handle.actor.inspect.remote(
+                    path, blend_hash, spec.allow_scripts, spec.scene, self.files.ref))
+            except ray.exceptions.RayActorError:
+                logger.warning("worker %s died while opening %s (attempt %d)",
+                               handle.worker_id, path, attempt + 1)
+                pool.replace(handle.worker_id)  # the next try prefers a started worker
+                continue
+            if reply.get("need_blob"):
+                self.files.send_bytes()
+                continue
+            info = scene_info_from(reply)
+            handle.loaded = blend_hash
+            return info
+        raise BlendFileError("every worker that opened this file crashed; the file may be "
+                             "damaged: open and save it again in Blender",
+                             path=spec.blend_file, retryable=False)
+
+    def _finish_on_worker(self, payload: bytes, frame: int) -> bytes:
+        """Let a worker denoise, composite and/or convert a merged frame (merge threads)."""
+        import ray
+
+        assert self.files is not None and self.assembler is not None
+        final = self.assembler.final_format
+        for _attempt in range(self.spec.retries + 2):
+            handle = self.pool.preferred(self.settings.blend_hash)
+            try:
+                data = ray.get(handle.actor.finish.remote(
+                    self.settings.to_dict(), payload, final, FORMAT_EXTENSIONS[final],
+                    self.files.ref))
+            except ray.exceptions.RayActorError:
+                self.pool.replace(handle.worker_id)
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, RenderFarmError) else None
+                raise cause or MergeError(str(exc), frame=frame) from exc
+            if data is None:  # the worker cannot reach the job's files: send them
+                self.files.send_bytes()
+                continue
+            return data
+        raise MergeError("every worker died while finishing the frame", frame=frame)
+
+
+def _entry(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Guard a dispatcher entry point: an exception fails this job only (recorded as its
+    source's fault, which stops it), never the dispatcher or another job."""
+    name = method.__name__
+
+    def guarded(self: Entries, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            logger.warning("job %s: %s failed: %s", self.job.handle.job_id, name, exc)
+            if self.source is not None and self.source.fault is None:
+                self.source.fault = exc
+            return _ENTRY_FALLBACK.get(name)
+
+    guarded.__name__ = name
+    guarded.__doc__ = method.__doc__
+    return guarded
+
+
+#: what a failed entry point answers the dispatcher (the job is stopping)
+_ENTRY_FALLBACK: dict[str, Any] = {"next_task": None, "call": None, "done": True,
+                                   "backup": False, "pending": 0}
+
+
+class Entries:
+    """The dispatcher-facing entry points of one job (called on the dispatcher thread).
+
+    Each is guarded (:func:`_entry`); every decision (is a result late, a duplicate, does a
+    failure retry or stop the job) is the pure :class:`~renderfarm.state.JobState`'s.
+    """
+
+    def __init__(self, job: JobRun) -> None:
+        self.job = job
+        self.source: Source | None = None
+        assert job.state is not None and job.assembler is not None
+        self.state = job.state
+        self.assembler = job.assembler
+
+    @_entry
+    def next_task(self, worker: str, live: int) -> Task | None:
+        """The job's next task for a free worker, or None."""
+        job = self.job
+        faults.fire("driver.next_task", job_id=job.handle.job_id)
+        if job.ended.is_set() or job.handle.paused:
+            return None
+        with job.lock:
+            return self.state.next_for(worker, live, group=job.spec.group_tiles)
+
+    @_entry
+    def call(self, handle: WorkerHandle, task: Task) -> Any:
+        """Start ``task`` on a worker; returns the reference of its result."""
+        job = self.job
+        assert job.files is not None
+        faults.fire("driver.call", job_id=job.handle.job_id, frame=task.frame)
+        attempt = self.state.entries[task.index].attempts
+        job.emit("task_started", frame=task.frame, tile=task.tile.index,
+                 data={"worker": handle.worker_id, "attempt": attempt,
+                       "tiles": self.tiles(task)})
+        return handle.actor.render.remote(job.settings.to_dict(), self.assembler.piece_format,
+                                          task.to_dict(), attempt, job.files.ref)
+
+    @_entry
+    def done(self, handle: WorkerHandle, task: Task, value: Any) -> bool:
+        """A worker's reply for ``task``: keep the piece (or hand a failure on)."""
+        job = self.job
+        faults.fire("driver.done", job_id=job.handle.job_id, frame=task.frame)
+        with job.lock:
+            if job.handle.cancelled:
+                self.state.end("the job was cancelled")
+            verdict = self.state.on_result(task.members)
+            if verdict is Verdict.LATE:  # its files may be gone: drop, count
+                job.late_results += 1
+            elif verdict is Verdict.DUPLICATE:  # a straggler's backup finished first
+                job.duplicates += 1
+        if verdict is Verdict.LATE:
+            logger.info("job %s: result of %s arrived after the job ended; dropped",
+                        job.handle.job_id, task.task_id)
+        if verdict is not Verdict.ACCEPT:
+            return True
+        reply, data = value
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            if error.get("need_blob"):
+                assert job.files is not None
+                job.files.send_bytes()
+                self.requeue(task)
+                return True
+            self.failed(handle, task, error_from(error), reply)
+            return True
+        path = self.assembler.piece_path(task)
+        try:
+            faults.fire("driver.store_piece", job_id=job.handle.job_id, frame=task.frame)
+            path.write_bytes(data)
+        except OSError as exc:
+            raise OutputError(f"cannot store a finished piece where the farm keeps pieces "
+                              f"({exc.strerror}); free space there (pieces stored so far are "
+                              "kept)", path=str(path), frame=task.frame) from exc
+        if job.on_piece is not None:  # the piece is on disk: a failing hook fails the job
+            job.on_piece(task, path)
+        job.results.append(TaskResult.from_dict(reply))
+        self.assembler.add(task.frame, task.chunk, Piece(task.tile, path))
+        with job.lock:
+            frame_complete = self.state.complete(task.members)
+        job.emit("task_done", frame=task.frame, tile=task.tile.index,
+                 data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},
+                       "tiles": self.tiles(task),
+                       "piece": {"path": str(path), "chunk": task.chunk,
+                                 "tile": task.tile.to_dict(), "size": list(task.size)}})
+        if frame_complete:
+            self.assembler.schedule(task.frame)
+        job.check_end()
+        return True
+
+    @_entry
+    def failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,
+               reply: dict[str, Any] | None = None) -> None:
+        """An attempt of ``task`` failed: retry it, or fail it (and maybe the job)."""
+        job = self.job
+        faults.fire("driver.failed", job_id=job.handle.job_id, frame=task.frame)
+        if error.frame is None:
+            error.frame = task.frame
+        with job.lock:
+            outcome = self.state.on_failure(task.members, error.one_line(), error.retryable,
+                                            cancelled=isinstance(error, CancelledError))
+        if outcome is Failure.IGNORED:  # the job ended, or another copy finished
+            return
+        if reply is not None:
+            job.results.append(TaskResult.from_dict({**reply, "ok": False,
+                                                     "error": error.to_dict()}))
+        if outcome is Failure.RETRY:
+            job.emit("task_retry", frame=task.frame, tile=task.tile.index,
+                     message=error.one_line())
+        else:
+            job.emit("task_failed", frame=task.frame, tile=task.tile.index,
+                     message=error.one_line())
+            if job.fatal is None and not isinstance(error, CancelledError):
+                job.fatal = error
+        job.check_end()
+
+    @_entry
+    def requeue(self, task: Task) -> None:
+        """Put ``task`` back without counting the attempt (its worker could not start it)."""
+        faults.fire("driver.requeue", job_id=self.job.handle.job_id, frame=task.frame)
+        with self.job.lock:
+            for index in task.members:
+                self.state.requeue(index)
+
+    @_entry
+    def backup(self, task: Task) -> bool:
+        """Whether a lagging task may get a backup copy (once; not when paused or ended)."""
+        if self.job.ended.is_set() or self.job.handle.paused:
+            return False
+        with self.job.lock:
+            return self.state.may_backup(task.members)
+
+    @_entry
+    def pending(self) -> int:
+        """Tasks of the job waiting for a worker."""
+        with self.job.lock:
+            return self.state.count(TaskStatus.PENDING)
+
+    def tiles(self, task: Task) -> list[int]:
+        """The grid tiles a task renders (several when neighbouring tiles were grouped)."""
+        return [self.state.entries[i].task.tile.index for i in task.members]
