@@ -335,15 +335,19 @@ class FarmClient:
         folder.mkdir(parents=True, exist_ok=True)
         offset, size, name = 0, None, None
         tmp = folder / f".{job_id}-{frame}.part"
-        with open(tmp, "wb") as handle:
-            while size is None or offset < size:
-                reply, data = self.request("fetch", job_id=job_id, frame=frame, offset=offset,
-                                           length=0)
-                size, name = reply["size"], reply["name"]
-                handle.write(data or b"")
-                offset += len(data or b"")
-                if not data and offset < size:
-                    raise ServiceError("the farm sent an empty chunk", kind="failed")
+        try:
+            with open(tmp, "wb") as handle:
+                while size is None or offset < size:
+                    reply, data = self.request("fetch", job_id=job_id, frame=frame,
+                                               offset=offset, length=0)
+                    size, name = reply["size"], reply["name"]
+                    handle.write(data or b"")
+                    offset += len(data or b"")
+                    if not data and offset < size:
+                        raise ServiceError("the farm sent an empty chunk", kind="failed")
+        except BaseException:  # nothing half-downloaded is left in the folder
+            tmp.unlink(missing_ok=True)
+            raise
         target = folder / plain_name(name)
         os.replace(tmp, target)
         return target
@@ -371,9 +375,12 @@ class FarmClient:
             secure_client(sub, self._server_key, self._client_key)
             sub.connect(f"{base}:{port}")
             self._sub = sub
-        topics = [protocol.event_topic("job", job_id or "")]
+        # topics are KIND.OWNER.JOB: the farm honours only this client's own (admins: any)
+        you = str(self.hello().get("you") or "local")
+        owner = str(self.status(job_id).get("owner") or you) if job_id else you
+        topics = [protocol.event_topic("job", owner, job_id or "")]
         if previews:
-            topics.append(protocol.event_topic("preview", job_id or ""))
+            topics.append(protocol.event_topic("preview", owner, job_id or ""))
         for topic in topics:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
 

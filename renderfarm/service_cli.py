@@ -42,6 +42,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                        "(default ./farm-state)")
     serve.add_argument("--server-key", help="the service's secret key file (.key_secret)")
     serve.add_argument("--clients", help="folder of the allowed clients' public keys (*.key)")
+    serve.add_argument("--admins", help="folder of admins' public keys (*.key): they see and "
+                       "act on every job (a client sees only its own)")
+    serve.add_argument("--requests-per-second", type=float, default=200.0,
+                       help="requests a client may send per second, bursts of twice as many "
+                       "(0: no limit; default 200)")
     serve.add_argument("--insecure-loopback", action="store_true",
                        help="run without keys (only on loopback addresses)")
     serve.add_argument("--workers", type=int, help="workers in the pool")
@@ -153,6 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
         bind=args.bind, publish=args.publish, address=args.address, storage=args.storage,
         state=Path(args.state), server_key=server_key,
         clients=Path(args.clients) if args.clients else None,
+        admins=Path(args.admins) if args.admins else None,
+        requests_per_second=args.requests_per_second,
         insecure_loopback=args.insecure_loopback, workers=args.workers,
         max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http,
         max_bundle_bytes=int(args.max_bundle_gb * 1024**3))

@@ -59,3 +59,42 @@ def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, 
     assert page.count("<li>web_000") == 2
     missing = dom(f"{http}/job/no-such-job", tmp_path / "profile")
     assert "no job 'no-such-job'" in missing
+
+
+def test_status_page_serves_job_ids_only_and_bounds_its_connections(
+        farm_server: ServerProcess, tmp_path: Path) -> None:
+    """Paths other than the page's own (traversal, absolute paths, dot names) get 404; a
+    silent connection is closed after its timeout; the page refuses a non-loopback address
+    (it has no login yet)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port_pair
+
+    http = farm_server.http  # type: ignore[attr-defined]
+    outside = farm_server.state.parent / "preview.png"
+    outside.write_bytes(b"not for the page")
+    for path in ("/preview/../../../x.png", "/preview//abs/path.png", "/preview/...png",
+                 "/preview/..png", "/job/../farm.db", "/api/job/..", "/job/a/b"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(http + path, timeout=5)
+        assert info.value.code == 404, path
+        assert b"not for the page" not in info.value.read()
+    assert urllib.request.urlopen(http + "/api/jobs", timeout=5).status == 200
+    # a half-sent request is dropped after the page's timeout, and the page goes on
+    idle = socket.create_connection(("127.0.0.1", int(http.rsplit(":", 1)[1])), timeout=30)
+    idle.sendall(b"GET / HTTP/1.1\r\n")
+    started = time.monotonic()
+    assert idle.recv(1024) == b"" and time.monotonic() - started < 25
+    idle.close()
+    assert urllib.request.urlopen(http + "/", timeout=5).status == 200
+    proc = subprocess.run(
+        [sys.executable, "-m", "renderfarm", "serve", "--insecure-loopback", "--bind",
+         f"tcp://127.0.0.1:{free_port_pair()}", "--state", str(tmp_path / "s"), "--http",
+         "0.0.0.0:8123"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "serves loopback only" in proc.stderr and "0.0.0.0:8123" in proc.stderr

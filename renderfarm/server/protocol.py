@@ -33,7 +33,9 @@ STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # never "." or ".."
+#: a job id, as the service makes them and accepts them
+JOB_ID = _JOB_ID
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,8 @@ def parse_reply(frames: Sequence[bytes]) -> tuple[dict[str, Any], bytes | None]:
     return header, (bytes(frames[1]) if len(frames) > 1 else None)
 
 
-def event_topic(kind: str, job_id: str) -> bytes:
-    """The PUB topic of a job's events (``job``) or previews (``preview``)."""
-    return f"{kind}.{job_id}".encode()
+def event_topic(kind: str, owner: str, job_id: str = "") -> bytes:
+    """The PUB topic of a job's events (``job``) or previews (``preview``):
+    ``KIND.OWNER.JOB_ID``; ``KIND.OWNER.`` (no job) covers every job of the owner. The
+    service honours a subscription only to the caller's own topics (admins: any)."""
+    return f"{kind}.{owner}.{job_id}".encode()

@@ -35,10 +35,14 @@ from renderfarm.errors import ProtocolError, RenderFarmError, ServiceError
 from renderfarm.events import Event
 from renderfarm.job import JobSpec, Rect, Task, Tile
 from renderfarm.server import protocol
+from renderfarm.server.keyring import LOCAL, Caller
 from renderfarm.server.store import JobRow, Store
 from renderfarm.server.transport import KeyPair, ServerSockets, bind_server
 
 logger = logging.getLogger(__name__)
+
+#: requests that change state: each is recorded, with its caller, in the audit table
+AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority")
 
 #: spec fields a client may set (the service chooses the file and the output folder)
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
@@ -57,7 +61,9 @@ class ServiceConfig:
         storage: a folder or ``s3://bucket/prefix`` for uploads and finished frames.
         state: the folder of the database and of pieces in flight.
         server_key: the service's key pair (None: no CURVE, loopback only).
-        clients: the folder of allowed clients' public keys.
+        clients: the folder of allowed clients' public keys (``alice.key`` is ``alice``);
+            read again whenever it changes.
+        admins: the folder of admins' public keys: they see and act on every job.
         insecure_loopback: allow running without keys on loopback.
         workers: workers in the pool (None: the farm's default).
         max_running: jobs started at once (they share the workers by priority).
@@ -65,6 +71,8 @@ class ServiceConfig:
         max_message: the largest request accepted, in bytes.
         http: ``host:port`` of the read-only status page, or None.
         max_bundle_bytes: the largest bundle (a job's files) accepted.
+        requests_per_second: requests a client may send per second (bursts of twice as
+            many); 0 for no limit.
         health_every: seconds between checks of the Ray cluster's health (GCS, raylet);
             a failed cluster is restarted (the embedded Ray) or reconnected, and its jobs
             resume from the database.
@@ -77,6 +85,7 @@ class ServiceConfig:
     state: Path = Path("farm-state")
     server_key: KeyPair | None = None
     clients: Path | None = None
+    admins: Path | None = None
     insecure_loopback: bool = False
     workers: int | None = None
     max_running: int = 4
@@ -85,6 +94,7 @@ class ServiceConfig:
     http: str | None = None
     max_bundle_bytes: int = MAX_BUNDLE_BYTES
     health_every: float = 1.0
+    requests_per_second: float = 200.0
 
 
 @dataclass
@@ -92,6 +102,8 @@ class _Live:
     """A job running in the farm."""
 
     handle: Any
+    #: the job's owner (its client's name): its events go to the owner's topics
+    owner: str = LOCAL
     #: its farm was lost (Ray failed): nothing it says any more is recorded
     stale: bool = False
     canvas: Rect | None = None
@@ -123,13 +135,15 @@ class FarmService:
         self.store = Store(self.state_dir / "farm.db")
         self.sockets: ServerSockets = bind_server(
             config.bind, config.publish, config.server_key, config.clients,
-            config.insecure_loopback, config.max_message)
+            config.insecure_loopback, config.max_message, config.admins)
         self._farm = farm
         self._owns_farm = farm is None
         self._live: dict[str, _Live] = {}
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        #: each client's request bucket: (tokens, when)
+        self._buckets: dict[str, tuple[float, float]] = {}
         #: held while jobs start on the farm, and while a failed farm is replaced
         self._farm_lock = threading.Lock()
         self._http: Any = None
@@ -255,11 +269,14 @@ class FarmService:
             ready.set()
         poller = zmq.Poller()
         poller.register(self.sockets.router, zmq.POLLIN)
+        poller.register(self.sockets.pub, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 for sock, _ in poller.poll(50):
                     if sock is self.sockets.router:
                         self._receive()
+                    elif sock is self.sockets.pub:
+                        self._subscriptions()
                 self._publish()
                 if self.farm_state == "ok":
                     self._schedule()
@@ -293,12 +310,12 @@ class FarmService:
 
         while True:
             try:
-                frames = self.sockets.router.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = self.sockets.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity, body = frames[0], frames[1:]
+            identity, body = frames[0].bytes, [f.bytes for f in frames[1:]]
             try:
-                reply = self._answer(body, identity)
+                reply = self._answer(body, self._caller(frames[-1]))
             except Exception:  # even the error reply failed: a fixed one, and go on
                 logger.exception("a request could not be answered")
                 reply = [protocol.reply_error(None, "internal", "the request could not be "
@@ -308,28 +325,115 @@ class FarmService:
             except zmq.ZMQError as exc:  # the client went away: nothing to do
                 logger.debug("reply dropped: %s", exc)
 
-    def _answer(self, body: list[bytes], identity: bytes) -> list[bytes]:
+    def _caller(self, frame: Any) -> Caller | str:
+        """Who sent a message (its key's name, from the secure handshake), or why the
+        sender is not allowed any more."""
+        keyring = self.sockets.keyring
+        if keyring is None:  # no keys: every caller is this machine's (loopback only)
+            return Caller(LOCAL, admin=True)
+        try:
+            name = frame.get("User-Id")
+        except Exception:  # no handshake metadata: not a keyed connection
+            name = None
+        caller = keyring.by_name(name) if name else None
+        if caller is None:
+            return ("this client's key is no longer allowed by the farm (it was removed from "
+                    "the service's --clients); ask the farm's administrator")
+        return caller
+
+    def _answer(self, body: list[bytes], caller: Caller | str) -> list[bytes]:
         request_id = None
+        request = None
         try:
             request = protocol.parse_request(body, self.config.max_message)
             request_id = request.id
+            if isinstance(caller, str):
+                raise ServiceError(caller, kind="refused")
+            self._limit_rate(caller)
             handler = getattr(self, f"_op_{request.op}")
-            result = handler(request, identity)
+            result = handler(request, caller)
+            self._audit(caller, request, None, result)
             if isinstance(result, tuple):
                 fields, data = result
                 return [protocol.reply_ok(request_id, **fields), data]
             return [protocol.reply_ok(request_id, **result)]
         except ProtocolError as exc:
             logger.info("bad request: %s", exc.message)
+            self._audit(caller, request, exc)
             return [protocol.reply_error(exc.request_id, exc.kind, exc.message)]
         except ServiceError as exc:
+            self._audit(caller, request, exc)
             return [protocol.reply_error(request_id, exc.kind, exc.one_line())]
         except RenderFarmError as exc:
+            self._audit(caller, request, exc)
             return [protocol.reply_error(request_id, "bad_input", exc.one_line())]
         except Exception as exc:  # never let one request take the service down
             logger.exception("request failed")
             return [protocol.reply_error(request_id, "internal",
                                          f"internal error: {type(exc).__name__}: {exc}")]
+
+    def _audit(self, caller: Caller | str, request: protocol.Request | None,
+               error: RenderFarmError | None, result: Any = None) -> None:
+        """Record a state-changing request (or an attempt at one) with its caller."""
+        if request is None or request.op not in AUDITED:
+            return
+        if request.op == "upload" and error is None and not (
+                isinstance(result, dict) and result.get("complete")):
+            return  # one row per uploaded file, not per chunk
+        name = caller.name if isinstance(caller, Caller) else "(removed key)"
+        job_id = request.fields.get("job_id")
+        if job_id is None and isinstance(result, dict):
+            job_id = result.get("job_id")
+        detail = request.fields.get("sha256") if request.op == "upload" else None
+        if error is not None:
+            detail = error.one_line()[:500]
+        try:
+            self.store.audit(name, request.op, job_id, error is None, detail)
+        except Exception:  # the audit must not take the request down
+            logger.exception("cannot record %s by %s in the audit table", request.op, name)
+
+    def _limit_rate(self, caller: Caller) -> None:
+        """Refuse a caller's request over its rate (a token bucket per client)."""
+        import time
+
+        rate = self.config.requests_per_second
+        if not rate:
+            return
+        now = time.monotonic()
+        tokens, then = self._buckets.get(caller.name, (2.0 * rate, now))
+        tokens = min(2.0 * rate, tokens + (now - then) * rate)
+        if tokens < 1.0:
+            self._buckets[caller.name] = (tokens, now)
+            raise ServiceError(f"too many requests from {caller.name}: the farm allows "
+                               f"{rate:g} per second per client (serve "
+                               "--requests-per-second); slow down and try again",
+                               kind="rate_limited")
+        self._buckets[caller.name] = (tokens - 1.0, now)
+
+    def _subscriptions(self) -> None:
+        """Honour each subscription to events only for the caller's own jobs (admins:
+        any); the XPUB is in manual mode, so a refused topic delivers nothing."""
+        import zmq
+
+        pub = self.sockets.pub
+        while True:
+            try:
+                frame = pub.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            message = frame.bytes
+            if not message or message[0] not in (0, 1):
+                continue
+            topic = message[1:]
+            caller = self._caller(frame)
+            if not isinstance(caller, Caller):
+                continue
+            own = tuple(f"{kind}.{caller.name}.".encode() for kind in ("job", "preview"))
+            if not (caller.admin or topic.startswith(own)):
+                logger.info("subscription of %s to %r refused: not its jobs", caller.name,
+                            topic[:80])
+                continue
+            pub.setsockopt(zmq.SUBSCRIBE if message[0] == 1 else zmq.UNSUBSCRIBE, topic)
 
     def _publish(self) -> None:
         import zmq
@@ -351,13 +455,13 @@ class FarmService:
             live = self._live.get(job_id)
         return live.handle if live is not None else None
 
-    def _op_hello(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+    def _op_hello(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         port = self.sockets.publish.rsplit(":", 1)[-1]
         return {"server": __version__, "protocol": protocol.VERSION,
                 "publish_port": int(port) if port.isdigit() else None,
                 "max_message": self.config.max_message, "chunk": protocol.CHUNK,
                 "permit_scripts": self.config.permit_scripts, "http": self.http_address,
-                **self._farm_status()}
+                "you": caller.name, "admin": caller.admin, **self._farm_status()}
 
     def _farm_status(self) -> dict[str, Any]:
         """The farm's own state, sent with every job's status: ``farm`` is ``ok`` or
@@ -367,18 +471,18 @@ class FarmService:
             status["farm_reason"] = self.recovery_reason
         return status
 
-    def _upload_part(self, sha: str, identity: bytes) -> Path:
+    def _upload_part(self, sha: str, caller: Caller) -> Path:
         # one part per client: another client sending the same content cannot reset it
-        return self.state_dir / "uploads" / f"{sha}.{identity.hex()[:32]}.part"
+        return self.state_dir / "uploads" / f"{sha}.{caller.name}.part"
 
-    def _op_upload(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+    def _op_upload(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         from renderfarm.executor import file_hash
 
         sha, offset, total = (request.fields[k] for k in ("sha256", "offset", "total"))
         key = storage_key(sha)
         if self.storage.exists(key):
             return {"received": total, "complete": True}
-        part = self._upload_part(sha, identity)
+        part = self._upload_part(sha, caller)
         part.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.exists() else 0
         data = request.data or b""
@@ -405,7 +509,7 @@ class FarmService:
         part.unlink(missing_ok=True)
         return {"received": received, "complete": True}
 
-    def _op_have(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+    def _op_have(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         hashes = sorted(set(request.fields["hashes"]))
         return {"missing": [h for h in hashes if not self.storage.exists(storage_key(h))]}
 
@@ -442,7 +546,7 @@ class FarmService:
                                    "says", kind="bad_bundle")
         return manifest
 
-    def _op_submit(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+    def _op_submit(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         from renderfarm.executor import new_job_id
         from renderfarm.farm import check_spec
 
@@ -476,22 +580,34 @@ class FarmService:
                                 request_id=request.id) from exc
         name = spec.name or Path(fields["filename"]).stem
         row = self.store.add_job(job_id, name, spec.to_dict(), fields.get("priority", 0),
-                                 identity.hex())
+                                 caller.name)
         logger.info("job %s queued: %s, priority %d", job_id, name, row.priority)
         self._event(Event("job_queued", job_id, message=f"{name} queued"), row)
         return {"job_id": job_id, "job": row.to_dict()}
 
-    def _op_status(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
-        row = self.store.job(request.fields["job_id"])
+    def _own(self, caller: Caller, job_id: str) -> JobRow:
+        """The job, when the caller may see and act on it (its owner, or an admin); to
+        anyone else it does not exist."""
+        try:
+            row = self.store.job(job_id)
+        except ServiceError:
+            row = None
+        if row is None or not caller.may_see(row.client or ""):
+            raise ServiceError(f"no job {job_id!r} of yours on this farm", kind="not_found")
+        return row
+
+    def _op_status(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        row = self._own(caller, request.fields["job_id"])
         return {"job": {**row.to_dict(), "outputs": self._outputs(row), **self._farm_status()}}
 
-    def _op_list(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
+    def _op_list(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         farm = self._farm_status()
         return {"jobs": [{**j.to_dict(), **farm}
-                         for j in self.store.jobs(request.fields.get("states"))]}
+                         for j in self.store.jobs(request.fields.get("states"))
+                         if caller.may_see(j.client or "")]}
 
-    def _op_cancel(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
-        job_id = request.fields["job_id"]
+    def _op_cancel(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        job_id = self._own(caller, request.fields["job_id"]).id
         row = self.store.act(job_id, "cancel", error="cancelled by a client")
         handle = self._handle(job_id)
         if handle is not None:
@@ -499,8 +615,8 @@ class FarmService:
         self._event(Event("job_cancelled", job_id, message="cancelled by a client"), row)
         return {"job": row.to_dict()}
 
-    def _op_pause(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
-        job_id = request.fields["job_id"]
+    def _op_pause(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        job_id = self._own(caller, request.fields["job_id"]).id
         row = self.store.act(job_id, "pause")
         handle = self._handle(job_id)
         if handle is not None:
@@ -508,8 +624,8 @@ class FarmService:
         self._event(Event("job_paused", job_id), row)
         return {"job": row.to_dict()}
 
-    def _op_resume(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
-        job_id = request.fields["job_id"]
+    def _op_resume(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        job_id = self._own(caller, request.fields["job_id"]).id
         row = self.store.act(job_id, "resume")
         handle = self._handle(job_id)
         if handle is not None:
@@ -518,8 +634,9 @@ class FarmService:
         self._event(Event("job_resumed", job_id), row)
         return {"job": row.to_dict()}
 
-    def _op_priority(self, request: protocol.Request, identity: bytes) -> dict[str, Any]:
-        job_id, priority = request.fields["job_id"], request.fields["priority"]
+    def _op_priority(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        job_id = self._own(caller, request.fields["job_id"]).id
+        priority = request.fields["priority"]
         row = self.store.set_priority(job_id, priority)
         handle = self._handle(job_id)
         if handle is not None:
@@ -527,9 +644,9 @@ class FarmService:
         return {"job": row.to_dict()}
 
     def _op_fetch(self, request: protocol.Request,
-                  identity: bytes) -> tuple[dict[str, Any], bytes]:
+                  caller: Caller) -> tuple[dict[str, Any], bytes]:
         job_id, frame = request.fields["job_id"], request.fields["frame"]
-        row = self.store.job(job_id)
+        row = self._own(caller, job_id)
         frames = self.store.frames(job_id)
         if frame not in frames:
             raise ServiceError(f"job {job_id} has no finished frame {frame} (finished: "
@@ -593,7 +710,7 @@ class FarmService:
             row = self.store.act(job.id, "fail", error=exc.one_line())
             self._event(Event("job_failed", job.id, message=exc.one_line()), row)
             return
-        live = _Live(handle)
+        live = _Live(handle, owner=job.client or LOCAL)
         with self._lock:
             self._live[job.id] = live
         threading.Thread(target=self._watch, args=(job.id, live), daemon=True,
@@ -699,7 +816,8 @@ class FarmService:
             return
         self._keep_frame_preview(live, frame, preview)
         header = {"job_id": job_id, "frame": frame, "tile": tile.index, **preview.header()}
-        self._outbox.put([protocol.event_topic("preview", job_id), protocol.encode(header),
+        self._outbox.put([protocol.event_topic("preview", live.owner, job_id),
+                          protocol.encode(header),
                           zlib.compress(preview.rgba, 6)])
 
     def _keep_frame_preview(self, live: _Live, frame: int, preview: Any) -> None:
@@ -720,7 +838,8 @@ class FarmService:
         if not event.tasks_total:
             message.update(tasks_done=row.tasks_done, tasks_total=row.tasks_total,
                            frames_done=row.frames_done, frames_total=row.frames_total)
-        self._outbox.put([protocol.event_topic("job", event.job_id), protocol.encode(message)])
+        self._outbox.put([protocol.event_topic("job", row.client or LOCAL, event.job_id),
+                          protocol.encode(message)])
 
     # -- status page -------------------------------------------------------------------------
     def preview_png(self, job_id: str) -> bytes | None:

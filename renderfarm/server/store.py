@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS frames (
     path TEXT NOT NULL,
     PRIMARY KEY (job_id, frame)
 );
+CREATE TABLE IF NOT EXISTS audit (
+    at REAL NOT NULL,
+    client TEXT NOT NULL,
+    op TEXT NOT NULL,
+    job_id TEXT,
+    ok INTEGER NOT NULL,
+    detail TEXT
+);
 CREATE TABLE IF NOT EXISTS runs (
     job_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
@@ -142,6 +150,7 @@ class JobRow:
             "frames_done": self.frames_done, "frames_total": self.frames_total,
             "warnings": list(self.warnings), "plan": self.plan,
             "frames": self.spec.get("frames"), "output": Path(self.spec["output"]).name,
+            "owner": self.client,
         }
 
 
@@ -232,6 +241,15 @@ class Store:
         self._run("UPDATE jobs SET tasks_done = ?, tasks_total = ?, frames_done = ?, "
                   "frames_total = ? WHERE id = ?",
                   (tasks_done, tasks_total, frames_done, frames_total, job_id))
+
+    def audit(self, client: str, op: str, job_id: str | None, ok: bool,
+              detail: str | None = None) -> None:
+        """Record a state-changing request: who, what, on which job, whether it was done
+        (and why not)."""
+        with self._lock:
+            self._db.execute("INSERT INTO audit (at, client, op, job_id, ok, detail) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (time.time(), client, op, job_id, int(ok), detail))
 
     def add_warning(self, job_id: str, warning: str) -> None:
         """Record a warning of a job."""

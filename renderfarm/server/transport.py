@@ -118,9 +118,12 @@ class ServerSockets:
 
     Attributes:
         router: requests in, replies out.
-        pub: events out.
+        pub: events out (an XPUB in manual mode: the service decides which subscriptions
+            it honours, so a client receives only its own jobs' events).
         endpoint: the ROUTER's bound address (the port resolved).
         publish: the PUB's bound address.
+        authenticator: the ZAP handler (None without keys).
+        keyring: the allowed clients and admins (None without keys).
     """
 
     context: Any
@@ -129,6 +132,7 @@ class ServerSockets:
     endpoint: str
     publish: str
     authenticator: Any = None
+    keyring: Any = None
 
     def close(self) -> None:
         """Close the sockets and stop authentication."""
@@ -138,16 +142,35 @@ class ServerSockets:
             self.authenticator.stop()
 
 
+def _named_authenticator(context: Any, keyring: Any) -> Any:
+    """A ZAP handler that accepts the keyring's keys (read again as they change) and names
+    each connection by its key file (the ``User-Id`` of every message it sends)."""
+    from zmq.auth.thread import ThreadAuthenticator
+    from zmq.utils import z85
+
+    class NamedAuthenticator(ThreadAuthenticator):
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            caller = keyring.by_key(z85.encode(client_public_key))
+            return caller.name if caller is not None else ""
+
+    authenticator = NamedAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
+    authenticator.start()
+    authenticator.configure_curve_callback(domain="*", credentials_provider=keyring)
+    return authenticator
+
+
 def bind_server(bind: str, publish: str | None, server_key: KeyPair | None,
                 clients: Path | None, insecure_loopback: bool,
-                max_message: int) -> ServerSockets:
+                max_message: int, admins: Path | None = None) -> ServerSockets:
     """Bind the service's sockets.
 
     Args:
         bind: the ROUTER address (``tcp://0.0.0.0:5555``).
         publish: the PUB address (default: port + 1).
         server_key: the service's key pair; None runs without CURVE.
-        clients: the folder of allowed clients' public keys (``*.key``).
+        clients: the folder of allowed clients' public keys (``*.key``); each is named by
+            its file (``alice.key`` is the client ``alice``).
+        admins: the folder of admins' public keys (they see and act on every job).
         insecure_loopback: allow running without keys (loopback addresses only).
         max_message: messages bigger than twice this are dropped by ZeroMQ itself (the
             service refuses anything above it with an error reply).
@@ -174,18 +197,22 @@ def bind_server(bind: str, publish: str | None, server_key: KeyPair | None,
                          "(*.key)", path=str(clients) if clients else None)
     if server_key is not None and not server_key.secret:
         raise InputError("--server-key must be the service's secret key file (.key_secret)")
+    if admins is not None and (server_key is None or not admins.is_dir()):
+        raise InputError("--admins must be a folder of admins' public keys (*.key), with "
+                         "--server-key and --clients", path=str(admins))
     context = zmq.Context.instance()
-    authenticator = None
+    authenticator = keyring = None
     if server_key is not None:
-        from zmq.auth.thread import ThreadAuthenticator
+        from renderfarm.server.keyring import KeyRing
 
-        authenticator = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
-        authenticator.start()
-        authenticator.configure_curve(domain="*", location=str(clients))
-        allowed = sorted(p.name for p in clients.glob("*.key"))  # type: ignore[union-attr]
+        assert clients is not None
+        keyring = KeyRing(clients, admins)
+        authenticator = _named_authenticator(context, keyring)
+        allowed = keyring.names()
         logger.info("accepting %d client key(s): %s", len(allowed), ", ".join(allowed))
     router = context.socket(zmq.ROUTER)
-    pub = context.socket(zmq.PUB)
+    pub = context.socket(zmq.XPUB)
+    pub.setsockopt(zmq.XPUB_MANUAL, 1)  # the service honours only a caller's own topics
     for sock in (router, pub):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message)
@@ -207,7 +234,7 @@ def bind_server(bind: str, publish: str | None, server_key: KeyPair | None,
                          "service running there? choose another --bind") from exc
     return ServerSockets(context, router, pub,
                          router.getsockopt(zmq.LAST_ENDPOINT).decode(),
-                         pub.getsockopt(zmq.LAST_ENDPOINT).decode(), authenticator)
+                         pub.getsockopt(zmq.LAST_ENDPOINT).decode(), authenticator, keyring)
 
 
 def secure_client(sock: Any, server_key: str | None, client_key: KeyPair | None) -> None:

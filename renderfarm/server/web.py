@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from renderfarm.errors import InputError, ServiceError
+from renderfarm.server.protocol import JOB_ID
+
+#: connections served at once (more are closed); seconds a silent connection is kept
+MAX_CONNECTIONS = 64
+TIMEOUT = 10.0
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
         path = self.path.split("?", 1)[0]
         service = self.service
+        if not _known_path(path):  # the page's own paths, with a job id, and nothing else
+            self._send(404, b"not found", "text/plain")
+            return
         try:
             if path == "/":
                 self._send(200, jobs_page(service), "text/html; charset=utf-8")
@@ -138,20 +146,63 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, b"internal error", "text/plain")
 
 
+def _known_path(path: str) -> bool:
+    """Whether ``path`` is one of the page's: ``/``, ``/api/jobs``, or ``/job/ID``,
+    ``/api/job/ID``, ``/preview/ID.png`` with a valid job id (never a dot name or a
+    folder)."""
+    if path in ("/", "/api/jobs"):
+        return True
+    for prefix, suffix in (("/job/", ""), ("/api/job/", ""), ("/preview/", ".png")):
+        if path.startswith(prefix) and path.endswith(suffix):
+            job = path[len(prefix):len(path) - len(suffix)]
+            return bool(JOB_ID.match(job))
+    return False
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most :data:`MAX_CONNECTIONS` at once (more are closed at
+    once); each connection times out after :data:`TIMEOUT` seconds of silence."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def start_status_page(service: Any, address: str) -> ThreadingHTTPServer:
     """Serve the status page of ``service`` on ``host:port`` in a thread.
 
+    The page has no login yet, so it serves loopback addresses only (reach it from another
+    machine through an SSH tunnel).
+
     Raises:
-        InputError: the address is malformed or in use.
+        InputError: the address is malformed, not loopback, or in use.
     """
     host, _, port = address.rpartition(":")
     if not port.isdigit():
         raise InputError(f"--http wants HOST:PORT, not {address!r}")
-    handler = type("Handler", (_Handler,), {"service": service})
+    host = host.strip("[]") or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise InputError(f"--http {address}: the status page shows every job and has no login "
+                         "yet, so it serves loopback only: use 127.0.0.1:PORT and an SSH "
+                         "tunnel (ssh -L PORT:127.0.0.1:PORT head) to see it from elsewhere")
+    handler = type("Handler", (_Handler,), {"service": service, "timeout": TIMEOUT})
     try:
-        server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
+        server = _BoundedServer((host, int(port)), handler)
     except OSError as exc:
         raise InputError(f"cannot serve the status page on {address} ({exc.strerror})") from exc
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="renderfarm-http", daemon=True).start()
     return server

@@ -1,0 +1,143 @@
+"""A farm many people share: a client is its CurveZMQ key (named by its key file); jobs and
+their events belong to their owner; admins see everything; keys added or removed in
+``--clients`` take effect without a restart; every state-changing request is audited.
+A real keyed ``renderfarm serve`` on loopback, three keys."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from renderfarm.errors import ServiceError
+from tests.conftest import ServerProcess, run_python
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's key, clients alice and bob (and ``client``, which the fixture's readiness
+    probe uses), admin wrangler, and carol (not yet allowed)."""
+    folder = tmp_path_factory.mktemp("people")
+    for name in ("server", "client", "alice", "bob", "wrangler", "carol"):
+        run_python("-m", "renderfarm", "keys", str(folder), "--name", name)
+    (folder / "clients").mkdir()
+    (folder / "admins").mkdir()
+    for name in ("client", "alice", "bob"):
+        shutil.copy(folder / f"{name}.key", folder / "clients" / f"{name}.key")
+    shutil.copy(folder / "wrangler.key", folder / "admins" / "wrangler.key")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[ServerProcess]:
+    state = tmp_path_factory.mktemp("shared-farm") / "state"
+    proc = ServerProcess(state, keys, "--workers", "1", "--admins", str(keys / "admins"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def client_of(server: ServerProcess, keys: Path, name: str, timeout: float = 15) -> Any:
+    return server.client(timeout=timeout, client_key=str(keys / f"{name}.key_secret"))
+
+
+def wait_final(client: Any, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.status(job_id)
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not end: {job}")
+
+
+def test_jobs_belong_to_their_owner_and_admins_see_all(server: ServerProcess, keys: Path,
+                                                       make_scene, tmp_path: Path) -> None:
+    blend = make_scene(width=32, height=24, samples=1, frames=2)
+    with client_of(server, keys, "alice") as alice, client_of(server, keys, "bob") as bob, \
+            client_of(server, keys, "wrangler") as wrangler:
+        assert alice.hello()["you"] == "alice" and not alice.hello()["admin"]
+        assert wrangler.hello()["admin"] is True
+        job_id = alice.submit(blend, {"frames": "1-2", "output": "a_####.png"})
+        assert alice.status(job_id)["owner"] == "alice"
+        for act in (bob.status, bob.cancel, bob.pause, bob.resume,
+                    lambda j: bob.set_priority(j, 5),
+                    lambda j: bob.fetch(j, 1, tmp_path / "b")):
+            with pytest.raises(ServiceError) as info:
+                act(job_id)
+            assert info.value.kind == "not_found", info.value
+            assert job_id in info.value.message
+        assert job_id not in {j["job_id"] for j in bob.list()}
+        assert job_id in {j["job_id"] for j in alice.list()}
+        assert job_id in {j["job_id"] for j in wrangler.list()}
+        assert wait_final(wrangler, job_id)["state"] == "done"  # an admin sees it
+        assert sorted(alice.fetch_outputs(job_id, tmp_path / "a")) == [1, 2]
+        assert not any((tmp_path / "b").iterdir())  # nothing left behind
+    db = sqlite3.connect(server.state / "farm.db")
+    rows = db.execute("SELECT client, op, job_id, ok FROM audit WHERE job_id = ? "
+                      "ORDER BY at", (job_id,)).fetchall()
+    assert ("alice", "submit", job_id, 1) in rows
+    assert ("bob", "cancel", job_id, 0) in rows  # refused, and recorded as such
+    assert ("bob", "priority", job_id, 0) in rows
+    assert not any(r[0] == "bob" and r[3] == 1 for r in rows), rows
+
+
+def test_events_reach_only_their_owner(server: ServerProcess, keys: Path,
+                                       make_scene) -> None:
+    import zmq
+
+    from renderfarm.server.transport import read_key, secure_client
+
+    blend = make_scene(width=32, height=24, samples=1, frames=2)
+    with client_of(server, keys, "alice") as alice, client_of(server, keys, "bob") as bob:
+        alice.subscribe()  # all of alice's jobs
+        bob.subscribe()  # all of bob's: none
+        port = alice.hello()["publish_port"]
+        # bob asks for alice's topics, and for everything, by hand
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        secure_client(sock, read_key(str(keys / "server.key")).public,
+                      read_key(str(keys / "bob.key_secret"), secret=True))
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        for topic in (b"job.alice.", b"job.", b"", b"preview."):
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        time.sleep(0.5)
+        job_id = alice.submit(blend, {"frames": "1-2", "output": "e_####.png"})
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            seen += alice.poll_events(0.5)
+            if any(e["kind"] == "job_done" and e["job_id"] == job_id for e in seen):
+                break
+        assert {"job_queued", "job_started", "job_done"} <= {e["kind"] for e in seen}
+        assert bob.poll_events(0.5) == []
+        assert sock.poll(500) == 0, "bob received alice's events"
+        sock.close(0)
+
+
+def test_keys_added_and_removed_take_effect_without_a_restart(server: ServerProcess,
+                                                              keys: Path) -> None:
+    with client_of(server, keys, "carol", timeout=5) as carol, \
+            pytest.raises(ServiceError) as info:
+        carol.list()
+    assert info.value.kind == "refused_key"
+    shutil.copy(keys / "carol.key", keys / "clients" / "carol.key")
+    with client_of(server, keys, "carol") as carol:
+        assert carol.hello()["you"] == "carol"
+        carol.list()
+        (keys / "clients" / "carol.key").unlink()
+        with pytest.raises(ServiceError) as info:  # the open connection, too
+            carol.list()
+        assert info.value.kind == "refused" and "no longer allowed" in info.value.message
+    with client_of(server, keys, "carol", timeout=5) as carol, \
+            pytest.raises(ServiceError) as info:
+        carol.list()
+    assert info.value.kind == "refused_key"
+    with client_of(server, keys, "bob") as bob:  # the others go on
+        bob.list()
