@@ -122,6 +122,20 @@ class BundleError(InputError):
     bundle over the farm's size limit, a malformed manifest)."""
 
 
+class LimitError(InputError):
+    """A job or a request is over one of the farm's limits (tasks, frames, samples, size,
+    storage, rate).
+
+    Args:
+        message: what is over which limit, and how to stay within it.
+        limit: the limit's name (``tasks_per_job``, ``samples``, ...).
+    """
+
+    def __init__(self, message: str, *, limit: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.limit = limit
+
+
 class MissingFilesError(InputError):
     """The scene needs files that cannot be found (textures, libraries, caches).
 
@@ -213,6 +227,6 @@ class ServiceError(RenderFarmError):
 ERRORS: dict[str, type[RenderFarmError]] = {
     cls.__name__: cls for cls in (
         RenderFarmError, UsageError, InputError, FrameRangeError, BlendFileError, SceneError,
-        OutputError, ResourceError, BundleError, MissingFilesError, RenderError,
+        OutputError, ResourceError, BundleError, LimitError, MissingFilesError, RenderError,
         IntegrityError, WorkerDiedError, TaskTimeoutError, MergeError, JobFailedError,
         ClusterLostError, CancelledError, ProtocolError, ServiceError)}

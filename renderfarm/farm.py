@@ -25,6 +25,7 @@ from renderfarm.bundle import MAX_BUNDLE_BYTES, BundleCache, Manifest, missing_e
 from renderfarm.errors import (
     ClusterLostError,
     InputError,
+    LimitError,
     OutputError,
     RenderFarmError,
 )
@@ -70,6 +71,11 @@ class FarmConfig:
             see, or ``s3://bucket/prefix``); None: a temporary folder of this farm's (workers
             on nodes that cannot see it get the files through Ray's object store).
         max_bundle_bytes: the largest bundle (a job's files) the farm accepts.
+        max_tasks: the most tasks one job may plan (frames x tiles x sample chunks).
+        max_samples: the most samples per pixel a job may ask for.
+        max_pixels: the largest frame (width x height, after the resolution percentage).
+        default_task_timeout: seconds a task may run when its job gives no timeout (None:
+            no limit).
     """
 
     address: str | None = None
@@ -82,6 +88,10 @@ class FarmConfig:
     ray_log_level: int = logging.WARNING
     storage: str | None = None
     max_bundle_bytes: int = MAX_BUNDLE_BYTES
+    max_tasks: int = 1_000_000
+    max_samples: int = 2**24
+    max_pixels: int = 2**30
+    default_task_timeout: float | None = None
 
 
 def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
@@ -108,6 +118,15 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
                          "relative paths start from (--project)", path=spec.project)
     if spec.frames is not None:
         parse_frames(spec.frames, max_count=config.max_frames)
+    if spec.samples is not None and spec.samples > config.max_samples:
+        raise LimitError(f"the job asks for {spec.samples} samples; this farm allows at most "
+                         f"{config.max_samples}", limit="samples", path=path)
+    tasks = estimate_tasks(spec)
+    if tasks is not None and tasks > config.max_tasks:
+        raise LimitError(f"the job plans {tasks} tasks (frames x tiles x sample chunks); this "
+                         f"farm allows at most {config.max_tasks} per job: render fewer "
+                         "frames, a coarser tile grid or fewer chunks", limit="tasks_per_job",
+                         path=path)
     if spec.allow_scripts and not config.permit_scripts:
         raise InputError(
             "the job asks to run Python scripts embedded in the file, but this farm does not "
@@ -115,6 +134,15 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
             "without --allow-scripts", path=path)
     output_format(spec.output)
     check_output_folder(output_path(spec.output, 0).parent)
+
+
+def estimate_tasks(spec: JobSpec) -> int | None:
+    """The number of tasks a job plans at most, when the spec alone tells (its frames are
+    given and its tile grid is not ``auto``); None otherwise (the plan checks it)."""
+    if spec.frames is None or spec.tiles == (0, 0):
+        return None
+    frames = len(parse_frames(spec.frames))
+    return frames * spec.tiles[0] * spec.tiles[1] * max(spec.chunks, 1)
 
 
 def check_output_folder(folder: Path) -> None:
@@ -382,9 +410,11 @@ class Farm:
         After :meth:`mark_lost` it does not wait for what a dead cluster cannot answer: jobs
         get a few seconds, workers are not killed one by one (they died with it)."""
         patience = 5.0 if self.lost is not None else 30.0
-        for handle in self._jobs:
+        with self._lock:
+            jobs = list(self._jobs)
+        for handle in jobs:
             handle.cancel()
-        for handle in self._jobs:
+        for handle in jobs:
             handle.wait(patience)
         for runner in self._runners.values():
             runner.closing = True
@@ -518,13 +548,21 @@ class Farm:
             spec, transfer = self.bundle(spec)
         handle = JobHandle(job_id or new_job_id(), spec)
         handle.transfer = transfer
-        self._jobs.append(handle)
+        with self._lock:
+            self._jobs.append(handle)
         run = JobRun(self, handle, priority, workdir=workdir, resume=resume,
                       on_piece=on_piece)
         thread = threading.Thread(target=run.run,
                                   name=f"renderfarm-job-{handle.job_id}", daemon=True)
         thread.start()
         return handle
+
+    def _forget(self, handle: JobHandle) -> None:
+        """A job has ended: the farm keeps nothing of it (its plan and state go with the
+        handle, which only its caller holds now)."""
+        with self._lock:
+            if handle in self._jobs:
+                self._jobs.remove(handle)
 
     def bundle(self, spec: JobSpec) -> tuple[JobSpec, dict[str, int]]:
         """Bundle a job's ``.blend`` and its dependencies into this farm's storage.

@@ -21,6 +21,8 @@ from renderfarm.frames import parse_frames
 DEVICES = ("auto", "cpu", "gpu")
 #: ``JobSpec.tiles`` value that lets the planner pick the grid (``--tiles auto``)
 AUTO_TILES = (0, 0)
+#: the most tile columns (and rows) of a grid
+MAX_GRID = 256
 #: how a job denoises scenes that use Cycles' denoiser (see :attr:`JobSpec.denoise`)
 DENOISE_MODES = ("auto", "post", "render")
 #: how a job's files reach the workers
@@ -343,8 +345,8 @@ class JobSpec(_Json):
         if len(self.tiles) != 2:
             raise InputError(f"tiles must be (columns, rows), not {self.tiles!r}")
         if self.tiles != AUTO_TILES:
-            _check_int("tile columns", self.tiles[0], 1)
-            _check_int("tile rows", self.tiles[1], 1)
+            _check_int("tile columns", self.tiles[0], 1, MAX_GRID)
+            _check_int("tile rows", self.tiles[1], 1, MAX_GRID)
         if self.frames is not None:
             parse_frames(self.frames)
         if self.samples is not None:

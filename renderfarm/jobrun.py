@@ -21,6 +21,7 @@ from renderfarm.errors import (
     BlendFileError,
     CancelledError,
     JobFailedError,
+    LimitError,
     MergeError,
     OutputError,
     RenderFarmError,
@@ -38,7 +39,7 @@ from renderfarm.job import (
 )
 from renderfarm.jobfiles import JobFiles
 from renderfarm.merge import Piece
-from renderfarm.planner import Plan, plan_job
+from renderfarm.planner import Plan, plan_job, render_size
 from renderfarm.state import Failure, JobState, TaskStatus, Verdict
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ class JobRun:
         finally:
             if self.workdir is None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
+            self.farm._forget(self.handle)
 
     def _run(self, start: float) -> JobResult:
         spec = self.spec
@@ -164,8 +166,14 @@ class JobRun:
         self.info = info = self._inspect(runner.pool, blend_hash)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
+        self._check_size(info)
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
-                                    workers=runner.pool.shape.workers)
+                                    workers=runner.pool.shape.workers,
+                                    max_tasks=self.farm.config.max_tasks)
+        if len(plan.frames) > self.farm.config.max_frames:  # the scene's own range
+            raise LimitError(f"the job renders {len(plan.frames)} frames (the scene's range); "
+                             f"this farm allows at most {self.farm.config.max_frames} per "
+                             "job: give --frames", limit="frames_per_job", path=spec.blend_file)
         for note in plan.notes:
             logger.info("%s", note)
             self.emit("info", message=note)
@@ -198,7 +206,7 @@ class JobRun:
         source = Source(key=blend_hash, next_task=entries.next_task, call=entries.call,
                         done=entries.done, failed=entries.failed, requeue=entries.requeue,
                         backup=entries.backup, pending=entries.pending,
-                        timeout=spec.task_timeout,
+                        timeout=spec.task_timeout or self.farm.config.default_task_timeout,
                         priority=self.priority, cancelled=self.handle._cancel)
         entries.source = source
         if self.handle._priority_changed:
@@ -223,6 +231,17 @@ class JobRun:
             outputs=dict(sorted(self.assembler.outputs.items())), tasks=tuple(self.results),
             wall_seconds=time.monotonic() - start, device=device,
             workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles)
+
+    def _check_size(self, info: SceneInfo) -> None:
+        """Refuse a frame larger than the farm allows, before anything renders."""
+        percentage = self.spec.percentage if self.spec.percentage is not None \
+            else info.percentage
+        width, height = render_size(info.resolution, percentage)
+        limit = self.farm.config.max_pixels
+        if width * height > limit:
+            raise LimitError(f"the job renders {width}x{height} px frames; this farm allows "
+                             f"at most {limit} pixels per frame: lower the resolution "
+                             "percentage", limit="pixels", path=self.spec.blend_file)
 
     def _wait(self, source: Source, runner: _PoolRunner) -> None:
         """Wait until the job's tasks have ended, it is cancelled, or something stops it."""

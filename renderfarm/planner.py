@@ -12,7 +12,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from renderfarm.errors import FrameRangeError, SceneError
+from renderfarm.errors import FrameRangeError, LimitError, SceneError
 from renderfarm.frames import parse_frames, scene_frames
 from renderfarm.job import AUTO_TILES, JobSpec, Rect, SceneInfo, Task, Tile
 
@@ -284,12 +284,15 @@ def chunk_blocker(scene: SceneInfo) -> str | None:
     return composite_blocker(scene)
 
 
-def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int = 1) -> Plan:
+def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int = 1,
+             max_tasks: int | None = None) -> Plan:
     """Turn a job spec and the scene's facts into tasks.
 
-    ``workers`` is the number of workers the job will run on (for ``--tiles auto``).
+    ``workers`` is the number of workers the job will run on (for ``--tiles auto``);
+    ``max_tasks`` the most tasks the job may have (checked before any is made).
 
     Raises:
+        LimitError: the job would have more than ``max_tasks`` tasks.
         SceneError: no camera, an empty border, or more tiles than pixels.
         FrameRangeError: the frames are malformed or empty.
     """
@@ -351,6 +354,12 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
         overscan = spec.overscan if tiled else 0
     else:
         overscan = ADAPTIVE_OVERSCAN if tiled and scene.adaptive_sampling else 0
+    count = len(frames) * tiles[0] * tiles[1] * len(ranges)
+    if max_tasks is not None and count > max_tasks:
+        raise LimitError(f"the job plans {count} tasks ({len(frames)} frame(s) x "
+                         f"{tiles[0]}x{tiles[1]} tiles x {len(ranges)} sample chunk(s)); the "
+                         f"farm allows at most {max_tasks} per job", limit="tasks_per_job",
+                         path=spec.blend_file)
     grid = plan_tiles(region, tiles[0], tiles[1], overscan)
     # frame by frame; within a frame, chunk by chunk, so neighbouring tiles of one chunk
     # have neighbouring indices (tile grouping relies on it)

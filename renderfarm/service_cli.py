@@ -47,6 +47,19 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
     serve.add_argument("--requests-per-second", type=float, default=200.0,
                        help="requests a client may send per second, bursts of twice as many "
                        "(0: no limit; default 200)")
+    limits = serve.add_argument_group("limits (over one: a clear error, nothing created)")
+    limits.add_argument("--max-frames-per-job", type=int, default=10_000, metavar="N")
+    limits.add_argument("--max-tasks-per-job", type=int, default=100_000, metavar="N",
+                        help="frames x tiles x sample chunks (default 100000)")
+    limits.add_argument("--max-tasks-per-client", type=int, default=500_000, metavar="N",
+                        help="tasks of one client's unfinished jobs together (default 500000)")
+    limits.add_argument("--max-samples", type=int, default=65_536, metavar="N")
+    limits.add_argument("--max-pixels", type=int, default=16384 * 16384, metavar="N",
+                        help="width x height of a frame (default 16384x16384)")
+    limits.add_argument("--task-timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="for jobs that set none (default 3600; 0: none)")
+    limits.add_argument("--max-stored-gb-per-client", type=float, default=100.0,
+                        metavar="GB", help="new files one client may store (default 100)")
     serve.add_argument("--insecure-loopback", action="store_true",
                        help="run without keys (only on loopback addresses)")
     serve.add_argument("--workers", type=int, help="workers in the pool")
@@ -160,6 +173,10 @@ def _serve(args: argparse.Namespace) -> int:
         clients=Path(args.clients) if args.clients else None,
         admins=Path(args.admins) if args.admins else None,
         requests_per_second=args.requests_per_second,
+        max_frames_per_job=args.max_frames_per_job, max_tasks_per_job=args.max_tasks_per_job,
+        max_tasks_per_client=args.max_tasks_per_client, max_samples=args.max_samples,
+        max_pixels=args.max_pixels, task_timeout=args.task_timeout or None,
+        max_stored_bytes_per_client=int(args.max_stored_gb_per_client * 1024**3),
         insecure_loopback=args.insecure_loopback, workers=args.workers,
         max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http,
         max_bundle_bytes=int(args.max_bundle_gb * 1024**3))

@@ -38,7 +38,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[ServerProcess]:
     state = tmp_path_factory.mktemp("shared-farm") / "state"
-    proc = ServerProcess(state, keys, "--workers", "1", "--admins", str(keys / "admins"))
+    proc = ServerProcess(state, keys, "--workers", "1", "--admins", str(keys / "admins"),
+                         "--max-frames-per-job", "20", "--max-tasks-per-job", "50",
+                         "--max-tasks-per-client", "60", "--max-samples", "64",
+                         "--max-stored-gb-per-client", "0.05", "--requests-per-second", "20")
     proc.start()
     yield proc
     proc.stop()
@@ -141,3 +144,61 @@ def test_keys_added_and_removed_take_effect_without_a_restart(server: ServerProc
     assert info.value.kind == "refused_key"
     with client_of(server, keys, "bob") as bob:  # the others go on
         bob.list()
+
+
+def _leftovers(state: Path) -> set[str]:
+    """Job folders and partial uploads in the service's state folder."""
+    found = {p.name for p in (state / "jobs").iterdir()} if (state / "jobs").is_dir() else set()
+    uploads = state / "uploads"
+    return found | ({p.name for p in uploads.glob("*.part")} if uploads.is_dir() else set())
+
+
+def test_limits_refuse_clearly_and_leave_nothing_behind(server: ServerProcess, keys: Path,
+                                                        make_scene, tmp_path: Path) -> None:
+    import os
+
+    blend = make_scene(width=32, height=24, samples=1, frames=2)
+    with client_of(server, keys, "alice") as alice, client_of(server, keys, "bob") as bob:
+        before = _leftovers(server.state)
+        refused = [({"frames": "1-30"}, "more than 20 frames"),
+                   ({"frames": "1-10", "tiles": [4, 2]}, "at most 50 per job"),
+                   ({"frames": "1-2", "samples": 100}, "at most 64"),
+                   ({"frames": "1-2", "output": 7}, "output must be a file name")]
+        for spec, message in refused:
+            with pytest.raises(ServiceError) as info:
+                alice.submit(blend, {"output": "l_####.png", **spec})
+            assert message in info.value.message, (spec, info.value.message)
+            assert info.value.kind in ("limit", "bad_input", "bad_request"), info.value.kind
+        assert _leftovers(server.state) == before  # no job folder, no output folder
+        # a client's unfinished jobs together: 40 tasks held, 40 more is over 60
+        first = alice.submit(blend, {"frames": "1-10", "tiles": [2, 2],
+                                     "output": "p_####.png"})
+        alice.pause(first)
+        with pytest.raises(ServiceError) as info:
+            alice.submit(blend, {"frames": "1-10", "tiles": [2, 2], "output": "q_####.png"})
+        assert info.value.kind == "limit" and "60 per client" in info.value.message
+        second = bob.submit(blend, {"frames": "1-10", "tiles": [2, 2],
+                                    "output": "r_####.png"})  # bob's own budget
+        alice.cancel(first)
+        bob.cancel(second)
+        # stored bytes per client: 60 MB is over 0.05 GB
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(60 * 1024 * 1024))
+        with pytest.raises(ServiceError) as info:
+            bob.upload(big)
+        assert info.value.kind == "limit" and "per client" in info.value.message
+        assert not any(p.endswith(".part") for p in _leftovers(server.state) - before)
+        # over the request rate: refused with the reason, then served again
+        kinds = []
+        for _ in range(120):
+            try:
+                bob.request("list")
+            except ServiceError as exc:
+                kinds.append(exc.kind)
+        assert kinds and set(kinds) == {"rate_limited"}, kinds
+        time.sleep(2.5)
+        bob.request("list")
+    db = sqlite3.connect(server.state / "farm.db")
+    rows = db.execute("SELECT client, op, ok, detail FROM audit WHERE op = 'submit' AND "
+                      "ok = 0").fetchall()
+    assert sum(1 for r in rows if r[0] == "alice") >= 5, rows

@@ -23,4 +23,5 @@ def test_jobs_finish_exactly_while_faults_fire(farm, make_scene, tmp_path: Path)
     assert report.done + report.failed_as_injected == report.jobs, summary
     assert report.ok, summary
     assert all(runner.error is None for runner in farm._runners.values())
+    assert not farm._jobs  # finished jobs are not kept by the farm (their plans go with them)
 

@@ -31,7 +31,13 @@ from renderfarm.bundle import (
     missing_error,
     storage_key,
 )
-from renderfarm.errors import ProtocolError, RenderFarmError, ServiceError
+from renderfarm.errors import (
+    InputError,
+    LimitError,
+    ProtocolError,
+    RenderFarmError,
+    ServiceError,
+)
 from renderfarm.events import Event
 from renderfarm.job import JobSpec, Rect, Task, Tile
 from renderfarm.server import protocol
@@ -73,6 +79,14 @@ class ServiceConfig:
         max_bundle_bytes: the largest bundle (a job's files) accepted.
         requests_per_second: requests a client may send per second (bursts of twice as
             many); 0 for no limit.
+        max_frames_per_job: the most frames one job may render.
+        max_tasks_per_job: the most tasks (frames x tiles x sample chunks) one job may plan.
+        max_tasks_per_client: the most tasks one client's queued, running and paused jobs
+            may hold together.
+        max_samples: the most samples per pixel a job may ask for.
+        max_pixels: the largest frame (width x height after the percentage).
+        task_timeout: seconds a task may run when its job sets no timeout (None: no limit).
+        max_stored_bytes_per_client: the most bytes of new files one client may store.
         health_every: seconds between checks of the Ray cluster's health (GCS, raylet);
             a failed cluster is restarted (the embedded Ray) or reconnected, and its jobs
             resume from the database.
@@ -95,6 +109,13 @@ class ServiceConfig:
     max_bundle_bytes: int = MAX_BUNDLE_BYTES
     health_every: float = 1.0
     requests_per_second: float = 200.0
+    max_frames_per_job: int = 10_000
+    max_tasks_per_job: int = 100_000
+    max_tasks_per_client: int = 500_000
+    max_samples: int = 65_536
+    max_pixels: int = 16384 * 16384
+    task_timeout: float | None = 3600.0
+    max_stored_bytes_per_client: int = 100 * 1024**3
 
 
 @dataclass
@@ -178,10 +199,13 @@ class FarmService:
     def _farm_config(self) -> Any:
         from renderfarm.farm import FarmConfig
 
+        config = self.config
         return FarmConfig(
-            address=self.config.address, workers=self.config.workers,
-            permit_scripts=self.config.permit_scripts, storage=self.storage.url,
-            max_bundle_bytes=self.config.max_bundle_bytes)
+            address=config.address, workers=config.workers,
+            permit_scripts=config.permit_scripts, storage=self.storage.url,
+            max_bundle_bytes=config.max_bundle_bytes, max_frames=config.max_frames_per_job,
+            max_tasks=config.max_tasks_per_job, max_samples=config.max_samples,
+            max_pixels=config.max_pixels, default_task_timeout=config.task_timeout)
 
     # -- Ray's health ------------------------------------------------------------------------
     def _watchdog(self) -> None:
@@ -366,7 +390,8 @@ class FarmService:
             return [protocol.reply_error(request_id, exc.kind, exc.one_line())]
         except RenderFarmError as exc:
             self._audit(caller, request, exc)
-            return [protocol.reply_error(request_id, "bad_input", exc.one_line())]
+            kind = "limit" if isinstance(exc, LimitError) else "bad_input"
+            return [protocol.reply_error(request_id, kind, exc.one_line())]
         except Exception as exc:  # never let one request take the service down
             logger.exception("request failed")
             return [protocol.reply_error(request_id, "internal",
@@ -482,9 +507,20 @@ class FarmService:
         key = storage_key(sha)
         if self.storage.exists(key):
             return {"received": total, "complete": True}
+        if total > self.config.max_bundle_bytes:
+            raise LimitError(f"upload of {sha[:12]}: {total} bytes is more than the farm's "
+                             f"{self.config.max_bundle_bytes} (serve --max-bundle-gb)",
+                             limit="upload_bytes")
         part = self._upload_part(sha, caller)
         part.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.exists() else 0
+        if offset == 0:
+            stored = self.store.stored_bytes(caller.name)
+            quota = self.config.max_stored_bytes_per_client
+            if stored + total > quota:
+                raise LimitError(f"{caller.name} has stored {stored} bytes; {total} more is "
+                                 f"over the farm's {quota} per client (serve "
+                                 "--max-stored-gb-per-client)", limit="stored_bytes")
         data = request.data or b""
         if offset != have:
             if offset != 0:
@@ -507,6 +543,7 @@ class FarmService:
                                kind="bad_upload")
         self.storage.put_file(key, part)
         part.unlink(missing_ok=True)
+        self.store.add_upload(caller.name, sha, total)
         return {"received": received, "complete": True}
 
     def _op_have(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
@@ -561,24 +598,30 @@ class FarmService:
             raise ServiceError(missing_error(manifest.missing, fields["filename"]).one_line(),
                                kind="missing_files")
         job_id = new_job_id()
-        workdir = self._job_dir(job_id)
-        workdir.mkdir(parents=True)
-        blend = workdir / Path(manifest.root).name
-        output = Path(raw.get("output") or "####.exr").name
-        raw.update(blend_file=str(blend), output=str(self._output_dir(job_id) / output),
-                   files="bundle", bundle=manifest.to_dict())
-        try:
+        workdir, outputs = self._job_dir(job_id), self._output_dir(job_id)
+        try:  # nothing of a refused job is left behind
+            output = raw.get("output") or "####.exr"
+            if not isinstance(output, str):
+                raise InputError(f"output must be a file name like shot_####.png, not "
+                                 f"{output!r}")
+            workdir.mkdir(parents=True)
+            raw.update(blend_file=str(workdir / Path(manifest.root).name),
+                       output=str(outputs / Path(output).name), files="bundle",
+                       bundle=manifest.to_dict())
             spec = JobSpec.from_dict(raw)
             check_spec(spec, self._farm.config if self._farm is not None
                        else self._farm_config())
-        except RenderFarmError:
+            self._check_client_tasks(caller, spec)
+            name = spec.name or Path(fields["filename"]).stem
+            if not isinstance(name, str):
+                raise InputError(f"name must be text, not {name!r}")
+        except BaseException as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        except (TypeError, ValueError, KeyError) as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(outputs, ignore_errors=True)
+            if isinstance(exc, RenderFarmError) or not isinstance(exc, Exception):
+                raise
             raise ProtocolError(f"submit: the spec is not valid ({exc})",
                                 request_id=request.id) from exc
-        name = spec.name or Path(fields["filename"]).stem
         row = self.store.add_job(job_id, name, spec.to_dict(), fields.get("priority", 0),
                                  caller.name)
         logger.info("job %s queued: %s, priority %d", job_id, name, row.priority)
@@ -595,6 +638,25 @@ class FarmService:
         if row is None or not caller.may_see(row.client or ""):
             raise ServiceError(f"no job {job_id!r} of yours on this farm", kind="not_found")
         return row
+
+    def _check_client_tasks(self, caller: Caller, spec: JobSpec) -> None:
+        """Refuse a job that would take the client's unfinished jobs over its task limit."""
+        from renderfarm.farm import estimate_tasks
+
+        limit = self.config.max_tasks_per_client
+        held = 0
+        for row in self.store.jobs(["queued", "running", "paused"]):
+            if row.client == caller.name:
+                try:
+                    held += row.tasks_total or estimate_tasks(JobSpec.from_dict(row.spec)) or 0
+                except RenderFarmError:
+                    continue
+        new = estimate_tasks(spec) or 0
+        if held + new > limit:
+            raise LimitError(f"{caller.name}'s unfinished jobs hold {held} tasks and this one "
+                             f"plans {new}; the farm allows {limit} per client (serve "
+                             "--max-tasks-per-client): wait for jobs to finish or cancel some",
+                             limit="tasks_per_client")
 
     def _op_status(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         row = self._own(caller, request.fields["job_id"])

@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS frames (
     path TEXT NOT NULL,
     PRIMARY KEY (job_id, frame)
 );
+CREATE TABLE IF NOT EXISTS uploads (
+    client TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (client, sha256)
+);
 CREATE TABLE IF NOT EXISTS audit (
     at REAL NOT NULL,
     client TEXT NOT NULL,
@@ -241,6 +248,18 @@ class Store:
         self._run("UPDATE jobs SET tasks_done = ?, tasks_total = ?, frames_done = ?, "
                   "frames_total = ? WHERE id = ?",
                   (tasks_done, tasks_total, frames_done, frames_total, job_id))
+
+    def add_upload(self, client: str, sha256: str, size: int) -> None:
+        """Record a file a client stored (it counts against the client's quota)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO uploads (client, sha256, size, at) "
+                             "VALUES (?, ?, ?, ?)", (client, sha256, size, time.time()))
+
+    def stored_bytes(self, client: str) -> int:
+        """Bytes of new files a client has stored."""
+        rows = self._run("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE client = ?",
+                         (client,))
+        return int(rows[0][0])
 
     def audit(self, client: str, op: str, job_id: str | None, ok: bool,
               detail: str | None = None) -> None:
