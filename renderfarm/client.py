@@ -102,6 +102,8 @@ class FarmClient:
         self._sock: Any = None
         self._monitor: Any = None
         self._sub: Any = None
+        #: events that arrived while a subscription was being confirmed
+        self._early: list[dict[str, Any]] = []
         self._hello: dict[str, Any] | None = None
         self._connect()
 
@@ -283,7 +285,12 @@ class FarmClient:
             manifest = make_bundle(blend, folder, project)
             if manifest.missing and spec.get("allow_missing") is not True:
                 raise missing_error(manifest.missing, str(blend))
-            lacking = set(self.request("have", hashes=manifest.hashes())[0]["missing"])
+            hashes = manifest.hashes()
+            lacking: set[str] = set()
+            step = protocol.MAX_HASHES
+            for start in range(0, len(hashes), step):
+                reply = self.request("have", hashes=hashes[start:start + step])[0]
+                lacking.update(reply["missing"])
             sources = {f.sha256: f for f in manifest.files if f.sha256 in lacking}
             total = sum(f.size for f in sources.values())
             done = 0
@@ -383,6 +390,19 @@ class FarmClient:
             topics.append(protocol.event_topic("preview", owner, job_id or ""))
         for topic in topics:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+        # the farm confirms each subscription it honours: wait for that, so no event sent
+        # right after (a submit's first events) is missed
+        waiting = {t.decode() for t in topics}
+        deadline = time.monotonic() + min(self.timeout, 5.0)
+        while waiting and time.monotonic() < deadline:
+            for event in self._receive_events(0.1):
+                if event.get("kind") == "subscribed":
+                    waiting.discard(str(event.get("topic")))
+                else:
+                    self._early.append(event)
+        if waiting:
+            logger.warning("the farm did not confirm the event subscription(s) %s; early "
+                           "events may be missed", ", ".join(sorted(waiting)))
 
     def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """Events received so far (waiting up to ``timeout`` for the first one).
@@ -392,10 +412,17 @@ class FarmClient:
         ``state``, progress counters; a preview has ``x``, ``y``, ``width``, ``height``,
         ``frame_width``, ``frame_height`` and ``rgba`` (8-bit RGBA bytes, top row first).
         """
-        import zmq
-
         if self._sub is None:
             raise InputError("subscribe() before polling events")
+        events, self._early = self._early, []
+        events += [e for e in self._receive_events(0.0 if events else timeout)
+                   if e.get("kind") != "subscribed"]
+        return events
+
+    def _receive_events(self, timeout: float) -> list[dict[str, Any]]:
+        import zmq
+
+        assert self._sub is not None
         events = []
         wait = int(timeout * 1000)
         while self._sub.poll(wait):

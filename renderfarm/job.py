@@ -372,6 +372,11 @@ class JobSpec(_Json):
                              f"{self.files!r}")
         if not isinstance(self.allow_missing, bool):
             raise InputError("allow_missing must be true or false")
+        for label, text in (("scene", self.scene), ("name", self.name)):
+            if text is not None and (not isinstance(text, str) or len(text) > 255
+                                     or any(ord(c) < 32 or ord(c) == 127 for c in text)):
+                raise InputError(f"{label} must be text of at most 255 characters without "
+                                 f"control characters, not {str(text)[:60]!r}")
         if self.bundle is not None and not isinstance(self.bundle, dict):
             raise InputError("bundle must be a bundle manifest (an object)")
         if self.denoise not in DENOISE_MODES:

@@ -202,3 +202,65 @@ def test_limits_refuse_clearly_and_leave_nothing_behind(server: ServerProcess, k
     rows = db.execute("SELECT client, op, ok, detail FROM audit WHERE op = 'submit' AND "
                       "ok = 0").fetchall()
     assert sum(1 for r in rows if r[0] == "alice") >= 5, rows
+
+
+def test_a_key_replaced_or_removed_stops_its_open_connections_and_subscriptions(
+        server: ServerProcess, keys: Path, make_scene, tmp_path: Path) -> None:
+    """A new key under an old name does not inherit the old key's open connection; a key
+    removed from --clients receives no more events on a subscription it made before."""
+    blend = make_scene(width=32, height=24, samples=1, frames=20)
+    run_python("-m", "renderfarm", "keys", str(tmp_path), "--name", "carol")  # a new carol
+    shutil.copy(keys / "carol.key", keys / "clients" / "carol.key")
+    try:
+        with client_of(server, keys, "carol") as old_carol:
+            old_carol.list()
+            shutil.copy(tmp_path / "carol.key", keys / "clients" / "carol.key")
+            with pytest.raises(ServiceError) as info:
+                old_carol.list()
+            assert info.value.kind == "refused" and "no longer allowed" in info.value.message
+        shutil.copy(keys / "carol.key", keys / "clients" / "carol.key")  # carol is back
+        with client_of(server, keys, "carol") as carol:
+            carol.subscribe()
+            job_id = carol.submit(blend, {"frames": "1-20", "output": "k_####.png"})
+            carol.pause(job_id)  # it waits while the key goes away
+            deadline = time.monotonic() + 60
+            seen: list[dict[str, Any]] = []
+            while not any(e["kind"] == "job_queued" for e in seen):  # events reach carol
+                assert time.monotonic() < deadline, seen
+                seen += carol.poll_events(0.5)
+            (keys / "clients" / "carol.key").unlink()
+            time.sleep(3)  # the service notices within a second, and renews subscriptions
+            carol.poll_events(0.2)  # what was on the way
+            with client_of(server, keys, "wrangler") as wrangler:
+                wrangler.resume(job_id)  # events of carol's job flow again
+                wait_final(wrangler, job_id)
+            assert carol.poll_events(2.0) == [], "a removed key still receives events"
+    finally:
+        (keys / "clients" / "carol.key").unlink(missing_ok=True)
+
+
+def test_unfinished_uploads_count_against_the_quota(server: ServerProcess, keys: Path,
+                                                    tmp_path: Path) -> None:
+    """The quota counts uploads in progress: many half-sent uploads cannot go past it."""
+    import hashlib
+    import os
+
+    from renderfarm.server import protocol
+
+    chunk = 8 * 1024 * 1024
+    with client_of(server, keys, "bob") as bob:
+        refused = None
+        for index in range(8):  # eight 30 MB uploads, each stopped after 8 MB (quota 53 MB)
+            data = os.urandom(30 * 1024 * 1024)
+            sha = hashlib.sha256(data).hexdigest()
+            try:
+                bob.request("upload", data[:chunk], sha256=sha, offset=0, total=len(data))
+            except ServiceError as exc:
+                refused = (index, exc)
+                break
+        assert refused is not None and refused[1].kind == "limit", refused
+        # 3 x 8 MB in progress + 30 MB announced is over 53.7 MB: refused before the 4th
+        assert refused[0] == 3 and "unfinished uploads" in refused[1].message
+        with pytest.raises(ServiceError) as info:  # more than one request's worth of hashes
+            bob.request("have", hashes=["0" * 64] * (protocol.MAX_HASHES + 1))
+        assert "at most" in info.value.message or "more than" in info.value.message

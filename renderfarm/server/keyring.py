@@ -55,6 +55,10 @@ class KeyRing:
         self._stamp: tuple[object, ...] | None = None
         self._by_key: dict[bytes, Caller] = {}
         self._by_name: dict[str, Caller] = {}
+        #: counts how often the keys were read (each change of the folders)
+        self.generation = 0
+        #: counts the reloads that removed (or replaced) a key
+        self.removals = 0
         self._reload()
 
     def _folders(self) -> list[tuple[Path, bool]]:
@@ -82,6 +86,7 @@ class KeyRing:
                 return
             by_key: dict[bytes, Caller] = {}
             by_name: dict[str, Caller] = {}
+            self.generation += 1
             for folder, admin in self._folders():
                 for path in sorted(folder.glob("*.key")) if folder.is_dir() else ():
                     name = path.stem
@@ -97,11 +102,18 @@ class KeyRing:
                         continue
                     if public is None:
                         continue
-                    known = by_name.get(name)
-                    caller = Caller(name, admin or bool(known and known.admin))
+                    if bytes(public) in by_key:  # one key, two names: the first one counts
+                        logger.warning("key %s ignored: the same key is already %s's", path,
+                                       by_key[bytes(public)].name)
+                        continue
+                    # a key is an admin's only when that key is in --admins (a name in both
+                    # folders does not make the client key an admin's)
+                    caller = Caller(name, admin)
                     by_key[bytes(public)] = caller
-                    by_name[name] = caller
+                    by_name[name] = by_name.get(name) or caller
             changed = self._stamp is not None
+            if set(self._by_key) - set(by_key):
+                self.removals += 1  # a key went away: its subscriptions must go too
             self._stamp, self._by_key, self._by_name = stamp, by_key, by_name
         if changed:
             logger.info("client keys changed: %d client(s), %d admin(s) now",
@@ -115,10 +127,23 @@ class KeyRing:
             return self._by_key.get(bytes(public_z85))
 
     def by_name(self, name: str) -> Caller | None:
-        """The caller of this name, or None when its key has been removed."""
+        """The caller of this name, or None when no key has it any more."""
         self._reload()
         with self._lock:
             return self._by_name.get(name)
+
+    def by_user_id(self, user_id: str) -> Caller | None:
+        """The caller of a connection named ``NAME KEY`` by :meth:`user_id`, or None when
+        that key is not allowed now, or now belongs to another name."""
+        name, _, key = user_id.partition(" ")
+        caller = self.by_key(key.encode()) if key else None
+        return caller if caller is not None and caller.name == name else None
+
+    def user_id(self, public_z85: bytes) -> str:
+        """How a connection is named for its life: the name and the key it was opened
+        with (so a key replaced under the same name stops its open connections)."""
+        caller = self.by_key(public_z85)
+        return f"{caller.name} {bytes(public_z85).decode()}" if caller is not None else ""
 
     def names(self) -> list[str]:
         """Every allowed name."""

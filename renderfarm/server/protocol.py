@@ -25,6 +25,8 @@ from renderfarm.errors import ProtocolError
 VERSION = 1
 #: default limit of a whole request (all frames), in bytes
 MAX_MESSAGE = 16 * 1024 * 1024
+#: the largest JSON header of a request (bytes travel in a data frame after it)
+MAX_HEADER = 8 * 1024 * 1024
 #: upload chunk size clients use (well under :data:`MAX_MESSAGE`)
 CHUNK = 4 * 1024 * 1024
 #: job states
@@ -75,13 +77,14 @@ def _states(value: list[Any]) -> str | None:
 
 
 def _filename(value: str) -> str | None:
-    if not value or "/" in value or "\\" in value or value in (".", "..") or len(value) > 255:
+    if (not value or "/" in value or "\\" in value or value in (".", "..") or len(value) > 255
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)):
         return "must be a plain file name"
     return None
 
 
 #: the most hashes one ``have`` request may ask about
-MAX_HASHES = 200_000
+MAX_HASHES = 10_000
 
 
 def _hashes(value: list[Any]) -> str | None:
@@ -194,6 +197,10 @@ def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
             operation, or has a missing, unknown or wrongly typed field.
     """
     size = sum(len(f) for f in frames)
+    if frames and len(frames[0]) > MAX_HEADER:
+        raise ProtocolError(f"the request's header is {len(frames[0])} bytes, over the limit "
+                            f"of {MAX_HEADER}; send bytes in a data frame, and ask about at "
+                            f"most {MAX_HASHES} files at once", kind="too_big")
     if size > limit:
         raise ProtocolError(f"message of {size} bytes is over the limit of {limit} bytes; "
                             f"send files in chunks of at most {CHUNK} bytes", kind="too_big")
@@ -205,13 +212,16 @@ def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
         raise ProtocolError(f"the first frame is not JSON ({exc})") from None
     except RecursionError:
         raise ProtocolError(f"the message nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise ProtocolError(f"the first frame is not usable JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ProtocolError("the first frame must be a JSON object")
     request_id = _request_id(header.get("id"))
     problem = _too_deep(header)
     if problem:
         raise ProtocolError(problem, request_id=request_id)
-    if header.get("v") != VERSION:
+    version = header.get("v")
+    if type(version) is not int or version != VERSION:
         raise ProtocolError(f"protocol version {header.get('v')!r} is not supported; this "
                             f"server speaks version {VERSION}: update the client",
                             kind="version", request_id=request_id)

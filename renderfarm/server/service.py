@@ -18,7 +18,9 @@ import os
 import queue
 import shutil
 import threading
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,17 @@ from renderfarm.server.store import JobRow, Store
 from renderfarm.server.transport import KeyPair, ServerSockets, bind_server
 
 logger = logging.getLogger(__name__)
+
+#: threads that answer requests; a client's requests always go to the same one (in order),
+#: so one client's expensive request delays only the clients that share its lane
+LANES = 4
+#: requests of one client queued or being answered at once (more get ``rate_limited``)
+MAX_IN_FLIGHT = 16
+
+#: uploads one client may have in progress at once
+MAX_PARTS = 8
+#: seconds an unfinished upload is kept
+PART_EXPIRY = 86400.0
 
 #: requests that change state: each is recorded, with its caller, in the audit table
 AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority")
@@ -165,6 +178,13 @@ class FarmService:
         self._lock = threading.Lock()
         #: each client's request bucket: (tokens, when)
         self._buckets: dict[str, tuple[float, float]] = {}
+        #: requests are parsed and answered off the main thread, which only moves messages
+        self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"renderfarm-lane{i}")
+                       for i in range(LANES)]
+        self._replies: queue.Queue[list[bytes]] = queue.Queue()
+        self._in_flight: dict[str, int] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         #: held while jobs start on the farm, and while a failed farm is replaced
         self._farm_lock = threading.Lock()
         self._http: Any = None
@@ -174,11 +194,11 @@ class FarmService:
         #: why the farm last recovered, and how many times it did
         self.recovery_reason: str | None = None
         self.recoveries = 0
-        import time as _time
-
-        for stale in (self.state_dir / "uploads").glob("*.part"):  # unfinished for a day
-            if _time.time() - stale.stat().st_mtime > 86400:
-                stale.unlink(missing_ok=True)
+        local = self.storage.local_path("x")
+        self._private_roots = sorted({str(self.state_dir), str(Path(local).parent)}
+                                     if local is not None else {str(self.state_dir)},
+                                     key=len, reverse=True)
+        self._expire_uploads()
         for job in self.store.jobs(["running"]):  # interrupted by a restart: run them again
             logger.info("job %s was running when the service stopped; it resumes", job.id)
             self.store.act(job.id, "requeue")
@@ -294,6 +314,10 @@ class FarmService:
         poller = zmq.Poller()
         poller.register(self.sockets.router, zmq.POLLIN)
         poller.register(self.sockets.pub, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        keyring = self.sockets.keyring
+        removals, checked = (keyring.removals if keyring else 0), 0.0
+        expired = time.monotonic()
         try:
             while not self._stop.is_set():
                 for sock, _ in poller.poll(50):
@@ -301,6 +325,21 @@ class FarmService:
                         self._receive()
                     elif sock is self.sockets.pub:
                         self._subscriptions()
+                    elif sock == self._wake_r:
+                        os.read(self._wake_r, 65536)
+                self._send_replies()
+                if time.monotonic() - expired > 600:
+                    expired = time.monotonic()
+                    self._expire_uploads()
+                if keyring is not None and time.monotonic() - checked > 1.0:
+                    checked = time.monotonic()
+                    keyring.names()  # notices keys removed from the folders
+                    if keyring.removals != removals:  # drop their subscriptions
+                        removals = keyring.removals
+                        poller.unregister(self.sockets.pub)
+                        self.sockets.rebind_events()
+                        poller.register(self.sockets.pub, zmq.POLLIN)
+                        logger.info("a client key was removed: event subscriptions renewed")
                 self._publish()
                 if self.farm_state == "ok":
                     self._schedule()
@@ -319,6 +358,11 @@ class FarmService:
             self._live.clear()
         for _job_id, run in live:  # interrupted, not cancelled: they resume next time
             run.handle.cancel()
+        for lane in self._lanes:
+            lane.shutdown(wait=True, cancel_futures=True)
+        self._send_replies()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         locked = self._farm_lock.acquire(timeout=60)  # let a recovery in progress end
         try:
             if self._farm is not None and self._owns_farm:
@@ -338,16 +382,55 @@ class FarmService:
             except zmq.Again:
                 return
             identity, body = frames[0].bytes, [f.bytes for f in frames[1:]]
+            caller = self._caller(frames[-1])
+            refusal = None
+            if isinstance(caller, str):  # refused before anything is read
+                refusal = protocol.reply_error(None, "refused", caller)
+            else:
+                try:
+                    self._limit_rate(caller)
+                except ServiceError as exc:
+                    refusal = protocol.reply_error(None, exc.kind, exc.one_line())
+            if refusal is not None:
+                self._send(identity, [refusal])
+                continue
+            assert isinstance(caller, Caller)
+            lane = self._lanes[zlib.crc32(caller.name.encode()) % len(self._lanes)]
+            with self._lock:
+                self._in_flight[caller.name] = self._in_flight.get(caller.name, 0) + 1
+            lane.submit(self._answer_in_lane, identity, body, caller)
+
+    def _answer_in_lane(self, identity: bytes, body: list[bytes], caller: Caller) -> None:
+        try:
+            reply = self._answer(body, caller)
+        except BaseException:  # even the error reply failed: a fixed one, and go on
+            logger.exception("a request could not be answered")
+            reply = [protocol.reply_error(None, "internal", "the request could not be "
+                                          "answered; it was dropped")]
+        finally:
+            with self._lock:
+                self._in_flight[caller.name] -= 1
+        self._replies.put([identity, *reply])
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:  # the main loop has wake-ups pending already
+            pass
+
+    def _send_replies(self) -> None:
+        while True:
             try:
-                reply = self._answer(body, self._caller(frames[-1]))
-            except Exception:  # even the error reply failed: a fixed one, and go on
-                logger.exception("a request could not be answered")
-                reply = [protocol.reply_error(None, "internal", "the request could not be "
-                                              "answered; it was dropped")]
-            try:
-                self.sockets.router.send_multipart([identity, *reply], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # the client went away: nothing to do
-                logger.debug("reply dropped: %s", exc)
+                frames = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self._send(frames[0], frames[1:])
+
+    def _send(self, identity: bytes, reply: list[bytes]) -> None:
+        import zmq
+
+        try:
+            self.sockets.router.send_multipart([identity, *reply], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the client went away: nothing to do
+            logger.debug("reply dropped: %s", exc)
 
     def _caller(self, frame: Any) -> Caller | str:
         """Who sent a message (its key's name, from the secure handshake), or why the
@@ -359,7 +442,7 @@ class FarmService:
             name = frame.get("User-Id")
         except Exception:  # no handshake metadata: not a keyed connection
             name = None
-        caller = keyring.by_name(name) if name else None
+        caller = keyring.by_user_id(name) if name else None
         if caller is None:
             return ("this client's key is no longer allowed by the farm (it was removed from "
                     "the service's --clients); ask the farm's administrator")
@@ -373,7 +456,6 @@ class FarmService:
             request_id = request.id
             if isinstance(caller, str):
                 raise ServiceError(caller, kind="refused")
-            self._limit_rate(caller)
             handler = getattr(self, f"_op_{request.op}")
             result = handler(request, caller)
             self._audit(caller, request, None, result)
@@ -384,18 +466,43 @@ class FarmService:
         except ProtocolError as exc:
             logger.info("bad request: %s", exc.message)
             self._audit(caller, request, exc)
-            return [protocol.reply_error(exc.request_id, exc.kind, exc.message)]
+            return [protocol.reply_error(exc.request_id, exc.kind, self._scrub(exc.message))]
         except ServiceError as exc:
             self._audit(caller, request, exc)
-            return [protocol.reply_error(request_id, exc.kind, exc.one_line())]
+            return [protocol.reply_error(request_id, exc.kind, self._scrub(exc.one_line()))]
         except RenderFarmError as exc:
             self._audit(caller, request, exc)
             kind = "limit" if isinstance(exc, LimitError) else "bad_input"
-            return [protocol.reply_error(request_id, kind, exc.one_line())]
+            return [protocol.reply_error(request_id, kind, self._scrub(exc.one_line()))]
         except Exception as exc:  # never let one request take the service down
             logger.exception("request failed")
-            return [protocol.reply_error(request_id, "internal",
-                                         f"internal error: {type(exc).__name__}: {exc}")]
+            return [protocol.reply_error(request_id, "internal", self._scrub(
+                f"internal error: {type(exc).__name__}: {exc}"))]
+
+    def _expire_uploads(self) -> None:
+        """Delete uploads left unfinished for :data:`PART_EXPIRY` seconds."""
+        now = time.time()
+        for stale in (self.state_dir / "uploads").glob("*.part"):
+            try:
+                if now - stale.stat().st_mtime > PART_EXPIRY:
+                    stale.unlink(missing_ok=True)
+                    logger.info("unfinished upload %s expired", stale.name)
+            except OSError:
+                continue
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the farm's own paths (its state folder, its storage): clients
+        see ``<farm>/jobs/...``, never where the service keeps things."""
+        for root in self._private_roots:
+            text = text.replace(root, "<farm>")
+        return text
+
+    def _public(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A job's dict as clients see it (no server paths in its error and warnings)."""
+        if job.get("error"):
+            job["error"] = self._scrub(job["error"])
+        job["warnings"] = [self._scrub(w) for w in job.get("warnings") or []]
+        return job
 
     def _audit(self, caller: Caller | str, request: protocol.Request | None,
                error: RenderFarmError | None, result: Any = None) -> None:
@@ -418,9 +525,11 @@ class FarmService:
             logger.exception("cannot record %s by %s in the audit table", request.op, name)
 
     def _limit_rate(self, caller: Caller) -> None:
-        """Refuse a caller's request over its rate (a token bucket per client)."""
-        import time
-
+        """Refuse a caller's request over its rate (a token bucket per client) or with too
+        many requests in flight."""
+        if self._in_flight.get(caller.name, 0) >= MAX_IN_FLIGHT:
+            raise ServiceError(f"{caller.name} has {MAX_IN_FLIGHT} requests in flight already; "
+                               "wait for their replies", kind="rate_limited")
         rate = self.config.requests_per_second
         if not rate:
             return
@@ -459,6 +568,13 @@ class FarmService:
                             topic[:80])
                 continue
             pub.setsockopt(zmq.SUBSCRIBE if message[0] == 1 else zmq.UNSUBSCRIBE, topic)
+            if message[0] == 1:  # confirm it, so the client knows events flow from now on
+                confirmation = protocol.encode({"kind": "subscribed",
+                                                "topic": topic.decode(errors="replace")})
+                try:
+                    pub.send_multipart([topic, confirmation], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
 
     def _publish(self) -> None:
         import zmq
@@ -514,13 +630,21 @@ class FarmService:
         part = self._upload_part(sha, caller)
         part.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.exists() else 0
-        if offset == 0:
-            stored = self.store.stored_bytes(caller.name)
-            quota = self.config.max_stored_bytes_per_client
-            if stored + total > quota:
-                raise LimitError(f"{caller.name} has stored {stored} bytes; {total} more is "
-                                 f"over the farm's {quota} per client (serve "
-                                 "--max-stored-gb-per-client)", limit="stored_bytes")
+        # the quota counts what the client stored, its other uploads in progress, and all of
+        # this one (announced), at every chunk
+        others = [p for p in part.parent.glob(f"*.{caller.name}.part") if p != part]
+        if offset == 0 and not part.exists() and len(others) >= MAX_PARTS:
+            raise LimitError(f"{caller.name} has {len(others)} uploads in progress, the most "
+                             "the farm allows; finish or abandon one (unfinished uploads "
+                             "expire after a day)", limit="uploads_in_progress")
+        stored = self.store.stored_bytes(caller.name)
+        pending = sum(p.stat().st_size for p in others)
+        quota = self.config.max_stored_bytes_per_client
+        if stored + pending + total > quota:
+            raise LimitError(f"{caller.name} has stored {stored} bytes and has {pending} in "
+                             f"unfinished uploads; {total} more is over the farm's {quota} "
+                             "per client (serve --max-stored-gb-per-client)",
+                             limit="stored_bytes")
         data = request.data or b""
         if offset != have:
             if offset != 0:
@@ -660,11 +784,12 @@ class FarmService:
 
     def _op_status(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         row = self._own(caller, request.fields["job_id"])
-        return {"job": {**row.to_dict(), "outputs": self._outputs(row), **self._farm_status()}}
+        return {"job": self._public({**row.to_dict(), "outputs": self._outputs(row),
+                                     **self._farm_status()})}
 
     def _op_list(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         farm = self._farm_status()
-        return {"jobs": [{**j.to_dict(), **farm}
+        return {"jobs": [self._public({**j.to_dict(), **farm})
                          for j in self.store.jobs(request.fields.get("states"))
                          if caller.may_see(j.client or "")]}
 
@@ -897,6 +1022,8 @@ class FarmService:
 
     def _event(self, event: Event, row: JobRow) -> None:
         message = {**event.to_dict(), "state": row.state, "elapsed": row.to_dict()["elapsed"]}
+        if message.get("message"):
+            message["message"] = self._scrub(message["message"])
         if not event.tasks_total:
             message.update(tasks_done=row.tasks_done, tasks_total=row.tasks_total,
                            frames_done=row.frames_done, frames_total=row.frames_total)

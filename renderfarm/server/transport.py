@@ -133,6 +133,29 @@ class ServerSockets:
     publish: str
     authenticator: Any = None
     keyring: Any = None
+    server_key: Any = None
+    max_message: int = 0
+
+    def rebind_events(self) -> None:
+        """Close the event socket and bind a new one on the same address: every subscriber
+        reconnects (ZeroMQ does it by itself) and subscribes again, through a new handshake
+        and the service's checks; one whose key was removed gets nothing more."""
+        import time
+
+        import zmq
+
+        self.pub.close(linger=0)
+        pub = event_socket(self.context, self.server_key, self.max_message)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                pub.bind(self.publish)
+                break
+            except zmq.ZMQError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.pub = pub
 
     def close(self) -> None:
         """Close the sockets and stop authentication."""
@@ -150,8 +173,7 @@ def _named_authenticator(context: Any, keyring: Any) -> Any:
 
     class NamedAuthenticator(ThreadAuthenticator):
         def curve_user_id(self, client_public_key: bytes) -> str:
-            caller = keyring.by_key(z85.encode(client_public_key))
-            return caller.name if caller is not None else ""
+            return keyring.user_id(z85.encode(client_public_key))
 
     authenticator = NamedAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
     authenticator.start()
@@ -211,17 +233,9 @@ def bind_server(bind: str, publish: str | None, server_key: KeyPair | None,
         allowed = keyring.names()
         logger.info("accepting %d client key(s): %s", len(allowed), ", ".join(allowed))
     router = context.socket(zmq.ROUTER)
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.XPUB_MANUAL, 1)  # the service honours only a caller's own topics
-    for sock in (router, pub):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message)
-        if server_key is not None:
-            sock.curve_secretkey = server_key.secret.encode()
-            sock.curve_publickey = server_key.public.encode()
-            sock.curve_server = True
+    _secure_server(router, server_key, max_message)
     router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    pub.setsockopt(zmq.SNDHWM, 10_000)
+    pub = event_socket(context, server_key, max_message)
     try:
         router.bind(bind)
         pub.bind(pub_address)
@@ -234,7 +248,32 @@ def bind_server(bind: str, publish: str | None, server_key: KeyPair | None,
                          "service running there? choose another --bind") from exc
     return ServerSockets(context, router, pub,
                          router.getsockopt(zmq.LAST_ENDPOINT).decode(),
-                         pub.getsockopt(zmq.LAST_ENDPOINT).decode(), authenticator, keyring)
+                         pub.getsockopt(zmq.LAST_ENDPOINT).decode(), authenticator, keyring,
+                         server_key, max_message)
+
+
+def _secure_server(sock: Any, server_key: KeyPair | None, max_message: int) -> None:
+    import zmq
+
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message)
+    if server_key is not None:
+        assert server_key.secret is not None
+        sock.curve_secretkey = server_key.secret.encode()
+        sock.curve_publickey = server_key.public.encode()
+        sock.curve_server = True
+
+
+def event_socket(context: Any, server_key: KeyPair | None, max_message: int) -> Any:
+    """The service's event socket: an XPUB in manual mode (the service honours only each
+    caller's own topics), CURVE when there are keys."""
+    import zmq
+
+    pub = context.socket(zmq.XPUB)
+    pub.setsockopt(zmq.XPUB_MANUAL, 1)
+    _secure_server(pub, server_key, max_message)
+    pub.setsockopt(zmq.SNDHWM, 10_000)
+    return pub
 
 
 def secure_client(sock: Any, server_key: str | None, client_key: KeyPair | None) -> None:
