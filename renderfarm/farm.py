@@ -94,6 +94,18 @@ class FarmConfig:
     default_task_timeout: float | None = None
 
 
+def _private_token() -> None:
+    """Make Ray's token file (and its folder) readable by this user only: the token lets
+    anyone who reads it join the cluster and run code on every node."""
+    folder = Path.home() / ".ray"
+    for path, mode in ((folder, 0o700), (folder / "auth_token", 0o600)):
+        try:
+            if path.exists() and path.stat().st_uid == os.getuid():
+                path.chmod(mode)
+        except OSError as exc:
+            logger.warning("cannot make %s private (%s)", path, exc)
+
+
 def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
     """Check a job before anything starts: the file, the frames, the output, the permissions.
 
@@ -389,11 +401,15 @@ class Farm:
         address = self.config.address or os.environ.get("RAY_ADDRESS") or "local"
         if not address.startswith("ray://"):
             kwargs["include_dashboard"] = False
+        mask = os.umask(0o077)  # Ray writes its token file (~/.ray/auth_token) as it starts
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:
             raise InputError(f"cannot connect to the Ray cluster at {address!r} ({exc}); "
                              "check --address and that the cluster is up") from exc
+        finally:
+            os.umask(mask)
+        _private_token()
         self._started_ray = True
 
     def __enter__(self) -> Farm:

@@ -64,20 +64,36 @@ def output_format(pattern: str) -> str:
 
 
 def output_path(pattern: str | os.PathLike[str], frame: int) -> Path:
-    """The file a frame is written to.
+    """The file a frame is written to, named by Blender's rules (``BLI_path_frame`` and the
+    extension Blender adds).
 
-    Runs of ``#`` in the file name become the frame number zero-padded to the run's length,
-    as in Blender (``shot_####.exr`` -> ``shot_0007.exr``); a pattern without ``#`` gets four
-    digits before its extension (``shot.exr`` -> ``shot0007.exr``).
+    The last run of ``#`` in the file name becomes the frame number, zero-padded to the run's
+    length after its sign (``shot_####.png`` -> ``shot_0007.png``, frame -2 ->
+    ``shot_-0002.png``; wider numbers are not cut); other runs, and ``#`` in folder names,
+    stay. A name without ``#`` gets the frame in four digits at its end, then the format's
+    extension, as Blender writes it (``shot.png`` -> ``shot.png0007.png``, ``shot`` ->
+    ``shot0007.png``).
     """
     path = Path(pattern)
     name = path.name
-    if "#" in name:
-        name = _HASHES.sub(lambda m: f"{frame:0{len(m.group(0))}d}", name)
+    ext = os.path.splitext(name)[1]
+    runs = list(_HASHES.finditer(name))
+    if runs:
+        last = runs[-1]
+        name = name[:last.start()] + _frame_digits(frame, len(last.group(0))) + name[last.end():]
     else:
-        stem, ext = os.path.splitext(name)
-        name = f"{stem}{frame:04d}{ext}"
+        name = name + _frame_digits(frame, 4)
+    known = ext.lower() in {e.lower() for e in FORMAT_EXTENSIONS.values()} or \
+        ext.lower() in (".jpeg", ".tiff")
+    if not runs and known:
+        name += ext  # Blender adds the extension after the number
     return path.with_name(name)
+
+
+def _frame_digits(frame: int, width: int) -> str:
+    """A frame number as C's ``%.*d`` writes it: the digits zero-padded to ``width``, the
+    sign before them (``-2`` at 4 -> ``-0002``)."""
+    return ("-" if frame < 0 else "") + f"{abs(frame):0{width}d}"
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:

@@ -110,6 +110,24 @@ def test_render_succeeds_with_json_summary(tiny: Path, tmp_path: Path) -> None:
     assert (tmp_path / "t_0001.png").stat().st_size > 0
 
 
+def test_rays_token_file_is_readable_by_its_user_only(tiny: Path, tmp_path: Path) -> None:
+    """Ray's token lets whoever reads it join the cluster: the farm keeps it private."""
+    import os
+    import stat
+
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "renderfarm.cli", "render", str(tiny),
+                           "--frames", "1", "-o", str(tmp_path / "k_####.png")],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr
+    token = home / ".ray" / "auth_token"
+    assert token.is_file()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+
+
 def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     proc = run("render", str(tmp_path / "missing.blend"), "-v")
     assert proc.returncode == 3 and "Traceback" in proc.stderr

@@ -71,11 +71,16 @@ def test_from_dict_refuses_unknown_fields_and_bad_json() -> None:
 
 
 def test_output_patterns() -> None:
+    # each as Blender 5.0's scene.render.frame_path() names it (checked with bpy)
     assert output_path("out/shot_####.exr", 7) == Path("out/shot_0007.exr")
     assert output_path("out/shot_#.exr", 123) == Path("out/shot_123.exr")
-    assert output_path("out/shot.exr", 7) == Path("out/shot0007.exr")
-    assert output_path("out/a_##_b_###.png", 5) == Path("out/a_05_b_005.png")
-    assert output_path("out/shot_####.exr", -3) == Path("out/shot_-003.exr")
+    assert output_path("out/shot_##.png", 12345) == Path("out/shot_12345.png")  # not cut
+    assert output_path("out/shot.png", 7) == Path("out/shot.png0007.png")  # no '#'
+    assert output_path("out/shot.png", -2) == Path("out/shot.png-0002.png")
+    assert output_path("out/a##b###c.png", 7) == Path("out/a##b007c.png")  # the last run
+    assert output_path("out/a##b###c.png", -2) == Path("out/a##b-002c.png")
+    assert output_path("out/shot_####.exr", -2) == Path("out/shot_-0002.exr")
+    assert output_path("out/s_##.png", -2) == Path("out/s_-02.png")
     assert output_path("o/#/x_####.exr", 1) == Path("o/#/x_0001.exr")  # folders keep '#'
     assert output_format("a.EXR") == "OPEN_EXR_MULTILAYER"
     assert output_format("a.jpeg") == "JPEG"

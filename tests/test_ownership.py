@@ -264,3 +264,26 @@ def test_unfinished_uploads_count_against_the_quota(server: ServerProcess, keys:
         with pytest.raises(ServiceError) as info:  # more than one request's worth of hashes
             bob.request("have", hashes=["0" * 64] * (protocol.MAX_HASHES + 1))
         assert "at most" in info.value.message or "more than" in info.value.message
+
+
+def test_a_hash_alone_gives_nobody_another_clients_file(server: ServerProcess, keys: Path,
+                                                        make_scene) -> None:
+    """Content is stored once, but a client may use a file only after sending it itself:
+    knowing another client's hash is not enough to render (and fetch) that file."""
+    from renderfarm.executor import file_hash
+
+    blend = make_scene(width=32, height=24, samples=1, frames=3)
+    sha = file_hash(str(blend))
+    with client_of(server, keys, "alice") as alice, client_of(server, keys, "bob") as bob:
+        assert alice.upload(blend) == sha
+        assert alice.request("have", hashes=[sha])[0]["missing"] == []
+        assert bob.request("have", hashes=[sha])[0]["missing"] == [sha]
+        with pytest.raises(ServiceError) as info:
+            bob.request("submit", spec={"frames": "1", "output": "s_####.png"}, blob=sha,
+                        filename="stolen.blend")
+        assert info.value.kind == "not_found"
+        assert bob.upload(blend) == sha  # bob has the file: he sends it, and may use it
+        assert bob.request("have", hashes=[sha])[0]["missing"] == []
+        reply = bob.request("submit", spec={"frames": "1", "output": "s_####.png"},
+                            blob=sha, filename="own.blend")[0]
+        assert wait_final(bob, reply["job_id"])["state"] == "done"

@@ -621,8 +621,11 @@ class FarmService:
 
         sha, offset, total = (request.fields[k] for k in ("sha256", "offset", "total"))
         key = storage_key(sha)
-        if self.storage.exists(key):
+        stored = self.storage.exists(key)
+        if stored and self.store.owns(caller.name, sha):
             return {"received": total, "complete": True}
+        # content the farm has from another client: this client sends it too (proof that
+        # it has the file; a hash alone gives nobody another client's file), not stored twice
         if total > self.config.max_bundle_bytes:
             raise LimitError(f"upload of {sha[:12]}: {total} bytes is more than the farm's "
                              f"{self.config.max_bundle_bytes} (serve --max-bundle-gb)",
@@ -665,16 +668,21 @@ class FarmService:
             raise ServiceError(f"the uploaded file's SHA-256 is {digest[:12]}…, not "
                                f"{sha[:12]}…: it was damaged on the way; upload it again",
                                kind="bad_upload")
-        self.storage.put_file(key, part)
+        if not stored:
+            self.storage.put_file(key, part)
         part.unlink(missing_ok=True)
         self.store.add_upload(caller.name, sha, total)
         return {"received": received, "complete": True}
 
     def _op_have(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         hashes = sorted(set(request.fields["hashes"]))
-        return {"missing": [h for h in hashes if not self.storage.exists(storage_key(h))]}
+        return {"missing": [h for h in hashes if not self._has(caller, h)]}
 
-    def _manifest(self, request: protocol.Request) -> Manifest:
+    def _has(self, caller: Caller, sha: str) -> bool:
+        """Whether the farm holds ``sha`` for this caller: stored, and sent by it once."""
+        return self.store.owns(caller.name, sha) and self.storage.exists(storage_key(sha))
+
+    def _manifest(self, request: protocol.Request, caller: Caller) -> Manifest:
         """The job's bundle: the client's manifest, or the one uploaded ``.blend`` alone."""
         fields = request.fields
         if ("blob" in fields) == ("bundle" in fields):
@@ -684,7 +692,7 @@ class FarmService:
             name = fields["filename"] if fields["filename"].endswith(".blend") else \
                 fields["filename"] + ".blend"
             key = storage_key(fields["blob"])
-            if not self.storage.exists(key):
+            if not self._has(caller, fields["blob"]):
                 raise ServiceError("the file was not uploaded (or the upload did not "
                                    "finish): upload it, then submit", kind="not_found")
             return Manifest(name, (BundleFile(name, fields["blob"], self.storage.size(key)),))
@@ -692,7 +700,7 @@ class FarmService:
             manifest = Manifest.from_dict(fields["bundle"], self.config.max_bundle_bytes)
         except RenderFarmError as exc:
             raise ServiceError(f"submit: {exc.one_line()}", kind="bad_bundle") from exc
-        absent = [h for h in manifest.hashes() if not self.storage.exists(storage_key(h))]
+        absent = [h for h in manifest.hashes() if not self._has(caller, h)]
         if absent:
             raise ServiceError(f"{len(absent)} file(s) of the bundle were not uploaded (e.g. "
                                f"{absent[0][:12]}…): upload them, then submit",
@@ -717,7 +725,7 @@ class FarmService:
         if unknown:
             raise ProtocolError(f"submit: spec has unknown field(s) {', '.join(unknown)}",
                                 request_id=request.id)
-        manifest = self._manifest(request)
+        manifest = self._manifest(request, caller)
         if manifest.missing and raw.get("allow_missing") is not True:
             raise ServiceError(missing_error(manifest.missing, fields["filename"]).one_line(),
                                kind="missing_files")

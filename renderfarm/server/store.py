@@ -255,6 +255,11 @@ class Store:
             self._db.execute("INSERT OR IGNORE INTO uploads (client, sha256, size, at) "
                              "VALUES (?, ?, ?, ?)", (client, sha256, size, time.time()))
 
+    def owns(self, client: str, sha256: str) -> bool:
+        """Whether ``client`` sent the file ``sha256`` once (it may use it in jobs)."""
+        return bool(self._run("SELECT 1 FROM uploads WHERE client = ? AND sha256 = ?",
+                              (client, sha256)))
+
     def stored_bytes(self, client: str) -> int:
         """Bytes of new files a client has stored."""
         rows = self._run("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE client = ?",
