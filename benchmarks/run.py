@@ -370,7 +370,10 @@ def _oiiotool(pieces: Sequence[Any], canvas: Any, target: Path, parts: int) -> f
     """oiiotool pasting the same pieces into the frame, as one command: each part is the first
     piece grown to the frame with every other piece pasted in, then all parts are appended
     (``--paste`` works on one subimage at a time)."""
-    tool = shutil.which("oiiotool")
+    # the OpenImageIO wheel puts it beside this Python (a virtual environment's bin/, which
+    # is not on PATH unless the environment was activated)
+    beside = Path(sys.executable).parent / "oiiotool"
+    tool = shutil.which("oiiotool") or (str(beside) if beside.is_file() else None)
     if tool is None:
         raise RuntimeError("oiiotool not found (it comes with the OpenImageIO wheel)")
     args = [tool]

@@ -38,7 +38,9 @@ def show_progress(handle: JobHandle, stream: TextIO | None = None) -> None:
                 (bar.write(line, file=out) if bar is not None else print(line, file=out))
             if bar is None:
                 continue
-            text = f"frames {event.frames_done}/{event.frames_total}"
+            # tiles finish steadily long before the first frame is merged: show both
+            text = (f"frames merged {event.frames_done}/{event.frames_total}, "
+                    f"tiles {event.tasks_done}/{event.tasks_total}")
             if text != postfix:
                 postfix = text
                 bar.set_postfix_str(text, refresh=False)

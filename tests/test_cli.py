@@ -110,6 +110,13 @@ def test_render_succeeds_with_json_summary(tiny: Path, tmp_path: Path) -> None:
     assert (tmp_path / "t_0001.png").stat().st_size > 0
 
 
+def test_progress_shows_finished_tiles_and_merged_frames(tiny: Path, tmp_path: Path) -> None:
+    proc = run("render", str(tiny), "--frames", "1-2", "--tiles", "2x2", "--workers", "2",
+               "-o", str(tmp_path / "p_####.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert "tiles 8/8" in proc.stderr and "frames merged 2/2" in proc.stderr, proc.stderr
+
+
 def test_rays_token_file_is_readable_by_its_user_only(tiny: Path, tmp_path: Path) -> None:
     """Ray's token lets whoever reads it join the cluster: the farm keeps it private."""
     import os
