@@ -4,7 +4,8 @@ of the pixels.
 ``python blender_reference.py FILE.blend OUT_PATTERN FRAME[,FRAME...] [FORMAT [SAMPLES PCT]]``
 
 Each frame is rendered untiled with the scene as saved and written with ``write_still`` to
-OUT_PATTERN with ``{frame}`` replaced. FORMAT is EXR (default, multilayer) or PNG, JPEG, TIFF.
+OUT_PATTERN with ``{frame}`` replaced. FORMAT is EXR (default, multilayer) or PNG, JPEG, TIFF,
+or SCENE (the scene's own output settings).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def main(argv: list[str]) -> int:
             scene.eevee.taa_render_samples = int(argv[4])
         scene.render.resolution_percentage = int(argv[5])
     settings = scene.render.image_settings
-    if fmt != "EXR":
+    if fmt == "SCENE":  # the scene's own output settings, as saved
+        pass
+    elif fmt != "EXR":
         settings.media_type = "IMAGE"
         settings.file_format = fmt
     elif settings.file_format != "OPEN_EXR_MULTILAYER":

@@ -89,12 +89,13 @@ def tree_digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[int, Path]]:
     """``reference(blend, frames, fmt="EXR", samples=None, percentage=None)`` -> {frame: file}
-    rendered untiled by plain bpy, with the given overrides."""
+    rendered untiled by plain bpy, with the given overrides (``fmt="SCENE"``: the scene's own
+    output settings, untouched)."""
     folder = tmp_path_factory.mktemp("reference")
 
     def render(blend: Path, frames: list[int], fmt: str = "EXR", samples: int | None = None,
                percentage: int | None = None) -> dict[int, Path]:
-        ext = {"EXR": "exr", "PNG": "png", "JPEG": "jpg", "TIFF": "tif"}[fmt]
+        ext = {"EXR": "exr", "PNG": "png", "JPEG": "jpg", "TIFF": "tif", "SCENE": "img"}[fmt]
         pattern = str(folder / f"{blend.stem}-{fmt}-{samples}-{percentage}-{{frame}}.{ext}")
         todo = [f for f in frames if not Path(pattern.format(frame=f)).exists()]
         extra = [str(samples), str(percentage)] if samples and percentage else []

@@ -165,3 +165,25 @@ def test_idle_workers_do_not_burn_cpu(farm, make_scene, tmp_path) -> None:
     time.sleep(3.0)
     busy = {pid: (cpu_seconds(pid) - before[pid]) / 3.0 for pid in pids}
     assert len(pids) == 2 and all(share < 0.2 for share in busy.values()), busy
+
+
+@pytest.mark.parametrize("output,ext,tiles", [("PNG,8,RGBA", "png", (2, 2)),
+                                              ("PNG,8,RGB", "png", (1, 1)),
+                                              ("TIFF,8,RGB", "tif", (3, 1)),
+                                              ("PNG,16,RGBA", "png", (2, 1))])
+def test_the_scenes_own_depth_and_colour_mode_are_kept(farm, make_scene, reference, tmp_path,
+                                                       output, ext, tiles) -> None:
+    """A scene saved to write 8-bit PNG (Blender's default) gets 8-bit PNGs from the farm,
+    tiled or whole, equal to the file Blender writes itself."""
+    import OpenImageIO as oiio
+
+    blend = make_scene(width=48, height=32, frames=1, samples=4, output=output)
+    result = farm.render(JobSpec(str(blend), frames="1", tiles=tiles,
+                                 output=str(tmp_path / f"o_####.{ext}")))
+    got = oiio.ImageBuf(str(result.outputs[1]))
+    want = oiio.ImageBuf(str(reference(blend, [1], "SCENE")[1]))
+    assert got.spec().format == want.spec().format, (got.spec().format, want.spec().format)
+    assert str(want.spec().format) == ("uint8" if ",8," in output else "uint16")
+    assert got.spec().nchannels == want.spec().nchannels == (4 if "RGBA" in output else 3)
+    assert np.array_equal(got.get_pixels(want.spec().format),
+                          want.get_pixels(want.spec().format))

@@ -15,6 +15,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class SceneRecipe:
             a colour and a value shader AOV, two light groups) and a second view layer.
         kind: ``demo`` or ``cube`` (Blender's factory startup scene; only ``width``,
             ``height``, ``samples``, ``frames``, ``engine`` and ``percentage`` apply).
+        output: the scene's own output settings, ``FORMAT[,DEPTH[,MODE]]`` (``PNG,8,RGB``);
+            None saves a 32-bit multilayer EXR.
     """
 
     width: int = 64
@@ -64,6 +67,7 @@ class SceneRecipe:
     all_passes: bool = False
     compositor: bool = False
     filter_width: float | None = None
+    output: str | None = None
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
@@ -93,7 +97,7 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         for frame in range(1, recipe.frames + 1):
             cube.rotation_euler = (0, 0, 0.2 * frame)
             cube.keyframe_insert("rotation_euler", frame=frame)
-        _save(path, render)
+        _save(path, render, recipe.output)
         return
 
     world = bpy.data.worlds.new("World")
@@ -173,7 +177,7 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         second = scene.view_layers.new("Second")
         second.use_pass_z = True
 
-    _save(path, render)
+    _save(path, render, recipe.output)
 
 
 def _all_passes(scene: object) -> None:
@@ -247,12 +251,23 @@ def _compositor(scene: object) -> None:
     scene.render.use_compositing = True  # type: ignore[attr-defined]
 
 
-def _save(path: str, render: object) -> None:
+def _save(path: str, render: object, output: str | None = None) -> None:
     import bpy
 
-    render.image_settings.media_type = "MULTI_LAYER_IMAGE"  # type: ignore[attr-defined]
-    render.image_settings.file_format = "OPEN_EXR_MULTILAYER"  # type: ignore[attr-defined]
-    render.image_settings.color_depth = "32"  # type: ignore[attr-defined]
+    settings: Any = render.image_settings  # type: ignore[attr-defined]
+    if output is None:
+        settings.media_type = "MULTI_LAYER_IMAGE"
+        settings.file_format = "OPEN_EXR_MULTILAYER"
+        settings.color_depth = "32"
+    else:
+        parts = output.split(",")
+        settings.media_type = "MULTI_LAYER_IMAGE" if parts[0] == "OPEN_EXR_MULTILAYER" \
+            else "IMAGE"
+        settings.file_format = parts[0]
+        if len(parts) > 1:
+            settings.color_depth = parts[1]
+        if len(parts) > 2:
+            settings.color_mode = parts[2]
     bpy.ops.wm.save_as_mainfile(filepath=path, compress=True)
 
 
@@ -389,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all-passes", action="store_true")
     parser.add_argument("--compositor", action="store_true")
     parser.add_argument("--filter-width", type=float)
+    parser.add_argument("--output", help="the scene's own output: FORMAT[,DEPTH[,MODE]]")
     args = parser.parse_args(argv)
     if args.kind == "project":  # PATH is a folder
         build_project(args.path, args.width, args.height, args.samples)
@@ -400,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
         percentage=args.percentage, detail=args.detail, kind=args.kind,
         motion_blur=args.motion_blur, all_passes=args.all_passes,
-        compositor=args.compositor, filter_width=args.filter_width))
+        compositor=args.compositor, filter_width=args.filter_width, output=args.output))
     return 0
 
 

@@ -50,6 +50,35 @@ def find_scene(name: str | None) -> Any:
     return scene
 
 
+#: the image settings of a scene's output that make its file what it is (in the order
+#: Blender accepts them: the format first, then what the format allows)
+OUTPUT_SETTINGS = ("media_type", "file_format", "color_mode", "color_depth", "compression",
+                   "quality", "exr_codec", "tiff_codec", "use_preview", "use_exr_interleave")
+
+
+def own_output(scene: Any) -> dict[str, Any]:
+    """The scene's own output settings, as saved in its file (before the farm changes them
+    to render pieces)."""
+    settings = scene.render.image_settings
+    return {name: getattr(settings, name) for name in OUTPUT_SETTINGS
+            if hasattr(settings, name)}
+
+
+def restore_output(scene: Any, own: dict[str, Any], file_format: str) -> bool:
+    """Give ``scene`` the output settings ``own`` (from :func:`own_output`) when they are for
+    ``file_format``: the farm then writes the final file with the scene's own depth, colour
+    mode, codec and quality. Returns whether it did."""
+    if own.get("file_format") != file_format:
+        return False
+    settings = scene.render.image_settings
+    for name, value in own.items():
+        try:
+            setattr(settings, name, value)
+        except (AttributeError, TypeError, ValueError):  # not settable for this format
+            continue
+    return True
+
+
 def set_output_format(scene: Any, file_format: str) -> None:
     """Make ``scene`` write ``file_format``, keeping the scene's own settings where they apply.
 
@@ -94,6 +123,8 @@ class BlenderSession:
         self.loaded_hash: str | None = None
         self.device_label = ""
         self._key: tuple[Any, ...] | None = None
+        #: the output settings the artist's file has (the farm writes final files with them)
+        self._own_output: dict[str, Any] = {}
         self._allow_scripts = False
         self._scene_name: str | None = None
         self._format = "OPEN_EXR_MULTILAYER"
@@ -113,6 +144,7 @@ class BlenderSession:
     def _open(self, path: str, blend_hash: str, allow_scripts: bool) -> float:
         self.loaded_hash = None
         self._key = None
+        self._own_output = {}
         self._info = {}
         seconds = open_blend(path, allow_scripts)
         self.loaded_hash = blend_hash
@@ -213,6 +245,7 @@ class BlenderSession:
         render.use_compositing = settings.compositing and render.use_compositing
         if not settings.compositing:
             render.use_sequencer = False
+        self._own_output = own_output(scene)  # what the artist's file writes
         set_output_format(scene, output_format)
         self._format = output_format
         self._border = (render.use_border, render.use_crop_to_border, render.border_min_x,
@@ -397,7 +430,7 @@ class BlenderSession:
             render.resolution_percentage = 100
             render.use_file_extension = False
 
-        _write_composite(scene, tree, image, feed, file_format, written)
+        _write_composite(scene, tree, image, feed, file_format, written, self._own_output)
         if file_format != "OPEN_EXR_MULTILAYER":
             os.replace(written, target)
             return
@@ -453,7 +486,7 @@ class BlenderSession:
             scene.render.resolution_x, scene.render.resolution_y = image.size[:]
 
         _write_composite(scene, scene.compositing_node_group, image, show, file_format,
-                         target)
+                         target, self._own_output)
 
     def _convert_scene(self) -> Any:
         """A fresh copy of the job's scene whose compositor shows one image."""
@@ -484,7 +517,7 @@ _DENOISED_PASSES = ("Combined", "Shadow Catcher")
 
 
 def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format: str,
-                     path: str) -> None:
+                     path: str, own: dict[str, Any] | None = None) -> None:
     """Let Blender write the compositor result of a throw-away ``scene`` (nothing is
     rendered: its tree reads ``image``) as ``file_format`` at ``path``; ``setup()`` wires the
     tree first. The scene, its tree and the image are removed afterwards, whatever happens.
@@ -496,7 +529,8 @@ def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format:
 
     try:
         setup()
-        set_output_format(scene, file_format)
+        if not (own and restore_output(scene, own, file_format)):
+            set_output_format(scene, file_format)
         scene.render.filepath = path
         bpy.ops.render.render(write_still=True, scene=scene.name)
     finally:
