@@ -291,7 +291,8 @@ class BlenderWorker:
                 os.remove(piece)
 
     def finish(self, settings: dict[str, Any], merged_exr: bytes, file_format: str,
-               extension: str, files: dict[str, Any] | None = None) -> bytes | None:
+               extension: str, files: dict[str, Any] | None = None,
+               frame: int | None = None) -> bytes | None:
         """Finish a merged frame (multilayer EXR): denoise it when the job renders noisy
         pieces, and write it in ``file_format`` with the colour management of the job's scene;
         return the file's bytes (None when this worker needs the job's files sent)."""
@@ -306,7 +307,7 @@ class BlenderWorker:
         try:
             with open(source, "wb") as handle:
                 handle.write(merged_exr)
-            self.session.finish(source, target, file_format)
+            self.session.finish(source, target, file_format, frame)
             with open(target, "rb") as handle:
                 return handle.read()
         finally:

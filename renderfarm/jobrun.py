@@ -330,7 +330,7 @@ class JobRun:
             try:
                 data = ray.get(handle.actor.finish.remote(
                     self.settings.to_dict(), payload, final, FORMAT_EXTENSIONS[final],
-                    self.files.ref))
+                    self.files.ref, frame))
             except ray.exceptions.RayActorError:
                 self.pool.replace(handle.worker_id)
                 continue

@@ -187,3 +187,23 @@ def test_the_scenes_own_depth_and_colour_mode_are_kept(farm, make_scene, referen
     assert got.spec().nchannels == want.spec().nchannels == (4 if "RGBA" in output else 3)
     assert np.array_equal(got.get_pixels(want.spec().format),
                           want.get_pixels(want.spec().format))
+
+
+def test_tiled_files_carry_each_frames_own_metadata(farm, make_scene, reference,
+                                                    tmp_path) -> None:
+    """Frame, Scene and Camera in a tiled PNG are the frame's own, as Blender writes them
+    (a helper scene's name or another frame's number would be a different file)."""
+    import OpenImageIO as oiio
+
+    blend = make_scene(width=48, height=32, frames=3, samples=2, output="PNG,8,RGBA")
+    result = farm.render(JobSpec(str(blend), frames="1-3", tiles=(2, 1),
+                                 output=str(tmp_path / "m_####.png")))
+    want = reference(blend, [1, 2, 3], "SCENE")
+    for frame in (1, 2, 3):
+        got = oiio.ImageInput.open(str(result.outputs[frame])).spec()
+        ref = oiio.ImageInput.open(str(want[frame])).spec()
+        keys = [k for k in ("Frame", "Scene", "Camera") if ref.getattribute(k) is not None]
+        assert "Frame" in keys and "Scene" in keys, [a.name for a in ref.extra_attribs]
+        for key in keys:
+            assert got.getattribute(key) == ref.getattribute(key), (frame, key)
+        assert str(got.getattribute("Frame")).lstrip("0") == str(frame)

@@ -13,7 +13,8 @@ import os
 import re
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,10 +312,12 @@ class BlenderSession:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         return PieceStats(seconds, self._peak_memory(), rss)
 
-    def finish(self, merged: str, target: str, file_format: str) -> None:
+    def finish(self, merged: str, target: str, file_format: str,
+               frame: int | None = None) -> None:
         """Turn a merged frame into the job's output: denoise it when the job renders noisy
         pieces, then write it in ``file_format`` (through :meth:`convert` unless it is a
-        multilayer EXR).
+        multilayer EXR). The compositor and the metadata (Frame, Scene, Camera, stamp) are
+        the frame's: the scene is set to ``frame`` and keeps its name.
 
         Raises:
             RenderError: the denoiser or Blender's writer failed.
@@ -326,7 +329,7 @@ class BlenderSession:
             work = self._denoise(merged)
         if self._post_composite:
             try:
-                self._composite(work, target, file_format)
+                self._composite(work, target, file_format, frame)
             finally:
                 if work != merged and os.path.exists(work):
                     os.remove(work)
@@ -337,7 +340,7 @@ class BlenderSession:
         rgba = f"{merged}.rgba.exr"
         try:
             combined_rgba(Path(work), Path(rgba))
-            self.convert(rgba, target, file_format)
+            self.convert(rgba, target, file_format, frame)
         finally:
             for path in {rgba, work} - {merged}:
                 if os.path.exists(path):
@@ -390,7 +393,8 @@ class BlenderSession:
             os.remove(denoised)
         return final
 
-    def _composite(self, source: str, target: str, file_format: str) -> None:
+    def _composite(self, source: str, target: str, file_format: str,
+                   frame: int | None = None) -> None:
         """Run the scene's compositor once on a merged frame: a copy of the scene whose node
         tree reads the frame through Image nodes where it had Render Layers nodes, written by
         Blender in ``file_format`` (a multilayer EXR also keeps the frame's passes, after the
@@ -429,8 +433,12 @@ class BlenderSession:
             render.resolution_x, render.resolution_y = image_size(Path(source))
             render.resolution_percentage = 100
             render.use_file_extension = False
+            if frame is not None:  # Scene Time, drivers, keyed node values: this frame's
+                _at_frame(scene, frame)
 
-        _write_composite(scene, tree, image, feed, file_format, written, self._own_output)
+        with _named_as(original, scene):  # metadata and stamp name the artist's scene
+            _write_composite(scene, tree, image, feed, file_format, written,
+                             self._own_output)
         if file_format != "OPEN_EXR_MULTILAYER":
             os.replace(written, target)
             return
@@ -466,7 +474,8 @@ class BlenderSession:
             for name, colour in self._added_colour:
                 setattr(scene.view_layers[name], colour, True)
 
-    def convert(self, source: str, target: str, file_format: str) -> None:
+    def convert(self, source: str, target: str, file_format: str,
+                frame: int | None = None) -> None:
         """Write the RGBA float image ``source`` as ``target`` the way Blender writes renders.
 
         The image goes through a copy of the job's scene whose compositor only reads it, so
@@ -484,9 +493,12 @@ class BlenderSession:
         def show() -> None:
             scene.compositing_node_group.nodes["renderfarm-image"].image = image
             scene.render.resolution_x, scene.render.resolution_y = image.size[:]
+            if frame is not None:  # the metadata's Frame, the stamp's frame number
+                _at_frame(scene, frame)
 
-        _write_composite(scene, scene.compositing_node_group, image, show, file_format,
-                         target, self._own_output)
+        with _named_as(self.scene, scene):  # metadata and stamp name the artist's scene
+            _write_composite(scene, scene.compositing_node_group, image, show, file_format,
+                             target, self._own_output)
 
     def _convert_scene(self) -> Any:
         """A fresh copy of the job's scene whose compositor shows one image."""
@@ -514,6 +526,38 @@ class BlenderSession:
 
 #: passes Cycles' denoiser replaces with a denoised version (Blender also keeps "Noisy <pass>")
 _DENOISED_PASSES = ("Combined", "Shadow Catcher")
+
+
+def _at_frame(scene: Any, frame: int) -> None:
+    """Put ``scene`` (a helper copy) at ``frame`` for a write: its compositor evaluates
+    there, and Blender 5.0 stamps the frame of the context's scene into the file's metadata
+    (measured: a copy at frame 3 rendered from a context at frame 5 writes Frame 005), so that
+    one moves too (without evaluating it: the next task sets its own frame)."""
+    import bpy
+
+    scene.frame_set(frame)
+    context = bpy.context.scene
+    if context is not None and context != scene:
+        context.frame_current = frame
+
+
+@contextmanager
+def _named_as(original: Any, copy: Any) -> Iterator[None]:
+    """Give ``copy`` the name of the scene it copies while it writes a file (Blender writes
+    the scene's name into the file's metadata and its stamp); the original gets its name
+    back afterwards."""
+    name = original.name
+    original.name = f"{name}.renderfarm-original"
+    copy.name = name
+    try:
+        yield
+    finally:
+        try:
+            if copy.name == name:  # still there: move it out of the way
+                copy.name = f"{name}.renderfarm-copy"
+        except ReferenceError:  # removed already
+            pass
+        original.name = name
 
 
 def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format: str,
