@@ -204,6 +204,17 @@ def test_limits_refuse_clearly_and_leave_nothing_behind(server: ServerProcess, k
     assert sum(1 for r in rows if r[0] == "alice") >= 5, rows
 
 
+def _renewals(server: ServerProcess) -> int:
+    return server.log.read_text(errors="replace").count("event subscriptions renewed")
+
+
+def _wait_for_renewals(server: ServerProcess, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _renewals(server) < count:
+        assert time.monotonic() < deadline, "the service did not renew its event socket"
+        time.sleep(0.1)
+
+
 def test_a_key_replaced_or_removed_stops_its_open_connections_and_subscriptions(
         server: ServerProcess, keys: Path, make_scene, tmp_path: Path) -> None:
     """A new key under an old name does not inherit the old key's open connection; a key
@@ -211,6 +222,7 @@ def test_a_key_replaced_or_removed_stops_its_open_connections_and_subscriptions(
     blend = make_scene(width=32, height=24, samples=1, frames=20)
     run_python("-m", "renderfarm", "keys", str(tmp_path), "--name", "carol")  # a new carol
     shutil.copy(keys / "carol.key", keys / "clients" / "carol.key")
+    renewals = _renewals(server)
     try:
         with client_of(server, keys, "carol") as old_carol:
             old_carol.list()
@@ -219,6 +231,10 @@ def test_a_key_replaced_or_removed_stops_its_open_connections_and_subscriptions(
                 old_carol.list()
             assert info.value.kind == "refused" and "no longer allowed" in info.value.message
         shutil.copy(keys / "carol.key", keys / "clients" / "carol.key")  # carol is back
+        # each removal renews the event socket (a gap of events for everyone): let the
+        # service see the key swaps above before carol subscribes
+        _wait_for_renewals(server, renewals + 1)
+        time.sleep(1.5)  # a second swap inside the service's one-second check comes too
         with client_of(server, keys, "carol") as carol:
             carol.subscribe()
             job_id = carol.submit(blend, {"frames": "1-20", "output": "k_####.png"})
@@ -267,9 +283,11 @@ def test_unfinished_uploads_count_against_the_quota(server: ServerProcess, keys:
 
 
 def test_a_hash_alone_gives_nobody_another_clients_file(server: ServerProcess, keys: Path,
-                                                        make_scene) -> None:
+                                                        make_scene, tmp_path: Path) -> None:
     """Content is stored once, but a client may use a file only after sending it itself:
     knowing another client's hash is not enough to render (and fetch) that file."""
+    import os
+
     from renderfarm.executor import file_hash
 
     blend = make_scene(width=32, height=24, samples=1, frames=3)
@@ -287,3 +305,9 @@ def test_a_hash_alone_gives_nobody_another_clients_file(server: ServerProcess, k
         reply = bob.request("submit", spec={"frames": "1", "output": "s_####.png"},
                             blob=sha, filename="own.blend")[0]
         assert wait_final(bob, reply["job_id"])["state"] == "done"
+        for size in (177, 126_370):  # new content from a client that has stored some before
+            path = tmp_path / f"new-{size}.bin"
+            path.write_bytes(os.urandom(size))
+            sha = bob.upload(path)
+            assert bob.request("have", hashes=[sha])[0]["missing"] == []
+            assert (server.state / "storage" / "files" / sha).stat().st_size == size

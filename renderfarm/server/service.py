@@ -621,8 +621,8 @@ class FarmService:
 
         sha, offset, total = (request.fields[k] for k in ("sha256", "offset", "total"))
         key = storage_key(sha)
-        stored = self.storage.exists(key)
-        if stored and self.store.owns(caller.name, sha):
+        in_storage = self.storage.exists(key)
+        if in_storage and self.store.owns(caller.name, sha):
             return {"received": total, "complete": True}
         # content the farm has from another client: this client sends it too (proof that
         # it has the file; a hash alone gives nobody another client's file), not stored twice
@@ -640,11 +640,11 @@ class FarmService:
             raise LimitError(f"{caller.name} has {len(others)} uploads in progress, the most "
                              "the farm allows; finish or abandon one (unfinished uploads "
                              "expire after a day)", limit="uploads_in_progress")
-        stored = self.store.stored_bytes(caller.name)
+        used = self.store.stored_bytes(caller.name)
         pending = sum(p.stat().st_size for p in others)
         quota = self.config.max_stored_bytes_per_client
-        if stored + pending + total > quota:
-            raise LimitError(f"{caller.name} has stored {stored} bytes and has {pending} in "
+        if used + pending + total > quota:
+            raise LimitError(f"{caller.name} has stored {used} bytes and has {pending} in "
                              f"unfinished uploads; {total} more is over the farm's {quota} "
                              "per client (serve --max-stored-gb-per-client)",
                              limit="stored_bytes")
@@ -668,7 +668,7 @@ class FarmService:
             raise ServiceError(f"the uploaded file's SHA-256 is {digest[:12]}…, not "
                                f"{sha[:12]}…: it was damaged on the way; upload it again",
                                kind="bad_upload")
-        if not stored:
+        if not in_storage:
             self.storage.put_file(key, part)
         part.unlink(missing_ok=True)
         self.store.add_upload(caller.name, sha, total)
