@@ -136,20 +136,23 @@ class JobRun:
         except RenderFarmError as exc:
             self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
                       message=exc.one_line(), data={"error": type(exc).__name__})
+            self.farm._forget(self.handle)  # before anyone sees it end
             self.handle._end(None, exc)
         except Exception as exc:  # never leave a handle hanging
             logger.exception("job %s crashed", self.handle.job_id)
             error = JobFailedError(f"internal error: {type(exc).__name__}: {exc}")
             self.emit("job_failed", message=error.one_line())
+            self.farm._forget(self.handle)  # before anyone sees it end
             self.handle._end(None, error)
         else:
             self.emit("job_done", data={"outputs": {str(k): str(v)
                                                     for k, v in result.outputs.items()}})
+            self.farm._forget(self.handle)  # before anyone sees it end
             self.handle._end(result, None)
         finally:
             if self.workdir is None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
-            self.farm._forget(self.handle)
+            self.farm._forget(self.handle)  # in case ending itself failed
 
     def _run(self, start: float) -> JobResult:
         spec = self.spec
