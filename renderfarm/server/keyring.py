@@ -55,8 +55,6 @@ class KeyRing:
         self._stamp: tuple[object, ...] | None = None
         self._by_key: dict[bytes, Caller] = {}
         self._by_name: dict[str, Caller] = {}
-        #: counts how often the keys were read (each change of the folders)
-        self.generation = 0
         #: counts the reloads that removed (or replaced) a key
         self.removals = 0
         self._reload()
@@ -86,7 +84,6 @@ class KeyRing:
                 return
             by_key: dict[bytes, Caller] = {}
             by_name: dict[str, Caller] = {}
-            self.generation += 1
             for folder, admin in self._folders():
                 for path in sorted(folder.glob("*.key")) if folder.is_dir() else ():
                     name = path.stem
@@ -125,12 +122,6 @@ class KeyRing:
         self._reload()
         with self._lock:
             return self._by_key.get(bytes(public_z85))
-
-    def by_name(self, name: str) -> Caller | None:
-        """The caller of this name, or None when no key has it any more."""
-        self._reload()
-        with self._lock:
-            return self._by_name.get(name)
 
     def by_user_id(self, user_id: str) -> Caller | None:
         """The caller of a connection named ``NAME KEY`` by :meth:`user_id`, or None when

@@ -191,9 +191,8 @@ class FarmService:
         self.http_address: str | None = None
         #: "ok", or "recovering" while the service restarts or reconnects its Ray
         self.farm_state = "ok"
-        #: why the farm last recovered, and how many times it did
+        #: why the farm last recovered
         self.recovery_reason: str | None = None
-        self.recoveries = 0
         local = self.storage.local_path("x")
         self._private_roots = sorted({str(self.state_dir), str(Path(local).parent)}
                                      if local is not None else {str(self.state_dir)},
@@ -251,7 +250,6 @@ class FarmService:
         self.farm_state = "ok"
 
     def _replace_farm(self, problem: str) -> None:
-        self.recoveries += 1
         logger.error("the Ray cluster failed (%s): recovering; running jobs resume from "
                      "the database", problem)
         old = self._farm
@@ -448,14 +446,12 @@ class FarmService:
                     "the service's --clients); ask the farm's administrator")
         return caller
 
-    def _answer(self, body: list[bytes], caller: Caller | str) -> list[bytes]:
+    def _answer(self, body: list[bytes], caller: Caller) -> list[bytes]:
         request_id = None
         request = None
         try:
             request = protocol.parse_request(body, self.config.max_message)
             request_id = request.id
-            if isinstance(caller, str):
-                raise ServiceError(caller, kind="refused")
             handler = getattr(self, f"_op_{request.op}")
             result = handler(request, caller)
             self._audit(caller, request, None, result)
@@ -504,7 +500,7 @@ class FarmService:
         job["warnings"] = [self._scrub(w) for w in job.get("warnings") or []]
         return job
 
-    def _audit(self, caller: Caller | str, request: protocol.Request | None,
+    def _audit(self, caller: Caller, request: protocol.Request | None,
                error: RenderFarmError | None, result: Any = None) -> None:
         """Record a state-changing request (or an attempt at one) with its caller."""
         if request is None or request.op not in AUDITED:
@@ -512,7 +508,7 @@ class FarmService:
         if request.op == "upload" and error is None and not (
                 isinstance(result, dict) and result.get("complete")):
             return  # one row per uploaded file, not per chunk
-        name = caller.name if isinstance(caller, Caller) else "(removed key)"
+        name = caller.name
         job_id = request.fields.get("job_id")
         if job_id is None and isinstance(result, dict):
             job_id = result.get("job_id")
