@@ -212,6 +212,16 @@ class FarmClient:
             self._hello = self.request("hello")[0]
         return self._hello
 
+    def web_token(self) -> str:
+        """This client's token for the farm's status page (log in with it, or send it as
+        ``Authorization: Bearer TOKEN``); it stops working when the client's key is removed
+        from the farm.
+
+        Raises:
+            ServiceError: the farm runs without keys (its page needs no login), or refused.
+        """
+        return str(self.request("web_token")[0]["token"])
+
     def upload(self, path: str | os.PathLike[str],
                progress: Callable[[int, int], None] | None = None,
                sha256: str | None = None) -> str:

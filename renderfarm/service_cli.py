@@ -1,5 +1,5 @@
 """The farm-service commands of ``renderfarm``: serve, keys, submit, status, list, cancel,
-pause, resume, priority, fetch.
+pause, resume, priority, fetch, web-token.
 
 Only ``serve`` imports Ray (through the service); the others need pyzmq alone.
 """
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 #: the commands this module runs
 COMMANDS = ("serve", "keys", "submit", "status", "list", "cancel", "pause", "resume",
-            "priority", "fetch")
+            "priority", "fetch", "web-token")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.ArgumentParser,
@@ -68,7 +68,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                        "(default 4)")
     serve.add_argument("--permit-scripts", action="store_true",
                        help="let jobs run Python embedded in their files when they ask")
-    serve.add_argument("--http", help="HOST:PORT of a read-only status page")
+    serve.add_argument("--http", help="HOST:PORT of a read-only status page (with keys it "
+                       "asks for a login and may serve any address; without keys loopback "
+                       "only)")
     serve.add_argument("--max-bundle-gb", type=float, default=64.0,
                        help="the largest job (a .blend and its files) accepted, in GiB "
                        "(default 64)")
@@ -109,6 +111,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
     fetch = sub.add_parser("fetch", parents=[common, farm], help="download a job's frames")
     fetch.add_argument("job", help="the job id")
     fetch.add_argument("folder", help="where to write them")
+    token = sub.add_parser(
+        "web-token", parents=[common, farm], help="print a token for the status page",
+        description="Print this client's token for the farm's status page (serve --http), "
+        "asked of the farm with this client's keys. With NAME, the farm's administrator "
+        "computes NAME's token on the farm's machine instead, from --server-key (the "
+        "service's .key_secret) and the --clients/--admins folders.")
+    token.add_argument("name", nargs="?", help="a client's name (its key file's stem)")
+    token.add_argument("--clients", help="with NAME: the service's --clients folder")
+    token.add_argument("--admins", help="with NAME: the service's --admins folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "web-token" and args.name:
+        return _web_token_of(args)
     import faulthandler
 
     from renderfarm.client import FarmClient
@@ -136,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 for job in jobs:
                     print(format_job(job))
+            return 0
+        if args.command == "web-token":
+            print(client.web_token())
+            if not args.quiet:
+                print("log in on the status page with it, or send it as 'Authorization: "
+                      "Bearer TOKEN'", file=sys.stderr)
             return 0
         if args.command == "fetch":
             paths = client.fetch_outputs(args.job, args.folder)
@@ -195,10 +214,38 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web_token_of(args: argparse.Namespace) -> int:
+    """Print the status-page token of the client ``args.name``, computed from the service's
+    secret key and its key folders (no farm is asked)."""
+    from renderfarm.server.keyring import KeyRing, web_token
+    from renderfarm.server.transport import read_key
+
+    if not args.server_key or not args.clients:
+        raise InputError("web-token NAME needs the service's --server-key (its .key_secret) "
+                         "and its --clients folder (and --admins for an admin)")
+    server = read_key(args.server_key, secret=True)
+    clients = Path(args.clients)
+    if not clients.is_dir():
+        raise InputError("--clients must be the service's folder of clients' public keys",
+                         path=str(clients))
+    admins = Path(args.admins) if args.admins else None
+    callers = [c for c in KeyRing(clients, admins).callers() if c.name == args.name]
+    if not callers:
+        raise InputError(f"no key named {args.name!r} in --clients or --admins "
+                         f"({args.name}.key)", path=str(clients))
+    for caller in callers:  # a name may have a client key and an admin key
+        print(web_token(server.secret, caller.key))
+        if len(callers) > 1 and not args.quiet:
+            print(f"  (the token above is {caller.name}'s "
+                  f"{'admin' if caller.admin else 'client'} key's)", file=sys.stderr)
+    return 0
+
+
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     from renderfarm.options import job_spec
 
-    output = Path(args.output).name if args.output else f"{Path(args.blend).stem}_####.exr"
+    # a file name only (the farm chooses the folder); None: the scene's own names and format
+    output = Path(args.output).name if args.output else None
     data = job_spec(args, output).to_dict()
     for name in ("blend_file", "files", "project", "bundle"):  # the client's business
         data.pop(name)

@@ -8,6 +8,8 @@ connections (the ZAP handshake) and for every request of connections already ope
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import threading
@@ -30,10 +32,12 @@ class Caller:
     Attributes:
         name: the client's name (its key file's stem), or ``local`` without keys.
         admin: whether it may see and act on every job.
+        key: its public key (Z85), or empty without keys.
     """
 
     name: str
     admin: bool = False
+    key: str = ""
 
     def may_see(self, owner: str) -> bool:
         """Whether this caller may see and act on a job of ``owner``."""
@@ -105,7 +109,7 @@ class KeyRing:
                         continue
                     # a key is an admin's only when that key is in --admins (a name in both
                     # folders does not make the client key an admin's)
-                    caller = Caller(name, admin)
+                    caller = Caller(name, admin, bytes(public).decode())
                     by_key[bytes(public)] = caller
                     by_name[name] = by_name.get(name) or caller
             changed = self._stamp is not None
@@ -136,6 +140,12 @@ class KeyRing:
         caller = self.by_key(public_z85)
         return f"{caller.name} {bytes(public_z85).decode()}" if caller is not None else ""
 
+    def callers(self) -> list[Caller]:
+        """Every allowed key's caller, as the folders hold them now."""
+        self._reload()
+        with self._lock:
+            return list(self._by_key.values())
+
     def names(self) -> list[str]:
         """Every allowed name."""
         self._reload()
@@ -146,3 +156,23 @@ class KeyRing:
     def callback(self, domain: str, key: bytes) -> bool:
         """Whether a client with public key ``key`` (Z85) may connect now."""
         return self.by_key(key) is not None
+
+
+#: what a web token's key is derived for (a new purpose would get other tokens)
+_TOKEN_PURPOSE = b"renderfarm status page token v1"
+
+
+def web_token(server_secret: str, client_public: str) -> str:
+    """A client's token for the status page: HMAC-SHA256 of its public key (Z85) under a key
+    derived from the service's secret key. Nothing is stored: the service recomputes it from
+    the keys it allows now, so a key removed from ``--clients`` stops its token at once.
+
+    Args:
+        server_secret: the service's secret key (Z85).
+        client_public: the client's public key (Z85).
+
+    Returns:
+        64 hex digits.
+    """
+    derived = hmac.new(server_secret.encode(), _TOKEN_PURPOSE, hashlib.sha256).digest()
+    return hmac.new(derived, client_public.encode(), hashlib.sha256).hexdigest()

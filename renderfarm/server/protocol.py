@@ -116,6 +116,8 @@ REQUESTS: dict[str, dict[str, Field]] = {
     "fetch": {"job_id": _JOB_FIELD, "frame": Field(int),
               "offset": Field(int, check=_non_negative),
               "length": Field(int, check=_non_negative)},
+    # the caller's own token for the status page (``--http``) of a farm with keys
+    "web_token": {},
 }
 #: operations that carry exactly one frame of bytes after the header
 WITH_DATA = ("upload",)

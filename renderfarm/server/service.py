@@ -350,7 +350,7 @@ class FarmService:
 
     def _shutdown(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
+            self._http.stop()
         with self._lock:
             live = list(self._live.items())
             self._live.clear()
@@ -600,6 +600,16 @@ class FarmService:
                 "permit_scripts": self.config.permit_scripts, "http": self.http_address,
                 "you": caller.name, "admin": caller.admin, **self._farm_status()}
 
+    def _op_web_token(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        from renderfarm.server.keyring import web_token
+
+        server_key = self.config.server_key
+        if server_key is None or not caller.key:
+            raise ServiceError("this farm runs without keys (--insecure-loopback): its status "
+                               "page needs no login and serves this machine only",
+                               kind="not_found")
+        return {"token": web_token(server_key.secret, caller.key), "http": self.http_address}
+
     def _farm_status(self) -> dict[str, Any]:
         """The farm's own state, sent with every job's status: ``farm`` is ``ok`` or
         ``recovering`` (Ray failed and is being restarted; jobs resume afterwards)."""
@@ -728,13 +738,15 @@ class FarmService:
         job_id = new_job_id()
         workdir, outputs = self._job_dir(job_id), self._output_dir(job_id)
         try:  # nothing of a refused job is left behind
-            output = raw.get("output") or "####.exr"
-            if not isinstance(output, str):
+            output = raw.get("output")
+            if output is not None and (not isinstance(output, str) or not Path(output).name):
                 raise InputError(f"output must be a file name like shot_####.png, not "
                                  f"{output!r}")
             workdir.mkdir(parents=True)
+            # the farm's folder for the job; the scene's own file names when none is given
             raw.update(blend_file=str(workdir / Path(manifest.root).name),
-                       output=str(outputs / Path(output).name), files="bundle",
+                       output=str(outputs / Path(output).name) if output is not None
+                       else str(outputs) + os.sep, files="bundle",
                        bundle=manifest.to_dict())
             spec = JobSpec.from_dict(raw)
             check_spec(spec, self._farm.config if self._farm is not None
@@ -1045,12 +1057,27 @@ class FarmService:
         path = self._job_dir(job_id) / "preview.png"
         return path.read_bytes() if path.is_file() else None
 
+    def jobs_for(self, caller: Caller) -> list[JobRow]:
+        """The jobs ``caller`` may see (its own; an admin's: all), as ``list`` gives them."""
+        return [row for row in self.store.jobs() if caller.may_see(row.client or "")]
+
+    def job_for(self, caller: Caller, job_id: str) -> JobRow:
+        """A job ``caller`` may see.
+
+        Raises:
+            ServiceError: ``not_found`` when there is no such job or it is another client's.
+        """
+        return self._own(caller, job_id)
+
+    def public_job(self, row: JobRow) -> dict[str, Any]:
+        """A job as clients see it (its error and warnings without the farm's paths)."""
+        return self._public(row.to_dict())
+
     def _start_http(self, address: str) -> None:
         from renderfarm.server.web import start_status_page
 
         self._http = start_status_page(self, address)
-        host, port = self._http.server_address[:2]
-        self.http_address = f"http://{host}:{port}/"
+        self.http_address = self._http.url
         logger.info("status page on %s", self.http_address)
 
 
