@@ -1,17 +1,30 @@
-"""The status page of `renderfarm serve --http`, loaded in a real headless Chromium."""
+"""The status page of `renderfarm serve --http`: a Starlette app on uvicorn in the service.
+
+Real services (``renderfarm serve`` in a child process): the session's keyed farm (its page
+loaded in a real headless Chromium after a login), a keyed farm with an admin whose page
+listens on every address, and one without keys."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
+import selectors
 import shutil
+import socket
 import subprocess
+import sys
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess
+from renderfarm.errors import ServiceError
+from tests.conftest import ServerProcess, free_port_pair
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
@@ -19,7 +32,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def dom(url: str, profile: Path) -> str:
-    """The page's DOM after it loaded (scripts and images included), as Chromium sees it."""
+    """The page's DOM after it loaded (scripts and images included), as Chromium sees it.
+    Chromium keeps the login cookie in ``profile`` from one call to the next."""
     if CHROMIUM is None:
         message = "Chromium is not installed: apt-get install chromium (.ci/run does)"
         if os.environ.get("RENDERFARM_REQUIRE_BROWSER"):
@@ -34,10 +48,61 @@ def dom(url: str, profile: Path) -> str:
     return proc.stdout
 
 
+class Reply:
+    """An HTTP answer (redirects are not followed)."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def call(base: str, path: str, method: str = "GET", token: str | None = None,
+         cookie: str | None = None, form: dict[str, str] | None = None,
+         headers: dict[str, str] | None = None) -> Reply:
+    """One request to the page at ``base`` (``http://host:port``)."""
+    where = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    if cookie is not None:
+        sent["Cookie"] = cookie
+    body = None
+    if form is not None:
+        body = urllib.parse.urlencode(form)
+        sent["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        conn.request(method, path, body=body, headers=sent)
+        answer = conn.getresponse()
+        return Reply(answer.status, {k.lower(): v for k, v in answer.getheaders()},
+                     answer.read())
+    finally:
+        conn.close()
+
+
+def page_of(server: ServerProcess, keys: str | None = "client") -> str:
+    """The page's address, as the service tells its clients (``hello``), on loopback."""
+    with server.client(client_key=None if keys is None else
+                       str(server.keys / f"{keys}.key_secret")) as client:
+        address = client.hello()["http"]
+    port = urllib.parse.urlsplit(address).port
+    return f"http://127.0.0.1:{port}"
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+# -- the session's farm: a real render, in Chromium -------------------------------------------
 def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, make_scene,
                                                     tmp_path: Path) -> None:
+    """After logging in with its token (a login link), a client sees its job's row, its
+    tasks per worker, its frames and its preview."""
     blend = make_scene(width=72, height=40, samples=4, frames=2)
     with farm_server.client() as client:
+        token = client.web_token()
         job_id = client.submit(blend, {"frames": "1-2", "tiles": [2, 2], "name": "<b>web</b>",
                                        "output": "web_####.exr"})
         deadline = time.monotonic() + 120
@@ -45,56 +110,273 @@ def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, 
             assert time.monotonic() < deadline
             time.sleep(0.3)
     http = farm_server.http  # type: ignore[attr-defined]
-    jobs = dom(f"{http}/", tmp_path / "profile")
+    profile = tmp_path / "profile"
+    before = dom(f"{http}/job/{job_id}", profile)
+    assert 'id="login"' in before and 'id="state"' not in before  # a login first, no job
+    jobs = dom(f"{http}/login?next=/#token={token}", profile)  # the form sends itself
     row = re.search(rf"<tr class=\"job done\" data-job=\"{job_id}\">(.*?)</tr>", jobs, re.S)
     assert row, jobs[-2000:]
     assert "&lt;b&gt;web&lt;/b&gt;" in row.group(1)  # names are escaped, never markup
     assert "8/8" in row.group(1) and "2/2" in row.group(1)  # tasks (tiles) and frames
-    page = dom(f"{http}/job/{job_id}", tmp_path / "profile")
+    page = dom(f"{http}/job/{job_id}", profile)  # the login cookie stays in the profile
     assert re.search(r'<b id="state">done</b>', page)
     workers = re.findall(r'<tr class="worker"><td>(cpu-\d+)</td><td>(\d+)</td><td>(\d+)</td>',
                          page)
     assert workers and sum(int(tiles) for _w, _t, tiles in workers) == 8, page[-3000:]
     assert 'data-preview="72x40"' in page  # the preview image loaded, at the frame's size
     assert page.count("<li>web_000") == 2
-    missing = dom(f"{http}/job/no-such-job", tmp_path / "profile")
+    missing = dom(f"{http}/job/no-such-job", profile)
     assert "no job 'no-such-job'" in missing
 
 
-def test_status_page_serves_job_ids_only_and_bounds_its_connections(
-        farm_server: ServerProcess, tmp_path: Path) -> None:
-    """Paths other than the page's own (traversal, absolute paths, dot names) get 404; a
-    silent connection is closed after its timeout; the page refuses a non-loopback address
-    (it has no login yet)."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-
-    from tests.conftest import free_port_pair
-
+def test_status_page_serves_its_own_paths_only(farm_server: ServerProcess) -> None:
+    """Paths other than the page's own (traversal, absolute paths, dot names, encoded dots)
+    get 404, logged in or not, and never a file or a traceback."""
     http = farm_server.http  # type: ignore[attr-defined]
+    with farm_server.client() as client:
+        token = client.web_token()
     outside = farm_server.state.parent / "preview.png"
     outside.write_bytes(b"not for the page")
     for path in ("/preview/../../../x.png", "/preview//abs/path.png", "/preview/...png",
-                 "/preview/..png", "/job/../farm.db", "/api/job/..", "/job/a/b"):
-        with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(http + path, timeout=5)
-        assert info.value.code == 404, path
-        assert b"not for the page" not in info.value.read()
-    assert urllib.request.urlopen(http + "/api/jobs", timeout=5).status == 200
-    # a half-sent request is dropped after the page's timeout, and the page goes on
-    idle = socket.create_connection(("127.0.0.1", int(http.rsplit(":", 1)[1])), timeout=30)
-    idle.sendall(b"GET / HTTP/1.1\r\n")
+                 "/preview/..png", "/job/../farm.db", "/api/job/..", "/api/job/%2e%2e",
+                 "/job/%2e%2e", "/preview/%2e%2e.png", "/job/a/b", "//etc/passwd",
+                 "/job/", "/api/jobs/", "/static/x.js", "/preview/" + "a" * 300 + ".png"):
+        for auth in (None, token):
+            reply = call(http, path, token=auth)
+            assert reply.status == 404, (path, reply.status)
+            assert b"not for the page" not in reply.body and b"Traceback" not in reply.body
+    assert call(http, "/api/jobs", token=token).status == 200
+    assert call(http, "/api/jobs", method="DELETE", token=token).status == 405
+
+
+def test_half_sent_requests_are_capped_timed_out_and_others_served(
+        farm_server: ServerProcess) -> None:
+    """1,000 connections that send half a request line and stop: the service's thread count
+    does not grow, a valid client is served meanwhile, and every one of them is closed within
+    the page's header timeout (10 s); the oldest are closed at once past 256 waiting."""
+    from renderfarm.server.web import MAX_WAITING, TIMEOUT
+
+    http = farm_server.http  # type: ignore[attr-defined]
+    port = urllib.parse.urlsplit(http).port
+    pid = farm_server.proc.pid  # type: ignore[union-attr]
+    with farm_server.client() as client:
+        token = client.web_token()
+    assert call(http, "/api/jobs", token=token).status == 200  # the page's threads exist
+    before = threads_of(pid)
     started = time.monotonic()
-    assert idle.recv(1024) == b"" and time.monotonic() - started < 25
-    idle.close()
-    assert urllib.request.urlopen(http + "/", timeout=5).status == 200
-    proc = subprocess.run(
-        [sys.executable, "-m", "renderfarm", "serve", "--insecure-loopback", "--bind",
-         f"tcp://127.0.0.1:{free_port_pair()}", "--state", str(tmp_path / "s"), "--http",
-         "0.0.0.0:8123"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 3, proc.stderr
-    assert "serves loopback only" in proc.stderr and "0.0.0.0:8123" in proc.stderr
+    idle = []
+    for _ in range(1000):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Wait: a")
+        idle.append(sock)
+    during = threads_of(pid)
+    served = time.monotonic()
+    reply = call(http, "/api/jobs", token=token)
+    assert reply.status == 200 and isinstance(reply.json(), list)
+    served = time.monotonic() - served
+    watch = selectors.DefaultSelector()
+    for sock in idle:
+        watch.register(sock, selectors.EVENT_READ)
+    closed: list[float] = []
+    peak = during
+    while len(closed) < len(idle) and time.monotonic() - started < TIMEOUT + 15:
+        for key, _ in watch.select(0.5):
+            try:
+                data = key.fileobj.recv(4096)  # type: ignore[union-attr]
+            except ConnectionError:
+                data = b""
+            assert data == b"", data[:200]  # closed without an answer
+            watch.unregister(key.fileobj)
+            closed.append(time.monotonic() - started)
+        peak = max(peak, threads_of(pid))
+    for sock in idle:
+        sock.close()
+    print(f"threads {before} before, {during} with 1000 half-sent, peak {peak}; valid client "
+          f"served in {served:.3f} s; {len(closed)} closed, the first at {closed[0]:.2f} s, "
+          f"the last at {closed[-1]:.2f} s")
+    assert len(closed) == 1000
+    assert peak <= before + 2, (before, during, peak)
+    assert served < 3
+    assert sum(t < TIMEOUT / 2 for t in closed) >= 1000 - MAX_WAITING - 1  # room made
+    assert closed[-1] < TIMEOUT + 10
+    assert call(http, "/api/jobs", token=token).status == 200
+
+
+# -- a keyed farm with an admin, its page on every address ------------------------------------
+@pytest.fixture(scope="module")
+def people(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keys: the server's, clients ``client`` (the readiness probe's), alice and bob, admin
+    boss."""
+    from renderfarm.server.transport import create_keys
+
+    folder = tmp_path_factory.mktemp("web-people")
+    for name in ("server", "client", "alice", "bob", "boss"):
+        create_keys(folder, name)
+    (folder / "clients").mkdir()
+    (folder / "admins").mkdir()
+    for name in ("client", "alice", "bob"):
+        shutil.copy(folder / f"{name}.key", folder / "clients" / f"{name}.key")
+    shutil.copy(folder / "boss.key", folder / "admins" / "boss.key")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, people: Path,
+           make_scene) -> Iterator[dict[str, Any]]:
+    """A keyed farm whose page listens on 0.0.0.0 (allowed with keys: it asks for a login),
+    starting no job (``--max-running 0``: they stay queued), with one job of alice's and one
+    of bob's."""
+    server = ServerProcess(tmp_path_factory.mktemp("web-shared") / "state", people,
+                           "--workers", "1", "--admins", str(people / "admins"),
+                           "--max-running", "0", "--http", "0.0.0.0:0")
+    server.start()
+    blend = make_scene(width=16, height=16, samples=1, frames=1)
+    try:
+        jobs, tokens = {}, {}
+        for name in ("alice", "bob", "boss"):
+            with server.client(client_key=str(people / f"{name}.key_secret")) as client:
+                tokens[name] = client.web_token()
+                if name != "boss":
+                    jobs[name] = client.submit(blend, {"frames": "1", "name": f"{name}'s",
+                                                       "output": f"{name}_####.png"})
+        yield {"server": server, "http": page_of(server), "jobs": jobs, "tokens": tokens}
+    finally:
+        server.stop()
+
+
+def listed(reply: Reply) -> set[str]:
+    assert reply.status == 200, (reply.status, reply.body[:300])
+    return {job["job_id"] for job in reply.json()}
+
+
+def test_every_page_needs_a_login(shared: dict[str, Any]) -> None:
+    """No token: pages send to the login form, the API and previews answer 401; a wrong
+    token is 401 with no detail; the page listens on every address only because it has a
+    login."""
+    http, alice_job = shared["http"], shared["jobs"]["alice"]
+    for path in ("/", f"/job/{alice_job}"):
+        reply = call(http, path)
+        assert reply.status == 303, path
+        assert reply.headers["location"] == "/login?next=" + path
+    for path in ("/api/jobs", f"/api/job/{alice_job}", f"/preview/{alice_job}.png"):
+        reply = call(http, path)
+        assert reply.status == 401 and alice_job.encode() not in reply.body, path
+        assert call(http, path, token="0" * 64).status == 401
+        assert call(http, path, cookie=f"renderfarm_{http.rsplit(':', 1)[1]}=x").status == 401
+    login = call(http, "/login?next=/job/" + alice_job)
+    assert login.status == 200 and b"id='login'" in login.body
+    wrong = call(http, "/login", "POST", form={"token": "f" * 64, "next": "/"})
+    assert wrong.status == 401 and b"not valid" in wrong.body
+    assert "set-cookie" not in wrong.headers
+    assert alice_job.encode() not in wrong.body and b"alice" not in wrong.body
+    with shared["server"].client() as client:  # it listens on every address: it has a login
+        assert client.hello()["http"].startswith("http://0.0.0.0:")
+
+
+def test_a_login_sees_its_own_jobs_and_an_admin_all(shared: dict[str, Any]) -> None:
+    """The login form sets an HttpOnly, SameSite=Strict cookie; with it (or a Bearer token)
+    a client lists only its own jobs, another client's job is 404 as in the protocol, and an
+    admin sees every job."""
+    http, jobs, tokens = shared["http"], shared["jobs"], shared["tokens"]
+    login = call(http, "/login", "POST", form={"token": tokens["alice"],
+                                               "next": f"/job/{jobs['alice']}"})
+    assert login.status == 303 and login.headers["location"] == f"/job/{jobs['alice']}"
+    cookie = login.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    cookie = cookie.split(";", 1)[0]
+    page = call(http, "/", cookie=cookie)
+    assert page.status == 200 and jobs["alice"].encode() in page.body
+    assert jobs["bob"].encode() not in page.body and b"alice" in page.body
+    assert listed(call(http, "/api/jobs", cookie=cookie)) == {jobs["alice"]}
+    assert listed(call(http, "/api/jobs", token=tokens["bob"])) == {jobs["bob"]}
+    assert listed(call(http, "/api/jobs", token=tokens["boss"])) == set(jobs.values())
+    assert call(http, f"/api/job/{jobs['alice']}", token=tokens["alice"]).json()["owner"] \
+        == "alice"
+    for path in (f"/job/{jobs['bob']}", f"/api/job/{jobs['bob']}", f"/preview/{jobs['bob']}.png"):
+        reply = call(http, path, cookie=cookie)
+        assert reply.status == 404, path
+        assert b"bob's" not in reply.body
+    assert b"of yours on this farm" in call(http, f"/job/{jobs['bob']}", cookie=cookie).body
+    assert call(http, f"/job/{jobs['bob']}", token=tokens["boss"]).status == 200
+    # a form from another site does not log anyone in
+    forged = call(http, "/login", "POST", form={"token": tokens["alice"], "next": "/"},
+                  headers={"Origin": "http://evil.example"})
+    assert forged.status == 403 and "set-cookie" not in forged.headers
+    out = call(http, "/logout", "POST", cookie=cookie)
+    assert out.status == 303 and "Max-Age=0" in out.headers["set-cookie"]
+
+
+def test_a_removed_key_stops_its_token_at_once(shared: dict[str, Any], people: Path) -> None:
+    """Tokens are derived from the keys the service allows now: bob's key out of --clients,
+    his token and cookie stop working without a restart; back in, the same token works."""
+    http, token = shared["http"], shared["tokens"]["bob"]
+    cookie = call(http, "/login", "POST", form={"token": token, "next": "/"}
+                  ).headers["set-cookie"].split(";", 1)[0]
+    assert call(http, "/api/jobs", token=token).status == 200
+    key = people / "clients" / "bob.key"
+    kept = key.read_bytes()
+    key.unlink()
+    try:
+        assert call(http, "/api/jobs", token=token).status == 401
+        assert call(http, "/", cookie=cookie).status == 303  # back to the login form
+        assert call(http, "/login", "POST", form={"token": token}).status == 401
+    finally:
+        key.write_bytes(kept)
+    assert listed(call(http, "/api/jobs", token=token)) == {shared["jobs"]["bob"]}
+
+
+def test_the_token_command_asks_the_farm_or_computes_it(shared: dict[str, Any],
+                                                        people: Path) -> None:
+    """``renderfarm web-token`` prints the caller's token as the farm gives it, and the
+    administrator's ``web-token NAME`` computes the same one from the service's keys."""
+    server = shared["server"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "renderfarm", "web-token", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    asked = cli("--farm", server.address, "--server-key", str(people / "server.key"),
+                "--client-key", str(people / "alice.key_secret"))
+    assert asked.returncode == 0, asked.stderr
+    made = cli("alice", "--server-key", str(people / "server.key_secret"), "--clients",
+               str(people / "clients"))
+    assert made.returncode == 0, made.stderr
+    boss = cli("boss", "--server-key", str(people / "server.key_secret"), "--clients",
+               str(people / "clients"), "--admins", str(people / "admins"))
+    assert asked.stdout.strip() == made.stdout.strip() == shared["tokens"]["alice"]
+    assert boss.stdout.strip() == shared["tokens"]["boss"]
+    assert re.fullmatch(r"[0-9a-f]{64}", made.stdout.strip())
+    unknown = cli("carol", "--server-key", str(people / "server.key_secret"), "--clients",
+                  str(people / "clients"))
+    assert unknown.returncode == 3 and "no key named 'carol'" in unknown.stderr
+
+
+# -- a farm without keys ----------------------------------------------------------------------
+def test_without_keys_the_page_needs_no_login_and_serves_loopback_only(
+        tmp_path: Path) -> None:
+    """--insecure-loopback: no login, loopback host names only (a DNS-rebinding site gets
+    400), no token to give; a non-loopback --http is refused naming the option."""
+    server = ServerProcess(tmp_path / "state", None, "--workers", "1", "--max-running", "0",
+                           "--http", "127.0.0.1:0")
+    server.start()
+    try:
+        http = page_of(server, keys=None)
+        assert listed(call(http, "/api/jobs")) == set()
+        page = call(http, "/")
+        assert page.status == 200 and b"id='jobs'" in page.body and b"log out" not in page.body
+        assert call(http, "/login").status == 303
+        assert call(http, "/", headers={"Host": "evil.example"}).status == 400
+        assert call(http, "/", headers={"Host": f"localhost:{http.rsplit(':', 1)[1]}"}
+                    ).status == 200
+        with server.client() as client, pytest.raises(ServiceError, match="without keys"):
+            client.web_token()
+    finally:
+        server.stop()
+    for address in ("0.0.0.0:8123", "192.0.2.1:8123"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "renderfarm", "serve", "--insecure-loopback", "--bind",
+             f"tcp://127.0.0.1:{free_port_pair()}", "--state", str(tmp_path / "s"), "--http",
+             address], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 3, proc.stderr
+        assert "serves loopback only" in proc.stderr and f"--http {address}" in proc.stderr
+        assert "--insecure-loopback" in proc.stderr

@@ -89,9 +89,10 @@ a { color: #8cf; } .bar { width: 10em; height: .8em; background: #444; display: 
 #who { float: right; } #who form { display: inline; }
 """
 
-#: headers of every answer: nothing cached, framed or sniffed, no referrer
+#: headers of every answer: nothing cached, framed or sniffed, no referrer to other sites
+#: (a form sent with "no-referrer" would say Origin: null, and the login refuses that)
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+            "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 
 _LOGIN_SCRIPT = """<script>
 if (location.hash.startsWith('#token=')) {  // a login link: the token never reaches a server log
