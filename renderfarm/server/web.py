@@ -302,7 +302,10 @@ class StatusApp:
         site whose name resolves to 127.0.0.1 (DNS rebinding): answer loopback names only."""
         if self.tokens is not None:
             return None
-        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        try:
+            host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        except ValueError:  # not a host name at all
+            host = ""
         if _is_loopback(host):
             return None
         return _answer(400, b"this page answers only to a loopback address "
@@ -435,7 +438,10 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    try:
+        return urlsplit(origin).netloc == request.headers.get("host", "")
+    except ValueError:  # not a URL at all
+        return False
 
 
 async def _read_form(request: Request) -> dict[str, str] | None:
@@ -594,8 +600,7 @@ def _listen(host: str, port: int, address: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise InputError(f"cannot serve the status page on {address} ({exc.strerror})") from exc
-    sock.set_inheritable(True)
-    return sock
+    return sock  # not inheritable: Ray's processes started later must not hold the port
 
 
 class StatusPage:
