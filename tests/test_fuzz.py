@@ -194,9 +194,14 @@ def test_fuzzed_http_paths_get_404_or_the_page(fuzz_farm: dict[str, Any]) -> Non
         assert status in (200, 404), (path, status)
 
     get()
+    with fuzz_farm["server"].client(client_key=str(fuzz_farm["keys"] / "alice.key_secret")) \
+            as alice:
+        token = alice.web_token()  # a keyed farm's page needs a login
     started = time.monotonic()
-    with urllib.request.urlopen(http + "/api/jobs", timeout=10) as reply:
-        assert reply.status == 200
+    request = urllib.request.Request(http + "/api/jobs",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 200 and fuzz_farm["job_id"] in reply.read().decode()
     assert time.monotonic() - started < 5
     print(dict(statuses))
     assert sum(statuses.values()) >= 500
