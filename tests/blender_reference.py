@@ -3,6 +3,10 @@ of the pixels.
 
 ``python blender_reference.py FILE.blend OUT_PATTERN FRAME[,FRAME...] [FORMAT [SAMPLES PCT]]``
 
+``python blender_reference.py FILE.blend - FIRST,LAST ANIMATION`` renders the frames as an
+artist's "Render Animation" does: ``render(animation=True)`` with every output setting of the
+scene, its own output path included.
+
 Each frame is rendered untiled with the scene as saved and written with ``write_still`` to
 OUT_PATTERN with ``{frame}`` replaced. FORMAT is EXR (default, multilayer) or PNG, JPEG, TIFF,
 or SCENE (the scene's own output settings).
@@ -20,6 +24,21 @@ def main(argv: list[str]) -> int:
     fmt = argv[3] if len(argv) > 3 else "EXR"
     bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=False)
     scene = bpy.context.scene
+    if fmt == "ANIMATION":
+        if frames[0] >= 0:
+            scene.frame_start, scene.frame_end = frames[0], frames[-1]
+            bpy.ops.render.render(animation=True)
+            return 0
+        # a scene's range cannot start below 0: a still at each frame, written where the
+        # animation would write it (Blender's own frame_path names it)
+        paths = {frame: scene.render.frame_path(frame=frame)
+                 for frame in range(frames[0], frames[-1] + 1)}
+        scene.render.use_file_extension = False
+        for frame, frame_path in paths.items():
+            scene.frame_set(frame)
+            scene.render.filepath = frame_path
+            bpy.ops.render.render(write_still=True)
+        return 0
     if len(argv) > 5:  # the overrides as ``--samples`` and ``--percentage`` mean them
         if scene.render.engine == "CYCLES":
             scene.cycles.samples = int(argv[4])

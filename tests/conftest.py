@@ -48,6 +48,9 @@ def make_scene(scene_dir: Path) -> Callable[..., Path]:
             flag = "--" + key.replace("_", "-")
             if value is True:
                 args.append(flag)
+            elif isinstance(value, (list, tuple)):  # a repeatable option
+                for item in value:
+                    args += [flag, str(item)]
             elif value not in (False, None):
                 args += [flag, str(value)]
         digest = hashlib.sha1(" ".join(args).encode()).hexdigest()[:10]

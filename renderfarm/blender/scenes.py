@@ -47,6 +47,13 @@ class SceneRecipe:
             ``height``, ``samples``, ``frames``, ``engine`` and ``percentage`` apply).
         output: the scene's own output settings, ``FORMAT[,DEPTH[,MODE]]`` (``PNG,8,RGB``);
             None saves a 32-bit multilayer EXR.
+        settings: more settings as ``PATH=VALUE``, set last: PATH starts at ``scene.`` or
+            ``data.`` (``scene.render.image_settings.exr_codec=DWAA``,
+            ``data.colorspace.working_space=ACEScg``); VALUE is a Python literal or text.
+        extras: named additions: ``scene-time`` (a compositor that multiplies the image by
+            the Scene Time node's frame / 10), ``file-output`` (a compositor File Output
+            node writing the Depth pass to ``//passes/depth_####`` as OpenEXR),
+            ``stamp`` (the burn-in stamp with frame, scene and a note only).
     """
 
     width: int = 64
@@ -68,6 +75,8 @@ class SceneRecipe:
     compositor: bool = False
     filter_width: float | None = None
     output: str | None = None
+    settings: tuple[str, ...] = ()
+    extras: tuple[str, ...] = ()
 
 
 def build_scene(path: str, recipe: SceneRecipe) -> None:
@@ -97,7 +106,7 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         for frame in range(1, recipe.frames + 1):
             cube.rotation_euler = (0, 0, 0.2 * frame)
             cube.keyframe_insert("rotation_euler", frame=frame)
-        _save(path, render, recipe.output)
+        _finish(path, scene, recipe)
         return
 
     world = bpy.data.worlds.new("World")
@@ -177,7 +186,113 @@ def build_scene(path: str, recipe: SceneRecipe) -> None:
         second = scene.view_layers.new("Second")
         second.use_pass_z = True
 
-    _save(path, render, recipe.output)
+    _finish(path, scene, recipe)
+
+
+def _finish(path: str, scene: Any, recipe: SceneRecipe) -> None:
+    """The recipe's extras and settings, then save."""
+    for extra in recipe.extras:
+        if extra not in _EXTRAS:
+            raise ValueError(f"unknown extra {extra!r}: use one of {', '.join(_EXTRAS)}")
+        _EXTRAS[extra](scene)
+    output_settings(scene, recipe.output)
+    for item in recipe.settings:
+        apply_setting(scene, item)
+    import bpy
+
+    bpy.ops.wm.save_as_mainfile(filepath=path, compress=True)
+
+
+def apply_setting(scene: Any, item: str) -> None:
+    """Set one ``PATH=VALUE`` (see :attr:`SceneRecipe.settings`) on ``scene`` or
+    ``bpy.data``."""
+    import ast
+
+    import bpy
+
+    path, _, text = item.partition("=")
+    root, *names = path.split(".")
+    if root not in ("scene", "data") or not names:
+        raise ValueError(f"a setting is scene.PATH=VALUE or data.PATH=VALUE, not {item!r}")
+    if path == "data.colorspace.working_space":  # read-only in RNA; an operator sets it
+        bpy.ops.wm.set_working_color_space(working_space=text, convert_colors=True)
+        return
+    target: Any = scene if root == "scene" else bpy.data
+    for name in names[:-1]:
+        target = getattr(target, name)
+    try:
+        value: Any = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    setattr(target, names[-1], value)
+
+
+def _scene_time(scene: Any) -> None:
+    """A compositor whose image is the render times the Scene Time node's frame / 10."""
+    import bpy
+
+    tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    nodes, links = tree.nodes, tree.links
+    layers = nodes.new("CompositorNodeRLayers")
+    time = nodes.new("CompositorNodeSceneTime")
+    scale = nodes.new("ShaderNodeMath")
+    scale.operation = "DIVIDE"
+    scale.inputs[1].default_value = 10.0
+    mix = nodes.new("ShaderNodeMix")
+    mix.data_type = "RGBA"
+    mix.blend_type = "MULTIPLY"
+    mix.inputs["Factor"].default_value = 1.0
+    output = nodes.new("NodeGroupOutput")
+    links.new(time.outputs["Frame"], scale.inputs[0])
+    links.new(layers.outputs["Image"], mix.inputs["A"])
+    links.new(scale.outputs[0], mix.inputs["B"])
+    links.new(mix.outputs["Result"], output.inputs[0])
+    scene.compositing_node_group = tree
+    scene.render.use_compositing = True
+
+
+def _file_output(scene: Any) -> None:
+    """Render Layers -> Composite, and the Depth pass to a File Output node writing
+    ``//passes/depth_####`` as a 32-bit OpenEXR."""
+    import bpy
+
+    scene.view_layers[0].use_pass_z = True
+    tree = scene.compositing_node_group
+    if tree is None:
+        tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        layers = tree.nodes.new("CompositorNodeRLayers")
+        output = tree.nodes.new("NodeGroupOutput")
+        tree.links.new(layers.outputs["Image"], output.inputs[0])
+        scene.compositing_node_group = tree
+    layers = next(n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers")
+    node = tree.nodes.new("CompositorNodeOutputFile")
+    node.directory = "//passes/"
+    node.file_name = "depth_####"
+    node.format.media_type = "IMAGE"
+    node.format.file_format = "OPEN_EXR"
+    node.format.color_depth = "32"
+    node.file_output_items.clear()
+    node.file_output_items.new("FLOAT", "Depth")
+    tree.links.new(layers.outputs["Depth"], node.inputs[0])
+    scene.render.use_compositing = True
+
+
+def _stamp(scene: Any) -> None:
+    """Burn the frame, the scene's name and a note into the image (and nothing that changes
+    from one run to the next, like the date or the render time)."""
+    render = scene.render
+    for prop in render.bl_rna.properties:
+        if prop.identifier.startswith("use_stamp_"):
+            setattr(render, prop.identifier, False)
+    render.use_stamp = True
+    render.use_stamp_frame = render.use_stamp_scene = render.use_stamp_note = True
+    render.stamp_note_text = "renderfarm note"
+    render.stamp_font_size = 8
+
+
+_EXTRAS = {"scene-time": _scene_time, "file-output": _file_output, "stamp": _stamp}
 
 
 def _all_passes(scene: object) -> None:
@@ -251,10 +366,10 @@ def _compositor(scene: object) -> None:
     scene.render.use_compositing = True  # type: ignore[attr-defined]
 
 
-def _save(path: str, render: object, output: str | None = None) -> None:
-    import bpy
-
-    settings: Any = render.image_settings  # type: ignore[attr-defined]
+def output_settings(scene: Any, output: str | None) -> None:
+    """Set the scene's output format from ``FORMAT[,DEPTH[,MODE]]`` (None: 32-bit
+    multilayer EXR)."""
+    settings: Any = scene.render.image_settings
     if output is None:
         settings.media_type = "MULTI_LAYER_IMAGE"
         settings.file_format = "OPEN_EXR_MULTILAYER"
@@ -268,7 +383,6 @@ def _save(path: str, render: object, output: str | None = None) -> None:
             settings.color_depth = parts[1]
         if len(parts) > 2:
             settings.color_mode = parts[2]
-    bpy.ops.wm.save_as_mainfile(filepath=path, compress=True)
 
 
 def _texture_image(path: str, name: str, colour: tuple[float, float, float]) -> None:
@@ -373,7 +487,8 @@ def build_project(folder: str, width: int = 64, height: int = 48, samples: int =
     shot = os.path.join(folder, "shot.blend")
     bpy.ops.wm.save_as_mainfile(filepath=shot, relative_remap=True)
     bpy.ops.file.make_paths_relative()
-    _save(shot, scene.render)
+    output_settings(scene, None)
+    bpy.ops.wm.save_as_mainfile(filepath=shot, compress=True)
     for backup in (shot + "1", lib_path + "1"):  # Blender's .blend1 backups
         if os.path.exists(backup):
             os.remove(backup)
@@ -405,6 +520,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compositor", action="store_true")
     parser.add_argument("--filter-width", type=float)
     parser.add_argument("--output", help="the scene's own output: FORMAT[,DEPTH[,MODE]]")
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="scene.PATH=VALUE or data.PATH=VALUE, set last (repeatable)")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="scene-time, file-output or stamp (repeatable)")
     args = parser.parse_args(argv)
     if args.kind == "project":  # PATH is a folder
         build_project(args.path, args.width, args.height, args.samples)
@@ -416,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         border=border, crop=not args.no_crop, camera=not args.no_camera,  # type: ignore[arg-type]
         percentage=args.percentage, detail=args.detail, kind=args.kind,
         motion_blur=args.motion_blur, all_passes=args.all_passes,
-        compositor=args.compositor, filter_width=args.filter_width, output=args.output))
+        compositor=args.compositor, filter_width=args.filter_width, output=args.output,
+        settings=tuple(args.set), extras=tuple(args.extra)))
     return 0
 
 
