@@ -18,15 +18,21 @@ from pathlib import Path
 
 from renderfarm import faults
 from renderfarm.errors import MergeError, RenderFarmError
-from renderfarm.job import FORMAT_EXTENSIONS, SceneInfo, Task, output_path
-from renderfarm.merge import Piece, combine_samples, drop_parts, merge_pieces, write_atomically
+from renderfarm.job import PIECE_FORMAT, WRITE_EXTENSIONS, SceneInfo, Task, output_path
+from renderfarm.merge import (
+    Piece,
+    combine_samples,
+    drop_parts,
+    exr_encoding,
+    merge_pieces,
+    recode_exr,
+    write_atomically,
+)
 from renderfarm.planner import Plan, added_colour_passes
 
 logger = logging.getLogger(__name__)
 
-#: the format pieces travel in when a frame is split (tiles, sample ranges) or post-processed
-PIECE_FORMAT = "OPEN_EXR_MULTILAYER"
-
+MULTILAYER = "OPEN_EXR_MULTILAYER"
 
 def piece_format(plan: Plan, final_format: str) -> str:
     """The format a job's workers write their pieces in."""
@@ -88,7 +94,7 @@ class Assembler:
 
     def piece_path(self, task: Task) -> Path:
         """Where a task's piece waits until its frame is merged."""
-        return self.scratch / f"{task.task_id}{FORMAT_EXTENSIONS[self.piece_format]}"
+        return self.scratch / f"{task.task_id}{WRITE_EXTENSIONS[self.piece_format]}"
 
     def add(self, frame: int, chunk: int, piece: Piece) -> None:
         """Keep a finished piece of ``frame`` (sample range ``chunk``)."""
@@ -145,12 +151,15 @@ class Assembler:
             write_atomically(target, lambda tmp: shutil.move(source, tmp))
             return
         merged = self._merge_frame(found, frame)
-        if plan.post_denoise or plan.post_composite or self.final_format != PIECE_FORMAT:
+        if plan.post_denoise or plan.post_composite or self.final_format != MULTILAYER:
             data = self._finish_remote(merged.read_bytes(), frame)
             write_atomically(target, lambda tmp: tmp.write_bytes(data))
             merged.unlink(missing_ok=True)
-        else:
-            write_atomically(target, lambda tmp: shutil.move(merged, tmp))
+        else:  # the scene's own depth and codec (pieces are lossless 32-bit float)
+            encoding = exr_encoding(self.info.output if self.info.file_format == MULTILAYER
+                                    else {})
+            write_atomically(target, lambda tmp: recode_exr(merged, tmp, encoding))
+            merged.unlink(missing_ok=True)
 
     def _merge_frame(self, found: list[tuple[int, Piece]], frame: int) -> Path:
         """One multilayer EXR of the frame from its pieces: tiles placed, sample ranges

@@ -57,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1x1)")
     jobs.add_argument("-o", "--output", default=None,
                         help="output pattern; '#' runs are the frame, the extension picks the "
-                        "format: .exr (multilayer, all passes), .png, .jpg, .tif "
-                        "(default: render/<file>_####.exr)")
+                        "format (.exr: multilayer with every pass unless the scene writes "
+                        "single-layer EXR; .png, .jpg, .tif, .webp, .tga, .dpx, .cin, .hdr, "
+                        ".bmp), keeping the scene's other settings for it; a folder ending "
+                        "with / keeps the scene's file names; default: the scene's own output "
+                        "path and settings, // relative to the .blend's folder")
     jobs.add_argument("--samples", type=_positive_int, help="render samples override")
     jobs.add_argument("--percentage", type=_positive_int,
                         help="resolution percentage override")
@@ -187,11 +190,7 @@ def _render(args: argparse.Namespace) -> int:
     from renderfarm.farm import Farm, FarmConfig, check_spec
     from renderfarm.options import job_spec
 
-    output = args.output
-    if output is None:
-        stem = os.path.splitext(os.path.basename(args.blend))[0]
-        output = os.path.join("render", f"{stem}_####.exr")
-    spec = job_spec(args, output)
+    spec = job_spec(args, args.output)  # None: the scene's own output path and settings
     config = FarmConfig(address=args.address, workers=args.workers,
                         permit_scripts=args.permit_scripts,
                         ray_log_level=logging.INFO if args.verbose else logging.ERROR)

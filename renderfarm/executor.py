@@ -38,7 +38,7 @@ from renderfarm.errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from renderfarm.job import FORMAT_EXTENSIONS, RenderSettings, SceneInfo, Task
+from renderfarm.job import WRITE_EXTENSIONS, RenderSettings, SceneInfo, Task
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class BlenderWorker:
                 "attempt": attempt, "started": time.time(), "covers": list(the_task.covers)}
         start = time.perf_counter()
         piece = os.path.join(self.scratch,
-                             f"piece-{next(self._counter)}{FORMAT_EXTENSIONS[output_format]}")
+                             f"piece-{next(self._counter)}{WRITE_EXTENSIONS[output_format]}")
         try:
             faults.fire("worker.render", job_id=the_task.job_id, frame=the_task.frame,
                         tile=the_task.tile.index, worker=self.worker_id, attempt=attempt)

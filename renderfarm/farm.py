@@ -26,7 +26,6 @@ from renderfarm.errors import (
     ClusterLostError,
     InputError,
     LimitError,
-    OutputError,
     RenderFarmError,
 )
 from renderfarm.events import Event
@@ -45,9 +44,10 @@ from renderfarm.job import (
     JobResult,
     JobSpec,
     Task,
-    output_format,
+    is_output_folder,
     output_path,
 )
+from renderfarm.jobfiles import check_output_folder
 from renderfarm.jobrun import JobRun
 
 logger = logging.getLogger(__name__)
@@ -144,8 +144,10 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
             "the job asks to run Python scripts embedded in the file, but this farm does not "
             "permit it; start the farm with scripts permitted (--permit-scripts) or render "
             "without --allow-scripts", path=path)
-    output_format(spec.output)
-    check_output_folder(output_path(spec.output, 0).parent)
+    if spec.output is not None and not is_output_folder(spec.output):
+        check_output_folder(output_path(spec.output, 0).parent)
+    elif spec.output is not None:
+        check_output_folder(Path(spec.output))
 
 
 def estimate_tasks(spec: JobSpec) -> int | None:
@@ -155,22 +157,6 @@ def estimate_tasks(spec: JobSpec) -> int | None:
         return None
     frames = len(parse_frames(spec.frames))
     return frames * spec.tiles[0] * spec.tiles[1] * max(spec.chunks, 1)
-
-
-def check_output_folder(folder: Path) -> None:
-    """Create ``folder`` if needed and make sure files can be written in it.
-
-    Raises:
-        OutputError: the folder cannot be created or written.
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror}); choose another "
-                          "--output", path=str(folder)) from exc
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError("the output folder is not writable; choose another --output",
-                          path=str(folder))
 
 
 @dataclass(frozen=True)

@@ -28,27 +28,48 @@ DENOISE_MODES = ("auto", "post", "render")
 #: how a job's files reach the workers
 FILE_MODES = ("bundle", "shared")
 
-#: output extension -> Blender file format
-OUTPUT_FORMATS: dict[str, str] = {
-    ".exr": "OPEN_EXR_MULTILAYER",
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
+#: output extension -> the Blender file formats written with it (the first unless the scene's
+#: own format is another of them: ``.exr`` is multilayer with every pass unless the scene
+#: writes single-layer OpenEXR)
+OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
+    ".exr": ("OPEN_EXR_MULTILAYER", "OPEN_EXR"),
+    ".png": ("PNG",),
+    ".jpg": ("JPEG",),
+    ".jpeg": ("JPEG",),
+    ".tif": ("TIFF",),
+    ".tiff": ("TIFF",),
+    ".webp": ("WEBP",),
+    ".bmp": ("BMP",),
+    ".tga": ("TARGA", "TARGA_RAW"),
+    ".dpx": ("DPX",),
+    ".cin": ("CINEON",),
+    ".hdr": ("HDR",),
 }
 
-#: Blender file format -> the extension renderfarm writes it with
+#: Blender file format -> the extension Blender writes it with
 FORMAT_EXTENSIONS: dict[str, str] = {
-    "OPEN_EXR_MULTILAYER": ".exr", "PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif",
+    "OPEN_EXR_MULTILAYER": ".exr", "OPEN_EXR": ".exr", "PNG": ".png", "JPEG": ".jpg",
+    "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp", "TARGA": ".tga", "TARGA_RAW": ".tga",
+    "DPX": ".dpx", "CINEON": ".cin", "HDR": ".hdr",
 }
+#: the format of a piece of a frame that is merged or finished later: a lossless 32-bit
+#: multilayer EXR with every pass, whatever the final file is
+PIECE_FORMAT = "PIECE"
+#: the extension of each format a worker writes (the final formats and pieces)
+WRITE_EXTENSIONS: dict[str, str] = {**FORMAT_EXTENSIONS, PIECE_FORMAT: ".exr"}
+#: other spellings of an extension Blender accepts as the format's own (it adds none then)
+_SAME_EXTENSIONS = {".jpg": (".jpeg",), ".tif": (".tiff",)}
+
+#: the scene's output settings the farm keeps for its final files (SceneInfo.output)
+OUTPUT_SETTING_NAMES = ("color_depth", "exr_codec", "quality", "color_mode")
 
 _T = TypeVar("_T")
 _HASHES = re.compile(r"#+")
 
 
-def output_format(pattern: str) -> str:
-    """The Blender file format an output pattern asks for, from its extension.
+def output_format(pattern: str, scene_format: str | None = None) -> str:
+    """The Blender file format an output pattern asks for, from its extension (the scene's
+    own format when the extension is also its: ``.exr`` for a single-layer EXR scene).
 
     Raises:
         OutputError: the extension is not one renderfarm writes.
@@ -60,7 +81,61 @@ def output_format(pattern: str) -> str:
             f"unknown output extension {ext or '(none)'!r}; use one of {known}",
             path=str(pattern),
         )
-    return OUTPUT_FORMATS[ext]
+    formats = OUTPUT_FORMATS[ext]
+    return scene_format if scene_format in formats else formats[0]
+
+
+def is_output_folder(pattern: str) -> bool:
+    """Whether an output names a folder (ends with ``/``): the files are named as the
+    scene names them, inside it."""
+    return pattern.endswith(("/", os.sep))
+
+
+def scene_output(info: SceneInfo, blend_dir: str, folder: str | None = None) -> tuple[str, str]:
+    """The output pattern and file format of a job that keeps the scene's own output
+    settings: the scene's path (``//`` relative to ``blend_dir``, the artist's folder of the
+    ``.blend``), numbered and given the format's extension by Blender's rules; inside
+    ``folder`` (its file name only) when given.
+
+    Raises:
+        OutputError: the scene writes something the farm does not write (a video).
+    """
+    file_format = info.file_format
+    if file_format not in FORMAT_EXTENSIONS:
+        what = "a video (FFMPEG)" if file_format == "FFMPEG" else f"{file_format} files"
+        raise OutputError(
+            f"the scene's output writes {what}, which the farm cannot write yet; give an "
+            "output with an image extension (-o shot_####.png, or .exr for every pass) and "
+            "encode the frames afterwards", path=info.scene)
+    raw = info.output_path or "//"
+    if raw.startswith("//"):
+        raw = os.path.join(blend_dir, raw[2:])
+    raw = os.path.expanduser(raw)
+    if raw.endswith(("/", os.sep)) or not os.path.basename(raw):
+        raw += "####"  # Blender numbers a folder's files with the frame alone
+    if not _HASHES.search(os.path.basename(raw)):
+        raw += "####"  # and puts the frame after a name without #
+    ext = FORMAT_EXTENSIONS[file_format]
+    if info.file_extension and not raw.lower().endswith((ext, *_SAME_EXTENSIONS.get(ext, ()))):
+        raw += ext
+    if folder is not None:
+        raw = os.path.join(folder, os.path.basename(raw))
+    return raw, file_format
+
+
+def resolve_output(output: str | None, info: SceneInfo, blend_dir: str) -> tuple[str, str]:
+    """A job's output pattern and file format: the scene's own (``output`` None), the
+    scene's file names inside a folder (``output`` ending with ``/``), or ``output`` with the
+    format its extension asks for.
+
+    Raises:
+        OutputError: the output cannot be written (see :func:`scene_output`).
+    """
+    if output is None:
+        return scene_output(info, blend_dir)
+    if is_output_folder(output):
+        return scene_output(info, blend_dir, folder=output)
+    return output, output_format(output, info.file_format)
 
 
 def output_path(pattern: str | os.PathLike[str], frame: int) -> Path:
@@ -83,8 +158,7 @@ def output_path(pattern: str | os.PathLike[str], frame: int) -> Path:
         name = name[:last.start()] + _frame_digits(frame, len(last.group(0))) + name[last.end():]
     else:
         name = name + _frame_digits(frame, 4)
-    known = ext.lower() in {e.lower() for e in FORMAT_EXTENSIONS.values()} or \
-        ext.lower() in (".jpeg", ".tiff")
+    known = ext.lower() in OUTPUT_FORMATS
     if not runs and known:
         name += ext  # Blender adds the extension after the number
     return path.with_name(name)
@@ -252,6 +326,13 @@ class SceneInfo(_Json):
         missing_files: external files the scene uses that do not exist.
         file_format: the scene's own output file format.
         fps: frames per second.
+        output_path: the scene's output path as saved (``//render/shot_####``).
+        file_extension: whether Blender adds the format's extension to file names.
+        output: the scene's own settings for its format (see ``OUTPUT_SETTING_NAMES``):
+            colour depth, EXR codec, quality, colour mode.
+        views: the views the scene renders when stereoscopy / multiview is on, else empty.
+        file_outputs: the compositor's File Output nodes that write (node names).
+        stamp: whether the scene burns its stamp into the image.
     """
 
     scene: str
@@ -278,6 +359,12 @@ class SceneInfo(_Json):
     missing_files: list[str] = field(default_factory=list)
     file_format: str = "PNG"
     fps: float = 24.0
+    output_path: str = ""
+    file_extension: bool = True
+    output: dict[str, Any] = field(default_factory=dict)
+    views: list[str] = field(default_factory=list)
+    file_outputs: list[str] = field(default_factory=list)
+    stamp: bool = False
 
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +389,11 @@ class JobSpec(_Json):
         percentage: resolution percentage override; None keeps the scene's.
         device: ``"auto"`` (GPU when the cluster has one), ``"cpu"`` or ``"gpu"``.
         output: output pattern; ``#`` runs are the zero-padded frame, the extension picks the
-            format (``.exr`` multilayer with every pass, ``.png``, ``.jpg``, ``.tif``).
+            format (``.exr`` multilayer with every pass unless the scene writes single-layer
+            EXR, ``.png``, ``.jpg``, ``.tif``, ...), keeping the scene's other settings for
+            that format. None (default): the scene's own output path and settings, ``//``
+            relative to the ``.blend``'s folder; a folder (ending with ``/``): the scene's
+            file names and settings, inside it.
         retries: how many times a failed task is tried again.
         task_timeout: seconds a task may take before it is stopped and retried; None: no limit.
         allow_scripts: run Python embedded in the file (needs the farm to permit it too).
@@ -339,7 +430,7 @@ class JobSpec(_Json):
     samples: int | None = None
     percentage: int | None = None
     device: str = "auto"
-    output: str = "render/####.exr"
+    output: str | None = None
     retries: int = 2
     task_timeout: float | None = None
     allow_scripts: bool = False
@@ -371,7 +462,12 @@ class JobSpec(_Json):
             _check_int("resolution percentage", self.percentage, 1, 32767)
         if self.device not in DEVICES:
             raise InputError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        output_format(self.output)
+        if self.output is not None:
+            if not isinstance(self.output, str) or not self.output or len(self.output) > 4096:
+                raise InputError("output must be a file pattern like render/shot_####.png or "
+                                 f"a folder ending with /, not {str(self.output)[:60]!r}")
+            if not is_output_folder(self.output):
+                output_format(self.output)
         _check_int("retries", self.retries, 0, 100)
         if self.task_timeout is not None and not (
             isinstance(self.task_timeout, (int, float)) and self.task_timeout > 0
@@ -398,11 +494,6 @@ class JobSpec(_Json):
         if self.denoise not in DENOISE_MODES:
             raise InputError(f"denoise must be one of {', '.join(DENOISE_MODES)}, not "
                              f"{self.denoise!r}")
-
-    @property
-    def output_format(self) -> str:
-        """The Blender file format of the output."""
-        return output_format(self.output)
 
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:

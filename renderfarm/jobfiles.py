@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from renderfarm.bundle import Manifest, missing_error, storage_key, trace_missing
-from renderfarm.errors import BlendFileError, BundleError
+from renderfarm.errors import BlendFileError, BundleError, OutputError
 from renderfarm.executor import file_hash
 from renderfarm.job import JobSpec
 
@@ -143,3 +143,19 @@ class JobFiles:
             else:
                 return
             self.ref = ray.put(self.files)
+
+
+def check_output_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure files can be written in it.
+
+    Raises:
+        OutputError: the folder cannot be created or written.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror}); choose another "
+                          "--output", path=str(folder)) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError("the output folder is not writable; choose another --output",
+                          path=str(folder))

@@ -29,15 +29,17 @@ from renderfarm.errors import (
 from renderfarm.events import Event
 from renderfarm.executor import Source, WorkerHandle, WorkerPool, error_from, scene_info_from
 from renderfarm.job import (
-    FORMAT_EXTENSIONS,
+    WRITE_EXTENSIONS,
     JobResult,
     RenderSettings,
     SceneInfo,
     Task,
     TaskResult,
     Tile,
+    output_path,
+    resolve_output,
 )
-from renderfarm.jobfiles import JobFiles
+from renderfarm.jobfiles import JobFiles, check_output_folder
 from renderfarm.merge import Piece
 from renderfarm.planner import Plan, plan_job, render_size
 from renderfarm.state import Failure, JobState, TaskStatus, Verdict
@@ -170,9 +172,11 @@ class JobRun:
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
         self._check_size(info)
+        output, final_format = self._output(info)
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
                                     workers=runner.pool.shape.workers,
-                                    max_tasks=self.farm.config.max_tasks)
+                                    max_tasks=self.farm.config.max_tasks,
+                                    final_format=final_format)
         if len(plan.frames) > self.farm.config.max_frames:  # the scene's own range
             raise LimitError(f"the job renders {len(plan.frames)} frames (the scene's range); "
                              f"this farm allows at most {self.farm.config.max_frames} per "
@@ -185,8 +189,8 @@ class JobRun:
         self.state = JobState(plan.tasks, spec.retries)
         self.pool = runner.pool
         self.assembler = Assembler(
-            job_id=self.handle.job_id, output=spec.output, plan=plan, info=info,
-            scratch=self.scratch, final_format=spec.output_format,
+            job_id=self.handle.job_id, output=output, plan=plan, info=info,
+            scratch=self.scratch, final_format=final_format,
             executor=self.farm._merger, finish=self._finish_on_worker,
             on_merged=lambda frame, path: self.emit("frame_merged", frame=frame,
                                                     data={"path": str(path)}),
@@ -234,6 +238,24 @@ class JobRun:
             outputs=dict(sorted(self.assembler.outputs.items())), tasks=tuple(self.results),
             wall_seconds=time.monotonic() - start, device=device,
             workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles)
+
+    def _output(self, info: SceneInfo) -> tuple[str, str]:
+        """The job's output pattern and format (the scene's own unless the job names them),
+        refusing what the farm cannot write as Blender would."""
+        if info.views:
+            raise OutputError(
+                f"the scene renders {len(info.views)} views ({', '.join(info.views)}: "
+                "Output properties > Stereoscopy); the farm renders one view per frame yet: "
+                "turn Stereoscopy off, or render each view as its own camera",
+                path=self.spec.blend_file)
+        output, final_format = resolve_output(self.spec.output, info,
+                                              os.path.dirname(os.path.abspath(
+                                                  self.spec.blend_file)))
+        check_output_folder(output_path(output, 0).parent)
+        if info.file_outputs:
+            self.warn(f"the compositor's File Output node(s) {', '.join(info.file_outputs)} "
+                      "write files the farm does not deliver yet; they are not written")
+        return output, final_format
 
     def _check_size(self, info: SceneInfo) -> None:
         """Refuse a frame larger than the farm allows, before anything renders."""
@@ -332,7 +354,7 @@ class JobRun:
             handle = self.pool.preferred(self.settings.blend_hash)
             try:
                 data = ray.get(handle.actor.finish.remote(
-                    self.settings.to_dict(), payload, final, FORMAT_EXTENSIONS[final],
+                    self.settings.to_dict(), payload, final, WRITE_EXTENSIONS[final],
                     self.files.ref, frame))
             except ray.exceptions.RayActorError:
                 self.pool.replace(handle.worker_id)

@@ -49,7 +49,7 @@ def chunks_for(split: str, chunks: int | None) -> int:
     return 0 if split == "samples" else 1
 
 
-def job_spec(args: argparse.Namespace, output: str) -> JobSpec:
+def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
     """The :class:`~renderfarm.job.JobSpec` the job options (``render``, ``submit``) ask for.
 
     Raises:

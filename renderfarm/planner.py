@@ -189,8 +189,21 @@ def post_denoise_blocker(scene: SceneInfo) -> str | None:
     return None
 
 
-def tiling_fallback(scene: SceneInfo, denoise: str = "auto") -> str | None:
+def stamp_blocker(scene: SceneInfo, final_format: str | None) -> str | None:
+    """Why a frame whose stamp Blender burns into a multilayer EXR cannot be split (the
+    merged file is not rendered again, so nothing would burn it in), or None."""
+    if scene.stamp and final_format == "OPEN_EXR_MULTILAYER":
+        return ("the scene burns its stamp into the multilayer EXR, which Blender does on "
+                "whole frames only")
+    return None
+
+
+def tiling_fallback(scene: SceneInfo, denoise: str = "auto",
+                    final_format: str | None = None) -> str | None:
     """Why a scene must render whole frames instead of tiles, or None when tiles are exact."""
+    stamp = stamp_blocker(scene, final_format)
+    if stamp:
+        return f"{stamp}; rendering whole frames"
     if scene.engine != "CYCLES":
         return (
             f"{scene.engine} is not split into tiles (its screen-space effects need the "
@@ -274,8 +287,11 @@ def added_colour_passes(scene: SceneInfo) -> list[str]:
     return [f"{layer}.{kind.capitalize()} Color" for layer, kind in missing_colour_passes(scene)]
 
 
-def chunk_blocker(scene: SceneInfo) -> str | None:
+def chunk_blocker(scene: SceneInfo, final_format: str | None = None) -> str | None:
     """Why a scene cannot be split by samples, or None."""
+    stamp = stamp_blocker(scene, final_format)
+    if stamp:
+        return stamp
     if scene.engine != "CYCLES":
         return f"{scene.engine} cannot render a subset of its samples"
     if scene.adaptive_sampling:
@@ -285,11 +301,12 @@ def chunk_blocker(scene: SceneInfo) -> str | None:
 
 
 def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int = 1,
-             max_tasks: int | None = None) -> Plan:
+             max_tasks: int | None = None, final_format: str | None = None) -> Plan:
     """Turn a job spec and the scene's facts into tasks.
 
     ``workers`` is the number of workers the job will run on (for ``--tiles auto``);
-    ``max_tasks`` the most tasks the job may have (checked before any is made).
+    ``max_tasks`` the most tasks the job may have (checked before any is made);
+    ``final_format`` the format of the job's files (some settings write only whole frames).
 
     Raises:
         LimitError: the job would have more than ``max_tasks`` tasks.
@@ -315,7 +332,7 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
     notes: list[str] = []
     tiles = tuple(spec.tiles)
     if tiles == AUTO_TILES:
-        reason = tiling_fallback(scene, spec.denoise)
+        reason = tiling_fallback(scene, spec.denoise, final_format)
         tiles = (1, 1) if reason else auto_grid(region.width, region.height, len(frames),
                                                 workers)
         why = f"{len(frames)} frame(s), {workers} worker(s), {region.width}x{region.height} px"
@@ -324,7 +341,7 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
     elif tiles != (1, 1):
         # check the grid even when falling back, so a bad grid is an error, not a surprise.
         plan_tiles(region, tiles[0], tiles[1])
-        reason = tiling_fallback(scene, spec.denoise)
+        reason = tiling_fallback(scene, spec.denoise, final_format)
         if reason:
             warnings.append(f"--tiles {tiles[0]}x{tiles[1]} ignored: {reason}")
             tiles = (1, 1)
@@ -332,7 +349,7 @@ def plan_job(spec: JobSpec, scene: SceneInfo, job_id: str = "job", workers: int 
     ranges: list[tuple[int, int] | None] = [None]
     chunks = spec.chunks or workers
     if chunks > 1:
-        blocker = chunk_blocker(scene)
+        blocker = chunk_blocker(scene, final_format)
         if blocker:
             warnings.append(f"--chunks {chunks} ignored: {blocker}; rendering all "
                             "samples at once")

@@ -17,6 +17,7 @@ from renderfarm.job import (
     Tile,
     output_format,
     output_path,
+    resolve_output,
 )
 
 
@@ -86,3 +87,49 @@ def test_output_patterns() -> None:
     assert output_format("a.jpeg") == "JPEG"
     with pytest.raises(OutputError):
         output_format("a.mp4")
+    # the extension picks the format; the scene's own wins where the extension is also its
+    assert output_format("a.exr", "OPEN_EXR") == "OPEN_EXR"
+    assert output_format("a.exr", "PNG") == "OPEN_EXR_MULTILAYER"
+    assert output_format("a.tga", "TARGA_RAW") == "TARGA_RAW"
+    assert output_format("a.webp", "PNG") == "WEBP"
+
+
+def _scene(**fields: object) -> SceneInfo:
+    return SceneInfo(scene="S", engine="CYCLES", resolution=(8, 8), percentage=100,
+                     frame_start=1, frame_end=2, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("path", "fmt", "ext", "frame", "want"), [
+    ("//render/shot_####", "PNG", True, 7, "/proj/render/shot_0007.png"),
+    ("//render/shot_####", "JPEG", True, -2, "/proj/render/shot_-0002.jpg"),
+    ("//render/shot_####.png", "PNG", True, 7, "/proj/render/shot_0007.png"),
+    ("//render/shot_####.jpeg", "JPEG", True, 7, "/proj/render/shot_0007.jpeg"),
+    ("//render/shot_####", "PNG", False, 7, "/proj/render/shot_0007"),
+    ("//render/shot", "PNG", True, 7, "/proj/render/shot0007.png"),
+    ("//render/", "OPEN_EXR", True, 12, "/proj/render/0012.exr"),
+    ("//", "TIFF", True, 3, "/proj/0003.tif"),
+    ("", "PNG", True, 3, "/proj/0003.png"),
+    ("/abs/a_##_b", "OPEN_EXR_MULTILAYER", True, 3, "/abs/a_03_b.exr"),
+    ("//r/v##/s_###", "PNG", True, 3, "/proj/r/v##/s_003.png"),
+])
+def test_the_scenes_own_output_path_is_named_as_blender_names_it(path, fmt, ext, frame,
+                                                                 want) -> None:
+    info = _scene(output_path=path, file_format=fmt, file_extension=ext)
+    pattern, got_format = resolve_output(None, info, "/proj")
+    assert got_format == fmt
+    assert output_path(pattern, frame) == Path(want)
+
+
+def test_an_output_folder_keeps_the_scenes_names_and_a_pattern_its_extensions_format() -> None:
+    info = _scene(output_path="//render/shot_####", file_format="OPEN_EXR")
+    pattern, fmt = resolve_output("out/", info, "/proj")
+    assert (output_path(pattern, 1), fmt) == (Path("out/shot_0001.exr"), "OPEN_EXR")
+    assert resolve_output("o/x_##.exr", info, "/proj") == ("o/x_##.exr", "OPEN_EXR")
+    assert resolve_output("o/x_##.png", info, "/proj") == ("o/x_##.png", "PNG")
+
+
+def test_a_scene_that_writes_video_is_refused_naming_it() -> None:
+    info = _scene(output_path="//v_", file_format="FFMPEG")
+    with pytest.raises(OutputError, match="FFMPEG"):
+        resolve_output(None, info, "/proj")
+    assert resolve_output("o/f_####.png", info, "/proj")[1] == "PNG"  # -o says what to write

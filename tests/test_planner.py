@@ -149,6 +149,18 @@ def test_tiles_fall_back_to_whole_frames_with_a_warning(facts, word) -> None:
     assert len(plan.warnings) == 1 and word in plan.warnings[0]
 
 
+def test_a_stamp_burnt_into_multilayer_exr_renders_whole_frames() -> None:
+    """Blender burns the stamp into multilayer EXRs too, and the merged EXR is not rendered
+    again: tiles and sample ranges fall back, other formats are stamped when finished."""
+    stamped = scene(stamp=True)
+    exr = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2), chunks=2), stamped,
+                   final_format="OPEN_EXR_MULTILAYER")
+    assert exr.tiles == (1, 1) and exr.chunks == 1 and len(exr.tasks) == 1
+    assert all("stamp" in w for w in exr.warnings) and len(exr.warnings) == 2
+    png = plan_job(JobSpec("a.blend", frames="1", tiles=(2, 2)), stamped, final_format="PNG")
+    assert png.tiles == (2, 2) and not png.warnings
+
+
 def test_denoising_scenes_denoise_once_after_the_merge() -> None:
     tiled = plan_job(JobSpec("a.blend", frames="1", tiles=(3, 3)), scene(denoising=True))
     assert tiled.tiles == (3, 3) and tiled.post_denoise and not tiled.warnings

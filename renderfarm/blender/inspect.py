@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any
 
-from renderfarm.job import SceneInfo
+from renderfarm.job import OUTPUT_SETTING_NAMES, SceneInfo
 
 #: compositor nodes that do not change the rendered image
 _NEUTRAL_NODES = {"R_LAYERS", "COMPOSITE", "GROUP_OUTPUT", "GROUP_INPUT", "VIEWER", "REROUTE",
@@ -124,7 +124,24 @@ def scene_info(scene: Any) -> SceneInfo:
         missing_files=missing_files(),
         file_format=render.image_settings.file_format,
         fps=render.fps / render.fps_base,
+        output_path=render.filepath,
+        file_extension=bool(render.use_file_extension),
+        output={name: getattr(render.image_settings, name) for name in OUTPUT_SETTING_NAMES},
+        views=[view.name for view in render.views if view.use] if render.use_multiview
+        else [],
+        file_outputs=file_output_nodes(scene),
+        stamp=bool(render.use_stamp),
     )
+
+
+def file_output_nodes(scene: Any) -> list[str]:
+    """The compositor's File Output nodes that write files when the scene renders (not
+    muted, compositing on)."""
+    tree = getattr(scene, "compositing_node_group", None)
+    if tree is None or not scene.render.use_compositing:
+        return []
+    return [node.name for node in _all_nodes(tree)
+            if node.bl_idname == "CompositorNodeOutputFile" and not node.mute]
 
 
 def _bpy_data() -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from renderfarm.blender.files import open_blend
 from renderfarm.bundle import missing_error
 from renderfarm.errors import RenderError, SceneError
-from renderfarm.job import FORMAT_EXTENSIONS, RenderSettings, SceneInfo, Task
+from renderfarm.job import FORMAT_EXTENSIONS, PIECE_FORMAT, RenderSettings, SceneInfo, Task
 from renderfarm.planner import border_for, missing_colour_passes
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,18 @@ def set_output_format(scene: Any, file_format: str) -> None:
     """Make ``scene`` write ``file_format``, keeping the scene's own settings where they apply.
 
     When the scene already writes that format its depth, colour mode, codec and quality stay;
-    multilayer EXR defaults to 32-bit float with ZIP compression.
+    multilayer EXR defaults to 32-bit float with ZIP compression. ``PIECE`` (a piece of a
+    frame that is merged or finished later) is always a lossless 32-bit multilayer EXR, with
+    no stamp burnt in (the finished frame gets it).
     """
     settings = scene.render.image_settings
+    if file_format == PIECE_FORMAT:
+        settings.media_type = "MULTI_LAYER_IMAGE"
+        settings.file_format = "OPEN_EXR_MULTILAYER"
+        settings.color_depth = "32"
+        settings.exr_codec = "ZIP"
+        scene.render.use_stamp = False
+        return
     if settings.file_format == file_format:
         return
     if file_format == "OPEN_EXR_MULTILAYER":
@@ -126,6 +135,7 @@ class BlenderSession:
         self._key: tuple[Any, ...] | None = None
         #: the output settings the artist's file has (the farm writes final files with them)
         self._own_output: dict[str, Any] = {}
+        self._stamp = False
         self._allow_scripts = False
         self._scene_name: str | None = None
         self._format = "OPEN_EXR_MULTILAYER"
@@ -244,9 +254,11 @@ class BlenderSession:
                 setattr(scene.view_layers[layer], colour, True)
                 self._added_colour.append((layer, colour))
         render.use_compositing = settings.compositing and render.use_compositing
+        _mute_file_outputs(scene)  # they would write into the worker's folder
         if not settings.compositing:
             render.use_sequencer = False
         self._own_output = own_output(scene)  # what the artist's file writes
+        self._stamp = bool(render.use_stamp)  # pieces get none; the finished frame does
         set_output_format(scene, output_format)
         self._format = output_format
         self._border = (render.use_border, render.use_crop_to_border, render.border_min_x,
@@ -322,7 +334,7 @@ class BlenderSession:
         Raises:
             RenderError: the denoiser or Blender's writer failed.
         """
-        from renderfarm.merge import combined_rgba
+        from renderfarm.merge import combined_rgba, recode_exr
 
         work = merged
         if self._denoise_layers:
@@ -335,7 +347,9 @@ class BlenderSession:
                     os.remove(work)
             return
         if file_format == "OPEN_EXR_MULTILAYER":
-            os.replace(work, target)
+            recode_exr(Path(work), Path(target), self._exr_encoding())  # may move it
+            if work != merged and os.path.exists(work):
+                os.remove(work)
             return
         rgba = f"{merged}.rgba.exr"
         try:
@@ -345,6 +359,16 @@ class BlenderSession:
             for path in {rgba, work} - {merged}:
                 if os.path.exists(path):
                     os.remove(path)
+
+    def _exr_encoding(self) -> tuple[str, str]:
+        """How the scene's own multilayer EXRs are encoded (Blender's defaults when the
+        scene writes another format)."""
+        from renderfarm.merge import exr_encoding
+
+        own = self._own_output
+        if own.get("file_format") != "OPEN_EXR_MULTILAYER":
+            return exr_encoding({})
+        return exr_encoding(own)
 
     def _denoise(self, merged: str) -> str:
         """Denoise a merged noisy frame with Cycles' standalone denoiser; return the file that
@@ -399,15 +423,16 @@ class BlenderSession:
         tree reads the frame through Image nodes where it had Render Layers nodes, written by
         Blender in ``file_format`` (a multilayer EXR also keeps the frame's passes, after the
         ``Composite`` part, as Blender writes it)."""
-        import bpy
 
         from renderfarm.merge import PartSource, compose_parts, image_size, part_names
 
         original = self.scene
         scene = original.copy()
         scene.name = "renderfarm-composite"
+        scene.render.use_stamp = self._stamp
         tree = original.compositing_node_group.copy()
-        image = bpy.data.images.load(source, check_existing=False)
+        _mute_file_outputs(scene, tree)
+        image = _load_linear(source)
         written = f"{source}.composite{FORMAT_EXTENSIONS[file_format]}"
 
         def feed() -> None:
@@ -445,7 +470,7 @@ class BlenderSession:
         parts = [PartSource("Composite.Combined", Path(written), "Composite.Combined")]
         parts += [PartSource(name, Path(source), name) for name in part_names(Path(source))]
         try:
-            compose_parts(Path(target), parts)
+            compose_parts(Path(target), parts, self._exr_encoding())
         finally:
             os.remove(written)
 
@@ -483,12 +508,11 @@ class BlenderSession:
         look, exposure, display), its dither and its settings for ``file_format``; nothing is
         rendered. The job's scene itself is not changed.
         """
-        import bpy
 
         if self._key is None:
             raise RenderError("the worker has no job prepared to convert for", path=source)
         scene = self._convert_scene()
-        image = bpy.data.images.load(source, check_existing=False)
+        image = _load_linear(source)
 
         def show() -> None:
             scene.compositing_node_group.nodes["renderfarm-image"].image = image
@@ -507,6 +531,7 @@ class BlenderSession:
         name = "renderfarm-convert"
         scene = self.scene.copy()
         scene.name = name
+        scene.render.use_stamp = self._stamp
         tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
         tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
         node = tree.nodes.new("CompositorNodeImage")
@@ -538,6 +563,8 @@ def _at_frame(scene: Any, frame: int) -> None:
     scene.frame_set(frame)
     context = bpy.context.scene
     if context is not None and context != scene:
+        if frame < 0:  # frame_current is clamped to 0 unless negative frames are allowed
+            bpy.context.preferences.edit.use_negative_frames = True
         context.frame_current = frame
 
 
@@ -583,6 +610,27 @@ def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format:
         bpy.data.node_groups.remove(tree)
     if not os.path.isfile(path):
         raise RenderError(f"Blender's compositor wrote no image at {path}", path=path)
+
+
+def _load_linear(path: str) -> Any:
+    """Load a merged frame (scene-linear pixels in the file's working colour space, which
+    need not be Blender's default for float images: ACEScg, Rec.2020)."""
+    import bpy
+
+    image = bpy.data.images.load(path, check_existing=False)
+    image.colorspace_settings.name = bpy.data.colorspace.working_space
+    return image
+
+
+def _mute_file_outputs(scene: Any, tree: Any = None) -> None:
+    """Mute the compositor's File Output nodes of ``scene`` (or ``tree``): on a worker they
+    would write into its own folder, where nobody receives them."""
+    tree = tree if tree is not None else getattr(scene, "compositing_node_group", None)
+    if tree is None:
+        return
+    for node in tree.nodes:
+        if node.bl_idname == "CompositorNodeOutputFile":
+            node.mute = True
 
 
 def _handlers() -> list[Any]:
