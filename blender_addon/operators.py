@@ -31,7 +31,8 @@ def job_spec(scene: bpy.types.Scene, settings: Any) -> dict[str, Any]:
     elif settings.split == "AUTO":
         spec["tiles"] = [0, 0]
     stem = Path(bpy.data.filepath).stem if bpy.data.filepath else "untitled"
-    spec["output"] = f"{stem}_####.{_FORMATS[settings.file_format]}"
+    if settings.file_format in _FORMATS:  # else the scene's own output names and settings
+        spec["output"] = f"{stem}_####.{_FORMATS[settings.file_format]}"
     if settings.allow_missing:
         spec["allow_missing"] = True
     return spec

@@ -35,8 +35,11 @@ class RenderFarmSettings(bpy.types.PropertyGroup):
         name="Output", default="//render_farm/", subtype="DIR_PATH",
         description="Folder the finished frames are downloaded to")
     file_format: bpy.props.EnumProperty(
-        name="Format", default="EXR",
-        items=(("EXR", "OpenEXR Multilayer", "Every pass of every view layer"),
+        name="Format", default="SCENE",
+        items=(("SCENE", "Scene's Output", "The scene's own output: file format, depth, codec, "
+                "colour management and file names (Output properties), as Render Animation "
+                "writes them"),
+               ("EXR", "OpenEXR Multilayer", "Every pass of every view layer"),
                ("PNG", "PNG", "8-bit image as the scene's view transform shows it")))
     allow_missing: bpy.props.BoolProperty(
         name="Allow Missing Files", default=False,

@@ -84,6 +84,11 @@ def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
     rf.split, rf.tiles_x, rf.tiles_y, rf.frames = "TILES", 2, 2, "2"
     rf.output_dir = str(out / "frames") + "/"
     rf.priority = 3
+    # the default format is the scene's own output: Render Animation's names and settings
+    scene.render.filepath = "//render/artist_####"
+    scene.render.image_settings.media_type = "IMAGE"
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_depth = "16"
     started = time.monotonic()
     result = bpy.ops.renderfarm.submit()
     submitted = {"result": sorted(result), "state": rf.state, "job_id": rf.job_id,

@@ -96,9 +96,12 @@ def test_render_on_network_shows_progress_tiles_and_the_final_frame(
     assert run["final_state"] == "done"
     # the output: the artist's unsaved edit (80 px wide) was rendered, on the farm
     output = Path(run["last_output"])
-    assert output.name == "artist's shot_0002.exr" and output.is_file()
+    assert output.name == "artist_0002.png" and output.is_file()  # the scene's own output
     combined, channels, _ = read_combined(output)
     assert combined.shape[:2] == (64, 80)
+    import OpenImageIO as oiio
+
+    assert str(oiio.ImageInput.open(str(output)).spec().format) == "uint16"
     assert Path(run["final_image"]) == output and run["final_source"] == "FILE"
     # the tiles painted live are the frame's pixels (sRGB 8-bit, Blender's rows bottom-up)
     assert run["tiles"] >= 1 and run["preview_size"] == [80, 64]
