@@ -227,45 +227,53 @@ def apply_setting(scene: Any, item: str) -> None:
     setattr(target, names[-1], value)
 
 
-def _scene_time(scene: Any) -> None:
-    """A compositor whose image is the render times the Scene Time node's frame / 10."""
+def _compositor_tree(scene: Any) -> Any:
+    """A new compositor node tree with an Image output, made the scene's."""
     import bpy
 
     tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
     tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    scene.compositing_node_group = tree
+    return tree
+
+
+def _multiply(nodes: Any, factor: float) -> Any:
+    """A Mix node that multiplies colours A and B by ``factor``."""
+    mix = nodes.new("ShaderNodeMix")
+    mix.data_type = "RGBA"
+    mix.blend_type = "MULTIPLY"
+    mix.inputs["Factor"].default_value = factor
+    return mix
+
+
+def _scene_time(scene: Any) -> None:
+    """A compositor whose image is the render times the Scene Time node's frame / 10."""
+    tree = _compositor_tree(scene)
     nodes, links = tree.nodes, tree.links
     layers = nodes.new("CompositorNodeRLayers")
     time = nodes.new("CompositorNodeSceneTime")
     scale = nodes.new("ShaderNodeMath")
     scale.operation = "DIVIDE"
     scale.inputs[1].default_value = 10.0
-    mix = nodes.new("ShaderNodeMix")
-    mix.data_type = "RGBA"
-    mix.blend_type = "MULTIPLY"
-    mix.inputs["Factor"].default_value = 1.0
+    mix = _multiply(nodes, 1.0)
     output = nodes.new("NodeGroupOutput")
     links.new(time.outputs["Frame"], scale.inputs[0])
     links.new(layers.outputs["Image"], mix.inputs["A"])
     links.new(scale.outputs[0], mix.inputs["B"])
     links.new(mix.outputs["Result"], output.inputs[0])
-    scene.compositing_node_group = tree
     scene.render.use_compositing = True
 
 
 def _file_output(scene: Any) -> None:
     """Render Layers -> Composite, and the Depth pass to a File Output node writing
     ``//passes/depth_####`` as a 32-bit OpenEXR."""
-    import bpy
-
     scene.view_layers[0].use_pass_z = True
     tree = scene.compositing_node_group
     if tree is None:
-        tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
-        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        tree = _compositor_tree(scene)
         layers = tree.nodes.new("CompositorNodeRLayers")
         output = tree.nodes.new("NodeGroupOutput")
         tree.links.new(layers.outputs["Image"], output.inputs[0])
-        scene.compositing_node_group = tree
     layers = next(n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers")
     node = tree.nodes.new("CompositorNodeOutputFile")
     node.directory = "//passes/"
@@ -330,12 +338,9 @@ def _all_passes(scene: object) -> None:
 
 def _compositor(scene: object) -> None:
     """Render Layers -> Glare -> Blur -> Lens Distortion -> multiplied by a depth falloff."""
-    import bpy
-
     layer = scene.view_layers[0]  # type: ignore[attr-defined]
     layer.use_pass_z = True
-    tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
-    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    tree = _compositor_tree(scene)
     nodes, links = tree.nodes, tree.links
     layers = nodes.new("CompositorNodeRLayers")
     glare = nodes.new("CompositorNodeGlare")
@@ -350,10 +355,7 @@ def _compositor(scene: object) -> None:
     falloff = nodes.new("ShaderNodeMath")
     falloff.operation = "MULTIPLY"
     falloff.inputs[1].default_value = 0.1
-    mix = nodes.new("ShaderNodeMix")
-    mix.data_type = "RGBA"
-    mix.blend_type = "MULTIPLY"
-    mix.inputs["Factor"].default_value = 0.5
+    mix = _multiply(nodes, 0.5)
     output = nodes.new("NodeGroupOutput")
     links.new(layers.outputs["Image"], glare.inputs["Image"])
     links.new(glare.outputs["Image"], blur.inputs["Image"])
@@ -362,7 +364,6 @@ def _compositor(scene: object) -> None:
     links.new(lens.outputs["Image"], mix.inputs["A"])
     links.new(falloff.outputs[0], mix.inputs["B"])
     links.new(mix.outputs["Result"], output.inputs[0])
-    scene.compositing_node_group = tree  # type: ignore[attr-defined]
     scene.render.use_compositing = True  # type: ignore[attr-defined]
 
 
