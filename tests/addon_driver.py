@@ -86,8 +86,8 @@ def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
     rf.priority = 3
     # the default format is the scene's own output: Render Animation's names and settings
     scene.render.filepath = "//render/artist_####"
-    scene.render.image_settings.media_type = "IMAGE"
-    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.media_type = "MULTI_LAYER_IMAGE"
+    scene.render.image_settings.file_format = "OPEN_EXR_MULTILAYER"
     scene.render.image_settings.color_depth = "16"
     started = time.monotonic()
     result = bpy.ops.renderfarm.submit()

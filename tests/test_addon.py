@@ -96,17 +96,17 @@ def test_render_on_network_shows_progress_tiles_and_the_final_frame(
     assert run["final_state"] == "done"
     # the output: the artist's unsaved edit (80 px wide) was rendered, on the farm
     output = Path(run["last_output"])
-    assert output.name == "artist_0002.png" and output.is_file()  # the scene's own output
-    combined, channels, _ = read_combined(output)
-    assert combined.shape[:2] == (64, 80)
+    assert output.name == "artist_0002.exr" and output.is_file()  # the scene's own output
+    combined, channels, linear = read_combined(output)
+    assert combined.shape[:2] == (64, 80) and linear
     import OpenImageIO as oiio
 
-    assert str(oiio.ImageInput.open(str(output)).spec().format) == "uint16"
+    assert str(oiio.ImageInput.open(str(output)).spec().format) == "half"  # its own depth
     assert Path(run["final_image"]) == output and run["final_source"] == "FILE"
     # the tiles painted live are the frame's pixels (sRGB 8-bit, Blender's rows bottom-up)
     assert run["tiles"] >= 1 and run["preview_size"] == [80, 64]
     preview = np.load(addon_run["folder"] / "preview.npy")[::-1]
-    want = to_rgba8(combined, channels, linear=True).astype(np.float32) / 255
+    want = to_rgba8(combined, channels, linear).astype(np.float32) / 255
     assert np.abs(preview - want).max() <= 1 / 255 + 1e-6
     assert np.count_nonzero(preview[:, :, 3]) == 80 * 64  # every pixel painted
     # and the artist's file was never touched
