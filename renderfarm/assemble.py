@@ -32,8 +32,6 @@ from renderfarm.planner import Plan, added_colour_passes
 
 logger = logging.getLogger(__name__)
 
-MULTILAYER = "OPEN_EXR_MULTILAYER"
-
 def piece_format(plan: Plan, final_format: str) -> str:
     """The format a job's workers write their pieces in."""
     if plan.tiled or plan.post_denoise or plan.chunks > 1:
@@ -151,13 +149,12 @@ class Assembler:
             write_atomically(target, lambda tmp: shutil.move(source, tmp))
             return
         merged = self._merge_frame(found, frame)
-        if plan.post_denoise or plan.post_composite or self.final_format != MULTILAYER:
+        if plan.post_denoise or plan.post_composite or self.final_format != "OPEN_EXR_MULTILAYER":
             data = self._finish_remote(merged.read_bytes(), frame)
             write_atomically(target, lambda tmp: tmp.write_bytes(data))
             merged.unlink(missing_ok=True)
         else:  # the scene's own depth and codec (pieces are lossless 32-bit float)
-            encoding = exr_encoding(self.info.output if self.info.file_format == MULTILAYER
-                                    else {})
+            encoding = exr_encoding(self.info.file_format, self.info.output)
             write_atomically(target, lambda tmp: recode_exr(merged, tmp, encoding))
             merged.unlink(missing_ok=True)
 

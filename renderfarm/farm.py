@@ -144,10 +144,9 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
             "the job asks to run Python scripts embedded in the file, but this farm does not "
             "permit it; start the farm with scripts permitted (--permit-scripts) or render "
             "without --allow-scripts", path=path)
-    if spec.output is not None and not is_output_folder(spec.output):
-        check_output_folder(output_path(spec.output, 0).parent)
-    elif spec.output is not None:
-        check_output_folder(Path(spec.output))
+    if spec.output is not None:  # None: the scene's own path, checked once it is known
+        check_output_folder(Path(spec.output) if is_output_folder(spec.output)
+                            else output_path(spec.output, 0).parent)
 
 
 def estimate_tasks(spec: JobSpec) -> int | None:

@@ -57,8 +57,6 @@ FORMAT_EXTENSIONS: dict[str, str] = {
 PIECE_FORMAT = "PIECE"
 #: the extension of each format a worker writes (the final formats and pieces)
 WRITE_EXTENSIONS: dict[str, str] = {**FORMAT_EXTENSIONS, PIECE_FORMAT: ".exr"}
-#: other spellings of an extension Blender accepts as the format's own (it adds none then)
-_SAME_EXTENSIONS = {".jpg": (".jpeg",), ".tif": (".tiff",)}
 
 #: the scene's output settings the farm keeps for its final files (SceneInfo.output)
 OUTPUT_SETTING_NAMES = ("color_depth", "exr_codec", "quality", "color_mode")
@@ -111,13 +109,12 @@ def scene_output(info: SceneInfo, blend_dir: str, folder: str | None = None) -> 
     if raw.startswith("//"):
         raw = os.path.join(blend_dir, raw[2:])
     raw = os.path.expanduser(raw)
-    if raw.endswith(("/", os.sep)) or not os.path.basename(raw):
-        raw += "####"  # Blender numbers a folder's files with the frame alone
     if not _HASHES.search(os.path.basename(raw)):
-        raw += "####"  # and puts the frame after a name without #
-    ext = FORMAT_EXTENSIONS[file_format]
-    if info.file_extension and not raw.lower().endswith((ext, *_SAME_EXTENSIONS.get(ext, ()))):
-        raw += ext
+        raw += "####"  # Blender puts the frame after a name without # (a folder: alone)
+    # the format's own extensions (.jpg or .jpeg, ...): Blender adds none when one ends it
+    own = tuple(ext for ext, formats in OUTPUT_FORMATS.items() if file_format in formats)
+    if info.file_extension and not raw.lower().endswith(own):
+        raw += FORMAT_EXTENSIONS[file_format]
     if folder is not None:
         raw = os.path.join(folder, os.path.basename(raw))
     return raw, file_format

@@ -361,14 +361,10 @@ class BlenderSession:
                     os.remove(path)
 
     def _exr_encoding(self) -> tuple[str, str]:
-        """How the scene's own multilayer EXRs are encoded (Blender's defaults when the
-        scene writes another format)."""
+        """How the scene's own multilayer EXRs are encoded."""
         from renderfarm.merge import exr_encoding
 
-        own = self._own_output
-        if own.get("file_format") != "OPEN_EXR_MULTILAYER":
-            return exr_encoding({})
-        return exr_encoding(own)
+        return exr_encoding(self._own_output.get("file_format"), self._own_output)
 
     def _denoise(self, merged: str) -> str:
         """Denoise a merged noisy frame with Cycles' standalone denoiser; return the file that
@@ -423,15 +419,13 @@ class BlenderSession:
         tree reads the frame through Image nodes where it had Render Layers nodes, written by
         Blender in ``file_format`` (a multilayer EXR also keeps the frame's passes, after the
         ``Composite`` part, as Blender writes it)."""
-
         from renderfarm.merge import PartSource, compose_parts, image_size, part_names
 
         original = self.scene
         scene = original.copy()
         scene.name = "renderfarm-composite"
         scene.render.use_stamp = self._stamp
-        tree = original.compositing_node_group.copy()
-        _mute_file_outputs(scene, tree)
+        tree = original.compositing_node_group.copy()  # File Output nodes muted already
         image = _load_linear(source)
         written = f"{source}.composite{FORMAT_EXTENSIONS[file_format]}"
 
@@ -508,7 +502,6 @@ class BlenderSession:
         look, exposure, display), its dither and its settings for ``file_format``; nothing is
         rendered. The job's scene itself is not changed.
         """
-
         if self._key is None:
             raise RenderError("the worker has no job prepared to convert for", path=source)
         scene = self._convert_scene()
@@ -622,10 +615,10 @@ def _load_linear(path: str) -> Any:
     return image
 
 
-def _mute_file_outputs(scene: Any, tree: Any = None) -> None:
-    """Mute the compositor's File Output nodes of ``scene`` (or ``tree``): on a worker they
-    would write into its own folder, where nobody receives them."""
-    tree = tree if tree is not None else getattr(scene, "compositing_node_group", None)
+def _mute_file_outputs(scene: Any) -> None:
+    """Mute the compositor's File Output nodes of ``scene``: on a worker they would write
+    into its own folder, where nobody receives them."""
+    tree = getattr(scene, "compositing_node_group", None)
     if tree is None:
         return
     for node in tree.nodes:
