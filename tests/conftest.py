@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,21 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+
+def key_folder(folder: Path, clients: Sequence[str], admins: Sequence[str] = (),
+               others: Sequence[str] = ()) -> Path:
+    """Make ``folder`` a farm's keys: the server's, and a key pair per name, the public keys
+    of ``clients`` in ``clients/`` and of ``admins`` in ``admins/`` (``others`` in neither)."""
+    from renderfarm.server.transport import create_keys
+
+    for name in ("server", *clients, *admins, *others):
+        create_keys(folder, name)
+    for role, names in (("clients", clients), ("admins", admins)):
+        (folder / role).mkdir()
+        for name in names:
+            shutil.copy(folder / f"{name}.key", folder / role / f"{name}.key")
+    return folder
 
 
 @pytest.fixture(scope="session")

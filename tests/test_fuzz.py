@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ServerProcess, free_port_pair, run_python
+from tests.conftest import ServerProcess, free_port_pair, key_folder, run_python
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
@@ -37,12 +36,7 @@ FIELDS = sorted({f for fields in OPS.values() for f in fields})
 def fuzz_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A keyed service (no request rate limit, so every message reaches the parser and the
     handlers), alice's paused job on it, and bob's keys for the fuzzer."""
-    folder = tmp_path_factory.mktemp("fuzz-keys")
-    for name in ("server", "client", "alice", "bob"):
-        run_python("-m", "renderfarm", "keys", str(folder), "--name", name)
-    (folder / "clients").mkdir()
-    for name in ("client", "alice", "bob"):
-        shutil.copy(folder / f"{name}.key", folder / "clients" / f"{name}.key")
+    folder = key_folder(tmp_path_factory.mktemp("fuzz-keys"), ("client", "alice", "bob"))
     http_port = free_port_pair()
     server = ServerProcess(tmp_path_factory.mktemp("fuzz") / "state", folder, "--workers", "1",
                            "--requests-per-second", "0", "--http", f"127.0.0.1:{http_port}")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from renderfarm.errors import ServiceError
-from tests.conftest import ServerProcess, run_python
+from tests.conftest import ServerProcess, key_folder, run_python
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
@@ -24,15 +24,8 @@ pytestmark = [pytest.mark.blender, pytest.mark.ray]
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The server's key, clients alice and bob (and ``client``, which the fixture's readiness
     probe uses), admin wrangler, and carol (not yet allowed)."""
-    folder = tmp_path_factory.mktemp("people")
-    for name in ("server", "client", "alice", "bob", "wrangler", "carol"):
-        run_python("-m", "renderfarm", "keys", str(folder), "--name", name)
-    (folder / "clients").mkdir()
-    (folder / "admins").mkdir()
-    for name in ("client", "alice", "bob"):
-        shutil.copy(folder / f"{name}.key", folder / "clients" / f"{name}.key")
-    shutil.copy(folder / "wrangler.key", folder / "admins" / "wrangler.key")
-    return folder
+    return key_folder(tmp_path_factory.mktemp("people"), ("client", "alice", "bob"),
+                      admins=("wrangler",), others=("carol",))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from renderfarm.errors import ServiceError
-from tests.conftest import ServerProcess, free_port_pair
+from tests.conftest import ServerProcess, free_port_pair, key_folder
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
@@ -212,17 +212,8 @@ def test_half_sent_requests_are_capped_timed_out_and_others_served(
 def people(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Keys: the server's, clients ``client`` (the readiness probe's), alice and bob, admin
     boss."""
-    from renderfarm.server.transport import create_keys
-
-    folder = tmp_path_factory.mktemp("web-people")
-    for name in ("server", "client", "alice", "bob", "boss"):
-        create_keys(folder, name)
-    (folder / "clients").mkdir()
-    (folder / "admins").mkdir()
-    for name in ("client", "alice", "bob"):
-        shutil.copy(folder / f"{name}.key", folder / "clients" / f"{name}.key")
-    shutil.copy(folder / "boss.key", folder / "admins" / "boss.key")
-    return folder
+    return key_folder(tmp_path_factory.mktemp("web-people"), ("client", "alice", "bob"),
+                      admins=("boss",))
 
 
 @pytest.fixture(scope="module")
