@@ -55,6 +55,8 @@ class Assembler:
         on_merged: told of each frame written (``on_merged(frame, path)``).
         on_error: told of a merge that failed (the job stops with it).
         ended: whether the job has ended (cancelled): nothing more is written then.
+        keep_pieces: keep every piece until the job ends (a verified job: a worker found
+            suspect later has its pieces replaced and their frames merged again).
     """
 
     def __init__(self, *, job_id: str, output: str, plan: Plan, info: SceneInfo,
@@ -62,7 +64,7 @@ class Assembler:
                  finish: Callable[[bytes, int], bytes],
                  on_merged: Callable[[int, Path], None],
                  on_error: Callable[[RenderFarmError], None],
-                 ended: Callable[[], bool]) -> None:
+                 ended: Callable[[], bool], keep_pieces: bool = False) -> None:
         self.job_id = job_id
         self.output = output
         self.plan = plan
@@ -75,12 +77,17 @@ class Assembler:
         self._on_merged = on_merged
         self._on_error = on_error
         self._ended = ended
+        self.keep_pieces = keep_pieces
         self._lock = threading.Lock()
-        self._pieces: dict[int, list[tuple[int, Piece]]] = {}
+        self._pieces: dict[int, list[tuple[int, Piece, tuple[int, ...]]]] = {}
         self._merged: set[int] = set()
+        self._generation: dict[int, int] = {}  # a reopened frame's older merges are void
+        self._frame_locks: dict[int, threading.Lock] = {}
         self._futures: list[Future[None]] = []
         #: frame -> its output file, for every frame written (or kept from an earlier run)
         self.outputs: dict[int, Path] = {}
+        #: frame -> the SHA-256 of its output file as written
+        self.hashes: dict[int, str] = {}
         #: merges refused because the frame was merged already (0 unless something is wrong)
         self.merged_twice = 0
 
@@ -94,20 +101,43 @@ class Assembler:
         """Where a task's piece waits until its frame is merged."""
         return self.scratch / f"{task.task_id}{WRITE_EXTENSIONS[self.piece_format]}"
 
-    def add(self, frame: int, chunk: int, piece: Piece) -> None:
-        """Keep a finished piece of ``frame`` (sample range ``chunk``)."""
+    def add(self, frame: int, chunk: int, piece: Piece, members: tuple[int, ...] = ()) -> None:
+        """Keep a finished piece of ``frame`` (sample range ``chunk``) that tasks ``members``
+        rendered."""
         with self._lock:
-            self._pieces.setdefault(frame, []).append((chunk, piece))
+            self._pieces.setdefault(frame, []).append((chunk, piece, tuple(members)))
+
+    def drop(self, members: set[int] | list[int]) -> None:
+        """Forget the pieces tasks ``members`` rendered (a suspect worker's): their frames
+        wait for new ones. The files stay until the job ends (a merge may be reading them;
+        their replacements are written in their place atomically)."""
+        gone = set(members)
+        with self._lock:
+            for frame, found in self._pieces.items():
+                self._pieces[frame] = [f for f in found if not gone.intersection(f[2])]
+
+    def reopen(self, frame: int) -> None:
+        """A merged frame is merged again once its replaced pieces are in (a merge of it
+        still waiting is void)."""
+        with self._lock:
+            self._merged.discard(frame)
+            self._generation[frame] = self._generation.get(frame, 0) + 1
 
     def kept(self, frame: int, path: Path) -> None:
         """A frame an earlier run of the job wrote already (resume): not merged again."""
+        from renderfarm.bundle import file_sha256
+
         with self._lock:
             self.outputs[frame] = path
             self._merged.add(frame)
+        self.hashes[frame] = file_sha256(path)
 
     def schedule(self, frame: int) -> None:
         """Merge ``frame`` (every piece of it is in) on a merge thread."""
-        self._futures.append(self._executor.submit(self._merge, frame))
+        with self._lock:
+            generation = self._generation.get(frame, 0)
+            lock = self._frame_locks.setdefault(frame, threading.Lock())
+        self._futures.append(self._executor.submit(self._merge, frame, generation, lock))
 
     def wait(self) -> None:
         """Wait for every merge scheduled so far (failures went to ``on_error``)."""
@@ -115,38 +145,52 @@ class Assembler:
             future.exception()
 
     # -- merge threads -----------------------------------------------------------------------
-    def _merge(self, frame: int) -> None:
+    def _merge(self, frame: int, generation: int, lock: threading.Lock) -> None:
         try:
             faults.fire("driver.merge", job_id=self.job_id, frame=frame)
             if self._ended():  # nothing more is written for a job that has ended
                 return
-            with self._lock:
-                if frame in self._merged:  # never two merges of one frame
-                    self.merged_twice += 1
-                    logger.error("job %s: frame %d was to be merged twice; refused",
-                                 self.job_id, frame)
-                    return
-                self._merged.add(frame)
-                found = self._pieces.pop(frame)
-            target = output_path(self.output, frame)
-            self._write(found, frame, target)
-            for _chunk, piece in found:
-                piece.path.unlink(missing_ok=True)
-            with self._lock:
-                self.outputs[frame] = target
-            self._on_merged(frame, target)
+            with lock:  # one merge of a frame at a time: a newer one writes last
+                self._merge_now(frame, generation)
         except RenderFarmError as exc:
             exc.frame = frame
             self._on_error(exc)
         except Exception as exc:
             self._on_error(MergeError(f"{type(exc).__name__}: {exc}", frame=frame))
 
+    def _merge_now(self, frame: int, generation: int) -> None:
+        from renderfarm.bundle import file_sha256
+
+        with self._lock:
+            if generation != self._generation.get(frame, 0):
+                return  # reopened since: a newer merge follows once its pieces are in
+            if frame in self._merged:  # never two merges of one frame
+                self.merged_twice += 1
+                logger.error("job %s: frame %d was to be merged twice; refused",
+                             self.job_id, frame)
+                return
+            self._merged.add(frame)
+            found = [(chunk, piece) for chunk, piece, _m in
+                     (self._pieces.get(frame, []) if self.keep_pieces
+                      else self._pieces.pop(frame))]
+        target = output_path(self.output, frame)
+        self._write(found, frame, target)
+        if not self.keep_pieces:
+            for _chunk, piece in found:
+                piece.path.unlink(missing_ok=True)
+        digest = file_sha256(target)
+        with self._lock:
+            self.outputs[frame] = target
+            self.hashes[frame] = digest
+        self._on_merged(frame, target)
+
     def _write(self, found: list[tuple[int, Piece]], frame: int, target: Path) -> None:
         plan = self.plan
         split = plan.tiled or plan.chunks > 1
         if not split and not plan.post_denoise:  # the piece is the output file
             source = found[0][1].path
-            write_atomically(target, lambda tmp: shutil.move(source, tmp))
+            keep = shutil.copyfile if self.keep_pieces else shutil.move
+            write_atomically(target, lambda tmp: keep(source, tmp))
             return
         merged = self._merge_frame(found, frame)
         if plan.post_denoise or plan.post_composite or self.final_format != "OPEN_EXR_MULTILAYER":
@@ -169,6 +213,8 @@ class Assembler:
             path = self.scratch / f"frame-{frame}-c{chunk}.exr"
             if self.plan.tiled:
                 merge_pieces(chunks[chunk], self.plan.canvas, path)
+            elif self.keep_pieces:
+                shutil.copyfile(chunks[chunk][0].path, path)
             else:
                 shutil.move(chunks[chunk][0].path, path)
             frames.append(path)

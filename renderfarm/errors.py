@@ -168,6 +168,16 @@ class TaskTimeoutError(RenderError):
     """A task ran longer than the job's per-task timeout."""
 
 
+class VerificationError(RenderFarmError):
+    """Workers disagree on a piece's pixels and the farm cannot tell which is right (no two
+    of them agree, or no other worker is alive to settle it)."""
+
+
+class OutputMismatchError(RenderFarmError):
+    """A delivered output file's content (SHA-256) is not what the job's report says: it was
+    changed or damaged after the farm wrote it."""
+
+
 class MergeError(RenderFarmError):
     """Pieces of a frame could not be merged or the output could not be written."""
 
@@ -229,4 +239,5 @@ ERRORS: dict[str, type[RenderFarmError]] = {
         RenderFarmError, UsageError, InputError, FrameRangeError, BlendFileError, SceneError,
         OutputError, ResourceError, BundleError, LimitError, MissingFilesError, RenderError,
         IntegrityError, WorkerDiedError, TaskTimeoutError, MergeError, JobFailedError,
+        VerificationError, OutputMismatchError,
         ClusterLostError, CancelledError, ProtocolError, ServiceError)}

@@ -11,6 +11,7 @@ Ray is imported inside functions so that ``import renderfarm`` stays light.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import itertools
 import logging
@@ -265,11 +266,23 @@ class BlenderWorker:
             local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
             if local is None:
                 return {**base, "ok": False, "error": {"need_blob": True}}, None
+            # a broken or dishonest worker, for tests and drills (nothing unless armed)
+            spoiled = faults.spoil("worker.piece", job_id=the_task.job_id,
+                                   frame=the_task.frame, tile=the_task.tile.index,
+                                   worker=self.worker_id, node=self.node)
+            rendered = (dataclasses.replace(the_task, frame=the_task.frame + 1)
+                        if spoiled == "other_frame" else the_task)
             with _captured_output(self.log):
                 load = self.session.prepare(local, job_settings, output_format)
-                stats = self.session.render(the_task, piece)
+                stats = self.session.render(rendered, piece)
                 faults.fire("worker.rendered", job_id=the_task.job_id, frame=the_task.frame,
                             worker=self.worker_id)
+            if spoiled in ("pixels", "blank"):
+                from pathlib import Path
+
+                from renderfarm.merge import corrupt_image
+
+                corrupt_image(Path(piece), spoiled)
             with open(piece, "rb") as handle:
                 data = handle.read()
             return {**base, "ok": True, "device": self.session.device_label,
@@ -402,6 +415,9 @@ class WorkerHandle:
     ready: bool = False
     ready_ref: Any = None
     created: float = 0.0
+    #: why the worker is suspect (its pixels disagreed with other workers'): it gets no
+    #: tasks; None for a trusted worker
+    suspect: str | None = None
 
 
 class WorkerPool:
@@ -429,6 +445,8 @@ class WorkerPool:
         #: over, its dispatcher stops and its jobs end with this error
         self.lost: ClusterLostError | None = None
         self.workers: dict[str, WorkerHandle] = {}
+        #: nodes whose workers were found suspect (new workers there are suspect too)
+        self.suspect_nodes: dict[str, str] = {}
         self._numbers = itertools.count(1)
         self._remote: Any = None
         # the dispatcher, job threads (inspect) and merge threads (convert) all replace
@@ -472,6 +490,7 @@ class WorkerPool:
             handle = pings[ref]
             try:
                 handle.node = ray.get(ref)["node"]
+                handle.suspect = self.suspect_nodes.get(handle.node)
                 handle.ready = True
             except Exception as exc:
                 self.kill_all()
@@ -504,6 +523,26 @@ class WorkerPool:
         with self._lock:
             return [h for h in self.workers.values() if h.ready]
 
+    @property
+    def trusted(self) -> list[WorkerHandle]:
+        """The started workers that are not suspect: they get tasks."""
+        return [h for h in self.ready if h.suspect is None]
+
+    def suspect(self, worker_id: str, reason: str) -> None:
+        """Send ``worker_id`` (and other workers of its node) no more tasks: its pixels
+        disagreed with other workers'. It stays alive, idle, for an operator to look at."""
+        with self._lock:
+            handle = self.workers.get(worker_id)
+            if handle is None:
+                return
+            logger.warning("worker %s on node %s is suspect: %s", worker_id, handle.node,
+                           reason)
+            if handle.node:
+                self.suspect_nodes.setdefault(handle.node, reason)
+            for other in self.workers.values():
+                if other is handle or (other.node and other.node == handle.node):
+                    other.suspect = other.suspect or reason
+
     def poll_started(self) -> None:
         """Mark workers whose start finished; drop those that failed to start."""
         import ray
@@ -517,6 +556,7 @@ class WorkerPool:
             handle = waiting[ref]
             try:
                 handle.node = ray.get(ref)["node"]
+                handle.suspect = self.suspect_nodes.get(handle.node)
                 handle.ready = True
             except Exception as exc:  # died while starting (its node went away)
                 logger.warning("worker %s did not start: %s", handle.worker_id, exc)
@@ -589,8 +629,8 @@ class WorkerPool:
         """A worker for a one-off call on a file: one that has it loaded, else an idle one."""
         with self._lock:
             handles = list(self.workers.values())
-        handles.sort(key=lambda h: (not h.ready, h.loaded != blend_hash, h.busy,
-                                    h.tasks_done))
+        handles.sort(key=lambda h: (not h.ready, h.suspect is not None,
+                                    h.loaded != blend_hash, h.busy, h.tasks_done))
         return handles[0]
 
 
@@ -603,7 +643,8 @@ class Source:
 
     Attributes:
         key: what a worker must have loaded to run it without reopening a file.
-        next_task: ``next_task(worker_id, live_workers)`` returns the next task or None.
+        next_task: ``next_task(worker_id, live)`` returns the next task or None; ``live`` is
+            the set of ids of the workers that take tasks now.
         call: ``call(handle, task)`` starts a task on a worker and returns Ray object refs
             (the first is awaited).
         done: ``done(handle, task, value)`` takes a finished call's value; it returns False
@@ -626,7 +667,7 @@ class Source:
     """
 
     key: str
-    next_task: Callable[[str, int], Any]
+    next_task: Callable[[str, frozenset[str]], Any]
     call: Callable[[WorkerHandle, Any], Any]
     done: Callable[[WorkerHandle, Any, Any], bool]
     failed: Callable[[WorkerHandle, Any, RenderFarmError], None]
@@ -699,7 +740,7 @@ def dispatch(pool: WorkerPool, sources: Callable[[], list[Source]],
         _stop_cancelled(pool, running, queues)
         pool.poll_started()
         pool.follow_cluster()
-        for handle in pool.ready:
+        for handle in pool.trusted:
             queue = queues.setdefault(handle.worker_id, [])
             while len(queue) < depth:
                 ref = _start_one(pool, handle, active, running, started=not queue)
@@ -738,8 +779,8 @@ def _start_one(pool: WorkerPool, handle: WorkerHandle, active: list[Source],
     top = max(s.priority for s in active)
     ordered = sorted(active, key=lambda s: (-s.priority,
                                             s.priority == top and s.key != handle.loaded))
-    ready = pool.ready
-    live = len(ready)
+    ready = pool.trusted
+    live = frozenset(h.worker_id for h in ready)
     for source in ordered:
         if _leave_to_faster(handle, source, ready, 0 if started else 1):
             continue

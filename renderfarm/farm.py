@@ -44,6 +44,7 @@ from renderfarm.job import (
     JobResult,
     JobSpec,
     Task,
+    check_verify,
     is_output_folder,
     output_path,
 )
@@ -76,6 +77,13 @@ class FarmConfig:
         max_pixels: the largest frame (width x height, after the resolution percentage).
         default_task_timeout: seconds a task may run when its job gives no timeout (None:
             no limit).
+        verify: the share of pieces checked on another worker when a job does not say
+            (``--verify``; 0: none).
+        verify_tolerance: how far two renders of a piece may differ per value and still
+            agree (0: bit for bit, right for CPU workers, whose renders are exact).
+        prices: price per device-hour for the job reports' cost, by device (``CPU`` per
+            core-hour, a GPU by its name as Cycles reports it, e.g. ``OPTIX:NVIDIA A10``);
+            ``*`` for any device not named.
     """
 
     address: str | None = None
@@ -92,6 +100,9 @@ class FarmConfig:
     max_samples: int = 2**24
     max_pixels: int = 2**30
     default_task_timeout: float | None = None
+    verify: float = 0.0
+    verify_tolerance: float = 0.0
+    prices: dict[str, float] | None = None
 
 
 def _private_token() -> None:
@@ -144,6 +155,7 @@ def check_spec(spec: JobSpec, config: FarmConfig | None = None) -> None:
             "the job asks to run Python scripts embedded in the file, but this farm does not "
             "permit it; start the farm with scripts permitted (--permit-scripts) or render "
             "without --allow-scripts", path=path)
+    check_verify(config.verify)
     if spec.output is not None:  # None: the scene's own path, checked once it is known
         check_output_folder(Path(spec.output) if is_output_folder(spec.output)
                             else output_path(spec.output, 0).parent)

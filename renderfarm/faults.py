@@ -10,8 +10,11 @@ every worker of the machine).
 A fault names what happens: ``raise`` (an exception in that code path), ``abort`` (the process
 dies with SIGABRT, as Blender does on a fatal error), ``segv`` (SIGSEGV), ``sleep`` (the worker
 lags ``seconds``), ``memory`` (``MemoryError``, as when a worker runs out of memory) or
-``disk_full`` (``OSError(ENOSPC)``). ``match`` limits it to calls whose context has those
-values (``{"frame": 3}``, ``{"job_id": "..."}``).
+``disk_full`` (``OSError(ENOSPC)``). A worker's finished piece can be spoiled at the point
+``worker.piece``, as a broken GPU or a dishonest machine would: ``pixels`` (a few values off),
+``blank`` (every value zero) or ``other_frame`` (the tile of the next frame); :func:`spoil`
+takes those. ``match`` limits a fault to calls whose context has those values
+(``{"frame": 3}``, ``{"job_id": "..."}``, ``{"worker": "cpu-2"}``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ logger = logging.getLogger(__name__)
 
 #: the environment variable naming the fault file workers read
 FAULTS_ENV = "RENDERFARM_FAULTS"
-ACTIONS = ("raise", "abort", "segv", "sleep", "memory", "disk_full")
+ACTIONS = ("raise", "abort", "segv", "sleep", "memory", "disk_full", "pixels", "blank",
+           "other_frame")
+#: actions that spoil a result instead of acting where they fire (see :func:`spoil`)
+SPOILERS = ("pixels", "blank", "other_frame")
 
 
 class InjectedFault(RuntimeError):
@@ -147,6 +153,19 @@ def _take(point: str, context: dict[str, Any]) -> Fault | None:
     return _take_from_file(point, context)
 
 
+def spoil(point: str, **context: Any) -> str | None:
+    """The spoiling action (one of :data:`SPOILERS`) armed for ``point`` and this call, or
+    None; the caller spoils its result accordingly."""
+    if not _armed and not os.environ.get(FAULTS_ENV):
+        return None
+    fault = _take(point, context)
+    if fault is None or fault.action not in SPOILERS:
+        return None
+    fired[point] = fired.get(point, 0) + 1
+    logger.warning("fault %s spoils the result at %s (%s)", fault.action, point, context)
+    return fault.action
+
+
 def fire(point: str, **context: Any) -> None:
     """Do what a fault armed for ``point`` says, if one is (else nothing, cheaply).
 
@@ -158,7 +177,7 @@ def fire(point: str, **context: Any) -> None:
     if not _armed and not os.environ.get(FAULTS_ENV):
         return
     fault = _take(point, context)
-    if fault is None:
+    if fault is None or fault.action in SPOILERS:
         return
     fired[point] = fired.get(point, 0) + 1
     logger.warning("fault %s fires at %s (%s)", fault.action, point, context)

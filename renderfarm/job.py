@@ -167,6 +167,20 @@ def _frame_digits(frame: int, width: int) -> str:
     return ("-" if frame < 0 else "") + f"{abs(frame):0{width}d}"
 
 
+def check_verify(value: Any) -> None:
+    """Check a verification share (None, or a number from 0 to 1).
+
+    Raises:
+        InputError: it is not.
+    """
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0.0 <= float(value) <= 1.0):
+        raise InputError(f"verify must be the share of pieces to check, from 0 to 1 (0.1: "
+                         f"one in ten), not {value!r}")
+
+
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{name} must be a whole number, not {value!r}")
@@ -419,6 +433,10 @@ class JobSpec(_Json):
             ``.blend``'s folder).
         bundle: the bundle's manifest when the client made it (the farm service's jobs);
             None: the farm bundles ``blend_file`` itself.
+        verify: the share of finished pieces rendered again on another worker and compared
+            with the original (``0.1``: a random tenth; 0: none); a mismatch is settled by a
+            third worker and the worker that disagrees with the majority is suspect. None:
+            the farm's default.
     """
 
     blend_file: str
@@ -441,6 +459,7 @@ class JobSpec(_Json):
     allow_missing: bool = False
     project: str | None = None
     bundle: dict[str, Any] | None = None
+    verify: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -491,6 +510,7 @@ class JobSpec(_Json):
         if self.denoise not in DENOISE_MODES:
             raise InputError(f"denoise must be one of {', '.join(DENOISE_MODES)}, not "
                              f"{self.denoise!r}")
+        check_verify(self.verify)
 
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -614,6 +634,11 @@ class TaskResult(_Json):
         error: the error, as :meth:`RenderFarmError.to_dict`, when ``ok`` is False.
         covers: for neighbouring tiles rendered in one call, the indices of every task the
             call rendered (``task_index`` first); empty for a single tile.
+        kind: what the worker did for the job: ``render`` (a piece), ``check`` (a piece
+            rendered again to verify another worker's), ``finish`` (denoise, composite or
+            convert a merged frame) or ``inspect`` (open the file, read the scene).
+        pixels: pixels the call rendered (its region, overscan included).
+        samples: samples per pixel it rendered.
     """
 
     task_index: int
@@ -633,6 +658,16 @@ class TaskResult(_Json):
     finished: float = 0.0
     error: dict[str, Any] | None = None
     covers: tuple[int, ...] = ()
+    kind: str = "render"
+    pixels: int = 0
+    samples: int = 0
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds the worker spent on the call (wall clock: open, render, write)."""
+        if self.finished > self.started > 0:
+            return self.finished - self.started
+        return self.task_seconds or self.render_seconds
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -661,6 +696,11 @@ class JobResult(_Json):
         workers: number of workers used.
         warnings: things the user should know (fallbacks, ignored settings).
         tiles: the grid the frames were split into (what ``--tiles auto`` chose).
+        hashes: ``{frame: SHA-256}`` of each output file as the farm wrote it.
+        checks: the verification of pieces (``--verify``): each check's frame, tile,
+            workers, outcome and suspects (see :class:`~renderfarm.state.Check`).
+        suspects: workers found to disagree with the majority (no more tasks sent to them).
+        verify: the share of pieces the job checked.
     """
 
     job_id: str
@@ -674,6 +714,10 @@ class JobResult(_Json):
     workers: int = 1
     warnings: tuple[str, ...] = ()
     tiles: tuple[int, int] = (1, 1)
+    hashes: dict[int, str] = field(default_factory=dict)
+    checks: tuple[dict[str, Any], ...] = ()
+    suspects: tuple[str, ...] = ()
+    verify: float = 0.0
 
     @property
     def render_seconds(self) -> float:
@@ -689,4 +733,7 @@ class JobResult(_Json):
         data["tasks"] = tuple(TaskResult.from_dict(t) for t in data.get("tasks", ()))
         data["warnings"] = tuple(data.get("warnings", ()))
         data["tiles"] = tuple(data.get("tiles", (1, 1)))
+        data["hashes"] = {int(k): str(v) for k, v in data.get("hashes", {}).items()}
+        data["checks"] = tuple(data.get("checks", ()))
+        data["suspects"] = tuple(data.get("suspects", ()))
         return data

@@ -25,6 +25,7 @@ from renderfarm.errors import (
     MergeError,
     OutputError,
     RenderFarmError,
+    VerificationError,
 )
 from renderfarm.events import Event
 from renderfarm.executor import Source, WorkerHandle, WorkerPool, error_from, scene_info_from
@@ -40,9 +41,9 @@ from renderfarm.job import (
     resolve_output,
 )
 from renderfarm.jobfiles import JobFiles, check_output_folder
-from renderfarm.merge import Piece
+from renderfarm.merge import Piece, compare_images, write_atomically
 from renderfarm.planner import Plan, plan_job, render_size
-from renderfarm.state import Failure, JobState, TaskStatus, Verdict
+from renderfarm.state import Check, Failure, JobState, Settled, TaskStatus, Verdict
 
 if TYPE_CHECKING:
     from renderfarm.farm import Farm, JobHandle, Resume, _PoolRunner
@@ -186,15 +187,15 @@ class JobRun:
             self.emit("info", message=note)
         for warning in plan.warnings:
             self.warn(warning)
-        self.state = JobState(plan.tasks, spec.retries)
+        self.verify = self._verify_share(runner.pool)
+        self.state = JobState(plan.tasks, spec.retries, verify=self.verify)
         self.pool = runner.pool
         self.assembler = Assembler(
             job_id=self.handle.job_id, output=output, plan=plan, info=info,
             scratch=self.scratch, final_format=final_format,
             executor=self.farm._merger, finish=self._finish_on_worker,
-            on_merged=lambda frame, path: self.emit("frame_merged", frame=frame,
-                                                    data={"path": str(path)}),
-            on_error=self.abort, ended=lambda: self.handle.cancelled)
+            on_merged=self._merged, on_error=self.abort,
+            ended=lambda: self.handle.cancelled, keep_pieces=self.verify > 0)
         self.settings = RenderSettings(
             blend_path=os.path.abspath(spec.blend_file), blend_hash=blend_hash,
             scene=spec.scene if spec.scene is not None else info.scene,
@@ -233,11 +234,31 @@ class JobRun:
             raise CancelledError("the job was cancelled; frames finished before that are kept")
         if self.fatal is not None:
             raise self.fatal
+        with self.lock:
+            checks = tuple(c.to_dict() for c in self.state.checks)
+            suspects = tuple(sorted(self.state.suspects))
         return JobResult(
             job_id=self.handle.job_id, spec=spec, scene=info, frames=plan.frames,
             outputs=dict(sorted(self.assembler.outputs.items())), tasks=tuple(self.results),
             wall_seconds=time.monotonic() - start, device=device,
-            workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles)
+            workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles,
+            hashes=dict(sorted(self.assembler.hashes.items())), checks=checks,
+            suspects=suspects, verify=self.verify)
+
+    def _verify_share(self, pool: WorkerPool) -> float:
+        """The share of pieces this job checks: the job's, else the farm's default; none
+        (with a warning) when the pool has one worker, who cannot check itself."""
+        share = self.spec.verify if self.spec.verify is not None else self.farm.config.verify
+        if share > 0 and max(pool.shape.workers, len(pool.trusted)) < 2:
+            self.warn(f"verification (--verify {share:g}) needs two workers or more and this "
+                      "farm has one: pieces are not checked")
+            return 0.0
+        return float(share)
+
+    def _merged(self, frame: int, path: Path) -> None:
+        assert self.assembler is not None
+        self.emit("frame_merged", frame=frame,
+                  data={"path": str(path), "sha256": self.assembler.hashes.get(frame)})
 
     def _output(self, info: SceneInfo) -> tuple[str, str]:
         """The job's output pattern and format (the scene's own unless the job names them),
@@ -256,6 +277,18 @@ class JobRun:
             self.warn(f"the compositor's File Output node(s) {', '.join(info.file_outputs)} "
                       "write files the farm does not deliver yet; they are not written")
         return output, final_format
+
+    def account(self, kind: str, handle: WorkerHandle, started: float, finished: float,
+                frame: int = 0) -> None:
+        """Record time a worker spent on the job outside its tasks (opening the file,
+        finishing a frame), so the job's report counts every device-second."""
+        result = TaskResult(task_index=-1, frame=frame, tile=-1, ok=True,
+                            worker=handle.worker_id, node=handle.node,
+                            device=self.results[-1].device if self.results else "",
+                            task_seconds=finished - started, started=started,
+                            finished=finished, kind=kind)
+        with self.lock:
+            self.results.append(result)
 
     def _check_size(self, info: SceneInfo) -> None:
         """Refuse a frame larger than the farm allows, before anything renders."""
@@ -310,7 +343,8 @@ class JobRun:
             if self.state.complete(members):
                 complete.add(piece.frame)
             self.assembler.add(piece.frame, piece.chunk,
-                               Piece(Tile.from_dict(piece.tile), Path(piece.path)))
+                               Piece(Tile.from_dict(piece.tile), Path(piece.path)),
+                               tuple(i for i in members if i is not None))
         if resume.frames or resume.pieces:
             self.emit("info", message=f"resumed: {self.assembler.frames_done} frame(s) and "
                       f"{self.state.count(TaskStatus.DONE)} task(s) already done")
@@ -326,6 +360,7 @@ class JobRun:
         path = os.path.abspath(spec.blend_file)
         for attempt in range(spec.retries + 2):
             handle = pool.preferred(blend_hash)
+            started = time.time()
             try:
                 reply = ray.get(handle.actor.inspect.remote(
                     path, blend_hash, spec.allow_scripts, spec.scene, self.files.ref))
@@ -339,6 +374,7 @@ class JobRun:
                 continue
             info = scene_info_from(reply)
             handle.loaded = blend_hash
+            self.account("inspect", handle, started, time.time())
             return info
         raise BlendFileError("every worker that opened this file crashed; the file may be "
                              "damaged: open and save it again in Blender",
@@ -352,6 +388,7 @@ class JobRun:
         final = self.assembler.final_format
         for _attempt in range(self.spec.retries + 2):
             handle = self.pool.preferred(self.settings.blend_hash)
+            started = time.time()
             try:
                 data = ray.get(handle.actor.finish.remote(
                     self.settings.to_dict(), payload, final, WRITE_EXTENSIONS[final],
@@ -365,6 +402,7 @@ class JobRun:
             if data is None:  # the worker cannot reach the job's files: send them
                 self.files.send_bytes()
                 continue
+            self.account("finish", handle, started, time.time(), frame)
             return data
         raise MergeError("every worker died while finishing the frame", frame=frame)
 
@@ -410,14 +448,28 @@ class Entries:
         self.assembler = job.assembler
 
     @_entry
-    def next_task(self, worker: str, live: int) -> Task | None:
-        """The job's next task for a free worker, or None."""
+    def next_task(self, worker: str, live: frozenset[str]) -> Task | None:
+        """The job's next task for a free worker (``live``: the workers taking tasks), or
+        None."""
         job = self.job
         faults.fire("driver.next_task", job_id=job.handle.job_id)
         if job.ended.is_set() or job.handle.paused:
             return None
         with job.lock:
-            return self.state.next_for(worker, live, group=job.spec.group_tiles)
+            task = self.state.next_for(worker, live, group=job.spec.group_tiles)
+            problems = self.state.take_problems()
+            ready = self.state.take_ready()
+        for problem in problems:  # a disagreement nobody can settle: the job stops
+            job.abort(VerificationError(problem))
+        self.merge(ready)
+        return task
+
+    def merge(self, frames: list[int]) -> None:
+        """Merge frames the job state found complete (after checks, or redone pieces)."""
+        for frame in frames:
+            self.assembler.schedule(frame)
+        if frames:
+            self.job.check_end()
 
     @_entry
     def call(self, handle: WorkerHandle, task: Task) -> Any:
@@ -440,11 +492,13 @@ class Entries:
         with job.lock:
             if job.handle.cancelled:
                 self.state.end("the job was cancelled")
-            verdict = self.state.on_result(task.members)
+            verdict = self.state.on_result(task.members, handle.worker_id)
             if verdict is Verdict.LATE:  # its files may be gone: drop, count
                 job.late_results += 1
             elif verdict is Verdict.DUPLICATE:  # a straggler's backup finished first
                 job.duplicates += 1
+            elif verdict is Verdict.REJECT:  # a suspect's: it runs again elsewhere
+                self.state.reject(task.members, handle.worker_id)
         if verdict is Verdict.LATE:
             logger.info("job %s: result of %s arrived after the job ended; dropped",
                         job.handle.job_id, task.task_id)
@@ -460,23 +514,38 @@ class Entries:
                 return True
             self.failed(handle, task, error_from(error), reply)
             return True
-        path = self.assembler.piece_path(task)
+        check = self.state.check_of(task.index)
+        path = (self.check_path(task.index) if check is not None
+                else self.assembler.piece_path(task))
         try:
             faults.fire("driver.store_piece", job_id=job.handle.job_id, frame=task.frame)
-            path.write_bytes(data)
+            write_atomically(path, lambda tmp: tmp.write_bytes(data))
         except OSError as exc:
             raise OutputError(f"cannot store a finished piece where the farm keeps pieces "
                               f"({exc.strerror}); free space there (pieces stored so far are "
                               "kept)", path=str(path), frame=task.frame) from exc
+        samples = (task.samples[1] if task.samples else
+                   job.spec.samples or (job.info.samples if job.info else None) or 0)
+        result = TaskResult.from_dict({**reply, "kind": "render" if check is None else "check",
+                                       "pixels": task.tile.render.width
+                                       * task.tile.render.height,
+                                       "samples": samples})
+        with job.lock:
+            job.results.append(result)
+        if check is not None:  # compared off the dispatcher thread
+            job.farm._merger.submit(self.settle, task, path)
+            job.emit("task_checking", frame=task.frame, tile=task.tile.index,
+                     data={"worker": handle.worker_id, "of": check.original})
+            return True
         if job.on_piece is not None:  # the piece is on disk: a failing hook fails the job
             job.on_piece(task, path)
-        job.results.append(TaskResult.from_dict(reply))
-        self.assembler.add(task.frame, task.chunk, Piece(task.tile, path))
+        self.assembler.add(task.frame, task.chunk, Piece(task.tile, path), task.members)
         with job.lock:
+            checked = self.state.start_check(task, handle.worker_id)
             frame_complete = self.state.complete(task.members)
         job.emit("task_done", frame=task.frame, tile=task.tile.index,
                  data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},
-                       "tiles": self.tiles(task),
+                       "tiles": self.tiles(task), "checked": checked is not None,
                        "piece": {"path": str(path), "chunk": task.chunk,
                                  "tile": task.tile.to_dict(), "size": list(task.size)}})
         if frame_complete:
@@ -495,6 +564,8 @@ class Entries:
         with job.lock:
             outcome = self.state.on_failure(task.members, error.one_line(), error.retryable,
                                             cancelled=isinstance(error, CancelledError))
+            ready = self.state.take_ready()  # a check given up no longer holds its frame
+        self.merge(ready)
         if outcome is Failure.IGNORED:  # the job ended, or another copy finished
             return
         if reply is not None:
@@ -535,3 +606,70 @@ class Entries:
     def tiles(self, task: Task) -> list[int]:
         """The grid tiles a task renders (several when neighbouring tiles were grouped)."""
         return [self.state.entries[i].task.tile.index for i in task.members]
+
+    def check_path(self, index: int) -> Path:
+        """Where the piece of check ``index`` waits to be compared."""
+        return self.job.scratch / f"check-{index}.exr"
+
+    def render_path(self, check: Check, index: int) -> Path:
+        """The piece of one render of ``check``: the original's, or a check's."""
+        if index == check.members[0]:
+            return self.assembler.piece_path(check.task)
+        return self.check_path(index)
+
+    def settle(self, task: Task, path: Path) -> None:
+        """Compare a check's piece with the piece's earlier renders and carry out what the
+        job state decides (merge threads; a failure here fails the job)."""
+        job = self.job
+        try:
+            with job.lock:
+                check = self.state.check_of(task.index)
+                earlier = list(check.renders) if check is not None else []
+            assert check is not None
+            equal: set[int] = set()
+            for index, _worker in earlier:
+                same, why = compare_images(path, self.render_path(check, index),
+                                           job.farm.config.verify_tolerance)
+                if same:
+                    equal.add(index)
+                else:
+                    logger.info("job %s: check of frame %d tile %d differs from render %d: %s",
+                                job.handle.job_id, task.frame, task.tile.index, index, why)
+            with job.lock:
+                settled = self.state.settle(task.index, equal)
+                for index in settled.redo:  # a suspect's pieces are replaced
+                    self.assembler.drop([index])
+                for frame in settled.reopened:
+                    self.assembler.reopen(frame)
+                ready = self.state.take_ready()
+            self.carry_out(settled, task)
+            self.merge(ready)
+        except Exception as exc:
+            job.abort(exc if isinstance(exc, RenderFarmError) else MergeError(
+                f"verification failed: {type(exc).__name__}: {exc}", frame=task.frame))
+
+    def carry_out(self, settled: Settled, task: Task) -> None:
+        """Suspects get no more tasks (on the whole farm), the job says what it found,
+        pieces no longer needed go."""
+        job = self.job
+        check = settled.check
+        for worker in settled.suspects:
+            handle = job.pool.workers.get(worker)
+            node = handle.node if handle is not None else "?"
+            job.pool.suspect(worker, f"its pixels of job {job.handle.job_id} frame "
+                             f"{check.task.frame} tile {check.task.tile.index} disagree with "
+                             "other workers'")
+            job.warn(f"verification: worker {worker} (node {node}) rendered frame "
+                     f"{check.task.frame} tile {check.task.tile.index} unlike the others "
+                     f"({', '.join(w for _i, w in check.renders)}): it is suspect and gets "
+                     f"no more tasks; its {len(settled.redo)} piece(s) of this job are "
+                     "rendered again", data={"suspect": worker, "node": node})
+        job.emit("task_checked", frame=check.task.frame, tile=check.task.tile.index,
+                 data={"outcome": check.outcome or "undecided",
+                       "workers": [w for _i, w in check.renders],
+                       "suspects": list(check.suspects)})
+        for index in settled.discard:
+            self.check_path(index).unlink(missing_ok=True)
+        if settled.failed:
+            job.abort(VerificationError(settled.failed, frame=check.task.frame,
+                                        tile=check.task.tile.index))

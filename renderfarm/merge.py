@@ -595,3 +595,73 @@ def drop_parts(source: Path, target: Path, names: Sequence[str]) -> None:
     """Copy ``source`` to ``target`` without the parts called ``names``."""
     drop = set(names)
     compose_parts(target, [PartSource(n, source, n) for n in part_names(source) if n not in drop])
+
+
+def compare_images(first: Path, second: Path, tolerance: float = 0.0) -> tuple[bool, str]:
+    """Whether two images hold the same pixels: the same parts, channels and size, and every
+    value equal (``tolerance`` 0: bit for bit, NaN equal to NaN) or within ``tolerance``.
+
+    Metadata is not compared (render times differ between two renders of one piece). A file
+    that cannot be read is unequal to anything.
+
+    Returns:
+        ``(equal, what differs)`` — the second is "" when equal.
+    """
+    try:
+        inputs = [_open(first), _open(second)]
+    except MergeError as exc:
+        return False, exc.one_line()
+    try:
+        layouts = [_parts(inp) for inp in inputs]
+        shapes = [[(_part_name(s, i), tuple(s.channelnames), s.width, s.height)
+                   for i, s in enumerate(layout)] for layout in layouts]
+        if shapes[0] != shapes[1]:
+            return False, "the parts, channels or sizes differ"
+        oiio = _oiio()
+        for index, (name, channels, width, height) in enumerate(shapes[0]):
+            pixels = []
+            for inp in inputs:
+                inp.seek_subimage(index, 0)
+                data = inp.read_image(index, 0, 0, len(channels), oiio.FLOAT)
+                if data is None:
+                    return False, f"part {name} cannot be read: {inp.geterror()}"
+                pixels.append(np.asarray(data, np.float32).reshape(height, width,
+                                                                    len(channels)))
+            a, b = pixels
+            if tolerance <= 0:
+                same = np.array_equal(a, b, equal_nan=True)
+            else:
+                same = bool(np.all((np.abs(a - b) <= tolerance)
+                                   | (np.isnan(a) & np.isnan(b))))
+            if not same:
+                wrong = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+                diff = np.nan_to_num(np.abs(a - b)[wrong], nan=np.inf)
+                return False, (f"part {name}: {int(wrong.sum())} of {a.size} values differ, "
+                               f"by up to {float(diff.max()):.6g}")
+        return True, ""
+    finally:
+        for inp in inputs:
+            inp.close()
+
+
+def corrupt_image(path: Path, how: str) -> None:
+    """Spoil a rendered piece in place, as a broken or dishonest worker would (fault
+    injection): ``pixels`` moves a few values slightly, ``blank`` zeroes every value."""
+    inp = _open(path)
+    try:
+        specs = [_oiio().ImageSpec(s) for s in _parts(inp)]
+        parts = []
+        for index, spec in enumerate(specs):
+            inp.seek_subimage(index, 0)
+            data = np.array(inp.read_image(index, 0, 0, spec.nchannels, _oiio().FLOAT),
+                            np.float32).reshape(spec.height, spec.width, spec.nchannels)
+            parts.append(data)
+    finally:
+        inp.close()
+    if how == "blank":
+        parts = [np.zeros_like(p) for p in parts]
+    else:
+        first = parts[0]
+        for y, x in ((0, 0), (first.shape[0] // 2, first.shape[1] // 2), (-1, -1)):
+            first[y, x, 0] = first[y, x, 0] + 0.25 if first[y, x, 0] < 0.5 else 0.0
+    write_atomically(path, lambda tmp: _write_parts(tmp, specs, lambda i: parts[i]))

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import enum
 import heapq
+import random
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, replace
 
 from renderfarm.job import Task, Tile
+
+#: the most renders of one piece (the original and its checks) before the piece is given up:
+#: beyond this, no two workers agreed on it
+MAX_RENDERS = 5
 
 
 class TaskStatus(enum.Enum):
@@ -34,6 +39,8 @@ class Verdict(enum.Enum):
     LATE = "late"
     #: another copy of the task (a straggler's backup) finished first: drop it
     DUPLICATE = "duplicate"
+    #: it comes from a worker found suspect: drop it (the task runs again elsewhere)
+    REJECT = "reject"
 
 
 class Failure(enum.Enum):
@@ -61,6 +68,66 @@ class TaskEntry:
     last_error: str | None = None
     #: backup copies running besides the first (a straggler's)
     backups: int = 0
+    #: workers that must not run it (a check's earlier renderers, suspects)
+    exclude: set[str] = field(default_factory=set)
+    #: for a check (a re-render of a finished piece on another worker): the piece's check
+    check: Check | None = None
+
+
+@dataclass
+class Check:
+    """A finished piece rendered again on other workers to compare with it (``--verify``).
+
+    Attributes:
+        task: the piece's task (a union of tiles when they were grouped).
+        members: the task indices the piece stands for.
+        renders: ``(entry index, worker)`` of every render so far, the original first (its
+            index is the piece's first member); a check's own entry is ``index``.
+        outcome: None while undecided; then ``agreed``, ``settled`` (a third render sided with
+            one of two that disagreed), ``moot`` (the original is rendered again anyway),
+            ``unsettled`` (no two workers agreed) or ``unchecked`` (no other worker to check).
+        suspects: the workers whose render the others disagreed with.
+    """
+
+    task: Task
+    members: tuple[int, ...]
+    renders: list[tuple[int, str]]
+    outcome: str | None = None
+    suspects: list[str] = field(default_factory=list)
+
+    @property
+    def original(self) -> str:
+        """The worker of the original render."""
+        return self.renders[0][1]
+
+    def to_dict(self) -> dict[str, object]:
+        """The check as the job's report lists it."""
+        return {"frame": self.task.frame, "tile": self.task.tile.index,
+                "chunk": self.task.chunk, "tiles": list(self.members),
+                "workers": [w for _i, w in self.renders], "outcome": self.outcome,
+                "suspects": list(self.suspects)}
+
+
+@dataclass
+class Settled:
+    """What settling a check decided (:meth:`JobState.settle`).
+
+    Attributes:
+        check: the check.
+        discard: entry indices of check renders whose pieces are no longer needed.
+        suspects: workers found suspect now (send them nothing more).
+        redo: task indices rendered again because a suspect rendered them (their pieces
+            must be dropped from their frames).
+        reopened: frames merged already that must be merged again once redone.
+        failed: an error when no two workers agreed (the task has failed).
+    """
+
+    check: Check
+    discard: list[int] = field(default_factory=list)
+    suspects: list[str] = field(default_factory=list)
+    redo: list[int] = field(default_factory=list)
+    reopened: list[int] = field(default_factory=list)
+    failed: str | None = None
 
 
 class JobState:
@@ -69,11 +136,27 @@ class JobState:
     Args:
         tasks: the job's tasks.
         retries: how many times a failed task is tried again.
+        verify: the share of finished pieces rendered again on another worker and compared
+            (0: none, 1: every piece).
+        seed: seeds the choice of pieces to check (None: unpredictable).
     """
 
-    def __init__(self, tasks: Iterable[Task], retries: int) -> None:
+    def __init__(self, tasks: Iterable[Task], retries: int, verify: float = 0.0,
+                 seed: int | None = None) -> None:
         self.entries: dict[int, TaskEntry] = {t.index: TaskEntry(t) for t in tasks}
         self.retries = retries
+        self.verify = verify
+        self._rng = random.Random(seed)
+        self._next_index = max(self.entries, default=-1) + 1
+        #: every check made, in order
+        self.checks: list[Check] = []
+        #: workers found to disagree with the majority: they get no more tasks of the job
+        self.suspects: set[str] = set()
+        self._checks_pending: list[int] = []  # check entries first in line
+        self._completed: set[int] = set()  # frames that had every piece at some point
+        self._ready: list[int] = []  # frames completed by a check or a redo, to merge
+        #: failures decided while choosing tasks (see :meth:`take_problems`)
+        self.problems: list[str] = []
         self._pending = sorted(self.entries)  # a heap of pending task indices
         self._counts: Counter[TaskStatus] = Counter({TaskStatus.PENDING: len(self.entries)})
         self._frame_left: dict[int, int] = {}
@@ -108,19 +191,34 @@ class JobState:
         return self._counts[TaskStatus.PENDING] > 0
 
     # -- transitions -------------------------------------------------------------------------
-    def next_for(self, worker: str, live_workers: int = 1, group: bool = False) -> Task | None:
+    def next_for(self, worker: str, live_workers: int | Collection[str] = 1,
+                 group: bool = False) -> Task | None:
         """Start the next task on ``worker`` (which asks because it is free).
 
-        Tasks go in order (frame by frame), except that a retried task avoids the workers it
-        failed on while other workers are alive to take it.
+        Checks of finished pieces go first (their frames wait for them), each on a worker
+        that has not rendered that piece yet. Then tasks go in order (frame by frame), except
+        that a retried task avoids the workers it failed on while other workers are alive to
+        take it. A suspect worker gets nothing.
 
         With ``group``, a tile task takes the pending tiles right of it in the same row along
         (as many as :meth:`group_size` allows) and the answer is one task for their union,
         whose :attr:`Task.covers` lists them; each keeps its own state.
 
+        Args:
+            worker: the free worker.
+            live_workers: the live workers' ids (or only how many there are).
+            group: render neighbouring tiles in one call.
+
         Returns:
             The task now running on ``worker``, or None when nothing suits it.
         """
+        if worker in self.suspects:
+            return None
+        live_ids = None if isinstance(live_workers, int) else set(live_workers) - self.suspects
+        live = live_workers if isinstance(live_workers, int) else len(live_ids or ())
+        check = self._next_check(worker, live, live_ids)
+        if check is not None:
+            return check
         skipped: list[int] = []
         chosen: Task | None = None
         while self._pending:
@@ -128,10 +226,11 @@ class JobState:
             entry = self.entries[index]
             if entry.status is not TaskStatus.PENDING:
                 continue
-            if worker in entry.failed_on and len(entry.failed_on) < live_workers:
-                skipped.append(index)  # another live worker has not failed it: leave it
+            if worker in entry.exclude or (worker in entry.failed_on
+                                           and len(entry.failed_on) < live):
+                skipped.append(index)  # another live worker may take it: leave it
                 continue
-            size = self.group_size(live_workers) if group and entry.task.tiled else 1
+            size = self.group_size(live) if group and entry.task.tiled else 1
             chosen = self._start(entry, worker)
             if size > 1:
                 chosen = self._grow(entry, worker, size)
@@ -139,6 +238,25 @@ class JobState:
         for index in skipped:
             heapq.heappush(self._pending, index)
         return chosen
+
+    def _next_check(self, worker: str, live: int, live_ids: set[str] | None) -> Task | None:
+        """The first pending check ``worker`` may run; a check no live worker may run is
+        given up (see :meth:`_give_up`)."""
+        for index in list(self._checks_pending):
+            entry = self.entries[index]
+            if entry.status is not TaskStatus.PENDING:
+                self._checks_pending.remove(index)
+                continue
+            if live_ids is not None and not (live_ids - entry.exclude):
+                self._checks_pending.remove(index)
+                self._give_up(entry, "no other worker is alive to render it")
+                continue
+            if worker in entry.exclude or (worker in entry.failed_on
+                                           and len(entry.failed_on) < live):
+                continue
+            self._checks_pending.remove(index)
+            return self._start(entry, worker)
+        return None
 
     def group_size(self, live_workers: int) -> int:
         """How many tiles one call may take: enough that every live worker still has two
@@ -153,7 +271,8 @@ class JobState:
         """Whether ``entry`` may be rendered in the same call as ``first``'s group."""
         return (entry.status is TaskStatus.PENDING and entry.task.frame == first.task.frame
                 and entry.task.samples == first.task.samples and entry.task.tiled
-                and worker not in entry.failed_on)
+                and worker not in entry.failed_on and worker not in entry.exclude
+                and entry.check is None)
 
     def _next_row(self, first: TaskEntry, last: TaskEntry, index: int,
                   worker: str) -> list[TaskEntry]:
@@ -218,6 +337,12 @@ class JobState:
         entry.worker = worker
         return entry.task
 
+    def _enqueue(self, entry: TaskEntry) -> None:
+        if entry.check is not None:
+            self._checks_pending.append(entry.task.index)
+        else:
+            heapq.heappush(self._pending, entry.task.index)
+
     def succeeded(self, index: int) -> bool:
         """Record that task ``index`` finished; True when its frame has every piece now."""
         entry = self.entries[index]
@@ -226,20 +351,178 @@ class JobState:
         self._move(entry, TaskStatus.DONE)
         frame = entry.task.frame
         self._frame_left[frame] -= 1
-        return self._frame_left[frame] == 0
+        if self._frame_left[frame] == 0:
+            self._completed.add(frame)
+            return True
+        return False
+
+    def _release(self, frame: int) -> None:
+        """One thing a frame waited for (a check) is over; a frame with nothing left to wait
+        for is ready to merge (:meth:`take_ready`)."""
+        self._frame_left[frame] -= 1
+        if self._frame_left[frame] == 0:
+            self._completed.add(frame)
+            self._ready.append(frame)
+
+    def take_ready(self) -> list[int]:
+        """Frames a check or a redo completed since the last call (merge them)."""
+        ready, self._ready = self._ready, []
+        return ready
 
     def all_done(self, indices: Iterable[int]) -> bool:
         """Whether every task of ``indices`` has finished (another copy may have won)."""
         return all(self.entries[i].status is TaskStatus.DONE for i in indices)
 
     # -- what happened, and what it means ---------------------------------------------------
-    def on_result(self, members: Iterable[int]) -> Verdict:
-        """What to do with a result for a task covering ``members``."""
+    def on_result(self, members: Iterable[int], worker: str | None = None) -> Verdict:
+        """What to do with a result for a task covering ``members`` (from ``worker``)."""
+        members = list(members)
         if self.ended is not None:
             return Verdict.LATE
         if self.all_done(members):
             return Verdict.DUPLICATE
+        if worker is not None and worker in self.suspects:
+            return Verdict.REJECT
         return Verdict.ACCEPT
+
+    def reject(self, members: Iterable[int], worker: str) -> None:
+        """Put back the tasks a suspect ``worker`` was running (its results are not used);
+        they run elsewhere, no attempt counted."""
+        for index in members:
+            entry = self.entries[index]
+            if entry.status is TaskStatus.RUNNING and entry.worker == worker:
+                entry.exclude.add(worker)
+                self.requeue(index)
+
+    # -- verification -------------------------------------------------------------------------
+    def start_check(self, task: Task, worker: str) -> int | None:
+        """Decide whether the piece ``worker`` just finished for ``task`` is checked (a
+        ``verify`` share of pieces, chosen at random); if so, add the check: the same task
+        rendered by another worker. Call before :meth:`complete` for the piece, so its frame
+        waits for the check.
+
+        Returns:
+            The check's entry index, or None when the piece is not checked.
+        """
+        members = tuple(task.members)
+        if (self.verify <= 0 or self.ended is not None or worker in self.suspects
+                or any(self.entries[i].check is not None for i in members)
+                or self._rng.random() >= self.verify):
+            return None
+        check = Check(task, members, [(members[0], worker)])
+        self.checks.append(check)
+        return self._add_check(check, task.frame)
+
+    def _add_check(self, check: Check, frame: int) -> int:
+        index = self._next_index
+        self._next_index += 1
+        entry = TaskEntry(replace(check.task, index=index, covers=()), check=check,
+                          exclude={w for _i, w in check.renders} | self.suspects)
+        self.entries[index] = entry
+        self._counts[TaskStatus.PENDING] += 1
+        self._frame_left[frame] += 1
+        self._checks_pending.append(index)
+        return index
+
+    def check_of(self, index: int) -> Check | None:
+        """The check entry ``index`` renders for, or None for a task of the job's own."""
+        entry = self.entries.get(index)
+        return entry.check if entry is not None else None
+
+    def settle(self, index: int, equal_to: Collection[int]) -> Settled:
+        """Record what a check's render showed and decide.
+
+        Args:
+            index: the check's entry (it has rendered).
+            equal_to: the entry indices of the piece's earlier renders whose pixels equal
+                this render's.
+
+        Returns:
+            What follows: pieces to discard, suspects, tasks to render again, frames to
+            merge again, or the failure when no two workers agree.
+        """
+        entry = self.entries[index]
+        check = entry.check
+        assert check is not None and entry.worker is not None
+        settled = Settled(check)
+        if entry.status is not TaskStatus.RUNNING:  # moot already: nothing to decide
+            settled.discard.append(index)
+            return settled
+        check.renders.append((index, entry.worker))
+        self._move(entry, TaskStatus.DONE)
+        if check.outcome is None:
+            agree = [i for i, _w in check.renders[:-1] if i in equal_to]
+            if agree:
+                majority = {index, *agree}
+                check.outcome = "agreed" if len(check.renders) == 2 else "settled"
+                check.suspects = [w for i, w in check.renders if i not in majority]
+                for worker in check.suspects:
+                    self._suspect(worker, settled)
+            elif len(check.renders) >= MAX_RENDERS:
+                check.outcome = "unsettled"
+                settled.failed = (f"verification: {len(check.renders)} workers rendered frame "
+                                  f"{check.task.frame} tile {check.task.tile.index} and no two "
+                                  f"agree ({', '.join(w for _i, w in check.renders)})")
+                for member in check.members:
+                    self.entries[member].last_error = settled.failed
+            else:  # two disagree (or all so far): one more worker settles it
+                self._add_check(check, check.task.frame)
+        if check.outcome is not None:
+            settled.discard += [i for i, _w in check.renders[1:]]
+        self._release(check.task.frame)
+        return settled
+
+    def _give_up(self, entry: TaskEntry, why: str) -> None:
+        """A check cannot run (no worker may render it): a first check leaves the piece
+        unchecked; an arbitration fails the piece (two workers disagree, nobody settles it)."""
+        check = entry.check
+        assert check is not None
+        self._move(entry, TaskStatus.DONE if len(check.renders) == 1 else TaskStatus.FAILED)
+        if len(check.renders) == 1:
+            check.outcome = "unchecked"
+            self._release(check.task.frame)
+            return
+        check.outcome = "unsettled"
+        entry.last_error = (f"verification: workers {', '.join(w for _i, w in check.renders)} "
+                            f"disagree on frame {check.task.frame} tile "
+                            f"{check.task.tile.index} and {why}: add a worker, or render "
+                            "with --verify 0")
+        self.problems.append(entry.last_error)
+
+    def take_problems(self) -> list[str]:
+        """Failures decided while choosing tasks (an arbitration nobody can run)."""
+        problems, self.problems = self.problems, []
+        return problems
+
+    def _suspect(self, worker: str, settled: Settled) -> None:
+        """``worker`` disagreed with the majority: it gets no more tasks of the job, every
+        piece it finished is rendered again elsewhere (frames merged with them are merged
+        again), and checks of its pieces are moot."""
+        if worker in self.suspects:
+            return
+        self.suspects.add(worker)
+        settled.suspects.append(worker)
+        reopened: set[int] = set()
+        for index, entry in self.entries.items():
+            if entry.check is None and entry.status is TaskStatus.DONE and entry.worker == worker:
+                self._move(entry, TaskStatus.PENDING)
+                entry.attempts, entry.worker = 0, None
+                entry.exclude.add(worker)
+                heapq.heappush(self._pending, index)
+                frame = entry.task.frame
+                if self._frame_left[frame] == 0 and frame in self._completed:
+                    reopened.add(frame)
+                self._frame_left[frame] += 1
+                settled.redo.append(index)
+            elif entry.check is not None and entry.status is not TaskStatus.FAILED:
+                entry.exclude.add(worker)
+                if entry.check.original == worker and entry.check.outcome is None:
+                    entry.check.outcome = "moot"  # its piece is rendered again anyway
+                if entry.check.outcome == "moot" and entry.status is not TaskStatus.DONE:
+                    self._move(entry, TaskStatus.DONE)  # a running copy's result is dropped
+                    self._release(entry.task.frame)
+        self._ready = [f for f in self._ready if self._frame_left[f] == 0]
+        settled.reopened = sorted(reopened)
 
     def complete(self, members: Iterable[int]) -> bool:
         """Record that a task covering ``members`` finished; True when that completed its
@@ -285,7 +568,7 @@ class JobState:
         not running or has a backup already. The first copy to finish counts
         (:meth:`succeeded` takes one success per task)."""
         entry = self.entries[index]
-        if entry.status is not TaskStatus.RUNNING or entry.backups:
+        if entry.status is not TaskStatus.RUNNING or entry.backups or entry.check is not None:
             return False
         entry.backups += 1
         return True
@@ -309,7 +592,13 @@ class JobState:
         entry.worker = None
         if retryable and entry.attempts <= self.retries:
             self._move(entry, TaskStatus.PENDING)
-            heapq.heappush(self._pending, index)
+            self._enqueue(entry)
+            return True
+        if entry.check is not None and len(entry.check.renders) == 1:
+            # a first check that cannot render leaves the piece unchecked, not failed
+            entry.check.outcome = "unchecked"
+            self._move(entry, TaskStatus.DONE)
+            self._release(entry.task.frame)
             return True
         self._move(entry, TaskStatus.FAILED)
         return False
@@ -322,7 +611,7 @@ class JobState:
             entry.attempts -= 1
             entry.worker = None
             self._move(entry, TaskStatus.PENDING)
-            heapq.heappush(self._pending, index)
+            self._enqueue(entry)
 
     def running_on(self, worker: str) -> list[int]:
         """Indices of the tasks running on ``worker``."""
@@ -336,3 +625,4 @@ class JobState:
                 self._move(entry, TaskStatus.FAILED)
                 entry.last_error = reason
         self._pending.clear()
+        self._checks_pending.clear()

@@ -94,7 +94,7 @@ def run_synthetic(pool: WorkerPool, durations: Sequence[float],
     timeline: list[tuple[str, float, float, int]] = []
     factors = slow or {}
 
-    def next_task(worker: str, live: int) -> Task | None:
+    def next_task(worker: str, live: frozenset[str]) -> Task | None:
         with lock:
             return state.next_for(worker, live)
 
