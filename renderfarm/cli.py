@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "(each is a warning); default: the job fails naming them")
     jobs.add_argument("--project", help="the project folder the bundle keeps relative "
                       "paths from (default: the .blend's folder)")
+    jobs.add_argument("--verify", type=float, metavar="SHARE",
+                      help="render this share of pieces again on another worker and compare "
+                      "them (0.1: a tenth); a worker whose pixels disagree with the majority "
+                      "is suspect, gets no more tasks and its pieces are rendered again "
+                      "(default: the farm's, 0)")
     farm = argparse.ArgumentParser(add_help=False)
     farm.add_argument("--farm", default=os.environ.get("RENDERFARM_ADDRESS",
                                                        "tcp://127.0.0.1:5555"),
@@ -124,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--json", action="store_true",
                         help="print a machine-readable summary on stdout")
     render.add_argument("--no-progress", action="store_true", help="no progress bar")
+    render.add_argument("--report", metavar="OUT", help="write the job's report (.html: a "
+                        "page with a timeline and contact sheet; else JSON)")
+    render.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
+                        help="price per device-hour for the report (CPU per core-hour; "
+                        "repeatable)")
 
     inspect = sub.add_parser("inspect", parents=[common], help="show what a .blend holds",
                              description="Show engine, resolution, frame range, camera, view "
@@ -190,10 +200,13 @@ def _render(args: argparse.Namespace) -> int:
     from renderfarm.farm import Farm, FarmConfig, check_spec
     from renderfarm.options import job_spec
 
+    from renderfarm.report import parse_prices
+
     spec = job_spec(args, args.output)  # None: the scene's own output path and settings
     config = FarmConfig(address=args.address, workers=args.workers,
                         permit_scripts=args.permit_scripts,
-                        ray_log_level=logging.INFO if args.verbose else logging.ERROR)
+                        ray_log_level=logging.INFO if args.verbose else logging.ERROR,
+                        prices=parse_prices(args.price))
     check_spec(spec, config)  # bad input fails here, before Ray starts
     with Farm(config=config) as farm:
         handle = farm.submit(spec)
@@ -205,6 +218,9 @@ def _render(args: argparse.Namespace) -> int:
             handle.cancel()
             handle.wait(60)
             raise
+        finally:
+            if args.report and handle.done():
+                _write_report(handle, args.report)
     if args.json:
         summary = result.to_dict()
         summary["render_seconds"] = result.render_seconds
@@ -216,6 +232,28 @@ def _render(args: argparse.Namespace) -> int:
               f"{result.workers} {result.device} worker(s): {result.outputs[first]}"
               + (f" .. {result.outputs[last]}" if last != first else ""))
     return EXIT_OK
+
+
+def _write_report(handle: Any, target: str) -> None:
+    """Write a local job's report: an HTML page (``.html``) or JSON."""
+    from pathlib import Path
+
+    report = handle.report()
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".html", ".htm"):
+        from renderfarm.merge import thumbnail
+        from renderfarm.report import render_html
+
+        thumbnails = {}
+        for frame, output in handle.snapshot().get("outputs", {}).items():
+            try:
+                thumbnails[int(frame)] = thumbnail(Path(output))
+            except (RenderFarmError, OSError) as exc:
+                logger.info("no thumbnail of %s: %s", output, exc)
+        path.write_text(render_html(report, thumbnails), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
 def _follow(handle: Any, show_bar: bool) -> None:

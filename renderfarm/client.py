@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from renderfarm.errors import InputError, ServiceError
+from renderfarm.errors import InputError, OutputMismatchError, ServiceError
 from renderfarm.server import protocol
 from renderfarm.server.transport import KeyPair, read_key, secure_client
 
@@ -350,24 +350,42 @@ class FarmClient:
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        offset, size, name = 0, None, None
+        offset, size, name, expected = 0, None, None, None
         tmp = folder / f".{job_id}-{frame}.part"
+        digest = hashlib.sha256()
         try:
             with open(tmp, "wb") as handle:
                 while size is None or offset < size:
                     reply, data = self.request("fetch", job_id=job_id, frame=frame,
                                                offset=offset, length=0)
                     size, name = reply["size"], reply["name"]
+                    expected = reply.get("sha256")
                     handle.write(data or b"")
+                    digest.update(data or b"")
                     offset += len(data or b"")
                     if not data and offset < size:
                         raise ServiceError("the farm sent an empty chunk", kind="failed")
-        except BaseException:  # nothing half-downloaded is left in the folder
+            if expected and digest.hexdigest() != expected:
+                raise OutputMismatchError(
+                    f"frame {frame} of job {job_id} ({plain_name(name)}) arrived with SHA-256 "
+                    f"{digest.hexdigest()[:16]}… but the farm wrote {expected[:16]}…: the "
+                    "farm's copy was changed or damaged after the render; nothing was "
+                    "written (render the frame again)", frame=frame)
+        except BaseException:  # nothing half-downloaded or damaged is left in the folder
             tmp.unlink(missing_ok=True)
             raise
         target = folder / plain_name(name)
         os.replace(tmp, target)
         return target
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        """A job's report (see :mod:`renderfarm.report`)."""
+        return self.request("report", job_id=job_id)[0]["report"]
+
+    def report_html(self, job_id: str) -> tuple[dict[str, Any], bytes]:
+        """A job's report and its HTML page (timeline, contact sheet)."""
+        reply, page = self.request("report", job_id=job_id, html=True)
+        return reply["report"], page or b""
 
     def fetch_outputs(self, job_id: str, folder: str | os.PathLike[str]) -> dict[int, Path]:
         """Download every finished frame of a job into ``folder``."""

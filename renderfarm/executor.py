@@ -649,7 +649,8 @@ class Source:
             (the first is awaited).
         done: ``done(handle, task, value)`` takes a finished call's value; it returns False
             when the worker must be replaced.
-        failed: ``failed(handle, task, error)`` takes a failure (a dead worker, a timeout).
+        failed: ``failed(handle, task, error, reply)`` takes a failure (a dead worker, a
+            timeout); ``reply`` holds what is known of the attempt (worker, start, end).
         requeue: ``requeue(task)`` puts back a task that was queued on a worker but never
             started there (the worker was replaced); no attempt is counted.
         timeout: per-task timeout in seconds, or None; a task standing for several
@@ -670,7 +671,7 @@ class Source:
     next_task: Callable[[str, frozenset[str]], Any]
     call: Callable[[WorkerHandle, Any], Any]
     done: Callable[[WorkerHandle, Any, Any], bool]
-    failed: Callable[[WorkerHandle, Any, RenderFarmError], None]
+    failed: Callable[[WorkerHandle, Any, RenderFarmError, dict[str, Any]], None]
     requeue: Callable[[Any], None]
     timeout: float | None = None
     priority: int = 0
@@ -870,6 +871,19 @@ def _start_backup(handle: WorkerHandle, running: dict[Any, _Running]) -> Any:
     return ref
 
 
+def _lost(item: _Running) -> dict[str, Any]:
+    """What is known of a task whose worker gave no reply (it died, timed out or was
+    stopped): who ran it and for how long, so the job's report counts that time."""
+    now_wall, now = time.time(), time.monotonic()
+    task = item.task
+    started = now_wall - (now - item.started) if item.started is not None else now_wall
+    return {"task_index": getattr(task, "index", -1), "frame": getattr(task, "frame", 0),
+            "tile": getattr(getattr(task, "tile", None), "index", -1), "ok": False,
+            "worker": item.handle.worker_id, "node": item.handle.node,
+            "started": started, "finished": now_wall,
+            "task_seconds": now_wall - started, "covers": list(getattr(task, "covers", ()))}
+
+
 def _drop_worker(pool: WorkerPool, running: dict[Any, _Running],
                  queues: dict[str, list[Any]], handle: WorkerHandle,
                  error: RenderFarmError) -> None:
@@ -882,7 +896,7 @@ def _drop_worker(pool: WorkerPool, running: dict[Any, _Running],
         if item.started is None:
             _guarded(item.source, "requeue", item.task)
         else:
-            _guarded(item.source, "failed", handle, item.task, error)
+            _guarded(item.source, "failed", handle, item.task, error, _lost(item))
 
 
 def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, list[Any]],
@@ -919,7 +933,7 @@ def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, li
         died = WorkerDiedError(
             f"worker {handle.worker_id} died while rendering (Blender crashed or the node "
             "went away); the task is retried on another worker")
-        _guarded(item.source, "failed", handle, item.task, died)
+        _guarded(item.source, "failed", handle, item.task, died, _lost(item))
         _drop_worker(pool, running, queues, handle, died)
         return
     except ray.exceptions.LocalRayletDiedError as exc:  # not the task's fault, nor the worker's
@@ -931,7 +945,7 @@ def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, li
         return
     except Exception as exc:  # a bug in the worker code: report, replace the worker
         _guarded(item.source, "failed", handle, item.task,
-                 RenderError(f"worker call failed: {exc}"))
+                 RenderError(f"worker call failed: {exc}"), _lost(item))
         _drop_worker(pool, running, queues, handle, RenderError("worker replaced"))
         return
     handle.tasks_done += 1
@@ -959,7 +973,7 @@ def _check_timeouts(pool: WorkerPool, running: dict[Any, _Running],
             queues.get(item.handle.worker_id, []).remove(ref)
             _guarded(item.source, "failed", item.handle, item.task, TaskTimeoutError(
                 f"task ran longer than its {limit:g} s timeout and was stopped; raise "
-                "--timeout or render fewer samples"))
+                "--timeout or render fewer samples"), _lost(item))
             _drop_worker(pool, running, queues, item.handle, RenderError(
                 "the worker was stopped because another task timed out", retryable=True))
 
@@ -973,7 +987,7 @@ def _stop_cancelled(pool: WorkerPool, running: dict[Any, _Running],
             running.pop(ref)
             queues.get(item.handle.worker_id, []).remove(ref)
             _guarded(item.source, "failed", item.handle, item.task,
-                     CancelledError("the job was cancelled", retryable=False))
+                     CancelledError("the job was cancelled", retryable=False), _lost(item))
             _drop_worker(pool, running, queues, item.handle, RenderError(
                 "the worker was stopped because another job was cancelled", retryable=True))
 

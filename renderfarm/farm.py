@@ -235,6 +235,30 @@ class JobHandle:
         """Frames a second merge was asked for (refused; 0 unless something is wrong)."""
         return self._run.merged_twice if self._run is not None else 0
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the job has recorded so far (see :meth:`JobRun.snapshot`), also after it
+        failed or was cancelled."""
+        if self._run is None:
+            return {"job_id": self.job_id, "spec": self.spec.to_dict()}
+        return dict(self._run.snapshot())
+
+    def report(self, prices: dict[str, float] | None = None, client: str = "") -> dict[str, Any]:
+        """The job's report (:func:`renderfarm.report.build_report`): device-seconds and cost
+        per piece, worker, device and job, verification, outputs' SHA-256.
+
+        Args:
+            prices: price per device-hour (default: the farm's ``prices``).
+            client: who submitted the job.
+        """
+        from renderfarm.report import build_report
+
+        if prices is None and self._run is not None:
+            prices = self._run.farm.config.prices
+        state = ("running" if not self.done() else "cancelled" if self.cancelled
+                 else "failed" if self._error is not None else "done")
+        return build_report(self.snapshot(), client=client, name=self.spec.name, state=state,
+                            prices=prices)
+
     def events(self) -> Iterator[Event]:
         """Yield the job's events as they happen, until it ends (one consumer only)."""
         while True:

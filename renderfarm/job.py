@@ -701,6 +701,7 @@ class JobResult(_Json):
             workers, outcome and suspects (see :class:`~renderfarm.state.Check`).
         suspects: workers found to disagree with the majority (no more tasks sent to them).
         verify: the share of pieces the job checked.
+        worker_cpus: CPUs each worker held (a CPU worker's device-seconds are core-seconds).
     """
 
     job_id: str
@@ -718,6 +719,7 @@ class JobResult(_Json):
     checks: tuple[dict[str, Any], ...] = ()
     suspects: tuple[str, ...] = ()
     verify: float = 0.0
+    worker_cpus: float = 1.0
 
     @property
     def render_seconds(self) -> float:

@@ -82,6 +82,9 @@ class JobRun:
         self.info: SceneInfo | None = None
         self.files: JobFiles | None = None
         self.assembler: Assembler | None = None
+        self.started = time.monotonic()
+        self.finished_at: float | None = None
+        self.verify = 0.0
 
     @property
     def merged_twice(self) -> int:
@@ -128,14 +131,17 @@ class JobRun:
 
     # -- the job -----------------------------------------------------------------------------
     def run(self) -> None:
-        start = time.monotonic()
+        start = self.started = time.monotonic()
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.scratch = self.workdir
         else:
             self.scratch = Path(tempfile.mkdtemp(prefix=f"renderfarm-{self.handle.job_id}-"))
         try:
-            result = self._run(start)
+            try:
+                result = self._run(start)
+            finally:
+                self.finished_at = time.monotonic()
         except RenderFarmError as exc:
             self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
                       message=exc.one_line(), data={"error": type(exc).__name__})
@@ -234,16 +240,33 @@ class JobRun:
             raise CancelledError("the job was cancelled; frames finished before that are kept")
         if self.fatal is not None:
             raise self.fatal
+        return JobResult.from_dict({**self.snapshot(), "scene": info.to_dict()})
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the job has recorded so far, in :class:`JobResult`'s shape without the
+        scene (also for a job that failed or still runs): every call's timing, checks,
+        suspects, outputs and their hashes — what its report is built from."""
         with self.lock:
-            checks = tuple(c.to_dict() for c in self.state.checks)
-            suspects = tuple(sorted(self.state.suspects))
-        return JobResult(
-            job_id=self.handle.job_id, spec=spec, scene=info, frames=plan.frames,
-            outputs=dict(sorted(self.assembler.outputs.items())), tasks=tuple(self.results),
-            wall_seconds=time.monotonic() - start, device=device,
-            workers=runner.pool.shape.workers, warnings=tuple(self.warnings), tiles=plan.tiles,
-            hashes=dict(sorted(self.assembler.hashes.items())), checks=checks,
-            suspects=suspects, verify=self.verify)
+            state, plan, assembler = self.state, self.plan, self.assembler
+            checks = [c.to_dict() for c in state.checks] if state is not None else []
+            suspects = sorted(state.suspects) if state is not None else []
+            tasks = [t.to_dict() for t in self.results]
+        pool = getattr(self, "pool", None)
+        return {
+            "job_id": self.handle.job_id, "spec": self.spec.to_dict(),
+            "frames": list(plan.frames) if plan is not None else [],
+            "outputs": {str(k): str(v) for k, v in
+                        sorted((assembler.outputs if assembler else {}).items())},
+            "hashes": {str(k): v for k, v in
+                       sorted((assembler.hashes if assembler else {}).items())},
+            "tasks": tasks, "checks": checks, "suspects": suspects,
+            "wall_seconds": (self.finished_at or time.monotonic()) - self.started,
+            "device": getattr(self, "settings", None) and self.settings.device or "cpu",
+            "workers": pool.shape.workers if pool is not None else 0,
+            "worker_cpus": pool.shape.num_cpus if pool is not None and pool.shape.num_cpus
+            else 1.0,
+            "warnings": list(self.warnings), "tiles": list(plan.tiles) if plan else [1, 1],
+            "verify": getattr(self, "verify", 0.0)}
 
     def _verify_share(self, pool: WorkerPool) -> float:
         """The share of pieces this job checks: the job's, else the farm's default; none
@@ -556,7 +579,9 @@ class Entries:
     @_entry
     def failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,
                reply: dict[str, Any] | None = None) -> None:
-        """An attempt of ``task`` failed: retry it, or fail it (and maybe the job)."""
+        """An attempt of ``task`` failed: retry it, or fail it (and maybe the job).
+        ``reply`` is what is known of the attempt (its worker's reply, or the dispatcher's
+        account of a worker that gave none); it is kept for the job's report."""
         job = self.job
         faults.fire("driver.failed", job_id=job.handle.job_id, frame=task.frame)
         if error.frame is None:
@@ -566,11 +591,13 @@ class Entries:
                                             cancelled=isinstance(error, CancelledError))
             ready = self.state.take_ready()  # a check given up no longer holds its frame
         self.merge(ready)
+        if reply is not None:  # the time it took counts, whatever became of it
+            kind = "check" if self.state.check_of(task.index) is not None else "render"
+            with job.lock:
+                job.results.append(TaskResult.from_dict({**reply, "ok": False, "kind": kind,
+                                                         "error": error.to_dict()}))
         if outcome is Failure.IGNORED:  # the job ended, or another copy finished
             return
-        if reply is not None:
-            job.results.append(TaskResult.from_dict({**reply, "ok": False,
-                                                     "error": error.to_dict()}))
         if outcome is Failure.RETRY:
             job.emit("task_retry", frame=task.frame, tile=task.tile.index,
                      message=error.one_line())

@@ -665,3 +665,27 @@ def corrupt_image(path: Path, how: str) -> None:
         for y, x in ((0, 0), (first.shape[0] // 2, first.shape[1] // 2), (-1, -1)):
             first[y, x, 0] = first[y, x, 0] + 0.25 if first[y, x, 0] < 0.5 else 0.0
     write_atomically(path, lambda tmp: _write_parts(tmp, specs, lambda i: parts[i]))
+
+
+def thumbnail(path: Path, width: int = 160) -> bytes:
+    """A small sRGB PNG of an image's Combined pass (scene-linear values are encoded with
+    the sRGB transfer function), ``width`` pixels wide, for contact sheets."""
+    import tempfile
+
+    oiio = _oiio()
+    pixels, _channels, linear = read_combined(path)
+    rgb = pixels[..., :3] if pixels.shape[2] >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    rgb = np.nan_to_num(np.clip(rgb, 0.0, 1.0), nan=0.0)
+    if linear:
+        rgb = np.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * np.power(rgb, 1 / 2.4) - 0.055)
+    height, full_width = rgb.shape[:2]
+    small_height = max(1, round(height * width / max(full_width, 1)))
+    source = oiio.ImageBuf(oiio.ImageSpec(full_width, height, 3, oiio.FLOAT))
+    source.set_pixels(oiio.ROI(), np.ascontiguousarray(rgb, np.float32))
+    small = oiio.ImageBufAlgo.resize(source, roi=oiio.ROI(0, width, 0, small_height, 0, 1, 0, 3))
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "thumb.png"
+        small.set_write_format(oiio.UINT8)
+        if not small.write(str(target)):
+            raise MergeError(f"cannot write a thumbnail: {small.geterror()}", path=str(path))
+        return target.read_bytes()

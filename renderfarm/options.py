@@ -61,4 +61,5 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    allow_scripts=args.allow_scripts, overscan=args.overscan, scene=args.scene,
                    group_tiles=not args.one_call_per_tile, denoise=args.denoise,
                    chunks=chunks_for(args.split, args.chunks or None),
-                   files=args.files, allow_missing=args.allow_missing, project=args.project)
+                   files=args.files, allow_missing=args.allow_missing, project=args.project,
+                   verify=getattr(args, "verify", None))

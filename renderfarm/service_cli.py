@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 #: the commands this module runs
 COMMANDS = ("serve", "keys", "submit", "status", "list", "cancel", "pause", "resume",
-            "priority", "fetch", "web-token")
+            "priority", "fetch", "web-token", "report")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.ArgumentParser,
@@ -74,6 +74,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
     serve.add_argument("--max-bundle-gb", type=float, default=64.0,
                        help="the largest job (a .blend and its files) accepted, in GiB "
                        "(default 64)")
+    trust = serve.add_argument_group("verification and cost")
+    trust.add_argument("--verify", type=float, default=0.0, metavar="SHARE",
+                       help="share of pieces rendered again on another worker and compared, "
+                       "for jobs that do not say (0.1: a tenth; default 0)")
+    trust.add_argument("--verify-tolerance", type=float, default=0.0, metavar="VALUE",
+                       help="per-value difference two renders of a piece may have and agree "
+                       "(default 0: bit for bit, exact for CPU workers)")
+    trust.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
+                       help="price per device-hour for job reports: CPU=PRICE is per "
+                       "core-hour, a GPU by its model ('NVIDIA A10=1.10'), '*=PRICE' for any "
+                       "other (repeatable)")
 
     keys = sub.add_parser("keys", parents=[common], help="create a CurveZMQ key pair",
                           description="Create NAME.key (public: give it to the other side) and "
@@ -120,6 +131,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
     token.add_argument("name", nargs="?", help="a client's name (its key file's stem)")
     token.add_argument("--clients", help="with NAME: the service's --clients folder")
     token.add_argument("--admins", help="with NAME: the service's --admins folder")
+    report = sub.add_parser(
+        "report", parents=[common, farm], help="a job's report: cost, verification, hashes",
+        description="Show a job's report: device-seconds and cost per piece, worker, device "
+        "and job, what verification found, and each output's SHA-256. --check FOLDER "
+        "tells which delivered files differ from what the farm wrote (exit 4 if any).")
+    report.add_argument("job", help="the job id")
+    report.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    report.add_argument("--html", metavar="OUT", help="write the report as an HTML page "
+                        "(timeline per worker, contact sheet of the frames)")
+    report.add_argument("--check", metavar="FOLDER", help="compare the files in FOLDER with "
+                        "the outputs' SHA-256")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
             for path in paths.values():
                 print(path)
             return 0
+        if args.command == "report":
+            return _report(args, client)
         if args.command == "priority":
             job = client.set_priority(args.job, args.priority)
         else:
@@ -182,9 +206,12 @@ def format_job(job: dict[str, Any]) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from renderfarm.job import check_verify
+    from renderfarm.report import parse_prices
     from renderfarm.server.service import ServiceConfig, serve
     from renderfarm.server.transport import read_key
 
+    check_verify(args.verify)
     server_key = read_key(args.server_key, secret=True) if args.server_key else None
     config = ServiceConfig(
         bind=args.bind, publish=args.publish, address=args.address, storage=args.storage,
@@ -198,7 +225,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_stored_bytes_per_client=int(args.max_stored_gb_per_client * 1024**3),
         insecure_loopback=args.insecure_loopback, workers=args.workers,
         max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http,
-        max_bundle_bytes=int(args.max_bundle_gb * 1024**3))
+        max_bundle_bytes=int(args.max_bundle_gb * 1024**3), verify=args.verify,
+        verify_tolerance=args.verify_tolerance, prices=parse_prices(args.price))
     serve(config)
     return 0
 
@@ -238,6 +266,44 @@ def _web_token_of(args: argparse.Namespace) -> int:
         if len(callers) > 1 and not args.quiet:
             print(f"  (the token above is {caller.name}'s "
                   f"{'admin' if caller.admin else 'client'} key's)", file=sys.stderr)
+    return 0
+
+
+def _report(args: argparse.Namespace, client: Any) -> int:
+    from renderfarm.report import check_folder, summary_lines
+
+    if args.html:
+        report, page = client.report_html(args.job)
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_bytes(page)
+    else:
+        report = client.report(args.job)
+    if args.check:
+        folder = Path(args.check)
+        if not folder.is_dir():
+            raise InputError("--check needs the folder the job's files were delivered to",
+                             path=str(folder))
+        rows = check_folder(report, folder)
+        bad = [r for r in rows if r["status"] != "ok"]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                print(f"{row['status']:<8} {row['name']}" + (
+                    f"  (expected {str(row['expected'])[:16]}…, found "
+                    f"{str(row['found'])[:16]}…)" if row["status"] == "differs" else ""))
+            print(f"{len(rows) - len(bad)} of {len(rows)} file(s) as the farm wrote them",
+                  file=sys.stderr)
+        return 4 if bad else 0
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for line in summary_lines(report):
+            print(line)
+        for output in report["outputs"]:
+            print(f"  {output['sha256'] or '(no hash)'}  {output['name']}")
+        if args.html:
+            print(f"report written to {args.html}", file=sys.stderr)
     return 0
 
 

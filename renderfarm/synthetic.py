@@ -110,7 +110,7 @@ def run_synthetic(pool: WorkerPool, durations: Sequence[float],
         timeline.append((value["worker"], value["start"], value["end"], value["index"]))
         return True
 
-    def failed(handle: WorkerHandle, task: Task, error: Exception) -> None:
+    def failed(handle: WorkerHandle, task: Task, error: Exception, reply: Any = None) -> None:
         with lock:
             state.failed_attempt(task.index, str(error))
 

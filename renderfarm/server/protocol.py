@@ -118,6 +118,8 @@ REQUESTS: dict[str, dict[str, Field]] = {
               "length": Field(int, check=_non_negative)},
     # the caller's own token for the status page (``--http``) of a farm with keys
     "web_token": {},
+    # a job's report (accounting, verification, outputs' SHA-256); with html, the page too
+    "report": {"job_id": _JOB_FIELD, "html": Field(bool, required=False)},
 }
 #: operations that carry exactly one frame of bytes after the header
 WITH_DATA = ("upload",)
@@ -243,7 +245,9 @@ def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
                 raise ProtocolError(f"{op}: field {name!r} is missing", request_id=request_id)
             continue
         value = fields[name]
-        if isinstance(value, bool) or not isinstance(value, spec.kind):
+        # a bool is an int to Python: only a field of kind bool takes one
+        if (isinstance(value, bool) and spec.kind is not bool) or not isinstance(value,
+                                                                                 spec.kind):
             kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
             raise ProtocolError(f"{op}: field {name!r} must be "
                                 f"{' or '.join(k.__name__ for k in kinds)}, not "

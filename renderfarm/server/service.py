@@ -60,13 +60,16 @@ MAX_PARTS = 8
 #: seconds an unfinished upload is kept
 PART_EXPIRY = 86400.0
 
+#: seconds between saves of a running job's accounting (lost at most, if killed)
+ACCOUNT_EVERY = 5.0
+
 #: requests that change state: each is recorded, with its caller, in the audit table
 AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority")
 
 #: spec fields a client may set (the service chooses the file and the output folder)
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
-                      "group_tiles", "denoise", "chunks", "allow_missing")
+                      "group_tiles", "denoise", "chunks", "allow_missing", "verify")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,10 @@ class ServiceConfig:
         health_every: seconds between checks of the Ray cluster's health (GCS, raylet);
             a failed cluster is restarted (the embedded Ray) or reconnected, and its jobs
             resume from the database.
+        verify: the share of pieces checked on another worker for jobs that do not say.
+        verify_tolerance: per-value difference two renders of a piece may have and agree
+            (0: bit for bit).
+        prices: price per device-hour for job reports (see :mod:`renderfarm.report`).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -129,6 +136,9 @@ class ServiceConfig:
     max_pixels: int = 16384 * 16384
     task_timeout: float | None = 3600.0
     max_stored_bytes_per_client: int = 100 * 1024**3
+    verify: float = 0.0
+    verify_tolerance: float = 0.0
+    prices: dict[str, float] | None = None
 
 
 @dataclass
@@ -140,6 +150,11 @@ class _Live:
     owner: str = LOCAL
     #: its farm was lost (Ray failed): nothing it says any more is recorded
     stale: bool = False
+    #: its run's accounting is in the database for good (the run has ended)
+    accounted: bool = False
+    #: this run's id in the accounts table, and when it was saved last
+    run_id: str = field(default_factory=lambda: os.urandom(6).hex())
+    saved: float = 0.0
     canvas: Rect | None = None
     previews: dict[int, Any] = field(default_factory=dict)  # frame -> RGBA canvas
 
@@ -224,7 +239,9 @@ class FarmService:
             permit_scripts=config.permit_scripts, storage=self.storage.url,
             max_bundle_bytes=config.max_bundle_bytes, max_frames=config.max_frames_per_job,
             max_tasks=config.max_tasks_per_job, max_samples=config.max_samples,
-            max_pixels=config.max_pixels, default_task_timeout=config.task_timeout)
+            max_pixels=config.max_pixels, default_task_timeout=config.task_timeout,
+            verify=config.verify, verify_tolerance=config.verify_tolerance,
+            prices=config.prices)
 
     # -- Ray's health ------------------------------------------------------------------------
     def _watchdog(self) -> None:
@@ -860,7 +877,62 @@ class FarmService:
         length = min(request.fields["length"] or limit, limit)
         data = self.storage.read(key, request.fields["offset"], length)
         return ({"job_id": row.id, "frame": frame, "name": Path(frames[frame]).name,
-                 "size": size, "offset": request.fields["offset"]}, data)
+                 "size": size, "offset": request.fields["offset"],
+                 "sha256": self.store.hashes(job_id).get(frame)}, data)
+
+    def _op_report(self, request: protocol.Request,
+                   caller: Caller) -> dict[str, Any] | tuple[dict[str, Any], bytes]:
+        row = self._own(caller, request.fields["job_id"])
+        report = self.job_report(row)
+        if not request.fields.get("html"):
+            return {"report": report}
+        from renderfarm.report import render_html
+
+        page = render_html(report, self._thumbnails(row)).encode()
+        return {"report": report}, page
+
+    def job_report(self, row: JobRow) -> dict[str, Any]:
+        """A job's report: every run's calls (a resumed job has several), its outputs and
+        their SHA-256 as recorded when written, its estimate, priced by this farm."""
+        from renderfarm.report import build_report
+
+        with self._lock:
+            live = self._live.get(row.id)
+            if live is not None and not live.stale and not live.accounted:
+                self.store.set_account(row.id, live.run_id, live.handle.snapshot())
+            runs = self.store.accounts(row.id)
+        merged: dict[str, Any] = {"job_id": row.id, "tasks": [], "checks": [], "suspects": [],
+                                  "wall_seconds": 0.0, "warnings": list(row.warnings)}
+        for run in runs:
+            merged["tasks"] += run.get("tasks") or []
+            merged["checks"] += run.get("checks") or []
+            merged["suspects"] = sorted(set(merged["suspects"]) | set(run.get("suspects")
+                                                                     or []))
+            merged["wall_seconds"] += float(run.get("wall_seconds") or 0.0)
+            for key in ("device", "worker_cpus", "frames", "tiles", "verify", "workers"):
+                if run.get(key):
+                    merged[key] = run[key]
+        frames = self.store.frames(row.id)
+        merged["outputs"] = {str(f): p for f, p in frames.items()}
+        merged["hashes"] = {str(f): h for f, h in self.store.hashes(row.id).items()}
+        report = build_report(merged, client=row.client or "", name=row.name,
+                              state=row.state, prices=self.config.prices,
+                              estimate=self.store.estimate(row.id),
+                              output_names={f: Path(p).name for f, p in frames.items()})
+        report["warnings"] = [self._scrub(w) for w in report["warnings"]]
+        return report
+
+    def _thumbnails(self, row: JobRow, most: int = 500) -> dict[int, bytes]:
+        """Small PNGs of a job's frames for the report's contact sheet."""
+        from renderfarm.merge import thumbnail
+
+        out: dict[int, bytes] = {}
+        for frame, path in list(self.store.frames(row.id).items())[:most]:
+            try:
+                out[frame] = thumbnail(Path(path))
+            except Exception as exc:  # a frame that cannot be read is shown without image
+                logger.info("no thumbnail of %s: %s", path, exc)
+        return out
 
     # -- files -------------------------------------------------------------------------------
     def _job_dir(self, job_id: str) -> Path:
@@ -938,6 +1010,7 @@ class FarmService:
                 self._record(job_id, live, event)
             except Exception:  # a bookkeeping error must not stop the job's events
                 logger.exception("job %s: cannot record %s", job_id, event.kind)
+        self._save_account(job_id, live, final=True)
         if live.stale:
             return
         image = live.latest_png()
@@ -951,7 +1024,22 @@ class FarmService:
         if row.state in protocol.FINAL_STATES:
             shutil.rmtree(self._job_dir(job_id) / "pieces", ignore_errors=True)
 
+    def _save_account(self, job_id: str, live: _Live, final: bool = False) -> None:
+        """Keep what the job's run has cost so far (every few seconds, and at its end), so
+        its report counts this run even if the service is killed."""
+        now = time.monotonic()
+        if not final and now - live.saved < ACCOUNT_EVERY:
+            return
+        live.saved = now
+        try:
+            with self._lock:
+                self.store.set_account(job_id, live.run_id, live.handle.snapshot())
+                live.accounted = final
+        except Exception:
+            logger.exception("job %s: cannot record its accounting", job_id)
+
     def _record(self, job_id: str, live: _Live, event: Event) -> None:
+        self._save_account(job_id, live)
         store = self.store
         if self._stop.is_set() and event.kind in ("job_cancelled", "job_failed"):
             return  # the service is stopping: the job resumes on restart
@@ -981,6 +1069,8 @@ class FarmService:
             if self.storage.local_path(key) != path:
                 self.storage.put_file(key, path)
             store.add_frame(job_id, event.frame or 0, str(path))
+            if data.get("sha256"):
+                store.set_hash(job_id, event.frame or 0, data["sha256"])
         elif event.kind == "warning":
             store.add_warning(job_id, event.message)
         elif event.kind in ("job_done", "job_failed", "job_cancelled"):

@@ -73,6 +73,23 @@ CREATE TABLE IF NOT EXISTS audit (
     ok INTEGER NOT NULL,
     detail TEXT
 );
+CREATE TABLE IF NOT EXISTS hashes (
+    job_id TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (job_id, frame)
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    job_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    run TEXT NOT NULL,
+    PRIMARY KEY (job_id, run_id)
+);
+CREATE TABLE IF NOT EXISTS estimates (
+    job_id TEXT PRIMARY KEY,
+    estimate TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runs (
     job_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
@@ -306,6 +323,40 @@ class Store:
                              (job_id, frame, path))
             self._db.execute("DELETE FROM pieces WHERE job_id = ? AND frame = ?",
                              (job_id, frame))
+
+    def set_hash(self, job_id: str, frame: int, sha256: str) -> None:
+        """Record the SHA-256 of a merged frame's output file as the farm wrote it."""
+        self._run("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?)", (job_id, frame, sha256))
+
+    def hashes(self, job_id: str) -> dict[int, str]:
+        """``{frame: SHA-256}`` of a job's outputs."""
+        return dict(self._run("SELECT frame, sha256 FROM hashes WHERE job_id = ? "
+                              "ORDER BY frame", (job_id,)))
+
+    def set_account(self, job_id: str, run_id: str, run: dict[str, Any]) -> None:
+        """Keep what one run of a job recorded so far (its calls' timing, checks, suspects)
+        for the job's report; a job resumed after a restart has several runs."""
+        with self._lock:
+            first = self._db.execute("SELECT at FROM accounts WHERE job_id = ? AND run_id = ?",
+                                     (job_id, run_id)).fetchone()
+            self._db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?)",
+                             (job_id, run_id, first[0] if first else time.time(),
+                              json.dumps(run)))
+
+    def accounts(self, job_id: str) -> list[dict[str, Any]]:
+        """The runs of a job, oldest first."""
+        return [json.loads(r[0]) for r in self._run(
+            "SELECT run FROM accounts WHERE job_id = ? ORDER BY at", (job_id,))]
+
+    def set_estimate(self, job_id: str, estimate: dict[str, Any]) -> None:
+        """Keep the estimate made for a job before it rendered."""
+        self._run("INSERT OR REPLACE INTO estimates VALUES (?, ?)",
+                  (job_id, json.dumps(estimate)))
+
+    def estimate(self, job_id: str) -> dict[str, Any] | None:
+        """The estimate made for a job, if any."""
+        rows = self._run("SELECT estimate FROM estimates WHERE job_id = ?", (job_id,))
+        return json.loads(rows[0][0]) if rows else None
 
     def pieces(self, job_id: str) -> list[dict[str, Any]]:
         """The pieces of a job waiting for their frame's merge."""

@@ -1,0 +1,187 @@
+"""Job reports (issue 13): device-seconds and cost per piece, worker, device and client,
+verification, outputs' SHA-256 checked on fetch and against a delivery folder. Pure tests of
+the report, then a real keyed ``renderfarm serve`` (verification and prices as farm
+defaults, two client keys) driven through the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from renderfarm.errors import InputError, ServiceError
+from renderfarm.report import (
+    build_report,
+    check_folder,
+    device_units,
+    parse_prices,
+    render_html,
+    summary_lines,
+)
+from tests.conftest import ServerProcess, key_folder
+
+
+def call(worker: str, start: float, seconds: float, **more: Any) -> dict[str, Any]:
+    return {"worker": worker, "node": f"node-{worker}", "device": "CPU", "ok": True,
+            "frame": 1, "tile": 0, "started": start, "finished": start + seconds,
+            "render_seconds": seconds * 0.9, "pixels": 1000, "samples": 10, **more}
+
+
+def test_every_call_counts_and_cost_follows_the_price_per_device() -> None:
+    run = {"job_id": "j1", "device": "cpu", "worker_cpus": 2.0, "frames": [1, 2],
+           "wall_seconds": 10.0,
+           "tasks": [call("cpu-1", 100, 4.0), call("cpu-2", 100, 2.0, kind="check"),
+                     call("cpu-2", 102, 1.0, ok=False,
+                          error={"type": "WorkerDiedError", "message": "died"}),
+                     call("cpu-1", 104, 0.5, kind="finish"),
+                     call("cpu-1", 99, 0.5, kind="inspect", device="")],
+           "checks": [{"frame": 1, "tile": 0, "workers": ["cpu-1", "cpu-2"],
+                       "outcome": "agreed", "suspects": []}],
+           "outputs": {"1": "/farm/out/a_0001.png"}, "hashes": {"1": "ab" * 32}}
+    report = build_report(run, client="alice", prices={"CPU": 36.0}, name="shot")
+    # 8 seconds of calls on 2-core workers: 16 core-seconds at 36 per core-hour
+    assert report["total"]["device_seconds"] == pytest.approx(16.0)
+    assert report["total"]["cost"] == pytest.approx(16.0 * 36 / 3600)
+    assert report["by_kind"] == pytest.approx({"render": 8.0, "check": 4.0, "finish": 1.0,
+                                               "inspect": 1.0, "failed": 2.0})
+    assert report["workers"]["cpu-2"]["failures"] == 1
+    assert report["workers"]["cpu-1"]["device"] == "CPU"  # the inspect call had no label
+    assert report["clients"] == {"alice": {"device_seconds": pytest.approx(16.0),
+                                           "cost": pytest.approx(0.16)}}
+    render = next(p for p in report["pieces"] if p["kind"] == "render")
+    assert render["verification"] == "agreed"
+    assert render["samples_per_second"] == pytest.approx(1000 * 10 / 3.6)
+    assert report["outputs"] == [{"frame": 1, "name": "a_0001.png", "sha256": "ab" * 32}]
+    assert "cost 0.1600" in " ".join(summary_lines(report))
+    page = render_html(report, {1: b"\x89PNG..."})
+    assert page.count("<rect") == 5 and "data:image/png;base64," in page
+
+
+def test_gpus_are_priced_by_model_and_unpriced_devices_are_said() -> None:
+    assert device_units("OPTIX:NVIDIA A10,NVIDIA A10", "gpu", 8) == [("NVIDIA A10", 1.0),
+                                                                     ("NVIDIA A10", 1.0)]
+    assert device_units("CPU", "cpu", 4) == [("CPU", 4.0)]
+    run = {"job_id": "j", "device": "gpu",
+           "tasks": [call("gpu-1", 100, 10.0, device="OPTIX:NVIDIA A10"),
+                     call("gpu-2", 100, 10.0, device="CUDA:NVIDIA L4")]}
+    report = build_report(run, prices={"NVIDIA A10": 3.6})
+    assert report["devices"]["NVIDIA A10"]["cost"] == pytest.approx(0.01)
+    assert report["devices"]["NVIDIA L4"]["cost"] is None
+    assert report["total"]["unpriced"] == ["NVIDIA L4"]
+    assert "no price for NVIDIA L4" in " ".join(summary_lines(report))
+    report = build_report(run, prices={"NVIDIA A10": 3.6, "*": 7.2})
+    assert report["total"]["cost"] == pytest.approx(0.01 + 0.02)
+
+
+def test_prices_are_read_strictly() -> None:
+    assert parse_prices(["CPU=0.04", "NVIDIA A10=1.10", "*=0"]) == {
+        "CPU": 0.04, "NVIDIA A10": 1.10, "*": 0.0}
+    for bad in ("CPU", "CPU=-1", "=3", "CPU=cheap"):
+        with pytest.raises(InputError, match="DEVICE=PRICE"):
+            parse_prices([bad])
+
+
+def test_a_delivery_folder_is_checked_file_by_file(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"frame one")
+    (tmp_path / "b.png").write_bytes(b"tampered")
+    report = {"outputs": [
+        {"frame": 1, "name": "a.png", "sha256": hashlib.sha256(b"frame one").hexdigest()},
+        {"frame": 2, "name": "b.png", "sha256": hashlib.sha256(b"frame two").hexdigest()},
+        {"frame": 3, "name": "c.png", "sha256": "00" * 32}]}
+    assert [r["status"] for r in check_folder(report, tmp_path)] == ["ok", "differs",
+                                                                    "missing"]
+
+
+# -- the farm service -------------------------------------------------------------------------
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "renderfarm", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
+        tmp_path: Path, make_scene) -> None:
+    keys = key_folder(tmp_path / "keys", ("client", "alice", "bob"))
+    server = ServerProcess(tmp_path / "state", keys, "--workers", "2", "--verify", "0.5",
+                           "--price", "CPU=36", "--price", "NVIDIA A10=1.2").start()
+    alice_args = ["--farm", server.address, "--server-key", str(keys / "server.key"),
+                  "--client-key", str(keys / "alice.key_secret")]
+    try:
+        blend = make_scene(width=64, height=48, samples=8, frames=2)
+        out = tmp_path / "delivered"
+        proc = cli("submit", str(blend), *alice_args, "--frames", "1-2", "--tiles", "2x1",
+                   "--one-call-per-tile", "--verify", "1", "-o", str(out / "shot_####.png"),
+                   "--wait", "--json")
+        assert proc.returncode == 0, proc.stderr
+        job_id = json.loads(proc.stdout)["job_id"]
+        proc = cli("report", job_id, *alice_args, "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["client"] == "alice" and report["state"] == "done"
+        renders = [p for p in report["pieces"] if p["kind"] == "render" and p["status"] == "ok"]
+        assert {(p["frame"], p["tile"]) for p in renders} == {(1, 0), (1, 1), (2, 0), (2, 1)}
+        for piece in renders:
+            assert piece["worker"] in ("cpu-1", "cpu-2") and piece["device"] == "CPU"
+            assert piece["busy_seconds"] >= piece["render_seconds"] > 0
+            assert piece["samples_per_second"] > 0 and piece["node"]
+            assert piece["verification"] == "agreed"  # every piece checked (--verify 1)
+        assert report["verification"]["checks"] == 4
+        assert report["verification"]["outcomes"] == {"agreed": 4}
+        assert report["by_kind"]["check"] > 0 and report["by_kind"]["inspect"] > 0
+        total = report["total"]
+        assert total["cost"] == pytest.approx(total["device_seconds"] * 36 / 3600)
+        assert total["device_seconds"] == pytest.approx(
+            sum(w["device_seconds"] for w in report["workers"].values()))
+        assert set(report["clients"]) == {"alice"}
+        # each output's SHA-256 is the delivered file's
+        for output in report["outputs"]:
+            data = (out / output["name"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == output["sha256"]
+        assert sorted(o["name"] for o in report["outputs"]) == ["shot_0001.png",
+                                                                "shot_0002.png"]
+        page = tmp_path / "report.html"
+        proc = cli("report", job_id, *alice_args, "--html", str(page))
+        assert proc.returncode == 0, proc.stderr
+        html = page.read_text()
+        assert "<svg class='timeline'" in html and html.count("data:image/png;base64,") == 2
+        assert "cpu-1" in html and "cpu-2" in html
+        # the delivery folder, checked
+        proc = cli("report", job_id, *alice_args, "--check", str(out))
+        assert proc.returncode == 0 and proc.stdout.count("ok ") == 2, proc.stdout
+        (out / "shot_0002.png").write_bytes(b"not the frame")
+        proc = cli("report", job_id, *alice_args, "--check", str(out))
+        assert proc.returncode == 4 and "differs  shot_0002.png" in proc.stdout
+        # a damaged copy on the farm is refused on arrival
+        stored = next((tmp_path / "state").rglob("shot_0001.png"))
+        stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")
+        fresh = tmp_path / "fresh"
+        proc = cli("fetch", job_id, str(fresh), *alice_args)
+        assert proc.returncode == 4, proc.stderr
+        assert re.search(r"frame 1 of job \S+ \(shot_0001.png\) arrived with SHA-256",
+                         proc.stderr)
+        assert not (fresh / "shot_0001.png").exists()
+        assert not list(fresh.glob(".*part"))
+        # another client's job does not exist for bob
+        with server.client(client_key=str(keys / "bob.key_secret")) as bob:
+            with pytest.raises(ServiceError, match="no job"):
+                bob.report(job_id)
+        # the farm's default share applies to jobs that do not say
+        with server.client(client_key=str(keys / "alice.key_secret")) as alice:
+            second = alice.submit(blend, {"frames": "1", "tiles": [2, 1],
+                                          "group_tiles": False, "output": "d_####.exr"})
+            deadline = time.monotonic() + 180
+            while alice.status(second)["state"] not in ("done", "failed"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            report = alice.report(second)
+            assert report["verification"]["share"] == 0.5
+    finally:
+        server.stop()
