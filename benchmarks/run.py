@@ -481,7 +481,7 @@ def bench_memory(ctx: Context) -> list[Record]:
     blend = make_scene(ctx.workdir / "mem.blend", width=200, height=100, samples=4, frames=1)
     result = ctx.farm().render(JobSpec(str(blend), frames="1", tiles=(10, 5), group_tiles=False,
                                        output=str(ctx.out("mem") / "m_####.exr")))
-    ordered = sorted(result.tasks, key=lambda t: t.started)
+    ordered = sorted(result.renders, key=lambda t: t.started)
     first, last = ordered[0].rss_mb, ordered[-1].rss_mb
     width, height = (1920, 1080) if ctx.quick else (3840, 2160)
     pieces, _canvas = _merge_inputs(ctx, width, height, 4, PASSES)
@@ -650,7 +650,7 @@ def bench_bundle(ctx: Context) -> list[Record]:
     result = farm.submit(touched).result()
     downloads = len(_downloads()) - before
     records.append(Record(
-        "bundle.downloads_per_node", f"files a machine downloaded over a {len(result.tasks)}-task "
+        "bundle.downloads_per_node", f"files a machine downloaded over a {len(result.renders)}-task "
         f"job / distinct files it lacked ({len(new)})", "files", [float(downloads)],
         [float(len(new))], downloads / max(len(new), 1), 1.0, "<=",
         note=f"{result.workers} worker(s) on one machine"))

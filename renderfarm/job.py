@@ -722,6 +722,11 @@ class JobResult(_Json):
     worker_cpus: float = 1.0
 
     @property
+    def renders(self) -> tuple[TaskResult, ...]:
+        """The results of the job's own render tasks (not checks, finishing or opening)."""
+        return tuple(t for t in self.tasks if t.kind == "render")
+
+    @property
     def render_seconds(self) -> float:
         """Sum of the time workers spent inside Blender's render call."""
         return sum(t.render_seconds for t in self.tasks)

@@ -127,7 +127,7 @@ def test_a_many_task_job_downloads_each_file_once_per_machine(farm, project,
                                  group_tiles=False, percentage=50,
                                  output=str(tmp_path / "out" / "d_####.exr")))
     result = handle.result(timeout=300)
-    assert len(result.tasks) == 32
+    assert len(result.renders) == 32
     after = _downloads()
     new = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert all(count == 1 for count in new.values()), new

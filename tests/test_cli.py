@@ -105,8 +105,12 @@ def test_render_succeeds_with_json_summary(tiny: Path, tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["outputs"] == {"1": str(tmp_path / "t_0001.png"),
                                   "2": str(tmp_path / "t_0002.png")}
-    rendered = sorted(i for t in summary["tasks"] for i in (t["covers"] or [t["task_index"]]))
+    rendered = sorted(i for t in summary["tasks"] if t["kind"] == "render"
+                      for i in (t["covers"] or [t["task_index"]]))
     assert rendered == list(range(8)) and summary["workers"] == 2
+    # every other call a worker made for the job is accounted too
+    assert {t["kind"] for t in summary["tasks"]} == {"render", "inspect", "finish"}
+    assert len(summary["hashes"]) == 2
     assert (tmp_path / "t_0001.png").stat().st_size > 0
 
 
