@@ -103,6 +103,7 @@ def apply(scene: bpy.types.Scene, message: Any) -> None:
         _clock.pop(scene.name, None)
         settings.tasks_done = settings.tasks_total = 0
         settings.frames_done = settings.frames_total = 0
+        settings.report = ""
     elif isinstance(message, work.JobUpdate):
         _apply_event(settings, message.event)
         if message.event.get("elapsed") is not None:  # the farm's clock, from the job's start
@@ -113,6 +114,7 @@ def apply(scene: bpy.types.Scene, message: Any) -> None:
     elif isinstance(message, work.Finished):
         settings.state = message.state
         settings.eta = -1.0
+        settings.report = "\n".join(message.summary)
         if message.outputs:
             last = message.outputs[max(message.outputs)]
             settings.last_output = last

@@ -62,6 +62,8 @@ class RENDERFARM_PT_render(bpy.types.Panel):
             if settings.message:
                 box.label(text=settings.message,
                           icon="ERROR" if settings.state == "failed" else "INFO")
+            for line in settings.report.splitlines():  # the finished job's report
+                box.label(text=line, icon="INFO")
             if running:
                 box.operator(RENDERFARM_OT_cancel.bl_idname, icon="CANCEL")
 

@@ -61,6 +61,10 @@ class RenderFarmSettings(bpy.types.PropertyGroup):
     eta: bpy.props.FloatProperty(name="ETA", default=-1.0, subtype="TIME_ABSOLUTE",
                                  description="Seconds left (-1: not known yet)")
     last_output: bpy.props.StringProperty(name="Last Output", default="", subtype="FILE_PATH")
+    report: bpy.props.StringProperty(
+        name="Report", default="",
+        description="The finished job's report: time, device-seconds, cost, verification "
+        "(one line each)")
 
     @property
     def active(self) -> bool:

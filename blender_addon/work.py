@@ -91,11 +91,14 @@ class TilePreview:
 
 @dataclass(frozen=True)
 class Finished:
-    """The job ended; ``outputs`` are the frames fetched to the output folder."""
+    """The job ended; ``outputs`` are the frames fetched to the output folder (each checked
+    against the SHA-256 the farm recorded); ``summary`` is its report's summary (time,
+    device-seconds, cost, verification)."""
 
     state: str
     outputs: dict[int, str] = field(default_factory=dict)
     message: str = ""
+    summary: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,8 @@ class Submission:
             job = client.status(job_id)
             outputs = {int(k): str(v) for k, v in
                        client.fetch_outputs(job_id, self.output_dir).items()}
-            self.messages.put(Finished(job["state"], outputs, job.get("error") or ""))
+            self.messages.put(Finished(job["state"], outputs, job.get("error") or "",
+                                       self._summary(client, job_id)))
         except Exception as exc:
             self._fail(exc)
         finally:
@@ -295,6 +299,18 @@ class Submission:
                 folder.rmdir()
             except OSError:
                 pass
+
+    @staticmethod
+    def _summary(client: Any, job_id: str) -> tuple[str, ...]:
+        """The job's report summary, or nothing when the farm cannot give one (an older
+        farm): the frames matter more than the summary."""
+        from renderfarm.errors import RenderFarmError
+        from renderfarm.report import summary_lines
+
+        try:
+            return tuple(summary_lines(client.report(job_id)))
+        except (RenderFarmError, KeyError, TypeError) as exc:
+            return (f"no report: {exc}",)
 
     def _fail(self, exc: BaseException) -> None:
         message = getattr(exc, "one_line", None)

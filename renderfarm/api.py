@@ -37,6 +37,7 @@ def render(
     allow_missing: bool = False,
     project: str | os.PathLike[str] | None = None,
     storage: str | None = None,
+    verify: float | None = None,
 ) -> JobResult:
     """Render a ``.blend`` on a Ray cluster and wait for the result.
 
@@ -70,6 +71,9 @@ def render(
         project: the folder the bundle keeps relative paths from (default: the file's).
         storage: where the farm keeps job files for the workers (a folder they see, or
             ``s3://bucket/prefix``); None: a temporary folder.
+        verify: the share of pieces rendered again on another worker and compared (0.1: a
+            tenth); a worker whose pixels disagree with the majority is suspect and its
+            pieces are rendered again. None: none.
 
     Returns:
         The job's result; ``result.outputs`` maps frames to files.
@@ -85,7 +89,8 @@ def render(
         retries=retries, task_timeout=task_timeout, allow_scripts=allow_scripts,
         overscan=overscan, scene=scene, group_tiles=group_tiles,
         denoise=denoise, chunks=chunks_for(split, chunks), files=files,
-        allow_missing=allow_missing, project=os.fspath(project) if project else None)
+        allow_missing=allow_missing, project=os.fspath(project) if project else None,
+        verify=verify)
     check_spec(spec)
     with Farm(address=address, workers=workers, permit_scripts=permit_scripts,
               config=FarmConfig(storage=storage)) as farm:

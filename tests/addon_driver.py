@@ -108,7 +108,7 @@ def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
     seen = follow(scene, on_message)
     final = bpy.data.images["Render on Network"]
     return {**submitted, "seen": seen, **snapshot, "final_state": rf.state,
-            "message": rf.message, "last_output": rf.last_output,
+            "message": rf.message, "last_output": rf.last_output, "report": rf.report,
             "final_image": bpy.path.abspath(final.filepath), "final_source": final.source,
             "artist_unchanged": sha(artist) == before, "still_dirty": bpy.data.is_dirty,
             "filepath": bpy.data.filepath}

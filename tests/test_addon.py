@@ -94,6 +94,10 @@ def test_render_on_network_shows_progress_tiles_and_the_final_frame(
     etas = [row[5] for row in run["seen"] if row[0] == "running" and 0 < row[1] < 1]
     assert etas and all(eta >= 0 for eta in etas), run["seen"]
     assert run["final_state"] == "done"
+    # the job's report summary is shown: its time, device time and what it cost
+    summary = run["report"].splitlines()
+    assert summary[0].startswith(f"job {run['job_id']} done: 1 frame(s)"), summary
+    assert "device-s" in summary[1], summary
     # the output: the artist's unsaved edit (80 px wide) was rendered, on the farm
     output = Path(run["last_output"])
     assert output.name == "artist_0002.exr" and output.is_file()  # the scene's own output
