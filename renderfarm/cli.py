@@ -135,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="price per device-hour for the report (CPU per core-hour; "
                         "repeatable)")
 
+    estimate = sub.add_parser(
+        "estimate", parents=[common, jobs], help="predict a job's time and cost",
+        description="Render a low-sample probe of a few frames (the job's own tiles) on the "
+        "farm and predict the job's wall time on the current workers, its device-seconds and "
+        "its cost; nothing else is rendered.")
+    estimate.add_argument("blend", help="the .blend file")
+    estimate.add_argument("--timeout", type=float, help="the same as --task-timeout")
+    estimate.add_argument("--address", help="Ray cluster address (default: start Ray here)")
+    estimate.add_argument("--workers", type=_positive_int, help="number of workers")
+    estimate.add_argument("--permit-scripts", action="store_true",
+                          help="let this farm run jobs that allow scripts")
+    estimate.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
+                          help="price per device-hour (CPU per core-hour; repeatable)")
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
+
     inspect = sub.add_parser("inspect", parents=[common], help="show what a .blend holds",
                              description="Show engine, resolution, frame range, camera, view "
                              "layers and passes, linked and missing files of a .blend.")
@@ -168,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "render":
             return _render(args)
+        if args.command == "estimate":
+            return _estimate(args)
         if args.command == "inspect":
             return _inspect(args)
         from renderfarm.service_cli import run
@@ -234,6 +251,37 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from renderfarm.farm import Farm, FarmConfig, check_spec
+    from renderfarm.options import job_spec
+    from renderfarm.report import parse_prices
+
+    spec = replace(job_spec(args, args.output), estimate="only", budget=None)
+    config = FarmConfig(address=args.address, workers=args.workers,
+                        permit_scripts=args.permit_scripts,
+                        ray_log_level=logging.INFO if args.verbose else logging.ERROR,
+                        prices=parse_prices(args.price))
+    check_spec(spec, config)
+    with Farm(config=config) as farm:
+        handle = farm.submit(spec)
+        _follow(handle, show_bar=False)
+        result = handle.result()
+    estimate = result.estimate or {}
+    if args.json:
+        print(json.dumps(estimate, indent=2))
+        return EXIT_OK
+    cost = estimate.get("cost")
+    print(f"{estimate['wall_seconds']:.1f} s on {estimate['workers']} worker(s), "
+          f"{estimate['device_seconds']:.1f} device-s, cost "
+          f"{'no price set (--price)' if cost is None else f'{cost:.4f}'} "
+          f"({estimate['tasks']} tasks; probe of frames "
+          f"{', '.join(map(str, estimate['probe_frames']))} took "
+          f"{estimate['probe_seconds']:.1f} s)")
+    return EXIT_OK
+
+
 def _write_report(handle: Any, target: str) -> None:
     """Write a local job's report: an HTML page (``.html``) or JSON."""
     from pathlib import Path
@@ -263,7 +311,7 @@ def _follow(handle: Any, show_bar: bool) -> None:
         show_progress(handle)
         return
     for event in handle.events():
-        if event.kind == "info":
+        if event.kind in ("info", "estimate"):
             print(f"renderfarm: {event.message}", file=sys.stderr)
         elif event.kind in ("warning", "task_retry", "task_failed"):
             print(f"renderfarm: {event.kind.replace('_', ' ')}: {event.message}",

@@ -437,6 +437,11 @@ class JobSpec(_Json):
             with the original (``0.1``: a random tenth; 0: none); a mismatch is settled by a
             third worker and the worker that disagrees with the majority is suspect. None:
             the farm's default.
+        estimate: ``"first"``: render a low-sample probe of a few frames on the farm and
+            predict the job's time and cost (kept in its report) before rendering it;
+            ``"only"``: the prediction, no render. None: no probe.
+        budget: with an estimate, the most the job may cost at the farm's prices: a job
+            predicted to cost more stops before rendering (only its probe is billed).
     """
 
     blend_file: str
@@ -460,6 +465,8 @@ class JobSpec(_Json):
     project: str | None = None
     bundle: dict[str, Any] | None = None
     verify: float | None = None
+    estimate: str | None = None
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -511,6 +518,14 @@ class JobSpec(_Json):
             raise InputError(f"denoise must be one of {', '.join(DENOISE_MODES)}, not "
                              f"{self.denoise!r}")
         check_verify(self.verify)
+        if self.estimate not in (None, "first", "only"):
+            raise InputError(f"estimate must be 'first' (probe, then render) or 'only', not "
+                             f"{self.estimate!r}")
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(
+                self.budget, (int, float)) or not self.budget >= 0):
+            raise InputError(f"budget must be a cost of 0 or more, not {self.budget!r}")
+        if self.budget is not None and self.estimate is None:
+            object.__setattr__(self, "estimate", "first")  # a budget needs an estimate
 
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -636,7 +651,8 @@ class TaskResult(_Json):
             call rendered (``task_index`` first); empty for a single tile.
         kind: what the worker did for the job: ``render`` (a piece), ``check`` (a piece
             rendered again to verify another worker's), ``finish`` (denoise, composite or
-            convert a merged frame) or ``inspect`` (open the file, read the scene).
+            convert a merged frame), ``inspect`` (open the file, read the scene) or ``probe``
+            (a call of the estimate's probe).
         pixels: pixels the call rendered (its region, overscan included).
         samples: samples per pixel it rendered.
     """
@@ -702,6 +718,9 @@ class JobResult(_Json):
         suspects: workers found to disagree with the majority (no more tasks sent to them).
         verify: the share of pieces the job checked.
         worker_cpus: CPUs each worker held (a CPU worker's device-seconds are core-seconds).
+        started_at: when the job started (seconds since the epoch).
+        estimate: the job's estimate, when it asked for one
+            (:class:`~renderfarm.estimate.Estimate` as a dict).
     """
 
     job_id: str
@@ -720,6 +739,8 @@ class JobResult(_Json):
     suspects: tuple[str, ...] = ()
     verify: float = 0.0
     worker_cpus: float = 1.0
+    started_at: float = 0.0
+    estimate: dict[str, Any] | None = None
 
     @property
     def renders(self) -> tuple[TaskResult, ...]:

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from renderfarm.planner import Plan, plan_job, render_size
 from renderfarm.state import Check, Failure, JobState, Settled, TaskStatus, Verdict
 
 if TYPE_CHECKING:
+    from renderfarm.estimate import Estimate
     from renderfarm.farm import Farm, JobHandle, Resume, _PoolRunner
 
 logger = logging.getLogger(__name__)
@@ -84,7 +86,9 @@ class JobRun:
         self.assembler: Assembler | None = None
         self.started = time.monotonic()
         self.finished_at: float | None = None
+        self.started_at = time.time()
         self.verify = 0.0
+        self.estimate: dict[str, Any] | None = None
 
     @property
     def merged_twice(self) -> int:
@@ -132,6 +136,7 @@ class JobRun:
     # -- the job -----------------------------------------------------------------------------
     def run(self) -> None:
         start = self.started = time.monotonic()
+        self.started_at = time.time()
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.scratch = self.workdir
@@ -216,6 +221,11 @@ class JobRun:
                                        "size": list(plan.size),
                                        "canvas": [plan.canvas.x0, plan.canvas.y0,
                                                   plan.canvas.x1, plan.canvas.y1]})
+        if spec.estimate is not None:  # a probe first: its prediction, maybe a budget
+            self._estimate(runner.pool, device)
+            if spec.estimate == "only":
+                return JobResult.from_dict({**self.snapshot(), "scene": info.to_dict(),
+                                            "frames": [], "outputs": {}})
         entries = Entries(self)
         source = Source(key=blend_hash, next_task=entries.next_task, call=entries.call,
                         done=entries.done, failed=entries.failed, requeue=entries.requeue,
@@ -266,7 +276,98 @@ class JobRun:
             "worker_cpus": pool.shape.num_cpus if pool is not None and pool.shape.num_cpus
             else 1.0,
             "warnings": list(self.warnings), "tiles": list(plan.tiles) if plan else [1, 1],
-            "verify": getattr(self, "verify", 0.0)}
+            "verify": getattr(self, "verify", 0.0), "started_at": self.started_at,
+            "estimate": self.estimate}
+
+    def _estimate(self, pool: WorkerPool, device: str) -> Estimate:
+        """Render the probe (a few frames, the job's tiles, two low sample counts) as jobs of
+        their own on the same workers, predict this job from it, say so, and stop the job
+        when it would cost more than its budget."""
+        from renderfarm.estimate import (
+            JobShape,
+            busy_seconds,
+            predict,
+            probe_frames,
+            probe_samples,
+            tile_costs,
+        )
+
+        assert self.plan is not None and self.info is not None
+        spec, plan, info = self.spec, self.plan, self.info
+        samples = (spec.samples or info.samples) if info.engine == "CYCLES" else None
+        frames = probe_frames(plan.frames)
+        levels = probe_samples(samples)
+        self.emit("info", message=f"estimate: probing frames {', '.join(map(str, frames))} "
+                  f"at {' and '.join(str(s) for s in levels if s) or 'their own'} samples")
+        started = time.monotonic()
+        probes: dict[int, list[dict[str, Any]]] = {}
+        last: JobResult | None = None
+        for level in levels:
+            last = self._probe(frames, level or None)
+            probes[level] = [t.to_dict() for t in last.renders]
+        assert last is not None
+        renders = last.renders
+        finishes = [busy_seconds(t.to_dict()) for t in last.tasks if t.kind == "finish"]
+        finish = sum(finishes) / len(finishes) if finishes else 0.0
+        first = min(t.started for t in renders)
+        end = max(t.finished for t in renders)
+        before = max(first - last.started_at, 0.0)
+        after = max(last.started_at + last.wall_seconds - end - finish, 0.0)
+        shape = JobShape(
+            tasks=tuple((t.frame, t.tile.index, (t.samples[1] if t.samples else samples) or 0)
+                        for t in plan.tasks),
+            frames=plan.frames, workers=max(len(pool.trusted), 1),
+            verify=getattr(self, "verify", 0.0), device=device,
+            worker_cpus=pool.shape.num_cpus or 1.0,
+            device_label=renders[0].device if renders else "CPU", group=spec.group_tiles)
+        probe_tasks = [t for t in self.results if t.kind == "probe"]
+        units = (pool.shape.num_cpus or 1.0) if device == "cpu" else 1.0
+        estimate = predict(shape, tile_costs(probes), finish_seconds=finish, before=before,
+                           after=after, prices=self.farm.config.prices, samples=samples,
+                           probe={"samples": levels, "frames": frames,
+                                  "seconds": time.monotonic() - started,
+                                  "device_seconds": units * sum(busy_seconds(t.to_dict())
+                                                                for t in probe_tasks)})
+        self.estimate = estimate.to_dict()
+        self.estimate["rendered"] = spec.estimate == "first"
+        cost = "no price set" if estimate.cost is None else f"{estimate.cost:.4f}"
+        self.emit("estimate", message=f"estimate: {estimate.wall_seconds:.1f} s on "
+                  f"{estimate.workers} worker(s), {estimate.device_seconds:.1f} device-s, "
+                  f"cost {cost}", data=self.estimate)
+        budget = spec.budget
+        if budget is not None and (estimate.cost is None or estimate.cost > budget):
+            raise LimitError(
+                f"the job is estimated to cost {cost} and its budget is {budget:g}: nothing "
+                "was rendered beyond the probe; raise --budget, or render fewer frames or "
+                "samples" + (" (set the farm's prices: serve --price)"
+                             if estimate.cost is None else ""),
+                limit="budget", path=spec.blend_file)
+        return estimate
+
+    def _probe(self, frames: list[int], samples: int | None) -> JobResult:
+        """One probe job: the job's tiles of ``frames`` at ``samples``, written to a
+        scratch folder; its calls are billed to this job."""
+        assert self.plan is not None
+        folder = Path(tempfile.mkdtemp(prefix="probe-", dir=self.scratch))
+        spec = replace(self.spec, frames=",".join(map(str, frames)), samples=samples,
+                       tiles=self.plan.tiles, chunks=1, group_tiles=False, verify=0.0,
+                       estimate=None, budget=None, output=str(folder) + os.sep,
+                       name=f"probe of {self.spec.name or self.handle.job_id}")
+        handle = self.farm.submit(spec, self.priority)
+        try:
+            while not handle.wait(0.2):
+                if self.handle.cancelled:
+                    handle.cancel()
+                    handle.wait(60)
+                    raise CancelledError("the job was cancelled while it was being estimated")
+            result = handle.result()
+        finally:
+            probe = handle.snapshot()
+            with self.lock:
+                self.results.extend(replace(TaskResult.from_dict(t), kind="probe")
+                                    for t in probe.get("tasks", []))
+            shutil.rmtree(folder, ignore_errors=True)
+        return result
 
     def _verify_share(self, pool: WorkerPool) -> float:
         """The share of pieces this job checks: the job's, else the farm's default; none

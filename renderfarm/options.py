@@ -62,4 +62,6 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    group_tiles=not args.one_call_per_tile, denoise=args.denoise,
                    chunks=chunks_for(args.split, args.chunks or None),
                    files=args.files, allow_missing=args.allow_missing, project=args.project,
-                   verify=getattr(args, "verify", None))
+                   verify=getattr(args, "verify", None),
+                   estimate=getattr(args, "estimate", None),
+                   budget=getattr(args, "budget", None))

@@ -29,7 +29,7 @@ from renderfarm.errors import InputError
 logger = logging.getLogger(__name__)
 
 #: report kinds of work, in the order reports list them
-KINDS = ("render", "check", "finish", "inspect")
+KINDS = ("render", "check", "finish", "inspect", "probe")
 
 
 def parse_prices(items: Iterable[str]) -> dict[str, float]:
@@ -163,9 +163,12 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
         "warnings": list(run.get("warnings") or []),
         "estimate": dict(estimate) if estimate else None,
     }
-    if estimate and report["wall_seconds"] > 0 and estimate.get("wall_seconds"):
-        report["estimate_error"] = (float(estimate["wall_seconds"]) / report["wall_seconds"]
-                                    - 1.0)
+    estimate = estimate or run.get("estimate")
+    report["estimate"] = dict(estimate) if estimate else None
+    rendered = report["wall_seconds"] - float((estimate or {}).get("probe_seconds") or 0.0)
+    if estimate and estimate.get("rendered") and rendered > 0:
+        # the job's own render (its probe ran first, in the same job), against the prediction
+        report["estimate_error"] = float(estimate["wall_seconds"]) / rendered - 1.0
     return report
 
 
@@ -275,9 +278,13 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                      + (f" ({outcomes})" if outcomes else "")
                      + (f"; suspect: {', '.join(check['suspects'])}" if check["suspects"]
                         else ""))
-    if report.get("estimate") and "estimate_error" in report:
-        lines.append(f"estimate {report['estimate']['wall_seconds']:.1f} s: "
-                     f"{report['estimate_error'] * 100:+.0f} % of the actual time")
+    estimate = report.get("estimate")
+    if estimate:
+        lines.append(f"estimate {estimate['wall_seconds']:.1f} s, "
+                     f"{estimate['device_seconds']:.1f} device-s, cost "
+                     f"{_money(estimate.get('cost'))}"
+                     + (f" ({report['estimate_error'] * 100:+.0f} % of the actual time)"
+                        if "estimate_error" in report else ""))
     return lines
 
 

@@ -104,6 +104,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                         help="folder for the frames with --wait (default: the -o folder, "
                         "or render/)")
     submit.add_argument("--json", action="store_true", help="print JSON")
+    submit.add_argument("--estimate", action="store_const", const="first",
+                        help="probe a few frames at low samples first: the job's predicted "
+                        "time and cost are in its report (renderfarm report), then it renders")
+    submit.add_argument("--estimate-only", dest="estimate", action="store_const",
+                        const="only", help="probe and predict only; render nothing")
+    submit.add_argument("--budget", type=float, metavar="COST",
+                        help="render only if the estimate costs at most COST at the farm's "
+                        "prices (implies --estimate)")
 
     for name, text in (("status", "a job's state and progress"), ("cancel", "cancel a job"),
                        ("pause", "start no more tasks of a job"),
@@ -340,6 +348,8 @@ def _submit(args: argparse.Namespace, client: Any) -> int:
     started = time.monotonic()
     last = ""
     for event in client.events(job_id):
+        if event.get("kind") in ("estimate", "warning") and not args.quiet and not args.json:
+            print(f"{job_id} {event.get('message')}", file=sys.stderr)
         line = (f"{event.get('state', '')} tasks {event.get('tasks_done', 0)}/"
                 f"{event.get('tasks_total', 0)} frames {event.get('frames_done', 0)}/"
                 f"{event.get('frames_total', 0)}")

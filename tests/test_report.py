@@ -50,7 +50,8 @@ def test_every_call_counts_and_cost_follows_the_price_per_device() -> None:
     assert report["total"]["device_seconds"] == pytest.approx(16.0)
     assert report["total"]["cost"] == pytest.approx(16.0 * 36 / 3600)
     assert report["by_kind"] == pytest.approx({"render": 8.0, "check": 4.0, "finish": 1.0,
-                                               "inspect": 1.0, "failed": 2.0})
+                                               "inspect": 1.0, "probe": 0.0,
+                                               "failed": 2.0})
     assert report["workers"]["cpu-2"]["failures"] == 1
     assert report["workers"]["cpu-1"]["device"] == "CPU"  # the inspect call had no label
     assert report["clients"] == {"alice": {"device_seconds": pytest.approx(16.0),
@@ -173,6 +174,11 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         with server.client(client_key=str(keys / "bob.key_secret")) as bob:
             with pytest.raises(ServiceError, match="no job"):
                 bob.report(job_id)
+        # a budget the estimate exceeds stops the job before it renders
+        proc = cli("submit", str(blend), *alice_args, "--frames", "1-2", "--budget", "0",
+                   "-o", str(tmp_path / "over" / "o_####.png"), "--wait")
+        assert proc.returncode == 4 and "its budget is 0" in proc.stdout, proc.stdout
+        assert "estimate:" in proc.stderr and not (tmp_path / "over").exists()
         # the farm's default share applies to jobs that do not say
         with server.client(client_key=str(keys / "alice.key_secret")) as alice:
             second = alice.submit(blend, {"frames": "1", "tiles": [2, 1],

@@ -69,7 +69,8 @@ AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority")
 #: spec fields a client may set (the service chooses the file and the output folder)
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
-                      "group_tiles", "denoise", "chunks", "allow_missing", "verify")
+                      "group_tiles", "denoise", "chunks", "allow_missing", "verify",
+                      "estimate", "budget")
 
 
 @dataclass(frozen=True)
@@ -909,7 +910,8 @@ class FarmService:
             merged["suspects"] = sorted(set(merged["suspects"]) | set(run.get("suspects")
                                                                      or []))
             merged["wall_seconds"] += float(run.get("wall_seconds") or 0.0)
-            for key in ("device", "worker_cpus", "frames", "tiles", "verify", "workers"):
+            for key in ("device", "worker_cpus", "frames", "tiles", "verify", "workers",
+                        "estimate"):
                 if run.get(key):
                     merged[key] = run[key]
         frames = self.store.frames(row.id)
@@ -917,7 +919,6 @@ class FarmService:
         merged["hashes"] = {str(f): h for f, h in self.store.hashes(row.id).items()}
         report = build_report(merged, client=row.client or "", name=row.name,
                               state=row.state, prices=self.config.prices,
-                              estimate=self.store.estimate(row.id),
                               output_names={f: Path(p).name for f, p in frames.items()})
         report["warnings"] = [self._scrub(w) for w in report["warnings"]]
         return report

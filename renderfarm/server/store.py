@@ -86,10 +86,6 @@ CREATE TABLE IF NOT EXISTS accounts (
     run TEXT NOT NULL,
     PRIMARY KEY (job_id, run_id)
 );
-CREATE TABLE IF NOT EXISTS estimates (
-    job_id TEXT PRIMARY KEY,
-    estimate TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS runs (
     job_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
@@ -347,16 +343,6 @@ class Store:
         """The runs of a job, oldest first."""
         return [json.loads(r[0]) for r in self._run(
             "SELECT run FROM accounts WHERE job_id = ? ORDER BY at", (job_id,))]
-
-    def set_estimate(self, job_id: str, estimate: dict[str, Any]) -> None:
-        """Keep the estimate made for a job before it rendered."""
-        self._run("INSERT OR REPLACE INTO estimates VALUES (?, ?)",
-                  (job_id, json.dumps(estimate)))
-
-    def estimate(self, job_id: str) -> dict[str, Any] | None:
-        """The estimate made for a job, if any."""
-        rows = self._run("SELECT estimate FROM estimates WHERE job_id = ?", (job_id,))
-        return json.loads(rows[0][0]) if rows else None
 
     def pieces(self, job_id: str) -> list[dict[str, Any]]:
         """The pieces of a job waiting for their frame's merge."""
