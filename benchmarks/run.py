@@ -657,11 +657,77 @@ def bench_bundle(ctx: Context) -> list[Record]:
     return records
 
 
+def bench_trust(ctx: Context) -> list[Record]:
+    """What trust costs and what estimates are worth (issue 13), on a farm of two workers.
+
+    ``--verify 0.1``: the same job with and without verification, interleaved; a tenth of its
+    pieces is rendered again on the other worker and compared. Estimates: each scene is
+    estimated on the farm (a low-sample probe) and then rendered right after (``estimate=
+    "first"``, the same warm workers); the figure is how far the predicted wall time is from
+    the job's own (its probe excluded).
+    """
+    from renderfarm.farm import Farm
+    from renderfarm.job import JobSpec
+
+    ctx.close()  # the shared one-worker farm holds every CPU; it is started again on demand
+    ctx._farm = None
+    frames = 8 if ctx.quick else 16
+    blend = make_scene(ctx.workdir / "anim-demo.blend", width=320, height=180, samples=16,
+                       frames=8 if ctx.quick else 16, kind="demo")
+    records = []
+    with Farm(workers=2) as farm:
+        warm = make_scene(ctx.workdir / "warm.blend", width=32, height=18, samples=1, frames=1)
+        farm.render(JobSpec(str(warm), frames="1,1", output=str(ctx.out("warm") / "w_####.exr"),
+                            verify=1.0))  # both workers started and have rendered
+        plain: list[float] = []
+        checked: list[float] = []
+        checks, pieces = [], []
+        for _ in range(ctx.reps):
+            for share, times in ((0.0, plain), (0.1, checked)):
+                spec = JobSpec(str(blend), frames=f"1-{frames}", tiles=(2, 2), verify=share,
+                               output=str(ctx.out("verify") / "v_####.exr"))
+                result: list[Any] = []
+                times.append(timed(lambda spec=spec: result.append(farm.render(spec))))
+                if share:
+                    checks.append(len(result[0].checks))
+                    pieces.append(len(result[0].renders))
+        records.append(Record(
+            "trust.verify_0.1", f"--verify 0.1 / no verification; {frames} frames 320x180 16 "
+            "samples of the demo scene, 2x2 tiles, two workers", "s", checked, plain,
+            median(checked) / median(plain), 1.12, "<=", 0.03,
+            note=f"{median(checks):g} of {median(pieces):g} pieces (render calls, neighbouring "
+            "tiles grouped) checked per job, bit for bit"))
+        cases = [("demo", "anim-demo.blend", 64, (2, 2)), ("cube", "anim-cube.blend", 64, (2, 2))]
+        if not ctx.quick:
+            cases.insert(1, ("demo", "anim-demo.blend", 64, (1, 1)))
+        for kind, name, samples, tiles in cases:
+            scene = make_scene(ctx.workdir / name, width=320, height=180, samples=16,
+                               frames=8 if ctx.quick else 16, kind=kind)
+            errors, predicted, actual = [], [], []
+            for _ in range(1 if ctx.quick else 3):
+                handle = farm.submit(JobSpec(str(scene), frames=f"1-{frames}", tiles=tiles,
+                                             samples=samples, estimate="first",
+                                             output=str(ctx.out("est") / "e_####.exr")))
+                handle.result()
+                report = handle.report()
+                errors.append(abs(report["estimate_error"]))
+                predicted.append(report["estimate"]["wall_seconds"])
+                actual.append(report["wall_seconds"] - report["estimate"]["probe_seconds"])
+            records.append(Record(
+                f"trust.estimate_error.{kind}_{tiles[0]}x{tiles[1]}",
+                f"|predicted / actual wall time - 1| of a job estimated by a low-sample probe "
+                f"then rendered; {frames} frames 320x180 {samples} samples of the {kind} scene, "
+                f"{tiles[0]}x{tiles[1]} tiles, two workers", "ratio", errors, [],
+                median(errors), 0.25, "<=", 0.05,
+                note=f"predicted {median(predicted):.2f} s, took {median(actual):.2f} s"))
+    return records
+
+
 BENCHMARKS: dict[str, Callable[[Context], list[Record]]] = {
     "per_frame": bench_per_frame, "tiling": bench_tiling, "seamfree": bench_seamfree,
     "merge": bench_merge,
     "scheduler": bench_scheduler, "memory": bench_memory, "bundle": bench_bundle,
-    "service": bench_service,
+    "service": bench_service, "trust": bench_trust,
 }
 
 

@@ -128,7 +128,7 @@ def test_a_suspects_running_work_is_rejected_and_runs_elsewhere() -> None:
     assert state.next_for("b", WORKERS).index == 0
 
 
-def test_about_the_asked_share_of_pieces_is_checked_and_checks_differ_per_job() -> None:
+def test_the_asked_share_of_pieces_is_checked_and_which_differs_per_job() -> None:
     def checked(seed: int) -> list[int]:
         state = JobState(tasks(1000, 1), retries=1, verify=0.1, seed=seed)
         out = []
@@ -140,8 +140,21 @@ def test_about_the_asked_share_of_pieces_is_checked_and_checks_differ_per_job() 
         return out
 
     one, two = checked(1), checked(2)
-    assert 60 <= len(one) <= 140 and 60 <= len(two) <= 140
-    assert one != two
+    assert len(one) == 100 and len(two) == 100  # exactly a tenth, one in each ten
+    assert all(10 * b <= i < 10 * (b + 1) for b, i in enumerate(one))
+    assert one != two  # and which one differs from job to job
+
+    def share(rate: float, pieces: int) -> int:
+        state = JobState(tasks(pieces, 1), retries=1, verify=rate, seed=5)
+        count = 0
+        for _ in range(pieces):
+            task = state.next_for("a", WORKERS)
+            count += state.start_check(task, "a") is not None
+            state.complete(task.members)
+        return count
+
+    assert share(0.3, 100) == 30 and share(0.7, 10) == 7 and share(1.0, 5) == 5
+    assert share(0.05, 64) in (3, 4)  # one of 0-19, 20-39, 40-59, and maybe of 60-63
 
 
 def test_a_grouped_piece_is_checked_as_one_region() -> None:
