@@ -672,8 +672,8 @@ def bench_trust(ctx: Context) -> list[Record]:
     ctx.close()  # the shared one-worker farm holds every CPU; it is started again on demand
     ctx._farm = None
     frames = 8 if ctx.quick else 16
-    blend = make_scene(ctx.workdir / "anim-demo.blend", width=320, height=180, samples=16,
-                       frames=8 if ctx.quick else 16, kind="demo")
+    blend = make_scene(ctx.workdir / f"trust-demo-{frames}.blend", width=320, height=180,
+                       samples=16, frames=frames, kind="demo")
     records = []
     with Farm(workers=2) as farm:
         warm = make_scene(ctx.workdir / "warm.blend", width=32, height=18, samples=1, frames=1)
@@ -697,12 +697,12 @@ def bench_trust(ctx: Context) -> list[Record]:
             median(checked) / median(plain), 1.12, "<=", 0.03,
             note=f"{median(checks):g} of {median(pieces):g} pieces (render calls, neighbouring "
             "tiles grouped) checked per job, bit for bit"))
-        cases = [("demo", "anim-demo.blend", 64, (2, 2)), ("cube", "anim-cube.blend", 64, (2, 2))]
+        cases = [("demo", 64, (2, 2)), ("cube", 64, (2, 2))]
         if not ctx.quick:
-            cases.insert(1, ("demo", "anim-demo.blend", 64, (1, 1)))
-        for kind, name, samples, tiles in cases:
-            scene = make_scene(ctx.workdir / name, width=320, height=180, samples=16,
-                               frames=8 if ctx.quick else 16, kind=kind)
+            cases.insert(1, ("demo", 64, (1, 1)))
+        for kind, samples, tiles in cases:
+            scene = make_scene(ctx.workdir / f"trust-{kind}-{frames}.blend", width=320,
+                               height=180, samples=16, frames=frames, kind=kind)
             errors, predicted, actual = [], [], []
             for _ in range(1 if ctx.quick else 3):
                 handle = farm.submit(JobSpec(str(scene), frames=f"1-{frames}", tiles=tiles,
