@@ -570,6 +570,9 @@ class Entries:
         assert job.state is not None and job.assembler is not None
         self.state = job.state
         self.assembler = job.assembler
+        #: the device class each worker rendered this job's pieces on (checks compare
+        #: renders of one class only)
+        self.devices: dict[str, str] = {}
 
     @_entry
     def next_task(self, worker: str, live: frozenset[str]) -> Task | None:
@@ -580,7 +583,8 @@ class Entries:
         if job.ended.is_set() or job.handle.paused:
             return None
         with job.lock:
-            task = self.state.next_for(worker, live, group=job.spec.group_tiles)
+            task = self.state.next_for(worker, live, group=job.spec.group_tiles,
+                                       devices=self.devices)
             problems = self.state.take_problems()
             ready = self.state.take_ready()
         for problem in problems:  # a disagreement nobody can settle: the job stops
@@ -656,6 +660,8 @@ class Entries:
                                        "samples": samples})
         with job.lock:
             job.results.append(result)
+            if result.device:
+                self.devices[handle.worker_id] = result.device
         if check is not None:  # compared off the dispatcher thread
             job.farm._merger.submit(self.settle, task, path)
             job.emit("task_checking", frame=task.frame, tile=task.tile.index,
@@ -665,7 +671,7 @@ class Entries:
             job.on_piece(task, path)
         self.assembler.add(task.frame, task.chunk, Piece(task.tile, path), task.members)
         with job.lock:
-            checked = self.state.start_check(task, handle.worker_id)
+            checked = self.state.start_check(task, handle.worker_id, result.device)
             frame_complete = self.state.complete(task.members)
         job.emit("task_done", frame=task.frame, tile=task.tile.index,
                  data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},

@@ -12,7 +12,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from renderfarm.job import Task, Tile
@@ -84,6 +84,7 @@ class Check:
         members: the task indices the piece stands for.
         renders: ``(entry index, worker)`` of every render so far, the original first (its
             index is the piece's first member); a check's own entry is ``index``.
+        device: the original's device class; checks run on workers of the same class.
         outcome: None while undecided; then ``agreed``, ``settled`` (a third render sided with
             one of two that disagreed), ``moot`` (the original is rendered again anyway),
             ``unsettled`` (no two workers agreed) or ``unchecked`` (no other worker to check).
@@ -95,6 +96,9 @@ class Check:
     renders: list[tuple[int, str]]
     outcome: str | None = None
     suspects: list[str] = field(default_factory=list)
+    #: the device the original rendered on (``CPU``, ``OPTIX:NVIDIA A10``): renders are
+    #: compared within one device class only
+    device: str = ""
 
     @property
     def original(self) -> str:
@@ -106,7 +110,7 @@ class Check:
         return {"frame": self.task.frame, "tile": self.task.tile.index,
                 "chunk": self.task.chunk, "tiles": list(self.members),
                 "workers": [w for _i, w in self.renders], "outcome": self.outcome,
-                "suspects": list(self.suspects)}
+                "suspects": list(self.suspects), "device": self.device}
 
 
 @dataclass
@@ -195,7 +199,8 @@ class JobState:
 
     # -- transitions -------------------------------------------------------------------------
     def next_for(self, worker: str, live_workers: int | Collection[str] = 1,
-                 group: bool = False) -> Task | None:
+                 group: bool = False, devices: Mapping[str, str] | None = None
+                 ) -> Task | None:
         """Start the next task on ``worker`` (which asks because it is free).
 
         Checks of finished pieces go first (their frames wait for them), each on a worker
@@ -211,6 +216,8 @@ class JobState:
             worker: the free worker.
             live_workers: the live workers' ids (or only how many there are).
             group: render neighbouring tiles in one call.
+            devices: the device class each worker rendered on so far (checks go to a
+                worker of the original's class; a worker not yet seen may take any).
 
         Returns:
             The task now running on ``worker``, or None when nothing suits it.
@@ -219,7 +226,7 @@ class JobState:
             return None
         live_ids = None if isinstance(live_workers, int) else set(live_workers) - self.suspects
         live = live_workers if isinstance(live_workers, int) else len(live_ids or ())
-        check = self._next_check(worker, live, live_ids)
+        check = self._next_check(worker, live, live_ids, devices or {})
         if check is not None:
             return check
         skipped: list[int] = []
@@ -242,20 +249,28 @@ class JobState:
             heapq.heappush(self._pending, index)
         return chosen
 
-    def _next_check(self, worker: str, live: int, live_ids: set[str] | None) -> Task | None:
+    def _next_check(self, worker: str, live: int, live_ids: set[str] | None,
+                     devices: Mapping[str, str]) -> Task | None:
         """The first pending check ``worker`` may run; a check no live worker may run is
         given up (see :meth:`_give_up`)."""
         for index in list(self._checks_pending):
             entry = self.entries[index]
+            check = entry.check
+            assert check is not None
             if entry.status is not TaskStatus.PENDING:
                 self._checks_pending.remove(index)
                 continue
-            if live_ids is not None and not (live_ids - entry.exclude):
+
+            def fits(other: str, check: Check = check) -> bool:
+                return not check.device or devices.get(other, check.device) == check.device
+
+            if live_ids is not None and not {w for w in live_ids - entry.exclude if fits(w)}:
                 self._checks_pending.remove(index)
-                self._give_up(entry, "no other worker is alive to render it")
+                self._give_up(entry, "no other worker of its device class is alive to "
+                              "render it")
                 continue
-            if worker in entry.exclude or (worker in entry.failed_on
-                                           and len(entry.failed_on) < live):
+            if worker in entry.exclude or not fits(worker) or (
+                    worker in entry.failed_on and len(entry.failed_on) < live):
                 continue
             self._checks_pending.remove(index)
             return self._start(entry, worker)
@@ -398,7 +413,7 @@ class JobState:
                 self.requeue(index)
 
     # -- verification -------------------------------------------------------------------------
-    def start_check(self, task: Task, worker: str) -> int | None:
+    def start_check(self, task: Task, worker: str, device: str = "") -> int | None:
         """Decide whether the piece ``worker`` just finished for ``task`` is checked (a
         ``verify`` share of pieces, chosen at random); if so, add the check: the same task
         rendered by another worker. Call before :meth:`complete` for the piece, so its frame
@@ -412,7 +427,7 @@ class JobState:
                 or any(self.entries[i].check is not None for i in members)
                 or not self._chosen()):
             return None
-        check = Check(task, members, [(members[0], worker)])
+        check = Check(task, members, [(members[0], worker)], device=device)
         self.checks.append(check)
         return self._add_check(check, task.frame)
 

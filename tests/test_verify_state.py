@@ -180,3 +180,20 @@ def test_a_check_that_fails_everywhere_leaves_the_piece_unchecked() -> None:
     assert state.on_failure((check,), "Blender crashed", retryable=True) is Failure.RETRY
     assert state.checks[0].outcome == "unchecked" and state.take_ready() == [1]
     assert state.finished and not state.failed
+
+
+def test_checks_stay_within_the_pieces_device_class() -> None:
+    devices = {"a": "OPTIX:NVIDIA A10", "b": "CUDA:NVIDIA L4", "c": "OPTIX:NVIDIA A10"}
+    state = JobState(tasks(1, 1), retries=1, verify=1.0, seed=1)
+    piece = state.next_for("a", WORKERS, devices=devices)
+    check = state.start_check(piece, "a", devices["a"])
+    state.complete(piece.members)
+    assert state.next_for("b", WORKERS, devices=devices) is None  # another GPU model
+    assert state.next_for("c", WORKERS, devices=devices).index == check
+    # with no worker of its class left but the original's, the piece stays unchecked
+    state = JobState(tasks(1, 1), retries=1, verify=1.0, seed=1)
+    piece = state.next_for("a", {"a", "b"}, devices=devices)
+    state.start_check(piece, "a", devices["a"])
+    state.complete(piece.members)
+    assert state.next_for("b", {"a", "b"}, devices=devices) is None
+    assert state.checks[0].outcome == "unchecked" and state.take_ready() == [1]
