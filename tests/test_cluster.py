@@ -68,7 +68,7 @@ def test_frames_spread_over_nodes(cluster, make_scene, tmp_path) -> None:
         result = farm.render(JobSpec(str(blend), device="cpu",
                                      output=str(tmp_path / "n_####.exr")))
     assert sorted(result.outputs) == [1, 2, 3, 4, 5, 6]
-    assert len({t.node for t in result.tasks}) >= 2, "all tasks ran on one node"
+    assert len({t.node for t in result.renders}) >= 2, "all tasks ran on one node"
 
 
 def test_a_cluster_too_small_fails_at_once(cluster) -> None:
@@ -113,7 +113,7 @@ def test_a_bundle_reaches_every_node_and_survives_the_project_moving(
         shutil.rmtree(work)
         result = handle.result(timeout=300)
         hashes = set(Manifest.from_dict(handle.spec.bundle).hashes())
-    nodes = {t.node for t in result.tasks}
+    nodes = {t.node for t in result.renders}
     assert len(nodes) >= 2, "all tasks ran on one node"
     want = reference(ref_copy / "shot_cluster.blend", [1, 2])
     for frame in (1, 2):

@@ -50,13 +50,13 @@ def test_tiled_render_equals_untiled_bit_for_bit(farm, make_scene, reference, tm
                                  output=str(tmp_path / "out_####.exr")))
     assert sorted(result.outputs) == [1, 2, 3]
     count = 3 * tiles[0] * tiles[1]
-    rendered = sorted(i for t in result.tasks if t.ok for i in t.members)
+    rendered = sorted(i for t in result.renders if t.ok for i in t.members)
     assert rendered == list(range(count))  # every tile once, alone or in a group
     if group:
         # 2 workers, more tiles than they need: neighbours of a row share Blender calls
-        assert len(result.tasks) < count
+        assert len(result.renders) < count
     else:
-        assert len(result.tasks) == count and not any(t.covers for t in result.tasks)
+        assert len(result.renders) == count and not any(t.covers for t in result.renders)
     refs = reference(blend, [1, 2, 3])
     for frame, path in result.outputs.items():
         assert path == tmp_path / f"out_{frame:04d}.exr"
@@ -126,7 +126,7 @@ def test_render_time_denoise_renders_whole_frames(farm, make_scene, reference,
     result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2), denoise="render",
                                  output=str(tmp_path / "dn_####.exr")))
     assert any("render-time denoise" in w for w in result.warnings)
-    assert len(result.tasks) == 1
+    assert len(result.renders) == 1
     assert_same_image(result.outputs[1], reference(blend, [1])[1])
 
 

@@ -143,7 +143,7 @@ def test_split_by_samples_adds_up_to_the_single_render(farm, all_passes, referen
     # 4 workers' worth of sample ranges on the two workers: 4 ranges of 1 sample each
     result = farm.render(JobSpec(str(all_passes), frames="1", chunks=4,
                                  output=str(tmp_path / "s_####.exr")))
-    assert sorted(t.task_index for t in result.tasks if t.ok) == [0, 1, 2, 3]
+    assert sorted(t.task_index for t in result.renders if t.ok) == [0, 1, 2, 3]
     blender = reference(all_passes, [1])[1]
     assert parts(result.outputs[1]) == parts(blender)
     assert_same_to_float_precision(result.outputs[1], blender)
@@ -153,7 +153,7 @@ def test_tiles_and_sample_chunks_combine(farm, make_scene, reference, tmp_path) 
     blend = make_scene(width=67, height=45, percentage=75, frames=2, samples=8, passes=True)
     result = farm.render(JobSpec(str(blend), frames="1-2", tiles=(2, 2), chunks=3,
                                  output=str(tmp_path / "tc_####.exr")))
-    rendered = sorted(i for t in result.tasks if t.ok for i in t.members)
+    rendered = sorted(i for t in result.renders if t.ok for i in t.members)
     assert rendered == list(range(2 * 4 * 3))  # frames x tiles x ranges (3, 3 and 2 samples)
     refs = reference(blend, [1, 2])
     for frame in (1, 2):
