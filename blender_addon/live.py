@@ -125,7 +125,8 @@ def apply(scene: bpy.types.Scene, message: Any) -> None:
         else:
             settings.message = message.message or message.state
             if message.state == "failed":
-                report_error(f"Render on Network failed: {settings.message}")
+                report_error(f"Render on Network failed: {settings.message}"
+                             + (f"\n{message.log}" if message.log else ""))
     elif isinstance(message, work.Failed):
         settings.state = "failed"
         settings.message = message.reason

@@ -99,6 +99,8 @@ class Finished:
     outputs: dict[int, str] = field(default_factory=dict)
     message: str = ""
     summary: tuple[str, ...] = ()
+    #: for a failed job, the last lines Blender printed in a failed task
+    log: str = ""
 
 
 @dataclass(frozen=True)
@@ -246,8 +248,9 @@ class Submission:
             job = client.status(job_id)
             outputs = {int(k): str(v) for k, v in
                        client.fetch_outputs(job_id, self.output_dir).items()}
+            log = self._failure_log(client, job_id) if job["state"] == "failed" else ""
             self.messages.put(Finished(job["state"], outputs, job.get("error") or "",
-                                       self._summary(client, job_id)))
+                                       self._summary(client, job_id), log))
         except Exception as exc:
             self._fail(exc)
         finally:
@@ -311,6 +314,21 @@ class Submission:
             return tuple(summary_lines(client.report(job_id)))
         except (RenderFarmError, KeyError, TypeError) as exc:
             return (f"no report: {exc}",)
+
+    @staticmethod
+    def _failure_log(client: Any, job_id: str, lines: int = 8) -> str:
+        """The end of what Blender printed in the job's last failed task ('' if none)."""
+        from renderfarm.errors import RenderFarmError
+
+        try:
+            failed = [e for e in client.log(job_id, failed=True) if e.get("log")]
+        except (RenderFarmError, KeyError, TypeError):
+            return ""
+        if not failed:
+            return ""
+        last = failed[-1]
+        tail = "\n".join(last["log"].splitlines()[-lines:])
+        return f"frame {last['frame']} on {last['worker']}, Blender said:\n{tail}"
 
     def _fail(self, exc: BaseException) -> None:
         message = getattr(exc, "one_line", None)

@@ -378,6 +378,16 @@ class FarmClient:
         os.replace(tmp, target)
         return target
 
+    def log(self, job_id: str, frame: int | None = None,
+            failed: bool = False) -> list[dict[str, Any]]:
+        """What Blender printed for a job's tasks, oldest first: each call's ``frame``,
+        ``tile``, ``kind``, ``attempt``, ``worker``, ``ok``, ``error`` and ``log`` (the tail of
+        a task that succeeded, all of a failed one's)."""
+        fields: dict[str, Any] = {"job_id": job_id, "failed": failed}
+        if frame is not None:
+            fields["frame"] = frame
+        return self.request("log", **fields)[0]["logs"]
+
     def report(self, job_id: str) -> dict[str, Any]:
         """A job's report (see :mod:`renderfarm.report`)."""
         return self.request("report", job_id=job_id)[0]["report"]

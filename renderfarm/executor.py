@@ -86,6 +86,26 @@ def _tail_of(path: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+#: lines of Blender's output kept with a task that succeeded (a failed one keeps it all)
+TASK_LOG_LINES = 30
+#: the most of one failed task's output kept (its start and its end)
+TASK_LOG_BYTES = 256 * 1024
+
+
+def _whole_log(path: str, limit: int = TASK_LOG_BYTES) -> str:
+    """A log file's text; beyond ``limit`` bytes, its first quarter and its end."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return ""
+    if len(data) > limit:
+        head, tail = data[:limit // 4], data[-(limit - limit // 4):]
+        data = head + f"\n[... {len(data) - len(head) - len(tail)} bytes cut ...]\n".encode() \
+            + tail
+    return data.decode("utf-8", "replace")
+
+
 def _error_dict(exc: BaseException) -> dict[str, Any]:
     """What a worker reports of a failure: what it is, and whether another try may help."""
     if isinstance(exc, RenderFarmError):
@@ -260,6 +280,7 @@ class BlenderWorker:
         start = time.perf_counter()
         piece = os.path.join(self.scratch,
                              f"piece-{next(self._counter)}{WRITE_EXTENSIONS[output_format]}")
+        open(self.log, "wb").close()  # this call's output only, even if it fails early
         try:
             faults.fire("worker.render", job_id=the_task.job_id, frame=the_task.frame,
                         tile=the_task.tile.index, worker=self.worker_id, attempt=attempt)
@@ -288,7 +309,8 @@ class BlenderWorker:
             return {**base, "ok": True, "device": self.session.device_label,
                     "render_seconds": stats.render_seconds, "load_seconds": load,
                     "task_seconds": time.perf_counter() - start, "finished": time.time(),
-                    "peak_memory_mb": stats.peak_memory_mb, "rss_mb": stats.rss_mb}, data
+                    "peak_memory_mb": stats.peak_memory_mb, "rss_mb": stats.rss_mb,
+                    "log": _tail_of(self.log, TASK_LOG_LINES)}, data
         except Exception as exc:  # reported to the driver, never fatal to the worker
             error = _error_dict(exc)
             error["frame"] = the_task.frame
@@ -298,7 +320,8 @@ class BlenderWorker:
                 error["log_tail"] = ((error.get("log_tail") or "") + "\n--- Blender:\n"
                                      + blender).strip()
             return {**base, "ok": False, "task_seconds": time.perf_counter() - start,
-                    "error": error}, None
+                    "finished": time.time(), "error": error,
+                    "log": _whole_log(self.log)}, None
         finally:
             if os.path.exists(piece):
                 os.remove(piece)

@@ -561,7 +561,8 @@ class Farm:
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, priority: int = 0, *, job_id: str | None = None,
                workdir: Path | None = None, resume: Resume | None = None,
-               on_piece: Callable[[Task, Path], None] | None = None) -> JobHandle:
+               on_piece: Callable[[Task, Path], None] | None = None,
+               on_result: Callable[[Any], None] | None = None) -> JobHandle:
         """Check a job and start it in the background.
 
         Args:
@@ -575,6 +576,9 @@ class Farm:
                 not rendered again.
             on_piece: called with each finished task and its piece file before the piece
                 can be merged away (keep it short: it runs on the dispatcher thread).
+            on_result: called with each :class:`~renderfarm.job.TaskResult` the job records
+                (every worker call: its timing and Blender's output), on the thread that
+                recorded it (keep it short).
 
         Raises:
             InputError: the job is wrong before anything runs (file, frames, output).
@@ -588,7 +592,7 @@ class Farm:
         with self._lock:
             self._jobs.append(handle)
         run = JobRun(self, handle, priority, workdir=workdir, resume=resume,
-                      on_piece=on_piece)
+                      on_piece=on_piece, on_result=on_result)
         thread = threading.Thread(target=run.run,
                                   name=f"renderfarm-job-{handle.job_id}", daemon=True)
         thread.start()

@@ -655,6 +655,8 @@ class TaskResult(_Json):
             (a call of the estimate's probe).
         pixels: pixels the call rendered (its region, overscan included).
         samples: samples per pixel it rendered.
+        log: what Blender printed during the call: its last lines when it succeeded, all of
+            it (up to 256 KiB: its start and its end) when it failed.
     """
 
     task_index: int
@@ -677,6 +679,7 @@ class TaskResult(_Json):
     kind: str = "render"
     pixels: int = 0
     samples: int = 0
+    log: str = ""
 
     @property
     def busy_seconds(self) -> float:

@@ -60,9 +60,11 @@ class JobRun:
 
     def __init__(self, farm: Farm, handle: JobHandle, priority: int,
                  workdir: Path | None = None, resume: Resume | None = None,
-                 on_piece: Callable[[Task, Path], None] | None = None) -> None:
+                 on_piece: Callable[[Task, Path], None] | None = None,
+                 on_result: Callable[[TaskResult], None] | None = None) -> None:
         self.farm = farm
         self.on_piece = on_piece
+        self.on_result = on_result
         self.workdir = workdir
         self.resume = resume
         self.handle = handle
@@ -362,10 +364,8 @@ class JobRun:
                     raise CancelledError("the job was cancelled while it was being estimated")
             result = handle.result()
         finally:
-            probe = handle.snapshot()
-            with self.lock:
-                self.results.extend(replace(TaskResult.from_dict(t), kind="probe")
-                                    for t in probe.get("tasks", []))
+            for call in handle.snapshot().get("tasks", []):
+                self.record(replace(TaskResult.from_dict(call), kind="probe"))
             shutil.rmtree(folder, ignore_errors=True)
         return result
 
@@ -411,8 +411,18 @@ class JobRun:
                             device=self.results[-1].device if self.results else "",
                             task_seconds=finished - started, started=started,
                             finished=finished, kind=kind)
+        self.record(result)
+
+    def record(self, result: TaskResult) -> None:
+        """Keep what a worker call did for the job (its timing, its log) and hand it to
+        the ``on_result`` hook (the farm service keeps logs in its database)."""
         with self.lock:
             self.results.append(result)
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:  # bookkeeping must not stop the job
+                logger.exception("job %s: the result hook failed", self.handle.job_id)
 
     def _check_size(self, info: SceneInfo) -> None:
         """Refuse a frame larger than the farm allows, before anything renders."""
@@ -631,6 +641,13 @@ class Entries:
             logger.info("job %s: result of %s arrived after the job ended; dropped",
                         job.handle.job_id, task.task_id)
         if verdict is not Verdict.ACCEPT:
+            reply = value[0] if isinstance(value, tuple) and value else None
+            if isinstance(reply, dict) and "ok" in reply:  # its time counts all the same
+                job.record(TaskResult.from_dict({
+                    **reply, "ok": False, "kind": "check" if self.state.check_of(
+                        task.index) is not None else "render",
+                    "error": {"type": "Dropped", "message": f"result not used ({verdict.value}"
+                              f"{': its worker is suspect' if verdict is Verdict.REJECT else ''})"}}))
             return True
         reply, data = value
         if not reply.get("ok"):
@@ -658,9 +675,9 @@ class Entries:
                                        "pixels": task.tile.render.width
                                        * task.tile.render.height,
                                        "samples": samples})
-        with job.lock:
-            job.results.append(result)
-            if result.device:
+        job.record(result)
+        if result.device:
+            with job.lock:
                 self.devices[handle.worker_id] = result.device
         if check is not None:  # compared off the dispatcher thread
             job.farm._merger.submit(self.settle, task, path)
@@ -700,9 +717,8 @@ class Entries:
         self.merge(ready)
         if reply is not None:  # the time it took counts, whatever became of it
             kind = "check" if self.state.check_of(task.index) is not None else "render"
-            with job.lock:
-                job.results.append(TaskResult.from_dict({**reply, "ok": False, "kind": kind,
-                                                         "error": error.to_dict()}))
+            job.record(TaskResult.from_dict({**reply, "ok": False, "kind": kind,
+                                             "error": error.to_dict()}))
         if outcome is Failure.IGNORED:  # the job ended, or another copy finished
             return
         if outcome is Failure.RETRY:

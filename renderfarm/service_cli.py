@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 #: the commands this module runs
 COMMANDS = ("serve", "keys", "submit", "status", "list", "cancel", "pause", "resume",
-            "priority", "fetch", "web-token", "report")
+            "priority", "fetch", "web-token", "report", "log")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.ArgumentParser,
@@ -150,6 +150,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                         "(timeline per worker, contact sheet of the frames)")
     report.add_argument("--check", metavar="FOLDER", help="compare the files in FOLDER with "
                         "the outputs' SHA-256")
+    log = sub.add_parser(
+        "log", parents=[common, farm], help="what Blender printed for a job's tasks",
+        description="Show what Blender printed for each task of a job: the last lines of a "
+        "task that succeeded, all of a failed one's.")
+    log.add_argument("job", help="the job id")
+    log.add_argument("--frame", type=int, help="only this frame's tasks")
+    log.add_argument("--failed", action="store_true", help="only failed tasks")
+    log.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,6 +201,23 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.command == "report":
             return _report(args, client)
+        if args.command == "log":
+            logs = client.log(args.job, args.frame, args.failed)
+            if args.json:
+                print(json.dumps(logs, indent=2))
+                return 0
+            for entry in logs:
+                tile = f" tile {entry['tile']}" if entry["tile"] >= 0 else ""
+                status = "ok" if entry["ok"] else f"FAILED: {entry['error'] or ''}"
+                print(f"== frame {entry['frame']}{tile} {entry['kind']} attempt "
+                      f"{entry['attempt']} on {entry['worker']}: {status}")
+                for line in entry["log"].splitlines():
+                    print(f"   {line}")
+            if not logs:
+                print("no task has logged yet" + (f" for frame {args.frame}"
+                                                   if args.frame is not None else ""),
+                      file=sys.stderr)
+            return 0
         if args.command == "priority":
             job = client.set_priority(args.job, args.priority)
         else:

@@ -25,7 +25,8 @@ from renderfarm.report import (
     render_html,
     summary_lines,
 )
-from tests.conftest import ServerProcess, key_folder
+from renderfarm import faults
+from tests.conftest import FAULT_FILE, ServerProcess, key_folder
 
 
 def call(worker: str, start: float, seconds: float, **more: Any) -> dict[str, Any]:
@@ -118,11 +119,27 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
     try:
         blend = make_scene(width=64, height=48, samples=8, frames=2)
         out = tmp_path / "delivered"
-        proc = cli("submit", str(blend), *alice_args, "--frames", "1-2", "--tiles", "2x1",
-                   "--one-call-per-tile", "--verify", "1", "-o", str(out / "shot_####.png"),
-                   "--wait", "--json")
+        # one attempt fails (a worker's error): it is retried, logged and billed
+        faults.arm_workers(FAULT_FILE, [faults.Fault("worker.rendered", times=1,
+                                                     match={"frame": 2},
+                                                     message="the GPU fell off the bus")])
+        try:
+            proc = cli("submit", str(blend), *alice_args, "--frames", "1-2", "--tiles", "2x1",
+                       "--one-call-per-tile", "--verify", "1", "-o",
+                       str(out / "shot_####.png"), "--wait", "--json")
+        finally:
+            FAULT_FILE.unlink(missing_ok=True)
         assert proc.returncode == 0, proc.stderr
         job_id = json.loads(proc.stdout)["job_id"]
+        # Blender's output is kept with every task: a tail for each, all of a failed one
+        proc = cli("log", job_id, *alice_args, "--frame", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.count("== frame 1 tile") >= 2 and "Saved:" in proc.stdout
+        proc = cli("log", job_id, *alice_args, "--failed", "--json")
+        failed = json.loads(proc.stdout)
+        assert len(failed) == 1 and failed[0]["frame"] == 2 and not failed[0]["ok"]
+        assert "the GPU fell off the bus" in failed[0]["error"]
+        assert "Saved:" in failed[0]["log"]  # what Blender printed before the fault
         proc = cli("report", job_id, *alice_args, "--json")
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
@@ -137,6 +154,8 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         assert report["verification"]["checks"] == 4
         assert report["verification"]["outcomes"] == {"agreed": 4}
         assert report["by_kind"]["check"] > 0 and report["by_kind"]["inspect"] > 0
+        assert report["by_kind"]["failed"] > 0  # the failed attempt's time counts too
+        assert sum(w["failures"] for w in report["workers"].values()) == 1
         total = report["total"]
         assert total["cost"] == pytest.approx(total["device_seconds"] * 36 / 3600)
         assert total["device_seconds"] == pytest.approx(

@@ -120,6 +120,9 @@ REQUESTS: dict[str, dict[str, Field]] = {
     "web_token": {},
     # a job's report (accounting, verification, outputs' SHA-256); with html, the page too
     "report": {"job_id": _JOB_FIELD, "html": Field(bool, required=False)},
+    # what Blender printed for a job's tasks (of one frame; of failed tasks only)
+    "log": {"job_id": _JOB_FIELD, "frame": Field(int, required=False),
+            "failed": Field(bool, required=False)},
 }
 #: operations that carry exactly one frame of bytes after the header
 WITH_DATA = ("upload",)

@@ -900,7 +900,7 @@ class FarmService:
         with self._lock:
             live = self._live.get(row.id)
             if live is not None and not live.stale and not live.accounted:
-                self.store.set_account(row.id, live.run_id, live.handle.snapshot())
+                self.store.set_account(row.id, live.run_id, _without_logs(live.handle))
             runs = self.store.accounts(row.id)
         merged: dict[str, Any] = {"job_id": row.id, "tasks": [], "checks": [], "suspects": [],
                                   "wall_seconds": 0.0, "warnings": list(row.warnings)}
@@ -981,7 +981,8 @@ class FarmService:
         workdir = self._job_dir(job.id) / "pieces"
         try:
             handle = self.farm.submit(spec, job.priority, job_id=job.id, workdir=workdir,
-                                      resume=resume, on_piece=self._keep_for_preview(job.id))
+                                      resume=resume, on_piece=self._keep_for_preview(job.id),
+                                      on_result=self._keep_log(job.id))
         except RenderFarmError as exc:
             row = self.store.act(job.id, "fail", error=exc.one_line())
             self._event(Event("job_failed", job.id, message=exc.one_line()), row)
@@ -991,6 +992,26 @@ class FarmService:
             self._live[job.id] = live
         threading.Thread(target=self._watch, args=(job.id, live), daemon=True,
                          name=f"renderfarm-watch-{job.id}").start()
+
+    def _keep_log(self, job_id: str) -> Any:
+        def keep(result: Any) -> None:
+            self.store.add_log(job_id, result.to_dict())
+
+        return keep
+
+    def _op_log(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        row = self._own(caller, request.fields["job_id"])
+        logs = self.store.logs(row.id, request.fields.get("frame"),
+                               bool(request.fields.get("failed")))
+        budget = self.config.max_message // 2  # the newest logs that fit in one reply
+        kept: list[dict[str, Any]] = []
+        for entry in reversed(logs):
+            entry["log"] = self._scrub(entry["log"])
+            budget -= len(entry["log"]) + 256
+            if budget < 0:
+                break
+            kept.append(entry)
+        return {"logs": kept[::-1], "left_out": len(logs) - len(kept)}
 
     def _keep_for_preview(self, job_id: str) -> Any:
         folder = self._job_dir(job_id) / "previews"
@@ -1034,7 +1055,7 @@ class FarmService:
         live.saved = now
         try:
             with self._lock:
-                self.store.set_account(job_id, live.run_id, live.handle.snapshot())
+                self.store.set_account(job_id, live.run_id, _without_logs(live.handle))
                 live.accounted = final
         except Exception:
             logger.exception("job %s: cannot record its accounting", job_id)
@@ -1170,6 +1191,15 @@ class FarmService:
         self._http = start_status_page(self, address)
         self.http_address = self._http.url
         logger.info("status page on %s", self.http_address)
+
+
+def _without_logs(handle: Any) -> dict[str, Any]:
+    """A running job's snapshot for its accounting, without Blender's output (the logs
+    table keeps that)."""
+    snapshot = handle.snapshot()
+    for task in snapshot.get("tasks", []):
+        task.pop("log", None)
+    return snapshot
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

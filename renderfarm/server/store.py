@@ -86,6 +86,19 @@ CREATE TABLE IF NOT EXISTS accounts (
     run TEXT NOT NULL,
     PRIMARY KEY (job_id, run_id)
 );
+CREATE TABLE IF NOT EXISTS logs (
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    frame INTEGER NOT NULL,
+    tile INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT,
+    ok INTEGER NOT NULL,
+    error TEXT,
+    log TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_of_job ON logs (job_id, frame);
 CREATE TABLE IF NOT EXISTS runs (
     job_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
@@ -328,6 +341,32 @@ class Store:
         """``{frame: SHA-256}`` of a job's outputs."""
         return dict(self._run("SELECT frame, sha256 FROM hashes WHERE job_id = ? "
                               "ORDER BY frame", (job_id,)))
+
+    def add_log(self, job_id: str, call: dict[str, Any]) -> None:
+        """Keep what Blender printed during one worker call of a job (a task's tail, a
+        failed task's whole output)."""
+        error = call.get("error") or {}
+        self._run("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (job_id, float(call.get("finished") or time.time()),
+                   int(call.get("frame") or 0), int(call.get("tile", -1)),
+                   str(call.get("kind") or "render"), int(call.get("attempt") or 1),
+                   call.get("worker"), 1 if call.get("ok") else 0,
+                   error.get("message") if error else None, str(call.get("log") or "")))
+
+    def logs(self, job_id: str, frame: int | None = None,
+             failed: bool = False) -> list[dict[str, Any]]:
+        """A job's task logs, oldest first (of one frame, or of failed calls only)."""
+        sql = ("SELECT at, frame, tile, kind, attempt, worker, ok, error, log FROM logs "
+               "WHERE job_id = ?")
+        args: list[Any] = [job_id]
+        if frame is not None:
+            sql += " AND frame = ?"
+            args.append(frame)
+        if failed:
+            sql += " AND ok = 0"
+        rows = self._run(sql + " ORDER BY at", args)
+        return [{"at": r[0], "frame": r[1], "tile": r[2], "kind": r[3], "attempt": r[4],
+                 "worker": r[5], "ok": bool(r[6]), "error": r[7], "log": r[8]} for r in rows]
 
     def set_account(self, job_id: str, run_id: str, run: dict[str, Any]) -> None:
         """Keep what one run of a job recorded so far (its calls' timing, checks, suspects)
