@@ -26,6 +26,7 @@ INTERVAL = 0.2
 
 _submissions: dict[str, work.Submission] = {}  # scene name -> its submission
 _clock: dict[str, tuple[float, float]] = {}  # scene name -> (elapsed, monotonic) last known
+_eta: dict[str, tuple[float, float]] = {}  # scene name -> (the farm's ETA, monotonic) last known
 
 
 def track(scene: bpy.types.Scene, submission: work.Submission) -> None:
@@ -82,8 +83,12 @@ def tick(scene: bpy.types.Scene) -> None:
     if anchor is not None and settings.state in ("running", "paused"):
         settings.elapsed = anchor[0] + time.monotonic() - anchor[1]
         done, total = settings.tasks_done, settings.tasks_total
-        settings.eta = (settings.elapsed * (total - done) / done
-                        if done and total and settings.state == "running" else -1.0)
+        farm_eta = _eta.get(scene.name)
+        if farm_eta is not None and settings.state == "running":  # the farm's, at its pace
+            settings.eta = max(farm_eta[0] - (time.monotonic() - farm_eta[1]), 0.0)
+        else:
+            settings.eta = (settings.elapsed * (total - done) / done
+                            if done and total and settings.state == "running" else -1.0)
 
 
 def apply(scene: bpy.types.Scene, message: Any) -> None:
@@ -101,11 +106,14 @@ def apply(scene: bpy.types.Scene, message: Any) -> None:
         settings.elapsed = 0.0
         settings.eta = -1.0
         _clock.pop(scene.name, None)
+        _eta.pop(scene.name, None)
         settings.tasks_done = settings.tasks_total = 0
         settings.frames_done = settings.frames_total = 0
         settings.report = ""
     elif isinstance(message, work.JobUpdate):
         _apply_event(settings, message.event)
+        if message.event.get("eta") is not None:  # the farm's ETA from the job's own pace
+            _eta[scene.name] = (float(message.event["eta"]), time.monotonic())
         if message.event.get("elapsed") is not None:  # the farm's clock, from the job's start
             _clock[scene.name] = (float(message.event["elapsed"]), time.monotonic())
             settings.elapsed = float(message.event["elapsed"])

@@ -235,6 +235,13 @@ class JobHandle:
         """Frames a second merge was asked for (refused; 0 unless something is wrong)."""
         return self._run.merged_twice if self._run is not None else 0
 
+    def eta(self) -> float | None:
+        """Seconds the job still needs at the pace of its own tasks, or None before its
+        first task has finished."""
+        if self.done():
+            return 0.0
+        return self._run.eta() if self._run is not None else None
+
     def snapshot(self) -> dict[str, Any]:
         """What the job has recorded so far (see :meth:`JobRun.snapshot`), also after it
         failed or was cancelled."""

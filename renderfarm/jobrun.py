@@ -6,6 +6,7 @@ stage, the :class:`~renderfarm.assemble.Assembler` that writes its frames."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -253,6 +254,25 @@ class JobRun:
         if self.fatal is not None:
             raise self.fatal
         return JobResult.from_dict({**self.snapshot(), "scene": info.to_dict()})
+
+    def eta(self) -> float | None:
+        """Seconds the job still needs at the pace of its own tasks (None before the first
+        has finished; see :func:`renderfarm.progress.eta_seconds`)."""
+        from renderfarm.progress import eta_seconds
+
+        with self.lock:
+            state = self.state
+            if state is None:
+                return None
+            remaining = state.total - state.count(TaskStatus.DONE) - state.count(
+                TaskStatus.FAILED)
+            calls = [r for r in self.results if r.kind in ("render", "check") and r.ok]
+        if not calls:
+            return None if remaining else 0.0
+        finished = sorted(r.finished for r in calls)
+        per_call = sum(len(r.members) for r in calls) / len(calls)  # grouped tiles count
+        return eta_seconds(finished, min(r.started for r in calls),
+                           math.ceil(remaining / max(per_call, 1.0)), time.time())
 
     def snapshot(self) -> dict[str, Any]:
         """What the job has recorded so far, in :class:`JobResult`'s shape without the

@@ -1,9 +1,9 @@
-"""A tqdm progress bar fed by a job's events."""
+"""A job's progress: a tqdm progress bar fed by its events, and its ETA from its own pace."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, TextIO
 
 from renderfarm.events import Event
@@ -19,6 +19,35 @@ class JobHandle(Protocol):
 
 _SAY = {"info": "renderfarm", "warning": "warning", "task_retry": "retrying",
         "task_failed": "failed"}
+
+
+#: the finished tasks an ETA looks back on (the job's recent pace)
+ETA_WINDOW = 20
+
+
+def eta_seconds(finished: Sequence[float], first_start: float, remaining: int,
+                now: float) -> float | None:
+    """Seconds a job still needs, from the pace of its own tasks: the last
+    :data:`ETA_WINDOW` tasks finished over the time they took (from the job's first task's
+    start while it has fewer), the remaining tasks at that pace. Pure.
+
+    Args:
+        finished: when each finished task ended (seconds, ascending).
+        first_start: when the job's first task started.
+        remaining: tasks not finished yet.
+        now: the time now, on the same clock.
+
+    Returns:
+        The seconds left (0 when nothing remains), or None before any task has finished.
+    """
+    if remaining <= 0:
+        return 0.0
+    if not finished:
+        return None
+    window = list(finished[-ETA_WINDOW:])
+    start = first_start if len(finished) <= ETA_WINDOW else finished[-ETA_WINDOW - 1]
+    span = max(now - start, 1e-6)
+    return remaining * span / len(window)
 
 
 def show_progress(handle: JobHandle, stream: TextIO | None = None) -> None:

@@ -233,9 +233,20 @@ def format_job(job: dict[str, Any]) -> str:
     if job.get("farm") == "recovering":
         error += (f" (the farm is recovering: {job.get('farm_reason') or 'Ray failed'}; "
                   "the job resumes)")
+    eta = (f" ETA {_duration(job['eta'])}" if job.get("eta") is not None
+           and job.get("state") == "running" else "")
     return (f"{job['job_id']}  {job['state']:<9} p{job['priority']:<3} "
             f"tasks {job['tasks_done']}/{job['tasks_total']} frames "
-            f"{job['frames_done']}/{job['frames_total']}{elapsed}  {job['name']}{error}")
+            f"{job['frames_done']}/{job['frames_total']}{elapsed}{eta}  {job['name']}{error}")
+
+
+def _duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes
+            else f"{secs}s")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -76,7 +76,16 @@ def test_status_list_cancel_from_the_cli(farm_server: ServerProcess, make_scene)
     with farm_server.client() as client:
         wait_until(client, job_id, lambda j: j["tasks_done"] >= 1)
     status = cli("status", job_id, *farm_server.cli_args(), "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "running"
+    running = json.loads(status.stdout)
+    assert status.returncode == 0 and running["state"] == "running"
+    # the ETA comes from the job's own pace: about the time its tasks took per task, for
+    # each task left, shared by the two workers (within noise)
+    assert running["eta"] is not None and running["eta"] > 0
+    per_task = running["elapsed"] / max(running["tasks_done"], 1)
+    left = running["tasks_total"] - running["tasks_done"]
+    assert running["eta"] < 3 * per_task * left, running
+    status = cli("status", job_id, *farm_server.cli_args())
+    assert status.returncode == 0 and " ETA " in status.stdout, status.stdout
     cancel = cli("cancel", job_id, *farm_server.cli_args())
     assert cancel.returncode == 0 and "cancelled" in cancel.stdout
     listing = cli("list", *farm_server.cli_args(), "--json")

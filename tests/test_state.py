@@ -202,3 +202,14 @@ def test_a_lagging_task_gets_one_backup_and_not_after_the_end() -> None:
     other = state.next_for("w2")
     state.end("a merge failed")
     assert state.may_backup(other.members) is False
+
+
+def test_the_eta_follows_the_jobs_own_pace() -> None:
+    from renderfarm.progress import eta_seconds
+
+    # 4 tasks done in the 8 s since the first started: 2 s each; 6 left
+    assert eta_seconds([2.0, 4.0, 6.0, 8.0], 0.0, 6, 8.0) == 12.0
+    assert eta_seconds([], 0.0, 6, 8.0) is None and eta_seconds([1.0], 0.0, 0, 2.0) == 0.0
+    # a job that sped up: only its last 20 tasks count
+    finished = [10.0 * i for i in range(1, 11)] + [100.0 + i for i in range(1, 21)]
+    assert eta_seconds(finished, 0.0, 10, 120.0) == 10 * 20 / 20

@@ -819,13 +819,25 @@ class FarmService:
     def _op_status(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         row = self._own(caller, request.fields["job_id"])
         return {"job": self._public({**row.to_dict(), "outputs": self._outputs(row),
-                                     **self._farm_status()})}
+                                     "eta": self._eta(row.id), **self._farm_status()})}
 
     def _op_list(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         farm = self._farm_status()
-        return {"jobs": [self._public({**j.to_dict(), **farm})
+        return {"jobs": [self._public({**j.to_dict(), "eta": self._eta(j.id), **farm})
                          for j in self.store.jobs(request.fields.get("states"))
                          if caller.may_see(j.client or "")]}
+
+    def _eta(self, job_id: str) -> float | None:
+        """A running job's seconds left at its own pace (None: not known, not running)."""
+        with self._lock:
+            live = self._live.get(job_id)
+        if live is None or live.stale:
+            return None
+        try:
+            return live.handle.eta()
+        except Exception:  # an estimate must never fail a request
+            logger.exception("job %s: no ETA", job_id)
+            return None
 
     def _op_cancel(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         job_id = self._own(caller, request.fields["job_id"]).id
@@ -1149,7 +1161,8 @@ class FarmService:
             pixels
 
     def _event(self, event: Event, row: JobRow) -> None:
-        message = {**event.to_dict(), "state": row.state, "elapsed": row.to_dict()["elapsed"]}
+        message = {**event.to_dict(), "state": row.state, "elapsed": row.to_dict()["elapsed"],
+                   "eta": self._eta(event.job_id) if row.state == "running" else None}
         if message.get("message"):
             message["message"] = self._scrub(message["message"])
         if not event.tasks_total:
