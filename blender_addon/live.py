@@ -130,6 +130,8 @@ def apply(scene: bpy.types.Scene, message: Any) -> None:
         if message.state == "done":
             settings.progress = 1.0
             settings.message = f"{len(message.outputs)} frame(s) in {settings.output_dir}"
+            report_info(f"Render on Network: job {settings.job_id} done, {settings.message}"
+                        + (f"; {message.summary[1]}" if len(message.summary) > 1 else ""))
         else:
             settings.message = message.message or message.state
             if message.state == "failed":
@@ -205,6 +207,15 @@ def _show(image: bpy.types.Image) -> None:
         for area in window.screen.areas:
             if area.type == "IMAGE_EDITOR":
                 area.spaces.active.image = image
+
+
+def report_info(text: str) -> None:
+    """Show ``text`` as a Blender info report (and on stderr for background runs)."""
+    print(text, file=sys.stderr)
+    try:
+        bpy.ops.renderfarm.report(message=text, level="INFO")
+    except RuntimeError:
+        pass  # no window to report in
 
 
 def report_error(text: str) -> None:

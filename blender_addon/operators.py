@@ -183,9 +183,11 @@ class RENDERFARM_OT_report(bpy.types.Operator):
     bl_options = {"INTERNAL"}
 
     message: bpy.props.StringProperty()
+    level: bpy.props.EnumProperty(items=(("ERROR", "Error", ""), ("INFO", "Info", "")),
+                                  default="ERROR")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        self.report({"ERROR"}, self.message)
+        self.report({self.level}, self.message)
         return {"FINISHED"}
 
 

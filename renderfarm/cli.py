@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(each is a warning); default: the job fails naming them")
     jobs.add_argument("--project", help="the project folder the bundle keeps relative "
                       "paths from (default: the .blend's folder)")
+    jobs.add_argument("--notify", metavar="URL",
+                      help="POST the job's summary as JSON to this http(s) URL when it ends "
+                      "(a farm service takes URLs its administrator allows)")
     jobs.add_argument("--verify", type=float, metavar="SHARE",
                       help="render this share of pieces again on another worker and compare "
                       "them (0.1: a tenth); a worker whose pixels disagree with the majority "
@@ -238,6 +241,8 @@ def _render(args: argparse.Namespace) -> int:
         finally:
             if args.report and handle.done():
                 _write_report(handle, args.report)
+            if spec.notify and handle.done():
+                _notify(handle, spec.notify)
     if args.json:
         summary = result.to_dict()
         summary["render_seconds"] = result.render_seconds
@@ -280,6 +285,24 @@ def _estimate(args: argparse.Namespace) -> int:
           f"{', '.join(map(str, estimate['probe_frames']))} took "
           f"{estimate['probe_seconds']:.1f} s)")
     return EXIT_OK
+
+
+def _notify(handle: Any, url: str) -> None:
+    """Tell the job's webhook that it ended (a failed notification is a warning)."""
+    from renderfarm.notify import send, summary
+
+    report = handle.report()
+    error = None
+    try:
+        handle.result(timeout=0)
+    except RenderFarmError as exc:
+        error = exc.one_line()
+    job = {"job_id": handle.job_id, "name": handle.spec.name, "owner": "", "state":
+           report["state"], "error": error, "frames_done": len(report["outputs"]),
+           "frames_total": len(report["frames"]), "elapsed": report["wall_seconds"],
+           "warnings": report["warnings"]}
+    if not send(url, summary(job, report)):
+        print(f"renderfarm: warning: the notification to {url} failed", file=sys.stderr)
 
 
 def _write_report(handle: Any, target: str) -> None:

@@ -442,6 +442,8 @@ class JobSpec(_Json):
             ``"only"``: the prediction, no render. None: no probe.
         budget: with an estimate, the most the job may cost at the farm's prices: a job
             predicted to cost more stops before rendering (only its probe is billed).
+        notify: an http(s) URL that gets the job's summary as JSON when it ends
+            (:mod:`renderfarm.notify`).
     """
 
     blend_file: str
@@ -467,6 +469,7 @@ class JobSpec(_Json):
     verify: float | None = None
     estimate: str | None = None
     budget: float | None = None
+    notify: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -524,6 +527,10 @@ class JobSpec(_Json):
         if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(
                 self.budget, (int, float)) or not self.budget >= 0):
             raise InputError(f"budget must be a cost of 0 or more, not {self.budget!r}")
+        if self.notify is not None:
+            from renderfarm.notify import check_url
+
+            check_url(self.notify)
         if self.budget is not None and self.estimate is None:
             object.__setattr__(self, "estimate", "first")  # a budget needs an estimate
 

@@ -64,4 +64,5 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    files=args.files, allow_missing=args.allow_missing, project=args.project,
                    verify=getattr(args, "verify", None),
                    estimate=getattr(args, "estimate", None),
-                   budget=getattr(args, "budget", None))
+                   budget=getattr(args, "budget", None),
+                   notify=getattr(args, "notify", None))

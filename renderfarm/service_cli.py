@@ -81,6 +81,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
     trust.add_argument("--verify-tolerance", type=float, default=0.0, metavar="VALUE",
                        help="per-value difference two renders of a piece may have and agree "
                        "(default 0: bit for bit, exact for CPU workers)")
+    serve.add_argument("--notify", metavar="URL", help="POST every job's summary as JSON to "
+                       "this http(s) URL when it ends")
+    serve.add_argument("--notify-allow", action="append", default=[], metavar="PREFIX",
+                       help="URL prefix a client's submit --notify may start with "
+                       "(repeatable; default none: clients cannot make the farm call "
+                       "addresses)")
     trust.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
                        help="price per device-hour for job reports: CPU=PRICE is per "
                        "core-hour, a GPU by its model ('NVIDIA A10=1.10'), '*=PRICE' for any "
@@ -251,6 +257,7 @@ def _duration(seconds: float) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from renderfarm.job import check_verify
+    from renderfarm.notify import check_url
     from renderfarm.report import parse_prices
     from renderfarm.server.service import ServiceConfig, serve
     from renderfarm.server.transport import read_key
@@ -270,7 +277,9 @@ def _serve(args: argparse.Namespace) -> int:
         insecure_loopback=args.insecure_loopback, workers=args.workers,
         max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http,
         max_bundle_bytes=int(args.max_bundle_gb * 1024**3), verify=args.verify,
-        verify_tolerance=args.verify_tolerance, prices=parse_prices(args.price))
+        verify_tolerance=args.verify_tolerance, prices=parse_prices(args.price),
+        notify=check_url(args.notify) if args.notify else None,
+        notify_allow=tuple(args.notify_allow))
     serve(config)
     return 0
 

@@ -98,6 +98,9 @@ def test_render_on_network_shows_progress_tiles_and_the_final_frame(
     summary = run["report"].splitlines()
     assert summary[0].startswith(f"job {run['job_id']} done: 1 frame(s)"), summary
     assert "device-s" in summary[1], summary
+    # and a Blender report said the job ended
+    assert f"Render on Network: job {run['job_id']} done, 1 frame(s) in" in \
+        addon_run["stderr"]
     # the output: the artist's unsaved edit (80 px wide) was rendered, on the farm
     output = Path(run["last_output"])
     assert output.name == "artist_0002.exr" and output.is_file()  # the scene's own output

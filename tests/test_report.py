@@ -102,6 +102,36 @@ def test_a_delivery_folder_is_checked_file_by_file(tmp_path: Path) -> None:
 
 
 # -- the farm service -------------------------------------------------------------------------
+class Webhook:
+    """A real HTTP server on loopback that keeps what is POSTed to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[tuple[str, dict]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return list(self.received)
+
+
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "renderfarm", *args], capture_output=True,
                           text=True, timeout=timeout, check=False)
@@ -112,8 +142,11 @@ def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
 def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         tmp_path: Path, make_scene) -> None:
     keys = key_folder(tmp_path / "keys", ("client", "alice", "bob"))
+    hook = Webhook()
     server = ServerProcess(tmp_path / "state", keys, "--workers", "2", "--verify", "0.5",
-                           "--price", "CPU=36", "--price", "NVIDIA A10=1.2").start()
+                           "--price", "CPU=36", "--price", "NVIDIA A10=1.2",
+                           "--notify", f"{hook.url}/farm", "--notify-allow",
+                           f"{hook.url}/people/").start()
     alice_args = ["--farm", server.address, "--server-key", str(keys / "server.key"),
                   "--client-key", str(keys / "alice.key_secret")]
     try:
@@ -126,11 +159,25 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         try:
             proc = cli("submit", str(blend), *alice_args, "--frames", "1-2", "--tiles", "2x1",
                        "--one-call-per-tile", "--verify", "1", "-o",
-                       str(out / "shot_####.png"), "--wait", "--json")
+                       str(out / "shot_####.png"), "--wait", "--json", "--notify",
+                       f"{hook.url}/people/alice")
         finally:
             FAULT_FILE.unlink(missing_ok=True)
         assert proc.returncode == 0, proc.stderr
         job_id = json.loads(proc.stdout)["job_id"]
+        # the job's webhook and the farm's each heard of its end once, with its outputs
+        heard = dict(hook.wait_for(2))
+        assert sorted(heard) == ["/farm", "/people/alice"]
+        for summary in heard.values():
+            assert summary["event"] == "job_done" and summary["job_id"] == job_id
+            assert summary["owner"] == "alice" and summary["frames_done"] == 2
+            assert [o["name"] for o in summary["outputs"]] == ["shot_0001.png",
+                                                               "shot_0002.png"]
+            assert all(len(o["sha256"]) == 64 for o in summary["outputs"])
+            assert summary["verification"]["checks"] == 4
+        # a webhook the farm does not allow is refused at submit
+        proc = cli("submit", str(blend), *alice_args, "--notify", "http://10.0.0.1/steal")
+        assert proc.returncode == 3 and "--notify-allow" in proc.stderr, proc.stderr
         # Blender's output is kept with every task: a tail for each, all of a failed one
         proc = cli("log", job_id, *alice_args, "--frame", "1")
         assert proc.returncode == 0, proc.stderr
@@ -198,6 +245,8 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
                    "-o", str(tmp_path / "over" / "o_####.png"), "--wait")
         assert proc.returncode == 4 and "its budget is 0" in proc.stdout, proc.stdout
         assert "estimate:" in proc.stderr and not (tmp_path / "over").exists()
+        failed = [body for path, body in hook.wait_for(3) if body["state"] == "failed"]
+        assert len(failed) == 1 and "its budget is 0" in failed[0]["error"]
         # the farm's default share applies to jobs that do not say
         with server.client(client_key=str(keys / "alice.key_secret")) as alice:
             second = alice.submit(blend, {"frames": "1", "tiles": [2, 1],

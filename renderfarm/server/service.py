@@ -70,7 +70,7 @@ AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority")
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
                       "group_tiles", "denoise", "chunks", "allow_missing", "verify",
-                      "estimate", "budget")
+                      "estimate", "budget", "notify")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ class ServiceConfig:
         verify_tolerance: per-value difference two renders of a piece may have and agree
             (0: bit for bit).
         prices: price per device-hour for job reports (see :mod:`renderfarm.report`).
+        notify: a webhook that gets every job's summary when it ends (besides the job's own
+            ``notify``).
+        notify_allow: URL prefixes a client's ``notify`` may start with (none: clients may
+            not name webhooks; the farm would otherwise call any address for them).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -140,6 +144,8 @@ class ServiceConfig:
     verify: float = 0.0
     verify_tolerance: float = 0.0
     prices: dict[str, float] | None = None
+    notify: str | None = None
+    notify_allow: tuple[str, ...] = ()
 
 
 @dataclass
@@ -199,6 +205,8 @@ class FarmService:
                        for i in range(LANES)]
         self._replies: queue.Queue[list[bytes]] = queue.Queue()
         self._in_flight: dict[str, int] = {}
+        #: jobs whose end was notified (a webhook hears of a job once)
+        self._notified: set[str] = set()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         #: held while jobs start on the farm, and while a failed farm is replaced
@@ -767,6 +775,10 @@ class FarmService:
                        else str(outputs) + os.sep, files="bundle",
                        bundle=manifest.to_dict())
             spec = JobSpec.from_dict(raw)
+            if spec.notify is not None:
+                from renderfarm.notify import check_url
+
+                check_url(spec.notify, self.config.notify_allow)
             check_spec(spec, self._farm.config if self._farm is not None
                        else self._farm_config())
             self._check_client_tasks(caller, spec)
@@ -845,6 +857,8 @@ class FarmService:
         handle = self._handle(job_id)
         if handle is not None:
             handle.cancel()
+        else:  # it never ran (or is paused): nothing else will say it ended
+            self._notify(job_id)
         self._event(Event("job_cancelled", job_id, message="cancelled by a client"), row)
         return {"job": row.to_dict()}
 
@@ -998,12 +1012,35 @@ class FarmService:
         except RenderFarmError as exc:
             row = self.store.act(job.id, "fail", error=exc.one_line())
             self._event(Event("job_failed", job.id, message=exc.one_line()), row)
+            self._notify(job.id)
             return
         live = _Live(handle, owner=job.client or LOCAL)
         with self._lock:
             self._live[job.id] = live
         threading.Thread(target=self._watch, args=(job.id, live), daemon=True,
                          name=f"renderfarm-watch-{job.id}").start()
+
+    def _notify(self, job_id: str) -> None:
+        """Send an ended job's summary to its webhook and the farm's (once each, on a
+        thread: a slow webhook holds nothing up)."""
+        from renderfarm.notify import send_later, summary
+
+        with self._lock:
+            if job_id in self._notified:
+                return
+            self._notified.add(job_id)
+        row = self.store.job(job_id)
+        urls = [u for u in dict.fromkeys([row.spec.get("notify"), self.config.notify]) if u]
+        if not urls:
+            return
+        try:
+            report = self.job_report(row)
+        except Exception:  # the summary goes out even without its report
+            logger.exception("job %s: no report for its notification", job_id)
+            report = None
+        payload = summary(self._public(row.to_dict()), report)
+        for url in urls:
+            send_later(url, payload)
 
     def _keep_log(self, job_id: str) -> Any:
         def keep(result: Any) -> None:
@@ -1114,6 +1151,8 @@ class FarmService:
                 store.act(job_id, action, error=event.message or None)
             except ServiceError:
                 pass  # already cancelled by a request
+            self._save_account(job_id, live, final=True)
+            self._notify(job_id)
         self._event(event, store.job(job_id))
 
     def _cluster_lost(self, live: _Live, event: Event) -> bool:
