@@ -569,7 +569,8 @@ class Farm:
     def submit(self, spec: JobSpec, priority: int = 0, *, job_id: str | None = None,
                workdir: Path | None = None, resume: Resume | None = None,
                on_piece: Callable[[Task, Path], None] | None = None,
-               on_result: Callable[[Any], None] | None = None) -> JobHandle:
+               on_result: Callable[[Any], None] | None = None,
+               frame_gate: Callable[[int], bool] | None = None) -> JobHandle:
         """Check a job and start it in the background.
 
         Args:
@@ -586,6 +587,8 @@ class Farm:
             on_result: called with each :class:`~renderfarm.job.TaskResult` the job records
                 (every worker call: its timing and Blender's output), on the thread that
                 recorded it (keep it short).
+            frame_gate: whether a frame may render yet (called often: keep it a lookup);
+                frames it refuses wait, the others go on.
 
         Raises:
             InputError: the job is wrong before anything runs (file, frames, output).
@@ -599,7 +602,7 @@ class Farm:
         with self._lock:
             self._jobs.append(handle)
         run = JobRun(self, handle, priority, workdir=workdir, resume=resume,
-                      on_piece=on_piece, on_result=on_result)
+                      on_piece=on_piece, on_result=on_result, frame_gate=frame_gate)
         thread = threading.Thread(target=run.run,
                                   name=f"renderfarm-job-{handle.job_id}", daemon=True)
         thread.start()

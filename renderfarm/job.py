@@ -444,6 +444,10 @@ class JobSpec(_Json):
             predicted to cost more stops before rendering (only its probe is billed).
         notify: an http(s) URL that gets the job's summary as JSON when it ends
             (:mod:`renderfarm.notify`).
+        after: ids of farm-service jobs this one waits for: it starts once they are done
+            (held, with the reason, while one of them has failed or was cancelled).
+        after_frames: with ``after``, wait frame by frame instead: frame N of this job
+            renders once frame N of each of those jobs is written.
     """
 
     blend_file: str
@@ -470,6 +474,8 @@ class JobSpec(_Json):
     estimate: str | None = None
     budget: float | None = None
     notify: str | None = None
+    after: tuple[str, ...] = ()
+    after_frames: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -531,6 +537,13 @@ class JobSpec(_Json):
             from renderfarm.notify import check_url
 
             check_url(self.notify)
+        object.__setattr__(self, "after", tuple(self.after))
+        if len(self.after) > 100 or not all(
+                isinstance(j, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", j)
+                for j in self.after):
+            raise InputError(f"after must be up to 100 job ids, not {list(self.after)[:5]!r}")
+        if not isinstance(self.after_frames, bool):
+            raise InputError("after_frames must be true or false")
         if self.budget is not None and self.estimate is None:
             object.__setattr__(self, "estimate", "first")  # a budget needs an estimate
 
@@ -538,6 +551,8 @@ class JobSpec(_Json):
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "tiles" in data and isinstance(data["tiles"], list):
             data["tiles"] = tuple(data["tiles"])
+        if "after" in data and isinstance(data["after"], list):
+            data["after"] = tuple(data["after"])
         return data
 
 

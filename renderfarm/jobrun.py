@@ -62,8 +62,10 @@ class JobRun:
     def __init__(self, farm: Farm, handle: JobHandle, priority: int,
                  workdir: Path | None = None, resume: Resume | None = None,
                  on_piece: Callable[[Task, Path], None] | None = None,
-                 on_result: Callable[[TaskResult], None] | None = None) -> None:
+                 on_result: Callable[[TaskResult], None] | None = None,
+                 frame_gate: Callable[[int], bool] | None = None) -> None:
         self.farm = farm
+        self.frame_gate = frame_gate
         self.on_piece = on_piece
         self.on_result = on_result
         self.workdir = workdir
@@ -202,7 +204,8 @@ class JobRun:
         for warning in plan.warnings:
             self.warn(warning)
         self.verify = self._verify_share(runner.pool)
-        self.state = JobState(plan.tasks, spec.retries, verify=self.verify)
+        self.state = JobState(plan.tasks, spec.retries, verify=self.verify,
+                              gate=self.frame_gate)
         self.pool = runner.pool
         self.assembler = Assembler(
             job_id=self.handle.job_id, output=output, plan=plan, info=info,

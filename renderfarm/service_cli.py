@@ -115,6 +115,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                         "time and cost are in its report (renderfarm report), then it renders")
     submit.add_argument("--estimate-only", dest="estimate", action="store_const",
                         const="only", help="probe and predict only; render nothing")
+    submit.add_argument("--after", metavar="JOB[,JOB]",
+                        help="start once these jobs of the farm are done (held, saying why, "
+                        "while one of them failed or was cancelled)")
+    submit.add_argument("--per-frame", action="store_true",
+                        help="with --after: frame N waits for frame N of those jobs only")
     submit.add_argument("--budget", type=float, metavar="COST",
                         help="render only if the estimate costs at most COST at the farm's "
                         "prices (implies --estimate)")
@@ -241,6 +246,8 @@ def format_job(job: dict[str, Any]) -> str:
                   "the job resumes)")
     eta = (f" ETA {_duration(job['eta'])}" if job.get("eta") is not None
            and job.get("state") == "running" else "")
+    if job.get("waiting"):
+        error += f" — {job['waiting']}"
     return (f"{job['job_id']}  {job['state']:<9} p{job['priority']:<3} "
             f"tasks {job['tasks_done']}/{job['tasks_total']} frames "
             f"{job['frames_done']}/{job['frames_total']}{elapsed}{eta}  {job['name']}{error}")
@@ -361,11 +368,19 @@ def _report(args: argparse.Namespace, client: Any) -> int:
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import replace
+
     from renderfarm.options import job_spec
 
     # a file name only (the farm chooses the folder); None: the scene's own names and format
     output = Path(args.output).name if args.output else None
-    data = job_spec(args, output).to_dict()
+    spec = job_spec(args, output)
+    if getattr(args, "after", None):
+        spec = replace(spec, after=tuple(j.strip() for j in args.after.split(",") if j.strip()),
+                       after_frames=args.per_frame)
+    elif getattr(args, "per_frame", False):
+        raise InputError("--per-frame goes with --after JOB: the jobs whose frames to wait for")
+    data = spec.to_dict()
     for name in ("blend_file", "files", "project", "bundle"):  # the client's business
         data.pop(name)
     return data

@@ -12,7 +12,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from renderfarm.job import Task, Tile
@@ -144,13 +144,16 @@ class JobState:
         verify: the share of finished pieces rendered again on another worker and compared
             (0: none, 1: every piece).
         seed: seeds the choice of pieces to check (None: unpredictable).
+        gate: whether a frame may render yet (a job that waits frame by frame for another);
+            None: every frame may.
     """
 
     def __init__(self, tasks: Iterable[Task], retries: int, verify: float = 0.0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, gate: Callable[[int], bool] | None = None) -> None:
         self.entries: dict[int, TaskEntry] = {t.index: TaskEntry(t) for t in tasks}
         self.retries = retries
         self.verify = verify
+        self.gate = gate
         self._rng = random.Random(seed)
         self._seen = 0  # pieces that could have been checked so far
         self._picks: dict[int, int] = {}  # block -> the piece of it that is checked
@@ -239,6 +242,9 @@ class JobState:
             if worker in entry.exclude or (worker in entry.failed_on
                                            and len(entry.failed_on) < live):
                 skipped.append(index)  # another live worker may take it: leave it
+                continue
+            if self.gate is not None and not self.gate(entry.task.frame):
+                skipped.append(index)  # its frame waits for another job's
                 continue
             size = self.group_size(live) if group and entry.task.tiled else 1
             chosen = self._start(entry, worker)

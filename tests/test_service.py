@@ -465,3 +465,49 @@ def test_ray_killed_under_the_service_recovers_and_resumes_the_job(
         got, ref = read_layers(fetched[frame]), read_layers(want[frame])
         for name in ref:
             assert np.array_equal(got[name], ref[name]), (frame, name)
+
+
+def test_jobs_wait_for_the_jobs_they_come_after(farm_server: ServerProcess, make_scene,
+                                                corpus: Path) -> None:
+    """``submit --after``: a whole job, frame by frame (``--per-frame``), and a job held
+    because the one it comes after failed; unknown jobs refused."""
+    blend = make_scene(width=64, height=48, samples=16, frames=4)
+    args = farm_server.cli_args()
+    first = cli("submit", str(blend), *args, "--frames", "1-4", "-o", "a_####.exr")
+    assert first.returncode == 0, first.stderr
+    a = first.stdout.strip()
+    second = cli("submit", str(blend), *args, "--frames", "1-4", "-o", "b_####.exr",
+                 "--after", a)
+    b = second.stdout.strip()
+    third = cli("submit", str(blend), *args, "--frames", "1-4", "-o", "c_####.exr",
+                "--after", b, "--per-frame")
+    c = third.stdout.strip()
+    assert second.returncode == 0 and third.returncode == 0, second.stderr + third.stderr
+    with farm_server.client() as client:
+        waiting = client.status(b)
+        assert waiting["state"] == "queued" and f"waiting for job {a}" in waiting["waiting"]
+        done = {j: wait_state(client, j, ("done", "failed"), timeout=300) for j in (a, b, c)}
+        assert all(job["state"] == "done" for job in done.values()), done
+        assert done[b]["started"] >= done[a]["ended"]  # the whole job waited
+        # frame by frame: each frame of c rendered after that frame of b was written
+        for frame in (1, 2, 3, 4):
+            b_last = max(e["at"] for e in client.log(b, frame) if e["kind"] == "render")
+            c_first = min(e["at"] for e in client.log(c, frame) if e["kind"] == "render")
+            assert c_first > b_last, (frame, b_last, c_first)
+        # a job that comes after a failed one is held, saying why
+        broken = cli("submit", str(corpus / "basic_file.blend"), *args, "-o", "x_####.png")
+        x = broken.stdout.strip()
+        assert wait_state(client, x, ("failed",))["state"] == "failed"
+        held = cli("submit", str(blend), *args, "--frames", "1", "--after", x)
+        y = held.stdout.strip()
+        time.sleep(1.0)
+        status = client.status(y)
+        assert status["state"] == "queued", status
+        assert f"held: job {x} it comes after failed" in status["waiting"]
+        line = cli("status", y, *args)
+        assert "held: job" in line.stdout, line.stdout
+        client.cancel(y)
+    unknown = cli("submit", str(blend), *args, "--after", "no-such-job")
+    assert unknown.returncode == 3 and "no job 'no-such-job'" in unknown.stderr
+    lonely = cli("submit", str(blend), *args, "--per-frame")
+    assert lonely.returncode == 3 and "--per-frame goes with --after" in lonely.stderr

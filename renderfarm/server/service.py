@@ -70,7 +70,7 @@ AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority")
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
                       "group_tiles", "denoise", "chunks", "allow_missing", "verify",
-                      "estimate", "budget", "notify")
+                      "estimate", "budget", "notify", "after", "after_frames")
 
 
 @dataclass(frozen=True)
@@ -775,6 +775,7 @@ class FarmService:
                        else str(outputs) + os.sep, files="bundle",
                        bundle=manifest.to_dict())
             spec = JobSpec.from_dict(raw)
+            self._check_after(caller, job_id, spec)
             if spec.notify is not None:
                 from renderfarm.notify import check_url
 
@@ -797,6 +798,64 @@ class FarmService:
         logger.info("job %s queued: %s, priority %d", job_id, name, row.priority)
         self._event(Event("job_queued", job_id, message=f"{name} queued"), row)
         return {"job_id": job_id, "job": row.to_dict()}
+
+    def _check_after(self, caller: Caller, job_id: str, spec: JobSpec) -> None:
+        """A job may wait only for jobs its client sees, and never, through them, for
+        itself."""
+        seen: set[str] = set()
+        todo = list(spec.after)
+        while todo:
+            other = todo.pop()
+            if other == job_id:
+                raise InputError(f"--after makes job {job_id} wait for itself (a cycle): "
+                                 "name jobs that do not wait for it")
+            if other in seen:
+                continue
+            seen.add(other)
+            row = self._own(caller, other) if other in spec.after else self.store.job(other)
+            todo += list(row.spec.get("after") or [])
+
+    def _waiting(self, row: JobRow) -> str | None:
+        """Why a job waits for others (``--after``), or None when it may go on: a job
+        waits until each is done (frame by frame: until each has started); one that failed
+        or was cancelled holds it, which the reason says."""
+        spec = row.spec
+        reasons = []
+        for other in spec.get("after") or []:
+            try:
+                state = self.store.job(other).state
+            except ServiceError:
+                reasons.append(f"held: job {other} it comes after no longer exists")
+                continue
+            if state in ("failed", "cancelled"):
+                reasons.append(f"held: job {other} it comes after {state} (requeue it, or "
+                               "cancel this one)")
+            elif state != "done" and not (spec.get("after_frames") and state in
+                                          ("running", "paused")):
+                reasons.append(f"waiting for job {other} ({state})")
+        return "; ".join(reasons) or None
+
+    def _frame_gate(self, row: JobRow) -> Any:
+        """For a job that waits frame by frame: whether frame N of every job it comes after
+        is written (a job that is done has written all it will)."""
+        after = list(row.spec.get("after") or [])
+        if not after or not row.spec.get("after_frames"):
+            return None
+        cache: dict[str, tuple[float, set[int] | None]] = {}
+
+        def ready(frame: int) -> bool:
+            now = time.monotonic()
+            for other in after:
+                when, frames = cache.get(other, (0.0, set()))
+                if now - when > 0.5:  # read again at most twice a second
+                    done = self.store.job(other).state == "done"
+                    frames = None if done else set(self.store.frames(other))
+                    cache[other] = (now, frames)
+                if frames is not None and frame not in frames:
+                    return False
+            return True
+
+        return ready
 
     def _own(self, caller: Caller, job_id: str) -> JobRow:
         """The job, when the caller may see and act on it (its owner, or an admin); to
@@ -831,11 +890,15 @@ class FarmService:
     def _op_status(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         row = self._own(caller, request.fields["job_id"])
         return {"job": self._public({**row.to_dict(), "outputs": self._outputs(row),
-                                     "eta": self._eta(row.id), **self._farm_status()})}
+                                     "eta": self._eta(row.id), "waiting": self._waiting(row)
+                                     if row.state in ("queued", "running") else None,
+                                     **self._farm_status()})}
 
     def _op_list(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         farm = self._farm_status()
-        return {"jobs": [self._public({**j.to_dict(), "eta": self._eta(j.id), **farm})
+        return {"jobs": [self._public({**j.to_dict(), "eta": self._eta(j.id),
+                                       "waiting": self._waiting(j) if j.state in
+                                       ("queued", "running") else None, **farm})
                          for j in self.store.jobs(request.fields.get("states"))
                          if caller.may_see(j.client or "")]}
 
@@ -987,7 +1050,8 @@ class FarmService:
         try:
             if self._farm is None and self.farm_state != "ok":
                 return
-            for job in self.store.jobs(["queued"])[:self.config.max_running - running]:
+            ready = [job for job in self.store.jobs(["queued"]) if self._waiting(job) is None]
+            for job in ready[:self.config.max_running - running]:
                 self._start(job)
         finally:
             self._farm_lock.release()
@@ -1008,7 +1072,8 @@ class FarmService:
         try:
             handle = self.farm.submit(spec, job.priority, job_id=job.id, workdir=workdir,
                                       resume=resume, on_piece=self._keep_for_preview(job.id),
-                                      on_result=self._keep_log(job.id))
+                                      on_result=self._keep_log(job.id),
+                                      frame_gate=self._frame_gate(job))
         except RenderFarmError as exc:
             row = self.store.act(job.id, "fail", error=exc.one_line())
             self._event(Event("job_failed", job.id, message=exc.one_line()), row)
