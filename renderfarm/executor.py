@@ -441,6 +441,20 @@ class WorkerHandle:
     #: why the worker is suspect (its pixels disagreed with other workers'): it gets no
     #: tasks; None for a trusted worker
     suspect: str | None = None
+    #: why an operator disabled it (it gets no tasks), or None
+    disabled: str | None = None
+    #: the device it renders on, as its last task reported it
+    device: str = ""
+    #: its calls that failed (any job)
+    failures: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The worker as the farm's worker list shows it."""
+        state = ("disabled" if self.disabled else "suspect" if self.suspect else
+                 "starting" if not self.ready else "busy" if self.busy else "idle")
+        return {"worker": self.worker_id, "node": self.node, "device": self.device,
+                "state": state, "tasks_done": self.tasks_done, "failures": self.failures,
+                "reason": self.disabled or self.suspect, "loaded": self.loaded}
 
 
 class WorkerPool:
@@ -548,8 +562,31 @@ class WorkerPool:
 
     @property
     def trusted(self) -> list[WorkerHandle]:
-        """The started workers that are not suspect: they get tasks."""
-        return [h for h in self.ready if h.suspect is None]
+        """The started workers that are neither suspect nor disabled: they get tasks."""
+        return [h for h in self.ready if h.suspect is None and h.disabled is None]
+
+    def set_enabled(self, worker_id: str, enabled: bool, reason: str = "") -> WorkerHandle:
+        """Let an operator take a worker out (it gets no tasks; the one it runs finishes) or
+        put it back (which also clears a suspicion of it and of its node).
+
+        Raises:
+            InputError: there is no such worker.
+        """
+        from renderfarm.errors import InputError
+
+        with self._lock:
+            handle = self.workers.get(worker_id)
+            if handle is None:
+                raise InputError(f"no worker {worker_id!r} on this farm (the workers: "
+                                 f"{', '.join(sorted(self.workers)) or 'none'})")
+            if enabled:
+                handle.disabled = None
+                if handle.suspect is not None:
+                    handle.suspect = None
+                    self.suspect_nodes.pop(handle.node, None)
+            else:
+                handle.disabled = reason or "disabled by an operator"
+            return handle
 
     def suspect(self, worker_id: str, reason: str) -> None:
         """Send ``worker_id`` (and other workers of its node) no more tasks: its pixels

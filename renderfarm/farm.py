@@ -481,6 +481,32 @@ class Farm:
             self._started_ray = False
 
     # -- the cluster's health ----------------------------------------------------------------
+    def workers(self) -> list[dict[str, Any]]:
+        """Every worker of the farm's pools: node, device, state (idle, busy, starting,
+        suspect, disabled), tasks done, failures, why it is out."""
+        with self._lock:
+            runners = list(self._runners.values())
+        out = []
+        for runner in runners:
+            with runner.pool._lock:
+                handles = list(runner.pool.workers.values())
+            out += [h.describe() for h in handles]
+        return sorted(out, key=lambda w: w["worker"])
+
+    def set_worker(self, worker_id: str, enabled: bool, reason: str = "") -> dict[str, Any]:
+        """Disable a worker (no more tasks for it) or enable it again.
+
+        Raises:
+            InputError: there is no such worker.
+        """
+        with self._lock:
+            runners = list(self._runners.values())
+        for runner in runners:
+            if worker_id in runner.pool.workers:
+                return runner.pool.set_enabled(worker_id, enabled, reason).describe()
+        raise InputError(f"no worker {worker_id!r} on this farm (the workers: "
+                         f"{', '.join(w['worker'] for w in self.workers()) or 'none'})")
+
     def cluster_problem(self, timeout: float = 3.0) -> str | None:
         """What is wrong with the Ray cluster under this farm, or None when it is well.
 

@@ -45,7 +45,15 @@ from renderfarm.job import (
 from renderfarm.jobfiles import JobFiles, check_output_folder
 from renderfarm.merge import Piece, compare_images, write_atomically
 from renderfarm.planner import Plan, plan_job, render_size
-from renderfarm.state import Check, Failure, JobState, Settled, TaskStatus, Verdict
+from renderfarm.state import (
+    BLOCK_AFTER,
+    Check,
+    Failure,
+    JobState,
+    Settled,
+    TaskStatus,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from renderfarm.estimate import Estimate
@@ -223,7 +231,7 @@ class JobRun:
             allow_missing=spec.allow_missing, files=spec.files)
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
-                                       "chunks": plan.chunks,
+                                       "chunks": plan.chunks, "frames": list(plan.frames),
                                        "size": list(plan.size),
                                        "canvas": [plan.canvas.x0, plan.canvas.y0,
                                                   plan.canvas.x1, plan.canvas.y1]})
@@ -620,8 +628,9 @@ class Entries:
                                        devices=self.devices)
             problems = self.state.take_problems()
             ready = self.state.take_ready()
-        for problem in problems:  # a disagreement nobody can settle: the job stops
-            job.abort(VerificationError(problem))
+        for problem in problems:  # a disagreement nobody can settle, no worker left: stop
+            job.abort(VerificationError(problem) if problem.startswith("verification")
+                      else JobFailedError(problem))
         self.merge(ready)
         return task
 
@@ -700,6 +709,7 @@ class Entries:
                                        "samples": samples})
         job.record(result)
         if result.device:
+            handle.device = result.device
             with job.lock:
                 self.devices[handle.worker_id] = result.device
         if check is not None:  # compared off the dispatcher thread
@@ -737,8 +747,13 @@ class Entries:
             outcome = self.state.on_failure(task.members, error.one_line(), error.retryable,
                                             cancelled=isinstance(error, CancelledError))
             ready = self.state.take_ready()  # a check given up no longer holds its frame
+            blocked = self.state.take_blocked()
+        for worker in blocked:
+            job.warn(f"worker {worker} failed {BLOCK_AFTER} tasks of this job in a row: it "
+                     "gets no more of them (other jobs still use it)", data={"blocked": worker})
         self.merge(ready)
         if reply is not None:  # the time it took counts, whatever became of it
+            handle.failures += not isinstance(error, CancelledError)
             kind = "check" if self.state.check_of(task.index) is not None else "render"
             job.record(TaskResult.from_dict({**reply, "ok": False, "kind": kind,
                                              "error": error.to_dict()}))

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 #: the commands this module runs
 COMMANDS = ("serve", "keys", "submit", "status", "list", "cancel", "pause", "resume",
-            "priority", "fetch", "web-token", "report", "log")
+            "priority", "fetch", "web-token", "report", "log", "requeue", "workers",
+            "worker")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.ArgumentParser,
@@ -161,6 +162,28 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                         "(timeline per worker, contact sheet of the frames)")
     report.add_argument("--check", metavar="FOLDER", help="compare the files in FOLDER with "
                         "the outputs' SHA-256")
+    requeue = sub.add_parser(
+        "requeue", parents=[common, farm], help="render frames of an ended job again",
+        description="Render frames of a job that ended (done, failed or cancelled) again, "
+        "into the same outputs: by default the frames it did not write.")
+    requeue.add_argument("job", help="the job id")
+    requeue.add_argument("--frames", help="these frames (e.g. '3,7-9'), written or not")
+    requeue.add_argument("--failed", action="store_true",
+                         help="the frames it did not write (the default)")
+    requeue.add_argument("--json", action="store_true", help="print JSON")
+    workers = sub.add_parser("workers", parents=[common, farm], help="the farm's workers",
+                             description="The farm's workers: node, device, state (idle, "
+                             "busy, starting, suspect, disabled), tasks done, failures.")
+    workers.add_argument("--json", action="store_true", help="print JSON")
+    worker = sub.add_parser("worker", parents=[common, farm],
+                            help="take a worker out or put it back (admins)",
+                            description="Disable a worker (it gets no tasks; the one it "
+                            "runs finishes) or enable it again, which also clears a "
+                            "verification's suspicion of it. Needs an admin key.")
+    worker.add_argument("action", choices=("disable", "enable"))
+    worker.add_argument("worker_id", help="the worker, as `renderfarm workers` names it")
+    worker.add_argument("--reason", help="why (shown in the worker list)")
+    worker.add_argument("--json", action="store_true", help="print JSON")
     log = sub.add_parser(
         "log", parents=[common, farm], help="what Blender printed for a job's tasks",
         description="Show what Blender printed for each task of a job: the last lines of a "
@@ -212,6 +235,34 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.command == "report":
             return _report(args, client)
+        if args.command == "requeue":
+            if args.frames and args.failed:
+                raise InputError("give --frames or --failed, not both")
+            reply, _ = client.request("requeue", job_id=args.job, failed=args.failed,
+                                      **({"frames": args.frames} if args.frames else {}))
+            print(json.dumps(reply["job"], indent=2) if args.json else
+                  f"{format_job(reply['job'])} — frames again: "
+                  f"{', '.join(map(str, reply['frames'])) or 'all'}")
+            return 0
+        if args.command == "workers":
+            listed = client.request("workers")[0]["workers"]
+            if args.json:
+                print(json.dumps(listed, indent=2))
+            for entry in [] if args.json else listed:
+                reason = f" — {entry['reason']}" if entry.get("reason") else ""
+                print(f"{entry['worker']:<10} {entry['state']:<9} {entry['device'] or '-':<22}"
+                      f" tasks {entry['tasks_done']:<5} failures {entry['failures']:<3} "
+                      f"node {str(entry['node'])[:12]}{reason}")
+            return 0
+        if args.command == "worker":
+            fields: dict[str, Any] = {"worker_id": args.worker_id,
+                                      "enabled": args.action == "enable"}
+            if args.reason:
+                fields["reason"] = args.reason
+            entry = client.request("worker", **fields)[0]["worker"]
+            print(json.dumps(entry, indent=2) if args.json else
+                  f"{entry['worker']} {entry['state']}")
+            return 0
         if args.command == "log":
             logs = client.log(args.job, args.frame, args.failed)
             if args.json:

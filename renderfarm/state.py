@@ -20,6 +20,8 @@ from renderfarm.job import Task, Tile
 #: the most renders of one piece (the original and its checks) before the piece is given up:
 #: beyond this, no two workers agreed on it
 MAX_RENDERS = 5
+#: failed tasks of a job in a row after which a worker gets no more of that job's tasks
+BLOCK_AFTER = 3
 
 
 class TaskStatus(enum.Enum):
@@ -154,6 +156,9 @@ class JobState:
         self.retries = retries
         self.verify = verify
         self.gate = gate
+        #: workers kept off this job: they failed :data:`BLOCK_AFTER` of its tasks in a row
+        self.blocked: set[str] = set()
+        self._streaks: dict[str, int] = {}  # a worker's failed tasks of this job in a row
         self._rng = random.Random(seed)
         self._seen = 0  # pieces that could have been checked so far
         self._picks: dict[int, int] = {}  # block -> the piece of it that is checked
@@ -167,6 +172,8 @@ class JobState:
         self._ready: list[int] = []  # frames completed by a check or a redo, to merge
         #: failures decided while choosing tasks (see :meth:`take_problems`)
         self.problems: list[str] = []
+        #: workers blocked since the last :meth:`take_blocked`
+        self.problems_blocked: list[str] = []
         self._pending = sorted(self.entries)  # a heap of pending task indices
         self._counts: Counter[TaskStatus] = Counter({TaskStatus.PENDING: len(self.entries)})
         self._frame_left: dict[int, int] = {}
@@ -225,9 +232,17 @@ class JobState:
         Returns:
             The task now running on ``worker``, or None when nothing suits it.
         """
-        if worker in self.suspects:
-            return None
         live_ids = None if isinstance(live_workers, int) else set(live_workers) - self.suspects
+        if live_ids is not None and self.blocked and live_ids <= self.blocked \
+                and self.has_pending() and self.ended is None:
+            self.problems.append(
+                f"every worker failed {BLOCK_AFTER} tasks of this job in a row "
+                f"({', '.join(sorted(self.blocked))}): the job stops; see what Blender said "
+                "(renderfarm log JOB --failed)")
+            self.cancel_pending(self.problems[-1])
+            return None
+        if worker in self.suspects or worker in self.blocked:
+            return None
         live = live_workers if isinstance(live_workers, int) else len(live_ids or ())
         check = self._next_check(worker, live, live_ids, devices or {})
         if check is not None:
@@ -372,6 +387,8 @@ class JobState:
         entry = self.entries[index]
         if entry.status is TaskStatus.DONE:
             return False
+        if entry.worker is not None:
+            self._streaks[entry.worker] = 0
         self._move(entry, TaskStatus.DONE)
         frame = entry.task.frame
         self._frame_left[frame] -= 1
@@ -527,6 +544,11 @@ class JobState:
                             "with --verify 0")
         self.problems.append(entry.last_error)
 
+    def take_blocked(self) -> list[str]:
+        """Workers kept off the job since the last call (to say so)."""
+        blocked, self.problems_blocked = self.problems_blocked, []
+        return blocked
+
     def take_problems(self) -> list[str]:
         """Failures decided while choosing tasks (an arbitration nobody can run)."""
         problems, self.problems = self.problems, []
@@ -579,6 +601,12 @@ class JobState:
         members = list(members)
         if self.ended is not None or self.all_done(members):
             return Failure.IGNORED
+        worker = self.entries[members[0]].worker
+        if worker is not None and not cancelled:  # one failed call, however many tiles
+            streak = self._streaks[worker] = self._streaks.get(worker, 0) + 1
+            if streak >= BLOCK_AFTER and worker not in self.blocked:
+                self.blocked.add(worker)
+                self.problems_blocked.append(worker)
         again = any([self.failed_attempt(i, error, retryable) for i in members])
         if again:
             return Failure.RETRY

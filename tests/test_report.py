@@ -141,9 +141,10 @@ def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
 @pytest.mark.ray
 def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         tmp_path: Path, make_scene) -> None:
-    keys = key_folder(tmp_path / "keys", ("client", "alice", "bob"))
+    keys = key_folder(tmp_path / "keys", ("client", "alice", "bob"), admins=("boss",))
     hook = Webhook()
-    server = ServerProcess(tmp_path / "state", keys, "--workers", "2", "--verify", "0.5",
+    server = ServerProcess(tmp_path / "state", keys, "--admins", str(keys / "admins"),
+                           "--workers", "2", "--verify", "0.5",
                            "--price", "CPU=36", "--price", "NVIDIA A10=1.2",
                            "--notify", f"{hook.url}/farm", "--notify-allow",
                            f"{hook.url}/people/").start()
@@ -247,6 +248,27 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         assert "estimate:" in proc.stderr and not (tmp_path / "over").exists()
         failed = [body for path, body in hook.wait_for(3) if body["state"] == "failed"]
         assert len(failed) == 1 and "its budget is 0" in failed[0]["error"]
+        # an admin takes a worker out: jobs render on the others; back in, it takes tasks
+        boss_args = [*alice_args[:4], "--client-key", str(keys / "boss.key_secret")]
+        proc = cli("worker", "disable", "cpu-1", *boss_args, "--reason", "fan noise")
+        assert proc.returncode == 0 and "cpu-1 disabled" in proc.stdout, proc.stderr
+        listed = {w["worker"]: w for w in json.loads(cli("workers", *alice_args,
+                                                         "--json").stdout)}
+        assert listed["cpu-1"]["state"] == "disabled" and listed["cpu-1"]["reason"] == \
+            "fan noise"
+        with server.client(client_key=str(keys / "alice.key_secret")) as alice:
+            only = alice.submit(blend, {"frames": "1-2", "tiles": [2, 1], "verify": 0.0,
+                                        "group_tiles": False, "output": "w_####.exr"})
+            deadline = time.monotonic() + 180
+            while alice.status(only)["state"] not in ("done", "failed"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            used = {p["worker"] for p in alice.report(only)["pieces"] if p["kind"] == "render"}
+        assert used == {"cpu-2"}
+        proc = cli("worker", "enable", "cpu-1", *boss_args)
+        assert proc.returncode == 0 and "cpu-1 idle" in proc.stdout, proc.stdout
+        proc = cli("worker", "disable", "cpu-9", *boss_args)
+        assert proc.returncode == 3 and "no worker 'cpu-9'" in proc.stderr
         # the farm's default share applies to jobs that do not say
         with server.client(client_key=str(keys / "alice.key_secret")) as alice:
             second = alice.submit(blend, {"frames": "1", "tiles": [2, 1],

@@ -511,3 +511,41 @@ def test_jobs_wait_for_the_jobs_they_come_after(farm_server: ServerProcess, make
     assert unknown.returncode == 3 and "no job 'no-such-job'" in unknown.stderr
     lonely = cli("submit", str(blend), *args, "--per-frame")
     assert lonely.returncode == 3 and "--per-frame goes with --after" in lonely.stderr
+
+
+def test_requeue_renders_frames_again_into_the_same_outputs(
+        farm_server: ServerProcess, make_scene, tmp_path: Path) -> None:
+    blend = make_scene(width=48, height=32, samples=4, frames=3)
+    args = farm_server.cli_args()
+    submitted = cli("submit", str(blend), *args, "--frames", "1-3", "-o", "r_####.png",
+                    "--wait", "--fetch-to", str(tmp_path / "first"), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    everything = cli("requeue", job_id, *args)
+    assert everything.returncode == 3 and "has written every frame" in everything.stderr
+    again = cli("requeue", job_id, *args, "--frames", "2")
+    assert again.returncode == 0 and "frames again: 2" in again.stdout, again.stderr
+    with farm_server.client() as client:
+        job = wait_state(client, job_id, ("done", "failed"))
+        assert job["state"] == "done" and job["error"] is None
+        assert sorted(client.fetch_outputs(job_id, tmp_path / "second")) == [1, 2, 3]
+        renders = [e["frame"] for e in client.log(job_id) if e["kind"] == "render" and e["ok"]]
+        assert sorted(renders) == [1, 2, 2, 3]  # only frame 2 rendered again
+        report = client.report(job_id)
+    from renderfarm.merge import compare_images
+
+    for frame in (1, 3):  # kept as they were
+        first = (tmp_path / "first" / f"r_{frame:04d}.png").read_bytes()
+        assert (tmp_path / "second" / f"r_{frame:04d}.png").read_bytes() == first
+    # rendered again into the same name: the same pixels (its render time differs)
+    assert compare_images(tmp_path / "first" / "r_0002.png",
+                          tmp_path / "second" / "r_0002.png") == (True, "")
+    assert len(report["outputs"]) == 3 and all(o["sha256"] for o in report["outputs"])
+    unknown = cli("requeue", job_id, *args, "--frames", "9")
+    assert unknown.returncode == 3 and "not frames of job" in unknown.stderr
+    listed = cli("workers", *args, "--json")
+    workers = json.loads(listed.stdout)
+    assert len(workers) == 2 and {w["device"] for w in workers} == {"CPU"}
+    assert all(w["state"] in ("idle", "busy") for w in workers)
+    refused = cli("worker", "disable", workers[0]["worker"], *args)
+    assert refused.returncode == 3 and "administrators" in refused.stderr

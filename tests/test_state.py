@@ -213,3 +213,28 @@ def test_the_eta_follows_the_jobs_own_pace() -> None:
     # a job that sped up: only its last 20 tasks count
     finished = [10.0 * i for i in range(1, 11)] + [100.0 + i for i in range(1, 21)]
     assert eta_seconds(finished, 0.0, 10, 120.0) == 10 * 20 / 20
+
+
+def test_a_worker_that_fails_three_tasks_in_a_row_is_kept_off_the_job() -> None:
+    from renderfarm.state import BLOCK_AFTER
+
+    state = JobState(tasks(8, 1), retries=5)
+    live = {"w1", "w2"}
+    for _ in range(BLOCK_AFTER - 1):
+        task = state.next_for("w1", live)
+        assert state.on_failure(task.members, "boom", True) is Failure.RETRY
+    task = state.next_for("w1", live)  # one success breaks the streak
+    state.complete(task.members)
+    for _ in range(BLOCK_AFTER):
+        task = state.next_for("w1", live)
+        state.on_failure(task.members, "boom", True)
+    assert state.take_blocked() == ["w1"] and state.next_for("w1", live) is None
+    assert state.next_for("w2", live) is not None  # the others go on
+    # when every worker is blocked the job stops, saying why
+    for _ in range(BLOCK_AFTER):
+        task = state.next_for("w2", live) or task
+        state.on_failure(task.members, "boom", True)
+    assert state.next_for("w2", live) is None
+    problems = state.take_problems()
+    assert problems and "every worker failed 3 tasks of this job in a row" in problems[0]
+    assert not state.has_pending()

@@ -31,7 +31,7 @@ MAX_HEADER = 8 * 1024 * 1024
 CHUNK = 4 * 1024 * 1024
 #: job states
 STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
-#: states a job does not leave
+#: states a job ends in (it leaves one only when requeued)
 FINAL_STATES = ("done", "failed", "cancelled")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -123,6 +123,13 @@ REQUESTS: dict[str, dict[str, Field]] = {
     # what Blender printed for a job's tasks (of one frame; of failed tasks only)
     "log": {"job_id": _JOB_FIELD, "frame": Field(int, required=False),
             "failed": Field(bool, required=False)},
+    # render frames of a job that ended again, into the same outputs
+    "requeue": {"job_id": _JOB_FIELD, "frames": Field(str, required=False),
+                "failed": Field(bool, required=False)},
+    # the farm's workers; an admin takes one out or puts it back
+    "workers": {},
+    "worker": {"worker_id": Field(str, check=_job), "enabled": Field(bool),
+               "reason": Field(str, required=False)},
 }
 #: operations that carry exactly one frame of bytes after the header
 WITH_DATA = ("upload",)

@@ -64,7 +64,7 @@ PART_EXPIRY = 86400.0
 ACCOUNT_EVERY = 5.0
 
 #: requests that change state: each is recorded, with its caller, in the audit table
-AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority")
+AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority", "requeue", "worker")
 
 #: spec fields a client may set (the service chooses the file and the output folder)
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
@@ -953,6 +953,50 @@ class FarmService:
             handle.set_priority(priority)
         return {"job": row.to_dict()}
 
+    def _op_requeue(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        from renderfarm.frames import parse_frames
+
+        row = self._own(caller, request.fields["job_id"])
+        if row.state not in protocol.FINAL_STATES:
+            raise ServiceError(f"job {row.id} is {row.state}: only a job that has ended can be "
+                               "requeued", kind="conflict")
+        written = set(self.store.frames(row.id))
+        planned = set((row.plan or {}).get("frames") or [])
+        if request.fields.get("frames"):
+            wanted = set(parse_frames(request.fields["frames"]))
+            unknown = sorted(wanted - planned) if planned else []
+            if unknown:
+                raise InputError(f"frame(s) {', '.join(map(str, unknown[:10]))} are not "
+                                 f"frames of job {row.id} ({min(planned)}-{max(planned)})")
+            again = wanted
+        else:  # the frames it did not write
+            again = planned - written if planned else set()
+            if planned and not again:
+                raise InputError(f"job {row.id} has written every frame; name the ones to "
+                                 "render again with --frames")
+        self.store.forget_frames(row.id, again)
+        row = self.store.act(row.id, "again")
+        with self._lock:
+            self._notified.discard(row.id)
+        message = (f"requeued: frame(s) {_frame_list(sorted(again))} render again"
+                   if again else "requeued")
+        self._event(Event("job_queued", row.id, message=message), row)
+        return {"job": self._public(row.to_dict()), "frames": sorted(again)}
+
+    def _op_workers(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        return {"workers": self.farm.workers() if self._farm is not None else []}
+
+    def _op_worker(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
+        if not caller.admin:
+            raise ServiceError("only the farm's administrators (keys in --admins) take workers "
+                               "out or put them back", kind="refused")
+        fields = request.fields
+        reason = fields.get("reason") or f"disabled by {caller.name}"
+        worker = self.farm.set_worker(fields["worker_id"], fields["enabled"], reason)
+        logger.info("worker %s %s by %s", worker["worker"],
+                    "enabled" if fields["enabled"] else "disabled", caller.name)
+        return {"worker": worker}
+
     def _op_fetch(self, request: protocol.Request,
                   caller: Caller) -> tuple[dict[str, Any], bytes]:
         job_id, frame = request.fields["job_id"], request.fields["frame"]
@@ -1190,7 +1234,7 @@ class FarmService:
             live.canvas = Rect(*canvas) if canvas else None
             store.set_plan(job_id, {k: data.get(k) for k in
                                     ("tiles", "chunks", "size", "canvas", "device", "workers",
-                                     "overscan")})
+                                     "overscan", "frames")})
         elif event.kind == "task_done":
             piece = data["piece"]
             path = Path(piece["path"])
@@ -1308,6 +1352,17 @@ class FarmService:
         self._http = start_status_page(self, address)
         self.http_address = self._http.url
         logger.info("status page on %s", self.http_address)
+
+
+def _frame_list(frames: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1-3, 7``."""
+    runs: list[list[int]] = []
+    for frame in frames:
+        if runs and frame == runs[-1][1] + 1:
+            runs[-1][1] = frame
+        else:
+            runs.append([frame, frame])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
 def _without_logs(handle: Any) -> dict[str, Any]:

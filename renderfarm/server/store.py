@@ -125,6 +125,10 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
     ("paused", "done"): "done",
     ("paused", "fail"): "failed",
     ("paused", "cancelled"): "cancelled",
+    # a job that ended renders (some of) its frames again (``renderfarm requeue``)
+    ("done", "again"): "queued",
+    ("failed", "again"): "queued",
+    ("cancelled", "again"): "queued",
 }
 
 
@@ -253,6 +257,9 @@ class Store:
             now = time.time()
             started = row[1] if row[1] is not None or new != "running" else now
             ended = now if new in FINAL_STATES else None
+            if action == "again":  # a fresh run: no error, its clock starts again
+                started = None
+                self._db.execute("UPDATE jobs SET error = NULL WHERE id = ?", (job_id,))
             self._db.execute("UPDATE jobs SET state = ?, started = ?, ended = ?, "
                              "error = COALESCE(?, error) WHERE id = ?",
                              (new, started, ended, error, job_id))
@@ -332,6 +339,15 @@ class Store:
                              (job_id, frame, path))
             self._db.execute("DELETE FROM pieces WHERE job_id = ? AND frame = ?",
                              (job_id, frame))
+
+    def forget_frames(self, job_id: str, frames: Iterable[int]) -> None:
+        """Forget written frames of a job (it renders them again)."""
+        with self._lock:
+            for frame in frames:
+                self._db.execute("DELETE FROM frames WHERE job_id = ? AND frame = ?",
+                                 (job_id, frame))
+                self._db.execute("DELETE FROM hashes WHERE job_id = ? AND frame = ?",
+                                 (job_id, frame))
 
     def set_hash(self, job_id: str, frame: int, sha256: str) -> None:
         """Record the SHA-256 of a merged frame's output file as the farm wrote it."""
