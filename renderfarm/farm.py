@@ -199,6 +199,8 @@ class Resume:
 
     pieces: tuple[ResumePiece, ...] = ()
     frames: dict[int, str] = field(default_factory=dict)
+    #: frames this run leaves alone (a requeue of chosen frames renders only those)
+    skip: frozenset[int] = frozenset()
 
 
 class JobHandle:

@@ -498,6 +498,9 @@ class JobRun:
             for i in found:
                 self.state.succeeded(i)
             self.assembler.kept(frame, Path(path))
+        for (frame, _t, _c), i in index.items():  # left alone by this run (no output)
+            if frame in resume.skip and frame not in resume.frames:
+                self.state.succeeded(i)
         for piece in resume.pieces:
             members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
             if (piece.frame in self.assembler.outputs or None in members

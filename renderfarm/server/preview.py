@@ -8,8 +8,6 @@ view transform). Rows are top first; ``x``/``y`` count from the canvas' top-left
 
 from __future__ import annotations
 
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,14 +116,16 @@ def tile_preview(piece: Path, tile: Tile, canvas: Rect,
 
 
 def png(rgba: np.ndarray) -> bytes:
-    """An 8-bit RGBA array ``(height, width, 4)`` as PNG bytes (no image library needed)."""
+    """An 8-bit RGBA array ``(height, width, 4)`` as PNG bytes, written by OpenImageIO."""
+    import tempfile
+
+    import OpenImageIO as oiio
+
     height, width = rgba.shape[:2]
-    raw = b"".join(b"\x00" + rgba[row].tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    buf = oiio.ImageBuf(oiio.ImageSpec(width, height, 4, oiio.UINT8))
+    buf.set_pixels(oiio.ROI(), np.ascontiguousarray(rgba, np.uint8))
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "preview.png"
+        if not buf.write(str(target)):
+            raise RuntimeError(f"cannot write a preview: {buf.geterror()}")
+        return target.read_bytes()

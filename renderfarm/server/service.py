@@ -207,6 +207,8 @@ class FarmService:
         self._in_flight: dict[str, int] = {}
         #: jobs whose end was notified (a webhook hears of a job once)
         self._notified: set[str] = set()
+        #: callbacks told of every job event (the web app's live updates)
+        self._listeners: list[Any] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         #: held while jobs start on the farm, and while a failed farm is replaced
@@ -500,6 +502,45 @@ class FarmService:
             logger.exception("request failed")
             return [protocol.reply_error(request_id, "internal", self._scrub(
                 f"internal error: {type(exc).__name__}: {exc}"))]
+
+    def call(self, caller: Caller, op: str, fields: dict[str, Any],
+             data: bytes | None = None) -> tuple[dict[str, Any], bytes | None]:
+        """Answer one request of the protocol for another front end (the HTTP API): the
+        same schema, checks, ownership, rate limit and audit as a ZeroMQ request.
+
+        Returns:
+            The reply's fields (``ok`` false with ``error`` for a refusal) and its data.
+        """
+        try:
+            with self._lock:
+                self._limit_rate(caller)
+                self._in_flight[caller.name] = self._in_flight.get(caller.name, 0) + 1
+        except ServiceError as exc:
+            return {"ok": False, "error": {"type": exc.kind, "message": exc.one_line()}}, None
+        try:
+            try:
+                frame = protocol.request(op, 1, **fields)
+            except (TypeError, ValueError) as exc:
+                return {"ok": False, "error": {"type": "bad_request",
+                                               "message": f"{op}: not JSON ({exc})"}}, None
+            reply = self._answer([frame] + ([data] if data is not None else []), caller)
+        finally:
+            with self._lock:
+                self._in_flight[caller.name] -= 1
+        return protocol.parse_reply(reply)
+
+    def listen(self, callback: Any) -> Any:
+        """Call ``callback(owner, message)`` with every job event the service publishes
+        (from job threads: keep it short); returns a function that stops it."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def stop() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return stop
 
     def _expire_uploads(self) -> None:
         """Delete uploads left unfinished for :data:`PART_EXPIRY` seconds."""
@@ -975,6 +1016,9 @@ class FarmService:
                 raise InputError(f"job {row.id} has written every frame; name the ones to "
                                  "render again with --frames")
         self.store.forget_frames(row.id, again)
+        if row.plan is not None:  # chosen frames: only those render; else all not written
+            self.store.set_plan(row.id, {**row.plan, "only": sorted(again) if
+                                         request.fields.get("frames") else None})
         row = self.store.act(row.id, "again")
         with self._lock:
             self._notified.discard(row.id)
@@ -1107,10 +1151,13 @@ class FarmService:
         resume = None
         if job.plan:  # it ran before: plan it the same way, keep what it finished
             spec = replace(spec, tiles=tuple(job.plan["tiles"]), chunks=job.plan["chunks"])
+            only = job.plan.get("only")
             resume = Resume(
                 pieces=tuple(ResumePiece(p["frame"], p["chunk"], tuple(p["tiles"]), p["tile"],
                                          p["path"]) for p in self.store.pieces(job.id)),
-                frames=self.store.frames(job.id))
+                frames=self.store.frames(job.id),
+                skip=frozenset(set(job.plan.get("frames") or []) - set(only))
+                if only else frozenset())
         row = self.store.act(job.id, "start")
         workdir = self._job_dir(job.id) / "pieces"
         try:
@@ -1232,9 +1279,11 @@ class FarmService:
         if event.kind == "job_started":
             canvas = data.get("canvas")
             live.canvas = Rect(*canvas) if canvas else None
-            store.set_plan(job_id, {k: data.get(k) for k in
-                                    ("tiles", "chunks", "size", "canvas", "device", "workers",
-                                     "overscan", "frames")})
+            before = store.job(job_id).plan or {}
+            store.set_plan(job_id, {**{k: data.get(k) for k in
+                                       ("tiles", "chunks", "size", "canvas", "device",
+                                        "workers", "overscan", "frames")},
+                                    "only": before.get("only")})
         elif event.kind == "task_done":
             piece = data["piece"]
             path = Path(piece["path"])
@@ -1318,6 +1367,13 @@ class FarmService:
                            frames_done=row.frames_done, frames_total=row.frames_total)
         self._outbox.put([protocol.event_topic("job", row.client or LOCAL, event.job_id),
                           protocol.encode(message)])
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(row.client or LOCAL, message)
+            except Exception:  # a listener (a closed page) never stops the job's events
+                logger.exception("an event listener failed")
 
     # -- status page -------------------------------------------------------------------------
     def preview_png(self, job_id: str) -> bytes | None:
@@ -1341,6 +1397,43 @@ class FarmService:
             ServiceError: ``not_found`` when there is no such job or it is another client's.
         """
         return self._own(caller, job_id)
+
+    def job_eta(self, job_id: str) -> float | None:
+        """A running job's seconds left at its own pace (None when not known)."""
+        return self._eta(job_id)
+
+    def job_waiting(self, row: JobRow) -> str | None:
+        """Why a queued or running job waits for others (``--after``), or None."""
+        return self._waiting(row) if row.state in ("queued", "running") else None
+
+    def farm_workers(self) -> list[dict[str, Any]]:
+        """The farm's workers (none before the farm has started)."""
+        return self._farm.workers() if self._farm is not None else []
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the farm's own paths."""
+        return self._scrub(text)
+
+    def frame_thumbnail(self, caller: Caller, job_id: str, frame: int) -> bytes | None:
+        """A small PNG of a written frame of a job ``caller`` may see (kept once made).
+
+        Raises:
+            ServiceError: ``not_found``: no such job, or another client's.
+        """
+        from renderfarm.merge import thumbnail
+
+        self._own(caller, job_id)
+        path = self.store.frames(job_id).get(frame)
+        if path is None or not Path(path).is_file():
+            return None
+        digest = self.store.hashes(job_id).get(frame, "")[:16]
+        cached = self._job_dir(job_id) / "thumbs" / f"{frame}-{digest}.png"
+        if cached.is_file():
+            return cached.read_bytes()
+        image = thumbnail(Path(path))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(image)
+        return image
 
     def public_job(self, row: JobRow) -> dict[str, Any]:
         """A job as clients see it (its error and warnings without the farm's paths)."""

@@ -1,9 +1,14 @@
 """The status page of ``renderfarm serve --http HOST:PORT``: a Starlette app served by uvicorn
 in a thread of the service.
 
-``/`` lists the jobs, ``/job/ID`` shows one job's tasks per worker and the preview of its
-latest frame (``/preview/ID.png``), ``/api/jobs`` and ``/api/job/ID`` give the same as JSON.
-Nothing on it changes the farm.
+``/`` lists the jobs (filtered by ``?state=`` and ``?owner=``), ``/job/ID`` shows one job
+(its frames with a thumbnail each, its tasks, the preview of its latest frame, its ETA) with
+its actions: cancel, pause, resume, priority, requeue of failed or chosen frames;
+``/workers`` lists the workers, where an admin takes one out or puts it back; ``/log/ID``
+and ``/report/ID`` show a job's task logs and report. Actions go through the HTTP API
+(:mod:`renderfarm.server.api`, ``/api/v1``), so through the same checks as the ZeroMQ
+protocol; pages update themselves from its event stream (server-sent events).
+``/api/jobs`` and ``/api/job/ID`` give the lists as JSON.
 
 **Login.** A service with keys asks for a login on every page: a client's token is
 :func:`~renderfarm.server.keyring.web_token` of its public key (``renderfarm web-token``
@@ -54,6 +59,8 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from renderfarm.errors import InputError, ServiceError
+from renderfarm.server import protocol
+from renderfarm.server.api import EventStreams, openapi, read_body, reply_response
 from renderfarm.server.keyring import LOCAL, Caller, web_token
 from renderfarm.server.protocol import JOB_ID
 
@@ -87,7 +94,54 @@ a { color: #8cf; } .bar { width: 10em; height: .8em; background: #444; display: 
 .bar span { display: block; height: 100%; background: #6c6; }
 .failed { color: #f77; } .done { color: #7d7; } img { image-rendering: pixelated; }
 #who { float: right; } #who form { display: inline; }
+#flash.ok { color: #7d7; } #flash.failed { color: #f77; } .thumb { width: 96px; }
+button { margin-right: .3em; } input { width: 7em; } .paused { color: #fc6; }
+.suspect, .disabled { color: #f77; } pre { white-space: pre-wrap; }
 """
+
+#: the pages' script: actions post to the HTTP API; the event stream refreshes the page's
+#: content (never its forms)
+_SCRIPT = """<script>
+const flash = (text, ok) => { const f = document.getElementById('flash');
+  f.textContent = text; f.className = ok ? 'ok' : 'failed'; };
+async function act(op, fields) {
+  const answer = await fetch('/api/v1/' + op, {method: 'POST', credentials: 'same-origin',
+    headers: {'Content-Type': 'application/json'}, body: JSON.stringify(fields)});
+  const reply = await answer.json().catch(() => ({}));
+  if (answer.ok) { flash(op + ': done', true); } else {
+    flash(reply.error ? reply.error.message : ('HTTP ' + answer.status), false); }
+  document.body.dataset.acted = (parseInt(document.body.dataset.acted || '0') + 1);
+  refresh();
+}
+document.addEventListener('click', (e) => {
+  const button = e.target.closest('button[data-op]');
+  if (!button) return;
+  e.preventDefault();
+  const fields = JSON.parse(button.dataset.fields || '{}');
+  if (button.dataset.input) {
+    const value = document.getElementById(button.dataset.input).value.trim();
+    fields[button.dataset.key] = button.dataset.int ? parseInt(value, 10) : value;
+  }
+  act(button.dataset.op, fields);
+});
+let waiting = null;
+function refresh() {
+  if (waiting) return;
+  waiting = setTimeout(async () => {
+    waiting = null;
+    const answer = await fetch(location.href, {credentials: 'same-origin',
+                                               headers: {'X-Fragment': '1'}});
+    if (answer.ok) {
+      document.getElementById('content').innerHTML = await answer.text();
+      document.body.dataset.updates = (parseInt(document.body.dataset.updates || '0') + 1);
+    }
+  }, 200);
+}
+const job = document.body.dataset.job;
+const stream = new EventSource('/api/v1/events' + (job ? '?job_id=' + encodeURIComponent(job) : ''));
+stream.onopen = () => { document.body.dataset.live = '1'; };
+stream.onmessage = () => refresh();
+</script>"""
 
 #: headers of every answer: nothing cached, framed or sniffed, no referrer to other sites
 #: (a form sent with "no-referrer" would say Origin: null, and the login refuses that)
@@ -105,16 +159,31 @@ if (location.hash.startsWith('#token=')) {  // a login link: the token never rea
 
 
 # -- pages -----------------------------------------------------------------------------------
-def _page(title: str, body: str, refresh: bool, caller: Caller | None = None) -> bytes:
-    meta = '<meta http-equiv="refresh" content="2">' if refresh else ""
+def _page(title: str, body: str, refresh: bool, caller: Caller | None = None,
+          live: str | None = None, actions: str = "") -> bytes:
+    """A whole page; with ``live`` (``""`` for every job, or a job id) its ``body`` is the
+    part the event stream refreshes, below the (kept) ``actions``."""
     who = ""
     if caller is not None and caller.name != LOCAL:
         role = " (admin)" if caller.admin else ""
         who = (f"<div id='who'>{html.escape(caller.name)}{role} <form method='post' "
                "action='/logout'><button>log out</button></form></div>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'>{meta}"
+    nav = ("<p><a href='/'>jobs</a> · <a href='/workers'>workers</a></p>"
+           if caller is not None else "")
+    if live is None:
+        return (f"<!doctype html><html><head><meta charset='utf-8'>"
+                f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+                f"<body>{who}{nav}{body}</body></html>").encode()
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body>{who}{body}</body></html>").encode()
+            f"<body data-job='{html.escape(live)}'>{who}{nav}<p id='flash'></p>{actions}"
+            f"<div id='content'>{body}</div>{_SCRIPT}</body></html>").encode()
+
+
+def _button(op: str, label: str, fields: dict[str, Any], **more: str) -> str:
+    extra = "".join(f" data-{k}='{html.escape(v)}'" for k, v in more.items())
+    return (f"<button data-op='{op}' data-fields='{html.escape(json.dumps(fields))}'{extra}>"
+            f"{html.escape(label)}</button>")
 
 
 def _bar(done: int, total: int) -> str:
@@ -126,10 +195,13 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f} s"
 
 
-def jobs_page(service: Any, caller: Caller) -> bytes:
-    """The list of the jobs ``caller`` may see."""
+def jobs_page(service: Any, caller: Caller, state: str = "", owner: str = "",
+              fragment: bool = False) -> bytes:
+    """The list of the jobs ``caller`` may see (of one state, of one owner)."""
     rows = []
     for row in service.jobs_for(caller):
+        if (state and row.state != state) or (owner and (row.client or "") != owner):
+            continue
         j = service.public_job(row)
         rows.append(
             f"<tr class='job {html.escape(j['state'])}' data-job='{html.escape(j['job_id'])}'>"
@@ -139,19 +211,32 @@ def jobs_page(service: Any, caller: Caller) -> bytes:
             f"<td>{_bar(j['frames_done'], j['frames_total'])}</td>"
             f"<td>{_seconds(j['elapsed'])}</td>"
             f"<td class='failed'>{html.escape(j['error'] or '')}</td></tr>")
-    body = ("<h1>renderfarm</h1><table id='jobs'><tr><th>job</th><th>name</th><th>state</th>"
+    body = ("<table id='jobs'><tr><th>job</th><th>name</th><th>state</th>"
             "<th>priority</th><th>tasks</th><th>frames</th><th>elapsed</th><th></th></tr>"
             + "".join(rows) + "</table>")
-    return _page("renderfarm jobs", body, refresh=True, caller=caller)
+    if fragment:
+        return body.encode()
+    states = "".join(f"<option{' selected' if s == state else ''}>{s}</option>"
+                     for s in ("", "queued", "running", "paused", "done", "failed",
+                               "cancelled"))
+    filters = ("<h1>renderfarm</h1><form id='filter' method='get' action='/'>state <select "
+               f"name='state'>{states}</select> owner <input name='owner' "
+               f"value='{html.escape(owner)}'> <button>show</button></form>")
+    return _page("renderfarm jobs", body, refresh=True, caller=caller, live="",
+                 actions=filters)
 
 
-def job_page(service: Any, caller: Caller, job_id: str) -> bytes:
-    """One job: its state, its tasks per worker, its preview.
+def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) -> bytes:
+    """One job: its state, ETA, frames (a thumbnail each), tasks per worker and the latest
+    calls, its preview; and its actions.
 
     Raises:
         ServiceError: ``not_found``: no such job, or another client's.
     """
-    job = service.public_job(service.job_for(caller, job_id))
+    row = service.job_for(caller, job_id)
+    job = service.public_job(row)
+    e = html.escape
+    escaped = e(job_id)
     workers: dict[str, dict[str, Any]] = {}
     for run in service.store.runs(job_id):
         entry = workers.setdefault(run["worker"] or "?", {"tasks": 0, "seconds": 0.0,
@@ -160,25 +245,99 @@ def job_page(service: Any, caller: Caller, job_id: str) -> bytes:
         entry["tiles"] += len(run["tiles"])
         entry["seconds"] += run["seconds"] or 0.0
     rows = "".join(
-        f"<tr class='worker'><td>{html.escape(w)}</td><td>{e['tasks']}</td><td>{e['tiles']}</td>"
-        f"<td>{e['seconds']:.2f} s</td></tr>" for w, e in sorted(workers.items()))
-    outputs = "".join(f"<li>{html.escape(Path(name).name)}</li>"
-                      for name in service.store.frames(job_id).values())
-    escaped = html.escape(job_id)
-    body = (f"<p><a href='/'>all jobs</a></p><h1>{html.escape(job['name'])} "
-            f"<small>{escaped}</small></h1>"
-            f"<p>state <b id='state'>{html.escape(job['state'])}</b>, priority "
-            f"{job['priority']}, tasks {_bar(job['tasks_done'], job['tasks_total'])}, frames "
-            f"{_bar(job['frames_done'], job['frames_total'])}, {_seconds(job['elapsed'])}</p>"
-            f"<p class='failed'>{html.escape(job['error'] or '')}</p>"
+        f"<tr class='worker'><td>{e(w)}</td><td>{x['tasks']}</td><td>{x['tiles']}</td>"
+        f"<td>{x['seconds']:.2f} s</td></tr>" for w, x in sorted(workers.items()))
+    hashes = service.store.hashes(job_id)
+    frames = "".join(
+        f"<tr class='frame' data-frame='{f}'><td>{f}</td><td><img class='thumb' "
+        f"loading='lazy' alt='frame {f}' src='/thumb/{escaped}/{f}.png'></td>"
+        f"<td>{e(Path(name).name)}</td><td><code>{e(hashes.get(f, '')[:16])}</code></td></tr>"
+        for f, name in service.store.frames(job_id).items())
+    calls = "".join(
+        f"<tr class='call {'done' if c['ok'] else 'failed'}'><td>{c['frame']}</td>"
+        f"<td>{c['tile'] if c['tile'] >= 0 else ''}</td><td>{e(c['kind'])}</td>"
+        f"<td>{c['attempt']}</td><td>{e(c['worker'] or '')}</td>"
+        f"<td>{'ok' if c['ok'] else e(c['error'] or 'failed')}</td></tr>"
+        for c in service.store.logs(job_id)[-100:][::-1])
+    eta = service.job_eta(job_id)
+    waiting = service.job_waiting(row)
+    body = (f"<h1>{e(job['name'])} <small>{escaped}</small></h1>"
+            f"<p>state <b id='state' class='{e(job['state'])}'>{e(job['state'])}</b>, "
+            f"priority <b id='priority'>{job['priority']}</b>, owner {e(job['owner'] or '')}, "
+            f"tasks {_bar(job['tasks_done'], job['tasks_total'])}, frames "
+            f"{_bar(job['frames_done'], job['frames_total'])}, {_seconds(job['elapsed'])}"
+            + (f", ETA <span id='eta'>{_seconds(eta)}</span>" if eta is not None else "")
+            + "</p>"
+            + (f"<p id='waiting'>{e(waiting)}</p>" if waiting else "")
+            + f"<p class='failed' id='error'>{e(job['error'] or '')}</p>"
+            + "".join(f"<p class='warning'>{e(w)}</p>" for w in job["warnings"])
+            + f"<h2>Frames</h2><table id='frames'><tr><th>frame</th><th></th><th>file</th>"
+            f"<th>SHA-256</th></tr>{frames}</table>"
             "<h2>Tasks per worker</h2><table id='workers'><tr><th>worker</th><th>tasks</th>"
             f"<th>tiles</th><th>render time</th></tr>{rows}</table>"
+            "<h2>Latest calls</h2><table id='calls'><tr><th>frame</th><th>tile</th>"
+            "<th>kind</th><th>attempt</th><th>worker</th><th>result</th></tr>"
+            f"{calls}</table>"
             f"<h2>Preview</h2><img id='preview' alt='no preview yet' "
-            f"src='/preview/{escaped}.png' onload=\"document.body.dataset.preview="
-            "this.naturalWidth+'x'+this.naturalHeight\">"
-            f"<h2>Frames</h2><ul id='outputs'>{outputs}</ul>")
-    return _page(f"renderfarm {job_id}", body,
-                 refresh=job["state"] in ("queued", "running", "paused"), caller=caller)
+            f"src='/preview/{escaped}.png?{job['tasks_done']}' "
+            "onload=\"document.body.dataset.preview=this.naturalWidth+'x'+"
+            "this.naturalHeight\">")
+    if fragment:
+        return body.encode()
+    target = {"job_id": job_id}
+    actions = ("<p id='actions'>"
+               + _button("cancel", "Cancel", target) + _button("pause", "Pause", target)
+               + _button("resume", "Resume", target)
+               + "<input id='new-priority' type='number' placeholder='priority'> "
+               + _button("priority", "Set priority", target, input="new-priority",
+                         key="priority", int="1")
+               + _button("requeue", "Requeue failed frames", {**target, "failed": True})
+               + "<input id='requeue-frames' placeholder='frames, e.g. 2,5-7'> "
+               + _button("requeue", "Requeue frames", target, input="requeue-frames",
+                         key="frames")
+               + f" <a href='/log/{escaped}'>task logs</a> · "
+               f"<a href='/report/{escaped}'>report</a></p>")
+    return _page(f"renderfarm {job_id}", body, refresh=True, caller=caller, live=job_id,
+                 actions=actions)
+
+
+def workers_page(service: Any, caller: Caller, fragment: bool = False) -> bytes:
+    """The farm's workers; an admin has buttons to take one out or put it back."""
+    e = html.escape
+    rows = []
+    for w in service.farm_workers():
+        buttons = ""
+        if caller.admin:
+            buttons = (_button("worker", "Enable", {"worker_id": w["worker"], "enabled": True})
+                       if w["state"] in ("disabled", "suspect") else
+                       _button("worker", "Disable", {"worker_id": w["worker"],
+                                                     "enabled": False}))
+        rows.append(f"<tr class='worker {e(w['state'])}' data-worker='{e(w['worker'])}'>"
+                    f"<td>{e(w['worker'])}</td><td class='state'>{e(w['state'])}</td>"
+                    f"<td>{e(w['device'] or '')}</td><td>{e(str(w['node'])[:12])}</td>"
+                    f"<td>{w['tasks_done']}</td><td>{w['failures']}</td>"
+                    f"<td>{e(w['reason'] or '')}</td><td>{buttons}</td></tr>")
+    body = ("<h1>Workers</h1><table id='farm-workers'><tr><th>worker</th><th>state</th>"
+            "<th>device</th><th>node</th><th>tasks</th><th>failures</th><th>why</th><th></th>"
+            "</tr>" + "".join(rows) + "</table>")
+    if fragment:
+        return body.encode()
+    return _page("renderfarm workers", body, refresh=True, caller=caller, live="")
+
+
+def log_page(service: Any, caller: Caller, job_id: str, frame: int | None) -> bytes:
+    """What Blender printed for a job's tasks."""
+    row = service.job_for(caller, job_id)
+    e = html.escape
+    parts = [f"<h1>Task logs of {e(row.name)} <small>{e(job_id)}</small></h1>"]
+    for entry in service.store.logs(job_id, frame):
+        status = "ok" if entry["ok"] else f"failed: {entry['error'] or ''}"
+        tile = f" tile {entry['tile']}" if entry["tile"] >= 0 else ""
+        parts.append(f"<h3 class='{'done' if entry['ok'] else 'failed'}'>frame "
+                     f"{entry['frame']}{tile} {e(entry['kind'])} attempt {entry['attempt']} "
+                     f"on {e(entry['worker'] or '')}: {e(status)}</h3>"
+                     f"<pre>{e(service.scrub(entry['log']))}</pre>")
+    return _page(f"renderfarm log {job_id}", "".join(parts), refresh=False, caller=caller)
 
 
 def login_page(next_path: str, wrong: bool = False) -> bytes:
@@ -197,9 +356,10 @@ def _known_path(path: str) -> bool:
     """Whether ``path`` is one of the page's: ``/``, ``/api/jobs``, or ``/job/ID``,
     ``/api/job/ID``, ``/preview/ID.png`` with a valid job id (never a dot name or a
     folder)."""
-    if path in ("/", "/api/jobs"):
+    if path in ("/", "/api/jobs", "/workers"):
         return True
-    for prefix, suffix in (("/job/", ""), ("/api/job/", ""), ("/preview/", ".png")):
+    for prefix, suffix in (("/job/", ""), ("/api/job/", ""), ("/preview/", ".png"),
+                           ("/log/", ""), ("/report/", "")):
         if path.startswith(prefix) and path.endswith(suffix):
             job = path[len(prefix):len(path) - len(suffix)]
             return bool(JOB_ID.match(job))
@@ -273,7 +433,16 @@ class StatusApp:
             Route("/api/job/{job_id}", self._api_job, methods=["GET"]),
             Route("/login", self._login, methods=["GET", "POST"]),
             Route("/logout", self._logout, methods=["POST"]),
+            Route("/workers", self._workers, methods=["GET"]),
+            Route("/log/{job_id}", self._log, methods=["GET"]),
+            Route("/report/{job_id}", self._report, methods=["GET"]),
+            Route("/thumb/{job_id}/{name}", self._thumb, methods=["GET"]),
+            Route("/api/v1/openapi.json", self._openapi, methods=["GET"]),
+            Route("/api/v1/events", self._events, methods=["GET"]),
+            Route("/api/v1/upload", self._api_upload, methods=["PUT"]),
+            Route("/api/v1/{op}", self._api_call, methods=["POST"]),
         ])
+        self.streams = EventStreams(service)
         self.app.router.redirect_slashes = False  # only the page's own paths, as they are
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -388,15 +557,129 @@ class StatusApp:
 
     # -- the pages ---------------------------------------------------------------------------
     async def _jobs(self, request: Request) -> Response:
+        state = request.query_params.get("state", "")[:16]
+        owner = request.query_params.get("owner", "")[:64]
+        fragment = request.headers.get("x-fragment") == "1"
         return await self._guarded(request, lambda caller: _answer(
-            200, jobs_page(self.service, caller), _HTML))
+            200, jobs_page(self.service, caller, state, owner, fragment), _HTML))
 
     async def _job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         if not JOB_ID.match(job_id):
             return _answer(404, b"not found")
+        fragment = request.headers.get("x-fragment") == "1"
         return await self._guarded(request, lambda caller: _answer(
-            200, job_page(self.service, caller, job_id), _HTML))
+            200, job_page(self.service, caller, job_id, fragment), _HTML))
+
+    async def _workers(self, request: Request) -> Response:
+        fragment = request.headers.get("x-fragment") == "1"
+        return await self._guarded(request, lambda caller: _answer(
+            200, workers_page(self.service, caller, fragment), _HTML))
+
+    async def _log(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        frame = request.query_params.get("frame")
+        if not JOB_ID.match(job_id) or (frame is not None and not frame.lstrip("-").isdigit()):
+            return _answer(404, b"not found")
+        return await self._guarded(request, lambda caller: _answer(
+            200, log_page(self.service, caller, job_id,
+                          int(frame) if frame is not None else None), _HTML))
+
+    async def _report(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if not JOB_ID.match(job_id):
+            return _answer(404, b"not found")
+
+        def render(caller: Caller) -> Response:
+            reply, page = self.service.call(caller, "report", {"job_id": job_id,
+                                                               "html": True})
+            if not reply.get("ok"):
+                raise ServiceError(reply["error"]["message"], kind=reply["error"]["type"])
+            return _answer(200, page or b"", _HTML)
+
+        return await self._guarded(request, render)
+
+    async def _thumb(self, request: Request) -> Response:
+        job_id, name = request.path_params["job_id"], request.path_params["name"]
+        frame = name[:-4]
+        if (not JOB_ID.match(job_id) or not name.endswith(".png")
+                or not frame.lstrip("-").isdigit() or len(frame) > 10):
+            return _answer(404, b"not found")
+
+        def render(caller: Caller) -> Response:
+            image = self.service.frame_thumbnail(caller, job_id, int(frame))
+            if image is None:
+                return _answer(404, b"no such frame written")
+            return _answer(200, image, "image/png")
+
+        return await self._guarded(request, render, api=True)
+
+    # -- the HTTP API ------------------------------------------------------------------------
+    async def _openapi(self, request: Request) -> Response:
+        refused = self._host_refused(request)
+        if refused is not None:
+            return refused
+        return _answer(200, json.dumps(openapi(), indent=1).encode(), _JSON)
+
+    async def _api_caller(self, request: Request) -> Caller | Response:
+        """The caller of an API request, or the answer refusing it."""
+        refused = self._host_refused(request)
+        if refused is not None:
+            return refused
+        caller = await self._caller(request)
+        if caller is None:
+            return self._login_needed(request, api=True)
+        cookie_only = not request.headers.get("authorization")
+        if cookie_only and self.tokens is not None and not _same_origin(request):
+            return _answer(403, b"an action with the page's login must come from the page")
+        return caller
+
+    async def _api_call(self, request: Request) -> Response:
+        op = request.path_params["op"]
+        if op not in protocol.REQUESTS or op in protocol.WITH_DATA:
+            return _answer(404, json.dumps({"ok": False, "error": {
+                "type": "not_found", "message": f"no operation {op[:40]!r}; see "
+                "/api/v1/openapi.json"}}).encode(), _JSON)
+        caller = await self._api_caller(request)
+        if isinstance(caller, Response):
+            return caller
+        body = await read_body(request, self.service.config.max_message)
+        if body is None:
+            return _answer(413, b"the request is too big")
+        try:
+            fields = json.loads(body or b"{}")
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict):
+            return _answer(400, json.dumps({"ok": False, "error": {
+                "type": "bad_request", "message": f"{op}: the body must be a JSON object of "
+                "the request's fields"}}).encode(), _JSON)
+        reply, data = await self._run(self.service.call, caller, op, fields)
+        return reply_response(op, reply, data, _HEADERS)
+
+    async def _api_upload(self, request: Request) -> Response:
+        caller = await self._api_caller(request)
+        if isinstance(caller, Response):
+            return caller
+        fields: dict[str, Any] = {}
+        for name in ("sha256", "offset", "total"):
+            value = request.query_params.get(name)
+            if value is not None:
+                fields[name] = int(value) if name != "sha256" and value.isdigit() else value
+        body = await read_body(request, self.service.config.max_message)
+        if body is None:
+            return _answer(413, b"the chunk is too big")
+        reply, data = await self._run(self.service.call, caller, "upload", fields, body)
+        return reply_response("upload", reply, data, _HEADERS)
+
+    async def _events(self, request: Request) -> Response:
+        caller = await self._api_caller(request)
+        if isinstance(caller, Response):
+            return caller
+        job_id = request.query_params.get("job_id") or None
+        if job_id is not None and not JOB_ID.match(job_id):
+            return _answer(404, b"not found")
+        return self.streams.stream(caller, job_id, _HEADERS)
 
     async def _preview(self, request: Request) -> Response:
         name = request.path_params["name"]

@@ -1,0 +1,186 @@
+"""The farm's HTTP control API (``/api/v1``), for pipeline tools that do not speak ZeroMQ,
+and the live event stream the web app listens to.
+
+Every operation of the ZeroMQ protocol is ``POST /api/v1/OP`` with the request's fields as
+a JSON object (``upload`` is ``PUT /api/v1/upload?sha256=..&offset=..&total=..`` with the
+chunk as the body). A request goes through the very code a ZeroMQ request does
+(:meth:`~renderfarm.server.service.FarmService.call`: schema, limits, ownership, rate, audit),
+as the client whose token it carries (``Authorization: Bearer TOKEN``, or the page's login
+cookie from a page of the same origin). A reply is the protocol's reply as JSON; a reply that
+carries bytes (``fetch``, ``report`` with ``html``) has them as its body and its fields in the
+``X-Renderfarm-Reply`` header. Refusals get the HTTP status of their kind (400, 401, 403,
+404, 409, 413, 429, 500) and ``{"ok": false, "error": {"type", "message"}}``.
+``GET /api/v1/openapi.json`` describes it all, made from the protocol's own schema.
+
+``GET /api/v1/events[?job_id=ID]`` is a server-sent event stream of the caller's jobs'
+events (an admin's: every job's), as the ZeroMQ PUB socket sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from renderfarm import __version__
+from renderfarm.server import protocol
+from renderfarm.server.keyring import Caller
+
+logger = logging.getLogger(__name__)
+
+#: HTTP status of each error kind of the protocol
+STATUS = {"bad_request": 400, "bad_input": 400, "version": 400, "too_big": 413,
+          "not_found": 404, "refused": 403, "refused_key": 403, "conflict": 409,
+          "limit": 429, "rate_limited": 429, "missing_files": 400, "bad_bundle": 400,
+          "internal": 500, "failed": 500}
+#: event streams open at once (each holds one of the page's connections)
+MAX_STREAMS = 32
+#: seconds between keep-alive comments on an idle event stream
+KEEP_ALIVE = 15.0
+
+_JSON_TYPES = {str: "string", int: "integer", bool: "boolean", list: "array", dict: "object",
+               float: "number"}
+
+
+def _schema_of(field: protocol.Field) -> dict[str, Any]:
+    kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
+    types = [_JSON_TYPES.get(k, "string") for k in kinds]
+    return {"type": types[0]} if len(types) == 1 else {"type": types}
+
+
+def openapi() -> dict[str, Any]:
+    """The API's OpenAPI 3.1 description, made from :data:`protocol.REQUESTS`."""
+    error = {"description": "refused: the error's type and a message naming the problem",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    paths: dict[str, Any] = {}
+    for op, fields in sorted(protocol.REQUESTS.items()):
+        properties = {name: _schema_of(f) for name, f in fields.items()}
+        required = sorted(name for name, f in fields.items() if f.required)
+        body = {"type": "object", "properties": properties, "additionalProperties": False}
+        if required:
+            body["required"] = required
+        responses = {"200": {"description": f"the {op} reply (the protocol's fields)",
+                             "content": {"application/json": {"schema": {"type": "object"}}}},
+                     "400": error, "401": {"description": "no valid token"}, "403": error,
+                     "404": error, "409": error, "429": error}
+        if op in protocol.WITH_DATA:  # the chunk travels as the body
+            paths[f"/api/v1/{op}"] = {"put": {
+                "operationId": op, "summary": f"{op}: the chunk is the body",
+                "parameters": [{"name": n, "in": "query", "required": f.required,
+                                "schema": _schema_of(f)} for n, f in fields.items()],
+                "requestBody": {"required": True, "content": {
+                    "application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}}}},
+                "responses": responses}}
+            continue
+        if op in ("fetch", "report"):
+            responses["200"]["content"]["application/octet-stream"] = {
+                "schema": {"type": "string", "format": "binary"}}
+            responses["200"]["description"] += ("; with bytes (a frame, a report's HTML) "
+                                                "they are the body and the fields are in "
+                                                "the X-Renderfarm-Reply header")
+        paths[f"/api/v1/{op}"] = {"post": {
+            "operationId": op, "summary": f"the protocol's {op!r} request",
+            "requestBody": {"required": bool(required), "content": {
+                "application/json": {"schema": body}}},
+            "responses": responses}}
+    paths["/api/v1/events"] = {"get": {
+        "operationId": "events", "summary": "server-sent events of the caller's jobs",
+        "parameters": [{"name": "job_id", "in": "query", "required": False,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "an event stream; each data line is an event",
+                              "content": {"text/event-stream": {}}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "renderfarm", "version": __version__,
+                 "description": "The farm service's operations over HTTP: the same as its "
+                 "ZeroMQ protocol, checked and audited the same way."},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer",
+                                          "description": "renderfarm web-token prints it"}},
+            "schemas": {"Error": {"type": "object", "properties": {
+                "ok": {"type": "boolean"}, "error": {"type": "object", "properties": {
+                    "type": {"type": "string"}, "message": {"type": "string"}}}}}}},
+        "security": [{"token": []}],
+        "paths": paths,
+    }
+
+
+def reply_response(op: str, reply: dict[str, Any], data: bytes | None,
+                   headers: dict[str, str]) -> Response:
+    """The HTTP answer of a protocol reply."""
+    fields = {k: v for k, v in reply.items() if k not in ("v", "id")}
+    if not reply.get("ok"):
+        kind = str((reply.get("error") or {}).get("type", "bad_request"))
+        return Response(json.dumps(fields), STATUS.get(kind, 400), headers=headers,
+                        media_type="application/json")
+    if data is not None:
+        kind = "text/html; charset=utf-8" if op == "report" else "application/octet-stream"
+        return Response(data, 200, media_type=kind, headers={
+            **headers, "X-Renderfarm-Reply": json.dumps(fields, ensure_ascii=True)})
+    return Response(json.dumps(fields), 200, headers=headers, media_type="application/json")
+
+
+class EventStreams:
+    """The server-sent event streams open now."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.open = 0
+
+    def stream(self, caller: Caller, job_id: str | None,
+               headers: dict[str, str]) -> Response:
+        """A stream of the job events ``caller`` may see (of ``job_id`` only, if given)."""
+        if self.open >= MAX_STREAMS:
+            return Response("too many event streams are open on this page; close some "
+                            "tabs", 503, headers=headers, media_type="text/plain")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+        def listener(owner: str, message: dict[str, Any]) -> None:
+            if not caller.may_see(owner) or (job_id and message.get("job_id") != job_id):
+                return
+            loop.call_soon_threadsafe(_put, queue, message)
+
+        stop = self.service.listen(listener)
+        self.open += 1
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": renderfarm events\n\n"
+                while True:
+                    try:
+                        message = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
+                    except asyncio.TimeoutError:
+                        yield b": still here\n\n"
+                        continue
+                    yield f"data: {json.dumps(message)}\n\n".encode()
+            finally:
+                stop()
+                self.open -= 1
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-store"})
+
+
+def _put(queue: asyncio.Queue[dict[str, Any]], message: dict[str, Any]) -> None:
+    if not queue.full():  # a page that does not read its events loses the oldest news
+        queue.put_nowait(message)
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """A request's body, or None when it is over ``limit`` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
