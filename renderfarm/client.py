@@ -370,7 +370,7 @@ class FarmClient:
                     f"frame {frame} of job {job_id} ({plain_name(name)}) arrived with SHA-256 "
                     f"{digest.hexdigest()[:16]}… but the farm wrote {expected[:16]}…: the "
                     "farm's copy was changed or damaged after the render; nothing was "
-                    "written (render the frame again)", frame=frame)
+                    "written (render the frame again: renderfarm requeue JOB --frames N)")
         except BaseException:  # nothing half-downloaded or damaged is left in the folder
             tmp.unlink(missing_ok=True)
             raise

@@ -263,10 +263,13 @@ def predict(shape: JobShape, costs: Mapping[tuple[int, int], TileCost], *,
         variable = cost.per_sample * task_samples
         calls.append((cost.fixed, variable, frame))
         per_frame[frame] = per_frame.get(frame, 0.0) + cost.fixed + variable
-    if shape.verify and calls:  # a share of pieces rendered again, alone, as checks are
-        every = max(1, round(1 / shape.verify))
-        calls = [c for i, call in enumerate(calls)
-                 for c in ((call, (call[0], call[1], -1 - i)) if i % every == 0 else (call,))]
+    if shape.verify and calls:  # that share of pieces rendered again, alone, as checks are
+        checked: list[tuple[float, float, int]] = []
+        for i, call in enumerate(calls):
+            checked.append(call)
+            if int((i + 1) * shape.verify + 1e-9) > int(i * shape.verify + 1e-9):
+                checked.append((call[0], call[1], -1 - i))
+        calls = checked
     if finish_seconds:  # each merged frame is finished on a worker once its pieces are in
         ordered: list[tuple[float, float, int]] = []
         for i, call in enumerate(calls):

@@ -482,8 +482,6 @@ class WorkerPool:
         #: over, its dispatcher stops and its jobs end with this error
         self.lost: ClusterLostError | None = None
         self.workers: dict[str, WorkerHandle] = {}
-        #: nodes whose workers were found suspect (new workers there are suspect too)
-        self.suspect_nodes: dict[str, str] = {}
         self._numbers = itertools.count(1)
         self._remote: Any = None
         # the dispatcher, job threads (inspect) and merge threads (convert) all replace
@@ -527,7 +525,6 @@ class WorkerPool:
             handle = pings[ref]
             try:
                 handle.node = ray.get(ref)["node"]
-                handle.suspect = self.suspect_nodes.get(handle.node)
                 handle.ready = True
             except Exception as exc:
                 self.kill_all()
@@ -581,27 +578,22 @@ class WorkerPool:
                                  f"{', '.join(sorted(self.workers)) or 'none'})")
             if enabled:
                 handle.disabled = None
-                if handle.suspect is not None:
-                    handle.suspect = None
-                    self.suspect_nodes.pop(handle.node, None)
+                handle.suspect = None
             else:
                 handle.disabled = reason or "disabled by an operator"
             return handle
 
     def suspect(self, worker_id: str, reason: str) -> None:
-        """Send ``worker_id`` (and other workers of its node) no more tasks: its pixels
-        disagreed with other workers'. It stays alive, idle, for an operator to look at."""
+        """Send ``worker_id`` no more tasks: its pixels disagreed with other workers'. It
+        stays alive, idle, for an operator to look at (``renderfarm workers``). Only this
+        worker: others on its machine (other GPUs, other CPU slots) render on."""
         with self._lock:
             handle = self.workers.get(worker_id)
             if handle is None:
                 return
             logger.warning("worker %s on node %s is suspect: %s", worker_id, handle.node,
                            reason)
-            if handle.node:
-                self.suspect_nodes.setdefault(handle.node, reason)
-            for other in self.workers.values():
-                if other is handle or (other.node and other.node == handle.node):
-                    other.suspect = other.suspect or reason
+            handle.suspect = handle.suspect or reason
 
     def poll_started(self) -> None:
         """Mark workers whose start finished; drop those that failed to start."""
@@ -616,7 +608,6 @@ class WorkerPool:
             handle = waiting[ref]
             try:
                 handle.node = ray.get(ref)["node"]
-                handle.suspect = self.suspect_nodes.get(handle.node)
                 handle.ready = True
             except Exception as exc:  # died while starting (its node went away)
                 logger.warning("worker %s did not start: %s", handle.worker_id, exc)
@@ -725,6 +716,9 @@ class Source:
         paces: the same per worker (how fast each worker is on this job).
         pending: ``pending()`` is how many of the job's tasks wait for a worker; with it, a
             worker measured much slower than the others leaves the job's last tasks to them.
+        exclusive: ``exclusive(worker_id, others)`` is True when a pending task may run on
+            that worker and on none of ``others`` (a check of another worker's piece, a retry
+            avoiding the workers it failed on): the worker then never leaves it to them.
     """
 
     key: str
@@ -742,6 +736,7 @@ class Source:
     durations: list[float] = field(default_factory=list)
     pending: Callable[[], int] | None = None
     paces: dict[str, list[float]] = field(default_factory=dict)
+    exclusive: Callable[[str, frozenset[str]], bool] | None = None
 
 
 def _guarded(source: Source, name: str, *args: Any) -> Any:
@@ -880,6 +875,9 @@ def _leave_to_faster(handle: WorkerHandle, source: Source, ready: list[WorkerHan
     faster = [h for h in ready if h is not handle and fast(h)]
     if not faster:
         return False
+    if source.exclusive is not None and _guarded(
+            source, "exclusive", handle.worker_id, frozenset(h.worker_id for h in faster)):
+        return False  # it waits for this worker: a check or a retry the others may not run
     pending = _guarded(source, "pending") or 0
     # it would end a new task after the ones it holds; the others drain what is pending in
     # rounds of one task each

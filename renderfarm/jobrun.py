@@ -244,6 +244,7 @@ class JobRun:
         source = Source(key=blend_hash, next_task=entries.next_task, call=entries.call,
                         done=entries.done, failed=entries.failed, requeue=entries.requeue,
                         backup=entries.backup, pending=entries.pending,
+                        exclusive=entries.exclusive,
                         timeout=spec.task_timeout or self.farm.config.default_task_timeout,
                         priority=self.priority, cancelled=self.handle._cancel)
         entries.source = source
@@ -362,7 +363,7 @@ class JobRun:
                                   "device_seconds": units * sum(busy_seconds(t.to_dict())
                                                                 for t in probe_tasks)})
         self.estimate = estimate.to_dict()
-        self.estimate["rendered"] = spec.estimate == "first"
+        self.estimate["rendered"] = False  # set once the job goes on to render
         cost = "no price set" if estimate.cost is None else f"{estimate.cost:.4f}"
         self.emit("estimate", message=f"estimate: {estimate.wall_seconds:.1f} s on "
                   f"{estimate.workers} worker(s), {estimate.device_seconds:.1f} device-s, "
@@ -375,6 +376,7 @@ class JobRun:
                 "samples" + (" (set the farm's prices: serve --price)"
                              if estimate.cost is None else ""),
                 limit="budget", path=spec.blend_file)
+        self.estimate["rendered"] = spec.estimate == "first"
         return estimate
 
     def _probe(self, frames: list[int], samples: int | None) -> JobResult:
@@ -480,10 +482,26 @@ class JobRun:
                                      f"(other jobs go on): {type(fault).__name__}: {fault}")
             if self.farm.lost is not None:
                 raise self.farm.lost
+            self._check_trusted(runner.pool)
             if runner.error is not None:
                 if isinstance(runner.error, RenderFarmError):
                     raise runner.error
                 raise JobFailedError(f"the dispatcher stopped: {runner.error}")
+
+    def _check_trusted(self, pool: WorkerPool) -> None:
+        """Stop a job whose work waits while every started worker of the farm is suspect
+        (nobody trusted is left to render it); disabled workers are an operator's choice,
+        so a job waits for them."""
+        ready = pool.ready
+        if not ready or any(h.suspect is None for h in ready):
+            return
+        with self.lock:
+            waiting = self.state is not None and self.state.has_pending()
+        if waiting:
+            raise VerificationError(
+                f"every worker of the farm is suspect ({', '.join(sorted(h.worker_id for h in ready))}"
+                "): no trusted worker is left to render the job; check those machines, then "
+                "enable them (renderfarm worker enable ID) or add workers")
 
     def _take_resume(self, resume: Resume) -> None:
         """Mark what an earlier run finished as done; merge frames it left complete."""
@@ -536,6 +554,7 @@ class JobRun:
                 logger.warning("worker %s died while opening %s (attempt %d)",
                                handle.worker_id, path, attempt + 1)
                 pool.replace(handle.worker_id)  # the next try prefers a started worker
+                self._wait_for_worker(pool)
                 continue
             if reply.get("need_blob"):
                 self.files.send_bytes()
@@ -547,6 +566,19 @@ class JobRun:
         raise BlendFileError("every worker that opened this file crashed; the file may be "
                              "damaged: open and save it again in Blender",
                              path=spec.blend_file, retryable=False)
+
+    @staticmethod
+    def _wait_for_worker(pool: WorkerPool, seconds: float = 30.0) -> None:
+        """After a worker died (its node may be gone with it): let the pool drop workers
+        that cannot be placed and wait a little for one to start, so the next attempt does
+        not go to a worker that dies the same way."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pool.follow_cluster(every=0.0)
+            pool.poll_started()
+            if pool.ready:
+                return
+            time.sleep(0.2)
 
     def _finish_on_worker(self, payload: bytes, frame: int) -> bytes:
         """Let a worker denoise, composite and/or convert a merged frame (merge threads)."""
@@ -598,7 +630,7 @@ def _entry(method: Callable[..., Any]) -> Callable[..., Any]:
 
 #: what a failed entry point answers the dispatcher (the job is stopping)
 _ENTRY_FALLBACK: dict[str, Any] = {"next_task": None, "call": None, "done": True,
-                                   "backup": False, "pending": 0}
+                                   "backup": False, "pending": 0, "exclusive": False}
 
 
 class Entries:
@@ -789,6 +821,13 @@ class Entries:
             return self.state.may_backup(task.members)
 
     @_entry
+    def exclusive(self, worker: str, others: frozenset[str]) -> bool:
+        """Whether a pending task of the job may run on ``worker`` and on none of
+        ``others``."""
+        with self.job.lock:
+            return self.state.exclusive(worker, others)
+
+    @_entry
     def pending(self) -> int:
         """Tasks of the job waiting for a worker."""
         with self.job.lock:
@@ -855,10 +894,13 @@ class Entries:
                      f"({', '.join(w for _i, w in check.renders)}): it is suspect and gets "
                      f"no more tasks; its {len(settled.redo)} piece(s) of this job are "
                      "rendered again", data={"suspect": worker, "node": node})
-        job.emit("task_checked", frame=check.task.frame, tile=check.task.tile.index,
-                 data={"outcome": check.outcome or "undecided",
-                       "workers": [w for _i, w in check.renders],
-                       "suspects": list(check.suspects)})
+        for decided in [check, *settled.resolved]:
+            job.emit("task_checked", frame=decided.task.frame, tile=decided.task.tile.index,
+                     data={"outcome": decided.outcome or "undecided",
+                           "workers": [w for _i, w in decided.renders],
+                           "suspects": list(decided.suspects),
+                           "tiles": self.tiles(decided.task), "chunk": decided.task.chunk,
+                           "reopened": settled.reopened if decided is check else []})
         for index in settled.discard:
             self.check_path(index).unlink(missing_ok=True)
         if settled.failed:

@@ -73,6 +73,9 @@ def show_progress(handle: JobHandle, stream: TextIO | None = None) -> None:
             if text != postfix:
                 postfix = text
                 bar.set_postfix_str(text, refresh=False)
+            if event.tasks_total and event.tasks_total != bar.total:
+                bar.total = event.tasks_total  # checks of --verify add tasks
+                bar.refresh()
             if event.tasks_done > bar.n:
                 bar.update(event.tasks_done - bar.n)
     finally:

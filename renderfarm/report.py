@@ -45,7 +45,7 @@ def parse_prices(items: Iterable[str]) -> dict[str, float]:
             price = float(value)
         except ValueError:
             price = -1.0
-        if not sep or not name.strip() or not price >= 0:
+        if not sep or not name.strip() or not 0 <= price < float("inf"):
             raise InputError(f"--price {item!r}: write DEVICE=PRICE per device-hour, like "
                              "CPU=0.04 (per core-hour), 'NVIDIA A10=1.10' or '*=0.5'")
         prices[name.strip()] = price
@@ -149,7 +149,8 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
     report: dict[str, Any] = {
         "job_id": run.get("job_id"), "name": name, "client": client, "state": state,
         "device": pool_device, "workers_used": sorted(workers), "worker_cpus": cpus,
-        "frames": list(run.get("frames") or []), "tiles": list(run.get("tiles") or (1, 1)),
+        "frames": list(run.get("frames") or []) if state != "failed" or run.get("outputs")
+        else [], "tiles": list(run.get("tiles") or (1, 1)),
         "wall_seconds": float(run.get("wall_seconds") or 0.0),
         "total": {"device_seconds": total_seconds, "cost": total_cost,
                   "unpriced": sorted(k for k, d in devices.items() if d["cost"] is None)},
@@ -289,7 +290,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 _COLOURS = {"render": "#4a8fd8", "check": "#a77bd8", "finish": "#4cae6a",
-            "inspect": "#999999", "failed": "#d85a4a"}
+            "inspect": "#999999", "probe": "#d8b44a", "failed": "#d85a4a"}
 
 
 def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | None = None
@@ -369,7 +370,7 @@ def _timeline(report: Mapping[str, Any]) -> str:
         y = workers.index(piece["worker"]) * row
         x = 120 + (piece["started"] - start) / span * (width - 130)
         w = max((piece["finished"] - piece["started"]) / span * (width - 130), 1.0)
-        colour = _COLOURS["failed" if piece["status"] != "ok" else piece["kind"]]
+        colour = _COLOURS.get("failed" if piece["status"] != "ok" else piece["kind"], "#999999")
         label = html.escape(f"frame {piece['frame']} tile {piece['tile']} {piece['kind']} "
                             f"{piece['busy_seconds']:.2f} s {piece['status']}")
         bars.append(f"<rect x='{x:.1f}' y='{y + 3}' width='{w:.1f}' height='{row - 6}' "

@@ -380,6 +380,13 @@ def _web_token_of(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_output(output: str, blend: Path) -> Path:
+    """Where ``-o`` points on this machine: ``//`` is the .blend's folder, as in Blender."""
+    if output.startswith("//"):
+        return blend.resolve().parent / output[2:]
+    return Path(output)
+
+
 def _report(args: argparse.Namespace, client: Any) -> int:
     from renderfarm.report import check_folder, summary_lines
 
@@ -468,7 +475,8 @@ def _submit(args: argparse.Namespace, client: Any) -> int:
             print(f"{job_id} {line}", file=sys.stderr)
             last = line
     job = client.status(job_id)
-    folder = args.fetch_to or (str(Path(args.output).parent) if args.output else "render")
+    folder = args.fetch_to or (str(_local_output(args.output, blend).parent) if args.output
+                               else "render")
     outputs = client.fetch_outputs(job_id, folder) if job["outputs"] else {}
     if args.json:
         print(json.dumps({**job, "fetched": {str(k): str(v) for k, v in outputs.items()},

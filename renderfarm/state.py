@@ -135,6 +135,9 @@ class Settled:
     redo: list[int] = field(default_factory=list)
     reopened: list[int] = field(default_factory=list)
     failed: str | None = None
+    #: other checks a suspect decided (moot: their original is rendered again; settled: the
+    #: only render that disputed their original was the suspect's)
+    resolved: list[Check] = field(default_factory=list)
 
 
 class JobState:
@@ -544,6 +547,18 @@ class JobState:
                             "with --verify 0")
         self.problems.append(entry.last_error)
 
+    def exclusive(self, worker: str, others: Collection[str]) -> bool:
+        """Whether a pending task may run on ``worker`` and on none of ``others`` (a check
+        of another worker's piece, a retry avoiding the workers it failed on)."""
+        if worker in self.suspects or worker in self.blocked:
+            return False
+        for entry in self.entries.values():
+            if entry.status is not TaskStatus.PENDING or worker in entry.exclude:
+                continue
+            if all(o in entry.exclude or o in entry.failed_on for o in others):
+                return True
+        return False
+
     def take_blocked(self) -> list[str]:
         """Workers kept off the job since the last call (to say so)."""
         blocked, self.problems_blocked = self.problems_blocked, []
@@ -576,11 +591,21 @@ class JobState:
                 settled.redo.append(index)
             elif entry.check is not None and entry.status is not TaskStatus.FAILED:
                 entry.exclude.add(worker)
-                if entry.check.original == worker and entry.check.outcome is None:
-                    entry.check.outcome = "moot"  # its piece is rendered again anyway
-                if entry.check.outcome == "moot" and entry.status is not TaskStatus.DONE:
+                check = entry.check
+                if check.original == worker and check.outcome is None:
+                    check.outcome = "moot"  # its piece is rendered again anyway
+                elif check.outcome is None and entry.status is not TaskStatus.DONE and {
+                        w for _i, w in check.renders[1:]} == {worker}:
+                    # the only render that disagreed with the original is the suspect's:
+                    # the original stands, no third opinion is needed
+                    check.outcome, check.suspects = "settled", [worker]
+                    settled.discard += [i for i, _w in check.renders[1:]]
+                if check.outcome in ("moot", "settled") and entry.status is not \
+                        TaskStatus.DONE:
                     self._move(entry, TaskStatus.DONE)  # a running copy's result is dropped
                     self._release(entry.task.frame)
+                    if check is not settled.check and check not in settled.resolved:
+                        settled.resolved.append(check)
         self._ready = [f for f in self._ready if self._frame_left[f] == 0]
         settled.reopened = sorted(reopened)
 

@@ -197,3 +197,32 @@ def test_checks_stay_within_the_pieces_device_class() -> None:
     state.complete(piece.members)
     assert state.next_for("b", {"a", "b"}, devices=devices) is None
     assert state.checks[0].outcome == "unchecked" and state.take_ready() == [1]
+
+
+def test_a_pending_tie_break_ends_when_the_checker_turns_out_suspect() -> None:
+    """a's piece was disputed by b; before a third worker settled it, b was found suspect by
+    another check: a's piece stands, nothing waits for a third opinion."""
+    state = JobState(tasks(2, 1), retries=1, verify=1.0, seed=1)
+    first = state.next_for("a", WORKERS)
+    check_a, _ = finish(state, first, "a")
+    assert state.next_for("b", WORKERS).index == check_a
+    second = state.next_for("c", WORKERS)
+    check_c, _ = finish(state, second, "c")
+    state.settle(check_a, equal_to=set())  # b disagrees with a: a tie-break is pending
+    assert state.next_for("b", WORKERS).index == check_c
+    state.settle(check_c, equal_to=set())  # b disagrees with c too
+    tie_break = state.next_for("a", WORKERS)  # a settles c's piece: b is the liar
+    settled = state.settle(tie_break.index, equal_to={second.index})
+    assert settled.suspects == ["b"]
+    outcomes = {c.task.frame: (c.outcome, c.suspects) for c in state.checks}
+    assert outcomes == {1: ("settled", ["b"]), 2: ("settled", ["b"])}
+    assert sorted(state.take_ready()) == [1, 2] and state.finished and not state.failed
+    assert not state.take_problems()
+
+
+def test_a_slow_worker_is_told_when_a_task_waits_for_it_alone() -> None:
+    state = JobState(tasks(1, 2), retries=1, verify=1.0, seed=1)
+    piece = state.next_for("fast", {"fast", "slow"})
+    finish(state, piece, "fast")
+    # only "slow" may check the fast worker's piece: it must not leave it to "fast"
+    assert state.exclusive("slow", {"fast"}) and not state.exclusive("fast", {"slow"})

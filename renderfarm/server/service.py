@@ -159,6 +159,8 @@ class _Live:
     stale: bool = False
     #: its run's accounting is in the database for good (the run has ended)
     accounted: bool = False
+    #: pieces waiting for their check before they are recorded for a restart
+    held: dict[tuple[int, int, tuple[int, ...]], tuple[Any, ...]] = field(default_factory=dict)
     #: this run's id in the accounts table, and when it was saved last
     run_id: str = field(default_factory=lambda: os.urandom(6).hex())
     saved: float = 0.0
@@ -1287,11 +1289,26 @@ class FarmService:
         elif event.kind == "task_done":
             piece = data["piece"]
             path = Path(piece["path"])
-            store.add_piece(job_id, path.stem, event.frame or 0, piece["chunk"], data["tiles"],
-                            piece["tile"], str(path), data.get("worker"),
-                            data.get("render_seconds"))
+            record = (job_id, path.stem, event.frame or 0, piece["chunk"], data["tiles"],
+                      piece["tile"], str(path), data.get("worker"),
+                      data.get("render_seconds"))
+            if data.get("checked"):  # kept for a restart only once its check has agreed
+                live.held[(event.frame or 0, piece["chunk"], tuple(data["tiles"]))] = record
+            else:
+                store.add_piece(*record)
             self._preview(job_id, live, event.frame or 0, Tile.from_dict(piece["tile"]),
                           self._job_dir(job_id) / "previews" / path.name)
+        elif event.kind == "task_checked":
+            held = live.held.pop((event.frame or 0, data.get("chunk", 0),
+                                  tuple(data.get("tiles") or ())), None)
+            if held is not None and data.get("outcome") in ("agreed", "settled", "unchecked") \
+                    and held[7] not in (data.get("suspects") or []):
+                store.add_piece(*held)
+            for worker in data.get("suspects") or []:  # nothing of it survives a restart
+                store.drop_worker(job_id, worker, data.get("reopened") or [])
+                live.held = {k: v for k, v in live.held.items() if v[7] != worker}
+                logger.info("job %s: worker %s is suspect; frames %s are merged again",
+                            job_id, worker, data.get("reopened"))
         elif event.kind == "frame_merged":
             path = Path(data["path"])
             key = self._output_key(job_id, path.name)

@@ -349,6 +349,14 @@ class Store:
                 self._db.execute("DELETE FROM hashes WHERE job_id = ? AND frame = ?",
                                  (job_id, frame))
 
+    def drop_worker(self, job_id: str, worker: str, frames: Iterable[int]) -> None:
+        """A worker of a job was found suspect: forget the pieces it rendered and
+        ``frames``, written with its pieces (a restarted service renders them again)."""
+        with self._lock:
+            self._db.execute("DELETE FROM pieces WHERE job_id = ? AND worker = ?",
+                             (job_id, worker))
+        self.forget_frames(job_id, frames)
+
     def set_hash(self, job_id: str, frame: int, sha256: str) -> None:
         """Record the SHA-256 of a merged frame's output file as the farm wrote it."""
         self._run("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?)", (job_id, frame, sha256))
