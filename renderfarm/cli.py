@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(each is a warning); default: the job fails naming them")
     jobs.add_argument("--project", help="the project folder the bundle keeps relative "
                       "paths from (default: the .blend's folder)")
+    jobs.add_argument("--require", metavar="TERMS",
+                      help="what the job's workers must offer, e.g. 'vram>=16,tag=lighting' "
+                      "(from their Ray nodes' labels and resources); a job no worker can take "
+                      "says so at once")
     jobs.add_argument("--notify", metavar="URL",
                       help="POST the job's summary as JSON to this http(s) URL when it ends "
                       "(a farm service takes URLs its administrator allows)")

@@ -447,14 +447,19 @@ class WorkerHandle:
     device: str = ""
     #: its calls that failed (any job)
     failures: int = 0
+    #: what its node says of itself: tags and properties (:mod:`renderfarm.tags`)
+    tags: Any = None
 
     def describe(self) -> dict[str, Any]:
         """The worker as the farm's worker list shows it."""
         state = ("disabled" if self.disabled else "suspect" if self.suspect else
                  "starting" if not self.ready else "busy" if self.busy else "idle")
+        tags = self.tags
         return {"worker": self.worker_id, "node": self.node, "device": self.device,
                 "state": state, "tasks_done": self.tasks_done, "failures": self.failures,
-                "reason": self.disabled or self.suspect, "loaded": self.loaded}
+                "reason": self.disabled or self.suspect, "loaded": self.loaded,
+                "tags": sorted(tags.tags) if tags else [],
+                "props": dict(tags.props) if tags else {}}
 
 
 class WorkerPool:
@@ -525,6 +530,7 @@ class WorkerPool:
             handle = pings[ref]
             try:
                 handle.node = ray.get(ref)["node"]
+                handle.tags = self._tags_of(handle.node)
                 handle.ready = True
             except Exception as exc:
                 self.kill_all()
@@ -608,10 +614,22 @@ class WorkerPool:
             handle = waiting[ref]
             try:
                 handle.node = ray.get(ref)["node"]
+                handle.tags = self._tags_of(handle.node)
                 handle.ready = True
             except Exception as exc:  # died while starting (its node went away)
                 logger.warning("worker %s did not start: %s", handle.worker_id, exc)
                 self.kill(handle.worker_id)
+
+    def _tags_of(self, node_id: str) -> Any:
+        """The tags and properties of a node (:func:`renderfarm.tags.node_tags`)."""
+        import ray
+
+        from renderfarm.tags import WorkerTags, node_tags
+
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id:
+                return node_tags(node)
+        return WorkerTags()
 
     def capacity(self) -> int:
         """How many workers of this pool's shape the alive nodes can hold (one per node for
@@ -716,6 +734,8 @@ class Source:
         paces: the same per worker (how fast each worker is on this job).
         pending: ``pending()`` is how many of the job's tasks wait for a worker; with it, a
             worker measured much slower than the others leaves the job's last tasks to them.
+        accepts: ``accepts(handle)`` is False for a worker the job may not use (its
+            ``--require``); None: any worker.
         exclusive: ``exclusive(worker_id, others)`` is True when a pending task may run on
             that worker and on none of ``others`` (a check of another worker's piece, a retry
             avoiding the workers it failed on): the worker then never leaves it to them.
@@ -737,6 +757,7 @@ class Source:
     pending: Callable[[], int] | None = None
     paces: dict[str, list[float]] = field(default_factory=dict)
     exclusive: Callable[[str, frozenset[str]], bool] | None = None
+    accepts: Callable[[WorkerHandle], bool] | None = None
 
 
 def _guarded(source: Source, name: str, *args: Any) -> Any:
@@ -835,11 +856,16 @@ def _start_one(pool: WorkerPool, handle: WorkerHandle, active: list[Source],
     top = max(s.priority for s in active)
     ordered = sorted(active, key=lambda s: (-s.priority,
                                             s.priority == top and s.key != handle.loaded))
-    ready = pool.trusted
-    live = frozenset(h.worker_id for h in ready)
+    trusted = pool.trusted
     for source in ordered:
+        ready = trusted
+        if source.accepts is not None:  # the job's --require: only those workers count
+            if not _guarded(source, "accepts", handle):
+                continue
+            ready = [h for h in trusted if _guarded(source, "accepts", h)]
         if _leave_to_faster(handle, source, ready, 0 if started else 1):
             continue
+        live = frozenset(h.worker_id for h in ready)
         task = _guarded(source, "next_task", handle.worker_id, live)
         if task is None:
             continue
@@ -893,6 +919,7 @@ def _start_backup(handle: WorkerHandle, running: dict[Any, _Running]) -> Any:
         source = item.source
         if (item.started is None or item.handle is handle or item.twin is not None
                 or item.dropped or source.backup is None or source.fault is not None
+                or (source.accepts is not None and not _guarded(source, "accepts", handle))
                 or source.cancelled.is_set() or len(source.durations) < STRAGGLER_SAMPLES):
             continue
         members = len(getattr(item.task, "members", (None,)))

@@ -448,6 +448,8 @@ class JobSpec(_Json):
             (held, with the reason, while one of them has failed or was cancelled).
         after_frames: with ``after``, wait frame by frame instead: frame N of this job
             renders once frame N of each of those jobs is written.
+        require: what the job's workers must offer (``"vram>=16,tag=lighting"``; see
+            :mod:`renderfarm.tags`); None: any worker.
     """
 
     blend_file: str
@@ -476,6 +478,7 @@ class JobSpec(_Json):
     notify: str | None = None
     after: tuple[str, ...] = ()
     after_frames: bool = False
+    require: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -537,6 +540,10 @@ class JobSpec(_Json):
             from renderfarm.notify import check_url
 
             check_url(self.notify)
+        if self.require is not None:
+            from renderfarm.tags import parse_requirements
+
+            parse_requirements(self.require)
         object.__setattr__(self, "after", tuple(self.after))
         if len(self.after) > 100 or not all(
                 isinstance(j, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", j)

@@ -193,6 +193,7 @@ class JobRun:
         runner = self.farm._runner(device)
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
+        accepts = self._requirements(runner.pool)
         self.info = info = self._inspect(runner.pool, blend_hash)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
@@ -244,7 +245,7 @@ class JobRun:
         source = Source(key=blend_hash, next_task=entries.next_task, call=entries.call,
                         done=entries.done, failed=entries.failed, requeue=entries.requeue,
                         backup=entries.backup, pending=entries.pending,
-                        exclusive=entries.exclusive,
+                        exclusive=entries.exclusive, accepts=accepts,
                         timeout=spec.task_timeout or self.farm.config.default_task_timeout,
                         priority=self.priority, cancelled=self.handle._cancel)
         entries.source = source
@@ -487,6 +488,29 @@ class JobRun:
                 if isinstance(runner.error, RenderFarmError):
                     raise runner.error
                 raise JobFailedError(f"the dispatcher stopped: {runner.error}")
+
+    def _requirements(self, pool: WorkerPool) -> Callable[[WorkerHandle], bool] | None:
+        """Which workers the job may use (its ``require``); a job no worker of the farm can
+        take stops here, naming what it asks and what the workers offer."""
+        from renderfarm.errors import ResourceError
+        from renderfarm.tags import WorkerTags, parse_requirements, satisfies
+
+        wanted = parse_requirements(self.spec.require)
+        if not wanted:
+            return None
+
+        def accepts(handle: WorkerHandle) -> bool:
+            return satisfies(handle.tags or WorkerTags(), wanted)
+
+        workers = pool.ready
+        if not any(accepts(h) for h in workers):
+            offers = "; ".join(f"{h.worker_id}: {(h.tags or WorkerTags()).describe()}"
+                               for h in workers) or "none started"
+            raise ResourceError(
+                f"no worker of this farm meets --require {self.spec.require} (workers: "
+                f"{offers}); ask for less, or add a node with those labels or resources",
+                path=self.spec.blend_file)
+        return accepts
 
     def _check_trusted(self, pool: WorkerPool) -> None:
         """Stop a job whose work waits while every started worker of the farm is suspect

@@ -65,4 +65,5 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    verify=getattr(args, "verify", None),
                    estimate=getattr(args, "estimate", None),
                    budget=getattr(args, "budget", None),
-                   notify=getattr(args, "notify", None))
+                   notify=getattr(args, "notify", None),
+                   require=getattr(args, "require", None))

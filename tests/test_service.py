@@ -549,3 +549,7 @@ def test_requeue_renders_frames_again_into_the_same_outputs(
     assert all(w["state"] in ("idle", "busy") for w in workers)
     refused = cli("worker", "disable", workers[0]["worker"], *args)
     assert refused.returncode == 3 and "administrators" in refused.stderr
+    # a job no worker can take is refused at submit, naming what the workers offer
+    nobody = cli("submit", str(blend), *args, "--require", "vram>=16")
+    assert nobody.returncode == 3 and "no worker of this farm meets --require vram>=16" \
+        in nobody.stderr and "cpus=" in nobody.stderr, nobody.stderr

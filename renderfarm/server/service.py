@@ -70,7 +70,7 @@ AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority", "requeue
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
                       "group_tiles", "denoise", "chunks", "allow_missing", "verify",
-                      "estimate", "budget", "notify", "after", "after_frames")
+                      "estimate", "budget", "notify", "after", "after_frames", "require")
 
 
 @dataclass(frozen=True)
@@ -819,6 +819,7 @@ class FarmService:
                        bundle=manifest.to_dict())
             spec = JobSpec.from_dict(raw)
             self._check_after(caller, job_id, spec)
+            self._check_require(spec)
             if spec.notify is not None:
                 from renderfarm.notify import check_url
 
@@ -857,6 +858,21 @@ class FarmService:
             seen.add(other)
             row = self._own(caller, other) if other in spec.after else self.store.job(other)
             todo += list(row.spec.get("after") or [])
+
+    def _check_require(self, spec: JobSpec) -> None:
+        """Refuse at once a job no worker of the running farm can take (``--require``)."""
+        from renderfarm.tags import WorkerTags, parse_requirements, satisfies
+
+        wanted = parse_requirements(spec.require)
+        workers = [w for w in self.farm_workers() if w["state"] != "starting"]
+        if not wanted or not workers:
+            return  # no farm yet: the job says so when it starts
+        offers = [WorkerTags(frozenset(w["tags"]), w["props"]) for w in workers]
+        if not any(satisfies(o, wanted) for o in offers):
+            raise InputError(
+                f"no worker of this farm meets --require {spec.require} (workers: "
+                + "; ".join(f"{w['worker']}: {o.describe()}" for w, o in zip(workers, offers))
+                + "); ask for less, or add a node with those labels or resources")
 
     def _waiting(self, row: JobRow) -> str | None:
         """Why a job waits for others (``--after``), or None when it may go on: a job

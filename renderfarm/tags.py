@@ -1,0 +1,119 @@
+"""Worker tags and job requirements (``--require vram>=16,tag=lighting``). Pure.
+
+A worker carries what its Ray node says of itself: its labels (``ray start --labels
+'{"vram": "24", "tags": "lighting,fx"}'``) as properties (``tags`` as a list of tags), its
+custom resources (``--resources '{"tag:lighting": 1, "vram_gb": 24}'``: ``tag:NAME`` is a
+tag, any other is a property with its amount), its GPU model (Ray's ``accelerator_type:A10``
+is ``gpu=A10``) and its CPUs (``cpus``). A requirement is a comma-separated list of terms,
+all needed: ``tag=NAME`` (the worker has that tag), ``tag!=NAME``, or ``KEY OP VALUE`` with
+``OP`` one of ``>= <= > < = !=`` (numbers compare as numbers; ``vram`` also reads
+``vram_gb``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from renderfarm.errors import InputError
+
+_TERM = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(>=|<=|!=|=|>|<)\s*([^,<>=!\s][^,<>=!]*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One term of a requirement: ``key op value``."""
+
+    key: str
+    op: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.key}{self.op}{self.value}"
+
+
+@dataclass(frozen=True)
+class WorkerTags:
+    """What a worker offers: its tags and its properties."""
+
+    tags: frozenset[str] = frozenset()
+    props: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``lighting, fx; gpu=A10, vram=24`` (for messages)."""
+        props = ", ".join(f"{k}={v}" for k, v in sorted(self.props.items()))
+        return "; ".join(p for p in (", ".join(sorted(self.tags)), props) if p) or "no tags"
+
+
+def parse_requirements(text: str | None) -> tuple[Requirement, ...]:
+    """``"vram>=16,tag=lighting"`` to its terms.
+
+    Raises:
+        InputError: a term is not ``KEY OP VALUE``.
+    """
+    if not text:
+        return ()
+    if not isinstance(text, str) or len(text) > 1000:
+        raise InputError("require must be text like 'vram>=16,tag=lighting'")
+    terms = []
+    for part in text.split(","):
+        match = _TERM.match(part)
+        if not match:
+            raise InputError(f"cannot read the requirement {part.strip()!r}: write KEY OP "
+                             "VALUE terms separated by commas, e.g. 'vram>=16,tag=lighting' "
+                             "(OP: >= <= > < = !=)")
+        terms.append(Requirement(*match.groups()))
+    return tuple(terms)
+
+
+def node_tags(node: Mapping[str, Any]) -> WorkerTags:
+    """The tags and properties of a Ray node (an entry of ``ray.nodes()``)."""
+    tags: set[str] = set()
+    props: dict[str, str] = {}
+    for key, value in (node.get("Labels") or {}).items():
+        if key.startswith("ray.io/"):
+            continue
+        if key == "tags":
+            tags |= {t.strip() for t in str(value).split(",") if t.strip()}
+        else:
+            props[key] = str(value)
+    for key, amount in (node.get("Resources") or {}).items():
+        if key.startswith("tag:"):
+            tags.add(key[4:])
+        elif key.startswith("accelerator_type:"):
+            props["gpu"] = key.split(":", 1)[1]
+        elif key == "CPU":
+            props["cpus"] = f"{float(amount):g}"
+        elif key == "GPU":
+            props["gpus"] = f"{float(amount):g}"
+        elif not key.startswith("node:") and key not in ("memory", "object_store_memory"):
+            props[key] = f"{float(amount):g}"
+    if "vram" not in props and "vram_gb" in props:
+        props["vram"] = props["vram_gb"]
+    return WorkerTags(frozenset(tags), props)
+
+
+def _compare(have: str, op: str, want: str) -> bool:
+    try:
+        a, b = float(have), float(want)
+    except ValueError:
+        a, b = have.lower(), want.lower()  # type: ignore[assignment]
+    return {"=": a == b, "!=": a != b, ">=": a >= b, "<=": a <= b, ">": a > b,
+            "<": a < b}[op]
+
+
+def satisfies(worker: WorkerTags, requirements: tuple[Requirement, ...]) -> bool:
+    """Whether a worker meets every term."""
+    for term in requirements:
+        if term.key == "tag":
+            has = term.value in worker.tags
+            if (term.op == "=" and not has) or (term.op == "!=" and has) \
+                    or term.op not in ("=", "!="):
+                return False
+            continue
+        have = worker.props.get(term.key)
+        if have is None or not _compare(have, term.op, term.value):
+            return False
+    return True
