@@ -650,7 +650,8 @@ def bench_bundle(ctx: Context) -> list[Record]:
     result = farm.submit(touched).result()
     downloads = len(_downloads()) - before
     records.append(Record(
-        "bundle.downloads_per_node", f"files a machine downloaded over a {len(result.renders)}-task "
+        "bundle.downloads_per_node",
+        f"files a machine downloaded over a {len(result.renders)}-task "
         f"job / distinct files it lacked ({len(new)})", "files", [float(downloads)],
         [float(len(new))], downloads / max(len(new), 1), 1.0, "<=",
         note=f"{result.workers} worker(s) on one machine"))
@@ -687,7 +688,8 @@ def bench_trust(ctx: Context) -> list[Record]:
                 spec = JobSpec(str(blend), frames=f"1-{frames}", tiles=(2, 2), verify=share,
                                output=str(ctx.out("verify") / "v_####.exr"))
                 result: list[Any] = []
-                times.append(timed(lambda spec=spec: result.append(farm.render(spec))))
+                times.append(timed(lambda spec=spec, result=result: result.append(
+                    farm.render(spec))))
                 if share:
                     checks.append(len(result[0].checks))
                     pieces.append(len(result[0].renders))

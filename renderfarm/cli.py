@@ -223,7 +223,6 @@ def _bench(argv: list[str]) -> int:
 def _render(args: argparse.Namespace) -> int:
     from renderfarm.farm import Farm, FarmConfig, check_spec
     from renderfarm.options import job_spec
-
     from renderfarm.report import parse_prices
 
     spec = job_spec(args, args.output)  # None: the scene's own output path and settings

@@ -256,7 +256,6 @@ def predict(shape: JobShape, costs: Mapping[tuple[int, int], TileCost], *,
         probe: ``samples``, ``frames``, ``seconds`` and ``device_seconds`` of the probe.
     """
     calls: list[tuple[float, float, int]] = []
-    finishes: list[tuple[float, float, int]] = []
     per_frame: dict[int, float] = {}
     for frame, tile, task_samples in shape.tasks:
         cost = cost_of(costs, frame, tile)

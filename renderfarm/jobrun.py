@@ -523,8 +523,9 @@ class JobRun:
             waiting = self.state is not None and self.state.has_pending()
         if waiting:
             raise VerificationError(
-                f"every worker of the farm is suspect ({', '.join(sorted(h.worker_id for h in ready))}"
-                "): no trusted worker is left to render the job; check those machines, then "
+                "every worker of the farm is suspect ("
+                + ", ".join(sorted(h.worker_id for h in ready))
+                + "): no trusted worker is left to render the job; check those machines, then "
                 "enable them (renderfarm worker enable ID) or add workers")
 
     def _take_resume(self, resume: Resume) -> None:
@@ -738,7 +739,8 @@ class Entries:
                     **reply, "ok": False, "kind": "check" if self.state.check_of(
                         task.index) is not None else "render",
                     "error": {"type": "Dropped", "message": f"result not used ({verdict.value}"
-                              f"{': its worker is suspect' if verdict is Verdict.REJECT else ''})"}}))
+                              + (": its worker is suspect" if verdict is Verdict.REJECT
+                                 else "") + ")"}}))
             return True
         reply, data = value
         if not reply.get("ok"):

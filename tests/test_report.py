@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from renderfarm import faults
 from renderfarm.errors import InputError, ServiceError
 from renderfarm.report import (
     build_report,
@@ -25,7 +26,6 @@ from renderfarm.report import (
     render_html,
     summary_lines,
 )
-from renderfarm import faults
 from tests.conftest import FAULT_FILE, ServerProcess, key_folder
 
 

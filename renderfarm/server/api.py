@@ -156,7 +156,7 @@ class EventStreams:
                 while True:
                     try:
                         message = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         yield b": still here\n\n"
                         continue
                     yield f"data: {json.dumps(message)}\n\n".encode()

@@ -871,7 +871,8 @@ class FarmService:
         if not any(satisfies(o, wanted) for o in offers):
             raise InputError(
                 f"no worker of this farm meets --require {spec.require} (workers: "
-                + "; ".join(f"{w['worker']}: {o.describe()}" for w, o in zip(workers, offers))
+                + "; ".join(f"{w['worker']}: {o.describe()}"
+                            for w, o in zip(workers, offers, strict=True))
                 + "); ask for less, or add a node with those labels or resources")
 
     def _waiting(self, row: JobRow) -> str | None:

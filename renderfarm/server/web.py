@@ -138,7 +138,8 @@ function refresh() {
   }, 200);
 }
 const job = document.body.dataset.job;
-const stream = new EventSource('/api/v1/events' + (job ? '?job_id=' + encodeURIComponent(job) : ''));
+const stream = new EventSource('/api/v1/events'
+                               + (job ? '?job_id=' + encodeURIComponent(job) : ''));
 stream.onopen = () => { document.body.dataset.live = '1'; };
 stream.onmessage = () => refresh();
 </script>"""
