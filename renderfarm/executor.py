@@ -449,6 +449,8 @@ class WorkerHandle:
     failures: int = 0
     #: what its node says of itself: tags and properties (:mod:`renderfarm.tags`)
     tags: Any = None
+    #: the task it renders now (``JOB f0001-t00-c00``), or None
+    current: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The worker as the farm's worker list shows it."""
@@ -458,6 +460,7 @@ class WorkerHandle:
         return {"worker": self.worker_id, "node": self.node, "device": self.device,
                 "state": state, "tasks_done": self.tasks_done, "failures": self.failures,
                 "reason": self.disabled or self.suspect, "loaded": self.loaded,
+                "current": self.current,
                 "tags": sorted(tags.tags) if tags else [],
                 "props": dict(tags.props) if tags else {}}
 
@@ -875,6 +878,8 @@ def _start_one(pool: WorkerPool, handle: WorkerHandle, active: list[Source],
         ref = refs[0] if isinstance(refs, (list, tuple)) else refs
         handle.loaded = source.key
         running[ref] = _Running(source, task, handle, time.monotonic() if started else None)
+        if started:
+            handle.current = _task_name(task)
         return ref
     return None
 
@@ -956,6 +961,11 @@ def _start_backup(handle: WorkerHandle, running: dict[Any, _Running]) -> Any:
     return ref
 
 
+def _task_name(task: Any) -> str:
+    """``JOB f0001-t00-c00``: a task as the worker list shows it."""
+    return f"{getattr(task, 'job_id', '')} {getattr(task, 'task_id', task)}".strip()
+
+
 def _lost(item: _Running) -> dict[str, Any]:
     """What is known of a task whose worker gave no reply (it died, timed out or was
     stopped): who ran it and for how long, so the job's report counts that time."""
@@ -995,6 +1005,9 @@ def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, li
         queue.remove(ref)
     if queue and queue[0] in running:
         running[queue[0]].started = time.monotonic()
+        handle.current = _task_name(running[queue[0]].task)
+    elif not queue:
+        handle.current = None
     if item.dropped:  # its twin won: only the worker matters now
         try:
             ray.get(ref)

@@ -252,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
                 reason = f" — {entry['reason']}" if entry.get("reason") else ""
                 print(f"{entry['worker']:<10} {entry['state']:<9} {entry['device'] or '-':<22}"
                       f" tasks {entry['tasks_done']:<5} failures {entry['failures']:<3} "
-                      f"node {str(entry['node'])[:12]}{reason}")
+                      f"node {str(entry['node'])[:12]}"
+                      + (f" now {entry['current']}" if entry.get("current") else "") + reason)
             return 0
         if args.command == "worker":
             fields: dict[str, Any] = {"worker_id": args.worker_id,

@@ -476,6 +476,7 @@ def test_jobs_wait_for_the_jobs_they_come_after(farm_server: ServerProcess, make
     first = cli("submit", str(blend), *args, "--frames", "1-4", "-o", "a_####.exr")
     assert first.returncode == 0, first.stderr
     a = first.stdout.strip()
+    assert cli("pause", a, *args).returncode == 0  # it waits for us, however fast it is
     second = cli("submit", str(blend), *args, "--frames", "1-4", "-o", "b_####.exr",
                  "--after", a)
     b = second.stdout.strip()
@@ -485,7 +486,9 @@ def test_jobs_wait_for_the_jobs_they_come_after(farm_server: ServerProcess, make
     assert second.returncode == 0 and third.returncode == 0, second.stderr + third.stderr
     with farm_server.client() as client:
         waiting = client.status(b)
-        assert waiting["state"] == "queued" and f"waiting for job {a}" in waiting["waiting"]
+        assert waiting["state"] == "queued", waiting
+        assert f"waiting for job {a} (paused)" in waiting["waiting"], waiting
+        client.resume(a)
         done = {j: wait_state(client, j, ("done", "failed"), timeout=300) for j in (a, b, c)}
         assert all(job["state"] == "done" for job in done.values()), done
         assert done[b]["started"] >= done[a]["ended"]  # the whole job waited

@@ -173,6 +173,11 @@ def test_the_web_app_acts_in_a_real_browser(farm: dict[str, Any], make_scene) ->
     with client_of(farm, "alice") as alice, sync_playwright() as pw:
         job_id = alice.submit(slow, {"frames": "1-30", "output": "w_####.png"})
         wait_state(alice, job_id, ("running",))
+        deadline = time.monotonic() + 60  # the workers say what they render now
+        while not any(job_id in (w["current"] or "") for w in
+                      alice.request("workers")[0]["workers"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         browser = pw.chromium.launch(executable_path=CHROMIUM,
                                      args=["--no-sandbox", "--disable-gpu"])
         try:

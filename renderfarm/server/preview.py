@@ -122,7 +122,9 @@ def png(rgba: np.ndarray) -> bytes:
     import OpenImageIO as oiio
 
     height, width = rgba.shape[:2]
-    buf = oiio.ImageBuf(oiio.ImageSpec(width, height, 4, oiio.UINT8))
+    spec = oiio.ImageSpec(width, height, 4, oiio.UINT8)
+    spec.attribute("oiio:UnassociatedAlpha", 1)  # straight alpha, as PNG stores it
+    buf = oiio.ImageBuf(spec)
     buf.set_pixels(oiio.ROI(), np.ascontiguousarray(rgba, np.uint8))
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "preview.png"

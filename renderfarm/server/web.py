@@ -316,10 +316,12 @@ def workers_page(service: Any, caller: Caller, fragment: bool = False) -> bytes:
         rows.append(f"<tr class='worker {e(w['state'])}' data-worker='{e(w['worker'])}'>"
                     f"<td>{e(w['worker'])}</td><td class='state'>{e(w['state'])}</td>"
                     f"<td>{e(w['device'] or '')}</td><td>{e(str(w['node'])[:12])}</td>"
+                    f"<td class='current'>{e(w.get('current') or '')}</td>"
                     f"<td>{w['tasks_done']}</td><td>{w['failures']}</td>"
                     f"<td>{e(w['reason'] or '')}</td><td>{buttons}</td></tr>")
     body = ("<h1>Workers</h1><table id='farm-workers'><tr><th>worker</th><th>state</th>"
-            "<th>device</th><th>node</th><th>tasks</th><th>failures</th><th>why</th><th></th>"
+            "<th>device</th><th>node</th><th>current task</th><th>tasks</th><th>failures</th>"
+            "<th>why</th><th></th>"
             "</tr>" + "".join(rows) + "</table>")
     if fragment:
         return body.encode()
