@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderfarm.report import device_units, price_of
+from renderfarm.report import busy_seconds, device_units, price_of
 
 #: sample frames a probe renders at most
 PROBE_FRAMES = 3
@@ -105,14 +105,6 @@ def tile_costs(probes: Mapping[int, Sequence[Mapping[str, Any]]]
             share = top[tile] / total
             costs[(frame, tile)] = TileCost(line.fixed * share, line.per_sample * share)
     return costs
-
-
-def busy_seconds(task: Mapping[str, Any]) -> float:
-    """A call's time on its worker."""
-    started, finished = float(task.get("started") or 0), float(task.get("finished") or 0)
-    if finished > started > 0:
-        return finished - started
-    return float(task.get("task_seconds") or task.get("render_seconds") or 0.0)
 
 
 def cost_of(costs: Mapping[tuple[int, int], TileCost], frame: int, tile: int) -> TileCost:

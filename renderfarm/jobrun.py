@@ -318,14 +318,8 @@ class JobRun:
         """Render the probe (a few frames, the job's tiles, two low sample counts) as jobs of
         their own on the same workers, predict this job from it, say so, and stop the job
         when it would cost more than its budget."""
-        from renderfarm.estimate import (
-            JobShape,
-            busy_seconds,
-            predict,
-            probe_frames,
-            probe_samples,
-            tile_costs,
-        )
+        from renderfarm.estimate import JobShape, predict, probe_frames, probe_samples, tile_costs
+        from renderfarm.report import busy_seconds
 
         assert self.plan is not None and self.info is not None
         spec, plan, info = self.spec, self.plan, self.info

@@ -118,7 +118,7 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
     for task in tasks:
         worker = str(task.get("worker") or "?")
         label = str(task.get("device") or known_device.get(worker, ""))
-        seconds = _busy(task)
+        seconds = busy_seconds(task)
         kind = str(task.get("kind") or "render")
         status = _status(task)
         kinds["failed" if status != "ok" else kind] += seconds * _units(label, pool_device,
@@ -173,7 +173,8 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
     return report
 
 
-def _busy(task: Mapping[str, Any]) -> float:
+def busy_seconds(task: Mapping[str, Any]) -> float:
+    """A call's time on its worker: from its start to its end, else as it reported it."""
     started, finished = float(task.get("started") or 0.0), float(task.get("finished") or 0.0)
     if finished > started > 0:
         return finished - started

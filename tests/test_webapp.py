@@ -21,6 +21,7 @@ import pytest
 
 from renderfarm.server import protocol
 from tests.conftest import ServerProcess, free_port_pair, key_folder
+from tests.test_service import wait_state
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
@@ -65,17 +66,6 @@ def api(farm: dict[str, Any], op: str, fields: dict[str, Any] | None = None,
         return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
     finally:
         conn.close()
-
-
-def wait_state(client: Any, job_id: str, states: tuple[str, ...],
-               timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.status(job_id)
-        if job["state"] in states:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not {states}: {job}")
 
 
 def test_the_api_is_the_protocol_over_http(farm: dict[str, Any], make_scene,
