@@ -472,11 +472,14 @@ def test_jobs_wait_for_the_jobs_they_come_after(farm_server: ServerProcess, make
     """``submit --after``: a whole job, frame by frame (``--per-frame``), and a job held
     because the one it comes after failed; unknown jobs refused."""
     blend = make_scene(width=64, height=48, samples=16, frames=4)
+    longer = make_scene(width=64, height=48, samples=16, frames=24)
     args = farm_server.cli_args()
-    first = cli("submit", str(blend), *args, "--frames", "1-4", "-o", "a_####.exr")
+    first = cli("submit", str(longer), *args, "--frames", "1-24", "-o", "a_####.exr")
     assert first.returncode == 0, first.stderr
     a = first.stdout.strip()
-    assert cli("pause", a, *args).returncode == 0  # it waits for us, however fast it is
+    # paused, it waits for us however fast the farm is (tasks already handed to workers
+    # finish, the other 20 wait)
+    assert cli("pause", a, *args).returncode == 0
     second = cli("submit", str(blend), *args, "--frames", "1-4", "-o", "b_####.exr",
                  "--after", a)
     b = second.stdout.strip()

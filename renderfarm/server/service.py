@@ -268,7 +268,7 @@ class FarmService:
                 problem = farm.cluster_problem()
             except Exception as exc:  # the check itself failed: the cluster is not well
                 problem = f"the health check failed: {type(exc).__name__}: {exc}"
-            if problem is not None:
+            if problem is not None and not self._stop.is_set():  # not while it stops
                 self._recover(problem)
 
     def _recover(self, problem: str) -> None:
