@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderfarm.report import busy_seconds, device_units, price_of
+from renderfarm.report import busy_seconds, device_count, device_units, price_of
 
 #: sample frames a probe renders at most
 PROBE_FRAMES = 3
@@ -271,9 +271,7 @@ def predict(shape: JobShape, costs: Mapping[tuple[int, int], TileCost], *,
         calls = ordered
     makespan, work, _count = schedule(calls, shape.workers, group=shape.group)
     wall = before + makespan + after
-    units = sum(c for _d, c in device_units(shape.device_label, shape.device,
-                                            shape.worker_cpus))
-    device_seconds = work * units
+    device_seconds = work * device_count(shape.device_label, shape.device, shape.worker_cpus)
     cost: float | None = 0.0
     for device, count in device_units(shape.device_label, shape.device, shape.worker_cpus):
         price = price_of(device, prices or {})

@@ -97,6 +97,8 @@ class JobRun:
         self.info: SceneInfo | None = None
         self.files: JobFiles | None = None
         self.assembler: Assembler | None = None
+        self.pool: WorkerPool | None = None
+        self.settings: RenderSettings | None = None
         self.started = time.monotonic()
         self.finished_at: float | None = None
         self.started_at = time.time()
@@ -296,7 +298,7 @@ class JobRun:
             checks = [c.to_dict() for c in state.checks] if state is not None else []
             suspects = sorted(state.suspects) if state is not None else []
             tasks = [t.to_dict() for t in self.results]
-        pool = getattr(self, "pool", None)
+        pool, settings = self.pool, self.settings
         return {
             "job_id": self.handle.job_id, "spec": self.spec.to_dict(),
             "frames": list(plan.frames) if plan is not None else [],
@@ -306,12 +308,12 @@ class JobRun:
                        sorted((assembler.hashes if assembler else {}).items())},
             "tasks": tasks, "checks": checks, "suspects": suspects,
             "wall_seconds": (self.finished_at or time.monotonic()) - self.started,
-            "device": getattr(self, "settings", None) and self.settings.device or "cpu",
+            "device": settings.device if settings is not None else "cpu",
             "workers": pool.shape.workers if pool is not None else 0,
             "worker_cpus": pool.shape.num_cpus if pool is not None and pool.shape.num_cpus
             else 1.0,
             "warnings": list(self.warnings), "tiles": list(plan.tiles) if plan else [1, 1],
-            "verify": getattr(self, "verify", 0.0), "started_at": self.started_at,
+            "verify": self.verify, "started_at": self.started_at,
             "estimate": self.estimate}
 
     def _estimate(self, pool: WorkerPool, device: str) -> Estimate:
@@ -319,7 +321,7 @@ class JobRun:
         their own on the same workers, predict this job from it, say so, and stop the job
         when it would cost more than its budget."""
         from renderfarm.estimate import JobShape, predict, probe_frames, probe_samples, tile_costs
-        from renderfarm.report import busy_seconds
+        from renderfarm.report import busy_seconds, device_count, money
 
         assert self.plan is not None and self.info is not None
         spec, plan, info = self.spec, self.plan, self.info
@@ -346,11 +348,11 @@ class JobRun:
             tasks=tuple((t.frame, t.tile.index, (t.samples[1] if t.samples else samples) or 0)
                         for t in plan.tasks),
             frames=plan.frames, workers=max(len(pool.trusted), 1),
-            verify=getattr(self, "verify", 0.0), device=device,
+            verify=self.verify, device=device,
             worker_cpus=pool.shape.num_cpus or 1.0,
             device_label=renders[0].device if renders else "CPU", group=spec.group_tiles)
         probe_tasks = [t for t in self.results if t.kind == "probe"]
-        units = (pool.shape.num_cpus or 1.0) if device == "cpu" else 1.0
+        units = device_count(shape.device_label, device, shape.worker_cpus)
         estimate = predict(shape, tile_costs(probes), finish_seconds=finish, before=before,
                            after=after, prices=self.farm.config.prices, samples=samples,
                            probe={"samples": levels, "frames": frames,
@@ -359,7 +361,7 @@ class JobRun:
                                                                 for t in probe_tasks)})
         self.estimate = estimate.to_dict()
         self.estimate["rendered"] = False  # set once the job goes on to render
-        cost = "no price set" if estimate.cost is None else f"{estimate.cost:.4f}"
+        cost = money(estimate.cost)
         self.emit("estimate", message=f"estimate: {estimate.wall_seconds:.1f} s on "
                   f"{estimate.workers} worker(s), {estimate.device_seconds:.1f} device-s, "
                   f"cost {cost}", data=self.estimate)
@@ -486,24 +488,20 @@ class JobRun:
     def _requirements(self, pool: WorkerPool) -> Callable[[WorkerHandle], bool] | None:
         """Which workers the job may use (its ``require``); a job no worker of the farm can
         take stops here, naming what it asks and what the workers offer."""
-        from renderfarm.errors import ResourceError
-        from renderfarm.tags import WorkerTags, parse_requirements, satisfies
+        from renderfarm.tags import WorkerTags, check_offers, satisfies
 
-        wanted = parse_requirements(self.spec.require)
+        wanted = check_offers(self.spec.require, [(h.worker_id, h.tags or WorkerTags())
+                                                  for h in pool.ready],
+                              path=self.spec.blend_file)
         if not wanted:
             return None
+        known: dict[str, bool] = {}  # a worker's tags never change: ask once per worker
 
         def accepts(handle: WorkerHandle) -> bool:
-            return satisfies(handle.tags or WorkerTags(), wanted)
+            if handle.worker_id not in known:
+                known[handle.worker_id] = satisfies(handle.tags or WorkerTags(), wanted)
+            return known[handle.worker_id]
 
-        workers = pool.ready
-        if not any(accepts(h) for h in workers):
-            offers = "; ".join(f"{h.worker_id}: {(h.tags or WorkerTags()).describe()}"
-                               for h in workers) or "none started"
-            raise ResourceError(
-                f"no worker of this farm meets --require {self.spec.require} (workers: "
-                f"{offers}); ask for less, or add a node with those labels or resources",
-                path=self.spec.blend_file)
         return accepts
 
     def _check_trusted(self, pool: WorkerPool) -> None:
@@ -604,6 +602,7 @@ class JobRun:
         import ray
 
         assert self.files is not None and self.assembler is not None
+        assert self.pool is not None and self.settings is not None
         final = self.assembler.final_format
         for _attempt in range(self.spec.retries + 2):
             handle = self.pool.preferred(self.settings.blend_hash)
@@ -683,8 +682,7 @@ class Entries:
             problems = self.state.take_problems()
             ready = self.state.take_ready()
         for problem in problems:  # a disagreement nobody can settle, no worker left: stop
-            job.abort(VerificationError(problem) if problem.startswith("verification")
-                      else JobFailedError(problem))
+            job.abort(problem)
         self.merge(ready)
         return task
 
@@ -730,8 +728,7 @@ class Entries:
             reply = value[0] if isinstance(value, tuple) and value else None
             if isinstance(reply, dict) and "ok" in reply:  # its time counts all the same
                 job.record(TaskResult.from_dict({
-                    **reply, "ok": False, "kind": "check" if self.state.check_of(
-                        task.index) is not None else "render",
+                    **reply, "ok": False, "kind": self.kind(task),
                     "error": {"type": "Dropped", "message": f"result not used ({verdict.value}"
                               + (": its worker is suspect" if verdict is Verdict.REJECT
                                  else "") + ")"}}))
@@ -758,7 +755,7 @@ class Entries:
                               "kept)", path=str(path), frame=task.frame) from exc
         samples = (task.samples[1] if task.samples else
                    job.spec.samples or (job.info.samples if job.info else None) or 0)
-        result = TaskResult.from_dict({**reply, "kind": "render" if check is None else "check",
+        result = TaskResult.from_dict({**reply, "kind": self.kind(task),
                                        "pixels": task.tile.render.width
                                        * task.tile.render.height,
                                        "samples": samples})
@@ -809,8 +806,7 @@ class Entries:
         self.merge(ready)
         if reply is not None:  # the time it took counts, whatever became of it
             handle.failures += not isinstance(error, CancelledError)
-            kind = "check" if self.state.check_of(task.index) is not None else "render"
-            job.record(TaskResult.from_dict({**reply, "ok": False, "kind": kind,
+            job.record(TaskResult.from_dict({**reply, "ok": False, "kind": self.kind(task),
                                              "error": error.to_dict()}))
         if outcome is Failure.IGNORED:  # the job ended, or another copy finished
             return
@@ -857,6 +853,10 @@ class Entries:
         """The grid tiles a task renders (several when neighbouring tiles were grouped)."""
         return [self.state.entries[i].task.tile.index for i in task.members]
 
+    def kind(self, task: Task) -> str:
+        """What a call of ``task`` is for the job's report: ``check`` or ``render``."""
+        return "check" if self.state.check_of(task.index) is not None else "render"
+
     def check_path(self, index: int) -> Path:
         """Where the piece of check ``index`` waits to be compared."""
         return self.job.scratch / f"check-{index}.exr"
@@ -887,22 +887,22 @@ class Entries:
                                 job.handle.job_id, task.frame, task.tile.index, index, why)
             with job.lock:
                 settled = self.state.settle(task.index, equal)
-                for index in settled.redo:  # a suspect's pieces are replaced
-                    self.assembler.drop([index])
+                self.assembler.drop(settled.redo)  # a suspect's pieces are replaced
                 for frame in settled.reopened:
                     self.assembler.reopen(frame)
                 ready = self.state.take_ready()
-            self.carry_out(settled, task)
+            self.carry_out(settled)
             self.merge(ready)
         except Exception as exc:
             job.abort(exc if isinstance(exc, RenderFarmError) else MergeError(
                 f"verification failed: {type(exc).__name__}: {exc}", frame=task.frame))
 
-    def carry_out(self, settled: Settled, task: Task) -> None:
+    def carry_out(self, settled: Settled) -> None:
         """Suspects get no more tasks (on the whole farm), the job says what it found,
         pieces no longer needed go."""
         job = self.job
         check = settled.check
+        assert job.pool is not None
         for worker in settled.suspects:
             handle = job.pool.workers.get(worker)
             node = handle.node if handle is not None else "?"

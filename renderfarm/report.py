@@ -121,7 +121,7 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
         seconds = busy_seconds(task)
         kind = str(task.get("kind") or "render")
         status = _status(task)
-        kinds["failed" if status != "ok" else kind] += seconds * _units(label, pool_device,
+        kinds["failed" if status != "ok" else kind] += seconds * device_count(label, pool_device,
                                                                         cpus)
         cost = 0.0
         for device, count in device_units(label, pool_device, cpus):
@@ -139,7 +139,7 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
         line["calls"] += 1
         line["failures"] += status != "ok"
         line["busy_seconds"] += seconds
-        line["device_seconds"] += seconds * _units(label, pool_device, cpus)
+        line["device_seconds"] += seconds * device_count(label, pool_device, cpus)
         line["cost"] += cost
         line["device"] = line["device"] or label
         pieces.append(_piece(task, kind, status, seconds, cost, outcome_of, suspects))
@@ -181,7 +181,8 @@ def busy_seconds(task: Mapping[str, Any]) -> float:
     return float(task.get("task_seconds") or task.get("render_seconds") or 0.0)
 
 
-def _units(label: str, pool_device: str, cpus: float) -> float:
+def device_count(label: str, pool_device: str, cpus: float) -> float:
+    """How many devices one call held (a CPU worker's cores, or its GPUs)."""
     return sum(count for _d, count in device_units(label, pool_device, cpus))
 
 
@@ -261,7 +262,8 @@ def check_folder(report: Mapping[str, Any], folder: Path) -> list[dict[str, Any]
 
 
 # -- text and HTML --------------------------------------------------------------------------
-def _money(value: float | None) -> str:
+def money(value: float | None) -> str:
+    """A cost as reports print it (``no price set`` when a device has none)."""
     return "no price set" if value is None else f"{value:.4f}"
 
 
@@ -272,7 +274,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     lines = [f"job {report['job_id']} {report['state']}: {len(report['frames'])} frame(s) "
              f"in {report['wall_seconds']:.1f} s on {len(report['workers_used'])} worker(s)",
              f"device time {total['device_seconds']:.1f} device-s, cost "
-             f"{_money(total['cost'])}"
+             f"{money(total['cost'])}"
              + (f" (no price for {', '.join(total['unpriced'])})" if total["unpriced"] else "")]
     if check["share"] or check["checks"]:
         outcomes = ", ".join(f"{n} {k}" for k, n in sorted(check["outcomes"].items()))
@@ -284,7 +286,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     if estimate:
         lines.append(f"estimate {estimate['wall_seconds']:.1f} s, "
                      f"{estimate['device_seconds']:.1f} device-s, cost "
-                     f"{_money(estimate.get('cost'))}"
+                     f"{money(estimate.get('cost'))}"
                      + (f" ({report['estimate_error'] * 100:+.0f} % of the actual time)"
                         if "estimate_error" in report else ""))
     return lines
@@ -309,7 +311,7 @@ def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | Non
                  "<th>price / hour</th><th>cost</th></tr>")
     for device, row in sorted(report["devices"].items()):
         parts.append(f"<tr><td>{e(device)}</td><td>{row['device_seconds']:.1f}</td>"
-                     f"<td>{_money(row['price_per_hour'])}</td><td>{_money(row['cost'])}</td>"
+                     f"<td>{money(row['price_per_hour'])}</td><td>{money(row['cost'])}</td>"
                      "</tr>")
     parts.append("</table><h2>Workers</h2><table><tr><th>worker</th><th>node</th>"
                  "<th>device</th><th>calls</th><th>failures</th><th>device-seconds</th>"

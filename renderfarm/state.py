@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from renderfarm.errors import JobFailedError, RenderFarmError, VerificationError
 from renderfarm.job import Task, Tile
 
 #: the most renders of one piece (the original and its checks) before the piece is given up:
@@ -171,12 +172,10 @@ class JobState:
         #: workers found to disagree with the majority: they get no more tasks of the job
         self.suspects: set[str] = set()
         self._checks_pending: list[int] = []  # check entries first in line
-        self._completed: set[int] = set()  # frames that had every piece at some point
         self._ready: list[int] = []  # frames completed by a check or a redo, to merge
-        #: failures decided while choosing tasks (see :meth:`take_problems`)
-        self.problems: list[str] = []
-        #: workers blocked since the last :meth:`take_blocked`
-        self.problems_blocked: list[str] = []
+        #: why the job must stop, decided while choosing tasks (see :meth:`take_problems`)
+        self.problems: list[RenderFarmError] = []
+        self._newly_blocked: list[str] = []  # workers blocked since the last take_blocked
         self._pending = sorted(self.entries)  # a heap of pending task indices
         self._counts: Counter[TaskStatus] = Counter({TaskStatus.PENDING: len(self.entries)})
         self._frame_left: dict[int, int] = {}
@@ -238,11 +237,12 @@ class JobState:
         live_ids = None if isinstance(live_workers, int) else set(live_workers) - self.suspects
         if live_ids is not None and self.blocked and live_ids <= self.blocked \
                 and self.has_pending() and self.ended is None:
-            self.problems.append(
+            problem = JobFailedError(
                 f"every worker failed {BLOCK_AFTER} tasks of this job in a row "
                 f"({', '.join(sorted(self.blocked))}): the job stops; see what Blender said "
                 "(renderfarm log JOB --failed)")
-            self.cancel_pending(self.problems[-1])
+            self.problems.append(problem)
+            self.cancel_pending(problem.message)
             return None
         if worker in self.suspects or worker in self.blocked:
             return None
@@ -395,17 +395,13 @@ class JobState:
         self._move(entry, TaskStatus.DONE)
         frame = entry.task.frame
         self._frame_left[frame] -= 1
-        if self._frame_left[frame] == 0:
-            self._completed.add(frame)
-            return True
-        return False
+        return self._frame_left[frame] == 0
 
     def _release(self, frame: int) -> None:
         """One thing a frame waited for (a check) is over; a frame with nothing left to wait
         for is ready to merge (:meth:`take_ready`)."""
         self._frame_left[frame] -= 1
         if self._frame_left[frame] == 0:
-            self._completed.add(frame)
             self._ready.append(frame)
 
     def take_ready(self) -> list[int]:
@@ -535,17 +531,25 @@ class JobState:
         unchecked; an arbitration fails the piece (two workers disagree, nobody settles it)."""
         check = entry.check
         assert check is not None
-        self._move(entry, TaskStatus.DONE if len(check.renders) == 1 else TaskStatus.FAILED)
         if len(check.renders) == 1:
-            check.outcome = "unchecked"
-            self._release(check.task.frame)
+            self._leave_unchecked(entry)
             return
+        self._move(entry, TaskStatus.FAILED)
         check.outcome = "unsettled"
         entry.last_error = (f"verification: workers {', '.join(w for _i, w in check.renders)} "
                             f"disagree on frame {check.task.frame} tile "
                             f"{check.task.tile.index} and {why}: add a worker, or render "
                             "with --verify 0")
-        self.problems.append(entry.last_error)
+        self.problems.append(VerificationError(entry.last_error, frame=check.task.frame,
+                                               tile=check.task.tile.index))
+
+    def _leave_unchecked(self, entry: TaskEntry) -> None:
+        """A first check that cannot render (no worker may, or it failed everywhere) leaves
+        its piece unchecked, not failed: the frame goes on."""
+        assert entry.check is not None
+        entry.check.outcome = "unchecked"
+        self._move(entry, TaskStatus.DONE)
+        self._release(entry.task.frame)
 
     def exclusive(self, worker: str, others: Collection[str]) -> bool:
         """Whether a pending task may run on ``worker`` and on none of ``others`` (a check
@@ -561,11 +565,12 @@ class JobState:
 
     def take_blocked(self) -> list[str]:
         """Workers kept off the job since the last call (to say so)."""
-        blocked, self.problems_blocked = self.problems_blocked, []
+        blocked, self._newly_blocked = self._newly_blocked, []
         return blocked
 
-    def take_problems(self) -> list[str]:
-        """Failures decided while choosing tasks (an arbitration nobody can run)."""
+    def take_problems(self) -> list[RenderFarmError]:
+        """Why the job must stop, decided while choosing tasks (an arbitration nobody can
+        run, every worker kept off the job)."""
         problems, self.problems = self.problems, []
         return problems
 
@@ -585,7 +590,7 @@ class JobState:
                 entry.exclude.add(worker)
                 heapq.heappush(self._pending, index)
                 frame = entry.task.frame
-                if self._frame_left[frame] == 0 and frame in self._completed:
+                if self._frame_left[frame] == 0:  # merged, or about to be
                     reopened.add(frame)
                 self._frame_left[frame] += 1
                 settled.redo.append(index)
@@ -631,7 +636,7 @@ class JobState:
             streak = self._streaks[worker] = self._streaks.get(worker, 0) + 1
             if streak >= BLOCK_AFTER and worker not in self.blocked:
                 self.blocked.add(worker)
-                self.problems_blocked.append(worker)
+                self._newly_blocked.append(worker)
         again = any([self.failed_attempt(i, error, retryable) for i in members])
         if again:
             return Failure.RETRY
@@ -686,10 +691,7 @@ class JobState:
             self._enqueue(entry)
             return True
         if entry.check is not None and len(entry.check.renders) == 1:
-            # a first check that cannot render leaves the piece unchecked, not failed
-            entry.check.outcome = "unchecked"
-            self._move(entry, TaskStatus.DONE)
-            self._release(entry.task.frame)
+            self._leave_unchecked(entry)
             return True
         self._move(entry, TaskStatus.FAILED)
         return False

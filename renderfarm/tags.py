@@ -13,11 +13,11 @@ all needed: ``tag=NAME`` (the worker has that tag), ``tag!=NAME``, or ``KEY OP V
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderfarm.errors import InputError
+from renderfarm.errors import InputError, ResourceError
 
 _TERM = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(>=|<=|!=|=|>|<)\s*([^,<>=!\s][^,<>=!]*?)\s*$")
 
@@ -93,6 +93,28 @@ def node_tags(node: Mapping[str, Any]) -> WorkerTags:
     if "vram" not in props and "vram_gb" in props:
         props["vram"] = props["vram_gb"]
     return WorkerTags(frozenset(tags), props)
+
+
+def check_offers(require: str | None, offers: Sequence[tuple[str, WorkerTags]],
+                 path: str | None = None) -> tuple[Requirement, ...]:
+    """A job's requirement, refused when none of ``offers`` (``(worker, tags)``) meets it
+    (``path``: the job's file, named in the error).
+
+    Returns:
+        The requirement's terms (empty: any worker).
+
+    Raises:
+        ResourceError: no worker meets it (the message names what each offers).
+        InputError: the requirement cannot be read.
+    """
+    wanted = parse_requirements(require)
+    if wanted and not any(satisfies(tags, wanted) for _name, tags in offers):
+        described = "; ".join(f"{name}: {tags.describe()}" for name, tags in offers)
+        raise ResourceError(
+            f"no worker of this farm meets --require {require} (workers: "
+            f"{described or 'none started'}); ask for less, or add a node with those labels "
+            "or resources", path=path)
+    return wanted
 
 
 def _compare(have: str, op: str, want: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from renderfarm.errors import JobFailedError
 from renderfarm.job import Rect, Task, Tile
 from renderfarm.state import Failure, JobState, TaskStatus, Verdict
 
@@ -236,5 +237,6 @@ def test_a_worker_that_fails_three_tasks_in_a_row_is_kept_off_the_job() -> None:
         state.on_failure(task.members, "boom", True)
     assert state.next_for("w2", live) is None
     problems = state.take_problems()
-    assert problems and "every worker failed 3 tasks of this job in a row" in problems[0]
+    assert problems and "every worker failed 3 tasks of this job in a row" in str(problems[0])
+    assert isinstance(problems[0], JobFailedError)
     assert not state.has_pending()

@@ -3,6 +3,7 @@ disagreement is settled and what a suspect worker costs the job; without Ray or 
 
 from __future__ import annotations
 
+from renderfarm.errors import VerificationError
 from renderfarm.job import Task
 from renderfarm.state import MAX_RENDERS, JobState, TaskStatus, Verdict
 from tests.test_state import tasks
@@ -100,8 +101,8 @@ def test_two_workers_that_disagree_with_nobody_to_settle_it_fail_the_piece() -> 
     state.settle(check, equal_to=set())
     assert state.next_for("a", {"a", "b"}) is None
     problems = state.take_problems()
-    assert len(problems) == 1 and "a, b disagree on frame 1" in problems[0]
-    assert "add a worker" in problems[0]
+    assert len(problems) == 1 and "a, b disagree on frame 1" in str(problems[0])
+    assert "add a worker" in str(problems[0]) and isinstance(problems[0], VerificationError)
     assert state.finished and len(state.failed) == 1
 
 

@@ -861,19 +861,13 @@ class FarmService:
 
     def _check_require(self, spec: JobSpec) -> None:
         """Refuse at once a job no worker of the running farm can take (``--require``)."""
-        from renderfarm.tags import WorkerTags, parse_requirements, satisfies
+        from renderfarm.tags import WorkerTags, check_offers
 
-        wanted = parse_requirements(spec.require)
         workers = [w for w in self.farm_workers() if w["state"] != "starting"]
-        if not wanted or not workers:
-            return  # no farm yet: the job says so when it starts
-        offers = [WorkerTags(frozenset(w["tags"]), w["props"]) for w in workers]
-        if not any(satisfies(o, wanted) for o in offers):
-            raise InputError(
-                f"no worker of this farm meets --require {spec.require} (workers: "
-                + "; ".join(f"{w['worker']}: {o.describe()}"
-                            for w, o in zip(workers, offers, strict=True))
-                + "); ask for less, or add a node with those labels or resources")
+        if workers:  # no farm yet: the job says so when it starts
+            check_offers(spec.require, [(w["worker"], WorkerTags(frozenset(w["tags"]),
+                                                                  w["props"]))
+                                        for w in workers])
 
     def _waiting(self, row: JobRow) -> str | None:
         """Why a job waits for others (``--after``), or None when it may go on: a job
