@@ -122,39 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     farm.add_argument("--reply-timeout", type=float, default=15.0,
                       help="seconds to wait for each reply (default 15)")
 
-    render = sub.add_parser("render", parents=[common, jobs], help="render a .blend on the farm",
+    # a farm of this process's own (render, estimate)
+    local = argparse.ArgumentParser(add_help=False)
+    local.add_argument("blend", help="the .blend file")
+    local.add_argument("--timeout", type=float, help="the same as --task-timeout")
+    local.add_argument("--address", help="Ray cluster address ('auto', 'ray://head:10001'); "
+                       "default: start Ray on this machine")
+    local.add_argument("--workers", type=_positive_int,
+                       help="number of workers (default: one per GPU, or one per node)")
+    local.add_argument("--permit-scripts", action="store_true",
+                       help="let this farm run jobs that allow scripts")
+    local.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
+                       help="price per device-hour for the report or estimate (CPU per "
+                       "core-hour; repeatable)")
+
+    render = sub.add_parser("render", parents=[common, jobs, local],
+                            help="render a .blend on the farm",
                             description="Render a .blend on a Ray cluster (a local one by "
                             "default) and write one merged image per frame.")
-    render.add_argument("blend", help="the .blend file")
-    render.add_argument("--timeout", type=float, help="the same as --task-timeout")
-    render.add_argument("--address", help="Ray cluster address ('auto', 'ray://head:10001'); "
-                        "default: start Ray on this machine")
-    render.add_argument("--workers", type=_positive_int,
-                        help="number of workers (default: one per GPU, or one per node)")
-    render.add_argument("--permit-scripts", action="store_true",
-                        help="let this farm run jobs that allow scripts")
     render.add_argument("--json", action="store_true",
                         help="print a machine-readable summary on stdout")
     render.add_argument("--no-progress", action="store_true", help="no progress bar")
     render.add_argument("--report", metavar="OUT", help="write the job's report (.html: a "
                         "page with a timeline and contact sheet; else JSON)")
-    render.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
-                        help="price per device-hour for the report (CPU per core-hour; "
-                        "repeatable)")
 
     estimate = sub.add_parser(
-        "estimate", parents=[common, jobs], help="predict a job's time and cost",
+        "estimate", parents=[common, jobs, local], help="predict a job's time and cost",
         description="Render a low-sample probe of a few frames (the job's own tiles) on the "
         "farm and predict the job's wall time on the current workers, its device-seconds and "
         "its cost; nothing else is rendered.")
-    estimate.add_argument("blend", help="the .blend file")
-    estimate.add_argument("--timeout", type=float, help="the same as --task-timeout")
-    estimate.add_argument("--address", help="Ray cluster address (default: start Ray here)")
-    estimate.add_argument("--workers", type=_positive_int, help="number of workers")
-    estimate.add_argument("--permit-scripts", action="store_true",
-                          help="let this farm run jobs that allow scripts")
-    estimate.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
-                          help="price per device-hour (CPU per core-hour; repeatable)")
     estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
     inspect = sub.add_parser("inspect", parents=[common], help="show what a .blend holds",
@@ -220,16 +216,23 @@ def _bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, script, *argv])
 
 
-def _render(args: argparse.Namespace) -> int:
-    from renderfarm.farm import Farm, FarmConfig, check_spec
-    from renderfarm.options import job_spec
+def _farm_config(args: argparse.Namespace) -> Any:
+    """The :class:`~renderfarm.farm.FarmConfig` of ``render`` and ``estimate``."""
+    from renderfarm.farm import FarmConfig
     from renderfarm.report import parse_prices
 
+    return FarmConfig(address=args.address, workers=args.workers,
+                      permit_scripts=args.permit_scripts,
+                      ray_log_level=logging.INFO if args.verbose else logging.ERROR,
+                      prices=parse_prices(args.price))
+
+
+def _render(args: argparse.Namespace) -> int:
+    from renderfarm.farm import Farm, check_spec
+    from renderfarm.options import job_spec
+
     spec = job_spec(args, args.output)  # None: the scene's own output path and settings
-    config = FarmConfig(address=args.address, workers=args.workers,
-                        permit_scripts=args.permit_scripts,
-                        ray_log_level=logging.INFO if args.verbose else logging.ERROR,
-                        prices=parse_prices(args.price))
+    config = _farm_config(args)
     check_spec(spec, config)  # bad input fails here, before Ray starts
     with Farm(config=config) as farm:
         handle = farm.submit(spec)
@@ -262,15 +265,11 @@ def _render(args: argparse.Namespace) -> int:
 def _estimate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from renderfarm.farm import Farm, FarmConfig, check_spec
+    from renderfarm.farm import Farm, check_spec
     from renderfarm.options import job_spec
-    from renderfarm.report import parse_prices
 
     spec = replace(job_spec(args, args.output), estimate="only", budget=None)
-    config = FarmConfig(address=args.address, workers=args.workers,
-                        permit_scripts=args.permit_scripts,
-                        ray_log_level=logging.INFO if args.verbose else logging.ERROR,
-                        prices=parse_prices(args.price))
+    config = _farm_config(args)
     check_spec(spec, config)
     with Farm(config=config) as farm:
         handle = farm.submit(spec)

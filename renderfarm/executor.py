@@ -532,9 +532,7 @@ class WorkerPool:
         for ref in ready:
             handle = pings[ref]
             try:
-                handle.node = ray.get(ref)["node"]
-                handle.tags = self._tags_of(handle.node)
-                handle.ready = True
+                self._started(handle, ref)
             except Exception as exc:
                 self.kill_all()
                 raise ResourceError(f"a worker failed to start: {exc}") from exc
@@ -573,7 +571,7 @@ class WorkerPool:
 
     def set_enabled(self, worker_id: str, enabled: bool, reason: str = "") -> WorkerHandle:
         """Let an operator take a worker out (it gets no tasks; the one it runs finishes) or
-        put it back (which also clears a suspicion of it and of its node).
+        put it back (which also clears a suspicion of it).
 
         Raises:
             InputError: there is no such worker.
@@ -616,23 +614,23 @@ class WorkerPool:
         for ref in done:
             handle = waiting[ref]
             try:
-                handle.node = ray.get(ref)["node"]
-                handle.tags = self._tags_of(handle.node)
-                handle.ready = True
+                self._started(handle, ref)
             except Exception as exc:  # died while starting (its node went away)
                 logger.warning("worker %s did not start: %s", handle.worker_id, exc)
                 self.kill(handle.worker_id)
 
-    def _tags_of(self, node_id: str) -> Any:
-        """The tags and properties of a node (:func:`renderfarm.tags.node_tags`)."""
+    @staticmethod
+    def _started(handle: WorkerHandle, ping: Any) -> None:
+        """A worker answered its ping: where it runs and what its node offers; it takes
+        tasks from now on."""
         import ray
 
         from renderfarm.tags import WorkerTags, node_tags
 
-        for node in ray.nodes():
-            if node.get("NodeID") == node_id:
-                return node_tags(node)
-        return WorkerTags()
+        handle.node = ray.get(ping)["node"]
+        handle.tags = next((node_tags(n) for n in ray.nodes()
+                            if n.get("NodeID") == handle.node), WorkerTags())
+        handle.ready = True
 
     def capacity(self) -> int:
         """How many workers of this pool's shape the alive nodes can hold (one per node for

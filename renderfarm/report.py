@@ -17,7 +17,6 @@ model as Cycles names it (``NVIDIA A10``), ``*`` for any device not named.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -234,15 +233,6 @@ def _outputs(run: Mapping[str, Any], names: Mapping[int, str] | None) -> list[di
 
 
 # -- delivered files ------------------------------------------------------------------------
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_folder(report: Mapping[str, Any], folder: Path) -> list[dict[str, Any]]:
     """Compare the files in ``folder`` with the outputs the report lists.
 
@@ -250,10 +240,12 @@ def check_folder(report: Mapping[str, Any], folder: Path) -> list[dict[str, Any]
         One entry per output: ``frame``, ``name``, ``status`` (``ok``, ``differs`` or
         ``missing``), ``expected`` and ``found`` SHA-256.
     """
+    from renderfarm.bundle import file_sha256
+
     rows = []
     for output in report.get("outputs") or []:
         path = folder / str(output["name"])
-        found = file_digest(path) if path.is_file() else None
+        found = file_sha256(path) if path.is_file() else None
         status = "missing" if found is None else (
             "ok" if found == output.get("sha256") else "differs")
         rows.append({"frame": output["frame"], "name": output["name"], "status": status,

@@ -160,7 +160,8 @@ class _Live:
     #: its run's accounting is in the database for good (the run has ended)
     accounted: bool = False
     #: pieces waiting for their check before they are recorded for a restart
-    held: dict[tuple[int, int, tuple[int, ...]], tuple[Any, ...]] = field(default_factory=dict)
+    held: dict[tuple[int, int, tuple[int, ...]], tuple[str | None, tuple[Any, ...]]] = field(
+        default_factory=dict)
     #: this run's id in the accounts table, and when it was saved last
     run_id: str = field(default_factory=lambda: os.urandom(6).hex())
     saved: float = 0.0
@@ -944,19 +945,18 @@ class FarmService:
     def _op_status(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         row = self._own(caller, request.fields["job_id"])
         return {"job": self._public({**row.to_dict(), "outputs": self._outputs(row),
-                                     "eta": self._eta(row.id), "waiting": self._waiting(row)
-                                     if row.state in ("queued", "running") else None,
+                                     "eta": self.job_eta(row.id),
+                                     "waiting": self.job_waiting(row),
                                      **self._farm_status()})}
 
     def _op_list(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         farm = self._farm_status()
-        return {"jobs": [self._public({**j.to_dict(), "eta": self._eta(j.id),
-                                       "waiting": self._waiting(j) if j.state in
-                                       ("queued", "running") else None, **farm})
+        return {"jobs": [self._public({**j.to_dict(), "eta": self.job_eta(j.id),
+                                       "waiting": self.job_waiting(j), **farm})
                          for j in self.store.jobs(request.fields.get("states"))
                          if caller.may_see(j.client or "")]}
 
-    def _eta(self, job_id: str) -> float | None:
+    def job_eta(self, job_id: str) -> float | None:
         """A running job's seconds left at its own pace (None: not known, not running)."""
         with self._lock:
             live = self._live.get(job_id)
@@ -1008,7 +1008,7 @@ class FarmService:
         return {"job": row.to_dict()}
 
     def _op_requeue(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
-        from renderfarm.frames import parse_frames
+        from renderfarm.frames import format_frames, parse_frames
 
         row = self._own(caller, request.fields["job_id"])
         if row.state not in protocol.FINAL_STATES:
@@ -1035,13 +1035,13 @@ class FarmService:
         row = self.store.act(row.id, "again")
         with self._lock:
             self._notified.discard(row.id)
-        message = (f"requeued: frame(s) {_frame_list(sorted(again))} render again"
+        message = (f"requeued: frame(s) {format_frames(again)} render again"
                    if again else "requeued")
         self._event(Event("job_queued", row.id, message=message), row)
         return {"job": self._public(row.to_dict()), "frames": sorted(again)}
 
     def _op_workers(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
-        return {"workers": self.farm.workers() if self._farm is not None else []}
+        return {"workers": self.farm_workers()}
 
     def _op_worker(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         if not caller.admin:
@@ -1115,14 +1115,15 @@ class FarmService:
 
     def _thumbnails(self, row: JobRow, most: int = 500) -> dict[int, bytes]:
         """Small PNGs of a job's frames for the report's contact sheet."""
-        from renderfarm.merge import thumbnail
-
         out: dict[int, bytes] = {}
         for frame, path in list(self.store.frames(row.id).items())[:most]:
             try:
-                out[frame] = thumbnail(Path(path))
+                image = self._thumbnail(row.id, frame, Path(path))
             except Exception as exc:  # a frame that cannot be read is shown without image
                 logger.info("no thumbnail of %s: %s", path, exc)
+                continue
+            if image is not None:
+                out[frame] = image
         return out
 
     # -- files -------------------------------------------------------------------------------
@@ -1304,7 +1305,8 @@ class FarmService:
                       piece["tile"], str(path), data.get("worker"),
                       data.get("render_seconds"))
             if data.get("checked"):  # kept for a restart only once its check has agreed
-                live.held[(event.frame or 0, piece["chunk"], tuple(data["tiles"]))] = record
+                live.held[(event.frame or 0, piece["chunk"], tuple(data["tiles"]))] = (
+                    data.get("worker"), record)
             else:
                 store.add_piece(*record)
             self._preview(job_id, live, event.frame or 0, Tile.from_dict(piece["tile"]),
@@ -1313,11 +1315,11 @@ class FarmService:
             held = live.held.pop((event.frame or 0, data.get("chunk", 0),
                                   tuple(data.get("tiles") or ())), None)
             if held is not None and data.get("outcome") in ("agreed", "settled", "unchecked") \
-                    and held[7] not in (data.get("suspects") or []):
-                store.add_piece(*held)
+                    and held[0] not in (data.get("suspects") or []):
+                store.add_piece(*held[1])
             for worker in data.get("suspects") or []:  # nothing of it survives a restart
                 store.drop_worker(job_id, worker, data.get("reopened") or [])
-                live.held = {k: v for k, v in live.held.items() if v[7] != worker}
+                live.held = {k: v for k, v in live.held.items() if v[0] != worker}
                 logger.info("job %s: worker %s is suspect; frames %s are merged again",
                             job_id, worker, data.get("reopened"))
         elif event.kind == "frame_merged":
@@ -1387,7 +1389,7 @@ class FarmService:
 
     def _event(self, event: Event, row: JobRow) -> None:
         message = {**event.to_dict(), "state": row.state, "elapsed": row.to_dict()["elapsed"],
-                   "eta": self._eta(event.job_id) if row.state == "running" else None}
+                   "eta": self.job_eta(event.job_id) if row.state == "running" else None}
         if message.get("message"):
             message["message"] = self._scrub(message["message"])
         if not event.tasks_total:
@@ -1426,10 +1428,6 @@ class FarmService:
         """
         return self._own(caller, job_id)
 
-    def job_eta(self, job_id: str) -> float | None:
-        """A running job's seconds left at its own pace (None when not known)."""
-        return self._eta(job_id)
-
     def job_waiting(self, row: JobRow) -> str | None:
         """Why a queued or running job waits for others (``--after``), or None."""
         return self._waiting(row) if row.state in ("queued", "running") else None
@@ -1448,11 +1446,15 @@ class FarmService:
         Raises:
             ServiceError: ``not_found``: no such job, or another client's.
         """
-        from renderfarm.merge import thumbnail
-
         self._own(caller, job_id)
         path = self.store.frames(job_id).get(frame)
-        if path is None or not Path(path).is_file():
+        return self._thumbnail(job_id, frame, Path(path)) if path is not None else None
+
+    def _thumbnail(self, job_id: str, frame: int, path: Path) -> bytes | None:
+        """A frame's thumbnail, made once per content of its file (None: no file)."""
+        from renderfarm.merge import thumbnail
+
+        if not path.is_file():
             return None
         digest = self.store.hashes(job_id).get(frame, "")[:16]
         cached = self._job_dir(job_id) / "thumbs" / f"{frame}-{digest}.png"
@@ -1473,17 +1475,6 @@ class FarmService:
         self._http = start_status_page(self, address)
         self.http_address = self._http.url
         logger.info("status page on %s", self.http_address)
-
-
-def _frame_list(frames: list[int]) -> str:
-    """``[1, 2, 3, 7]`` -> ``1-3, 7``."""
-    runs: list[list[int]] = []
-    for frame in frames:
-        if runs and frame == runs[-1][1] + 1:
-            runs[-1][1] = frame
-        else:
-            runs.append([frame, frame])
-    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
 def _without_logs(handle: Any) -> dict[str, Any]:

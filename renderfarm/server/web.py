@@ -160,7 +160,7 @@ if (location.hash.startsWith('#token=')) {  // a login link: the token never rea
 
 
 # -- pages -----------------------------------------------------------------------------------
-def _page(title: str, body: str, refresh: bool, caller: Caller | None = None,
+def _page(title: str, body: str, caller: Caller | None = None,
           live: str | None = None, actions: str = "") -> bytes:
     """A whole page; with ``live`` (``""`` for every job, or a job id) its ``body`` is the
     part the event stream refreshes, below the (kept) ``actions``."""
@@ -223,7 +223,7 @@ def jobs_page(service: Any, caller: Caller, state: str = "", owner: str = "",
     filters = ("<h1>renderfarm</h1><form id='filter' method='get' action='/'>state <select "
                f"name='state'>{states}</select> owner <input name='owner' "
                f"value='{html.escape(owner)}'> <button>show</button></form>")
-    return _page("renderfarm jobs", body, refresh=True, caller=caller, live="",
+    return _page("renderfarm jobs", body, caller=caller, live="",
                  actions=filters)
 
 
@@ -298,7 +298,7 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
                          key="frames")
                + f" <a href='/log/{escaped}'>task logs</a> · "
                f"<a href='/report/{escaped}'>report</a></p>")
-    return _page(f"renderfarm {job_id}", body, refresh=True, caller=caller, live=job_id,
+    return _page(f"renderfarm {job_id}", body, caller=caller, live=job_id,
                  actions=actions)
 
 
@@ -325,7 +325,7 @@ def workers_page(service: Any, caller: Caller, fragment: bool = False) -> bytes:
             "</tr>" + "".join(rows) + "</table>")
     if fragment:
         return body.encode()
-    return _page("renderfarm workers", body, refresh=True, caller=caller, live="")
+    return _page("renderfarm workers", body, caller=caller, live="")
 
 
 def log_page(service: Any, caller: Caller, job_id: str, frame: int | None) -> bytes:
@@ -340,7 +340,7 @@ def log_page(service: Any, caller: Caller, job_id: str, frame: int | None) -> by
                      f"{entry['frame']}{tile} {e(entry['kind'])} attempt {entry['attempt']} "
                      f"on {e(entry['worker'] or '')}: {e(status)}</h3>"
                      f"<pre>{e(service.scrub(entry['log']))}</pre>")
-    return _page(f"renderfarm log {job_id}", "".join(parts), refresh=False, caller=caller)
+    return _page(f"renderfarm log {job_id}", "".join(parts), caller=caller)
 
 
 def login_page(next_path: str, wrong: bool = False) -> bytes:
@@ -352,7 +352,7 @@ def login_page(next_path: str, wrong: bool = False) -> bytes:
             f"<input type='hidden' name='next' value='{html.escape(next_path)}'>"
             "<label>Token <input name='token' type='password' size='70' autocomplete='off' "
             "autofocus></label> <button>Log in</button></form>" + _LOGIN_SCRIPT)
-    return _page("renderfarm login", body, refresh=False)
+    return _page("renderfarm login", body)
 
 
 def _known_path(path: str) -> bool:
@@ -507,7 +507,7 @@ class StatusApp:
             if api:
                 return _answer(404, json.dumps({"error": exc.one_line()}).encode(), _JSON)
             return _answer(404, _page("renderfarm: not found", "<p><a href='/'>all jobs</a>"
-                                      f"</p><p>{html.escape(exc.one_line())}</p>", False),
+                                      f"</p><p>{html.escape(exc.one_line())}</p>"),
                            _HTML)
         except Exception:
             logger.exception("status page failed on %s", request.url.path)
