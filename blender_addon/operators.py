@@ -35,6 +35,8 @@ def job_spec(scene: bpy.types.Scene, settings: Any) -> dict[str, Any]:
         spec["output"] = f"{stem}_####.{_FORMATS[settings.file_format]}"
     if settings.allow_missing:
         spec["allow_missing"] = True
+    if bpy.data.filepath:  # the File the outputs' metadata names: the artist's, not a copy
+        spec["origin"] = bpy.data.filepath
     return spec
 
 
@@ -84,8 +86,10 @@ def make_submission(context: bpy.types.Context) -> work.Submission:
         address=prefs.address.strip(), server_key=prefs.server_key.strip(),
         client_public=prefs.client_public.strip(), client_secret=prefs.client_secret.strip(),
         timeout=prefs.timeout, online_access=bpy.app.online_access)
+    # File Output nodes' files go where Blender writes them: their paths, from the project
+    project = Path(bpy.data.filepath).parent if bpy.data.filepath else None
     return work.Submission(connection, copy, bpy.app.binary_path, job_spec(scene, settings),
-                           settings.priority, name, output_folder(settings))
+                           settings.priority, name, output_folder(settings), project)
 
 
 class RENDERFARM_OT_submit(bpy.types.Operator):

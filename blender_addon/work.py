@@ -173,10 +173,14 @@ class Submission:
         priority: the job's priority.
         filename: the name the farm shows.
         output_dir: where finished frames are fetched.
+        project: the folder of the artist's ``.blend``: the files of the compositor's File
+            Output nodes are fetched to their paths from it (``//passes/``), as Blender
+            writes them; None: into ``output_dir``.
     """
 
     def __init__(self, connection: Connection, copy: Path, blender: str, spec: dict[str, Any],
-                 priority: int, filename: str, output_dir: Path) -> None:
+                 priority: int, filename: str, output_dir: Path,
+                 project: Path | None = None) -> None:
         self.connection = connection
         self.copy = copy
         self.blender = blender
@@ -184,6 +188,7 @@ class Submission:
         self.priority = priority
         self.filename = filename
         self.output_dir = output_dir
+        self.project = project
         self.messages: queue.Queue[Any] = queue.Queue()
         self.job_id: str | None = None
         self.cancel_requested = threading.Event()
@@ -247,7 +252,8 @@ class Submission:
                     self.messages.put(JobUpdate(event))
             job = client.status(job_id)
             outputs = {int(k): str(v) for k, v in
-                       client.fetch_outputs(job_id, self.output_dir).items()}
+                       client.fetch_outputs(job_id, self.output_dir,
+                                            extras_folder=self.project).items()}
             log = self._failure_log(client, job_id) if job["state"] == "failed" else ""
             self.messages.put(Finished(job["state"], outputs, job.get("error") or "",
                                        self._summary(client, job_id), log))

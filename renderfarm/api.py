@@ -38,6 +38,7 @@ def render(
     project: str | os.PathLike[str] | None = None,
     storage: str | None = None,
     verify: float | None = None,
+    keep_frames: bool = False,
 ) -> JobResult:
     """Render a ``.blend`` on a Ray cluster and wait for the result.
 
@@ -74,6 +75,7 @@ def render(
         verify: the share of pieces rendered again on another worker and compared (0.1: a
             tenth); a worker whose pixels disagree with the majority is suspect and its
             pieces are rendered again. None: none.
+        keep_frames: a video output (``shot.mp4``) also keeps its frames as float EXRs.
 
     Returns:
         The job's result; ``result.outputs`` maps frames to files.
@@ -90,7 +92,7 @@ def render(
         overscan=overscan, scene=scene, group_tiles=group_tiles,
         denoise=denoise, chunks=chunks_for(split, chunks), files=files,
         allow_missing=allow_missing, project=os.fspath(project) if project else None,
-        verify=verify)
+        verify=verify, keep_frames=keep_frames)
     check_spec(spec)
     with Farm(address=address, workers=workers, permit_scripts=permit_scripts,
               config=FarmConfig(storage=storage)) as farm:

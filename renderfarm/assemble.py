@@ -9,32 +9,45 @@ merges a frame twice, writes nothing once its job has ended, and reports a failu
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from renderfarm import faults
 from renderfarm.errors import MergeError, RenderFarmError
-from renderfarm.job import PIECE_FORMAT, WRITE_EXTENSIONS, SceneInfo, Task, output_path
+from renderfarm.job import (
+    PIECE_FORMAT,
+    WRITE_EXTENSIONS,
+    SceneInfo,
+    Task,
+    output_path,
+    view_path,
+)
 from renderfarm.merge import (
     Piece,
     combine_samples,
     drop_parts,
     exr_encoding,
     merge_pieces,
+    piece_stats,
     recode_exr,
+    unpack_view,
     write_atomically,
 )
 from renderfarm.planner import Plan, added_colour_passes
+from renderfarm.stamp import combine_stats
 
 logger = logging.getLogger(__name__)
 
-def piece_format(plan: Plan, final_format: str) -> str:
-    """The format a job's workers write their pieces in."""
-    if plan.tiled or plan.post_denoise or plan.chunks > 1:
+def piece_format(plan: Plan, final_format: str, views: bool = False) -> str:
+    """The format a job's workers write their pieces in (``views``: the scene writes a file
+    per view: each piece holds every view, and the frame is written view by view)."""
+    if plan.tiled or plan.post_denoise or plan.chunks > 1 or views:
         return PIECE_FORMAT
     return final_format
 
@@ -51,34 +64,53 @@ class Assembler:
         final_format: the format of the output files.
         executor: the threads merges run on.
         finish: lets a worker denoise / composite / convert a merged frame's bytes
-            (``finish(payload, frame) -> bytes``).
+            (``finish(payload, frame) -> (bytes, {extra file: bytes})``).
         on_merged: told of each frame written (``on_merged(frame, path)``).
         on_error: told of a merge that failed (the job stops with it).
         ended: whether the job has ended (cancelled): nothing more is written then.
         keep_pieces: keep every piece until the job ends (a verified job: a worker found
             suspect later has its pieces replaced and their frames merged again).
+        project: the artist's project folder (of the ``.blend``): File Output nodes' ``//``
+            paths are relative to it.
+        folder: the job's output folder when it names one (``-o DIR/``, the service's
+            folder of a job): File Output nodes' files go inside it instead.
+        origin: the ``.blend`` as the artist has it: the ``File`` Blender writes into the
+            files' metadata names it (a worker's names its own copy).
     """
 
     def __init__(self, *, job_id: str, output: str, plan: Plan, info: SceneInfo,
                  scratch: Path, final_format: str, executor: Executor,
-                 finish: Callable[[bytes, int], bytes],
+                 finish: Callable[[bytes, int], tuple[bytes, Mapping[str, bytes]]],
                  on_merged: Callable[[int, Path], None],
                  on_error: Callable[[RenderFarmError], None],
-                 ended: Callable[[], bool], keep_pieces: bool = False) -> None:
+                 ended: Callable[[], bool], keep_pieces: bool = False,
+                 project: Path | None = None, folder: Path | None = None,
+                 origin: str | None = None) -> None:
         self.job_id = job_id
         self.output = output
         self.plan = plan
         self.info = info
         self.scratch = scratch
         self.final_format = final_format
-        self.piece_format = piece_format(plan, final_format)
+        #: (name, file suffix) of each view written as a file of its own (stereoscopy)
+        self.views = (list(zip(info.views, info.view_suffixes, strict=True))
+                      if info.views and info.views_format == "INDIVIDUAL" else [])
+        self.piece_format = piece_format(plan, final_format, bool(self.views))
         self._executor = executor
         self._finish_remote = finish
         self._on_merged = on_merged
         self._on_error = on_error
         self._ended = ended
         self.keep_pieces = keep_pieces
+        self.project = project or Path.cwd()
+        self.folder = folder
+        #: the metadata entries every file gets the artist's values of
+        self.restamp = {"File": origin} if origin else {}
         self._lock = threading.Lock()
+        #: frame -> {File Output file (as the worker named it): where it waits}
+        self._extras: dict[int, dict[str, Path]] = {}
+        #: frame -> {file a File Output node wrote for it: its SHA-256}
+        self.extra_outputs: dict[int, dict[str, str]] = {}
         self._pieces: dict[int, list[tuple[int, Piece, tuple[int, ...]]]] = {}
         self._merged: set[int] = set()
         self._generation: dict[int, int] = {}  # a reopened frame's older merges are void
@@ -106,6 +138,103 @@ class Assembler:
         rendered."""
         with self._lock:
             self._pieces.setdefault(frame, []).append((chunk, piece, tuple(members)))
+
+    def extra_target(self, name: str) -> Path:
+        """Where a file a File Output node wrote goes, from the name a worker gave it
+        (``<node index>/<file name Blender gave it>``): inside the node's folder as saved
+        (``//`` is the project; inside the job's output folder when it has one).
+
+        Raises:
+            MergeError: the name is not one of a File Output node of the scene (a worker
+                that lies or is broken): nothing is written outside the node's folder.
+        """
+        index, _, rel = name.partition("/")
+        dirs = self.info.file_output_dirs
+        parts = rel.split("/")
+        if (not index.isdigit() or int(index) >= len(dirs) or "\\" in rel
+                or any(p in ("..", ".", "") for p in parts)):
+            raise MergeError(f"a worker sent a file {name!r} that no File Output node of the "
+                             "scene writes; it was not written")
+        folder = dirs[int(index)]
+        relative = folder.startswith("//") or not os.path.isabs(os.path.expanduser(folder))
+        inner = folder[2:] if folder.startswith("//") else folder
+        if self.folder is not None:  # kept inside it, whatever the node's path climbs
+            inner = os.path.normpath(inner.replace("\\", "/")) if relative else Path(folder).name
+            base = self.folder.joinpath(*[p for p in PurePosixPath(inner).parts
+                                          if p not in ("..", ".", "/")])
+        elif relative:
+            base = self.project / inner
+        else:
+            base = Path(os.path.expanduser(folder))
+        return base.joinpath(*parts)
+
+    def add_extras(self, frame: int, extras: Mapping[str, bytes]) -> None:
+        """Keep the files the File Output nodes wrote while a whole ``frame`` rendered
+        until the frame is written (a later render of it replaces them).
+
+        Raises:
+            MergeError: a name no File Output node writes (see :meth:`extra_target`).
+        """
+        for name in extras:  # all refused before anything is kept
+            self.extra_target(name)
+        kept: dict[str, Path] = {}
+        for name, data in extras.items():
+            digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+            path = self.scratch / f"extra-{frame}-{digest}"
+            write_atomically(path, lambda tmp, data=data: tmp.write_bytes(data))
+            kept[name] = path
+        with self._lock:
+            self._extras.setdefault(frame, {}).update(kept)
+
+    def _deliver(self, frame: int, extras: Mapping[str, bytes | Path]) -> None:
+        """Write a frame's File Output files where the scene has them written."""
+        for name, data in extras.items():
+            target = self.extra_target(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = data if isinstance(data, Path) else None
+            if source is not None:
+                data = source.read_bytes()
+            write_atomically(target, lambda tmp, data=data, target=target: tmp.write_bytes(
+                self._stamped(data, target)))
+            if source is not None and not self.keep_pieces:
+                source.unlink(missing_ok=True)
+            self._delivered(frame, target)
+
+    def _delivered(self, frame: int, path: Path) -> None:
+        """A file written for ``frame`` beside its output (a File Output node's, a view's)."""
+        from renderfarm.bundle import file_sha256
+
+        digest = file_sha256(path)
+        with self._lock:
+            self.extra_outputs.setdefault(frame, {})[str(path)] = digest
+
+    def add_output(self, frame: int, path: Path) -> None:
+        """A file written for the job beside its frames (its video), listed with ``frame``'s
+        other files."""
+        self._delivered(frame, path)
+
+    def forget_outputs(self, frames: list[int]) -> None:
+        """Remove frames' files that served their purpose (a video's frames, encoded)."""
+        with self._lock:
+            gone = [self.outputs.pop(frame) for frame in frames if frame in self.outputs]
+            for frame in frames:
+                self.hashes.pop(frame, None)
+        for path in gone:
+            path.unlink(missing_ok=True)
+
+    def _write_view(self, found: list[tuple[int, Piece]], frame: int, view: str,
+                    target: Path) -> Mapping[str, bytes]:
+        """Write one view of a frame from pieces that hold every view."""
+        alone = []
+        try:
+            for number, (chunk, piece) in enumerate(found):
+                path = self.scratch / f"view-{frame}-{number}-{view}.exr"
+                unpack_view(piece.path, view, path)
+                alone.append((chunk, Piece(piece.tile, path)))
+            return self._write(alone, frame, target, tag=view)
+        finally:
+            for _chunk, piece in alone:
+                piece.path.unlink(missing_ok=True)
 
     def drop(self, members: set[int] | list[int]) -> None:
         """Forget the pieces tasks ``members`` rendered (a suspect worker's): their frames
@@ -174,7 +303,23 @@ class Assembler:
                      (self._pieces.get(frame, []) if self.keep_pieces
                       else self._pieces.pop(frame))]
         target = output_path(self.output, frame)
-        self._write(found, frame, target)
+        if self.views:  # the first view's file is the frame's; the others go with it
+            extras = {}
+            frame_path = target
+            for index, (name, suffix) in enumerate(self.views):
+                path = view_path(frame_path, suffix)
+                extras.update(self._write_view(found, frame, name, path))
+                if index == 0:
+                    target = path
+                else:
+                    self._delivered(frame, path)
+        else:
+            extras = self._write(found, frame, target)
+        with self._lock:
+            kept: dict[str, bytes | Path] = dict(
+                self._extras.get(frame, {}) if self.keep_pieces
+                else self._extras.pop(frame, {}))
+        self._deliver(frame, {**kept, **extras})
         if not self.keep_pieces:
             for _chunk, piece in found:
                 piece.path.unlink(missing_ok=True)
@@ -184,33 +329,66 @@ class Assembler:
             self.hashes[frame] = digest
         self._on_merged(frame, target)
 
-    def _write(self, found: list[tuple[int, Piece]], frame: int, target: Path) -> None:
+    def _stamped(self, data: bytes, path: Path, stats: Mapping[str, str] | None = None
+                 ) -> bytes:
+        """``data`` with the artist's metadata values (and a tiled frame's render
+        statistics), Blender's encoding untouched."""
+        from renderfarm.stamp import restamp
+
+        try:
+            return restamp(data, self.restamp, stats)
+        except ValueError as exc:  # the file is kept as the worker wrote it
+            logger.warning("job %s: the metadata of %s was not set (%s)", self.job_id,
+                           path.name, exc)
+            return data
+
+    def _write(self, found: list[tuple[int, Piece]], frame: int,
+               target: Path, tag: str = "") -> Mapping[str, bytes]:
+        """Write the frame's output file (``tag``: a view's, of pieces of that view);
+        returns what File Output nodes wrote when a worker finished the merged frame."""
         plan = self.plan
         split = plan.tiled or plan.chunks > 1
-        if not split and not plan.post_denoise:  # the piece is the output file
+        if not split and not plan.post_denoise and not tag:  # the piece is the output file
             source = found[0][1].path
-            keep = shutil.copyfile if self.keep_pieces else shutil.move
-            write_atomically(target, lambda tmp: keep(source, tmp))
-            return
-        merged = self._merge_frame(found, frame)
+            write_atomically(target, lambda tmp: tmp.write_bytes(
+                self._stamped(source.read_bytes(), target)))
+            if not self.keep_pieces:
+                source.unlink(missing_ok=True)
+            return {}
+        # the render statistics Blender writes, of the pieces (a file a worker converts
+        # or composites has none: nothing rendered in that call)
+        stats = combine_stats(piece_stats(piece.path) for chunk, piece in found
+                              if chunk == found[0][0])
+        merged = self._merge_frame(found, frame, tag)
         if plan.post_denoise or plan.post_composite or self.final_format != "OPEN_EXR_MULTILAYER":
-            data = self._finish_remote(merged.read_bytes(), frame)
-            write_atomically(target, lambda tmp: tmp.write_bytes(data))
+            data, extras = self._finish_remote(merged.read_bytes(), frame)
+            for name in extras:  # checked before the frame is written
+                self.extra_target(name)
+            write_atomically(target, lambda tmp: tmp.write_bytes(
+                self._stamped(data, target, stats)))
             merged.unlink(missing_ok=True)
-        else:  # the scene's own depth and codec (pieces are lossless 32-bit float)
-            encoding = exr_encoding(self.info.file_format, self.info.output)
-            write_atomically(target, lambda tmp: recode_exr(merged, tmp, encoding))
-            merged.unlink(missing_ok=True)
+            return extras
+        # the scene's own depth and codec (pieces are lossless 32-bit float)
+        encoding = exr_encoding(self.info.file_format, self.info.output)
 
-    def _merge_frame(self, found: list[tuple[int, Piece]], frame: int) -> Path:
-        """One multilayer EXR of the frame from its pieces: tiles placed, sample ranges
-        combined."""
+        def write(tmp: Path) -> None:
+            recode_exr(merged, tmp, encoding)
+            tmp.write_bytes(self._stamped(tmp.read_bytes(), target, stats))
+
+        write_atomically(target, write)
+        merged.unlink(missing_ok=True)
+        return {}
+
+    def _merge_frame(self, found: list[tuple[int, Piece]], frame: int, tag: str = "") -> Path:
+        """One multilayer EXR of the frame (of one view: ``tag``) from its pieces: tiles
+        placed, sample ranges combined."""
         chunks: dict[int, list[Piece]] = {}
         for chunk, piece in found:
             chunks.setdefault(chunk, []).append(piece)
         frames = []
+        name = f"{frame}-{tag}" if tag else f"{frame}"
         for chunk in sorted(chunks):
-            path = self.scratch / f"frame-{frame}-c{chunk}.exr"
+            path = self.scratch / f"frame-{name}-c{chunk}.exr"
             if self.plan.tiled:
                 merge_pieces(chunks[chunk], self.plan.canvas, path)
             elif self.keep_pieces:
@@ -220,14 +398,14 @@ class Assembler:
             frames.append(path)
         if len(frames) == 1:
             return frames[0]
-        merged = self.scratch / f"frame-{frame}.exr"
+        merged = self.scratch / f"frame-{name}.exr"
         lengths = [r[1] for r in self.plan.sample_ranges if r is not None]
         combine_samples(frames, lengths, merged)
         for path in frames:
             path.unlink(missing_ok=True)
         added = added_colour_passes(self.info)
         if added:  # colour passes rendered only to combine light passes exactly
-            trimmed = self.scratch / f"frame-{frame}-trimmed.exr"
+            trimmed = self.scratch / f"frame-{name}-trimmed.exr"
             drop_parts(merged, trimmed, added)
             merged.unlink()
             return trimmed

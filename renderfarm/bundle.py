@@ -270,11 +270,35 @@ def _patch_bat() -> None:
     worlds, lights and textures keep theirs in ``nodetree``. Their images were then never
     traced when the ID came from a linked library (a library's own textures were left out
     of bundles). Read the field each ID's DNA has.
+
+    BAT also names a sound strip's file from the strip's own folder and name, although
+    Blender reads it through the strip's sound, which BAT traces on its own and skips when
+    it is packed: a packed sound was reported missing. Sound strips' files are left to
+    their sounds.
     """
     global _BAT_PATCHED
     if _BAT_PATCHED:
         return
-    from blender_asset_tracer.trace import expanders
+    from blender_asset_tracer import cdefs
+    from blender_asset_tracer.blendfile import iterators
+    from blender_asset_tracer.trace import blocks2assets, expanders
+
+    scene_assets = blocks2assets._funcs_for_code[b"SC"]  # noqa: SLF001
+    sound_types = {cdefs.SEQ_TYPE_SOUND_RAM, cdefs.SEQ_TYPE_SOUND_HD}
+
+    def scene_without_sound_strips(block: Any) -> Iterator[Any]:
+        editor = block.get_pointer(b"ed")
+        sounds = set()
+        if editor is not None:
+            for strip, kind in iterators.sequencer_strips(editor):
+                data = strip.get_pointer(b"strip") if kind in sound_types else None
+                if data is not None:
+                    sounds.add(data.addr_old)
+        for usage in scene_assets(block):
+            if getattr(usage.block, "addr_old", None) not in sounds:
+                yield usage
+
+    blocks2assets._funcs_for_code[b"SC"] = scene_without_sound_strips  # noqa: SLF001
 
     def nodetree_id(block: Any) -> Iterator[Any]:
         for name in (b"nodetree", b"compositing_node_group"):

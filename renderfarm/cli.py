@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="'bundle' (default) sends the .blend and every file it uses "
                       "(libraries, textures, caches), so workers need not see this disk; "
                       "'shared': workers read the same paths (a studio file server)")
+    jobs.add_argument("--keep-frames", action="store_true",
+                      help="a video job (the scene writes FFMPEG, or -o shot.mp4) also keeps "
+                      "its frames, as 32-bit float EXRs next to the video")
     jobs.add_argument("--allow-missing", action="store_true",
                       help="render although the scene needs files that cannot be found "
                       "(each is a warning); default: the job fails naming them")
@@ -399,6 +402,18 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  samples: {scene['samples']} adaptive={scene['adaptive_sampling']}"
                          f" denoising={scene['denoising']}")
         lines.append(f"  compositing: {'yes' if scene['compositing'] else 'no'}")
+        output = scene.get("output_path") or "//"
+        lines.append(f"  output: {output} as {scene.get('file_format', '?')}")
+        if scene.get("views"):
+            how = {"INDIVIDUAL": "a file per view", "STEREO_3D": "one stereo 3D file",
+                   "MULTIVIEW": "one multilayer EXR"}.get(scene.get("views_format", ""),
+                                                          scene.get("views_format"))
+            views = ", ".join(f"{name} ({suffix})" for name, suffix in
+                              zip(scene["views"], scene.get("view_suffixes") or [], strict=False))
+            lines.append(f"  views: {views}; written as {how}")
+        for node, folder in zip(scene.get("file_outputs") or [],
+                                scene.get("file_output_dirs") or [], strict=False):
+            lines.append(f"  File Output node {node}: writes into {folder}")
         for layer, passes in scene["view_layers"].items():
             lines.append(f"  view layer {layer}: {', '.join(passes) or 'combined'}")
     lines.append("linked files: " + (", ".join(report["libraries"]) or "none"))

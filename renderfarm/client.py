@@ -291,6 +291,7 @@ class FarmClient:
         from renderfarm.bundle import make_bundle, missing_error
 
         spec = dict(spec or {})
+        spec.setdefault("origin", os.path.abspath(blend))  # the File its outputs name
         with tempfile.TemporaryDirectory(prefix="renderfarm-bundle-") as folder:
             manifest = make_bundle(blend, folder, project)
             if manifest.missing and spec.get("allow_missing") is not True:
@@ -342,23 +343,33 @@ class FarmClient:
         """Change a job's priority."""
         return self.request("priority", job_id=job_id, priority=priority)[0]["job"]
 
-    def fetch(self, job_id: str, frame: int, folder: str | os.PathLike[str]) -> Path:
-        """Download a finished frame into ``folder``; returns its path.
+    def fetch(self, job_id: str, frame: int, folder: str | os.PathLike[str],
+              name: str | None = None) -> Path:
+        """Download a finished frame into ``folder``; returns its path. With ``name`` (one
+        of the status' ``extra_outputs``), the file a File Output node wrote for the frame,
+        at that path inside ``folder``.
 
         Raises:
-            ServiceError: the frame is not finished (``not_found``).
+            ServiceError: the frame (or file) is not finished (``not_found``).
         """
         folder = Path(folder)
+        if name is not None:
+            if protocol.check_relative_name(name) is not None:
+                raise ServiceError(f"the farm named a file {name!r} outside the output folder",
+                                   kind="failed")
+            folder = folder.joinpath(*Path(name).parent.parts)
         folder.mkdir(parents=True, exist_ok=True)
-        offset, size, name, expected = 0, None, None, None
+        offset, size, expected = 0, None, None
         tmp = folder / f".{job_id}-{frame}.part"
         digest = hashlib.sha256()
+        extra = {} if name is None else {"name": name}
         try:
             with open(tmp, "wb") as handle:
                 while size is None or offset < size:
                     reply, data = self.request("fetch", job_id=job_id, frame=frame,
-                                               offset=offset, length=0)
-                    size, name = reply["size"], reply["name"]
+                                               offset=offset, length=0, **extra)
+                    size = reply["size"]
+                    name = name if extra else reply["name"]
                     expected = reply.get("sha256")
                     handle.write(data or b"")
                     digest.update(data or b"")
@@ -374,7 +385,7 @@ class FarmClient:
         except BaseException:  # nothing half-downloaded or damaged is left in the folder
             tmp.unlink(missing_ok=True)
             raise
-        target = folder / plain_name(name)
+        target = folder / plain_name(Path(name).name)
         os.replace(tmp, target)
         return target
 
@@ -397,11 +408,18 @@ class FarmClient:
         reply, page = self.request("report", job_id=job_id, html=True)
         return reply["report"], page or b""
 
-    def fetch_outputs(self, job_id: str, folder: str | os.PathLike[str]) -> dict[int, Path]:
-        """Download every finished frame of a job into ``folder``."""
-        outputs = self.status(job_id).get("outputs") or {}
-        return {int(frame): self.fetch(job_id, int(frame), folder)
-                for frame in sorted(outputs, key=int)}
+    def fetch_outputs(self, job_id: str, folder: str | os.PathLike[str],
+                      extras_folder: str | os.PathLike[str] | None = None) -> dict[int, Path]:
+        """Download every finished frame of a job into ``folder``, and the files its File
+        Output nodes wrote at their paths inside ``extras_folder`` (default ``folder``:
+        ``passes/depth_0001.exr``); returns the frames' files."""
+        status = self.status(job_id)
+        outputs = status.get("outputs") or {}
+        fetched = {int(frame): self.fetch(job_id, int(frame), folder)
+                   for frame in sorted(outputs, key=int)}
+        for name, frame in sorted((status.get("extra_outputs") or {}).items()):
+            self.fetch(job_id, int(frame), extras_folder or folder, name=name)
+        return fetched
 
     # -- events ------------------------------------------------------------------------------
     def subscribe(self, job_id: str | None = None, previews: bool = False) -> None:

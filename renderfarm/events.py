@@ -9,7 +9,7 @@ from typing import Any
 KINDS = (
     "job_queued", "job_started", "task_started", "task_done", "task_retry", "task_failed",
     "frame_merged", "warning", "job_done", "job_failed", "job_cancelled",
-    "task_checking", "task_checked", "estimate", "info",
+    "task_checking", "task_checked", "estimate", "info", "output_written",
 )
 
 

@@ -39,7 +39,7 @@ from renderfarm.errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from renderfarm.job import WRITE_EXTENSIONS, RenderSettings, SceneInfo, Task
+from renderfarm.job import VIDEO_FRAME_FORMAT, WRITE_EXTENSIONS, RenderSettings, SceneInfo, Task
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +306,9 @@ class BlenderWorker:
                 corrupt_image(Path(piece), spoiled)
             with open(piece, "rb") as handle:
                 data = handle.read()
+            extras = self.session.take_extras()  # what its File Output nodes wrote
+            if extras:
+                base["extras"] = extras
             return {**base, "ok": True, "device": self.session.device_label,
                     "render_seconds": stats.render_seconds, "load_seconds": load,
                     "task_seconds": time.perf_counter() - start, "finished": time.time(),
@@ -328,10 +331,15 @@ class BlenderWorker:
 
     def finish(self, settings: dict[str, Any], merged_exr: bytes, file_format: str,
                extension: str, files: dict[str, Any] | None = None,
-               frame: int | None = None) -> bytes | None:
+               frame: int | None = None) -> dict[str, Any] | None:
         """Finish a merged frame (multilayer EXR): denoise it when the job renders noisy
-        pieces, and write it in ``file_format`` with the colour management of the job's scene;
-        return the file's bytes (None when this worker needs the job's files sent)."""
+        pieces, and write it in ``file_format`` with the colour management of the job's scene.
+
+        Returns:
+            ``{"data": the file's bytes, "extras": {name: bytes}}`` (``extras``: what the
+            compositor's File Output nodes wrote), or None when this worker needs the job's
+            files sent.
+        """
         job_settings = RenderSettings.from_dict(settings)
         local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
         if local is None:
@@ -343,17 +351,53 @@ class BlenderWorker:
         try:
             with open(source, "wb") as handle:
                 handle.write(merged_exr)
+            self.session.take_extras()
             self.session.finish(source, target, file_format, frame)
             with open(target, "rb") as handle:
-                return handle.read()
+                return {"data": handle.read(), "extras": self.session.take_extras()}
         finally:
             for name in (source, target):
                 if os.path.exists(name):
                     os.remove(name)
 
+    def encode(self, settings: dict[str, Any], frames: list[tuple[int, Any]], step: int,
+               name: str, container: str | None = None,
+               files: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Encode a job's video from its frames (``[(frame, object ref of its bytes)]``,
+        written as ``VIDEO_FRAME``) with Blender's FFmpeg writer and the scene's settings.
+
+        Returns:
+            ``{"name": file name Blender gave the video, "data": its bytes}``, or None when
+            this worker needs the job's files sent.
+        """
+        import ray
+
+        job_settings = RenderSettings.from_dict(settings)
+        local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
+        if local is None:
+            return None
+        self.session.prepare(local, job_settings, VIDEO_FRAME_FORMAT)
+        folder = os.path.join(self.scratch, f"encode-{next(self._counter)}")
+        os.makedirs(folder)
+        open(self.log, "wb").close()
+        try:
+            paths: dict[int, str] = {}
+            for frame, ref in frames:  # one at a time: a long video never sits in memory
+                paths[frame] = os.path.join(folder, f"in-{frame}.exr")
+                with open(paths[frame], "wb") as handle:
+                    handle.write(ray.get(ref))
+            with _captured_output(self.log):
+                video = self.session.encode(paths, step, folder, name, container)
+            with open(video, "rb") as handle:
+                return {"name": os.path.basename(video), "data": handle.read(),
+                        "log": _tail_of(self.log, TASK_LOG_LINES)}
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def shutdown(self) -> None:
         """Remove this worker's scratch files."""
         shutil.rmtree(self.scratch, ignore_errors=True)
+        self.session.remove_files()
 
 
 # ------------------------------------------------------------------------------------------

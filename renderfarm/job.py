@@ -55,8 +55,17 @@ FORMAT_EXTENSIONS: dict[str, str] = {
 #: the format of a piece of a frame that is merged or finished later: a lossless 32-bit
 #: multilayer EXR with every pass, whatever the final file is
 PIECE_FORMAT = "PIECE"
+#: the frames of a video before it is encoded: the composited image, scene-linear, as a
+#: 32-bit float RGBA EXR without the stamp (the encoder burns it in, as Blender does)
+VIDEO_FRAME_FORMAT = "VIDEO_FRAME"
 #: the extension of each format a worker writes (the final formats and pieces)
-WRITE_EXTENSIONS: dict[str, str] = {**FORMAT_EXTENSIONS, PIECE_FORMAT: ".exr"}
+WRITE_EXTENSIONS: dict[str, str] = {**FORMAT_EXTENSIONS, PIECE_FORMAT: ".exr",
+                                    VIDEO_FRAME_FORMAT: ".exr"}
+#: video extension -> the FFmpeg container Blender writes it with (``ffmpeg.format``)
+VIDEO_CONTAINERS: dict[str, str] = {
+    ".mp4": "MPEG4", ".mkv": "MKV", ".webm": "WEBM", ".avi": "AVI", ".dv": "DV",
+    ".flv": "FLASH", ".mpg": "MPEG1", ".mpeg": "MPEG2", ".ogv": "OGG", ".mov": "QUICKTIME",
+}
 
 #: the scene's output settings the farm keeps for its final files (SceneInfo.output)
 OUTPUT_SETTING_NAMES = ("color_depth", "exr_codec", "quality", "color_mode")
@@ -73,8 +82,10 @@ def output_format(pattern: str, scene_format: str | None = None) -> str:
         OutputError: the extension is not one renderfarm writes.
     """
     ext = os.path.splitext(str(pattern))[1].lower()
+    if ext in VIDEO_CONTAINERS:
+        return "FFMPEG"
     if ext not in OUTPUT_FORMATS:
-        known = ", ".join(sorted(OUTPUT_FORMATS))
+        known = ", ".join(sorted([*OUTPUT_FORMATS, *VIDEO_CONTAINERS]))
         raise OutputError(
             f"unknown output extension {ext or '(none)'!r}; use one of {known}",
             path=str(pattern),
@@ -99,16 +110,19 @@ def scene_output(info: SceneInfo, blend_dir: str, folder: str | None = None) -> 
         OutputError: the scene writes something the farm does not write (a video).
     """
     file_format = info.file_format
-    if file_format not in FORMAT_EXTENSIONS:
-        what = "a video (FFMPEG)" if file_format == "FFMPEG" else f"{file_format} files"
+    if file_format not in FORMAT_EXTENSIONS and file_format != "FFMPEG":
         raise OutputError(
-            f"the scene's output writes {what}, which the farm cannot write yet; give an "
-            "output with an image extension (-o shot_####.png, or .exr for every pass) and "
-            "encode the frames afterwards", path=info.scene)
+            f"the scene's output writes {file_format} files, which the farm cannot write; "
+            "give an output with an image extension (-o shot_####.png, or .exr for every "
+            "pass)", path=info.scene)
     raw = info.output_path or "//"
     if raw.startswith("//"):
         raw = os.path.join(blend_dir, raw[2:])
     raw = os.path.expanduser(raw)
+    if file_format == "FFMPEG":  # the encoder names the video (frame range, container)
+        if folder is not None:
+            raw = os.path.join(folder, os.path.basename(raw))
+        return raw, file_format
     if not _HASHES.search(os.path.basename(raw)):
         raw += "####"  # Blender puts the frame after a name without # (a folder: alone)
     # the format's own extensions (.jpg or .jpeg, ...): Blender adds none when one ends it
@@ -159,6 +173,17 @@ def output_path(pattern: str | os.PathLike[str], frame: int) -> Path:
     if not runs and known:
         name += ext  # Blender adds the extension after the number
     return path.with_name(name)
+
+
+def view_path(path: Path, suffix: str) -> Path:
+    """The file of one view of a frame (multiview, views written as individual files), as
+    Blender names it: the view's suffix before the file name's last dot
+    (``shot_0001.png`` -> ``shot_0001_L.png``), or at its end."""
+    name = path.name
+    dot = name.rfind(".")
+    if dot <= 0:
+        return path.with_name(name + suffix)
+    return path.with_name(name[:dot] + suffix + name[dot:])
 
 
 def _frame_digits(frame: int, width: int) -> str:
@@ -342,7 +367,12 @@ class SceneInfo(_Json):
         output: the scene's own settings for its format (see ``OUTPUT_SETTING_NAMES``):
             colour depth, EXR codec, quality, colour mode.
         views: the views the scene renders when stereoscopy / multiview is on, else empty.
+        view_suffixes: each view's file suffix (``_L``), in the order of ``views``.
+        views_format: how the scene writes its views: ``INDIVIDUAL`` files, ``STEREO_3D``
+            (one file: anaglyph, side by side, ...) or ``MULTIVIEW`` (one multilayer EXR
+            holds every view).
         file_outputs: the compositor's File Output nodes that write (node names).
+        file_output_dirs: each of those nodes' folder as saved (``//passes/``).
         stamp: whether the scene burns its stamp into the image.
     """
 
@@ -374,7 +404,10 @@ class SceneInfo(_Json):
     file_extension: bool = True
     output: dict[str, Any] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)
+    view_suffixes: list[str] = field(default_factory=list)
+    views_format: str = "INDIVIDUAL"
     file_outputs: list[str] = field(default_factory=list)
+    file_output_dirs: list[str] = field(default_factory=list)
     stamp: bool = False
 
     @classmethod
@@ -450,6 +483,10 @@ class JobSpec(_Json):
             renders once frame N of each of those jobs is written.
         require: what the job's workers must offer (``"vram>=16,tag=lighting"``; see
             :mod:`renderfarm.tags`); None: any worker.
+        origin: the ``.blend``'s path on the machine that submitted it, which the ``File``
+            entry of the outputs' metadata names as Blender does; None: ``blend_file``.
+        keep_frames: a video job also delivers its frames (32-bit float EXRs, next to the
+            video: ``shot_0001.exr``); otherwise they go once the video is encoded.
     """
 
     blend_file: str
@@ -479,6 +516,8 @@ class JobSpec(_Json):
     after: tuple[str, ...] = ()
     after_frames: bool = False
     require: str | None = None
+    origin: str | None = None
+    keep_frames: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -524,6 +563,11 @@ class JobSpec(_Json):
                                      or any(ord(c) < 32 or ord(c) == 127 for c in text)):
                 raise InputError(f"{label} must be text of at most 255 characters without "
                                  f"control characters, not {str(text)[:60]!r}")
+        if self.origin is not None and (not isinstance(self.origin, str)
+                                        or len(self.origin) > 4096
+                                        or any(ord(c) < 32 for c in self.origin)):
+            raise InputError(f"origin must be the path of the .blend file (text without "
+                             f"control characters), not {str(self.origin)[:60]!r}")
         if self.bundle is not None and not isinstance(self.bundle, dict):
             raise InputError("bundle must be a bundle manifest (an object)")
         if self.denoise not in DENOISE_MODES:
@@ -551,6 +595,8 @@ class JobSpec(_Json):
             raise InputError(f"after must be up to 100 job ids, not {list(self.after)[:5]!r}")
         if not isinstance(self.after_frames, bool):
             raise InputError("after_frames must be true or false")
+        if not isinstance(self.keep_frames, bool):
+            raise InputError("keep_frames must be true or false")
         if self.budget is not None and self.estimate is None:
             object.__setattr__(self, "estimate", "first")  # a budget needs an estimate
 
@@ -680,8 +726,8 @@ class TaskResult(_Json):
             call rendered (``task_index`` first); empty for a single tile.
         kind: what the worker did for the job: ``render`` (a piece), ``check`` (a piece
             rendered again to verify another worker's), ``finish`` (denoise, composite or
-            convert a merged frame), ``inspect`` (open the file, read the scene) or ``probe``
-            (a call of the estimate's probe).
+            convert a merged frame), ``inspect`` (open the file, read the scene), ``probe``
+            (a call of the estimate's probe) or ``encode`` (the job's video).
         pixels: pixels the call rendered (its region, overscan included).
         samples: samples per pixel it rendered.
         log: what Blender printed during the call: its last lines when it succeeded, all of
@@ -745,6 +791,8 @@ class JobResult(_Json):
         warnings: things the user should know (fallbacks, ignored settings).
         tiles: the grid the frames were split into (what ``--tiles auto`` chose).
         hashes: ``{frame: SHA-256}`` of each output file as the farm wrote it.
+        extra_outputs: ``{frame: {file: SHA-256}}`` of the files the compositor's File
+            Output nodes wrote for each frame.
         checks: the verification of pieces (``--verify``): each check's frame, tile,
             workers, outcome and suspects (see :class:`~renderfarm.state.Check`).
         suspects: workers found to disagree with the majority (no more tasks sent to them).
@@ -767,6 +815,7 @@ class JobResult(_Json):
     warnings: tuple[str, ...] = ()
     tiles: tuple[int, int] = (1, 1)
     hashes: dict[int, str] = field(default_factory=dict)
+    extra_outputs: dict[int, dict[str, str]] = field(default_factory=dict)
     checks: tuple[dict[str, Any], ...] = ()
     suspects: tuple[str, ...] = ()
     verify: float = 0.0
@@ -780,6 +829,14 @@ class JobResult(_Json):
         return tuple(t for t in self.tasks if t.kind == "render")
 
     @property
+    def files(self) -> list[Path]:
+        """Every file the job delivered: its frames, each view's, the File Output nodes',
+        its video."""
+        found = [*self.outputs.values(),
+                 *(Path(p) for files in self.extra_outputs.values() for p in files)]
+        return sorted(set(found))
+
+    @property
     def render_seconds(self) -> float:
         """Sum of the time workers spent inside Blender's render call."""
         return sum(t.render_seconds for t in self.tasks)
@@ -790,6 +847,8 @@ class JobResult(_Json):
         data["scene"] = SceneInfo.from_dict(data["scene"])
         data["frames"] = tuple(data["frames"])
         data["outputs"] = {int(k): Path(v) for k, v in data["outputs"].items()}
+        data["extra_outputs"] = {int(k): dict(v)
+                                 for k, v in (data.get("extra_outputs") or {}).items()}
         data["tasks"] = tuple(TaskResult.from_dict(t) for t in data.get("tasks", ()))
         data["warnings"] = tuple(data.get("warnings", ()))
         data["tiles"] = tuple(data.get("tiles", (1, 1)))

@@ -26,12 +26,17 @@ from renderfarm.errors import (
     LimitError,
     MergeError,
     OutputError,
+    RenderError,
     RenderFarmError,
     VerificationError,
 )
 from renderfarm.events import Event
 from renderfarm.executor import Source, WorkerHandle, WorkerPool, error_from, scene_info_from
+from renderfarm.frames import format_frames, parse_frames
 from renderfarm.job import (
+    PIECE_FORMAT,
+    VIDEO_CONTAINERS,
+    VIDEO_FRAME_FORMAT,
     WRITE_EXTENSIONS,
     JobResult,
     RenderSettings,
@@ -39,6 +44,7 @@ from renderfarm.job import (
     Task,
     TaskResult,
     Tile,
+    is_output_folder,
     output_path,
     resolve_output,
 )
@@ -104,6 +110,10 @@ class JobRun:
         self.started_at = time.time()
         self.verify = 0.0
         self.estimate: dict[str, Any] | None = None
+        #: a video job's output (the scene's path, or -o shot.mp4) and the container -o
+        #: asks for (None: the scene's)
+        self.video: str | None = None
+        self.video_container: str | None = None
 
     @property
     def merged_twice(self) -> int:
@@ -223,7 +233,10 @@ class JobRun:
             scratch=self.scratch, final_format=final_format,
             executor=self.farm._merger, finish=self._finish_on_worker,
             on_merged=self._merged, on_error=self.abort,
-            ended=lambda: self.handle.cancelled, keep_pieces=self.verify > 0)
+            ended=lambda: self.handle.cancelled, keep_pieces=self.verify > 0,
+            project=Path(os.path.abspath(spec.blend_file)).parent,
+            folder=Path(spec.output) if spec.output and is_output_folder(spec.output)
+            else None, origin=spec.origin or os.path.abspath(spec.blend_file))
         self.settings = RenderSettings(
             blend_path=os.path.abspath(spec.blend_file), blend_hash=blend_hash,
             scene=spec.scene if spec.scene is not None else info.scene,
@@ -268,6 +281,8 @@ class JobRun:
             raise CancelledError("the job was cancelled; frames finished before that are kept")
         if self.fatal is not None:
             raise self.fatal
+        if self.video is not None:
+            self._encode()
         return JobResult.from_dict({**self.snapshot(), "scene": info.to_dict()})
 
     def eta(self) -> float | None:
@@ -306,6 +321,8 @@ class JobRun:
                         sorted((assembler.outputs if assembler else {}).items())},
             "hashes": {str(k): v for k, v in
                        sorted((assembler.hashes if assembler else {}).items())},
+            "extra_outputs": {str(k): dict(v) for k, v in
+                              sorted((assembler.extra_outputs if assembler else {}).items())},
             "tasks": tasks, "checks": checks, "suspects": suspects,
             "wall_seconds": (self.finished_at or time.monotonic()) - self.started,
             "device": settings.device if settings is not None else "cpu",
@@ -412,25 +429,99 @@ class JobRun:
     def _merged(self, frame: int, path: Path) -> None:
         assert self.assembler is not None
         self.emit("frame_merged", frame=frame,
-                  data={"path": str(path), "sha256": self.assembler.hashes.get(frame)})
+                  data={"path": str(path), "sha256": self.assembler.hashes.get(frame),
+                        "extras": dict(self.assembler.extra_outputs.get(frame, {})),
+                        # a video's frame, gone once the video is encoded
+                        "intermediate": self.video is not None and not self.spec.keep_frames})
 
     def _output(self, info: SceneInfo) -> tuple[str, str]:
         """The job's output pattern and format (the scene's own unless the job names them),
         refusing what the farm cannot write as Blender would."""
-        if info.views:
-            raise OutputError(
-                f"the scene renders {len(info.views)} views ({', '.join(info.views)}: "
-                "Output properties > Stereoscopy); the farm renders one view per frame yet: "
-                "turn Stereoscopy off, or render each view as its own camera",
-                path=self.spec.blend_file)
         output, final_format = resolve_output(self.spec.output, info,
                                               os.path.dirname(os.path.abspath(
                                                   self.spec.blend_file)))
+        if final_format == "FFMPEG" and self.spec.frames is not None:
+            self._check_video_frames(tuple(parse_frames(self.spec.frames)))
         check_output_folder(output_path(output, 0).parent)
-        if info.file_outputs:
-            self.warn(f"the compositor's File Output node(s) {', '.join(info.file_outputs)} "
-                      "write files the farm does not deliver yet; they are not written")
+        if final_format == "FFMPEG":  # frames first, then one worker encodes them
+            self.video = output
+            if self.spec.output is not None and not is_output_folder(self.spec.output):
+                self.video_container = VIDEO_CONTAINERS.get(
+                    os.path.splitext(output)[1].lower())
+            stem = Path(output).name
+            if os.path.splitext(stem)[1].lower() in VIDEO_CONTAINERS:
+                stem = os.path.splitext(stem)[0]
+            if "#" not in stem:
+                stem += "####"
+            folder = Path(output).parent if self.spec.keep_frames else self.scratch / "frames"
+            return str(folder / f"{stem}.exr"), VIDEO_FRAME_FORMAT
         return output, final_format
+
+    def _check_video_frames(self, frames: tuple[int, ...]) -> None:
+        """A video is one run of frames at one step, from frame 0 or later (as Render
+        Animation writes it).
+
+        Raises:
+            OutputError: the frames are not.
+        """
+        steps = {b - a for a, b in zip(frames, frames[1:], strict=False)}
+        if len(steps) > 1 or min(frames) < 0:
+            raise OutputError(
+                f"a video is one range of frames from 0 or later at one step (Render Animation "
+                f"writes it so); frames {format_frames(frames)} are not: give --frames "
+                "FIRST-LAST[xSTEP], or an image output (-o shot_####.png)",
+                path=self.spec.blend_file)
+
+    def _encode(self) -> None:
+        """Let one worker encode the job's video from its frames with Blender's FFmpeg
+        writer; the frames go unless the job keeps them."""
+        import ray
+
+        assert self.video is not None and self.assembler is not None
+        assert self.pool is not None and self.settings is not None and self.files is not None
+        frames = sorted(self.assembler.outputs)
+        if not frames:
+            return
+        self.emit("info", message=f"encoding the video of {len(frames)} frame(s)")
+        refs = [(frame, ray.put(self.assembler.outputs[frame].read_bytes()))
+                for frame in frames]
+        step = frames[1] - frames[0] if len(frames) > 1 else 1
+        name = os.path.basename(self.video)
+        reply = None
+        for _attempt in range(self.spec.retries + 2):
+            handle = self.pool.preferred(self.settings.blend_hash)
+            started = time.time()
+            try:
+                reply = ray.get(handle.actor.encode.remote(
+                    self.settings.to_dict(), refs, step, name, self.video_container,
+                    self.files.ref))
+            except ray.exceptions.RayActorError:
+                self.pool.replace(handle.worker_id)
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, RenderFarmError) else None
+                raise cause or RenderError(f"encoding the video failed: {exc}") from exc
+            if reply is None:  # the worker cannot reach the job's files: send them
+                self.files.send_bytes()
+                continue
+            self.account("encode", handle, started, time.time(), frames[0])
+            break
+        if reply is None:
+            raise RenderError("every worker died while encoding the video")
+        written = str(reply.get("name") or "")
+        if (not written or written != os.path.basename(written) or written.startswith(".")
+                or os.path.splitext(written)[1].lower() not in VIDEO_CONTAINERS):
+            raise RenderError(f"the worker named the video {written[:80]!r}, not a video file "
+                              "name; nothing was written")
+        target = Path(self.video).parent / written
+        data = reply["data"]
+        write_atomically(target, lambda tmp: tmp.write_bytes(data))
+        self.assembler.add_output(frames[0], target)
+        if not self.spec.keep_frames:
+            self.assembler.forget_outputs(frames)
+        self.emit("output_written", frame=frames[0],
+                  data={"path": str(target),
+                        "sha256": self.assembler.extra_outputs[frames[0]][str(target)]})
 
     def account(self, kind: str, handle: WorkerHandle, started: float, finished: float,
                 frame: int = 0) -> None:
@@ -536,7 +627,11 @@ class JobRun:
         for (frame, _t, _c), i in index.items():  # left alone by this run (no output)
             if frame in resume.skip and frame not in resume.frames:
                 self.state.succeeded(i)
-        for piece in resume.pieces:
+        # a whole frame's render brought its File Output nodes' files along, and an earlier
+        # run's are gone: such frames render again
+        pieces = resume.pieces if not (self.info and self.info.file_outputs
+                                       and self.assembler.piece_format != PIECE_FORMAT) else ()
+        for piece in pieces:
             members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
             if (piece.frame in self.assembler.outputs or None in members
                     or not Path(piece.path).is_file()):
@@ -597,7 +692,7 @@ class JobRun:
                 return
             time.sleep(0.2)
 
-    def _finish_on_worker(self, payload: bytes, frame: int) -> bytes:
+    def _finish_on_worker(self, payload: bytes, frame: int) -> tuple[bytes, dict[str, bytes]]:
         """Let a worker denoise, composite and/or convert a merged frame (merge threads)."""
         import ray
 
@@ -621,7 +716,7 @@ class JobRun:
                 self.files.send_bytes()
                 continue
             self.account("finish", handle, started, time.time(), frame)
-            return data
+            return data["data"], dict(data.get("extras") or {})
         raise MergeError("every worker died while finishing the frame", frame=frame)
 
 
@@ -724,6 +819,8 @@ class Entries:
         if verdict is Verdict.LATE:
             logger.info("job %s: result of %s arrived after the job ended; dropped",
                         job.handle.job_id, task.task_id)
+        extras = (value[0].pop("extras", None) if isinstance(value, tuple) and value
+                  and isinstance(value[0], dict) else None) or {}
         if verdict is not Verdict.ACCEPT:
             reply = value[0] if isinstance(value, tuple) and value else None
             if isinstance(reply, dict) and "ok" in reply:  # its time counts all the same
@@ -742,6 +839,12 @@ class Entries:
                 self.requeue(task)
                 return True
             self.failed(handle, task, error_from(error), reply)
+            return True
+        try:  # a name no File Output node writes: a broken or lying worker's
+            for name in extras:
+                self.assembler.extra_target(name)
+        except MergeError as exc:
+            self.failed(handle, task, exc, reply)
             return True
         check = self.state.check_of(task.index)
         path = (self.check_path(task.index) if check is not None
@@ -771,6 +874,8 @@ class Entries:
             return True
         if job.on_piece is not None:  # the piece is on disk: a failing hook fails the job
             job.on_piece(task, path)
+        if extras:  # what the frame's File Output nodes wrote (a whole frame's render)
+            self.assembler.add_extras(task.frame, extras)
         self.assembler.add(task.frame, task.chunk, Piece(task.tile, path), task.members)
         with job.lock:
             checked = self.state.start_check(task, handle.worker_id, result.device)

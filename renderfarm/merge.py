@@ -564,6 +564,89 @@ def _merge_cryptomatte(chunks: Sequence[np.ndarray], share: Sequence[float]) -> 
     return out
 
 
+#: between a view's name and a part's name in a piece that holds several views
+VIEW_MARK = "/"
+
+
+def pack_views(files: Sequence[tuple[str, Path]], target: Path) -> None:
+    """One piece of every view's piece (multilayer EXRs Blender wrote for one view each):
+    each part kept as it is (header, window, pixels), named ``<view>/<part>``.
+
+    Raises:
+        MergeError: a file cannot be read.
+    """
+    inputs = [(view, _open(path)) for view, path in files]
+    try:
+        plan: list[tuple[Any, int, Any]] = []
+        specs = []
+        for view, inp in inputs:
+            for index, spec in enumerate(_parts(inp)):
+                part = _oiio().ImageSpec(spec)
+                name = f"{view}{VIEW_MARK}{_part_name(spec, index)}"
+                part.attribute("name", name)
+                part.channelnames = tuple(f"{view}{VIEW_MARK}{c}" for c in spec.channelnames)
+                for attribute in _PIECE_ATTRIBUTES:
+                    part.erase_attribute(attribute)
+                plan.append((inp, index, spec))
+                specs.append(part)
+
+        def pixels(i: int) -> np.ndarray:
+            inp, index, spec = plan[i]
+            inp.seek_subimage(index, 0)
+            return np.asarray(inp.read_image(index, 0, 0, spec.nchannels, spec.format))
+
+        write_atomically(target, lambda tmp: _write_parts(tmp, specs, pixels))
+    finally:
+        for _view, inp in inputs:
+            inp.close()
+
+
+def unpack_view(source: Path, view: str, target: Path) -> None:
+    """The piece of one ``view`` from a piece :func:`pack_views` wrote.
+
+    Raises:
+        MergeError: the piece holds no such view.
+    """
+    inp = _open(source)
+    try:
+        prefix = f"{view}{VIEW_MARK}"
+        plan, specs = [], []
+        for index, spec in enumerate(_parts(inp)):
+            name = _part_name(spec, index)
+            if not name.startswith(prefix):
+                continue
+            part = _oiio().ImageSpec(spec)
+            part.attribute("name", name[len(prefix):])
+            part.channelnames = tuple(c[len(prefix):] if c.startswith(prefix) else c
+                                      for c in spec.channelnames)
+            for attribute in _PIECE_ATTRIBUTES:
+                part.erase_attribute(attribute)
+            plan.append((index, spec))
+            specs.append(part)
+        if not specs:
+            raise MergeError(f"the piece holds no view {view!r}", path=str(source))
+
+        def pixels(i: int) -> np.ndarray:
+            index, spec = plan[i]
+            inp.seek_subimage(index, 0)
+            return np.asarray(inp.read_image(index, 0, 0, spec.nchannels, spec.format))
+
+        write_atomically(target, lambda tmp: _write_parts(tmp, specs, pixels))
+    finally:
+        inp.close()
+
+
+def piece_stats(path: Path) -> dict[str, str]:
+    """The render statistics Blender wrote into a file (``cycles.<layer>.samples``,
+    ``..._time``: its first part's ``cycles.*`` metadata), as text."""
+    inp = _open(path)
+    try:
+        return {attr.name: str(attr.value) for attr in inp.spec().extra_attribs
+                if attr.name.startswith("cycles.")}
+    finally:
+        inp.close()
+
+
 def part_names(path: Path) -> list[str]:
     """The part names of a multi-part EXR, in order."""
     inp = _open(path)

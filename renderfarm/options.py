@@ -66,4 +66,5 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    estimate=getattr(args, "estimate", None),
                    budget=getattr(args, "budget", None),
                    notify=getattr(args, "notify", None),
-                   require=getattr(args, "require", None))
+                   require=getattr(args, "require", None),
+                   keep_frames=bool(getattr(args, "keep_frames", False)))

@@ -190,8 +190,13 @@ def post_denoise_blocker(scene: SceneInfo) -> str | None:
 
 
 def stamp_blocker(scene: SceneInfo, final_format: str | None) -> str | None:
-    """Why a frame whose stamp Blender burns into a multilayer EXR cannot be split (the
-    merged file is not rendered again, so nothing would burn it in), or None."""
+    """Why a frame Blender must write whole cannot be split, or None: a stamp burnt into
+    a multilayer EXR (the merged file is not rendered again, so nothing would burn it in),
+    views written into one stereo 3D file (Blender combines them as it renders)."""
+    if scene.views and scene.views_format != "INDIVIDUAL":
+        return (f"the scene writes its {len(scene.views)} views into one file (Output "
+                "properties > Views Format: stereo 3D, or every view in one multilayer EXR), "
+                "which Blender makes from whole frames only")
     if scene.stamp and final_format == "OPEN_EXR_MULTILAYER":
         return ("the scene burns its stamp into the multilayer EXR, which Blender does on "
                 "whole frames only")

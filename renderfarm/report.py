@@ -28,7 +28,7 @@ from renderfarm.errors import InputError
 logger = logging.getLogger(__name__)
 
 #: report kinds of work, in the order reports list them
-KINDS = ("render", "check", "finish", "inspect", "probe")
+KINDS = ("render", "check", "finish", "inspect", "probe", "encode")
 
 
 def parse_prices(items: Iterable[str]) -> dict[str, float]:
@@ -285,7 +285,8 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 _COLOURS = {"render": "#4a8fd8", "check": "#a77bd8", "finish": "#4cae6a",
-            "inspect": "#999999", "probe": "#d8b44a", "failed": "#d85a4a"}
+            "inspect": "#999999", "probe": "#d8b44a", "encode": "#3fb8b0",
+            "failed": "#d85a4a"}
 
 
 def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | None = None

@@ -232,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             paths = client.fetch_outputs(args.job, args.folder)
             for path in paths.values():
                 print(path)
+            for name in sorted(client.status(args.job).get("extra_outputs") or {}):
+                print(Path(args.folder) / name)
             return 0
         if args.command == "report":
             return _report(args, client)
@@ -478,12 +480,15 @@ def _submit(args: argparse.Namespace, client: Any) -> int:
     job = client.status(job_id)
     folder = args.fetch_to or (str(_local_output(args.output, blend).parent) if args.output
                                else "render")
-    outputs = client.fetch_outputs(job_id, folder) if job["outputs"] else {}
+    outputs = (client.fetch_outputs(job_id, folder)
+               if job["outputs"] or job.get("extra_outputs") else {})
+    others = len(job.get("extra_outputs") or {})  # views, File Output nodes', a video
     if args.json:
         print(json.dumps({**job, "fetched": {str(k): str(v) for k, v in outputs.items()},
                           "transfer": sent}, indent=2))
     elif not args.quiet:
         print(f"{job_id} {job['state']} in {time.monotonic() - started:.1f} s: "
-              f"{len(outputs)} frame(s) in {folder}" + (f" — {job['error']}"
+              f"{len(outputs)} frame(s)" + (f" and {others} other file(s)" if others else "")
+              + f" in {folder}" + (f" — {job['error']}"
                                                          if job.get("error") else ""))
     return {"done": 0, "cancelled": 130}.get(job["state"], 4)

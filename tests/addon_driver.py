@@ -219,6 +219,35 @@ def scenario_new_file(out: Path) -> dict[str, Any]:
             "filepath": bpy.data.filepath}
 
 
+def scenario_file_output(settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A compositor File Output node writing ``//passes/beauty_####``: its file comes back
+    into the artist's project, where Blender writes it; the frame into the output folder."""
+    bpy.ops.wm.open_mainfile(filepath=settings["artist_file"])
+    scene = bpy.context.scene
+    tree = bpy.data.node_groups.new("file output", "CompositorNodeTree")
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    output = tree.nodes.new("NodeGroupOutput")
+    tree.links.new(layers.outputs["Image"], output.inputs[0])
+    node = tree.nodes.new("CompositorNodeOutputFile")
+    node.directory, node.file_name = "//passes/", "beauty_####"
+    node.format.media_type, node.format.file_format = "IMAGE", "PNG"
+    node.file_output_items.clear()
+    node.file_output_items.new("RGBA", "Image")
+    tree.links.new(layers.outputs["Image"], node.inputs[0])
+    scene.compositing_node_group = tree
+    scene.render.use_compositing = True
+    rf = scene.renderfarm
+    rf.split, rf.tiles_x, rf.tiles_y, rf.frames = "TILES", 2, 1, "1"
+    rf.output_dir, rf.file_format = str(out / "file-output") + "/", "PNG"
+    result = bpy.ops.renderfarm.submit()
+    follow(scene)
+    project = Path(settings["artist_file"]).parent
+    return {"result": sorted(result), "final_state": rf.state, "message": rf.message,
+            "passes": sorted(p.name for p in (project / "passes").glob("*")),
+            "frames": sorted(p.name for p in (out / "file-output").glob("*"))}
+
+
 def main(argv: list[str]) -> int:
     zip_path, settings_path, result_path = argv
     settings = json.loads(Path(settings_path).read_text())
@@ -235,6 +264,7 @@ def main(argv: list[str]) -> int:
     results["refused"] = scenario_refused(settings, prefs)
     results["offline"] = scenario_offline(prefs)
     results["new_file"] = scenario_new_file(out)
+    results["file_output"] = scenario_file_output(settings, out)
     results["packed"] = scenario_packed(settings, results["render"]["job_id"], out)
     results["keys"] = scenario_keys(prefs)
     Path(result_path).write_text(json.dumps(results, indent=1))

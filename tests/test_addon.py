@@ -169,6 +169,14 @@ def test_the_farm_gets_a_bundle_with_the_unsaved_edit(addon_run: dict[str, Any])
     assert run["texture_in_bundle"]  # a file on disk travels in the bundle, by its hash
 
 
+def test_file_output_files_land_in_the_project_as_blender_writes_them(
+        addon_run: dict[str, Any]) -> None:
+    run = addon_run["file_output"]
+    assert run["result"] == ["FINISHED"] and run["final_state"] == "done", run["message"]
+    assert run["passes"] == ["beauty_0001Image.png"]  # //passes/ of the artist's .blend
+    assert run["frames"] == ["artist's shot_0001.png"]
+
+
 def test_preferences_create_a_key_pair(addon_run: dict[str, Any]) -> None:
     from renderfarm.server.transport import read_key
 

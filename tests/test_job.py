@@ -85,8 +85,9 @@ def test_output_patterns() -> None:
     assert output_path("o/#/x_####.exr", 1) == Path("o/#/x_0001.exr")  # folders keep '#'
     assert output_format("a.EXR") == "OPEN_EXR_MULTILAYER"
     assert output_format("a.jpeg") == "JPEG"
-    with pytest.raises(OutputError):
-        output_format("a.mp4")
+    assert output_format("a.mp4") == output_format("b.MKV") == "FFMPEG"  # a video
+    with pytest.raises(OutputError, match="unknown output extension '.gif'"):
+        output_format("a.gif")
     # the extension picks the format; the scene's own wins where the extension is also its
     assert output_format("a.exr", "OPEN_EXR") == "OPEN_EXR"
     assert output_format("a.exr", "PNG") == "OPEN_EXR_MULTILAYER"
@@ -128,8 +129,12 @@ def test_an_output_folder_keeps_the_scenes_names_and_a_pattern_its_extensions_fo
     assert resolve_output("o/x_##.png", info, "/proj") == ("o/x_##.png", "PNG")
 
 
-def test_a_scene_that_writes_video_is_refused_naming_it() -> None:
+def test_a_scene_that_writes_video_keeps_its_path_for_the_encoder_to_name() -> None:
     info = _scene(output_path="//v_", file_format="FFMPEG")
-    with pytest.raises(OutputError, match="FFMPEG"):
-        resolve_output(None, info, "/proj")
+    # Blender's FFmpeg writer adds the frame range and the container's extension itself
+    assert resolve_output(None, info, "/proj") == ("/proj/v_", "FFMPEG")
+    assert resolve_output("out/", info, "/proj") == ("out/v_", "FFMPEG")
     assert resolve_output("o/f_####.png", info, "/proj")[1] == "PNG"  # -o says what to write
+    assert resolve_output("o/clip.mov", info, "/proj") == ("o/clip.mov", "FFMPEG")
+    with pytest.raises(OutputError, match="cannot write"):
+        resolve_output(None, _scene(output_path="//v_", file_format="IRIS"), "/proj")

@@ -5,12 +5,13 @@ file: names, format, bit depth, channels, compression, metadata and pixels."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from renderfarm.errors import OutputError
+from renderfarm.errors import OutputError, ServiceError
 from renderfarm.frames import parse_frames
 from renderfarm.job import JobSpec
 from tests.conftest import HERE, run_python
@@ -18,12 +19,9 @@ from tests.filecompare import differences, facts
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
-#: File names the worker's copy of the .blend (Blender writes bpy.data.filepath, which a
-#: worker cannot set to the artist's path): the farm's stated difference
-KNOWN = ("File",)
-#: a frame finished on a worker (tiles converted to PNG, TIFF, ...) carries no Cycles render
-#: statistics (``cycles.<layer>.render_time``, ...): nothing rendered in that Blender call
-KNOWN_CONVERTED = (*KNOWN, "cycles.")
+#: File names the .blend Blender rendered: Blender's copy and the farm's are two copies of
+#: one scene in two folders (the test checks that the farm's names its own copy)
+KNOWN = ("File", "Blender:File")
 
 #: OpenImageIO writes the DWA level into the header when it is not OpenEXR's default (45,
 #: Blender's quality 90); Blender writes the same pixels without it
@@ -67,6 +65,24 @@ SETUPS: dict[str, tuple[dict[str, object], str, bool]] = {
         {"output": "PNG,16,RGBA", "extra": ["scene-time"]}, "1-3", True),
     "negative frames, name without #": (
         {"output": "PNG,8,RGBA", "set": ["scene.render.filepath='//render/f'"]}, "-2-0", True),
+    "compositor File Output node (Depth to EXR)": (
+        {"output": "PNG,8,RGBA", "extra": ["file-output"]}, "1-2", True),
+    "jpeg, File Output node": (
+        {"output": "JPEG,8,RGB", "extra": ["file-output"]}, "2-3", True),
+    "stereo 3D, a PNG file per view": (
+        {"output": "PNG,8,RGBA", "set": ["scene.render.use_multiview=True"]}, "1-2", True),
+    "stereo 3D, a multilayer EXR per view, half PIZ": (
+        {"output": "OPEN_EXR_MULTILAYER,16", "passes": True,
+         "set": ["scene.render.use_multiview=True",
+                 "scene.render.image_settings.exr_codec='PIZ'"]}, "1-2", False),
+    "stereo 3D, anaglyph PNG (whole frames)": (
+        {"output": "PNG,8,RGB", "set": ["scene.render.use_multiview=True",
+                                        "scene.render.image_settings.views_format='STEREO_3D'"]},
+        "1-2", False),
+    "stereo 3D, every view in one multilayer EXR (whole frames)": (
+        {"output": "OPEN_EXR_MULTILAYER,32",
+         "set": ["scene.render.use_multiview=True",
+                 "scene.render.image_settings.views_format='MULTIVIEW'"]}, "1", False),
     "folder path, no extension": (
         {"output": "PNG,8,RGB", "set": ["scene.render.filepath='//out/'",
                                         "scene.render.use_file_extension=False"]}, "1-2", True),
@@ -111,18 +127,25 @@ def test_the_farm_writes_the_files_blender_writes(farm, blender_files, tmp_path,
                                                   tiles) -> None:
     blend, want = blender_files(setup)  # the same scene the farm renders
     assert want, "Blender wrote nothing: the setup is wrong"
-    _options, frames, converted = SETUPS[setup]
+    _options, frames, _converted = SETUPS[setup]
     copy = _copy(blend, tmp_path / "project")
     result = farm.render(JobSpec(str(copy), frames=frames, tiles=tiles))  # no -o
     got = _files(tmp_path / "project")
     assert sorted(got) == sorted(want), "the farm's files are named otherwise"
-    assert sorted(str(p.relative_to(tmp_path / "project"))
-                  for p in result.outputs.values()) == sorted(want)
-    known = KNOWN_CONVERTED if converted and tiles != (1, 1) else KNOWN
+    if "(whole frames)" in setup and tiles != (1, 1):  # said before it renders
+        assert result.tiles == (1, 1)
+        assert any("whole frames" in w for w in result.warnings), result.warnings
+    delivered = [*result.outputs.values(),
+                 *(Path(p) for files in result.extra_outputs.values() for p in files)]
+    assert sorted(str(p.relative_to(tmp_path / "project")) for p in delivered) == sorted(want)
+    known = KNOWN
     if "quality" in setup and "exr" in setup and tiles != (1, 1):
         known = (*known, *KNOWN_DWA_LEVEL)
     for name in want:
         assert differences(got[name], want[name], known=known) == [], name
+        metadata = facts(got[name]).metadata
+        for key in KNOWN:  # the artist's file, not a worker's copy of it
+            assert metadata.get(key, str(copy)) == str(copy), (name, metadata.get(key))
 
 
 def test_stamp_into_multilayer_exr_renders_whole_frames_and_says_so(farm, make_scene,
@@ -152,28 +175,198 @@ def test_o_picks_the_format_and_keeps_the_scenes_settings_for_it(farm, make_scen
     assert parts[0][0] == "ViewLayer.Combined" and parts[0][3] == "float"
 
 
-@pytest.mark.parametrize(("options", "words"), [
-    ({"set": ["scene.render.use_multiview=True"]}, ("2 views", "Stereoscopy")),
-    ({"set": ["scene.render.image_settings.media_type='VIDEO'",
-              "scene.render.image_settings.file_format='FFMPEG'"]}, ("video", "FFMPEG", "-o")),
-], ids=["stereo", "video"])
-def test_what_the_farm_cannot_write_as_blender_does_fails_before_rendering(
-        farm, make_scene, tmp_path, options, words) -> None:
-    blend = make_scene(width=48, height=32, frames=3, samples=2, output="PNG,8,RGBA", **options)
+def test_file_output_files_reach_a_client_of_the_service_through_s3(
+        blender_files, tmp_path, s3_server) -> None:
+    """A client of a farm service whose storage is S3 (moto_server on loopback): the File
+    Output node's files of a tiled job are delivered like the frames (fetch), at the paths
+    the node gives them, equal to Blender's; the .blend is moved away after submit."""
+    import boto3
+
+    from tests.conftest import ServerProcess
+    from tests.test_service import wait_state
+
+    blend, want = blender_files("compositor File Output node (Depth to EXR)")
+    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test",
+                 aws_secret_access_key="test",
+                 region_name="us-east-1").create_bucket(Bucket="extras")
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    copy = _copy(blend, tmp_path / "artist")
+    server = ServerProcess(tmp_path / "state", None, "--workers", "2", "--storage",
+                           "s3://extras/farm", env=env).start()
+    try:
+        with server.client() as client:
+            job_id = client.submit(copy, {"frames": "1-2", "tiles": [2, 2]})
+            shutil.rmtree(copy.parent)  # the workers never see the artist's disk
+            job = wait_state(client, job_id, ("done", "failed"))
+            assert job["state"] == "done", job
+            assert job["extra_outputs"] == {"passes/depth_0001Depth.exr": 1,
+                                            "passes/depth_0002Depth.exr": 2}
+            client.fetch_outputs(job_id, tmp_path / "fetched")
+            with pytest.raises(ServiceError, match="no file"):
+                client.fetch(job_id, 1, tmp_path / "x", name="passes/depth_0002Depth.exr")
+    finally:
+        server.stop()
+    got = _files(tmp_path / "fetched")
+    assert sorted(got) == sorted(["shot_0001.png", "shot_0002.png",
+                                  "passes/depth_0001Depth.exr", "passes/depth_0002Depth.exr"])
+    for name in ("passes/depth_0001Depth.exr", "passes/depth_0002Depth.exr"):
+        assert differences(got[name], want[name], known=KNOWN) == [], name
+        assert facts(got[name]).metadata["File"] == str(copy)  # the artist's, not the farm's
+
+
+def test_a_worker_cannot_name_a_file_outside_its_nodes_folder(tmp_path) -> None:
+    """The names a worker gives File Output files are checked by the driver: a lying or broken
+    worker writes nothing outside the node's folder (and inside the job's folder on a
+    service, whatever the node's path climbs to)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from renderfarm.assemble import Assembler
+    from renderfarm.errors import MergeError
+    from renderfarm.job import SceneInfo
+    from renderfarm.planner import plan_job
+
+    info = SceneInfo(scene="Scene", engine="CYCLES", resolution=(8, 8), percentage=100,
+                     frame_start=1, frame_end=1, camera="Camera", file_outputs=["A", "B"],
+                     file_output_dirs=["//passes/", "//../../up/"])
+    spec = JobSpec(str(tmp_path / "p" / "s.blend"), frames="1")
+    plan = plan_job(spec, info, "j", workers=1)
+
+    def assembler(folder: Path | None) -> Assembler:
+        return Assembler(job_id="j", output=str(tmp_path / "o_####.png"), plan=plan,
+                         info=info, scratch=tmp_path, final_format="PNG",
+                         executor=ThreadPoolExecutor(1), finish=lambda d, f: (d, {}),
+                         on_merged=lambda f, p: None, on_error=lambda e: None,
+                         ended=lambda: False, project=tmp_path / "p", folder=folder)
+
+    local = assembler(None)
+    assert local.extra_target("0/d_0001.exr") == tmp_path / "p" / "passes" / "d_0001.exr"
+    assert local.extra_target("1/x.exr") == (tmp_path / "p" / "../../up/x.exr")
+    for lie in ("0/../../etc/passwd", "2/x.exr", "0//etc/x", "x/y", "0/", "0/a/./b",
+                "0\\..\\x"):
+        with pytest.raises(MergeError, match="no File Output node"):
+            local.extra_target(lie)
+    with pytest.raises(MergeError):
+        local.add_extras(1, {"0/ok.exr": b"1", "0/../../bad": b"2"})
+    assert not list(tmp_path.glob("extra-*"))  # nothing kept of a refused call
+    farm = assembler(tmp_path / "out")
+    assert farm.extra_target("1/x.exr") == tmp_path / "out" / "up" / "x.exr"
+
+
+def test_inspect_lists_views_and_file_output_nodes(make_scene) -> None:
+    from tests.test_cli import run
+
+    blend = make_scene(width=48, height=32, frames=3, samples=2, output="PNG,8,RGBA",
+                       extra=["file-output"], set=["scene.render.use_multiview=True"])
+    proc = run("inspect", str(blend))
+    assert proc.returncode == 0, proc.stderr
+    assert "views: left (_L), right (_R); written as a file per view" in proc.stdout
+    assert "File Output node File Output: writes into //passes/" in proc.stdout
+    scene = json.loads(run("inspect", "--json", str(blend)).stdout)["scenes"][0]
+    assert scene["views"] == ["left", "right"] and scene["view_suffixes"] == ["_L", "_R"]
+
+
+#: a scene that writes an H.264 MP4 with AAC sound from a sound strip, as artists set it up
+VIDEO = ["scene.render.filepath='//render/shot_'",
+         "scene.render.image_settings.media_type='VIDEO'",
+         "scene.render.image_settings.file_format='FFMPEG'",
+         "scene.render.ffmpeg.format='MPEG4'", "scene.render.ffmpeg.codec='H264'",
+         "scene.render.ffmpeg.constant_rate_factor='HIGH'"]
+
+
+def _decoded(path: Path) -> tuple[list, object]:
+    """A video's frames (RGB, 8-bit) and its audio samples, as a player decodes them."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        sound = [f.to_ndarray().ravel() for f in container.decode(audio=0)] \
+            if container.streams.audio else []
+    return frames, (np.concatenate(sound) if sound else None)
+
+
+@pytest.fixture(scope="module")
+def blender_video(make_scene, tmp_path_factory):
+    """The video scene and the video plain Blender's Render Animation writes for it."""
+    blend = make_scene(width=48, height=32, frames=4, samples=2, output="PNG,8,RGBA",
+                       extra=["sound", "stamp"], set=VIDEO)
+    copy = _copy(blend, tmp_path_factory.mktemp("blender-video") / "project")
+    run_python(str(HERE / "blender_reference.py"), str(copy), "-", "1,4", "ANIMATION")
+    want = _files(copy.parent)
+    assert list(want) == ["render/shot_0001-0004.mp4"], want
+    return blend, want["render/shot_0001-0004.mp4"]
+
+
+@pytest.mark.parametrize("tiles", [(1, 1), (2, 2)], ids=["whole", "tiled"])
+def test_a_video_scene_gets_blenders_video(farm, blender_video, tmp_path, tiles) -> None:
+    """Frames rendered on the farm (tiles merged), encoded by one worker with Blender's FFmpeg
+    writer: the decoded frames and the sound equal Blender's own video of the scene."""
+    import numpy as np
+
+    blend, want = blender_video
+    copy = _copy(blend, tmp_path / "project")
+    result = farm.render(JobSpec(str(copy), frames="1-4", tiles=tiles,
+                                 keep_frames=tiles == (2, 2)))
+    assert result.tiles == tiles, result.warnings
+    video = tmp_path / "project" / "render" / "shot_0001-0004.mp4"
+    kept = [f"render/shot_000{f}.exr" for f in range(1, 5)] if tiles == (2, 2) else []
+    assert sorted(_files(tmp_path / "project")) == sorted(["render/shot_0001-0004.mp4", *kept])
+    assert video in result.files
+    assert any(t.kind == "encode" for t in result.tasks)
+    got_frames, got_sound = _decoded(video)
+    want_frames, want_sound = _decoded(want)
+    assert len(got_frames) == len(want_frames) == 4
+    for got, ref in zip(got_frames, want_frames, strict=True):  # measured: bit for bit
+        assert np.array_equal(got, ref)
+    assert want_sound is not None and np.abs(want_sound).max() > 0.1  # the tone is there
+    assert np.array_equal(got_sound, want_sound)
+    if kept:  # the frames: the composited image as float, what the video was made of
+        assert facts(tmp_path / "project" / kept[0]).parts[0][2:4] == (
+            ("R", "G", "B", "A"), "float")
+
+
+def test_o_names_a_video_and_its_container(farm, make_scene, tmp_path) -> None:
+    """-o clip.mkv on a PNG scene: a Matroska video named as given, the frames gone."""
+    import av
+
+    blend = make_scene(width=48, height=32, frames=4, samples=2, output="PNG,8,RGBA")
+    result = farm.render(JobSpec(str(blend), frames="2-4x2", output=str(tmp_path / "clip.mkv")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv"]
+    assert result.outputs == {} and result.files == [tmp_path / "clip.mkv"]
+    with av.open(str(tmp_path / "clip.mkv")) as container:
+        assert "matroska" in container.format.name
+        assert sum(1 for _ in container.decode(video=0)) == 2  # frames 2 and 4
+
+
+def test_a_video_of_scattered_frames_is_refused_before_rendering(farm, blender_video,
+                                                                 tmp_path) -> None:
+    blend, _want = blender_video
     copy = _copy(blend, tmp_path / "p")
-    with pytest.raises(OutputError) as caught:
-        farm.render(JobSpec(str(copy), frames="1"))
-    for word in words:
-        assert word in str(caught.value)
+    with pytest.raises(OutputError, match="one range of frames"):
+        farm.render(JobSpec(str(copy), frames="1-2,4"))
     assert sorted(p.name for p in copy.parent.rglob("*")) == ["scene.blend"]
 
 
-def test_file_output_nodes_are_named_in_a_warning_and_write_nothing_on_workers(
-        farm, make_scene, tmp_path) -> None:
-    blend = make_scene(width=48, height=32, frames=3, samples=2, output="PNG,8,RGBA",
-                       extra=["file-output"],
-                       set=["scene.render.filepath='//render/shot_####'"])
-    copy = _copy(blend, tmp_path / "p")
-    result = farm.render(JobSpec(str(copy), frames="1-2", tiles=(2, 1)))
-    assert any("File Output" in w for w in result.warnings), result.warnings
-    assert sorted(_files(copy.parent)) == ["render/shot_0001.png", "render/shot_0002.png"]
+def test_a_client_of_the_service_fetches_the_video_and_kept_frames(farm_server, blender_video,
+                                                                   tmp_path) -> None:
+    """Through the farm service (CLI submit --wait, which fetches): the video, equal to
+    Blender's when decoded; the frames only with --keep-frames."""
+    import numpy as np
+
+    from tests.test_service import cli
+
+    blend, want = blender_video
+    copy = _copy(blend, tmp_path / "artist")
+    for keep, folder in ((False, tmp_path / "a"), (True, tmp_path / "b")):
+        proc = cli("submit", str(copy), *farm_server.cli_args(), "--frames", "1-4",
+                   "--tiles", "2x1", "--wait", "--fetch-to", str(folder),
+                   *(["--keep-frames"] if keep else []))
+        assert proc.returncode == 0, proc.stderr
+        kept = [f"shot_000{f}.exr" for f in range(1, 5)] if keep else []
+        assert sorted(_files(folder)) == sorted(["shot_0001-0004.mp4", *kept])
+        got, got_sound = _decoded(folder / "shot_0001-0004.mp4")
+        ref, ref_sound = _decoded(want)
+        assert all(np.array_equal(a, b) for a, b in zip(got, ref, strict=True))
+        assert np.array_equal(got_sound, ref_sound)

@@ -51,7 +51,7 @@ def test_every_call_counts_and_cost_follows_the_price_per_device() -> None:
     assert report["total"]["device_seconds"] == pytest.approx(16.0)
     assert report["total"]["cost"] == pytest.approx(16.0 * 36 / 3600)
     assert report["by_kind"] == pytest.approx({"render": 8.0, "check": 4.0, "finish": 1.0,
-                                               "inspect": 1.0, "probe": 0.0,
+                                               "inspect": 1.0, "probe": 0.0, "encode": 0.0,
                                                "failed": 2.0})
     assert report["workers"]["cpu-2"]["failures"] == 1
     assert report["workers"]["cpu-1"]["device"] == "CPU"  # the inspect call had no label

@@ -19,13 +19,14 @@ _PASS_FLAGS = re.compile(r"^use_pass_(.+)$")
 
 
 def _uses_sequencer(scene: Any) -> bool:
-    """Whether the video sequencer makes the image (unmuted strips, sequencer on)."""
+    """Whether the video sequencer makes the image (unmuted strips that are not sound,
+    sequencer on: sound strips give a video its audio and leave the image to the render)."""
     if not scene.render.use_sequencer or scene.sequence_editor is None:
         return False
     strips = getattr(scene.sequence_editor, "strips_all", None)
     if strips is None:
         strips = getattr(scene.sequence_editor, "sequences_all", [])
-    return any(not s.mute for s in strips)
+    return any(not s.mute and s.type != "SOUND" for s in strips)
 
 
 def _compositor_changes_image(scene: Any) -> bool:
@@ -127,20 +128,34 @@ def scene_info(scene: Any) -> SceneInfo:
         output_path=render.filepath,
         file_extension=bool(render.use_file_extension),
         output={name: getattr(render.image_settings, name) for name in OUTPUT_SETTING_NAMES},
-        views=[view.name for view in render.views if view.use] if render.use_multiview
-        else [],
-        file_outputs=file_output_nodes(scene),
+        views=[view.name for view in active_views(scene)],
+        view_suffixes=[view.file_suffix for view in active_views(scene)],
+        views_format=render.image_settings.views_format,
+        file_outputs=[node.name for node in file_output_nodes(scene)],
+        file_output_dirs=[node.directory for node in file_output_nodes(scene)],
         stamp=bool(render.use_stamp),
     )
 
 
-def file_output_nodes(scene: Any) -> list[str]:
+def active_views(scene: Any) -> list[Any]:
+    """The views a scene renders: left and right in Stereo 3D mode, the views in use in
+    Multi-View mode; none without stereoscopy."""
+    render = scene.render
+    if not render.use_multiview:
+        return []
+    if render.views_format == "STEREO_3D":
+        return [view for view in render.views if view.name in ("left", "right")]
+    return [view for view in render.views if view.use]
+
+
+def file_output_nodes(scene: Any) -> list[Any]:
     """The compositor's File Output nodes that write files when the scene renders (not
-    muted, compositing on)."""
+    muted, compositing on), in the tree's order (a node's index names its files on the
+    way back from a worker)."""
     tree = getattr(scene, "compositing_node_group", None)
     if tree is None or not scene.render.use_compositing:
         return []
-    return [node.name for node in _all_nodes(tree)
+    return [node for node in _all_nodes(tree)
             if node.bl_idname == "CompositorNodeOutputFile" and not node.mute]
 
 

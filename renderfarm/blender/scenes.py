@@ -51,7 +51,8 @@ class SceneRecipe:
             ``data.`` (``scene.render.image_settings.exr_codec=DWAA``,
             ``data.colorspace.working_space=ACEScg``); VALUE is a Python literal or text.
         extras: named additions: ``scene-time`` (a compositor that multiplies the image by
-            the Scene Time node's frame / 10), ``file-output`` (a compositor File Output
+            the Scene Time node's frame / 10), ``sound`` (a packed tone as a sound strip,
+            AAC audio), ``file-output`` (a compositor File Output
             node writing the Depth pass to ``//passes/depth_####`` as OpenEXR),
             ``stamp`` (the burn-in stamp with frame, scene and a note only).
     """
@@ -300,7 +301,35 @@ def _stamp(scene: Any) -> None:
     render.stamp_font_size = 8
 
 
-_EXTRAS = {"scene-time": _scene_time, "file-output": _file_output, "stamp": _stamp}
+def _sound(scene: Any) -> None:
+    """A second of a 440 Hz tone (packed into the file) as a sound strip from frame 1, and
+    AAC audio for a video output: what a video's audio track is made of."""
+    import math
+    import struct
+    import tempfile
+    import wave
+
+    import bpy
+
+    rate = 48000
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/tone.wav"
+        with wave.open(path, "wb") as handle:
+            handle.setnchannels(1)
+            handle.setsampwidth(2)
+            handle.setframerate(rate)
+            handle.writeframes(b"".join(
+                struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                for i in range(rate)))
+        editor = scene.sequence_editor_create()
+        strip = editor.strips.new_sound("tone", path, 1, 1)
+        strip.sound.pack()
+    bpy.data.sounds[strip.sound.name].filepath = "//tone.wav"
+    scene.render.ffmpeg.audio_codec = "AAC"
+
+
+_EXTRAS = {"scene-time": _scene_time, "file-output": _file_output, "stamp": _stamp,
+           "sound": _sound}
 
 
 def _all_passes(scene: object) -> None:

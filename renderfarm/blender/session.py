@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import resource
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +24,14 @@ from typing import Any
 from renderfarm.blender.files import open_blend
 from renderfarm.bundle import missing_error
 from renderfarm.errors import RenderError, SceneError
-from renderfarm.job import FORMAT_EXTENSIONS, PIECE_FORMAT, RenderSettings, SceneInfo, Task
+from renderfarm.job import (
+    PIECE_FORMAT,
+    VIDEO_FRAME_FORMAT,
+    WRITE_EXTENSIONS,
+    RenderSettings,
+    SceneInfo,
+    Task,
+)
 from renderfarm.planner import border_for, missing_colour_passes
 
 logger = logging.getLogger(__name__)
@@ -94,6 +103,16 @@ def set_output_format(scene: Any, file_format: str) -> None:
         settings.file_format = "OPEN_EXR_MULTILAYER"
         settings.color_depth = "32"
         settings.exr_codec = "ZIP"
+        settings.views_format = "INDIVIDUAL"  # a file per view, packed into one piece
+        scene.render.use_stamp = False
+        return
+    if file_format == VIDEO_FRAME_FORMAT:
+        settings.media_type = "IMAGE"
+        settings.file_format = "OPEN_EXR"
+        settings.color_depth = "32"
+        settings.color_mode = "RGBA"
+        settings.exr_codec = "ZIP"
+        settings.views_format = "INDIVIDUAL"
         scene.render.use_stamp = False
         return
     if settings.file_format == file_format:
@@ -150,6 +169,13 @@ class BlenderSession:
         #: colour passes added so sample ranges of light passes combine exactly
         self._added_colour: list[tuple[str, str]] = []
         self._subset: tuple[bool, int, int] = (False, 0, 1)
+        #: the File Output nodes that write (their names), and where they write on this
+        #: worker: one folder per node, sent back with the call's result
+        self._file_outputs: list[str] = []
+        self._file_extension = True
+        self._extras_root = ""
+        #: (name, file suffix) of each view the scene renders (stereoscopy, multiview)
+        self._views: list[tuple[str, str]] = []
 
     # -- loading -----------------------------------------------------------------------------
     def _open(self, path: str, blend_hash: str, allow_scripts: bool) -> float:
@@ -253,8 +279,18 @@ class BlenderSession:
                 colour = f"use_pass_{kind}_color"
                 setattr(scene.view_layers[layer], colour, True)
                 self._added_colour.append((layer, colour))
+        # they would write next to the worker's copy of the file: each writes into a folder
+        # of its own here, and its files go back with the result (pieces: the compositor
+        # runs on the merged frame, and they write then)
+        if not self._extras_root:
+            self._extras_root = tempfile.mkdtemp(prefix="renderfarm-extras-")
+        self._file_outputs = _redirect_file_outputs(scene, self._extras_root,
+                                                    mute=output_format == PIECE_FORMAT)
+        self._file_extension = bool(render.use_file_extension)
+        from renderfarm.blender.inspect import active_views
+
+        self._views = [(view.name, view.file_suffix) for view in active_views(scene)]
         render.use_compositing = settings.compositing and render.use_compositing
-        _mute_file_outputs(scene)  # they would write into the worker's folder
         if not settings.compositing:
             render.use_sequencer = False
         self._own_output = own_output(scene)  # what the artist's file writes
@@ -306,9 +342,11 @@ class BlenderSession:
         else:
             (render.use_border, render.use_crop_to_border, render.border_min_x,
              render.border_min_y, render.border_max_x, render.border_max_y) = self._border
-        render.filepath = path
-        render.use_file_extension = False
+        render.filepath = path  # ends with its extension: Blender adds none
+        # File Output nodes name their files by the scene's own rule
+        render.use_file_extension = self._file_extension and bool(self._file_outputs)
         self._stats.clear()
+        self.take_extras()  # nothing of an earlier call goes back with this one
         if os.path.exists(path):
             os.remove(path)
         start = time.perf_counter()
@@ -318,11 +356,52 @@ class BlenderSession:
             raise RenderError(f"Blender failed to render: {exc}", frame=task.frame,
                               tile=task.tile.index) from exc
         seconds = time.perf_counter() - start
+        if self._views and self._format == PIECE_FORMAT:  # a file per view: one piece
+            self._pack_views(path, task)
         if not os.path.isfile(path):
             raise RenderError("Blender finished but wrote no image; see the worker log",
                               frame=task.frame, tile=task.tile.index)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         return PieceStats(seconds, self._peak_memory(), rss)
+
+    def _pack_views(self, path: str, task: Task) -> None:
+        """Pack the file Blender wrote for each view (``piece_L.exr``...) into ``path``."""
+        from renderfarm.job import view_path
+        from renderfarm.merge import pack_views
+
+        files = [(name, view_path(Path(path), suffix)) for name, suffix in self._views]
+        missing = [str(f.name) for _name, f in files if not f.is_file()]
+        if missing:
+            raise RenderError(f"Blender finished but wrote no image of view(s) "
+                              f"{', '.join(missing)}; see the worker log", frame=task.frame,
+                              tile=task.tile.index)
+        try:
+            pack_views(files, Path(path))
+        finally:
+            for _name, file in files:
+                file.unlink(missing_ok=True)
+
+    def take_extras(self) -> dict[str, bytes]:
+        """The files the scene's File Output nodes wrote since the last call, as
+        ``{"<node index>/<name Blender gave it>": bytes}`` (removed here)."""
+        found: dict[str, bytes] = {}
+        root = self._extras_root
+        if not root or not os.path.isdir(root):
+            return found
+        for folder, _dirs, names in os.walk(root):
+            for name in names:
+                full = os.path.join(folder, name)
+                with open(full, "rb") as handle:
+                    found[os.path.relpath(full, root).replace(os.sep, "/")] = handle.read()
+        for entry in os.listdir(root):
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+        return found
+
+    def remove_files(self) -> None:
+        """Remove the folders this session's File Output nodes write into."""
+        if self._extras_root:
+            shutil.rmtree(self._extras_root, ignore_errors=True)
+            self._extras_root = ""
 
     def finish(self, merged: str, target: str, file_format: str,
                frame: int | None = None) -> None:
@@ -359,6 +438,84 @@ class BlenderSession:
             for path in {rgba, work} - {merged}:
                 if os.path.exists(path):
                     os.remove(path)
+
+    def encode(self, frames: dict[int, str], step: int, folder: str, name: str,
+               container: str | None = None) -> str:
+        """Encode a video of ``frames`` (``{frame: file}``, the job's frames written as
+        :data:`VIDEO_FRAME_FORMAT`, every ``step`` frames) with Blender's own FFmpeg writer and
+        the scene's settings: container, codec, quality, frame rate, colour management, the
+        stamp, and the sound of its sequencer's sound strips. The file is named by Blender
+        from ``name`` (the scene's output path's file name: ``shot_`` ->
+        ``shot_0001-0250.mp4``) inside ``folder``; returns its path.
+
+        The loaded scene is changed to do it: the next job opens the file again.
+
+        Raises:
+            RenderError: Blender wrote no video.
+        """
+        import bpy
+
+        if self._key is None:
+            raise RenderError("the worker has no job prepared to encode for")
+        first, last = min(frames), max(frames)
+        scene = self.scene
+        self._key = None  # whatever happens, the next call starts from the file
+        self.loaded_hash = None
+        render = scene.render
+        sequence = f"{folder}{os.sep}.frames"
+        os.makedirs(sequence, exist_ok=True)
+        # an image sequence numbered from 1: the compositor shows file n at frame
+        # first + (n - 1) (a video's frames are never negative)
+        for frame, path in frames.items():
+            os.replace(path, os.path.join(sequence, f"frame_{frame - first + 1:06d}.exr"))
+        image = bpy.data.images.load(os.path.join(sequence, "frame_000001.exr"),
+                                     check_existing=False)
+        image.source = "SEQUENCE"
+        image.colorspace_settings.name = bpy.data.colorspace.working_space
+        tree = bpy.data.node_groups.new("renderfarm-encode", "CompositorNodeTree")
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        node = tree.nodes.new("CompositorNodeImage")
+        node.image = image
+        node.frame_start, node.frame_duration, node.frame_offset = first, last - first + 1, 0
+        output = tree.nodes.new("NodeGroupOutput")
+        tree.links.new(node.outputs["Image"], output.inputs[0])
+        scene.compositing_node_group = tree
+        restore_output(scene, self._own_output, "FFMPEG")
+        if container is not None:  # -o shot.mp4: its container, a codec it takes
+            render.image_settings.media_type = "VIDEO"
+            render.image_settings.file_format = "FFMPEG"
+            render.ffmpeg.format = container
+            _video_codec(render.ffmpeg)
+        render.use_stamp = self._stamp
+        render.use_compositing = True
+        # the frames hold what the sequencer made already; its sound strips give the
+        # audio (Blender mixes sound only with the sequencer on)
+        render.use_sequencer = True
+        editor = scene.sequence_editor
+        for strip in (editor.strips_all if editor is not None else ()):
+            if strip.type != "SOUND":
+                strip.mute = True
+        render.use_border = False
+        render.use_multiview = False
+        render.resolution_x, render.resolution_y = image.size[:]
+        render.resolution_percentage = 100
+        render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+        scene.frame_start, scene.frame_end, scene.frame_step = first, last, step
+        target = os.path.join(folder, "video")
+        os.makedirs(target, exist_ok=True)
+        render.filepath = os.path.join(target, name)
+        render.use_file_extension = self._file_extension  # Blender names it by its rule
+        try:
+            bpy.ops.render.render(animation=True, scene=scene.name)
+        except RuntimeError as exc:
+            raise RenderError(f"Blender failed to encode the video: {exc}") from exc
+        finally:
+            shutil.rmtree(sequence, ignore_errors=True)
+        written = [os.path.join(target, f) for f in os.listdir(target)]
+        if len(written) != 1:
+            raise RenderError(f"Blender's FFmpeg writer wrote {len(written)} files, not one "
+                              "video; see the worker log")
+        return written[0]
 
     def _exr_encoding(self) -> tuple[str, str]:
         """How the scene's own multilayer EXRs are encoded."""
@@ -425,9 +582,12 @@ class BlenderSession:
         scene = original.copy()
         scene.name = "renderfarm-composite"
         scene.render.use_stamp = self._stamp
-        tree = original.compositing_node_group.copy()  # File Output nodes muted already
+        tree = original.compositing_node_group.copy()
+        for node in tree.nodes:  # they write the merged frame (into this worker's folders)
+            if node.name in self._file_outputs:
+                node.mute = False
         image = _load_linear(source)
-        written = f"{source}.composite{FORMAT_EXTENSIONS[file_format]}"
+        written = f"{source}.composite{WRITE_EXTENSIONS[file_format]}"
 
         def feed() -> None:
             for layers in [n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers"]:
@@ -449,9 +609,12 @@ class BlenderSession:
             render.use_compositing = True
             render.use_sequencer = False
             render.use_border = False
+            render.use_multiview = False  # one view's frame: one file
             render.resolution_x, render.resolution_y = image_size(Path(source))
             render.resolution_percentage = 100
-            render.use_file_extension = False
+            # the frame's path ends with its extension; File Output nodes name their files
+            # by the scene's own rule
+            render.use_file_extension = self._file_extension and bool(self._file_outputs)
             if frame is not None:  # Scene Time, drivers, keyed node values: this frame's
                 _at_frame(scene, frame)
 
@@ -536,6 +699,7 @@ class BlenderSession:
         render.use_compositing = True
         render.use_sequencer = False
         render.use_border = False
+        render.use_multiview = False  # one view's frame: one file
         render.resolution_percentage = 100
         render.pixel_aspect_x = render.pixel_aspect_y = 1.0
         render.use_file_extension = False
@@ -544,6 +708,21 @@ class BlenderSession:
 
 #: passes Cycles' denoiser replaces with a denoised version (Blender also keeps "Noisy <pass>")
 _DENOISED_PASSES = ("Combined", "Shadow Catcher")
+
+
+#: the codecs each container takes (the first when the scene's codec is not one of them)
+_CONTAINER_CODECS = {"MPEG4": ("H264", "H265", "AV1", "MPEG4"), "WEBM": ("WEBM", "AV1"),
+                     "OGG": ("THEORA",), "DV": ("DV",), "FLASH": ("FLASH",),
+                     "MPEG1": ("MPEG1",), "MPEG2": ("MPEG2",)}
+
+
+def _video_codec(ffmpeg: Any) -> None:
+    """Give ``ffmpeg`` (a scene's FFmpeg settings) a codec its container takes."""
+    allowed = _CONTAINER_CODECS.get(ffmpeg.format)
+    if allowed and ffmpeg.codec not in allowed:
+        ffmpeg.codec = allowed[0]
+    elif ffmpeg.codec == "NONE":
+        ffmpeg.codec = "H264"
 
 
 def _at_frame(scene: Any, frame: int) -> None:
@@ -615,15 +794,17 @@ def _load_linear(path: str) -> Any:
     return image
 
 
-def _mute_file_outputs(scene: Any) -> None:
-    """Mute the compositor's File Output nodes of ``scene``: on a worker they would write
-    into its own folder, where nobody receives them."""
-    tree = getattr(scene, "compositing_node_group", None)
-    if tree is None:
-        return
-    for node in tree.nodes:
-        if node.bl_idname == "CompositorNodeOutputFile":
-            node.mute = True
+def _redirect_file_outputs(scene: Any, root: str, mute: bool) -> list[str]:
+    """Point the compositor's File Output nodes of ``scene`` that write at folders of their
+    own under ``root`` (``root/<index>/``, in :func:`file_output_nodes`' order; the driver
+    knows each node's folder as saved); muted when ``mute``. Returns their names."""
+    from renderfarm.blender.inspect import file_output_nodes
+
+    nodes = file_output_nodes(scene)
+    for index, node in enumerate(nodes):
+        node.directory = os.path.join(root, str(index)) + os.sep
+        node.mute = mute
+    return [node.name for node in nodes]
 
 
 def _handlers() -> list[Any]:

@@ -76,6 +76,16 @@ def _states(value: list[Any]) -> str | None:
     return f"has unknown states {bad}; known: {', '.join(STATES)}" if bad else None
 
 
+def check_relative_name(value: str) -> str | None:
+    """Why ``value`` is not a relative path inside a job's output folder (None: it is)."""
+    parts = value.split("/")
+    if (not value or len(value) > 1024 or value.startswith("/") or "\\" in value
+            or any(p in ("", ".", "..") for p in parts)
+            or any(ord(c) < 32 for c in value)):
+        return "must be a relative path inside the job's output folder"
+    return None
+
+
 def _filename(value: str) -> str | None:
     if (not value or "/" in value or "\\" in value or value in (".", "..") or len(value) > 255
             or any(ord(c) < 32 or ord(c) == 127 for c in value)):
@@ -115,7 +125,9 @@ REQUESTS: dict[str, dict[str, Field]] = {
     "priority": {"job_id": _JOB_FIELD, "priority": Field(int, check=_priority)},
     "fetch": {"job_id": _JOB_FIELD, "frame": Field(int),
               "offset": Field(int, check=_non_negative),
-              "length": Field(int, check=_non_negative)},
+              "length": Field(int, check=_non_negative),
+              # a file a File Output node wrote (its path in the job's output folder)
+              "name": Field(str, required=False, check=check_relative_name)},
     # the caller's own token for the status page (``--http``) of a farm with keys
     "web_token": {},
     # a job's report (accounting, verification, outputs' SHA-256); with html, the page too

@@ -70,7 +70,8 @@ AUDITED = ("upload", "submit", "cancel", "pause", "resume", "priority", "requeue
 CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "output",
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
                       "group_tiles", "denoise", "chunks", "allow_missing", "verify",
-                      "estimate", "budget", "notify", "after", "after_frames", "require")
+                      "estimate", "budget", "notify", "after", "after_frames", "require",
+                      "origin", "keep_frames")
 
 
 @dataclass(frozen=True)
@@ -945,6 +946,8 @@ class FarmService:
     def _op_status(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         row = self._own(caller, request.fields["job_id"])
         return {"job": self._public({**row.to_dict(), "outputs": self._outputs(row),
+                                     "extra_outputs": {name: frame for name, (frame, _sha)
+                                                       in self.store.extras(row.id).items()},
                                      "eta": self.job_eta(row.id),
                                      "waiting": self.job_waiting(row),
                                      **self._farm_status()})}
@@ -1058,18 +1061,26 @@ class FarmService:
                   caller: Caller) -> tuple[dict[str, Any], bytes]:
         job_id, frame = request.fields["job_id"], request.fields["frame"]
         row = self._own(caller, job_id)
-        frames = self.store.frames(job_id)
-        if frame not in frames:
-            raise ServiceError(f"job {job_id} has no finished frame {frame} (finished: "
-                               f"{sorted(frames) or 'none'})", kind="not_found")
-        key = self._output_key(job_id, Path(frames[frame]).name)
+        extra = request.fields.get("name")
+        if extra is not None:  # a file a File Output node wrote
+            extras = self.store.extras(job_id)
+            if extra not in extras or extras[extra][0] != frame:
+                raise ServiceError(f"job {job_id} has no file {extra!r} of frame {frame} "
+                                   f"(its File Output files: {len(extras)})", kind="not_found")
+            name, digest = extra, extras[extra][1]
+        else:
+            frames = self.store.frames(job_id)
+            if frame not in frames:
+                raise ServiceError(f"job {job_id} has no finished frame {frame} (finished: "
+                                   f"{sorted(frames) or 'none'})", kind="not_found")
+            name, digest = Path(frames[frame]).name, self.store.hashes(job_id).get(frame)
+        key = self._output_key(job_id, name)
         size = self.storage.size(key)
         limit = self.config.max_message - 4096
         length = min(request.fields["length"] or limit, limit)
         data = self.storage.read(key, request.fields["offset"], length)
-        return ({"job_id": row.id, "frame": frame, "name": Path(frames[frame]).name,
-                 "size": size, "offset": request.fields["offset"],
-                 "sha256": self.store.hashes(job_id).get(frame)}, data)
+        return ({"job_id": row.id, "frame": frame, "name": name,
+                 "size": size, "offset": request.fields["offset"], "sha256": digest}, data)
 
     def _op_report(self, request: protocol.Request,
                    caller: Caller) -> dict[str, Any] | tuple[dict[str, Any], bytes]:
@@ -1139,7 +1150,20 @@ class FarmService:
         return local.parent if local is not None else self.state_dir / "outputs" / job_id
 
     def _outputs(self, row: JobRow) -> dict[str, str]:
-        return {str(frame): Path(path).name for frame, path in self.store.frames(row.id).items()}
+        """The frames a client fetches: those written in the job's output folder (a video's
+        frames, unless kept, are not)."""
+        folder = self._output_dir(row.id)
+        return {str(frame): Path(path).name for frame, path in self.store.frames(row.id).items()
+                if Path(path).parent == folder}
+
+    def _keep_output(self, job_id: str, frame: int, path: Path, digest: str) -> None:
+        """A file written for a job beside its frames (a File Output node's, a view's, its
+        video), kept in the storage under its path in the job's output folder."""
+        name = path.relative_to(self._output_dir(job_id)).as_posix()  # the farm's own path
+        key = self._output_key(job_id, name)
+        if self.storage.local_path(key) != path:
+            self.storage.put_file(key, path)
+        self.store.add_extra(job_id, frame, name, digest)
 
     # -- scheduling --------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -1325,11 +1349,15 @@ class FarmService:
         elif event.kind == "frame_merged":
             path = Path(data["path"])
             key = self._output_key(job_id, path.name)
-            if self.storage.local_path(key) != path:
+            if not data.get("intermediate") and self.storage.local_path(key) != path:
                 self.storage.put_file(key, path)
             store.add_frame(job_id, event.frame or 0, str(path))
             if data.get("sha256"):
                 store.set_hash(job_id, event.frame or 0, data["sha256"])
+            for extra, digest in (data.get("extras") or {}).items():
+                self._keep_output(job_id, event.frame or 0, Path(extra), digest)
+        elif event.kind == "output_written":  # a video
+            self._keep_output(job_id, event.frame or 0, Path(data["path"]), data["sha256"])
         elif event.kind == "warning":
             store.add_warning(job_id, event.message)
         elif event.kind in ("job_done", "job_failed", "job_cancelled"):

@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS frames (
     path TEXT NOT NULL,
     PRIMARY KEY (job_id, frame)
 );
+CREATE TABLE IF NOT EXISTS extras (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
 CREATE TABLE IF NOT EXISTS uploads (
     client TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -348,6 +355,8 @@ class Store:
                                  (job_id, frame))
                 self._db.execute("DELETE FROM hashes WHERE job_id = ? AND frame = ?",
                                  (job_id, frame))
+                self._db.execute("DELETE FROM extras WHERE job_id = ? AND frame = ?",
+                                 (job_id, frame))
 
     def drop_worker(self, job_id: str, worker: str, frames: Iterable[int]) -> None:
         """A worker of a job was found suspect: forget the pieces it rendered and
@@ -356,6 +365,18 @@ class Store:
             self._db.execute("DELETE FROM pieces WHERE job_id = ? AND worker = ?",
                              (job_id, worker))
         self.forget_frames(job_id, frames)
+
+    def add_extra(self, job_id: str, frame: int, name: str, sha256: str) -> None:
+        """Record a file a File Output node wrote for a frame (``name``: its path in the
+        job's output folder)."""
+        self._run("INSERT OR REPLACE INTO extras VALUES (?, ?, ?, ?)",
+                  (job_id, name, frame, sha256))
+
+    def extras(self, job_id: str) -> dict[str, tuple[int, str]]:
+        """``{name: (frame, SHA-256)}`` of the files a job's File Output nodes wrote."""
+        return {r[0]: (r[1], r[2]) for r in self._run(
+            "SELECT name, frame, sha256 FROM extras WHERE job_id = ? ORDER BY frame, name",
+            (job_id,))}
 
     def set_hash(self, job_id: str, frame: int, sha256: str) -> None:
         """Record the SHA-256 of a merged frame's output file as the farm wrote it."""
