@@ -487,27 +487,10 @@ class JobRun:
                 for frame in frames]
         step = frames[1] - frames[0] if len(frames) > 1 else 1
         name = os.path.basename(self.video)
-        reply = None
-        for _attempt in range(self.spec.retries + 2):
-            handle = self.pool.preferred(self.settings.blend_hash)
-            started = time.time()
-            try:
-                reply = ray.get(handle.actor.encode.remote(
-                    self.settings.to_dict(), refs, step, name, self.video_container,
-                    self.files.ref))
-            except ray.exceptions.RayActorError:
-                self.pool.replace(handle.worker_id)
-                continue
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(exc.cause, RenderFarmError) else None
-                raise cause or RenderError(f"encoding the video failed: {exc}") from exc
-            if reply is None:  # the worker cannot reach the job's files: send them
-                self.files.send_bytes()
-                continue
-            self.account("encode", handle, started, time.time(), frames[0])
-            break
-        if reply is None:
-            raise RenderError("every worker died while encoding the video")
+        reply = self._on_a_worker(
+            "encode", frames[0], lambda exc: RenderError(f"encoding the video failed: {exc}"),
+            lambda: RenderError("every worker died while encoding the video"),
+            refs, step, name, self.video_container, self.files.ref)
         written = str(reply.get("name") or "")
         if (not written or written != os.path.basename(written) or written.startswith(".")
                 or os.path.splitext(written)[1].lower() not in VIDEO_CONTAINERS):
@@ -694,30 +677,46 @@ class JobRun:
 
     def _finish_on_worker(self, payload: bytes, frame: int) -> tuple[bytes, dict[str, bytes]]:
         """Let a worker denoise, composite and/or convert a merged frame (merge threads)."""
+        assert self.files is not None and self.assembler is not None
+        final = self.assembler.final_format
+        data = self._on_a_worker(
+            "finish", frame, lambda exc: MergeError(str(exc), frame=frame),
+            lambda: MergeError("every worker died while finishing the frame", frame=frame),
+            payload, final, WRITE_EXTENSIONS[final], self.files.ref, frame)
+        return data["data"], dict(data.get("extras") or {})
+
+    def _on_a_worker(self, method: str, frame: int,
+                     failed: Callable[[BaseException], RenderFarmError],
+                     all_died: Callable[[], RenderFarmError], *args: Any) -> Any:
+        """Call ``method`` of the job's preferred worker with the job's settings and
+        ``args``, and count its time for the job: another worker when one dies, the job's
+        files sent when the worker cannot reach them.
+
+        Raises:
+            RenderFarmError: the worker's own error, else ``failed(error)``; ``all_died()``
+                when every try lost its worker.
+        """
         import ray
 
-        assert self.files is not None and self.assembler is not None
-        assert self.pool is not None and self.settings is not None
-        final = self.assembler.final_format
+        assert self.files is not None and self.pool is not None and self.settings is not None
         for _attempt in range(self.spec.retries + 2):
             handle = self.pool.preferred(self.settings.blend_hash)
             started = time.time()
             try:
-                data = ray.get(handle.actor.finish.remote(
-                    self.settings.to_dict(), payload, final, WRITE_EXTENSIONS[final],
-                    self.files.ref, frame))
+                reply = ray.get(getattr(handle.actor, method).remote(
+                    self.settings.to_dict(), *args))
             except ray.exceptions.RayActorError:
                 self.pool.replace(handle.worker_id)
                 continue
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(exc.cause, RenderFarmError) else None
-                raise cause or MergeError(str(exc), frame=frame) from exc
-            if data is None:  # the worker cannot reach the job's files: send them
+                raise cause or failed(exc) from exc
+            if reply is None:  # the worker cannot reach the job's files: send them
                 self.files.send_bytes()
                 continue
-            self.account("finish", handle, started, time.time(), frame)
-            return data["data"], dict(data.get("extras") or {})
-        raise MergeError("every worker died while finishing the frame", frame=frame)
+            self.account(method, handle, started, time.time(), frame)
+            return reply
+        raise all_died()
 
 
 def _entry(method: Callable[..., Any]) -> Callable[..., Any]:

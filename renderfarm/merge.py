@@ -577,25 +577,9 @@ def pack_views(files: Sequence[tuple[str, Path]], target: Path) -> None:
     """
     inputs = [(view, _open(path)) for view, path in files]
     try:
-        plan: list[tuple[Any, int, Any]] = []
-        specs = []
-        for view, inp in inputs:
-            for index, spec in enumerate(_parts(inp)):
-                part = _oiio().ImageSpec(spec)
-                name = f"{view}{VIEW_MARK}{_part_name(spec, index)}"
-                part.attribute("name", name)
-                part.channelnames = tuple(f"{view}{VIEW_MARK}{c}" for c in spec.channelnames)
-                for attribute in _PIECE_ATTRIBUTES:
-                    part.erase_attribute(attribute)
-                plan.append((inp, index, spec))
-                specs.append(part)
-
-        def pixels(i: int) -> np.ndarray:
-            inp, index, spec = plan[i]
-            inp.seek_subimage(index, 0)
-            return np.asarray(inp.read_image(index, 0, 0, spec.nchannels, spec.format))
-
-        write_atomically(target, lambda tmp: _write_parts(tmp, specs, pixels))
+        _copy_parts(target, [(inp, index, spec, f"{view}{VIEW_MARK}")
+                             for view, inp in inputs
+                             for index, spec in enumerate(_parts(inp))], "")
     finally:
         for _view, inp in inputs:
             inp.close()
@@ -610,30 +594,38 @@ def unpack_view(source: Path, view: str, target: Path) -> None:
     inp = _open(source)
     try:
         prefix = f"{view}{VIEW_MARK}"
-        plan, specs = [], []
-        for index, spec in enumerate(_parts(inp)):
-            name = _part_name(spec, index)
-            if not name.startswith(prefix):
-                continue
-            part = _oiio().ImageSpec(spec)
-            part.attribute("name", name[len(prefix):])
-            part.channelnames = tuple(c[len(prefix):] if c.startswith(prefix) else c
-                                      for c in spec.channelnames)
-            for attribute in _PIECE_ATTRIBUTES:
-                part.erase_attribute(attribute)
-            plan.append((index, spec))
-            specs.append(part)
-        if not specs:
+        parts = [(inp, index, spec, "") for index, spec in enumerate(_parts(inp))
+                 if _part_name(spec, index).startswith(prefix)]
+        if not parts:
             raise MergeError(f"the piece holds no view {view!r}", path=str(source))
-
-        def pixels(i: int) -> np.ndarray:
-            index, spec = plan[i]
-            inp.seek_subimage(index, 0)
-            return np.asarray(inp.read_image(index, 0, 0, spec.nchannels, spec.format))
-
-        write_atomically(target, lambda tmp: _write_parts(tmp, specs, pixels))
+        _copy_parts(target, parts, prefix)
     finally:
         inp.close()
+
+
+def _copy_parts(target: Path, parts: Sequence[tuple[Any, int, Any, str]], strip: str) -> None:
+    """Write the parts ``(open file, part index, its spec, prefix to add)`` into
+    ``target`` as they are (header, window, pixel type), their part and channel names
+    given the prefix, or with ``strip`` taken off their start."""
+    specs = []
+    for _inp, index, spec, prefix in parts:
+        part = _oiio().ImageSpec(spec)
+
+        def renamed(name: str, prefix: str = prefix) -> str:
+            return prefix + (name[len(strip):] if strip and name.startswith(strip) else name)
+
+        part.attribute("name", renamed(_part_name(spec, index)))
+        part.channelnames = tuple(renamed(c) for c in spec.channelnames)
+        for attribute in _PIECE_ATTRIBUTES:
+            part.erase_attribute(attribute)
+        specs.append(part)
+
+    def pixels(i: int) -> np.ndarray:
+        inp, index, spec, _prefix = parts[i]
+        inp.seek_subimage(index, 0)
+        return np.asarray(inp.read_image(index, 0, 0, spec.nchannels, spec.format))
+
+    write_atomically(target, lambda tmp: _write_parts(tmp, specs, pixels))
 
 
 def piece_stats(path: Path) -> dict[str, str]:
