@@ -258,11 +258,24 @@ def _render(args: argparse.Namespace) -> int:
         summary["transfer"] = handle.transfer  # what bundling stored: files, bytes
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
-        first, last = min(result.outputs), max(result.outputs)
-        print(f"rendered {len(result.outputs)} frame(s) in {result.wall_seconds:.1f} s on "
-              f"{result.workers} {result.device} worker(s): {result.outputs[first]}"
-              + (f" .. {result.outputs[last]}" if last != first else ""))
+        print(_rendered(result))
     return EXIT_OK
+
+
+def _rendered(result: Any) -> str:
+    """The line ``render`` ends with: the frames, and the other files (views, File
+    Output nodes', a video)."""
+    where = f"in {result.wall_seconds:.1f} s on {result.workers} {result.device} worker(s)"
+    others = [p for files in result.extra_outputs.values() for p in files]
+    line = f"rendered {len(result.frames)} frame(s) {where}"
+    if result.outputs:
+        first, last = min(result.outputs), max(result.outputs)
+        line += f": {result.outputs[first]}" + (f" .. {result.outputs[last]}"
+                                                 if last != first else "")
+    if others:
+        line += (f"; {others[0]}" if len(others) == 1 else
+                 f"; and {len(others)} other file(s): {others[0]} ..")
+    return line
 
 
 def _estimate(args: argparse.Namespace) -> int:

@@ -598,7 +598,8 @@ class Farm:
                workdir: Path | None = None, resume: Resume | None = None,
                on_piece: Callable[[Task, Path], None] | None = None,
                on_result: Callable[[Any], None] | None = None,
-               frame_gate: Callable[[int], bool] | None = None) -> JobHandle:
+               frame_gate: Callable[[int], bool] | None = None,
+               outputs_folder: Path | None = None) -> JobHandle:
         """Check a job and start it in the background.
 
         Args:
@@ -617,6 +618,10 @@ class Farm:
                 recorded it (keep it short).
             frame_gate: whether a frame may render yet (called often: keep it a lookup);
                 frames it refuses wait, the others go on.
+            outputs_folder: the folder the job's files are delivered from (the farm
+                service's folder of the job): the files of the scene's File Output nodes
+                go inside it, at their paths relative to the project. Default: the output's
+                folder when ``spec.output`` names one, else the project itself.
 
         Raises:
             InputError: the job is wrong before anything runs (file, frames, output).
@@ -630,7 +635,8 @@ class Farm:
         with self._lock:
             self._jobs.append(handle)
         run = JobRun(self, handle, priority, workdir=workdir, resume=resume,
-                      on_piece=on_piece, on_result=on_result, frame_gate=frame_gate)
+                      on_piece=on_piece, on_result=on_result, frame_gate=frame_gate,
+                      outputs_folder=outputs_folder)
         thread = threading.Thread(target=run.run,
                                   name=f"renderfarm-job-{handle.job_id}", daemon=True)
         thread.start()

@@ -149,6 +149,28 @@ def resolve_output(output: str | None, info: SceneInfo, blend_dir: str) -> tuple
     return output, output_format(output, info.file_format)
 
 
+_TEMPLATE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*(:[^{}]*)?\}")
+
+
+def check_templates(output: str, info: SceneInfo) -> None:
+    """Refuse Blender 5.0's path templates (``{blend_name}``, ``{scene_name}``, ...) in the
+    scene's output path (``output``: the job's, when it is the scene's) and its File Output
+    nodes' folders: the farm names files by the path as written (a video's path is Blender's
+    to expand, as it encodes).
+
+    Raises:
+        OutputError: a path holds a template, naming it.
+    """
+    for what, path in (("the scene's output path", output),
+                       *((f"File Output node {name!r}", folder) for name, folder in
+                         zip(info.file_outputs, info.file_output_dirs, strict=False))):
+        found = _TEMPLATE.search(path or "")
+        if found:
+            raise OutputError(
+                f"{what} holds the path template {found.group(0)} ({path}), which the farm "
+                "does not expand yet: write the path out in Blender", path=info.scene)
+
+
 def output_path(pattern: str | os.PathLike[str], frame: int) -> Path:
     """The file a frame is written to, named by Blender's rules (``BLI_path_frame`` and the
     extension Blender adds).
@@ -791,8 +813,9 @@ class JobResult(_Json):
         warnings: things the user should know (fallbacks, ignored settings).
         tiles: the grid the frames were split into (what ``--tiles auto`` chose).
         hashes: ``{frame: SHA-256}`` of each output file as the farm wrote it.
-        extra_outputs: ``{frame: {file: SHA-256}}`` of the files the compositor's File
-            Output nodes wrote for each frame.
+        extra_outputs: ``{frame: {file: SHA-256}}`` of the other files written for each
+            frame: views after the first (``shot_0001_R.png``), the compositor's File Output
+            nodes' files, and (listed with the first frame) the job's video.
         checks: the verification of pieces (``--verify``): each check's frame, tile,
             workers, outcome and suspects (see :class:`~renderfarm.state.Check`).
         suspects: workers found to disagree with the majority (no more tasks sent to them).

@@ -44,6 +44,7 @@ from renderfarm.job import (
     Task,
     TaskResult,
     Tile,
+    check_templates,
     is_output_folder,
     output_path,
     resolve_output,
@@ -77,8 +78,10 @@ class JobRun:
                  workdir: Path | None = None, resume: Resume | None = None,
                  on_piece: Callable[[Task, Path], None] | None = None,
                  on_result: Callable[[TaskResult], None] | None = None,
-                 frame_gate: Callable[[int], bool] | None = None) -> None:
+                 frame_gate: Callable[[int], bool] | None = None,
+                 outputs_folder: Path | None = None) -> None:
         self.farm = farm
+        self.outputs_folder = outputs_folder
         self.frame_gate = frame_gate
         self.on_piece = on_piece
         self.on_result = on_result
@@ -235,8 +238,9 @@ class JobRun:
             on_merged=self._merged, on_error=self.abort,
             ended=lambda: self.handle.cancelled, keep_pieces=self.verify > 0,
             project=Path(os.path.abspath(spec.blend_file)).parent,
-            folder=Path(spec.output) if spec.output and is_output_folder(spec.output)
-            else None, origin=spec.origin or os.path.abspath(spec.blend_file))
+            folder=self.outputs_folder or (Path(spec.output) if spec.output
+                                           and is_output_folder(spec.output) else None),
+            origin=spec.origin or os.path.abspath(spec.blend_file))
         self.settings = RenderSettings(
             blend_path=os.path.abspath(spec.blend_file), blend_hash=blend_hash,
             scene=spec.scene if spec.scene is not None else info.scene,
@@ -440,22 +444,31 @@ class JobRun:
         output, final_format = resolve_output(self.spec.output, info,
                                               os.path.dirname(os.path.abspath(
                                                   self.spec.blend_file)))
-        if final_format == "FFMPEG" and self.spec.frames is not None:
+        if final_format != "FFMPEG":
+            check_templates(info.output_path if self.spec.output is None else "", info)
+            check_output_folder(output_path(output, 0).parent)
+            return output, final_format
+        # a video: frames first, then one worker encodes them
+        if info.views:
+            raise OutputError(
+                f"the scene renders {len(info.views)} views (Output properties > "
+                "Stereoscopy) into a video, which the farm encodes one view of: turn "
+                "Stereoscopy off, or render the views as images (-o shot_####.png)",
+                path=self.spec.blend_file)
+        check_templates("", info)
+        if self.spec.frames is not None:
             self._check_video_frames(tuple(parse_frames(self.spec.frames)))
-        check_output_folder(output_path(output, 0).parent)
-        if final_format == "FFMPEG":  # frames first, then one worker encodes them
-            self.video = output
-            if self.spec.output is not None and not is_output_folder(self.spec.output):
-                self.video_container = VIDEO_CONTAINERS.get(
-                    os.path.splitext(output)[1].lower())
-            stem = Path(output).name
-            if os.path.splitext(stem)[1].lower() in VIDEO_CONTAINERS:
-                stem = os.path.splitext(stem)[0]
-            if "#" not in stem:
-                stem += "####"
-            folder = Path(output).parent if self.spec.keep_frames else self.scratch / "frames"
-            return str(folder / f"{stem}.exr"), VIDEO_FRAME_FORMAT
-        return output, final_format
+        folder, stem = os.path.split(output)  # a folder path: Blender's range alone
+        check_output_folder(Path(folder or "."))
+        self.video = output
+        if self.spec.output is not None and not is_output_folder(self.spec.output):
+            self.video_container = VIDEO_CONTAINERS.get(os.path.splitext(output)[1].lower())
+        if os.path.splitext(stem)[1].lower() in VIDEO_CONTAINERS:
+            stem = os.path.splitext(stem)[0]
+        if "#" not in stem:
+            stem += "####"
+        frames = Path(folder) if self.spec.keep_frames else self.scratch / "frames"
+        return str(frames / f"{stem}.exr"), VIDEO_FRAME_FORMAT
 
     def _check_video_frames(self, frames: tuple[int, ...]) -> None:
         """A video is one run of frames at one step, from frame 0 or later (as Render
@@ -486,17 +499,17 @@ class JobRun:
         refs = [(frame, ray.put(self.assembler.outputs[frame].read_bytes()))
                 for frame in frames]
         step = frames[1] - frames[0] if len(frames) > 1 else 1
-        name = os.path.basename(self.video)
+        folder, name = os.path.split(self.video)  # name "": a folder (Blender's range only)
         reply = self._on_a_worker(
             "encode", frames[0], lambda exc: RenderError(f"encoding the video failed: {exc}"),
             lambda: RenderError("every worker died while encoding the video"),
             refs, step, name, self.video_container, self.files.ref)
         written = str(reply.get("name") or "")
         if (not written or written != os.path.basename(written) or written.startswith(".")
-                or os.path.splitext(written)[1].lower() not in VIDEO_CONTAINERS):
-            raise RenderError(f"the worker named the video {written[:80]!r}, not a video file "
-                              "name; nothing was written")
-        target = Path(self.video).parent / written
+                or "\\" in written):
+            raise RenderError(f"the worker named the video {written[:80]!r}, not a file name; "
+                              "nothing was written")
+        target = Path(folder) / written
         data = reply["data"]
         write_atomically(target, lambda tmp: tmp.write_bytes(data))
         self.assembler.add_output(frames[0], target)

@@ -231,6 +231,9 @@ def composite_blocker(scene: SceneInfo) -> str | None:
     otherwise), or None."""
     if scene.sequencer:
         return "the video sequencer makes the scene's image from whole frames"
+    if scene.views and scene.compositing:
+        return (f"the compositor runs on each of the scene's {len(scene.views)} views "
+                "(Stereoscopy), which Blender does on whole frames")
     if scene.compositing and scene.compositor_blocker:
         return f"the scene's compositor cannot run on a merged frame: {scene.compositor_blocker}"
     return None

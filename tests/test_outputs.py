@@ -6,6 +6,7 @@ file: names, format, bit depth, channels, compression, metadata and pixels."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,11 @@ SETUPS: dict[str, tuple[dict[str, object], str, bool]] = {
         {"output": "OPEN_EXR_MULTILAYER,32",
          "set": ["scene.render.use_multiview=True",
                  "scene.render.image_settings.views_format='MULTIVIEW'"]}, "1", False),
+    "File Output nodes in a node group, subfolder and ../ in their file names": (
+        {"output": "PNG,8,RGBA", "extra": ["file-output-nested"]}, "1-2", True),
+    "stereo 3D with a File Output node (whole frames)": (
+        {"output": "PNG,8,RGBA", "extra": ["file-output"],
+         "set": ["scene.render.use_multiview=True"]}, "1-2", True),
     "folder path, no extension": (
         {"output": "PNG,8,RGB", "set": ["scene.render.filepath='//out/'",
                                         "scene.render.use_file_extension=False"]}, "1-2", True),
@@ -327,25 +333,52 @@ def test_a_video_scene_gets_blenders_video(farm, blender_video, tmp_path, tiles)
             ("R", "G", "B", "A"), "float")
 
 
-def test_o_names_a_video_and_its_container(farm, make_scene, tmp_path) -> None:
-    """-o clip.mkv on a PNG scene: a Matroska video named as given, the frames gone."""
+def test_o_names_a_video_and_its_container(make_scene, tmp_path) -> None:
+    """renderfarm render -o clip.mkv on a PNG scene: a Matroska video named as given, the
+    frames gone, exit code 0 and a line naming the video."""
     import av
 
+    from tests.test_cli import run
+
     blend = make_scene(width=48, height=32, frames=4, samples=2, output="PNG,8,RGBA")
-    result = farm.render(JobSpec(str(blend), frames="2-4x2", output=str(tmp_path / "clip.mkv")))
+    proc = run("render", str(blend), "--frames", "2-4x2", "-o", str(tmp_path / "clip.mkv"),
+               "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "rendered 2 frame(s)" in proc.stdout and str(tmp_path / "clip.mkv") in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv"]
-    assert result.outputs == {} and result.files == [tmp_path / "clip.mkv"]
     with av.open(str(tmp_path / "clip.mkv")) as container:
         assert "matroska" in container.format.name
         assert sum(1 for _ in container.decode(video=0)) == 2  # frames 2 and 4
 
 
-def test_a_video_of_scattered_frames_is_refused_before_rendering(farm, blender_video,
-                                                                 tmp_path) -> None:
-    blend, _want = blender_video
+@pytest.mark.parametrize(("path", "extension"), [("//render/", True), ("//render/shot_", False)],
+                         ids=["folder", "no extension"])
+def test_a_video_is_named_as_blender_names_it(farm, make_scene, tmp_path, path,
+                                              extension) -> None:
+    blend = make_scene(width=48, height=32, frames=2, samples=2, output="PNG,8,RGBA",
+                       set=[*VIDEO, f"scene.render.filepath={path!r}",
+                            f"scene.render.use_file_extension={extension}"])
+    want = _copy(blend, tmp_path / "blender")
+    run_python(str(HERE / "blender_reference.py"), str(want), "-", "1,2", "ANIMATION")
+    copy = _copy(blend, tmp_path / "farm")
+    result = farm.render(JobSpec(str(copy), frames="1-2"))
+    assert sorted(_files(copy.parent)) == sorted(_files(want.parent))
+    assert [p.relative_to(copy.parent) for p in result.files] == \
+        [Path(n) for n in _files(want.parent)]
+
+
+@pytest.mark.parametrize(("options", "frames", "words"), [
+    ({"extra": ["sound"], "set": VIDEO}, "1-2,4", "one range of frames"),
+    ({"set": [*VIDEO, "scene.render.use_multiview=True"]}, "1", "Stereoscopy"),
+    ({"set": ["scene.render.filepath='//render/{blend_name}_####'"]}, "1", "{blend_name}"),
+], ids=["scattered video frames", "stereo video", "path template"])
+def test_what_the_farm_cannot_write_as_blender_does_is_refused_before_rendering(
+        farm, make_scene, tmp_path, options, frames, words) -> None:
+    blend = make_scene(width=48, height=32, frames=4, samples=2, output="PNG,8,RGBA",
+                       **options)
     copy = _copy(blend, tmp_path / "p")
-    with pytest.raises(OutputError, match="one range of frames"):
-        farm.render(JobSpec(str(copy), frames="1-2,4"))
+    with pytest.raises(OutputError, match=re.escape(words)):
+        farm.render(JobSpec(str(copy), frames=frames))
     assert sorted(p.name for p in copy.parent.rglob("*")) == ["scene.blend"]
 
 

@@ -132,7 +132,7 @@ def scene_info(scene: Any) -> SceneInfo:
         view_suffixes=[view.file_suffix for view in active_views(scene)],
         views_format=render.image_settings.views_format,
         file_outputs=[node.name for node in file_output_nodes(scene)],
-        file_output_dirs=[node.directory for node in file_output_nodes(scene)],
+        file_output_dirs=[node_folder(node) for node in file_output_nodes(scene)],
         stamp=bool(render.use_stamp),
     )
 
@@ -150,13 +150,40 @@ def active_views(scene: Any) -> list[Any]:
 
 def file_output_nodes(scene: Any) -> list[Any]:
     """The compositor's File Output nodes that write files when the scene renders (not
-    muted, compositing on), in the tree's order (a node's index names its files on the
-    way back from a worker)."""
+    muted, compositing on; inside node groups too), in the tree's order (a node's index
+    names its files on the way back from a worker)."""
     tree = getattr(scene, "compositing_node_group", None)
     if tree is None or not scene.render.use_compositing:
         return []
-    return [node for node in _all_nodes(tree)
-            if node.bl_idname == "CompositorNodeOutputFile" and not node.mute]
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(group: Any) -> None:
+        if group.as_pointer() in seen:  # a group used twice writes through one node
+            return
+        seen.add(group.as_pointer())
+        for node in group.nodes:
+            if node.mute:
+                continue
+            if node.bl_idname == "CompositorNodeOutputFile":
+                found.append(node)
+            elif getattr(node, "node_tree", None) is not None:
+                walk(node.node_tree)
+
+    walk(tree)
+    return found
+
+
+def node_folder(node: Any) -> str:
+    """The folder a File Output node's files land in, as the file says it (``//``
+    relative to the ``.blend``): its directory joined with the folders of its file name
+    (``sub/depth_####``, ``../up_####``)."""
+    folder = node.directory or "//"
+    prefix = "//" if folder.startswith("//") else ""
+    inner = os.path.join(folder[len(prefix):], os.path.dirname(node.file_name))
+    inner = os.path.normpath(inner) if inner else ""
+    inner = "" if inner == "." else inner
+    return prefix + inner + ("/" if inner and not inner.endswith("/") else "")
 
 
 def _bpy_data() -> Any:

@@ -54,6 +54,8 @@ class SceneRecipe:
             the Scene Time node's frame / 10), ``sound`` (a packed tone as a sound strip,
             AAC audio), ``file-output`` (a compositor File Output
             node writing the Depth pass to ``//passes/depth_####`` as OpenEXR),
+            ``file-output-nested`` (File Output nodes in a node group, with file names in
+            a subfolder and climbing out of their folder),
             ``stamp`` (the burn-in stamp with frame, scene and a note only).
     """
 
@@ -288,6 +290,32 @@ def _file_output(scene: Any) -> None:
     scene.render.use_compositing = True
 
 
+def _file_output_nested(scene: Any) -> None:
+    """:func:`_file_output`, plus a File Output node inside a node group writing the Depth
+    pass to ``//grp/`` with a file name in a subfolder (``sub/g_####``), and the first node's
+    file name climbing out of its folder (``../up_####``: next to the ``.blend``)."""
+    import bpy
+
+    _file_output(scene)
+    tree = scene.compositing_node_group
+    first = next(n for n in tree.nodes if n.bl_idname == "CompositorNodeOutputFile")
+    first.file_name = "../up_####"
+    group = bpy.data.node_groups.new("depth out", "CompositorNodeTree")
+    group.interface.new_socket("Depth", in_out="INPUT", socket_type="NodeSocketFloat")
+    inputs = group.nodes.new("NodeGroupInput")
+    node = group.nodes.new("CompositorNodeOutputFile")
+    node.directory, node.file_name = "//grp/", "sub/g_####"
+    node.format.media_type, node.format.file_format = "IMAGE", "OPEN_EXR"
+    node.format.color_depth = "16"
+    node.file_output_items.clear()
+    node.file_output_items.new("FLOAT", "Z")
+    group.links.new(inputs.outputs[0], node.inputs[0])
+    holder = tree.nodes.new("CompositorNodeGroup")
+    holder.node_tree = group
+    layers = next(n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers")
+    tree.links.new(layers.outputs["Depth"], holder.inputs[0])
+
+
 def _stamp(scene: Any) -> None:
     """Burn the frame, the scene's name and a note into the image (and nothing that changes
     from one run to the next, like the date or the render time)."""
@@ -329,7 +357,7 @@ def _sound(scene: Any) -> None:
 
 
 _EXTRAS = {"scene-time": _scene_time, "file-output": _file_output, "stamp": _stamp,
-           "sound": _sound}
+           "sound": _sound, "file-output-nested": _file_output_nested}
 
 
 def _all_passes(scene: object) -> None:

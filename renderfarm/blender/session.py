@@ -280,12 +280,11 @@ class BlenderSession:
                 setattr(scene.view_layers[layer], colour, True)
                 self._added_colour.append((layer, colour))
         # they would write next to the worker's copy of the file: each writes into a folder
-        # of its own here, and its files go back with the result (pieces: the compositor
-        # runs on the merged frame, and they write then)
+        # of its own here, and its files go back with the result (split frames render
+        # without the compositor: it runs on the merged frame, and they write then)
         if not self._extras_root:
             self._extras_root = tempfile.mkdtemp(prefix="renderfarm-extras-")
-        self._file_outputs = _redirect_file_outputs(scene, self._extras_root,
-                                                    mute=output_format == PIECE_FORMAT)
+        self._file_outputs = _redirect_file_outputs(scene, self._extras_root)
         self._file_extension = bool(render.use_file_extension)
         from renderfarm.blender.inspect import active_views
 
@@ -582,10 +581,7 @@ class BlenderSession:
         scene = original.copy()
         scene.name = "renderfarm-composite"
         scene.render.use_stamp = self._stamp
-        tree = original.compositing_node_group.copy()
-        for node in tree.nodes:  # they write the merged frame (into this worker's folders)
-            if node.name in self._file_outputs:
-                node.mute = False
+        tree = original.compositing_node_group.copy()  # File Output nodes write here too
         image = _load_linear(source)
         written = f"{source}.composite{WRITE_EXTENSIONS[file_format]}"
 
@@ -794,16 +790,17 @@ def _load_linear(path: str) -> Any:
     return image
 
 
-def _redirect_file_outputs(scene: Any, root: str, mute: bool) -> list[str]:
+def _redirect_file_outputs(scene: Any, root: str) -> list[str]:
     """Point the compositor's File Output nodes of ``scene`` that write at folders of their
     own under ``root`` (``root/<index>/``, in :func:`file_output_nodes`' order; the driver
-    knows each node's folder as saved); muted when ``mute``. Returns their names."""
+    knows where each node's files land, :func:`node_folder`: the file name keeps only its
+    last part). Returns their names."""
     from renderfarm.blender.inspect import file_output_nodes
 
     nodes = file_output_nodes(scene)
     for index, node in enumerate(nodes):
         node.directory = os.path.join(root, str(index)) + os.sep
-        node.mute = mute
+        node.file_name = os.path.basename(node.file_name)
     return [node.name for node in nodes]
 
 

@@ -1159,7 +1159,12 @@ class FarmService:
     def _keep_output(self, job_id: str, frame: int, path: Path, digest: str) -> None:
         """A file written for a job beside its frames (a File Output node's, a view's, its
         video), kept in the storage under its path in the job's output folder."""
-        name = path.relative_to(self._output_dir(job_id)).as_posix()  # the farm's own path
+        try:
+            name = path.relative_to(self._output_dir(job_id)).as_posix()  # the farm's path
+        except ValueError:  # never a file outside the job's folder
+            logger.error("job %s: %s is outside the job's output folder; not kept", job_id,
+                         path)
+            return
         key = self._output_key(job_id, name)
         if self.storage.local_path(key) != path:
             self.storage.put_file(key, path)
@@ -1202,7 +1207,8 @@ class FarmService:
             handle = self.farm.submit(spec, job.priority, job_id=job.id, workdir=workdir,
                                       resume=resume, on_piece=self._keep_for_preview(job.id),
                                       on_result=self._keep_log(job.id),
-                                      frame_gate=self._frame_gate(job))
+                                      frame_gate=self._frame_gate(job),
+                                      outputs_folder=self._output_dir(job.id))
         except RenderFarmError as exc:
             row = self.store.act(job.id, "fail", error=exc.one_line())
             self._event(Event("job_failed", job.id, message=exc.one_line()), row)
