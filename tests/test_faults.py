@@ -96,30 +96,63 @@ def test_a_corrupt_file_fails_its_job_only(farm, corpus, make_scene, tmp_path) -
     assert sorted(good.result(timeout=120).outputs) == [1, 2]
 
 
-def blender_workers() -> int:
+def _descendants(pid: int) -> set[int]:
+    """Every process under ``pid``."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        out = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True)
+        children = {int(p) for p in out.stdout.split()} - found
+        found |= children
+        todo += children
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text()
+    except OSError:  # gone meanwhile
+        return ""
+
+
+def _workers_of(raylets: set[int]) -> set[int]:
+    """The Blender workers of the Ray clusters whose raylets are ``raylets`` (each worker
+    carries its raylet's pid): another program's workers on this machine do not count."""
     out = subprocess.run(["pgrep", "-f", "ray::BlenderWorker"], capture_output=True, text=True)
-    return len(out.stdout.split())
+    mine = set()
+    for pid in out.stdout.split():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if any(e.startswith(b"RAY_RAYLET_PID=") and int(e.split(b"=")[1]) in raylets
+               for e in environ):
+            mine.add(int(pid))
+    return mine
 
 
 def test_ctrl_c_in_the_cli_cancels_and_leaves_no_worker(make_scene, tmp_path) -> None:
     blend = make_scene(width=96, height=64, frames=20, samples=128)
-    before = blender_workers()
     proc = subprocess.Popen(
         [sys.executable, "-m", "renderfarm.cli", "render", str(blend), "--no-progress",
          "--workers", "2", "-o", str(tmp_path / "i_####.exr"), "-v"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    raylets: set[int] = set()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and blender_workers() < before + 2:
+    while time.monotonic() < deadline and len(_workers_of(raylets)) < 2:
+        raylets |= {p for p in _descendants(proc.pid) if "raylet" in _name(p)}
         time.sleep(0.5)
+    workers = _workers_of(raylets)
+    assert len(workers) == 2, "the CLI's farm never started its two workers"
     time.sleep(3)  # rendering now
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and blender_workers() > before:
+    while time.monotonic() < deadline and _workers_of(raylets):
         time.sleep(0.5)
-    assert blender_workers() == before
+    assert not _workers_of(raylets)  # the CLI's own workers are gone
     assert len(list(Path(tmp_path).glob("i_*.exr"))) < 20
 
 
