@@ -198,20 +198,16 @@ class Assembler:
                 self._stamped(data, target)))
             if source is not None and not self.keep_pieces:
                 source.unlink(missing_ok=True)
-            self._delivered(frame, target)
+            self.add_output(frame, target)
 
-    def _delivered(self, frame: int, path: Path) -> None:
-        """A file written for ``frame`` beside its output (a File Output node's, a view's)."""
+    def add_output(self, frame: int, path: Path) -> None:
+        """A file written for ``frame`` beside its output (a File Output node's, a view's,
+        the job's video), listed with its SHA-256 among the frame's other files."""
         from renderfarm.bundle import file_sha256
 
         digest = file_sha256(path)
         with self._lock:
             self.extra_outputs.setdefault(frame, {})[str(path)] = digest
-
-    def add_output(self, frame: int, path: Path) -> None:
-        """A file written for the job beside its frames (its video), listed with ``frame``'s
-        other files."""
-        self._delivered(frame, path)
 
     def forget_outputs(self, frames: list[int]) -> None:
         """Remove frames' files that served their purpose (a video's frames, encoded)."""
@@ -312,7 +308,7 @@ class Assembler:
                 if index == 0:
                     target = path
                 else:
-                    self._delivered(frame, path)
+                    self.add_output(frame, path)
         else:
             extras = self._write(found, frame, target)
         with self._lock:

@@ -389,8 +389,7 @@ class BlenderWorker:
             with _captured_output(self.log):
                 video = self.session.encode(paths, step, folder, name, container)
             with open(video, "rb") as handle:
-                return {"name": os.path.basename(video), "data": handle.read(),
-                        "log": _tail_of(self.log, TASK_LOG_LINES)}
+                return {"name": os.path.basename(video), "data": handle.read()}
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

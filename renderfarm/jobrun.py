@@ -445,7 +445,11 @@ class JobRun:
                                               os.path.dirname(os.path.abspath(
                                                   self.spec.blend_file)))
         if final_format != "FFMPEG":
-            check_templates(info.output_path if self.spec.output is None else "", info)
+            # the scene's path names the files (inside -o DIR/, its file name does)
+            named = (info.output_path if self.spec.output is None
+                     else os.path.basename(info.output_path)
+                     if is_output_folder(self.spec.output) else "")
+            check_templates(named, info)
             check_output_folder(output_path(output, 0).parent)
             return output, final_format
         # a video: frames first, then one worker encodes them

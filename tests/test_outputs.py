@@ -28,70 +28,70 @@ KNOWN = ("File", "Blender:File")
 #: Blender's quality 90); Blender writes the same pixels without it
 KNOWN_DWA_LEVEL = ("openexr:dwaCompressionLevel",)
 
-#: setup -> (scene options, frames, whether tiled frames are finished by Blender on a worker)
-SETUPS: dict[str, tuple[dict[str, object], str, bool]] = {
-    "png 8-bit RGBA (Blender's default)": ({"output": "PNG,8,RGBA"}, "1-2", True),
+#: setup -> (scene options, frames)
+SETUPS: dict[str, tuple[dict[str, object], str]] = {
+    "png 8-bit RGBA (Blender's default)": ({"output": "PNG,8,RGBA"}, "1-2"),
     "png 16-bit RGB, compression 90": (
         {"output": "PNG,16,RGB", "set": ["scene.render.image_settings.compression=90"]},
-        "1-2", True),
+        "1-2"),
     "tiff 8-bit RGB, LZW": (
         {"output": "TIFF,8,RGB", "set": ["scene.render.image_settings.tiff_codec='LZW'"]},
-        "1-2", True),
+        "1-2"),
     "jpeg quality 70": (
         {"output": "JPEG,8,RGB", "set": ["scene.render.image_settings.quality=70"]},
-        "1-2", True),
-    "webp": ({"output": "WEBP,8,RGBA"}, "1-2", True),
+        "1-2"),
+    "webp": ({"output": "WEBP,8,RGBA"}, "1-2"),
     "exr single layer half DWAA": (
         {"output": "OPEN_EXR,16,RGBA", "set": ["scene.render.image_settings.exr_codec='DWAA'"]},
-        "1-2", True),
+        "1-2"),
     "exr single layer float RGB PIZ": (
         {"output": "OPEN_EXR,32,RGB", "set": ["scene.render.image_settings.exr_codec='PIZ'"]},
-        "1-2", True),
+        "1-2"),
     "multilayer exr half DWAA quality 60": (
         {"output": "OPEN_EXR_MULTILAYER,16",
          "set": ["scene.render.image_settings.exr_codec='DWAA'",
-                 "scene.render.image_settings.quality=60"]}, "1-2", False),
+                 "scene.render.image_settings.quality=60"]}, "1-2"),
     "multilayer exr half PIZ, passes": (
         {"output": "OPEN_EXR_MULTILAYER,16", "passes": True,
-         "set": ["scene.render.image_settings.exr_codec='PIZ'"]}, "1-2", False),
+         "set": ["scene.render.image_settings.exr_codec='PIZ'"]}, "1-2"),
     "working space ACEScg, png": (
-        {"output": "PNG,8,RGBA", "set": ["data.colorspace.working_space=ACEScg"]}, "1-2", True),
+        {"output": "PNG,8,RGBA", "set": ["data.colorspace.working_space=ACEScg"]}, "1-2"),
     "working space ACEScg, exr": (
         {"output": "OPEN_EXR_MULTILAYER,32",
-         "set": ["data.colorspace.working_space=ACEScg"]}, "1-2", False),
-    "burn-in stamp, png": ({"output": "PNG,8,RGBA", "extra": ["stamp"]}, "1-2", True),
+         "set": ["data.colorspace.working_space=ACEScg"]}, "1-2"),
+    "burn-in stamp, png": ({"output": "PNG,8,RGBA", "extra": ["stamp"]}, "1-2"),
     "burn-in stamp, multilayer exr": (
-        {"output": "OPEN_EXR_MULTILAYER,32", "extra": ["stamp"]}, "1-2", False),
+        {"output": "OPEN_EXR_MULTILAYER,32", "extra": ["stamp"]}, "1-2"),
     "compositor reads the frame (Scene Time)": (
-        {"output": "PNG,16,RGBA", "extra": ["scene-time"]}, "1-3", True),
+        {"output": "PNG,16,RGBA", "extra": ["scene-time"]}, "1-3"),
     "negative frames, name without #": (
-        {"output": "PNG,8,RGBA", "set": ["scene.render.filepath='//render/f'"]}, "-2-0", True),
+        {"output": "PNG,8,RGBA", "set": ["scene.render.filepath='//render/f'"]}, "-2-0"),
     "compositor File Output node (Depth to EXR)": (
-        {"output": "PNG,8,RGBA", "extra": ["file-output"]}, "1-2", True),
+        {"output": "PNG,8,RGBA", "extra": ["file-output"]}, "1-2"),
     "jpeg, File Output node": (
-        {"output": "JPEG,8,RGB", "extra": ["file-output"]}, "2-3", True),
+        {"output": "JPEG,8,RGB", "extra": ["file-output"]}, "2-3"),
     "stereo 3D, a PNG file per view": (
-        {"output": "PNG,8,RGBA", "set": ["scene.render.use_multiview=True"]}, "1-2", True),
+        {"output": "PNG,8,RGBA", "set": ["scene.render.use_multiview=True"]}, "1-2"),
     "stereo 3D, a multilayer EXR per view, half PIZ": (
         {"output": "OPEN_EXR_MULTILAYER,16", "passes": True,
          "set": ["scene.render.use_multiview=True",
-                 "scene.render.image_settings.exr_codec='PIZ'"]}, "1-2", False),
+                 "scene.render.image_settings.exr_codec='PIZ'"]}, "1-2"),
     "stereo 3D, anaglyph PNG (whole frames)": (
         {"output": "PNG,8,RGB", "set": ["scene.render.use_multiview=True",
                                         "scene.render.image_settings.views_format='STEREO_3D'"]},
-        "1-2", False),
+        "1-2"),
     "stereo 3D, every view in one multilayer EXR (whole frames)": (
         {"output": "OPEN_EXR_MULTILAYER,32",
          "set": ["scene.render.use_multiview=True",
-                 "scene.render.image_settings.views_format='MULTIVIEW'"]}, "1", False),
+                 "scene.render.image_settings.views_format='MULTIVIEW'"]}, "1"),
     "File Output nodes in a node group, subfolder and ../ in their file names": (
-        {"output": "PNG,8,RGBA", "extra": ["file-output-nested"]}, "1-2", True),
+        {"output": "PNG,8,RGBA", "extra": ["file-output-nested"]}, "1-2"),
     "stereo 3D with a File Output node (whole frames)": (
         {"output": "PNG,8,RGBA", "extra": ["file-output"],
-         "set": ["scene.render.use_multiview=True"]}, "1-2", True),
+         "set": ["scene.render.use_multiview=True"]}, "1-2"),
     "folder path, no extension": (
         {"output": "PNG,8,RGB", "set": ["scene.render.filepath='//out/'",
-                                        "scene.render.use_file_extension=False"]}, "1-2", True),
+                                        "scene.render.use_file_extension=False"]}, "1-2"),
 }
 
 
@@ -112,7 +112,7 @@ def blender_files(tmp_path_factory: pytest.TempPathFactory, make_scene):
 
     def get(setup: str) -> tuple[Path, dict[str, Path]]:
         if setup not in made:
-            options, frames, _ = SETUPS[setup]
+            options, frames = SETUPS[setup]
             settings = ["scene.render.filepath='//render/shot_####'", *options.get("set", [])]
             blend = make_scene(width=48, height=32, frames=3, samples=2,
                                **{**options, "set": settings})
@@ -133,7 +133,7 @@ def test_the_farm_writes_the_files_blender_writes(farm, blender_files, tmp_path,
                                                   tiles) -> None:
     blend, want = blender_files(setup)  # the same scene the farm renders
     assert want, "Blender wrote nothing: the setup is wrong"
-    _options, frames, _converted = SETUPS[setup]
+    _options, frames = SETUPS[setup]
     copy = _copy(blend, tmp_path / "project")
     result = farm.render(JobSpec(str(copy), frames=frames, tiles=tiles))  # no -o
     got = _files(tmp_path / "project")
@@ -367,18 +367,22 @@ def test_a_video_is_named_as_blender_names_it(farm, make_scene, tmp_path, path,
         [Path(n) for n in _files(want.parent)]
 
 
-@pytest.mark.parametrize(("options", "frames", "words"), [
-    ({"extra": ["sound"], "set": VIDEO}, "1-2,4", "one range of frames"),
-    ({"set": [*VIDEO, "scene.render.use_multiview=True"]}, "1", "Stereoscopy"),
-    ({"set": ["scene.render.filepath='//render/{blend_name}_####'"]}, "1", "{blend_name}"),
-], ids=["scattered video frames", "stereo video", "path template"])
+@pytest.mark.parametrize(("options", "frames", "folder", "words"), [
+    ({"extra": ["sound"], "set": VIDEO}, "1-2,4", False, "one range of frames"),
+    ({"set": [*VIDEO, "scene.render.use_multiview=True"]}, "1", False, "Stereoscopy"),
+    ({"set": ["scene.render.filepath='//render/{blend_name}_####'"]}, "1", False,
+     "{blend_name}"),
+    ({"set": ["scene.render.filepath='//render/{blend_name}_####'"]}, "1", True,
+     "{blend_name}"),
+], ids=["scattered video frames", "stereo video", "path template", "path template, -o DIR/"])
 def test_what_the_farm_cannot_write_as_blender_does_is_refused_before_rendering(
-        farm, make_scene, tmp_path, options, frames, words) -> None:
+        farm, make_scene, tmp_path, options, frames, folder, words) -> None:
     blend = make_scene(width=48, height=32, frames=4, samples=2, output="PNG,8,RGBA",
                        **options)
     copy = _copy(blend, tmp_path / "p")
+    output = str(tmp_path / "out") + "/" if folder else None  # -o DIR/: the scene's names
     with pytest.raises(OutputError, match=re.escape(words)):
-        farm.render(JobSpec(str(copy), frames=frames))
+        farm.render(JobSpec(str(copy), frames=frames, output=output))
     assert sorted(p.name for p in copy.parent.rglob("*")) == ["scene.blend"]
 
 

@@ -97,6 +97,7 @@ def scene_info(scene: Any) -> SceneInfo:
     layers = {vl.name: _passes(vl) for vl in scene.view_layers if vl.use}
     denoise = bool(is_cycles and cycles.use_denoising)
     sequencer = _uses_sequencer(scene)
+    views, outputs = active_views(scene), file_output_nodes(scene)
     return SceneInfo(
         scene=scene.name,
         engine=render.engine,
@@ -128,11 +129,11 @@ def scene_info(scene: Any) -> SceneInfo:
         output_path=render.filepath,
         file_extension=bool(render.use_file_extension),
         output={name: getattr(render.image_settings, name) for name in OUTPUT_SETTING_NAMES},
-        views=[view.name for view in active_views(scene)],
-        view_suffixes=[view.file_suffix for view in active_views(scene)],
+        views=[view.name for view in views],
+        view_suffixes=[view.file_suffix for view in views],
         views_format=render.image_settings.views_format,
-        file_outputs=[node.name for node in file_output_nodes(scene)],
-        file_output_dirs=[node_folder(node) for node in file_output_nodes(scene)],
+        file_outputs=[node.name for node in outputs],
+        file_output_dirs=[node_folder(node) for node in outputs],
         stamp=bool(render.use_stamp),
     )
 

@@ -467,18 +467,11 @@ class BlenderSession:
         # first + (n - 1) (a video's frames are never negative)
         for frame, path in frames.items():
             os.replace(path, os.path.join(sequence, f"frame_{frame - first + 1:06d}.exr"))
-        image = bpy.data.images.load(os.path.join(sequence, "frame_000001.exr"),
-                                     check_existing=False)
+        image = _load_linear(os.path.join(sequence, "frame_000001.exr"))
         image.source = "SEQUENCE"
-        image.colorspace_settings.name = bpy.data.colorspace.working_space
-        tree = bpy.data.node_groups.new("renderfarm-encode", "CompositorNodeTree")
-        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-        node = tree.nodes.new("CompositorNodeImage")
+        node = _show_one_image(scene, "renderfarm-encode")
         node.image = image
         node.frame_start, node.frame_duration, node.frame_offset = first, last - first + 1, 0
-        output = tree.nodes.new("NodeGroupOutput")
-        tree.links.new(node.outputs["Image"], output.inputs[0])
-        scene.compositing_node_group = tree
         restore_output(scene, self._own_output, "FFMPEG")
         if container is not None:  # -o shot.mp4: its container, a codec it takes
             render.image_settings.media_type = "VIDEO"
@@ -486,7 +479,6 @@ class BlenderSession:
             render.ffmpeg.format = container
             _video_codec(render.ffmpeg)
         render.use_stamp = self._stamp
-        render.use_compositing = True
         # the frames hold what the sequencer made already; its sound strips give the
         # audio (Blender mixes sound only with the sequencer on)
         render.use_sequencer = True
@@ -494,11 +486,7 @@ class BlenderSession:
         for strip in (editor.strips_all if editor is not None else ()):
             if strip.type != "SOUND":
                 strip.mute = True
-        render.use_border = False
-        render.use_multiview = False
         render.resolution_x, render.resolution_y = image.size[:]
-        render.resolution_percentage = 100
-        render.pixel_aspect_x = render.pixel_aspect_y = 1.0
         scene.frame_start, scene.frame_end, scene.frame_step = first, last, step
         target = os.path.join(folder, "video")
         os.makedirs(target, exist_ok=True)
@@ -678,28 +666,36 @@ class BlenderSession:
 
     def _convert_scene(self) -> Any:
         """A fresh copy of the job's scene whose compositor shows one image."""
-        import bpy
 
         name = "renderfarm-convert"
         scene = self.scene.copy()
         scene.name = name
         scene.render.use_stamp = self._stamp
-        tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
-        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-        node = tree.nodes.new("CompositorNodeImage")
-        node.name = "renderfarm-image"
-        output = tree.nodes.new("NodeGroupOutput")
-        tree.links.new(node.outputs["Image"], output.inputs[0])
-        scene.compositing_node_group = tree
-        render = scene.render
-        render.use_compositing = True
-        render.use_sequencer = False
-        render.use_border = False
-        render.use_multiview = False  # one view's frame: one file
-        render.resolution_percentage = 100
-        render.pixel_aspect_x = render.pixel_aspect_y = 1.0
-        render.use_file_extension = False
+        _show_one_image(scene, name).name = "renderfarm-image"
+        scene.render.use_file_extension = False
         return scene
+
+
+def _show_one_image(scene: Any, name: str) -> Any:
+    """Give ``scene`` a compositor (a new node tree called ``name``) that shows one Image
+    node's image as it is: full size, no border, one view, square pixels, nothing from the
+    sequencer. Returns the Image node."""
+    import bpy
+
+    tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    node = tree.nodes.new("CompositorNodeImage")
+    output = tree.nodes.new("NodeGroupOutput")
+    tree.links.new(node.outputs["Image"], output.inputs[0])
+    scene.compositing_node_group = tree
+    render = scene.render
+    render.use_compositing = True
+    render.use_sequencer = False
+    render.use_border = False
+    render.use_multiview = False  # one view's frame: one file
+    render.resolution_percentage = 100
+    render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+    return node
 
 
 #: passes Cycles' denoiser replaces with a denoised version (Blender also keeps "Noisy <pass>")
