@@ -2,7 +2,10 @@
 wall time on the current pool and its cost.
 
 The probe renders the job's own tiles of a few sample frames (first, middle, last) at two low
-sample counts. Each tile's time is then a line in the samples, ``busy = a + b * samples`` —
+sample counts; when those renders are too short to time (a light scene, a fast device: the
+higher count took less than :data:`PROBE_MIN_SAMPLING` seconds per frame more than the lower),
+once more at a count that is long enough, up to the job's own. Each tile's time is then a line
+in the samples, ``busy = a + b * samples`` —
 ``a`` is what a call costs whatever the samples (sync, BVH, writing the piece), ``b`` the cost
 of one sample of that tile — fitted per tile and frame, interpolated between sample frames.
 The job's tasks, with those times (plus the checks ``--verify`` adds and finishing each merged
@@ -17,6 +20,7 @@ Everything here is pure; :class:`~renderfarm.jobrun.JobRun` runs the probe jobs.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +29,11 @@ from renderfarm.report import busy_seconds, device_count, device_units, price_of
 
 #: sample frames a probe renders at most
 PROBE_FRAMES = 3
+#: seconds of sampling a probe wants to have timed per frame (its highest sample count over
+#: its lowest) before it trusts its line: a render call's time wanders by some hundredths of
+#: a second whatever its length, which is most of a tiny probe's difference, and the line
+#: multiplies that difference by up to five to reach the job's samples
+PROBE_MIN_SAMPLING = 1.0
 
 
 def probe_frames(frames: Sequence[int], most: int = PROBE_FRAMES) -> list[int]:
@@ -44,6 +53,48 @@ def probe_samples(samples: int | None) -> list[int]:
     low = max(1, round(samples / 16))
     high = min(samples, max(2 * low, round(samples / 4)))
     return [low, high]
+
+
+def frame_totals(probes: Mapping[int, Sequence[Mapping[str, Any]]]
+                 ) -> dict[int, dict[int, float]]:
+    """``{frame: {samples: seconds}}``: each probed frame's render calls summed per sample
+    count (a tile rendered twice counts once, its quicker time)."""
+    seen: dict[int, dict[int, dict[int, float]]] = {}
+    for samples, tasks in probes.items():
+        for task in tasks:
+            if task.get("kind", "render") not in ("render", "probe") or not task.get("ok"):
+                continue
+            tiles = seen.setdefault(int(task["frame"]), {}).setdefault(samples, {})
+            seconds, tile = float(task.get("render_seconds") or 0.0), int(task["tile"])
+            tiles[tile] = min(seconds, tiles.get(tile, seconds))
+    return {frame: {s: sum(t.values()) for s, t in by_samples.items()}
+            for frame, by_samples in seen.items()}
+
+
+def next_probe_samples(levels: Sequence[int], samples: int | None,
+                       probes: Mapping[int, Sequence[Mapping[str, Any]]],
+                       least: float = PROBE_MIN_SAMPLING) -> int | None:
+    """The sample count a probe renders at next, or None when it has measured enough.
+
+    A probe whose highest sample count took less than ``least`` seconds per frame more than
+    its lowest (a light scene, a fast device) has timed mostly noise: it goes on at the
+    sample count its line says would take ``least`` seconds (twice its highest at least),
+    up to the job's own samples. A heavy scene never needs it; a light one pays a few more
+    short renders for an estimate that is not a guess.
+    """
+    if samples is None or len(levels) < 2 or max(levels) >= samples:
+        return None
+    low, high = min(levels), max(levels)
+    gains = sorted(by[high] - by[low] for by in frame_totals(probes).values()
+                   if high in by and low in by)
+    if not gains:
+        return None
+    gain = gains[len(gains) // 2]
+    if gain >= least:
+        return None
+    per_sample = gain / (high - low)
+    wanted = low + least / per_sample if per_sample > 0 else float(samples)
+    return int(min(samples, max(2 * high, math.ceil(wanted))))
 
 
 @dataclass(frozen=True)

@@ -341,7 +341,14 @@ class JobRun:
         """Render the probe (a few frames, the job's tiles, two low sample counts) as jobs of
         their own on the same workers, predict this job from it, say so, and stop the job
         when it would cost more than its budget."""
-        from renderfarm.estimate import JobShape, predict, probe_frames, probe_samples, tile_costs
+        from renderfarm.estimate import (
+            JobShape,
+            next_probe_samples,
+            predict,
+            probe_frames,
+            probe_samples,
+            tile_costs,
+        )
         from renderfarm.report import busy_seconds, device_count, money
 
         assert self.plan is not None and self.info is not None
@@ -357,6 +364,13 @@ class JobRun:
         for level in levels:
             last = self._probe(frames, level or None)
             probes[level] = [t.to_dict() for t in last.renders]
+        more = next_probe_samples(levels, samples, probes)
+        if more is not None:  # too little sampling timed to trust the line
+            self.emit("info", message=f"estimate: the probe's renders were too short to time "
+                      f"well; probing at {more} samples too")
+            levels = [*levels, more]
+            last = self._probe(frames, more)
+            probes[more] = [t.to_dict() for t in last.renders]
         assert last is not None
         renders = last.renders
         finishes = [busy_seconds(t.to_dict()) for t in last.tasks if t.kind == "finish"]

@@ -15,6 +15,7 @@ from renderfarm.estimate import (
     JobShape,
     TileCost,
     fit,
+    next_probe_samples,
     predict,
     probe_frames,
     probe_samples,
@@ -31,6 +32,26 @@ def test_the_probe_spreads_over_the_frames_at_two_low_sample_counts() -> None:
     assert probe_samples(256) == [16, 64]
     assert probe_samples(16) == [1, 4]
     assert probe_samples(3) == [3] and probe_samples(None) == [0]
+
+
+def test_a_probe_too_short_to_time_goes_on_at_more_samples() -> None:
+    def calls(frame_seconds: dict[int, float]) -> list[dict]:
+        return [{"frame": f, "tile": t, "ok": True, "render_seconds": s / 2}
+                for f, s in frame_seconds.items() for t in (0, 1)]
+
+    # a heavy scene: 16 samples took 3 s more per frame than 4 did, the line is trusted
+    heavy = {4: calls({1: 1.0, 5: 1.2, 9: 1.1}), 16: calls({1: 4.0, 5: 4.3, 9: 4.1})}
+    assert next_probe_samples([4, 16], 64, heavy) is None
+    # a light one: 0.06 s more (the median frame), mostly noise; a second of sampling needs
+    # about 4 + 1 / (0.06 / 12) = 204 samples, so the job's own 64
+    light = {4: calls({1: 0.04, 5: 0.05, 9: 0.05}), 16: calls({1: 0.09, 5: 0.11, 9: 0.2})}
+    assert next_probe_samples([4, 16], 64, light) == 64
+    assert next_probe_samples([4, 16], 512, light) == 204
+    # at least twice the highest count; never past the job's; a flat line: the job's own
+    assert next_probe_samples([4, 16], 1024, {4: calls({1: 0.1}), 16: calls({1: 0.55})}) == 32
+    assert next_probe_samples([4, 16], 256, {4: calls({1: 0.1}), 16: calls({1: 0.1})}) == 256
+    assert next_probe_samples([16, 64], 64, light) is None
+    assert next_probe_samples([3], 3, light) is None and next_probe_samples([0], None, {}) is None
 
 
 def test_a_line_through_the_probes_and_never_a_negative_slope() -> None:
@@ -95,7 +116,11 @@ def test_estimate_predicts_without_rendering_the_job(make_scene, tmp_path: Path)
                "CPU=36", "-o", str(out / "e_####.png"), "--json")
     assert proc.returncode == 0, proc.stderr
     estimate = json.loads(proc.stdout)
-    assert estimate["probe_frames"] == [1, 3, 6] and estimate["probe_samples"] == [2, 8]
+    # a 64x48 scene renders its tiles in hundredths of a second: too short to time at 2 and
+    # 8 samples, so the probe goes on at more (up to the job's 32)
+    assert estimate["probe_frames"] == [1, 3, 6]
+    assert estimate["probe_samples"][:2] == [2, 8] and len(estimate["probe_samples"]) == 3
+    assert 16 <= estimate["probe_samples"][2] <= 32
     assert estimate["tasks"] == 12 and estimate["workers"] == 2
     assert estimate["wall_seconds"] > 0 and estimate["device_seconds"] > 0
     assert estimate["cost"] == pytest.approx(estimate["device_seconds"] * 36 / 3600)
