@@ -4,8 +4,10 @@ wall time on the current pool and its cost.
 The probe renders the job's own tiles of a few sample frames (first, middle, last) at two low
 sample counts; when those renders are too short to time (a light scene, a fast device: the
 higher count took less than :data:`PROBE_MIN_SAMPLING` seconds per frame more than the lower),
-once more at a count that is long enough, up to the job's own. Each tile's time is then a line
-in the samples, ``busy = a + b * samples`` —
+once more at a count that is long enough, up to the job's own. A job that groups tiles, whose
+calls are short, also has one frame rendered whole: Cycles costs each call something per
+sample beyond its pixels, which a grouped call pays once (:func:`call_overhead`). Each tile's
+time is then a line in the samples, ``busy = a + b * samples`` —
 ``a`` is what a call costs whatever the samples (sync, BVH, writing the piece), ``b`` the cost
 of one sample of that tile — fitted per tile and frame, interpolated between sample frames.
 The job's tasks, with those times (plus the checks ``--verify`` adds and finishing each merged
@@ -34,6 +36,10 @@ PROBE_FRAMES = 3
 #: a second whatever its length, which is most of a tiny probe's difference, and the line
 #: multiplies that difference by up to five to reach the job's samples
 PROBE_MIN_SAMPLING = 1.0
+#: a probe whose tiles render in less than this (seconds per call, median) also times one
+#: frame whole, to learn what a call costs per sample beyond its pixels (what grouping tiles
+#: saves); longer calls make that cost too small a part to be worth a frame's render
+PROBE_SHORT_CALL = 2.0
 
 
 def probe_frames(frames: Sequence[int], most: int = PROBE_FRAMES) -> list[int]:
@@ -95,6 +101,29 @@ def next_probe_samples(levels: Sequence[int], samples: int | None,
     per_sample = gain / (high - low)
     wanted = low + least / per_sample if per_sample > 0 else float(samples)
     return int(min(samples, max(2 * high, math.ceil(wanted))))
+
+
+def call_overhead(frame_line: TileCost, tiles: int, tiles_seconds: float,
+                  whole_seconds: float, samples: int) -> float:
+    """Seconds per sample a render call costs beyond its pixels (Cycles' work per sample
+    pass of a call: small tiles pay it once each, a grouped call once for all its tiles).
+
+    Args:
+        frame_line: the frame's line when its tiles are rendered one call each (the sum of
+            its tiles' calls); its fixed part is shared by ``tiles`` calls.
+        tiles: the frame's tiles.
+        tiles_seconds: the frame's tiles at ``samples``, one call each, summed.
+        whole_seconds: the same frame at ``samples`` in one call.
+        samples: the sample count both were rendered at.
+
+    Returns:
+        The cost per sample of one more call, never negative and never more than a tile's
+        own cost per sample (a noisy pair of renders cannot make grouping free).
+    """
+    if tiles < 2 or samples <= 0:
+        return 0.0
+    extra = (tiles_seconds - whole_seconds) / (tiles - 1) - frame_line.fixed / tiles
+    return min(max(extra / samples, 0.0), frame_line.per_sample / tiles)
 
 
 @dataclass(frozen=True)
@@ -182,12 +211,13 @@ def schedule(calls: Sequence[Sequence[tuple[float, float]]] | Sequence[float],
     dispatcher does.
 
     Args:
-        calls: each task's ``(fixed, variable)`` seconds (or plain seconds); tasks of one
-            frame are consecutive.
+        calls: each task's ``(fixed, variable[, frame[, saving]])`` seconds (or plain
+            seconds); tasks of one frame are consecutive. ``saving``: what the task costs
+            less when it rides in another task's call.
         workers: the workers.
         group: let a worker take several tasks of a frame in one call while plenty are
             pending (as the dispatcher does with ``group_tiles``): the fixed part is paid
-            once per call.
+            once per call, and each task but the first saves its ``saving``.
 
     Returns:
         ``(makespan, busy seconds, calls)``.
@@ -195,6 +225,8 @@ def schedule(calls: Sequence[Sequence[tuple[float, float]]] | Sequence[float],
     items = [(0.0, float(c)) if isinstance(c, (int, float)) else (float(c[0]), float(c[1]))
              for c in calls]
     frames = [c[2] if not isinstance(c, (int, float)) and len(c) > 2 else 0 for c in calls]
+    savings = [float(c[3]) if not isinstance(c, (int, float)) and len(c) > 3 else 0.0
+               for c in calls]
     free = [0.0] * max(workers, 1)
     heapq.heapify(free)
     end = busy = 0.0
@@ -208,7 +240,9 @@ def schedule(calls: Sequence[Sequence[tuple[float, float]]] | Sequence[float],
         while (len(members) < size and index + len(members) < len(items)
                and frames[index + len(members)] == frames[index]):
             members.append(index + len(members))
-        seconds = max(items[i][0] for i in members) + sum(items[i][1] for i in members)
+        fixed = max(items[i][0] for i in members)
+        seconds = max(fixed + sum(items[i][1] for i in members)
+                      - sum(savings[i] for i in members[1:]), fixed)
         start = heapq.heappop(free)
         heapq.heappush(free, start + seconds)
         end, busy, count = max(end, start + seconds), busy + seconds, count + 1
@@ -232,6 +266,8 @@ class Estimate:
         probe_seconds: the probe's own wall time.
         probe_device_seconds: the device-seconds the probe used (part of the job's bill).
         per_frame: predicted busy seconds of each frame.
+        call_overhead: seconds per sample a render call costs beyond its pixels, as the
+            probe measured it (0 when it did not).
     """
 
     wall_seconds: float
@@ -245,6 +281,7 @@ class Estimate:
     probe_seconds: float
     probe_device_seconds: float
     per_frame: dict[int, float] = field(default_factory=dict)
+    call_overhead: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The estimate as plain data."""
@@ -253,7 +290,8 @@ class Estimate:
                 "samples": self.samples, "probe_samples": list(self.probe_samples),
                 "probe_frames": list(self.probe_frames), "probe_seconds": self.probe_seconds,
                 "probe_device_seconds": self.probe_device_seconds,
-                "per_frame": {str(k): v for k, v in self.per_frame.items()}}
+                "per_frame": {str(k): v for k, v in self.per_frame.items()},
+                "call_overhead": self.call_overhead}
 
 
 @dataclass(frozen=True)
@@ -269,6 +307,8 @@ class JobShape:
         worker_cpus: CPUs per worker.
         device_label: Cycles' device label (GPU models, for prices).
         group: the job lets a worker render neighbouring tiles in one call.
+        call_overhead: seconds per sample a render call costs beyond its pixels
+            (:func:`call_overhead`): each tile rendered in another's call saves it.
     """
 
     tasks: tuple[tuple[int, int, int], ...]
@@ -279,6 +319,7 @@ class JobShape:
     worker_cpus: float = 1.0
     device_label: str = "CPU"
     group: bool = True
+    call_overhead: float = 0.0
 
 
 def predict(shape: JobShape, costs: Mapping[tuple[int, int], TileCost], *,
@@ -298,27 +339,28 @@ def predict(shape: JobShape, costs: Mapping[tuple[int, int], TileCost], *,
         samples: the job's samples per pixel.
         probe: ``samples``, ``frames``, ``seconds`` and ``device_seconds`` of the probe.
     """
-    calls: list[tuple[float, float, int]] = []
+    calls: list[tuple[float, float, int, float]] = []
     per_frame: dict[int, float] = {}
     for frame, tile, task_samples in shape.tasks:
         cost = cost_of(costs, frame, tile)
         variable = cost.per_sample * task_samples
-        calls.append((cost.fixed, variable, frame))
+        saving = min(shape.call_overhead * task_samples, variable)
+        calls.append((cost.fixed, variable, frame, saving))
         per_frame[frame] = per_frame.get(frame, 0.0) + cost.fixed + variable
     if shape.verify and calls:  # that share of pieces rendered again, alone, as checks are
-        checked: list[tuple[float, float, int]] = []
+        checked: list[tuple[float, float, int, float]] = []
         for i, call in enumerate(calls):
             checked.append(call)
             if int((i + 1) * shape.verify + 1e-9) > int(i * shape.verify + 1e-9):
-                checked.append((call[0], call[1], -1 - i))
+                checked.append((call[0], call[1], -1 - i, 0.0))
         calls = checked
     if finish_seconds:  # each merged frame is finished on a worker once its pieces are in
-        ordered: list[tuple[float, float, int]] = []
+        ordered: list[tuple[float, float, int, float]] = []
         for i, call in enumerate(calls):
             ordered.append(call)
             following = calls[i + 1][2] if i + 1 < len(calls) else None
             if call[2] >= 0 and following != call[2]:
-                ordered.append((finish_seconds, 0.0, -10**9 - i))
+                ordered.append((finish_seconds, 0.0, -10**9 - i, 0.0))
         calls = ordered
     makespan, work, _count = schedule(calls, shape.workers, group=shape.group)
     wall = before + makespan + after
@@ -336,4 +378,4 @@ def predict(shape: JobShape, costs: Mapping[tuple[int, int], TileCost], *,
                     probe_frames=list(probe.get("frames") or []),
                     probe_seconds=float(probe.get("seconds") or 0.0),
                     probe_device_seconds=float(probe.get("device_seconds") or 0.0),
-                    per_frame=per_frame)
+                    per_frame=per_frame, call_overhead=shape.call_overhead)

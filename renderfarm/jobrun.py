@@ -372,6 +372,7 @@ class JobRun:
             last = self._probe(frames, more)
             probes[more] = [t.to_dict() for t in last.renders]
         assert last is not None
+        overhead = self._call_overhead(frames, levels, probes)
         renders = last.renders
         finishes = [busy_seconds(t.to_dict()) for t in last.tasks if t.kind == "finish"]
         finish = sum(finishes) / len(finishes) if finishes else 0.0
@@ -385,7 +386,8 @@ class JobRun:
             frames=plan.frames, workers=max(len(pool.trusted), 1),
             verify=self.verify, device=device,
             worker_cpus=pool.shape.num_cpus or 1.0,
-            device_label=renders[0].device if renders else "CPU", group=spec.group_tiles)
+            device_label=renders[0].device if renders else "CPU", group=spec.group_tiles,
+            call_overhead=overhead)
         probe_tasks = [t for t in self.results if t.kind == "probe"]
         units = device_count(shape.device_label, device, shape.worker_cpus)
         estimate = predict(shape, tile_costs(probes), finish_seconds=finish, before=before,
@@ -411,13 +413,37 @@ class JobRun:
         self.estimate["rendered"] = spec.estimate == "first"
         return estimate
 
-    def _probe(self, frames: list[int], samples: int | None) -> JobResult:
-        """One probe job: the job's tiles of ``frames`` at ``samples``, written to a
-        scratch folder; its calls are billed to this job."""
+    def _call_overhead(self, frames: list[int], levels: list[int],
+                       probes: dict[int, list[dict[str, Any]]]) -> float:
+        """What a render call costs per sample beyond its pixels, when it matters: a job
+        that groups tiles whose calls are short renders one probed frame whole at the
+        probe's highest samples, to compare with its tiles; 0 otherwise."""
+        from renderfarm.estimate import PROBE_SHORT_CALL, call_overhead, fit, frame_totals
+
+        assert self.plan is not None
+        tiles = self.plan.tiles[0] * self.plan.tiles[1]
+        top = max(levels)
+        calls = sorted(float(t.get("render_seconds") or 0.0) for t in probes.get(top, [])
+                       if t.get("ok"))
+        if (not self.spec.group_tiles or tiles < 2 or top <= 0 or not calls
+                or calls[len(calls) // 2] >= PROBE_SHORT_CALL):
+            return 0.0
+        frame = frames[len(frames) // 2]
+        totals = frame_totals(probes).get(frame, {})
+        if top not in totals:
+            return 0.0
+        whole = self._probe([frame], top, tiles=(1, 1))
+        seconds = sum(t.render_seconds for t in whole.renders)
+        return call_overhead(fit(totals), tiles, totals[top], seconds, top)
+
+    def _probe(self, frames: list[int], samples: int | None,
+               tiles: tuple[int, int] | None = None) -> JobResult:
+        """One probe job: the job's tiles (or ``tiles``) of ``frames`` at ``samples``,
+        written to a scratch folder; its calls are billed to this job."""
         assert self.plan is not None
         folder = Path(tempfile.mkdtemp(prefix="probe-", dir=self.scratch))
         spec = replace(self.spec, frames=",".join(map(str, frames)), samples=samples,
-                       tiles=self.plan.tiles, chunks=1, group_tiles=False, verify=0.0,
+                       tiles=tiles or self.plan.tiles, chunks=1, group_tiles=False, verify=0.0,
                        estimate=None, budget=None, output=str(folder) + os.sep,
                        name=f"probe of {self.spec.name or self.handle.job_id}")
         handle = self.farm.submit(spec, self.priority)

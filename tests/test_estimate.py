@@ -14,6 +14,7 @@ import pytest
 from renderfarm.estimate import (
     JobShape,
     TileCost,
+    call_overhead,
     fit,
     next_probe_samples,
     predict,
@@ -82,6 +83,33 @@ def test_the_schedule_deals_tasks_like_the_dispatcher() -> None:
     makespan, busy, count = schedule(calls, 1, group=True)
     assert count == 1 and busy == pytest.approx(4.5) and makespan == pytest.approx(4.5)
     assert schedule(calls, 1, group=False)[1] == pytest.approx(6.0)
+
+
+def test_grouped_tiles_save_what_a_call_costs_per_sample_beyond_its_pixels() -> None:
+    # 4 tiles: 0.02 s fixed and 0.001 s per sample per call, 0.004 s per sample of pixels
+    # for the frame; at 32 samples one call each takes 4 * 0.052 + 0.128 = 0.336 s, the
+    # frame whole 0.02 + 0.032 + 0.128 = 0.18 s
+    line = fit({8: 4 * (0.02 + 0.008) + 0.032, 32: 0.336})
+    assert call_overhead(line, 4, 0.336, 0.18, 32) == pytest.approx(0.001)
+    assert call_overhead(line, 4, 0.336, 0.4, 32) == 0.0  # noise: whole took longer
+    assert call_overhead(line, 4, 9.0, 0.18, 32) == pytest.approx(line.per_sample / 4)
+    assert call_overhead(line, 1, 0.336, 0.18, 32) == 0.0
+    # the schedule: a call of 4 tiles saves 3 tiles' overhead
+    calls = [(0.005, 0.064, 1, 0.032)] * 4
+    assert schedule(calls, 1, group=True)[1] == pytest.approx(0.005 + 4 * 0.064 - 3 * 0.032)
+    assert schedule(calls, 1, group=False)[1] == pytest.approx(4 * 0.069)
+    costs = {(1, t): TileCost(0.005, 0.002) for t in range(4)}
+    shape = JobShape(tasks=tuple((1, t, 32) for t in range(4)), frames=(1,), workers=1,
+                     call_overhead=0.001)
+    kwargs = {"finish_seconds": 0.0, "before": 0.0, "after": 0.0, "prices": None,
+              "samples": 32, "probe": {}}
+    grouped = predict(shape, costs, **kwargs)
+    assert grouped.wall_seconds == pytest.approx(0.005 + 4 * 0.064 - 3 * 0.032)
+    assert grouped.to_dict()["call_overhead"] == 0.001
+    from dataclasses import replace
+
+    single = predict(replace(shape, group=False), costs, **kwargs)
+    assert single.wall_seconds == pytest.approx(4 * 0.069)
 
 
 def test_a_prediction_adds_checks_finishing_and_the_jobs_own_overheads() -> None:
