@@ -61,20 +61,28 @@ def probe_samples(samples: int | None) -> list[int]:
     return [low, high]
 
 
-def frame_totals(probes: Mapping[int, Sequence[Mapping[str, Any]]]
-                 ) -> dict[int, dict[int, float]]:
-    """``{frame: {samples: seconds}}``: each probed frame's render calls summed per sample
-    count (a tile rendered twice counts once, its quicker time)."""
+def _tile_seconds(probes: Mapping[int, Sequence[Mapping[str, Any]]], overhead: float = 0.0
+                  ) -> dict[int, dict[int, dict[int, float]]]:
+    """``{frame: {samples: {tile: seconds}}}`` of the probes' render calls, each plus
+    ``overhead`` (a tile rendered twice counts once, its quicker time)."""
     seen: dict[int, dict[int, dict[int, float]]] = {}
     for samples, tasks in probes.items():
         for task in tasks:
             if task.get("kind", "render") not in ("render", "probe") or not task.get("ok"):
                 continue
             tiles = seen.setdefault(int(task["frame"]), {}).setdefault(samples, {})
-            seconds, tile = float(task.get("render_seconds") or 0.0), int(task["tile"])
+            seconds = float(task.get("render_seconds") or 0.0) + overhead
+            tile = int(task["tile"])
             tiles[tile] = min(seconds, tiles.get(tile, seconds))
+    return seen
+
+
+def frame_totals(probes: Mapping[int, Sequence[Mapping[str, Any]]]
+                 ) -> dict[int, dict[int, float]]:
+    """``{frame: {samples: seconds}}``: each probed frame's render calls summed per sample
+    count (a tile rendered twice counts once, its quicker time)."""
     return {frame: {s: sum(t.values()) for s, t in by_samples.items()}
-            for frame, by_samples in seen.items()}
+            for frame, by_samples in _tile_seconds(probes).items()}
 
 
 def next_probe_samples(levels: Sequence[int], samples: int | None,
@@ -164,15 +172,7 @@ def tile_costs(probes: Mapping[int, Sequence[Mapping[str, Any]]]
     around = sorted(max(busy_seconds(t) - float(t.get("render_seconds") or 0.0)
                         - float(t.get("load_seconds") or 0.0), 0.0) for t in calls)
     overhead = around[len(around) // 2] if around else 0.0
-    seen: dict[int, dict[int, dict[int, float]]] = {}  # frame -> samples -> tile -> s
-    for samples, tasks in probes.items():
-        for task in tasks:
-            if task.get("kind", "render") not in ("render", "probe") or not task.get("ok"):
-                continue
-            tiles = seen.setdefault(int(task["frame"]), {}).setdefault(samples, {})
-            seconds = float(task.get("render_seconds") or 0.0) + overhead
-            tile = int(task["tile"])
-            tiles[tile] = min(seconds, tiles.get(tile, seconds))
+    seen = _tile_seconds(probes, overhead)
     # a frame's tiles together make one line (single tiles of a small probe are noisy);
     # each tile gets its share of it, as it took at the probe's highest sample count
     costs: dict[tuple[int, int], TileCost] = {}
