@@ -672,6 +672,18 @@ def drop_parts(source: Path, target: Path, names: Sequence[str]) -> None:
     compose_parts(target, [PartSource(n, source, n) for n in part_names(source) if n not in drop])
 
 
+def values_differ(a: np.ndarray, b: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """Where two arrays of pixel values differ: finite values by more than ``tolerance``
+    (0: any difference), NaN and infinities unless the other holds the same (NaN and NaN,
+    +inf and +inf) at the same place."""
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    finite = np.isfinite(x) & np.isfinite(y)
+    same_special = (np.isnan(x) & np.isnan(y)) | (np.isinf(x) & (x == y))
+    with np.errstate(invalid="ignore"):
+        beyond = np.abs(x - y) > tolerance
+    return np.where(finite, beyond, ~same_special)
+
+
 def compare_images(first: Path, second: Path, tolerance: float = 0.0) -> tuple[bool, str]:
     """Whether two images hold the same pixels: the same parts, channels and size, and every
     value equal (``tolerance`` 0: bit for bit, NaN equal to NaN) or within ``tolerance``.
@@ -702,17 +714,13 @@ def compare_images(first: Path, second: Path, tolerance: float = 0.0) -> tuple[b
                     return False, f"part {name} cannot be read: {inp.geterror()}"
                 pixels.append(np.asarray(data, np.float32).reshape(height, width,
                                                                     len(channels)))
-            a, b = pixels
-            if tolerance <= 0:
-                same = np.array_equal(a, b, equal_nan=True)
-            else:
-                same = bool(np.all((np.abs(a - b) <= tolerance)
-                                   | (np.isnan(a) & np.isnan(b))))
-            if not same:
-                wrong = ~((a == b) | (np.isnan(a) & np.isnan(b)))
-                diff = np.nan_to_num(np.abs(a - b)[wrong], nan=np.inf)
-                return False, (f"part {name}: {int(wrong.sum())} of {a.size} values differ, "
-                               f"by up to {float(diff.max()):.6g}")
+            wrong = values_differ(*pixels, tolerance)
+            if wrong.any():
+                a, b = (p[wrong].astype(np.float64) for p in pixels)
+                with np.errstate(invalid="ignore"):
+                    diff = np.nan_to_num(np.abs(a - b), nan=np.inf)
+                return False, (f"part {name}: {int(wrong.sum())} of {wrong.size} values "
+                               f"differ, by up to {float(diff.max()):.6g}")
         return True, ""
     finally:
         for inp in inputs:

@@ -10,6 +10,7 @@ import pytest
 
 from renderfarm.job import JobSpec
 from renderfarm.merge import read_layers
+from tests.filecompare import unequal
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
@@ -20,10 +21,10 @@ def assert_same_image(got: Path, want: Path) -> None:
     assert list(a) == list(b), f"channels differ: {list(a)} != {list(b)}"
     for name in a:
         assert a[name].shape == b[name].shape, name
-        diff = a[name] != b[name]
+        diff = unequal(a[name], b[name])  # NaN equals NaN only at the same place
         assert not diff.any(), (
             f"{name}: {int(diff.sum())} pixels differ, max "
-            f"{float(np.abs(a[name] - b[name]).max())}")
+            f"{float(np.nan_to_num(np.abs(a[name] - b[name])[diff], nan=np.inf).max())}")
 
 
 def parts(path: Path) -> list[tuple[str, tuple[str, ...], str]]:
@@ -115,9 +116,15 @@ def test_adaptive_sampling_tiles_get_overscan(farm, make_scene, reference, tmp_p
     blend = make_scene(width=96, height=64, frames=1, samples=16, adaptive=True)
     result = farm.render(JobSpec(str(blend), frames="1", tiles=(2, 2),
                                  output=str(tmp_path / "ad_####.exr")))
-    got = read_layers(result.outputs[1])["ViewLayer.Combined.R"]
-    want = read_layers(reference(blend, [1])[1])["ViewLayer.Combined.R"]
-    assert (got == want).mean() > 0.999, f"{(got != want).sum()} pixels differ"
+    got, want = read_layers(result.outputs[1]), read_layers(reference(blend, [1])[1])
+    assert list(got) == list(want)
+    for name in want:  # every channel of every pass: all but a few pixels bit for bit
+        differ = unequal(got[name], want[name])
+        assert differ.mean() < 0.001, f"{name}: {int(differ.sum())} pixels differ"
+        if differ.any():  # and those by little: the overscan's edge, not a wrong tile
+            scale = max(float(np.abs(want[name]).max()), 1.0)
+            worst = float(np.abs(got[name] - want[name])[differ].max()) / scale
+            assert worst < 0.05, f"{name}: off by up to {worst:.3g} of its range"
 
 
 def test_render_time_denoise_renders_whole_frames(farm, make_scene, reference,
