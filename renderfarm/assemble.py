@@ -364,8 +364,9 @@ class Assembler:
                 self._stamped(data, target, stats)))
             merged.unlink(missing_ok=True)
             return extras
-        # the scene's own depth and codec (pieces are lossless 32-bit float)
-        encoding = exr_encoding(self.info.file_format, self.info.output)
+        # the scene's own depth and codec, switched to multilayer EXR when -o changed its
+        # format (pieces are lossless 32-bit float)
+        encoding = exr_encoding(self.info.multilayer_settings())
 
         def write(tmp: Path) -> None:
             recode_exr(merged, tmp, encoding)

@@ -255,6 +255,11 @@ def _render(args: argparse.Namespace) -> int:
     if args.json:
         summary = result.to_dict()
         summary["render_seconds"] = result.render_seconds
+        # every file each frame produced (views, File Output nodes', the video), not only
+        # its first view's ("outputs")
+        summary["frame_files"] = {str(frame): [str(p) for p in files]
+                                  for frame, files in result.frame_files.items()}
+        summary["files"] = [str(p) for p in result.files]
         summary["transfer"] = handle.transfer  # what bundling stored: files, bytes
         print(json.dumps(summary, indent=2))
     elif not args.quiet:

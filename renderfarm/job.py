@@ -396,6 +396,10 @@ class SceneInfo(_Json):
         file_outputs: the compositor's File Output nodes that write (node names).
         file_output_dirs: each of those nodes' folder as saved (``//passes/``).
         stamp: whether the scene burns its stamp into the image.
+        multilayer_output: the settings Blender gives the scene's output when its format is
+            switched to multilayer EXR in its Output properties (``-o shot.exr`` on a scene
+            that writes another format: a 16-bit PNG scene's EXR is half float), as
+            ``output``; empty when the scene writes multilayer EXR itself.
     """
 
     scene: str
@@ -431,6 +435,15 @@ class SceneInfo(_Json):
     file_outputs: list[str] = field(default_factory=list)
     file_output_dirs: list[str] = field(default_factory=list)
     stamp: bool = False
+    multilayer_output: dict[str, Any] = field(default_factory=dict)
+
+    def multilayer_settings(self) -> dict[str, Any]:
+        """The output settings a multilayer EXR of this scene is written with: the scene's
+        own when it writes one, else what Blender switches them to (empty: Blender's
+        defaults, 32-bit float ZIP)."""
+        if self.file_format == "OPEN_EXR_MULTILAYER":
+            return self.output
+        return self.multilayer_output
 
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -805,7 +818,8 @@ class JobResult(_Json):
         spec: the job as asked.
         scene: the scene facts it was planned from.
         frames: the frames rendered.
-        outputs: ``{frame: output file}``.
+        outputs: ``{frame: output file}``: the frame's first file (its first view's);
+            :attr:`frame_files` lists every file of each frame, :attr:`files` all of them.
         tasks: the result of every task attempt that finished (retries included).
         wall_seconds: time from submission to the last frame written.
         device: the device the job ran on (``cpu`` or ``gpu``).
@@ -858,6 +872,16 @@ class JobResult(_Json):
         found = [*self.outputs.values(),
                  *(Path(p) for files in self.extra_outputs.values() for p in files)]
         return sorted(set(found))
+
+    @property
+    def frame_files(self) -> dict[int, list[Path]]:
+        """Every file each frame produced, ``{frame: [files]}``: its output (``outputs``)
+        first, then each other view's file and each File Output node's, sorted (the job's
+        video is listed with its first frame)."""
+        frames = sorted({*self.outputs, *self.extra_outputs})
+        return {frame: [*([self.outputs[frame]] if frame in self.outputs else []),
+                        *sorted(Path(p) for p in self.extra_outputs.get(frame, {}))]
+                for frame in frames}
 
     @property
     def render_seconds(self) -> float:

@@ -388,15 +388,14 @@ _CODECS = {"NONE": "none", "ZIP": "zip", "PIZ": "piz", "DWAA": "dwaa", "DWAB": "
            "ZIPS": "zips", "RLE": "rle", "PXR24": "pxr24", "B44": "b44", "B44A": "b44a"}
 
 
-def exr_encoding(scene_format: str | None, own: dict[str, Any]) -> tuple[str, str]:
-    """``(depth, compression)`` of the multilayer EXR Blender writes with a scene's output
-    settings ``own`` (``color_depth``, ``exr_codec``, ``quality``) when the scene's format
-    ``scene_format`` is multilayer EXR; otherwise Blender's defaults for one, 32-bit float
-    ZIP. DWAA/DWAB get the compression level Blender 5.0
+def exr_encoding(own: dict[str, Any]) -> tuple[str, str]:
+    """``(depth, compression)`` of the multilayer EXR Blender writes with the output settings
+    ``own`` (``color_depth``, ``exr_codec``, ``quality`` of a multilayer EXR output: the
+    scene's own, or what Blender gives it when its format is switched to multilayer EXR,
+    :meth:`~renderfarm.job.SceneInfo.multilayer_settings`); Blender's defaults, 32-bit float
+    ZIP, when empty. DWAA/DWAB get the compression level Blender 5.0
     derives from the quality: ``(100 - quality) * 4.5`` (measured: quality 90, 45 and 10 give
     the same pixels as levels 45, 247.5 and 405)."""
-    if scene_format != "OPEN_EXR_MULTILAYER":
-        own = {}
     depth = str(own.get("color_depth") or "32")
     codec = str(own.get("exr_codec") or "ZIP")
     compression = _CODECS.get(codec, "zip")

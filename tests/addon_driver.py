@@ -220,8 +220,9 @@ def scenario_new_file(out: Path) -> dict[str, Any]:
 
 
 def scenario_file_output(settings: dict[str, Any], out: Path) -> dict[str, Any]:
-    """A compositor File Output node writing ``//passes/beauty_####``: its file comes back
-    into the artist's project, where Blender writes it; the frame into the output folder."""
+    """Compositor File Output nodes writing ``//passes/beauty_####`` and ``//passes/plain_``
+    (no ``#``: Blender appends the frame): their files come back into the artist's project,
+    where Blender writes them, one per frame; the frames into the output folder."""
     bpy.ops.wm.open_mainfile(filepath=settings["artist_file"])
     scene = bpy.context.scene
     tree = bpy.data.node_groups.new("file output", "CompositorNodeTree")
@@ -229,16 +230,17 @@ def scenario_file_output(settings: dict[str, Any], out: Path) -> dict[str, Any]:
     layers = tree.nodes.new("CompositorNodeRLayers")
     output = tree.nodes.new("NodeGroupOutput")
     tree.links.new(layers.outputs["Image"], output.inputs[0])
-    node = tree.nodes.new("CompositorNodeOutputFile")
-    node.directory, node.file_name = "//passes/", "beauty_####"
-    node.format.media_type, node.format.file_format = "IMAGE", "PNG"
-    node.file_output_items.clear()
-    node.file_output_items.new("RGBA", "Image")
-    tree.links.new(layers.outputs["Image"], node.inputs[0])
+    for name in ("beauty_####", "plain_"):
+        node = tree.nodes.new("CompositorNodeOutputFile")
+        node.directory, node.file_name = "//passes/", name
+        node.format.media_type, node.format.file_format = "IMAGE", "PNG"
+        node.file_output_items.clear()
+        node.file_output_items.new("RGBA", "Image")
+        tree.links.new(layers.outputs["Image"], node.inputs[0])
     scene.compositing_node_group = tree
     scene.render.use_compositing = True
     rf = scene.renderfarm
-    rf.split, rf.tiles_x, rf.tiles_y, rf.frames = "TILES", 2, 1, "1"
+    rf.split, rf.tiles_x, rf.tiles_y, rf.frames = "TILES", 2, 1, "1-2"
     rf.output_dir, rf.file_format = str(out / "file-output") + "/", "PNG"
     result = bpy.ops.renderfarm.submit()
     follow(scene)

@@ -10,6 +10,12 @@ scene, its own output path included.
 Each frame is rendered untiled with the scene as saved and written with ``write_still`` to
 OUT_PATTERN with ``{frame}`` replaced. FORMAT is EXR (default, multilayer) or PNG, JPEG, TIFF,
 or SCENE (the scene's own output settings).
+
+``python blender_reference.py FILE.blend OUT_PATTERN FRAME SWITCH:FORMAT[,FORMAT...]`` renders
+FRAME once per FORMAT, each from the file as saved with its output format switched as an
+artist switches it in the Output properties (media type, then file format; Blender keeps or
+picks the depth, colour mode and codec), to OUT_PATTERN with ``{frame}`` and ``{format}``
+replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +28,20 @@ import bpy
 def main(argv: list[str]) -> int:
     path, pattern, frames = argv[0], argv[1], [int(f) for f in argv[2].split(",")]
     fmt = argv[3] if len(argv) > 3 else "EXR"
+    if fmt.startswith("SWITCH:"):
+        media = {"OPEN_EXR_MULTILAYER": "MULTI_LAYER_IMAGE", "FFMPEG": "VIDEO"}
+        for name in fmt[len("SWITCH:"):].split(","):
+            bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=False)
+            scene = bpy.context.scene
+            settings = scene.render.image_settings
+            if settings.file_format != name:
+                settings.media_type = media.get(name, "IMAGE")
+                settings.file_format = name
+            scene.render.use_file_extension = False
+            scene.frame_set(frames[0])
+            scene.render.filepath = pattern.format(frame=frames[0], format=name)
+            bpy.ops.render.render(write_still=True)
+        return 0
     bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=False)
     scene = bpy.context.scene
     if fmt == "ANIMATION":

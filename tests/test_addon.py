@@ -173,8 +173,9 @@ def test_file_output_files_land_in_the_project_as_blender_writes_them(
         addon_run: dict[str, Any]) -> None:
     run = addon_run["file_output"]
     assert run["result"] == ["FINISHED"] and run["final_state"] == "done", run["message"]
-    assert run["passes"] == ["beauty_0001Image.png"]  # //passes/ of the artist's .blend
-    assert run["frames"] == ["artist's shot_0001.png"]
+    assert run["passes"] == ["beauty_0001Image.png", "beauty_0002Image.png",  # //passes/
+                             "plain_Image0001.png", "plain_Image0002.png"]  # of the .blend
+    assert run["frames"] == ["artist's shot_0001.png", "artist's shot_0002.png"]
 
 
 def test_preferences_create_a_key_pair(addon_run: dict[str, Any]) -> None:

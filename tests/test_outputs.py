@@ -21,7 +21,9 @@ from tests.filecompare import differences, facts
 pytestmark = [pytest.mark.blender, pytest.mark.ray]
 
 #: File names the .blend Blender rendered: Blender's copy and the farm's are two copies of
-#: one scene in two folders (the test checks that the farm's names its own copy)
+#: one scene in two folders, so the values differ by design; the tests check instead that the
+#: farm's file has the key wherever Blender's has it, naming the artist's copy
+#: (:func:`_names_the_artists_file`)
 KNOWN = ("File", "Blender:File")
 
 #: OpenImageIO writes the DWA level into the header when it is not OpenEXR's default (45,
@@ -89,10 +91,26 @@ SETUPS: dict[str, tuple[dict[str, object], str]] = {
     "stereo 3D with a File Output node (whole frames)": (
         {"output": "PNG,8,RGBA", "extra": ["file-output"],
          "set": ["scene.render.use_multiview=True"]}, "1-2"),
+    "File Output nodes named every way (no #, # in file name, folder or item, sub-paths)": (
+        {"output": "PNG,8,RGBA", "extra": ["file-output-forms"]}, "1-3"),
     "folder path, no extension": (
         {"output": "PNG,8,RGB", "set": ["scene.render.filepath='//out/'",
                                         "scene.render.use_file_extension=False"]}, "1-2"),
 }
+
+
+#: the setup whose File Output nodes name their files every way Blender allows
+FORMS = "File Output nodes named every way (no #, # in file name, folder or item, sub-paths)"
+
+
+def _names_the_artists_file(got: Path, want: Path, blend: Path) -> None:
+    """Wherever Blender's file names its .blend (``File``; JPEG ``Blender:File``; in every
+    part), the farm's names the artist's copy ``blend``, not a worker's."""
+    mine, theirs = facts(got).part_metadata, facts(want).part_metadata
+    for index, (ours, blenders) in enumerate(zip(mine, theirs, strict=True)):
+        for key in KNOWN:
+            if key in blenders:
+                assert ours.get(key) == str(blend), (got.name, index, key, ours.get(key))
 
 
 def _copy(blend: Path, folder: Path) -> Path:
@@ -144,14 +162,105 @@ def test_the_farm_writes_the_files_blender_writes(farm, blender_files, tmp_path,
     delivered = [*result.outputs.values(),
                  *(Path(p) for files in result.extra_outputs.values() for p in files)]
     assert sorted(str(p.relative_to(tmp_path / "project")) for p in delivered) == sorted(want)
+    # each frame lists every file it produced, and no file is two frames'
+    listed = [p for files in result.frame_files.values() for p in files]
+    assert sorted(result.frame_files) == sorted(parse_frames(frames))
+    assert sorted(str(p.relative_to(tmp_path / "project")) for p in listed) == sorted(want)
+    assert len({len(files) for files in result.frame_files.values()}) == 1, result.frame_files
     known = KNOWN
     if "quality" in setup and "exr" in setup and tiles != (1, 1):
         known = (*known, *KNOWN_DWA_LEVEL)
     for name in want:
         assert differences(got[name], want[name], known=known) == [], name
-        metadata = facts(got[name]).metadata
-        for key in KNOWN:  # the artist's file, not a worker's copy of it
-            assert metadata.get(key, str(copy)) == str(copy), (name, metadata.get(key))
+        _names_the_artists_file(got[name], want[name], copy)
+
+
+#: a scene that writes an H.264 MP4 with AAC sound from a sound strip, as artists set it up
+VIDEO = ["scene.render.filepath='//render/shot_'",
+         "scene.render.image_settings.media_type='VIDEO'",
+         "scene.render.image_settings.file_format='FFMPEG'",
+         "scene.render.ffmpeg.format='MPEG4'", "scene.render.ffmpeg.codec='H264'",
+         "scene.render.ffmpeg.constant_rate_factor='HIGH'"]
+
+#: every scene format of SETUPS, and a video: the scene's own output before ``-o`` overrides it
+SCENE_FORMATS = {name: options for name, (options, _frames) in SETUPS.items()
+                 if "extra" not in options and "use_multiview" not in str(options)
+                 and "working space" not in name and "negative" not in name
+                 and "folder" not in name}
+SCENE_FORMATS["video, H.264 MP4"] = {"output": "PNG,8,RGBA", "set": VIDEO}
+#: the extensions ``-o`` overrides them with
+OVERRIDES = (".png", ".tif", ".jpg", ".webp", ".exr")
+
+
+@pytest.fixture(scope="module")
+def switched_files(tmp_path_factory: pytest.TempPathFactory, make_scene):
+    """``switched_files(scene format)`` -> (the scene, {override extension: the file plain
+    Blender writes of frame 1 once the scene's format is switched to the override's in its
+    Output properties}), for the overrides that change the scene's format."""
+    from renderfarm.job import output_format
+
+    made: dict[str, tuple[Path, dict[str, Path]]] = {}
+
+    def get(name: str) -> tuple[Path, dict[str, Path]]:
+        if name not in made:
+            options = SCENE_FORMATS[name]
+            blend = make_scene(width=40, height=24, frames=1, samples=1, **options)
+            own = re.search(r"file_format='(\w+)'", str(options))
+            scene_format = own.group(1) if own else str(options["output"]).split(",")[0]
+            formats = {ext: output_format(f"x{ext}", scene_format) for ext in OVERRIDES}
+            formats = {ext: f for ext, f in formats.items() if f != scene_format}
+            folder = tmp_path_factory.mktemp("switched")
+            copy = _copy(blend, folder / "project")
+            run_python(str(HERE / "blender_reference.py"), str(copy),
+                       str(folder / "{format}"), "1", "SWITCH:" + ",".join(formats.values()))
+            made[name] = (blend, {ext: folder / f for ext, f in formats.items()})
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("tiles", [(1, 1), (2, 2)], ids=["whole", "tiled"])
+@pytest.mark.parametrize("scene_format", list(SCENE_FORMATS))
+def test_an_override_writes_what_blender_writes_once_the_format_is_switched(
+        farm, switched_files, tmp_path, scene_format, tiles) -> None:
+    """``-o out/f_####.png`` (.tif, .jpg, .webp, .exr) on a scene that writes another format:
+    the depth, colour mode, compression and pixels Blender writes once the scene's format is
+    switched in its Output properties (an FFMPEG scene's 8 bits stay 8 in a PNG), tiled as
+    whole."""
+    blend, want = switched_files(scene_format)
+    assert want, "no override changes this scene's format: the table is wrong"
+    copy = _copy(blend, tmp_path / "project")
+    for ext, reference in want.items():
+        result = farm.render(JobSpec(str(copy), frames="1", tiles=tiles,
+                                     output=str(tmp_path / "out" / f"f_####{ext}")))
+        assert result.tiles == tiles, result.warnings
+        got = result.outputs[1]
+        assert got == tmp_path / "out" / f"f_0001{ext}"
+        known = (*KNOWN, *KNOWN_DWA_LEVEL) if ext == ".exr" and tiles != (1, 1) else KNOWN
+        assert differences(got, reference, known=known) == [], (ext, facts(got).parts,
+                                                                 facts(reference).parts)
+        _names_the_artists_file(got, reference, copy)
+
+
+def test_render_json_lists_every_file_of_each_frame(blender_files, tmp_path) -> None:
+    """``renderfarm render --json``: each frame's files (both views, the File Output node's
+    per view) under ``frame_files``, all of them under ``files``; ``outputs`` keeps the
+    frame's first file."""
+    from tests.test_cli import run
+
+    blend, want = blender_files("stereo 3D with a File Output node (whole frames)")
+    copy = _copy(blend, tmp_path / "project")
+    proc = run("render", str(copy), "--frames", "1-2", "--workers", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    project = tmp_path / "project"
+    listed = {frame: sorted(str(Path(p).relative_to(project)) for p in files)
+              for frame, files in summary["frame_files"].items()}
+    assert listed == {frame: sorted(n for n in want if f"000{frame}" in n)
+                      for frame in ("1", "2")}
+    assert len(listed["1"]) == 4, listed  # _L and _R, and the node's file of each view
+    assert sorted(str(Path(p).relative_to(project)) for p in summary["files"]) == sorted(want)
+    assert summary["outputs"]["1"] == summary["frame_files"]["1"][0]
 
 
 def test_stamp_into_multilayer_exr_renders_whole_frames_and_says_so(farm, make_scene,
@@ -183,15 +292,21 @@ def test_o_picks_the_format_and_keeps_the_scenes_settings_for_it(farm, make_scen
 
 def test_file_output_files_reach_a_client_of_the_service_through_s3(
         blender_files, tmp_path, s3_server) -> None:
-    """A client of a farm service whose storage is S3 (moto_server on loopback): the File
-    Output node's files of a tiled job are delivered like the frames (fetch), at the paths
-    the node gives them, equal to Blender's; the .blend is moved away after submit."""
+    """A client of a farm service whose storage is S3 (moto_server on loopback): the files of
+    File Output nodes named every way (no ``#``, ``#`` in the name, folder or an item,
+    sub-paths, multilayer) of a tiled job are delivered like the frames (fetch), one per
+    frame at the paths Blender gives them, equal to Blender's; the .blend is moved away
+    after submit."""
     import boto3
 
     from tests.conftest import ServerProcess
     from tests.test_service import wait_state
 
-    blend, want = blender_files("compositor File Output node (Depth to EXR)")
+    blend, want = blender_files(FORMS)  # Blender's files of frames 1-3
+    extras = {name: int(re.search(r"(\d+)(?!.*\d)", name).group(1)) for name in want
+              if not name.startswith("render/") and int(re.search(r"(\d+)(?!.*\d)",
+                                                                  name).group(1)) <= 2}
+    assert len(extras) == 2 * 14, extras  # 8 nodes: 14 files a frame
     boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test",
                  aws_secret_access_key="test",
                  region_name="us-east-1").create_bucket(Bucket="extras")
@@ -206,19 +321,17 @@ def test_file_output_files_reach_a_client_of_the_service_through_s3(
             shutil.rmtree(copy.parent)  # the workers never see the artist's disk
             job = wait_state(client, job_id, ("done", "failed"))
             assert job["state"] == "done", job
-            assert job["extra_outputs"] == {"passes/depth_0001Depth.exr": 1,
-                                            "passes/depth_0002Depth.exr": 2}
+            assert job["extra_outputs"] == extras
             client.fetch_outputs(job_id, tmp_path / "fetched")
             with pytest.raises(ServiceError, match="no file"):
-                client.fetch(job_id, 1, tmp_path / "x", name="passes/depth_0002Depth.exr")
+                client.fetch(job_id, 1, tmp_path / "x", name="passes/pass_depth0002.exr")
     finally:
         server.stop()
     got = _files(tmp_path / "fetched")
-    assert sorted(got) == sorted(["shot_0001.png", "shot_0002.png",
-                                  "passes/depth_0001Depth.exr", "passes/depth_0002Depth.exr"])
-    for name in ("passes/depth_0001Depth.exr", "passes/depth_0002Depth.exr"):
+    assert sorted(got) == sorted(["shot_0001.png", "shot_0002.png", *extras])
+    for name in extras:
         assert differences(got[name], want[name], known=KNOWN) == [], name
-        assert facts(got[name]).metadata["File"] == str(copy)  # the artist's, not the farm's
+        _names_the_artists_file(got[name], want[name], copy)
 
 
 def test_a_worker_cannot_name_a_file_outside_its_nodes_folder(tmp_path) -> None:
@@ -270,14 +383,6 @@ def test_inspect_lists_views_and_file_output_nodes(make_scene) -> None:
     assert "File Output node File Output: writes into //passes/" in proc.stdout
     scene = json.loads(run("inspect", "--json", str(blend)).stdout)["scenes"][0]
     assert scene["views"] == ["left", "right"] and scene["view_suffixes"] == ["_L", "_R"]
-
-
-#: a scene that writes an H.264 MP4 with AAC sound from a sound strip, as artists set it up
-VIDEO = ["scene.render.filepath='//render/shot_'",
-         "scene.render.image_settings.media_type='VIDEO'",
-         "scene.render.image_settings.file_format='FFMPEG'",
-         "scene.render.ffmpeg.format='MPEG4'", "scene.render.ffmpeg.codec='H264'",
-         "scene.render.ffmpeg.constant_rate_factor='HIGH'"]
 
 
 def _decoded(path: Path) -> tuple[list, object]:

@@ -8,6 +8,7 @@ import os
 import re
 from typing import Any
 
+from renderfarm.blender.output import own_output, switched_output
 from renderfarm.job import OUTPUT_SETTING_NAMES, SceneInfo
 
 #: compositor nodes that do not change the rendered image
@@ -135,6 +136,10 @@ def scene_info(scene: Any) -> SceneInfo:
         file_outputs=[node.name for node in outputs],
         file_output_dirs=[node_folder(node) for node in outputs],
         stamp=bool(render.use_stamp),
+        multilayer_output={} if render.image_settings.file_format == "OPEN_EXR_MULTILAYER"
+        else {name: value for name, value in
+              switched_output(own_output(scene), "OPEN_EXR_MULTILAYER").items()
+              if name in OUTPUT_SETTING_NAMES},
     )
 
 

@@ -55,7 +55,8 @@ class SceneRecipe:
             AAC audio), ``file-output`` (a compositor File Output
             node writing the Depth pass to ``//passes/depth_####`` as OpenEXR),
             ``file-output-nested`` (File Output nodes in a node group, with file names in
-            a subfolder and climbing out of their folder),
+            a subfolder and climbing out of their folder), ``file-output-forms`` (a File
+            Output node per way of naming files, :data:`FILE_OUTPUT_FORMS`),
             ``stamp`` (the burn-in stamp with frame, scene and a note only).
     """
 
@@ -316,6 +317,47 @@ def _file_output_nested(scene: Any) -> None:
     tree.links.new(layers.outputs["Depth"], holder.inputs[0])
 
 
+#: File Output nodes of ``file-output-forms``: (folder, file name, format, items), each a
+#: way artists name the files (no ``#``; ``#`` in the file name, the folder or one item; an
+#: item's own sub-path; no file name; a multilayer EXR with and without ``#``; two ``#`` runs)
+FILE_OUTPUT_FORMS = (
+    ("//passes/", "pass_", "OPEN_EXR", ("depth", "normal")),
+    ("//hash/", "pass_##_x", "OPEN_EXR", ("depth", "normal")),
+    ("//folder_###/", "pass_", "OPEN_EXR", ("depth", "normal")),
+    ("//item/", "pass_", "OPEN_EXR", ("de###pth", "normal")),
+    ("//subpath/", "pass_", "OPEN_EXR", ("sub/depth_", "normal")),
+    ("//noname/", "", "PNG", ("depth", "normal")),
+    ("//multi/", "layers_", "OPEN_EXR_MULTILAYER", ("depth", "normal")),
+    ("//multi_hash/", "a_##_b_###", "OPEN_EXR_MULTILAYER", ("depth", "normal")),
+)
+
+
+def _file_output_forms(scene: Any) -> None:
+    """A File Output node per naming form of :data:`FILE_OUTPUT_FORMS`, each writing the
+    Depth pass (first item) and the Normal pass (second), and the image to the Composite
+    output."""
+    layer = scene.view_layers[0]
+    layer.use_pass_z = layer.use_pass_normal = True
+    tree = _compositor_tree(scene)
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    output = tree.nodes.new("NodeGroupOutput")
+    tree.links.new(layers.outputs["Image"], output.inputs[0])
+    for folder, name, file_format, items in FILE_OUTPUT_FORMS:
+        node = tree.nodes.new("CompositorNodeOutputFile")
+        node.directory, node.file_name = folder, name
+        node.format.media_type = ("MULTI_LAYER_IMAGE" if file_format == "OPEN_EXR_MULTILAYER"
+                                  else "IMAGE")
+        node.format.file_format = file_format
+        if file_format == "PNG":
+            node.format.color_mode = "RGB"
+        node.file_output_items.clear()
+        node.file_output_items.new("FLOAT", items[0])
+        node.file_output_items.new("VECTOR", items[1])
+        tree.links.new(layers.outputs["Depth"], node.inputs[0])
+        tree.links.new(layers.outputs["Normal"], node.inputs[1])
+    scene.render.use_compositing = True
+
+
 def _stamp(scene: Any) -> None:
     """Burn the frame, the scene's name and a note into the image (and nothing that changes
     from one run to the next, like the date or the render time)."""
@@ -357,7 +399,8 @@ def _sound(scene: Any) -> None:
 
 
 _EXTRAS = {"scene-time": _scene_time, "file-output": _file_output, "stamp": _stamp,
-           "sound": _sound, "file-output-nested": _file_output_nested}
+           "sound": _sound, "file-output-nested": _file_output_nested,
+           "file-output-forms": _file_output_forms}
 
 
 def _all_passes(scene: object) -> None:

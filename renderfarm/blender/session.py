@@ -22,11 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from renderfarm.blender.files import open_blend
+from renderfarm.blender.output import (
+    apply_output,
+    number_frames,
+    own_output,
+    restore_output,
+    set_output_format,
+)
 from renderfarm.bundle import missing_error
 from renderfarm.errors import RenderError, SceneError
 from renderfarm.job import (
     PIECE_FORMAT,
-    VIDEO_FRAME_FORMAT,
     WRITE_EXTENSIONS,
     RenderSettings,
     SceneInfo,
@@ -58,73 +64,6 @@ def find_scene(name: str | None) -> Any:
         known = ", ".join(s.name for s in bpy.data.scenes)
         raise SceneError(f"no scene called {name!r} in the file; scenes: {known}")
     return scene
-
-
-#: the image settings of a scene's output that make its file what it is (in the order
-#: Blender accepts them: the format first, then what the format allows)
-OUTPUT_SETTINGS = ("media_type", "file_format", "color_mode", "color_depth", "compression",
-                   "quality", "exr_codec", "tiff_codec", "use_preview", "use_exr_interleave")
-
-
-def own_output(scene: Any) -> dict[str, Any]:
-    """The scene's own output settings, as saved in its file (before the farm changes them
-    to render pieces)."""
-    settings = scene.render.image_settings
-    return {name: getattr(settings, name) for name in OUTPUT_SETTINGS
-            if hasattr(settings, name)}
-
-
-def restore_output(scene: Any, own: dict[str, Any], file_format: str) -> bool:
-    """Give ``scene`` the output settings ``own`` (from :func:`own_output`) when they are for
-    ``file_format``: the farm then writes the final file with the scene's own depth, colour
-    mode, codec and quality. Returns whether it did."""
-    if own.get("file_format") != file_format:
-        return False
-    settings = scene.render.image_settings
-    for name, value in own.items():
-        try:
-            setattr(settings, name, value)
-        except (AttributeError, TypeError, ValueError):  # not settable for this format
-            continue
-    return True
-
-
-def set_output_format(scene: Any, file_format: str) -> None:
-    """Make ``scene`` write ``file_format``, keeping the scene's own settings where they apply.
-
-    When the scene already writes that format its depth, colour mode, codec and quality stay;
-    multilayer EXR defaults to 32-bit float with ZIP compression. ``PIECE`` (a piece of a
-    frame that is merged or finished later) is always a lossless 32-bit multilayer EXR, with
-    no stamp burnt in (the finished frame gets it).
-    """
-    settings = scene.render.image_settings
-    if file_format == PIECE_FORMAT:
-        settings.media_type = "MULTI_LAYER_IMAGE"
-        settings.file_format = "OPEN_EXR_MULTILAYER"
-        settings.color_depth = "32"
-        settings.exr_codec = "ZIP"
-        settings.views_format = "INDIVIDUAL"  # a file per view, packed into one piece
-        scene.render.use_stamp = False
-        return
-    if file_format == VIDEO_FRAME_FORMAT:
-        settings.media_type = "IMAGE"
-        settings.file_format = "OPEN_EXR"
-        settings.color_depth = "32"
-        settings.color_mode = "RGBA"
-        settings.exr_codec = "ZIP"
-        settings.views_format = "INDIVIDUAL"
-        scene.render.use_stamp = False
-        return
-    if settings.file_format == file_format:
-        return
-    if file_format == "OPEN_EXR_MULTILAYER":
-        settings.media_type = "MULTI_LAYER_IMAGE"
-        settings.file_format = file_format
-        settings.color_depth = "32"
-        settings.exr_codec = "ZIP"
-    else:
-        settings.media_type = "IMAGE"
-        settings.file_format = file_format
 
 
 @dataclass
@@ -505,10 +444,12 @@ class BlenderSession:
         return written[0]
 
     def _exr_encoding(self) -> tuple[str, str]:
-        """How the scene's own multilayer EXRs are encoded."""
+        """How the scene's multilayer EXRs are encoded: its own settings, switched to
+        multilayer EXR as Blender's Output properties switch them when it writes another
+        format."""
         from renderfarm.merge import exr_encoding
 
-        return exr_encoding(self._own_output.get("file_format"), self._own_output)
+        return exr_encoding(self._info[self._scene_name].multilayer_settings())
 
     def _denoise(self, merged: str) -> str:
         """Denoise a merged noisy frame with Cycles' standalone denoiser; return the file that
@@ -764,8 +705,9 @@ def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format:
 
     try:
         setup()
-        if not (own and restore_output(scene, own, file_format)):
-            set_output_format(scene, file_format)
+        # the scene's own settings switched to the job's format, as for whole frames (the
+        # copy holds the piece's 32-bit EXR settings: a PNG from them would be 16-bit)
+        apply_output(scene, own or {}, file_format)
         scene.render.filepath = path
         bpy.ops.render.render(write_still=True, scene=scene.name)
     finally:
@@ -790,13 +732,15 @@ def _redirect_file_outputs(scene: Any, root: str) -> list[str]:
     """Point the compositor's File Output nodes of ``scene`` that write at folders of their
     own under ``root`` (``root/<index>/``, in :func:`file_output_nodes`' order; the driver
     knows where each node's files land, :func:`node_folder`: the file name keeps only its
-    last part). Returns their names."""
+    last part), numbering their files by frame as Render Animation does
+    (:func:`~renderfarm.blender.output.number_frames`). Returns their names."""
     from renderfarm.blender.inspect import file_output_nodes
 
     nodes = file_output_nodes(scene)
     for index, node in enumerate(nodes):
         node.directory = os.path.join(root, str(index)) + os.sep
         node.file_name = os.path.basename(node.file_name)
+        number_frames(node)  # each frame renders as a still: named as in an animation
     return [node.name for node in nodes]
 
 

@@ -1,0 +1,132 @@
+"""A scene's output settings as Blender's Output properties set them, and the names its File
+Output nodes give their files as Render Animation does.
+
+Only this package imports ``bpy``; these functions take Blender objects and change them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from renderfarm.job import PIECE_FORMAT, VIDEO_FRAME_FORMAT
+
+logger = logging.getLogger(__name__)
+
+#: the image settings of a scene's output that make its file what it is (in the order
+#: Blender accepts them: the format first, then what the format allows)
+OUTPUT_SETTINGS = ("media_type", "file_format", "color_mode", "color_depth", "compression",
+                   "quality", "exr_codec", "tiff_codec", "use_preview", "use_exr_interleave")
+
+#: the media type Blender's Output properties show for a file format
+_MEDIA_TYPES = {"OPEN_EXR_MULTILAYER": "MULTI_LAYER_IMAGE", "FFMPEG": "VIDEO"}
+
+
+def own_output(scene: Any) -> dict[str, Any]:
+    """The scene's own output settings, as saved in its file (before the farm changes them
+    to render pieces)."""
+    return settings_of(scene.render.image_settings)
+
+
+def settings_of(settings: Any) -> dict[str, Any]:
+    """The values of :data:`OUTPUT_SETTINGS` of a ``bpy.types.ImageFormatSettings``."""
+    return {name: getattr(settings, name) for name in OUTPUT_SETTINGS if hasattr(settings, name)}
+
+
+def _give(settings: Any, own: dict[str, Any]) -> None:
+    for name in OUTPUT_SETTINGS:
+        if name not in own:
+            continue
+        try:
+            setattr(settings, name, own[name])
+        except (AttributeError, TypeError, ValueError):  # not settable for this format
+            continue
+
+
+def restore_output(scene: Any, own: dict[str, Any], file_format: str) -> bool:
+    """Give ``scene`` the output settings ``own`` (from :func:`own_output`) when they are for
+    ``file_format``: the farm then writes the final file with the scene's own depth, colour
+    mode, codec and quality. Returns whether it did."""
+    if own.get("file_format") != file_format:
+        return False
+    _give(scene.render.image_settings, own)
+    return True
+
+
+def apply_output(scene: Any, own: dict[str, Any], file_format: str) -> None:
+    """Give ``scene`` the settings its own output ``own`` has once its format is switched to
+    ``file_format`` in Blender's Output properties: the scene's settings where that format
+    takes them, Blender's choice where it does not (an FFMPEG scene's 8 bits stay 8 in a PNG,
+    a 32-bit EXR scene's PNG is 16-bit). Whole frames and finished tiled frames of a job
+    whose ``-o`` changes the format are written with the same settings this way."""
+    _give(scene.render.image_settings, own)
+    set_output_format(scene, file_format)
+
+
+def set_output_format(scene: Any, file_format: str) -> None:
+    """Make ``scene`` write ``file_format`` as Blender's Output properties do when the
+    format is picked there: media type, then file format; Blender keeps the depth, colour
+    mode and codecs the new format takes and picks its own for the rest.
+
+    ``PIECE`` (a piece of a frame that is merged or finished later) is always a lossless
+    32-bit multilayer EXR, with no stamp burnt in (the finished frame gets it), and
+    ``VIDEO_FRAME`` a 32-bit float RGBA EXR.
+    """
+    settings = scene.render.image_settings
+    if file_format == PIECE_FORMAT:
+        settings.media_type = "MULTI_LAYER_IMAGE"
+        settings.file_format = "OPEN_EXR_MULTILAYER"
+        settings.color_depth = "32"
+        settings.exr_codec = "ZIP"
+        settings.views_format = "INDIVIDUAL"  # a file per view, packed into one piece
+        scene.render.use_stamp = False
+        return
+    if file_format == VIDEO_FRAME_FORMAT:
+        settings.media_type = "IMAGE"
+        settings.file_format = "OPEN_EXR"
+        settings.color_depth = "32"
+        settings.color_mode = "RGBA"
+        settings.exr_codec = "ZIP"
+        settings.views_format = "INDIVIDUAL"
+        scene.render.use_stamp = False
+        return
+    if settings.file_format == file_format:
+        return
+    settings.media_type = _MEDIA_TYPES.get(file_format, "IMAGE")
+    settings.file_format = file_format
+
+
+def switched_output(own: dict[str, Any], file_format: str) -> dict[str, Any]:
+    """The output settings a scene whose own are ``own`` has once its format is switched to
+    ``file_format`` in Blender's Output properties (as :func:`apply_output` gives them),
+    read off a throw-away scene: the artist's scene is not touched."""
+    import bpy
+
+    scene = bpy.data.scenes.new("renderfarm-output-settings")
+    try:
+        apply_output(scene, own, file_format)
+        return settings_of(scene.render.image_settings)
+    finally:
+        bpy.data.scenes.remove(scene)
+
+
+def _last_part(path: str) -> str:
+    return re.split(r"[/\\]", path)[-1]
+
+
+def number_frames(node: Any) -> None:
+    """Make a File Output node name its files as Render Animation does when the farm renders
+    one frame as a still: a path whose file name (the node's file name, and an item's name
+    for a format of one file per input) has no ``#`` gets the frame appended, four digits at
+    least, so ``//passes/pass_`` with items ``depth`` and ``normal`` writes
+    ``pass_depth0001.exr`` and ``pass_normal0001.exr`` at frame 1 (a still render writes
+    ``pass_depth.exr`` for every frame). ``#`` in the node's folder is left as it is, as
+    Blender leaves it; the last ``#`` run of a file name is the frame, as in Blender."""
+    if node.format.media_type == "MULTI_LAYER_IMAGE":  # one file for every input
+        if "#" not in _last_part(node.file_name):
+            node.file_name += "####"
+        return
+    for item in node.file_output_items:
+        if "#" not in _last_part(node.file_name + item.name):
+            item.name += "####"
