@@ -260,7 +260,16 @@ def bench_per_frame(ctx: Context) -> list[Record]:
                 f"({ctx.threads} threads)")
         gated = kind == "cube"
         suffix = "" if gated else f".{kind}"
+        walls = [o / lp for o, lp in zip(runs.ours, runs.loop, strict=True)]
         records += [
+            Record(f"per_frame.wall_vs_loop{suffix}",
+                   f"renderfarm / one process rendering in a loop, wall time of the same "
+                   f"frames, median of the paired runs; {what}", "s", runs.ours, runs.loop,
+                   median(walls), 1.45 if gated else None, "<=", 0.05,
+                   note="sees a slowdown inside the worker's render calls, which vs_loop "
+                   "divides away; the same calls take up to a third longer or shorter from "
+                   "one run to the next here, so the target is wide: a farm twice as slow "
+                   "reads about 2"),
             Record(f"per_frame.vs_loop{suffix}",
                    f"renderfarm / one process rendering in a loop, wall time per second inside "
                    f"Blender's render calls; {what}", "s", runs.ours, runs.loop,
@@ -269,7 +278,7 @@ def bench_per_frame(ctx: Context) -> list[Record]:
             Record(f"per_frame.process_per_frame{suffix}",
                    f"a fresh Blender process per frame / renderfarm; {what}", "s",
                    runs.per_process, runs.ours, median(runs.per_process) / median(runs.ours),
-                   1.8 if gated else None, ">=", 0.1,
+                   2.5 if gated else None, ">=", 0.1,
                    note=f"a frame takes {median(runs.loop) / len(frames):.2f} s in the loop; "
                    "the gap is Blender's start-up per frame (import bpy, open, first render)"),
         ]
@@ -305,7 +314,7 @@ def bench_tiling(ctx: Context) -> list[Record]:
                            output=str(ctx.out("tile") / "t_####.exr"))
             times[grid].append(timed(lambda spec=spec: farm.render(spec)))
     targets = {grid: target for grid, target in
-               {(2, 2, True): None, (4, 4, True): 1.15, (8, 8, True): 1.40,
+               {(2, 2, True): None, (4, 4, True): 1.15, (8, 8, True): 1.15,
                 (8, 8, False): None}.items() if grid in times}
     records = []
     untiled = times[(1, 1, True)]
@@ -475,7 +484,7 @@ def bench_merge(ctx: Context) -> list[Record]:
         Record("merge.vs_io_floor", f"merge / read every piece + write the frame once; {what}",
                "s", ours, floor, median(ours) / median(floor), 1.5, "<=", 0.1),
         Record("merge.vs_oiiotool", f"merge / oiiotool -a --paste of the same pieces; {what}",
-               "s", ours, tool, median(ours) / median(tool), 1.0, "<=", 0.1,
+               "s", ours, tool, median(ours) / median(tool), 0.75, "<=", 0.05,
                note="oiiotool's frame equals ours pixel for pixel" if same else
                "oiiotool's output differs from ours (layout or pixels)"),
     ]
@@ -499,9 +508,10 @@ def bench_scheduler(ctx: Context) -> list[Record]:
             ours.append(run_synthetic(pool, [0.0] * zero_tasks).throughput)
         records = [Record(
             "scheduler.throughput", f"tasks/s dispatching {zero_tasks} zero-length tasks over "
-            "32 workers (baseline: plain Ray actor calls/s, one actor, in the same run)",
-            "tasks/s", ours, raw, median(ours), 500, ">=", 25,
-            note=f"{median(ours) / median(raw):.2f}x plain Ray actor calls")]
+            "32 workers / plain Ray actor calls/s (one actor), in the same run", "tasks/s",
+            ours, raw, median([o / r for o, r in zip(ours, raw, strict=True)]), 0.45, ">=",
+            0.05, note=f"{median(ours):.0f} tasks/s; the machine's pace moves both alike, so "
+            "the figure is a ratio to Ray's own calls, paired by repetition")]
         workers = 16 if ctx.quick else 100
         tasks = 320 if ctx.quick else 2000
         pool.shape = type(pool.shape)(**{**asdict(pool.shape), "workers": workers})
@@ -699,11 +709,13 @@ def bench_bundle(ctx: Context) -> list[Record]:
     out.write_image(np.random.default_rng().random((8, 8, 3)).astype(np.float32))
     out.close()
     touched, sent = farm.bundle(spec)
+    size = texture.stat().st_size
     records.append(Record(
         "bundle.resubmit_bytes", "bytes stored on a resubmission after touching one texture / "
-        "the bundle's size", "bytes", [float(sent["sent_bytes"])],
-        [float(sent["bundle_bytes"])], sent["sent_bytes"] / sent["bundle_bytes"], 0.05, "<=",
-        note=f"{sent['sent_files']} of {sent['bundle_files']} files sent"))
+        "that texture's size", "bytes", [float(sent["sent_bytes"])], [float(size)],
+        sent["sent_bytes"] / size, 1.0, "<=",
+        note=f"{sent['sent_files']} of {sent['bundle_files']} files sent, "
+        f"{sent['sent_bytes'] / sent['bundle_bytes']:.4f} of the bundle's bytes"))
 
     from renderfarm.bundle import Manifest
 
@@ -798,9 +810,11 @@ def bench_trust(ctx: Context) -> list[Record]:
                 f"|predicted / actual wall time - 1| of a job estimated by a low-sample probe "
                 f"then rendered; {frames} frames 320x180 {samples} samples of the {kind} scene, "
                 f"{tiles[0]}x{tiles[1]} tiles, two workers", "ratio", errors, [],
-                median(errors), 0.25, "<=", 0.05,
+                median(errors), None,
                 note=f"predicted {median(predicted):.2f} s, took {median(actual):.2f} s; "
-                f"probed at {', '.join(levels)} samples"))
+                f"probed at {', '.join(levels)} samples; reported, not gated: one job's "
+                "error moves between 0.03 and 0.27 with this machine's pace, so no target "
+                "noise cannot cross would catch an estimate twice as far off"))
     return records
 
 
@@ -908,7 +922,7 @@ def run_soak(minutes: float, seed: int, json_path: Path | None, nodes: int = 0) 
 
     from renderfarm.farm import Farm
     from renderfarm.faults import FAULTS_ENV
-    from renderfarm.soak import soak
+    from renderfarm.soak import FRAMES, soak
 
     workdir = Path(tempfile.mkdtemp(prefix="renderfarm-soak-"))
     os.environ.setdefault(FAULTS_ENV, str(workdir / "faults.json"))  # before Ray starts
@@ -925,12 +939,19 @@ def run_soak(minutes: float, seed: int, json_path: Path | None, nodes: int = 0) 
                  log_to_driver=False, logging_level="ERROR")
     try:
         blend = make_scene(workdir / "soak.blend", width=32, height=24, samples=1, frames=3)
+        # plain Blender's frames: every frame the soak's jobs write must equal them
+        refs = workdir / "reference"
+        refs.mkdir()
+        baseline("loop", blend, FRAMES, refs, 1)
+        want = {f: refs / f"frame_{f:04d}.exr" for f in FRAMES}
+        jobs = workdir / "jobs"
         if cluster is not None:
             with Farm(address=cluster.address) as farm:
-                report = soak(farm, str(blend), workdir, minutes * 60, seed, cluster=cluster)
+                report = soak(farm, str(blend), jobs, minutes * 60, seed, cluster=cluster,
+                              reference=want)
         else:
             with Farm(workers=2) as farm:
-                report = soak(farm, str(blend), workdir, minutes * 60, seed)
+                report = soak(farm, str(blend), jobs, minutes * 60, seed, reference=want)
     finally:
         ray.shutdown()
         if cluster is not None:

@@ -93,6 +93,24 @@ def arm(point: str, action: str = "raise", *, times: int = 1, seconds: float = 0
     return fault
 
 
+def armed_here() -> list[Fault]:
+    """Copies of the faults armed in this process, ``times`` as counted down so far (a
+    fault armed once whose ``times`` is 0 has fired)."""
+    with _lock:
+        return [Fault(**f.to_dict()) for f in _armed]
+
+
+def read_worker_faults(path: str | os.PathLike[str]) -> list[Fault]:
+    """The faults of the file workers read, ``times`` as they counted them down (empty when
+    there is none)."""
+    with _file_lock(str(path)):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return [Fault(**f) for f in json.load(handle)]
+        except (OSError, ValueError, TypeError):
+            return []
+
+
 def disarm() -> None:
     """Disarm every fault of this process."""
     with _lock:

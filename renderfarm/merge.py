@@ -418,6 +418,8 @@ def _encoded(spec: Any, encoding: tuple[str, str]) -> Any:
     oiio = _oiio()
     depth, compression = encoding
     spec = oiio.ImageSpec(spec)
+    for attribute in _PIECE_ATTRIBUTES:  # the source's layout: OpenEXR counts its own chunks
+        spec.erase_attribute(attribute)
     name = str(spec.getattribute("name") or "")
     colour = all(c.rsplit(".", 1)[-1] in ("R", "G", "B", "A") for c in spec.channelnames)
     half = depth == "16" and colour and not _CRYPTO_PART.search(name)

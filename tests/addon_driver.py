@@ -38,30 +38,51 @@ def set_keys(prefs: Any, settings: dict[str, Any], client: str) -> None:
 
 
 def follow(scene: Any, on_message: Any = None, timeout: float = 240) -> list[list[Any]]:
-    """Apply the submission's messages as the timer would; returns the states seen."""
+    """Run the add-on's timer function as Blender runs it (``bpy.app.timers`` does not tick
+    in a background session): call the function the add-on registered until it returns
+    None, sleeping the interval it asks for. ``on_message(message, work)`` sees each message
+    as the timer takes it, before it is applied. Returns the states the artist saw, one row
+    per change (after each message and each run of the timer)."""
     live = sys.modules[PACKAGE + ".live"]
     work = sys.modules[PACKAGE + ".work"]
     submission = live.submission_of(scene)
     assert submission is not None, "no submission is followed"
+    assert bpy.app.timers.is_registered(live.drain), "the add-on registered no timer"
     seen: list[list[Any]] = []
-    deadline = time.monotonic() + timeout
     settings = scene.renderfarm
-    while time.monotonic() < deadline:
-        if submission.ended.is_set() and submission.messages.empty():
-            break
-        try:
-            message = submission.messages.get(timeout=0.2)
-        except Exception:
-            continue
-        if on_message is not None:
-            on_message(message, work)
-        live.apply(scene, message)
-        live.tick(scene)  # what the timer does between messages
+
+    def record() -> None:
         row = [settings.state, round(settings.progress, 4), settings.tasks_done,
                settings.frames_done, round(settings.elapsed, 2), round(settings.eta, 2)]
         if not seen or seen[-1][:4] != row[:4]:
             seen.append(row)
-    live.drain()  # the timer forgets a finished submission
+
+    messages = submission.messages
+    take = messages.get_nowait
+
+    def tapped() -> Any:  # the timer takes each message through this
+        live.tick(scene)  # as a redraw between two messages would show the message before
+        record()
+        message = take()
+        if on_message is not None:
+            on_message(message, work)
+        return message
+
+    messages.get_nowait = tapped
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            interval = live.drain()  # what Blender calls every interval
+            record()
+            if interval is None:  # the timer is done: Blender unregisters it
+                if bpy.app.timers.is_registered(live.drain):
+                    bpy.app.timers.unregister(live.drain)
+                break
+            time.sleep(min(interval, 0.05))
+        else:
+            raise AssertionError(f"the timer still followed the job after {timeout} s")
+    finally:
+        del messages.get_nowait
     return seen
 
 

@@ -100,7 +100,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[in
     def render(blend: Path, frames: list[int], fmt: str = "EXR", samples: int | None = None,
                percentage: int | None = None) -> dict[int, Path]:
         ext = {"EXR": "exr", "PNG": "png", "JPEG": "jpg", "TIFF": "tif", "SCENE": "img"}[fmt]
-        pattern = str(folder / f"{blend.stem}-{fmt}-{samples}-{percentage}-{{frame}}.{ext}")
+        where = hashlib.sha1(str(blend.resolve()).encode()).hexdigest()[:8]  # by path
+        pattern = str(folder / f"{blend.stem}-{where}-{fmt}-{samples}-{percentage}"
+                               f"-{{frame}}.{ext}")
         todo = [f for f in frames if not Path(pattern.format(frame=f)).exists()]
         extra = [str(samples), str(percentage)] if samples and percentage else []
         if todo:

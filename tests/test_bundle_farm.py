@@ -149,27 +149,61 @@ CORPUS_RENDERS = {
     "absolute_path.blend": 1,  # absolute texture paths that do not exist here
     "alembic-user.blend": 1,
 }
+#: the corpus files whose scene has no camera: the test's copy gets one (by bpy) before it is
+#: submitted, so they render and are compared like the others
+NO_CAMERA = {"doubly_linked.blend", "subdir/doubly_linked_up.blend",
+             "recursive_dependency_1.blend", "basic_file_ñønæščii.blend", "absolute_path.blend",
+             "alembic-user.blend"}
+
+#: adds a camera looking at the origin from where Blender's default scene has it, and saves
+ADD_CAMERA = """
+import sys, bpy
+bpy.ops.wm.open_mainfile(filepath=sys.argv[-1], load_ui=False, use_scripts=False)
+scene = bpy.context.scene
+assert scene.camera is None, "the file has a camera already: NO_CAMERA is wrong"
+camera = bpy.data.objects.new("test camera", bpy.data.cameras.new("test camera"))
+scene.collection.objects.link(camera)
+camera.location = (7.36, -6.93, 4.96)
+camera.rotation_euler = (1.109, 0.0, 0.815)
+scene.camera = camera
+bpy.ops.wm.save_mainfile()
+"""
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS_RENDERS))
 def test_corpus_files_deleted_after_submit_render_as_blender_renders_them(
         farm, corpus: Path, reference, tmp_path: Path, name: str) -> None:
-    from renderfarm.errors import SceneError
+    from tests.conftest import run_python
 
     frame = CORPUS_RENDERS[name]
     work = copy_project(corpus, tmp_path / "work")
+    if name in NO_CAMERA:  # the test's copy gets one; the corpus is never changed
+        run_python("-c", ADD_CAMERA, str(work / name))
+    # plain Blender renders a pristine copy of what is submitted
+    original = copy_project(work, tmp_path / "pristine") / name
     spec = JobSpec(str(work / name), frames=str(frame), samples=1, percentage=4,
                    allow_missing=True, output=str(tmp_path / "out" / "c_####.exr"))
     handle = farm.submit(spec)
     shutil.rmtree(work)
-    try:
-        result = handle.result(timeout=300)
-    except SceneError as exc:  # no camera: as Blender says too, not a missing file
-        assert "camera" in exc.message, exc
-        return
-    original = corpus / name  # a pristine copy of the corpus
+    result = handle.result(timeout=300)  # every file renders: none is let off
     want = reference(original, [frame], samples=1, percentage=4)
     assert_same_pixels(result.outputs[frame], want[frame])
+
+
+def test_a_corpus_file_without_a_camera_fails_saying_so(farm, corpus: Path,
+                                                        tmp_path: Path) -> None:
+    """As Blender refuses to render it: the job fails with the camera error, before any
+    render, and the farm goes on."""
+    from renderfarm.errors import SceneError
+
+    work = copy_project(corpus, tmp_path / "work")
+    handle = farm.submit(JobSpec(str(work / "basic_file_ñønæščii.blend"), frames="1",
+                                 samples=1, percentage=4, allow_missing=True,
+                                 output=str(tmp_path / "out" / "c_####.exr")))
+    shutil.rmtree(work)
+    with pytest.raises(SceneError, match="camera"):
+        handle.result(timeout=300)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_a_file_that_crashes_blender_fails_its_job_and_the_farm_goes_on(

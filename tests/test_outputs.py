@@ -171,7 +171,8 @@ def test_the_farm_writes_the_files_blender_writes(farm, blender_files, tmp_path,
     if "quality" in setup and "exr" in setup and tiles != (1, 1):
         known = (*known, *KNOWN_DWA_LEVEL)
     for name in want:
-        assert differences(got[name], want[name], known=known) == [], name
+        found = differences(got[name], want[name], known=known)
+        assert found == [], (name, *found)
         _names_the_artists_file(got[name], want[name], copy)
 
 

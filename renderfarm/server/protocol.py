@@ -73,7 +73,11 @@ def _priority(value: int) -> str | None:
 
 def _states(value: list[Any]) -> str | None:
     bad = [v for v in value if v not in STATES]
-    return f"has unknown states {bad}; known: {', '.join(STATES)}" if bad else None
+    if not bad:
+        return None
+    shown = ", ".join(repr(v)[:40] for v in bad[:3]) + (f" and {len(bad) - 3} more"
+                                                        if len(bad) > 3 else "")
+    return f"has unknown states ({shown}); known: {', '.join(STATES)}"
 
 
 def check_relative_name(value: str) -> str | None:
