@@ -294,7 +294,7 @@ def _estimate(args: argparse.Namespace) -> int:
     check_spec(spec, config)
     with Farm(config=config) as farm:
         handle = farm.submit(spec)
-        _follow(handle, show_bar=False)
+        _follow(handle, show_bar=False, say=("info",))  # the estimate is printed once, below
         result = handle.result()
     estimate = result.estimate or {}
     if args.json:
@@ -348,16 +348,19 @@ def _write_report(handle: Any, target: str) -> None:
         path.write_text(render_html(report, thumbnails), encoding="utf-8")
     else:
         path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"renderfarm: report written to {path}", file=sys.stderr)
 
 
-def _follow(handle: Any, show_bar: bool) -> None:
+def _follow(handle: Any, show_bar: bool, say: tuple[str, ...] = ("info", "estimate")) -> None:
+    """Show a job's progress bar, or print its events of the kinds ``say`` and its
+    warnings."""
     if show_bar:
         from renderfarm.progress import show_progress
 
         show_progress(handle)
         return
     for event in handle.events():
-        if event.kind in ("info", "estimate"):
+        if event.kind in say:
             print(f"renderfarm: {event.message}", file=sys.stderr)
         elif event.kind in ("warning", "task_retry", "task_failed"):
             print(f"renderfarm: {event.kind.replace('_', ' ')}: {event.message}",

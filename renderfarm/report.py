@@ -122,15 +122,17 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
         status = _status(task)
         kinds["failed" if status != "ok" else kind] += seconds * device_count(label, pool_device,
                                                                         cpus)
-        cost = 0.0
+        cost: float | None = 0.0  # None: a device of the call has no price (not free)
         for device, count in device_units(label, pool_device, cpus):
             price = price_of(device, prices)
             entry = devices.setdefault(device, {"device_seconds": 0.0, "price_per_hour": price,
                                                 "cost": 0.0 if price is not None else None})
             entry["device_seconds"] += seconds * count
-            if price is not None:
+            if price is None:
+                cost = None
+            else:
                 entry["cost"] += seconds * count * price / 3600.0
-                cost += seconds * count * price / 3600.0
+                cost = None if cost is None else cost + seconds * count * price / 3600.0
         line = workers.setdefault(worker, {
             "node": task.get("node") or "", "device": label, "calls": 0, "failures": 0,
             "busy_seconds": 0.0, "device_seconds": 0.0, "cost": 0.0,
@@ -139,7 +141,7 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
         line["failures"] += status != "ok"
         line["busy_seconds"] += seconds
         line["device_seconds"] += seconds * device_count(label, pool_device, cpus)
-        line["cost"] += cost
+        line["cost"] = None if cost is None or line["cost"] is None else line["cost"] + cost
         line["device"] = line["device"] or label
         pieces.append(_piece(task, kind, status, seconds, cost, outcome_of, suspects))
     total_seconds = sum(d["device_seconds"] for d in devices.values())
@@ -185,7 +187,8 @@ def device_count(label: str, pool_device: str, cpus: float) -> float:
     return sum(count for _d, count in device_units(label, pool_device, cpus))
 
 
-def _piece(task: Mapping[str, Any], kind: str, status: str, seconds: float, cost: float,
+def _piece(task: Mapping[str, Any], kind: str, status: str, seconds: float,
+           cost: float | None,
            outcome_of: Mapping[tuple[int, int, str], str],
            suspects: Sequence[str]) -> dict[str, Any]:
     render = float(task.get("render_seconds") or 0.0)
@@ -297,7 +300,8 @@ def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | Non
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>renderfarm report "
              f"{e(str(report['job_id']))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Job {e(str(report['job_id']))} — {e(str(report.get('name') or ''))}</h1>",
+             f"<h1>Job {e(str(report['job_id']))}"
+             + (f" — {e(str(report['name']))}" if report.get("name") else "") + "</h1>",
              "<ul class='summary'>" + "".join(f"<li>{e(line)}</li>"
                                               for line in summary_lines(report)) + "</ul>"]
     parts.append("<h2>Cost by device</h2><table><tr><th>device</th><th>device-seconds</th>"
@@ -313,7 +317,7 @@ def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | Non
         parts.append(f"<tr><td>{e(worker)}</td><td>{e(str(row['node'])[:12])}</td>"
                      f"<td>{e(row['device'])}</td><td>{row['calls']}</td>"
                      f"<td>{row['failures']}</td><td>{row['device_seconds']:.1f}</td>"
-                     f"<td>{row['cost']:.4f}</td>"
+                     f"<td>{money(row['cost'])}</td>"
                      f"<td class='{'bad' if row['suspect'] else ''}'>"
                      f"{'SUSPECT' if row['suspect'] else 'trusted'}</td></tr>")
     parts.append("</table>")

@@ -69,9 +69,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                        "(default 4)")
     serve.add_argument("--permit-scripts", action="store_true",
                        help="let jobs run Python embedded in their files when they ask")
-    serve.add_argument("--http", help="HOST:PORT of a read-only status page (with keys it "
-                       "asks for a login and may serve any address; without keys loopback "
-                       "only)")
+    serve.add_argument("--http", help="HOST:PORT of the web app (jobs, their frames, logs "
+                       "and reports; cancel, pause, resume, priority, requeue) and the HTTP "
+                       "API /api/v1 (with keys it asks for a login and may serve any "
+                       "address; without keys loopback only)")
     serve.add_argument("--max-bundle-gb", type=float, default=64.0,
                        help="the largest job (a .blend and its files) accepted, in GiB "
                        "(default 64)")
@@ -341,7 +342,8 @@ def _serve(args: argparse.Namespace) -> int:
         verify_tolerance=args.verify_tolerance, prices=parse_prices(args.price),
         notify=check_url(args.notify) if args.notify else None,
         notify_allow=tuple(args.notify_allow))
-    serve(config)
+    serve(config, say=lambda line: print(f"renderfarm serve: {line}", file=sys.stderr,
+                                          flush=True))
     return 0
 
 
@@ -460,9 +462,10 @@ def _submit(args: argparse.Namespace, client: Any) -> int:
     job_id = client.submit(blend, spec, priority=args.priority, project=args.project)
     sent = client.last_transfer
     if not args.quiet and not args.json:
+        had = sent["sent_files"] < sent["bundle_files"]
         print(f"{job_id}: sent {sent['sent_files']} of {sent['bundle_files']} file(s), "
-              f"{sent['sent_bytes']} of {sent['bundle_bytes']} bytes (the farm had the rest)",
-              file=sys.stderr)
+              f"{sent['sent_bytes']} of {sent['bundle_bytes']} bytes"
+              + (" (the farm had the rest)" if had else ""), file=sys.stderr)
     if not args.wait:
         print(json.dumps({"job_id": job_id, "transfer": sent}) if args.json else job_id)
         return 0

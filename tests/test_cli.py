@@ -100,8 +100,12 @@ def test_errors_found_by_the_workers(tiny: Path, corpus: Path, tmp_path: Path) -
 
 def test_render_succeeds_with_json_summary(tiny: Path, tmp_path: Path) -> None:
     proc = run("render", str(tiny), "--frames", "1-2", "--tiles", "2x2", "--workers", "2",
-               "-o", str(tmp_path / "t_####.png"), "--json")
+               "-o", str(tmp_path / "t_####.png"), "--json", "--report",
+               str(tmp_path / "r" / "report.html"))
     assert proc.returncode == 0, proc.stderr
+    # the report is written and its file named (stderr: stdout is the JSON)
+    assert f"report written to {tmp_path / 'r' / 'report.html'}" in proc.stderr
+    assert (tmp_path / "r" / "report.html").read_text().startswith("<!doctype html>")
     summary = json.loads(proc.stdout)
     assert summary["outputs"] == {"1": str(tmp_path / "t_0001.png"),
                                   "2": str(tmp_path / "t_0002.png")}

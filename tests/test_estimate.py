@@ -155,6 +155,8 @@ def test_estimate_predicts_without_rendering_the_job(make_scene, tmp_path: Path)
     assert not out.exists() or not any(out.iterdir())  # nothing of the job was written
     proc = cli("estimate", str(blend), "--frames", "1-2", "--workers", "2")
     assert proc.returncode == 0 and "no price set" in proc.stdout, proc.stdout
+    # said once: the result line, not also the probe's event
+    assert "device-s" in proc.stdout and "device-s" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.blender

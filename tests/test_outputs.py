@@ -507,6 +507,8 @@ def test_a_client_of_the_service_fetches_the_video_and_kept_frames(farm_server, 
                    "--tiles", "2x1", "--wait", "--fetch-to", str(folder),
                    *(["--keep-frames"] if keep else []))
         assert proc.returncode == 0, proc.stderr
+        sent, total = map(int, re.search(r"sent (\d+) of (\d+) file", proc.stderr).groups())
+        assert ("the farm had the rest" in proc.stderr) == (sent < total), proc.stderr
         kept = [f"shot_000{f}.exr" for f in range(1, 5)] if keep else []
         assert sorted(_files(folder)) == sorted(["shot_0001-0004.mp4", *kept])
         got, got_sound = _decoded(folder / "shot_0001-0004.mp4")

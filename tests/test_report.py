@@ -82,6 +82,25 @@ def test_gpus_are_priced_by_model_and_unpriced_devices_are_said() -> None:
     assert report["total"]["cost"] == pytest.approx(0.01 + 0.02)
 
 
+def test_an_unpriced_device_is_never_shown_as_free() -> None:
+    """No price set: the workers' and calls' cost is unknown (None in JSON, "no price set" on
+    the page), never 0; a priced worker beside it keeps its cost."""
+    run = {"job_id": "j", "device": "gpu",
+           "tasks": [call("gpu-1", 100, 10.0, device="OPTIX:NVIDIA A10"),
+                     call("gpu-2", 100, 10.0, device="CUDA:NVIDIA L4")]}
+    report = build_report(run, prices={"NVIDIA A10": 3.6})
+    assert report["workers"]["gpu-2"]["cost"] is None
+    assert report["workers"]["gpu-1"]["cost"] == pytest.approx(0.01)
+    assert [p["cost"] for p in report["pieces"] if p["worker"] == "gpu-2"] == [None]
+    nothing = build_report(run)  # no price at all
+    assert nothing["total"]["cost"] is None
+    assert all(w["cost"] is None for w in nothing["workers"].values())
+    assert json.loads(json.dumps(nothing))["workers"]["gpu-1"]["cost"] is None
+    page = render_html(nothing)
+    assert "0.0000" not in page and page.count("no price set") >= 4  # devices, workers
+    assert "Job j</h1>" in page  # no name: no dangling dash
+
+
 def test_prices_are_read_strictly() -> None:
     assert parse_prices(["CPU=0.04", "NVIDIA A10=1.10", "*=0"]) == {
         "CPU": 0.04, "NVIDIA A10": 1.10, "*": 0.0}

@@ -559,3 +559,29 @@ def test_requeue_renders_frames_again_into_the_same_outputs(
     nobody = cli("submit", str(blend), *args, "--require", "vram>=16")
     assert nobody.returncode == 3 and "no worker of this farm meets --require vram>=16" \
         in nobody.stderr and "cpus=" in nobody.stderr, nobody.stderr
+
+
+def test_serve_says_what_it_does_and_when_it_stops(tmp_path: Path) -> None:
+    """``renderfarm serve`` prints where it listens (requests, events, the web app), its
+    state and storage and the Ray it uses once it serves, and a line when it stops."""
+    from tests.conftest import free_port_pair
+
+    http = free_port_pair()
+    server = ServerProcess(tmp_path / "state", None, "--workers", "1", "--http",
+                           f"127.0.0.1:{http}").start()
+    deadline = time.monotonic() + 30
+    while "Ray: " not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    server.stop()
+    said = [line.removeprefix("renderfarm serve: ") for line in
+            server.log.read_text().splitlines() if line.startswith("renderfarm serve: ")]
+    port = int(server.address.rsplit(":", 1)[1])
+    assert said[:6] == [
+        f"requests on {server.address} (no keys (loopback only))",
+        f"events on tcp://127.0.0.1:{port + 1}",
+        f"web app and HTTP API on http://127.0.0.1:{http}/",
+        f"state (job database) in {tmp_path / 'state'}",
+        f"storage {tmp_path / 'state' / 'storage'}",
+        said[5]], said
+    assert said[5].startswith("Ray: its own, started on this machine (GCS "), said
+    assert said[-1] == "stopped; unfinished jobs resume at the next start", said

@@ -376,6 +376,34 @@ class FarmService:
         finally:
             self._shutdown()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def describe(self) -> list[str]:
+        """What the running service does, as ``renderfarm serve`` says it when it starts:
+        where it listens (requests, events, the web app), its state and storage, and the
+        Ray it renders on."""
+        import ray
+
+        config = self.config
+        keyed = "keyed: clients in " + str(config.clients) if config.clients else \
+            "no keys (loopback only)"
+        lines = [f"requests on {self.sockets.endpoint} ({keyed})",
+                 f"events on {self.sockets.publish}"]
+        if config.http:
+            lines.append(f"web app and HTTP API on {self.http_address or config.http}")
+        lines += [f"state (job database) in {config.state}", f"storage {self.storage.url}"]
+        try:
+            gcs = ray.get_runtime_context().gcs_address
+        except Exception:  # not connected yet
+            gcs = "?"
+        which = "its own, started on this machine" if config.address is None else \
+            config.address
+        lines.append(f"Ray: {which} (GCS {gcs})")
+        return lines
+
     def stop(self) -> None:
         """Make :meth:`serve` return (jobs stay in the database and resume on restart)."""
         self._stop.set()
@@ -1528,16 +1556,31 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def serve(config: ServiceConfig) -> None:
-    """Run the service until SIGINT or SIGTERM (jobs resume when it starts again)."""
+def serve(config: ServiceConfig, say: Any = None) -> None:
+    """Run the service until SIGINT or SIGTERM (jobs resume when it starts again);
+    ``say(line)`` is told what it does once it serves, and when it stops."""
     import signal
 
     service = FarmService(config)
+    ready = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
         logger.info("signal %d: stopping (running jobs resume at the next start)", signum)
         service.stop()
 
+    def _announce() -> None:
+        while not ready.wait(0.5):
+            if service.stopping:
+                return
+        for line in service.describe():
+            say(line)
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    service.serve()
+    if say is not None:
+        threading.Thread(target=_announce, name="renderfarm-announce", daemon=True).start()
+    try:
+        service.serve(ready)
+    finally:
+        if say is not None:
+            say("stopped; unfinished jobs resume at the next start")
