@@ -258,13 +258,17 @@ class BlenderWorker:
 
     def inspect(self, path: str, blend_hash: str, allow_scripts: bool, scene: str | None,
                 files: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Open the file (if needed) and return the scene's facts."""
+        """Open the file (if needed) and return the scene's facts, with when this worker
+        started and finished the call (``started``, ``finished``: its busy time, not the
+        time the call waited in its queue)."""
+        started = time.time()
         try:
             local = self._blend_path(path, blend_hash, files)
             if local is None:
                 return {"ok": False, "need_blob": True}
             info = self.session.info(local, blend_hash, allow_scripts, scene)
-            return {"ok": True, "info": info.to_dict()}
+            return {"ok": True, "info": info.to_dict(), "started": started,
+                    "finished": time.time()}
         except Exception as exc:  # reported to the driver, never fatal to the worker
             return {"ok": False, "error": _error_dict(exc)}
 
@@ -336,10 +340,12 @@ class BlenderWorker:
         pieces, and write it in ``file_format`` with the colour management of the job's scene.
 
         Returns:
-            ``{"data": the file's bytes, "extras": {name: bytes}}`` (``extras``: what the
-            compositor's File Output nodes wrote), or None when this worker needs the job's
-            files sent.
+            ``{"data": the file's bytes, "extras": {name: bytes}, "started": ...,
+            "finished": ...}`` (``extras``: what the compositor's File Output nodes wrote;
+            ``started`` and ``finished``: when this worker began and ended the call, not when
+            it was queued), or None when this worker needs the job's files sent.
         """
+        started = time.time()
         job_settings = RenderSettings.from_dict(settings)
         local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
         if local is None:
@@ -354,7 +360,8 @@ class BlenderWorker:
             self.session.take_extras()
             self.session.finish(source, target, file_format, frame)
             with open(target, "rb") as handle:
-                return {"data": handle.read(), "extras": self.session.take_extras()}
+                return {"data": handle.read(), "extras": self.session.take_extras(),
+                        "started": started, "finished": time.time()}
         finally:
             for name in (source, target):
                 if os.path.exists(name):
@@ -367,11 +374,13 @@ class BlenderWorker:
         written as ``VIDEO_FRAME``) with Blender's FFmpeg writer and the scene's settings.
 
         Returns:
-            ``{"name": file name Blender gave the video, "data": its bytes}``, or None when
+            ``{"name": file name Blender gave the video, "data": its bytes, "started": ...,
+            "finished": ...}`` (when this worker began and ended the call), or None when
             this worker needs the job's files sent.
         """
         import ray
 
+        started = time.time()
         job_settings = RenderSettings.from_dict(settings)
         local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
         if local is None:
@@ -389,7 +398,8 @@ class BlenderWorker:
             with _captured_output(self.log):
                 video = self.session.encode(paths, step, folder, name, container)
             with open(video, "rb") as handle:
-                return {"name": os.path.basename(video), "data": handle.read()}
+                return {"name": os.path.basename(video), "data": handle.read(),
+                        "started": started, "finished": time.time()}
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -239,9 +239,11 @@ class JobHandle:
 
     def eta(self) -> float | None:
         """Seconds the job still needs at the pace of its own tasks, or None before its
-        first task has finished."""
+        first task has finished and while it is paused (it needs time only once resumed)."""
         if self.done():
             return 0.0
+        if self.paused:
+            return None
         return self._run.eta() if self._run is not None else None
 
     def snapshot(self) -> dict[str, Any]:

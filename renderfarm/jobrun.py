@@ -713,7 +713,7 @@ class JobRun:
                 continue
             info = scene_info_from(reply)
             handle.loaded = blend_hash
-            self.account("inspect", handle, started, time.time())
+            self.account("inspect", handle, *busy_span(reply, started))
             return info
         raise BlendFileError("every worker that opened this file crashed; the file may be "
                              "damaged: open and save it again in Blender",
@@ -771,9 +771,20 @@ class JobRun:
             if reply is None:  # the worker cannot reach the job's files: send them
                 self.files.send_bytes()
                 continue
-            self.account(method, handle, started, time.time(), frame)
+            self.account(method, handle, *busy_span(reply, started), frame)
             return reply
         raise all_died()
+
+
+def busy_span(reply: Any, sent: float) -> tuple[float, float]:
+    """When a worker began and ended a call, as its reply says (the call may have waited
+    behind the worker's renders: that wait is not the job's busy time); a reply that does
+    not say is counted from ``sent`` to now."""
+    now = time.time()
+    if isinstance(reply, dict) and isinstance(reply.get("started"), (int, float)) \
+            and isinstance(reply.get("finished"), (int, float)):
+        return float(reply["started"]), float(reply["finished"])
+    return sent, now
 
 
 def _entry(method: Callable[..., Any]) -> Callable[..., Any]:

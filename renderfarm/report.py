@@ -339,14 +339,15 @@ def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | Non
                f"{base64.b64encode(image).decode()}'>" if image else "<div class='none'></div>")
         parts.append(f"<figure>{img}<figcaption>{output['frame']}: {e(output['name'])}<br>"
                      f"<code>{e(str(output['sha256'] or '')[:16])}</code></figcaption></figure>")
-    parts.append("</div><h2>Pieces</h2><table><tr><th>frame</th><th>tile</th><th>kind</th>"
+    parts.append("</div><h2>Calls</h2><table><tr><th>frame</th><th>tiles</th><th>call</th>"
                  "<th>worker</th><th>device</th><th>render s</th><th>busy s</th>"
                  "<th>Msamples/s</th><th>attempt</th><th>status</th><th>verification</th>"
                  "</tr>")
     for piece in report["pieces"]:
         rate = piece["samples_per_second"]
-        parts.append(f"<tr><td>{piece['frame']}</td><td>{piece['tile']}</td>"
-                     f"<td>{piece['kind']}</td><td>{e(piece['worker'])}</td>"
+        frame, tiles, what = call_cells(piece)
+        parts.append(f"<tr><td>{frame}</td><td>{tiles}</td>"
+                     f"<td>{what}</td><td>{e(piece['worker'])}</td>"
                      f"<td>{e(str(piece['device']))}</td><td>{piece['render_seconds']:.2f}</td>"
                      f"<td>{piece['busy_seconds']:.2f}</td>"
                      f"<td>{'' if rate is None else f'{rate / 1e6:.2f}'}</td>"
@@ -354,6 +355,25 @@ def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | Non
                      f"<td>{e(piece['verification'])}</td></tr>")
     parts.append("</table></body></html>")
     return "\n".join(parts)
+
+
+#: each kind of call, as a report names it
+CALL_NAMES = {"render": "render", "check": "check", "finish": "finishing",
+              "inspect": "inspection", "probe": "probe", "encode": "video encoding"}
+
+
+def call_cells(piece: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(frame, tiles, what)`` of a call as a table shows it: inspection names no frame,
+    finishing and encoding no tile, a call that rendered several tiles lists them all."""
+    kind = str(piece.get("kind") or "render")
+    what = CALL_NAMES.get(kind, kind)
+    if kind == "inspect":
+        return "", "", what
+    frame = str(piece.get("frame", ""))
+    if kind in ("finish", "encode"):
+        return frame, "", what
+    tiles = [int(t) for t in piece.get("tiles") or []] or [int(piece.get("tile") or 0)]
+    return frame, ", ".join(map(str, tiles)), what
 
 
 def _timeline(report: Mapping[str, Any]) -> str:
@@ -371,8 +391,11 @@ def _timeline(report: Mapping[str, Any]) -> str:
         x = 120 + (piece["started"] - start) / span * (width - 130)
         w = max((piece["finished"] - piece["started"]) / span * (width - 130), 1.0)
         colour = _COLOURS.get("failed" if piece["status"] != "ok" else piece["kind"], "#999999")
-        label = html.escape(f"frame {piece['frame']} tile {piece['tile']} {piece['kind']} "
-                            f"{piece['busy_seconds']:.2f} s {piece['status']}")
+        frame, tiles, what = call_cells(piece)
+        label = html.escape(" ".join(filter(None, [
+            what, f"frame {frame}" if frame else "",
+            (f"tiles {tiles}" if "," in tiles else f"tile {tiles}") if tiles else "",
+            f"{piece['busy_seconds']:.2f} s", piece["status"]])))
         bars.append(f"<rect x='{x:.1f}' y='{y + 3}' width='{w:.1f}' height='{row - 6}' "
                     f"fill='{colour}'><title>{label}</title></rect>")
     names = "".join(f"<text x='0' y='{i * row + 15}'>{html.escape(w)}</text>"

@@ -82,6 +82,22 @@ def test_gpus_are_priced_by_model_and_unpriced_devices_are_said() -> None:
     assert report["total"]["cost"] == pytest.approx(0.01 + 0.02)
 
 
+def test_calls_are_named_as_what_they_are() -> None:
+    """Tables in the user's words: inspection names no frame or tile, finishing no tile, a
+    call that rendered four tiles lists all four."""
+    run = {"job_id": "j", "device": "cpu", "wall_seconds": 9.0,
+           "tasks": [call("cpu-1", 100, 1.0, kind="inspect", frame=0, tile=-1),
+                     call("cpu-1", 101, 4.0, tile=0, covers=[0, 1, 2, 3]),
+                     call("cpu-1", 105, 1.0, kind="finish", tile=-1)]}
+    page = render_html(build_report(run))
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>cpu-1</td>",
+                      page)
+    assert rows == [("", "", "inspection"), ("1", "0, 1, 2, 3", "render"),
+                    ("1", "", "finishing")], rows
+    assert "tile -1" not in page and "frame 0" not in page
+    assert "render frame 1 tiles 0, 1, 2, 3 4.00 s ok" in page  # the timeline's label
+
+
 def test_an_unpriced_device_is_never_shown_as_free() -> None:
     """No price set: the workers' and calls' cost is unknown (None in JSON, "no price set" on
     the page), never 0; a priced worker beside it keeps its cost."""
@@ -156,6 +172,48 @@ def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout, check=False)
 
 
+def assert_accounting_adds_up(report: dict[str, Any], slack: float = 0.05) -> None:
+    """What a report must hold whatever the job did: a worker's calls never overlap (a
+    worker does one thing at a time: a call counts from when it started it, not from when
+    it was queued), a worker's busy seconds never exceed the job's wall time, and the job's
+    device-seconds never exceed what its workers could give in that time."""
+    wall = report["wall_seconds"]
+    spans: dict[str, list[tuple[float, float, str]]] = {}
+    for piece in report["pieces"]:
+        if piece["finished"] > piece["started"] > 0:
+            spans.setdefault(piece["worker"], []).append((piece["started"], piece["finished"],
+                                                         piece["kind"]))
+    assert spans, "no call was timed"
+    for worker, calls in spans.items():
+        calls.sort()
+        first = calls[0][0]
+        for (_s0, end, kind), (start, _e1, later) in zip(calls, calls[1:], strict=False):
+            assert start >= end - slack, (
+                f"{worker}: a {later} call from {start - first:.2f} s overlaps a {kind} call "
+                f"until {end - first:.2f} s")
+        busy = report["workers"][worker]["busy_seconds"]
+        assert busy <= wall + slack, f"{worker} busy {busy:.2f} s in a {wall:.2f} s job"
+    most = len(report["workers"]) * report["worker_cpus"] * wall
+    assert report["total"]["device_seconds"] <= most + slack, (report["total"], most)
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_a_local_jobs_accounting_adds_up(farm, make_scene, tmp_path: Path) -> None:
+    """A tiled job with grouped tiles, checks and frames finished on the workers (PNG):
+    every finishing call counts from when its worker started it, so no worker is busier
+    than the job was long."""
+    from renderfarm.job import JobSpec
+
+    blend = make_scene(width=64, height=48, samples=8, frames=4)
+    handle = farm.submit(JobSpec(str(blend), frames="1-4", tiles=(2, 2), verify=0.5,
+                                 output=str(tmp_path / "a_####.png")))
+    handle.result(timeout=300)
+    report = handle.report()
+    assert report["by_kind"]["finish"] > 0 and report["by_kind"]["check"] > 0, report["by_kind"]
+    assert_accounting_adds_up(report)
+
+
 @pytest.mark.blender
 @pytest.mark.ray
 def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
@@ -228,6 +286,7 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         assert total["device_seconds"] == pytest.approx(
             sum(w["device_seconds"] for w in report["workers"].values()))
         assert set(report["clients"]) == {"alice"}
+        assert_accounting_adds_up(report)  # finishing, checks, a retry, inspection
         # each output's SHA-256 is the delivered file's
         for output in report["outputs"]:
             data = (out / output["name"]).read_bytes()

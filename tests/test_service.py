@@ -102,7 +102,10 @@ def test_priorities_pause_and_resume(farm_server: ServerProcess, make_scene) -> 
     blend = make_scene(width=96, height=64, samples=16, frames=8)
     with farm_server.client() as client:
         low = client.submit(blend, {"frames": "1-8", "output": "low_####.exr"})
-        wait_until(client, low, lambda j: j["tasks_done"] >= 1)
+        wait_until(client, low, lambda j: j["tasks_done"] >= 1 and j["eta"] is not None)
+        client.pause(low)  # a paused job's ETA is not counted down: it says none
+        assert client.status(low)["eta"] is None
+        client.resume(low)
         # queued together while the farm is busy: first come, but the urgent one is higher
         later = client.submit(blend, {"frames": "1-8", "output": "later_####.exr"})
         urgent = client.submit(blend, {"frames": "1-2", "output": "urgent_####.exr"},

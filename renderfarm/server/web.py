@@ -59,6 +59,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from renderfarm.errors import InputError, ServiceError
+from renderfarm.report import call_cells
 from renderfarm.server import protocol
 from renderfarm.server.api import EventStreams, openapi, read_body, reply_response
 from renderfarm.server.keyring import LOCAL, Caller, web_token
@@ -255,9 +256,9 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
         f"<td>{e(Path(name).name)}</td><td><code>{e(hashes.get(f, '')[:16])}</code></td></tr>"
         for f, name in service.store.frames(job_id).items())
     calls = "".join(
-        f"<tr class='call {'done' if c['ok'] else 'failed'}'><td>{c['frame']}</td>"
-        f"<td>{c['tile'] if c['tile'] >= 0 else ''}</td><td>{e(c['kind'])}</td>"
-        f"<td>{c['attempt']}</td><td>{e(c['worker'] or '')}</td>"
+        f"<tr class='call {'done' if c['ok'] else 'failed'}'>"
+        + "".join(f"<td>{e(cell)}</td>" for cell in call_cells(c))
+        + f"<td>{c['attempt']}</td><td>{e(c['worker'] or '')}</td>"
         f"<td>{'ok' if c['ok'] else e(c['error'] or 'failed')}</td></tr>"
         for c in service.store.logs(job_id)[-100:][::-1])
     eta = service.job_eta(job_id)
@@ -267,7 +268,8 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
             f"priority <b id='priority'>{job['priority']}</b>, owner {e(job['owner'] or '')}, "
             f"tasks {_bar(job['tasks_done'], job['tasks_total'])}, frames "
             f"{_bar(job['frames_done'], job['frames_total'])}, {_seconds(job['elapsed'])}"
-            + (f", ETA <span id='eta'>{_seconds(eta)}</span>" if eta is not None else "")
+            + (f", ETA <span id='eta'>{_seconds(eta)}</span>" if eta is not None else
+               ", ETA <span id='eta'>paused</span>" if job["state"] == "paused" else "")
             + "</p>"
             + (f"<p id='waiting'>{e(waiting)}</p>" if waiting else "")
             + f"<p class='failed' id='error'>{e(job['error'] or '')}</p>"
@@ -277,7 +279,7 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
             "<h2>Tasks per worker</h2><table id='workers'><tr><th>worker</th><th>tasks</th>"
             f"<th>tiles</th><th>render time</th></tr>{rows}</table>"
             "<h2>Latest calls</h2><table id='calls'><tr><th>frame</th><th>tile</th>"
-            "<th>kind</th><th>attempt</th><th>worker</th><th>result</th></tr>"
+            "<th>call</th><th>attempt</th><th>worker</th><th>result</th></tr>"
             f"{calls}</table>"
             f"<h2>Preview</h2><img id='preview' alt='no preview yet' "
             f"src='/preview/{escaped}.png?{job['tasks_done']}' "
