@@ -17,6 +17,7 @@ and a fault counts when it fired (its count went down), not when it was armed. U
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import random
@@ -143,6 +144,11 @@ class FileWrites:
         """How many times ``path`` was seen written."""
         return len(self._seen.get(path, ()))
 
+    def rewritten(self, pattern: str = "*") -> int:
+        """How many files whose name matches ``pattern`` were seen written more than once."""
+        return sum(1 for path, seen in self._seen.items()
+                   if len(seen) > 1 and fnmatch.fnmatch(path.name, pattern))
+
 
 def soak(farm: Any, blend: str, folder: Path, seconds: float, seed: int = 0,
          jobs_per_round: int = 3, cluster: Any = None, node_cpus: float = 1,
@@ -173,52 +179,44 @@ def soak(farm: Any, blend: str, folder: Path, seconds: float, seed: int = 0,
     report = SoakReport()
     started = time.monotonic()
     round_number = 0
-    writes = FileWrites(folder)
-    writes.__enter__()
     try:
-        while time.monotonic() - started < seconds:
-            round_number += 1
-            handles, injected = [], set()
-            worker_faults = []
-            for index in range(jobs_per_round):
-                job_id = f"soak-{seed}-{round_number}-{index}"
-                if rng.random() < 0.5:
-                    point, action = rng.choice(WORKER_FAULTS)
-                    worker_faults.append(faults.Fault(
-                        point, action, times=1, seconds=2.0, match={"job_id": job_id}))
-                    report.faults_armed[f"{point}:{action}"] += 1
-                if rng.random() < 0.2:
-                    point, action = rng.choice(DRIVER_FAULTS)
-                    faults.arm(point, action, times=1, job_id=job_id)
-                    injected.add(job_id)
-                    report.faults_armed[f"{point}:{action}"] += 1
-            faults.arm_workers(fault_file, worker_faults)
-            for index in range(jobs_per_round):
-                job_id = f"soak-{seed}-{round_number}-{index}"
-                spec = JobSpec(blend, frames=f"{FRAMES[0]}-{FRAMES[-1]}", tiles=(2, 1),
-                               retries=3,
-                               group_tiles=False,
-                               output=str(folder / job_id / "s_####.exr"))
-                handles.append(farm.submit(spec, job_id=job_id))
-                report.jobs += 1
-            if cluster is not None and rng.random() < 0.5:
-                _replace_a_node(cluster, handles, rng, report, node_cpus)
-            ended = []
-            for handle in handles:
-                ended.append(_ended(handle, RenderFarmError))
-            in_driver, in_workers = _fired(fault_file)
-            report.faults_fired.update(f"{f.point}:{f.action}"
-                                       for f in [*in_driver, *in_workers])
-            hit = {f.match.get("job_id") for f in in_driver}  # the job's own code raised
-            for handle, (result, error) in zip(handles, ended, strict=True):
-                _account(report, handle, result, error, handle.job_id in hit, reference)
-            faults.disarm()
+        with FileWrites(folder) as writes:
+            while time.monotonic() - started < seconds:
+                round_number += 1
+                handles, worker_faults = [], []
+                for index in range(jobs_per_round):
+                    job_id = f"soak-{seed}-{round_number}-{index}"
+                    if rng.random() < 0.5:
+                        point, action = rng.choice(WORKER_FAULTS)
+                        worker_faults.append(faults.Fault(
+                            point, action, times=1, seconds=2.0, match={"job_id": job_id}))
+                        report.faults_armed[f"{point}:{action}"] += 1
+                    if rng.random() < 0.2:
+                        point, action = rng.choice(DRIVER_FAULTS)
+                        faults.arm(point, action, times=1, job_id=job_id)
+                        report.faults_armed[f"{point}:{action}"] += 1
+                faults.arm_workers(fault_file, worker_faults)
+                for index in range(jobs_per_round):
+                    job_id = f"soak-{seed}-{round_number}-{index}"
+                    spec = JobSpec(blend, frames=f"{FRAMES[0]}-{FRAMES[-1]}", tiles=(2, 1),
+                                   retries=3, group_tiles=False,
+                                   output=str(folder / job_id / "s_####.exr"))
+                    handles.append(farm.submit(spec, job_id=job_id))
+                    report.jobs += 1
+                if cluster is not None and rng.random() < 0.5:
+                    _replace_a_node(cluster, handles, rng, report, node_cpus)
+                ended = [_ended(handle, RenderFarmError) for handle in handles]
+                in_driver, in_workers = _fired(fault_file)
+                report.faults_fired.update(f"{f.point}:{f.action}"
+                                           for f in [*in_driver, *in_workers])
+                hit = {f.match.get("job_id") for f in in_driver}  # the job's own code raised
+                for handle, (result, error) in zip(handles, ended, strict=True):
+                    _account(report, handle, result, error, handle.job_id in hit, reference)
+                faults.disarm()
     finally:
         faults.disarm()
-        writes.__exit__()
         Path(fault_file).unlink(missing_ok=True)
-    for path in {p for job in folder.iterdir() if job.is_dir() for p in job.glob("s_*.exr")}:
-        report.merged_twice += writes.writes(path) > 1
+    report.merged_twice += writes.rewritten("s_*.exr")  # a frame's file seen written twice
     report.seconds = time.monotonic() - started
     return report
 

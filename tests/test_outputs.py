@@ -30,6 +30,9 @@ KNOWN = ("File", "Blender:File")
 #: Blender's quality 90); Blender writes the same pixels without it
 KNOWN_DWA_LEVEL = ("openexr:dwaCompressionLevel",)
 
+#: the setup whose File Output nodes name their files every way Blender allows
+FORMS = "File Output nodes named every way (no #, # in file name, folder or item, sub-paths)"
+
 #: setup -> (scene options, frames)
 SETUPS: dict[str, tuple[dict[str, object], str]] = {
     "png 8-bit RGBA (Blender's default)": ({"output": "PNG,8,RGBA"}, "1-2"),
@@ -91,16 +94,11 @@ SETUPS: dict[str, tuple[dict[str, object], str]] = {
     "stereo 3D with a File Output node (whole frames)": (
         {"output": "PNG,8,RGBA", "extra": ["file-output"],
          "set": ["scene.render.use_multiview=True"]}, "1-2"),
-    "File Output nodes named every way (no #, # in file name, folder or item, sub-paths)": (
-        {"output": "PNG,8,RGBA", "extra": ["file-output-forms"]}, "1-3"),
+    FORMS: ({"output": "PNG,8,RGBA", "extra": ["file-output-forms"]}, "1-3"),
     "folder path, no extension": (
         {"output": "PNG,8,RGB", "set": ["scene.render.filepath='//out/'",
                                         "scene.render.use_file_extension=False"]}, "1-2"),
 }
-
-
-#: the setup whose File Output nodes name their files every way Blender allows
-FORMS = "File Output nodes named every way (no #, # in file name, folder or item, sub-paths)"
 
 
 def _names_the_artists_file(got: Path, want: Path, blend: Path) -> None:
@@ -304,9 +302,9 @@ def test_file_output_files_reach_a_client_of_the_service_through_s3(
     from tests.test_service import wait_state
 
     blend, want = blender_files(FORMS)  # Blender's files of frames 1-3
-    extras = {name: int(re.search(r"(\d+)(?!.*\d)", name).group(1)) for name in want
-              if not name.startswith("render/") and int(re.search(r"(\d+)(?!.*\d)",
-                                                                  name).group(1)) <= 2}
+    frame_of = {name: int(re.findall(r"\d+", name)[-1]) for name in want}  # the last number
+    extras = {name: frame for name, frame in frame_of.items()
+              if not name.startswith("render/") and frame <= 2}
     assert len(extras) == 2 * 14, extras  # 8 nodes: 14 files a frame
     boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test",
                  aws_secret_access_key="test",

@@ -56,3 +56,4 @@ def test_file_writes_counts_each_write_of_a_file(tmp_path: Path) -> None:
         time.sleep(0.2)
         write_atomically(twice, lambda tmp: tmp.write_bytes(b"b"))
     assert (writes.writes(once), writes.writes(twice)) == (1, 2)
+    assert writes.rewritten("s_*.exr") == 1
