@@ -486,7 +486,11 @@ class WorkerHandle:
     loaded: str | None = None
     busy: bool = False
     node: str = ""
+    #: tasks it finished, counted as the job's progress counts them (a call that rendered
+    #: four grouped tiles finished four)
     tasks_done: int = 0
+    #: calls it finished (a call of four grouped tiles is one)
+    calls: int = 0
     #: whether the actor has started (answered its ping); tasks go to started workers only
     ready: bool = False
     ready_ref: Any = None
@@ -511,7 +515,8 @@ class WorkerHandle:
                  "starting" if not self.ready else "busy" if self.busy else "idle")
         tags = self.tags
         return {"worker": self.worker_id, "node": self.node, "device": self.device,
-                "state": state, "tasks_done": self.tasks_done, "failures": self.failures,
+                "state": state, "tasks_done": self.tasks_done, "calls": self.calls,
+                "failures": self.failures,
                 "reason": self.disabled or self.suspect, "loaded": self.loaded,
                 "current": self.current,
                 "tags": sorted(tags.tags) if tags else [],
@@ -1097,9 +1102,10 @@ def _finish(pool: WorkerPool, running: dict[Any, _Running], queues: dict[str, li
                  RenderError(f"worker call failed: {exc}"), _lost(item))
         _drop_worker(pool, running, queues, handle, RenderError("worker replaced"))
         return
-    handle.tasks_done += 1
+    members = len(getattr(item.task, "members", (None,)))
+    handle.tasks_done += members
+    handle.calls += 1
     if started is not None:
-        members = len(getattr(item.task, "members", (None,)))
         seconds = (time.monotonic() - started) / members
         item.source.durations.append(seconds)
         pace = item.source.paces.setdefault(handle.worker_id, [])

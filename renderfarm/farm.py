@@ -297,7 +297,9 @@ class JobHandle:
         self._cancel.set()
 
     def pause(self) -> None:
-        """Start no more tasks of this job; running ones finish and are kept."""
+        """Start no more renders of this job; running ones finish and are kept, and frames
+        whose pieces are in are still merged and written (with their checks, under
+        ``verify``)."""
         self._paused.set()
 
     def resume(self) -> None:

@@ -759,6 +759,9 @@ class TaskResult(_Json):
         error: the error, as :meth:`RenderFarmError.to_dict`, when ``ok`` is False.
         covers: for neighbouring tiles rendered in one call, the indices of every task the
             call rendered (``task_index`` first); empty for a single tile.
+        tiles: the grid tiles the call rendered (as the driver knows them from ``covers``:
+            ``[4, 5]`` for a call that rendered tiles 4 and 5 of its frame); empty for a call
+            of one tile (``tile``) or of no tile.
         kind: what the worker did for the job: ``render`` (a piece), ``check`` (a piece
             rendered again to verify another worker's), ``finish`` (denoise, composite or
             convert a merged frame), ``inspect`` (open the file, read the scene), ``probe``
@@ -786,6 +789,7 @@ class TaskResult(_Json):
     finished: float = 0.0
     error: dict[str, Any] | None = None
     covers: tuple[int, ...] = ()
+    tiles: tuple[int, ...] = ()
     kind: str = "render"
     pixels: int = 0
     samples: int = 0
@@ -806,6 +810,7 @@ class TaskResult(_Json):
     @classmethod
     def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
         data["covers"] = tuple(data.get("covers", ()))
+        data["tiles"] = tuple(data.get("tiles", ()))
         return data
 
 

@@ -577,6 +577,10 @@ class JobRun:
     def record(self, result: TaskResult) -> None:
         """Keep what a worker call did for the job (its timing, its log) and hand it to
         the ``on_result`` hook (the farm service keeps logs in its database)."""
+        if result.covers and not result.tiles and self.state is not None:
+            entries = self.state.entries
+            result = replace(result, tiles=tuple(entries[i].task.tile.index
+                                                 for i in result.covers if i in entries))
         with self.lock:
             self.results.append(result)
         if self.on_result is not None:
@@ -833,14 +837,15 @@ class Entries:
     @_entry
     def next_task(self, worker: str, live: frozenset[str]) -> Task | None:
         """The job's next task for a free worker (``live``: the workers taking tasks), or
-        None."""
+        None; a paused job gives checks of pieces already rendered only (pause stops
+        rendering, not the finishing of frames whose pieces are in)."""
         job = self.job
         faults.fire("driver.next_task", job_id=job.handle.job_id)
-        if job.ended.is_set() or job.handle.paused:
+        if job.ended.is_set():
             return None
-        with job.lock:
+        with job.lock:  # paused: no new render, but the checks that let frames be written
             task = self.state.next_for(worker, live, group=job.spec.group_tiles,
-                                       devices=self.devices)
+                                       devices=self.devices, checks_only=job.handle.paused)
             problems = self.state.take_problems()
             ready = self.state.take_ready()
         for problem in problems:  # a disagreement nobody can settle, no worker left: stop

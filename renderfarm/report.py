@@ -202,7 +202,7 @@ def _piece(task: Mapping[str, Any], kind: str, status: str, seconds: float,
     else:
         verification = outcome_of.get((frame, tile, worker), "not checked")
     error = task.get("error") or {}
-    return {"frame": frame, "tile": tile, "tiles": list(task.get("covers") or []),
+    return {"frame": frame, "tile": tile, "tiles": list(task.get("tiles") or []),
             "kind": kind, "worker": worker, "node": task.get("node") or "",
             "device": task.get("device") or "", "status": status,
             "render_seconds": render, "busy_seconds": seconds,
@@ -292,14 +292,24 @@ _COLOURS = {"render": "#4a8fd8", "check": "#a77bd8", "finish": "#4cae6a",
             "failed": "#d85a4a"}
 
 
-def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | None = None
-                ) -> str:
+def render_html(report: Mapping[str, Any], thumbnails: Mapping[int, bytes] | None = None,
+                style: str | None = None, header: str = "") -> str:
     """The report as one self-contained HTML page: summary, cost by device and worker,
     verification, a timeline of each worker's calls, and a contact sheet of the frames
-    (``thumbnails``: ``{frame: PNG bytes}``)."""
+    (``thumbnails``: ``{frame: PNG bytes}``).
+
+    Args:
+        report: what :func:`build_report` made.
+        thumbnails: ``{frame: PNG bytes}`` for the contact sheet.
+        style: the page's look (CSS; the web app gives its own), else a light page.
+        header: HTML put before the title (the web app's navigation and a link back to the
+            job's page).
+    """
     e = html.escape
+    look = _CSS if style is None else style
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>renderfarm report "
-             f"{e(str(report['job_id']))}</title><style>{_CSS}</style></head><body>",
+             f"{e(str(report['job_id']))}</title><style>{look}\n{_CSS_PARTS}</style></head>"
+             f"<body>{header}",
              f"<h1>Job {e(str(report['job_id']))}"
              + (f" — {e(str(report['name']))}" if report.get("name") else "") + "</h1>",
              "<ul class='summary'>" + "".join(f"<li>{e(line)}</li>"
@@ -376,6 +386,15 @@ def call_cells(piece: Mapping[str, Any]) -> tuple[str, str, str]:
     return frame, ", ".join(map(str, tiles)), what
 
 
+def call_title(piece: Mapping[str, Any]) -> str:
+    """A call in a line of words: ``render frame 3 tiles 0, 1``, ``finishing frame 3``,
+    ``inspection``."""
+    frame, tiles, what = call_cells(piece)
+    many = "," in tiles
+    return " ".join(filter(None, [what, f"frame {frame}" if frame else "",
+                                  f"tile{'s' if many else ''} {tiles}" if tiles else ""]))
+
+
 def _timeline(report: Mapping[str, Any]) -> str:
     """An SVG with one row per worker and one bar per call, coloured by kind."""
     pieces = [p for p in report["pieces"] if p["finished"] > p["started"] > 0]
@@ -405,10 +424,14 @@ def _timeline(report: Mapping[str, Any]) -> str:
             f"width='{width}' height='{len(workers) * row}'>{names}{''.join(bars)}</svg>")
 
 
+#: the look of a report saved as a file (light)
 _CSS = """body { font-family: sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1em; font-size: 0.9em; }
-td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
-.bad { color: #b22; font-weight: bold; }
+td, th { border: 1px solid #ccc; }
+.bad { color: #b22; }"""
+
+#: what every report page has, whatever its look
+_CSS_PARTS = """table { border-collapse: collapse; margin-bottom: 1em; font-size: 0.9em; }
+td, th { padding: 2px 6px; text-align: left; } .bad { font-weight: bold; }
 .sheet { display: flex; flex-wrap: wrap; gap: 8px; }
 figure { margin: 0; font-size: 0.8em; } figure img, .none { width: 160px; }
-.timeline text { font-size: 11px; }"""
+.timeline text { font-size: 11px; fill: currentColor; }"""

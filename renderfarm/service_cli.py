@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     import faulthandler
 
     from renderfarm.client import FarmClient
+    from renderfarm.report import call_title
 
     if args.command not in ("submit", "fetch"):
         # a client command is a few round trips: should one ever hang inside ZeroMQ, print
@@ -254,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
             for entry in [] if args.json else listed:
                 reason = f" — {entry['reason']}" if entry.get("reason") else ""
                 print(f"{entry['worker']:<10} {entry['state']:<9} {entry['device'] or '-':<22}"
-                      f" tasks {entry['tasks_done']:<5} failures {entry['failures']:<3} "
+                      f" tasks {entry['tasks_done']:<5} calls {entry.get('calls', 0):<5} "
+                      f"failures {entry['failures']:<3} "
                       f"node {str(entry['node'])[:12]}"
                       + (f" now {entry['current']}" if entry.get("current") else "") + reason)
             return 0
@@ -273,10 +275,9 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(logs, indent=2))
                 return 0
             for entry in logs:
-                tile = f" tile {entry['tile']}" if entry["tile"] >= 0 else ""
                 status = "ok" if entry["ok"] else f"FAILED: {entry['error'] or ''}"
-                print(f"== frame {entry['frame']}{tile} {entry['kind']} attempt "
-                      f"{entry['attempt']} on {entry['worker']}: {status}")
+                print(f"== {call_title(entry)} attempt {entry['attempt']} on "
+                      f"{entry['worker']}: {status}")
                 for line in entry["log"].splitlines():
                     print(f"   {line}")
             if not logs:

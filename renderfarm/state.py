@@ -211,8 +211,8 @@ class JobState:
 
     # -- transitions -------------------------------------------------------------------------
     def next_for(self, worker: str, live_workers: int | Collection[str] = 1,
-                 group: bool = False, devices: Mapping[str, str] | None = None
-                 ) -> Task | None:
+                 group: bool = False, devices: Mapping[str, str] | None = None,
+                 checks_only: bool = False) -> Task | None:
         """Start the next task on ``worker`` (which asks because it is free).
 
         Checks of finished pieces go first (their frames wait for them), each on a worker
@@ -230,6 +230,8 @@ class JobState:
             group: render neighbouring tiles in one call.
             devices: the device class each worker rendered on so far (checks go to a
                 worker of the original's class; a worker not yet seen may take any).
+            checks_only: start checks of pieces already rendered, nothing else (a paused
+                job: its frames whose pieces are in still get written).
 
         Returns:
             The task now running on ``worker``, or None when nothing suits it.
@@ -248,7 +250,7 @@ class JobState:
             return None
         live = live_workers if isinstance(live_workers, int) else len(live_ids or ())
         check = self._next_check(worker, live, live_ids, devices or {})
-        if check is not None:
+        if check is not None or checks_only:
             return check
         skipped: list[int] = []
         chosen: Task | None = None

@@ -87,7 +87,7 @@ def test_calls_are_named_as_what_they_are() -> None:
     call that rendered four tiles lists all four."""
     run = {"job_id": "j", "device": "cpu", "wall_seconds": 9.0,
            "tasks": [call("cpu-1", 100, 1.0, kind="inspect", frame=0, tile=-1),
-                     call("cpu-1", 101, 4.0, tile=0, covers=[0, 1, 2, 3]),
+                     call("cpu-1", 101, 4.0, tile=0, covers=[4, 5, 6, 7], tiles=[0, 1, 2, 3]),
                      call("cpu-1", 105, 1.0, kind="finish", tile=-1)]}
     page = render_html(build_report(run))
     rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>cpu-1</td>",
@@ -212,6 +212,70 @@ def test_a_local_jobs_accounting_adds_up(farm, make_scene, tmp_path: Path) -> No
     report = handle.report()
     assert report["by_kind"]["finish"] > 0 and report["by_kind"]["check"] > 0, report["by_kind"]
     assert_accounting_adds_up(report)
+    # each frame's render calls name the grid tiles they rendered: 0 to 3 once each
+    for frame in range(1, 5):
+        renders = [p for p in report["pieces"] if p["kind"] == "render"
+                   and p["frame"] == frame and p["status"] == "ok"]
+        tiles = sorted(t for p in renders for t in (p["tiles"] or [p["tile"]]))
+        assert tiles == [0, 1, 2, 3], (frame, renders)
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_pause_stops_rendering_not_the_frames_whose_pieces_are_in(farm, make_scene,
+                                                                  tmp_path: Path) -> None:
+    """A job paused with every piece checked (verify 1): no render starts while it is
+    paused, its ETA says so (None), and every frame whose renders had finished is checked,
+    merged and written before it resumes."""
+    import threading
+
+    from renderfarm.job import JobSpec
+
+    blend = make_scene(width=64, height=48, samples=16, frames=6)
+    out = tmp_path / "out"
+    handle = farm.submit(JobSpec(str(blend), frames="1-6", tiles=(2, 2), verify=1.0,
+                                 group_tiles=False, output=str(out / "p_####.png")))
+    rendered: dict[int, set[int]] = {}
+    lock = threading.Lock()
+    eight = threading.Event()
+
+    def follow() -> None:
+        for event in handle.events():
+            if event.kind == "task_done" and event.frame is not None:  # renders, not checks
+                with lock:
+                    rendered.setdefault(event.frame, set()).add(event.tile or 0)
+                    if sum(len(t) for t in rendered.values()) >= 8:
+                        eight.set()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    assert eight.wait(180)
+    handle.pause()
+    paused_at = time.time()
+    assert handle.eta() is None  # paused: no time left to count
+
+    def complete() -> set[int]:  # pieces in flight at the pause finish too
+        with lock:
+            return {f for f, tiles in rendered.items() if len(tiles) == 4}
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            complete() and all((out / f"p_{f:04d}.png").is_file() for f in complete())):
+        time.sleep(0.2)
+    time.sleep(2.0)  # a render wrongly started while paused would show by now
+    written = {int(p.stem[2:]) for p in out.glob("p_*.png")}
+    assert complete() and complete() <= written, (complete(), written)
+    assert len(complete()) < 6 and not handle.done()
+    resumed_at = time.time()
+    handle.resume()
+    handle.result(timeout=300)
+    follower.join(10)
+    assert sorted(int(p.stem[2:]) for p in out.glob("p_*.png")) == [1, 2, 3, 4, 5, 6]
+    renders = [p for p in handle.report()["pieces"] if p["kind"] == "render"]
+    # calls sent just before the pause may start a moment later on their worker
+    late = [p for p in renders if paused_at + 1.0 < p["started"] < resumed_at]
+    assert not late, late  # no render started while it was paused
+    assert any(p["started"] >= resumed_at for p in renders)  # the rest rendered after
 
 
 @pytest.mark.blender
@@ -259,7 +323,7 @@ def test_a_farm_reports_cost_and_verification_and_guards_its_outputs(
         # Blender's output is kept with every task: a tail for each, all of a failed one
         proc = cli("log", job_id, *alice_args, "--frame", "1")
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.count("== frame 1 tile") >= 2 and "Saved:" in proc.stdout
+        assert proc.stdout.count("== render frame 1 tile ") >= 2 and "Saved:" in proc.stdout
         proc = cli("log", job_id, *alice_args, "--failed", "--json")
         failed = json.loads(proc.stdout)
         assert len(failed) == 1 and failed[0]["frame"] == 2 and not failed[0]["ok"]

@@ -227,3 +227,16 @@ def test_a_slow_worker_is_told_when_a_task_waits_for_it_alone() -> None:
     finish(state, piece, "fast")
     # only "slow" may check the fast worker's piece: it must not leave it to "fast"
     assert state.exclusive("slow", {"fast"}) and not state.exclusive("fast", {"slow"})
+
+
+def test_a_paused_job_starts_checks_of_rendered_pieces_and_no_render() -> None:
+    """Pause stops rendering, not finishing: checks of pieces already in still start (their
+    frames are written), the pending renders wait for the resume."""
+    state = JobState(tasks(2, 2), retries=1, verify=1.0, seed=1)
+    first = state.next_for("a", WORKERS)
+    check, _ = finish(state, first, "a")
+    assert state.next_for("a", WORKERS, checks_only=True) is None  # a's own piece: not a's
+    check_task = state.next_for("b", WORKERS, checks_only=True)
+    assert check_task is not None and check_task.index == check
+    assert state.next_for("c", WORKERS, checks_only=True) is None  # no render while paused
+    assert state.next_for("c", WORKERS).index == 1  # resumed: the next tile

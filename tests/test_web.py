@@ -113,12 +113,21 @@ def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, 
     blend = make_scene(width=72, height=40, samples=4, frames=2)
     with farm_server.client() as client:
         token = client.web_token()
+        before_counts = worker_counts(client)
         job_id = client.submit(blend, {"frames": "1-2", "tiles": [2, 2], "name": "<b>web</b>",
                                        "output": "web_####.exr"})
         deadline = time.monotonic() + 120
         while client.status(job_id)["state"] != "done":
             assert time.monotonic() < deadline
             time.sleep(0.3)
+        after_counts = worker_counts(client)
+        renders = [c for c in client.log(job_id) if c["kind"] == "render"]
+    # the workers' counts follow the progress the user saw: 8 tiles, in as many calls
+    # as rendered them (grouped tiles: fewer)
+    assert after_counts[0] - before_counts[0] == 8
+    assert after_counts[1] - before_counts[1] == len(renders) <= 8
+    assert sorted(t for c in renders for t in (c["tiles"] or [c["tile"]])) == [0, 0, 1, 1, 2,
+                                                                              2, 3, 3]
     http = farm_server.http  # type: ignore[attr-defined]
     profile = tmp_path / "profile"
     before = dom(f"{http}/job/{job_id}", profile)
@@ -134,9 +143,31 @@ def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, 
                          page)
     assert workers and sum(int(tiles) for _w, _t, tiles in workers) == 8, page[-3000:]
     assert 'data-preview="72x40"' in page  # the preview image loaded, at the frame's size
+    # a done job's actions that cannot apply are disabled and say why
+    for action, why in (("cancel", "the job is done: it has ended"),
+                        ("pause", "the job is done: only a queued or running job pauses"),
+                        ("resume", "the job is done: only a paused job resumes"),
+                        ("priority", "the job is done: it has ended (requeue it first)"),
+                        ("requeue-failed", "every frame is written")):
+        button = re.search(rf'<button [^>]*data-action="{action}"[^>]*>', page)
+        assert button and "disabled" in button.group(0), (action, page[-3000:])
+        assert why in button.group(0), button.group(0)
+    again = re.search(r'<button [^>]*data-action="requeue-frames"[^>]*>', page)
+    assert again and "disabled" not in again.group(0) and "data-confirm" in again.group(0)
+    listed = dom(f"{http}/workers", profile)
+    assert "<th title=" in listed and ">calls</th>" in listed
+    report = dom(f"{http}/report/{job_id}", profile)  # the web app's look, a way back
+    assert f'<a href="/job/{job_id}">' in report and 'id="nav"' in report
+    assert "#222" in report and "fill: currentColor" in report
     assert page.count("<td>web_000") == 2 and page.count("class=\"thumb\"") == 2
     missing = dom(f"{http}/job/no-such-job", profile)
     assert "no job 'no-such-job'" in missing
+
+
+def worker_counts(client: Any) -> tuple[int, int]:
+    """The farm's workers' finished tasks and calls, summed."""
+    workers = client.request("workers")[0]["workers"]
+    return (sum(w["tasks_done"] for w in workers), sum(w["calls"] for w in workers))
 
 
 def test_status_page_serves_its_own_paths_only(farm_server: ServerProcess) -> None:

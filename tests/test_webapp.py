@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -189,13 +190,28 @@ def test_the_web_app_acts_in_a_real_browser(farm: dict[str, Any], make_scene) ->
             # frames appear with their thumbnails as they are written, without a reload
             expect(page.locator("tr.frame").first).to_be_visible(timeout=60000)
             assert int(page.evaluate("document.body.dataset.updates || '0'")) > 0
+            # while it runs, Resume cannot apply and says why; Cancel asks first
+            resume = page.locator("button[data-action='resume']")
+            expect(resume).to_be_disabled()
+            assert "only a paused job resumes" in (resume.get_attribute("title") or "")
+            asked: list[str] = []
+            page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+            page.click("button[data-op='cancel']")
+            expect(page.locator("#flash")).to_have_text("Cancel: not done")
+            assert asked and job_id in asked[0] and "kept" in asked[0]
+            assert alice.status(job_id)["state"] == "running"  # a no leaves it running
+            page.once("dialog", lambda d: d.accept())
             page.click("button[data-op='cancel']")
             expect(page.locator("#state")).to_have_text("cancelled", timeout=30000)
+            # the kept buttons follow the job's state without a reload
+            expect(page.locator("button[data-action='cancel']")).to_be_disabled()
+            expect(page.locator("button[data-action='requeue-frames']")).to_be_enabled()
             written = alice.status(job_id)["frames_done"]
             assert written < 30
             # requeue two chosen frames: only those render again, into the same files
             before = len(alice.log(job_id))
             page.fill("#requeue-frames", "1-2")
+            page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
             page.click("button:has-text('Requeue frames')")
             expect(page.locator("#flash")).to_have_text("requeue: done")
             job = wait_state(alice, job_id, ("done",), timeout=180)
@@ -205,10 +221,21 @@ def test_the_web_app_acts_in_a_real_browser(farm: dict[str, Any], make_scene) ->
             assert {1, 2} <= {int(f) for f in job["outputs"]}
             image = page.request.get(f"{base}/thumb/{job_id}/1.png")
             assert image.status == 200 and image.body()[:4] == b"\x89PNG"
-            # someone else's action is refused and says so
+            assert "Render frames 1-2 of job" in asked[-1]
+            # an action the job's state refuses is refused by the farm too, and says so
+            # (a page left open while another user acted)
             page.goto(f"{base}/job/{job_id}")
-            page.click("button[data-op='resume']")
+            expect(page.locator("button[data-action='resume']")).to_be_disabled()
+            page.evaluate("act('resume', {job_id: %s})" % json.dumps(job_id))
             expect(page.locator("#flash")).to_contain_text("cannot resume a job that is done")
+            # the admin's job list shows whose job it is and when it came
+            admin_list = browser.new_page()
+            admin_list.goto(f"{base}/login#token={tokens['boss']}")
+            admin_list.wait_for_url(f"{base}/")
+            row = admin_list.locator(f"tr[data-job='{job_id}']")
+            expect(row.locator(".owner")).to_have_text("alice")
+            expect(row.locator(".submitted time")).to_have_attribute(
+                "datetime", re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"))
             # an admin takes a worker out and puts it back, from the workers page
             admin = browser.new_page()
             admin.goto(f"{base}/login#token={tokens['boss']}")

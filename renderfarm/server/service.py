@@ -1152,6 +1152,20 @@ class FarmService:
         report["warnings"] = [self._scrub(w) for w in report["warnings"]]
         return report
 
+    def report_page(self, caller: Caller, job_id: str, style: str | None = None,
+                    header: str = "") -> bytes:
+        """A job's report as an HTML page in the look ``style`` (the web app's), with
+        ``header`` above it (see :func:`renderfarm.report.render_html`).
+
+        Raises:
+            ServiceError: ``not_found``: no such job, or another client's.
+        """
+        from renderfarm.report import render_html
+
+        row = self._own(caller, job_id)
+        return render_html(self.job_report(row), self._thumbnails(row), style=style,
+                           header=header).encode()
+
     def _thumbnails(self, row: JobRow, most: int = 500) -> dict[int, bytes]:
         """Small PNGs of a job's frames for the report's contact sheet."""
         out: dict[int, bytes] = {}

@@ -103,7 +103,8 @@ CREATE TABLE IF NOT EXISTS logs (
     worker TEXT,
     ok INTEGER NOT NULL,
     error TEXT,
-    log TEXT NOT NULL
+    log TEXT NOT NULL,
+    tiles TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS logs_of_job ON logs (job_id, frame);
 CREATE TABLE IF NOT EXISTS runs (
@@ -115,6 +116,9 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL
 );
 """
+
+#: columns added since the first schema: ``(table, column, type and default)``
+_ADDED_COLUMNS = (("logs", "tiles", "TEXT NOT NULL DEFAULT '[]'"),)
 
 #: what each action does to a job in each state (a missing pair is refused)
 _TRANSITIONS: dict[tuple[str, str], str] = {
@@ -213,6 +217,15 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Bring a database written by an earlier version up to this schema (its rows keep
+        their values; new columns take their defaults)."""
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Close the database."""
@@ -391,17 +404,20 @@ class Store:
         """Keep what Blender printed during one worker call of a job (a task's tail, a
         failed task's whole output)."""
         error = call.get("error") or {}
-        self._run("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._run("INSERT INTO logs (job_id, at, frame, tile, kind, attempt, worker, ok, "
+                  "error, log, tiles) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (job_id, float(call.get("finished") or time.time()),
                    int(call.get("frame") or 0), int(call.get("tile", -1)),
                    str(call.get("kind") or "render"), int(call.get("attempt") or 1),
                    call.get("worker"), 1 if call.get("ok") else 0,
-                   error.get("message") if error else None, str(call.get("log") or "")))
+                   error.get("message") if error else None, str(call.get("log") or ""),
+                   json.dumps([int(t) for t in call.get("tiles") or []])))
 
     def logs(self, job_id: str, frame: int | None = None,
              failed: bool = False) -> list[dict[str, Any]]:
-        """A job's task logs, oldest first (of one frame, or of failed calls only)."""
-        sql = ("SELECT at, frame, tile, kind, attempt, worker, ok, error, log FROM logs "
+        """A job's task logs, oldest first (of one frame, or of failed calls only); a call
+        that rendered several tiles lists them (``tiles``)."""
+        sql = ("SELECT at, frame, tile, kind, attempt, worker, ok, error, log, tiles FROM logs "
                "WHERE job_id = ?")
         args: list[Any] = [job_id]
         if frame is not None:
@@ -411,7 +427,8 @@ class Store:
             sql += " AND ok = 0"
         rows = self._run(sql + " ORDER BY at", args)
         return [{"at": r[0], "frame": r[1], "tile": r[2], "kind": r[3], "attempt": r[4],
-                 "worker": r[5], "ok": bool(r[6]), "error": r[7], "log": r[8]} for r in rows]
+                 "worker": r[5], "ok": bool(r[6]), "error": r[7], "log": r[8],
+                 "tiles": json.loads(r[9] or "[]")} for r in rows]
 
     def set_account(self, job_id: str, run_id: str, run: dict[str, Any]) -> None:
         """Keep what one run of a job recorded so far (its calls' timing, checks, suspects)

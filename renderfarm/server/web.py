@@ -59,7 +59,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from renderfarm.errors import InputError, ServiceError
-from renderfarm.report import call_cells
+from renderfarm.report import call_cells, call_title
 from renderfarm.server import protocol
 from renderfarm.server.api import EventStreams, openapi, read_body, reply_response
 from renderfarm.server.keyring import LOCAL, Caller, web_token
@@ -97,7 +97,8 @@ a { color: #8cf; } .bar { width: 10em; height: .8em; background: #444; display: 
 #who { float: right; } #who form { display: inline; }
 #flash.ok { color: #7d7; } #flash.failed { color: #f77; } .thumb { width: 96px; }
 button { margin-right: .3em; } input { width: 7em; } .paused { color: #fc6; }
-.suspect, .disabled { color: #f77; } pre { white-space: pre-wrap; }
+.suspect, .disabled, .bad { color: #f77; } pre { white-space: pre-wrap; }
+button:disabled { opacity: .45; cursor: not-allowed; }
 """
 
 #: the pages' script: actions post to the HTTP API; the event stream refreshes the page's
@@ -118,13 +119,29 @@ document.addEventListener('click', (e) => {
   const button = e.target.closest('button[data-op]');
   if (!button) return;
   e.preventDefault();
+  if (button.disabled) return;
   const fields = JSON.parse(button.dataset.fields || '{}');
+  let value = '';
   if (button.dataset.input) {
-    const value = document.getElementById(button.dataset.input).value.trim();
+    value = document.getElementById(button.dataset.input).value.trim();
     fields[button.dataset.key] = button.dataset.int ? parseInt(value, 10) : value;
+  }
+  if (button.dataset.confirm && !confirm(button.dataset.confirm.replace('{value}', value))) {
+    flash(button.textContent + ': not done', false);
+    return;
   }
   act(button.dataset.op, fields);
 });
+function applyState() {  // the actions that cannot apply to the job as it is now
+  const why = document.getElementById('why-not');
+  if (!why) return;
+  const reasons = JSON.parse(why.textContent);
+  for (const button of document.querySelectorAll('button[data-action]')) {
+    const reason = reasons[button.dataset.action];
+    button.disabled = !!reason;
+    if (reason) { button.title = reason; } else { button.removeAttribute('title'); }
+  }
+}
 let waiting = null;
 function refresh() {
   if (waiting) return;
@@ -134,6 +151,7 @@ function refresh() {
                                                headers: {'X-Fragment': '1'}});
     if (answer.ok) {
       document.getElementById('content').innerHTML = await answer.text();
+      applyState();
       document.body.dataset.updates = (parseInt(document.body.dataset.updates || '0') + 1);
     }
   }, 200);
@@ -165,27 +183,62 @@ def _page(title: str, body: str, caller: Caller | None = None,
           live: str | None = None, actions: str = "") -> bytes:
     """A whole page; with ``live`` (``""`` for every job, or a job id) its ``body`` is the
     part the event stream refreshes, below the (kept) ``actions``."""
+    top = _top(caller)
+    if live is None:
+        return (f"<!doctype html><html><head><meta charset='utf-8'>"
+                f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+                f"<body>{top}{body}</body></html>").encode()
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+            f"<body data-job='{html.escape(live)}'>{top}<p id='flash'></p>{actions}"
+            f"<div id='content'>{body}</div>{_SCRIPT}</body></html>").encode()
+
+
+def _top(caller: Caller | None) -> str:
+    """The top of every page: who is logged in (and a log-out button), the navigation."""
     who = ""
     if caller is not None and caller.name != LOCAL:
         role = " (admin)" if caller.admin else ""
         who = (f"<div id='who'>{html.escape(caller.name)}{role} <form method='post' "
                "action='/logout'><button>log out</button></form></div>")
-    nav = ("<p><a href='/'>jobs</a> · <a href='/workers'>workers</a></p>"
+    nav = ("<p id='nav'><a href='/'>jobs</a> · <a href='/workers'>workers</a></p>"
            if caller is not None else "")
-    if live is None:
-        return (f"<!doctype html><html><head><meta charset='utf-8'>"
-                f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-                f"<body>{who}{nav}{body}</body></html>").encode()
-    return (f"<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body data-job='{html.escape(live)}'>{who}{nav}<p id='flash'></p>{actions}"
-            f"<div id='content'>{body}</div>{_SCRIPT}</body></html>").encode()
+    return who + nav
 
 
-def _button(op: str, label: str, fields: dict[str, Any], **more: str) -> str:
+def _button(op: str, label: str, fields: dict[str, Any], why_not: str | None = None,
+            **more: str) -> str:
+    """An action's button; ``why_not``: why it cannot apply now (it is then disabled and
+    says why when pointed at)."""
     extra = "".join(f" data-{k}='{html.escape(v)}'" for k, v in more.items())
-    return (f"<button data-op='{op}' data-fields='{html.escape(json.dumps(fields))}'{extra}>"
-            f"{html.escape(label)}</button>")
+    off = f" disabled title='{html.escape(why_not)}'" if why_not else ""
+    return (f"<button data-op='{op}' data-fields='{html.escape(json.dumps(fields))}'{extra}"
+            f"{off}>{html.escape(label)}</button>")
+
+
+#: the job page's actions: ``(id, what it does)``; :func:`job_actions` says which apply
+ACTIONS = ("cancel", "pause", "resume", "priority", "requeue-failed", "requeue-frames")
+
+
+def job_actions(job: dict[str, Any]) -> dict[str, str | None]:
+    """Which of a job's :data:`ACTIONS` apply to it as it is: ``{action: None}`` when it
+    applies, else ``{action: why not}`` in the user's words (pure: the job's fields only)."""
+    state = job["state"]
+    ended = state in protocol.FINAL_STATES
+    is_now = f"the job is {state}"
+    missing = int(job.get("frames_total") or 0) - int(job.get("frames_done") or 0)
+    return {
+        "cancel": f"{is_now}: it has ended" if ended else None,
+        "pause": None if state in ("queued", "running") else
+        f"{is_now}: only a queued or running job pauses",
+        "resume": None if state == "paused" else f"{is_now}: only a paused job resumes",
+        "priority": f"{is_now}: it has ended (requeue it first)" if ended else None,
+        "requeue-failed": (f"{is_now}: only a job that has ended is requeued" if not ended
+                           else "every frame is written: name frames to render again"
+                           if missing <= 0 and job.get("frames_total") else None),
+        "requeue-frames": None if ended else
+        f"{is_now}: only a job that has ended is requeued",
+    }
 
 
 def _bar(done: int, total: int) -> str:
@@ -195,6 +248,16 @@ def _bar(done: int, total: int) -> str:
 
 def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f} s"
+
+
+def _when(at: float | None) -> str:
+    """A moment as the page shows it: the head's local time, to the second (the exact
+    time, in UTC, is the element's ``datetime``)."""
+    if not at:
+        return ""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    return (f"<time datetime='{stamp}'>"
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}</time>")
 
 
 def jobs_page(service: Any, caller: Caller, state: str = "", owner: str = "",
@@ -208,12 +271,16 @@ def jobs_page(service: Any, caller: Caller, state: str = "", owner: str = "",
         rows.append(
             f"<tr class='job {html.escape(j['state'])}' data-job='{html.escape(j['job_id'])}'>"
             f"<td><a href='/job/{html.escape(j['job_id'])}'>{html.escape(j['job_id'])}</a></td>"
-            f"<td>{html.escape(j['name'])}</td><td class='state'>{html.escape(j['state'])}</td>"
+            f"<td>{html.escape(j['name'])}</td>"
+            f"<td class='owner'>{html.escape(j['owner'] or '')}</td>"
+            f"<td class='submitted'>{_when(j['created'])}</td>"
+            f"<td class='state'>{html.escape(j['state'])}</td>"
             f"<td>{j['priority']}</td><td>{_bar(j['tasks_done'], j['tasks_total'])}</td>"
             f"<td>{_bar(j['frames_done'], j['frames_total'])}</td>"
             f"<td>{_seconds(j['elapsed'])}</td>"
             f"<td class='failed'>{html.escape(j['error'] or '')}</td></tr>")
-    body = ("<table id='jobs'><tr><th>job</th><th>name</th><th>state</th>"
+    body = ("<table id='jobs'><tr><th>job</th><th>name</th><th>owner</th><th>submitted</th>"
+            "<th>state</th>"
             "<th>priority</th><th>tasks</th><th>frames</th><th>elapsed</th><th></th></tr>"
             + "".join(rows) + "</table>")
     if fragment:
@@ -241,13 +308,13 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
     escaped = e(job_id)
     workers: dict[str, dict[str, Any]] = {}
     for run in service.store.runs(job_id):
-        entry = workers.setdefault(run["worker"] or "?", {"tasks": 0, "seconds": 0.0,
+        entry = workers.setdefault(run["worker"] or "?", {"calls": 0, "seconds": 0.0,
                                                           "tiles": 0})
-        entry["tasks"] += 1
+        entry["calls"] += 1
         entry["tiles"] += len(run["tiles"])
         entry["seconds"] += run["seconds"] or 0.0
     rows = "".join(
-        f"<tr class='worker'><td>{e(w)}</td><td>{x['tasks']}</td><td>{x['tiles']}</td>"
+        f"<tr class='worker'><td>{e(w)}</td><td>{x['calls']}</td><td>{x['tiles']}</td>"
         f"<td>{x['seconds']:.2f} s</td></tr>" for w, x in sorted(workers.items()))
     hashes = service.store.hashes(job_id)
     frames = "".join(
@@ -276,7 +343,7 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
             + "".join(f"<p class='warning'>{e(w)}</p>" for w in job["warnings"])
             + f"<h2>Frames</h2><table id='frames'><tr><th>frame</th><th></th><th>file</th>"
             f"<th>SHA-256</th></tr>{frames}</table>"
-            "<h2>Tasks per worker</h2><table id='workers'><tr><th>worker</th><th>tasks</th>"
+            "<h2>Calls per worker</h2><table id='workers'><tr><th>worker</th><th>calls</th>"
             f"<th>tiles</th><th>render time</th></tr>{rows}</table>"
             "<h2>Latest calls</h2><table id='calls'><tr><th>frame</th><th>tile</th>"
             "<th>call</th><th>attempt</th><th>worker</th><th>result</th></tr>"
@@ -285,19 +352,31 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
             f"src='/preview/{escaped}.png?{job['tasks_done']}' "
             "onload=\"document.body.dataset.preview=this.naturalWidth+'x'+"
             "this.naturalHeight\">")
+    why_not = job_actions(job)
+    # what the script applies to the (kept) buttons after each refresh
+    reasons = json.dumps(why_not).replace("<", "\\u003c")
+    body += f"<script type='application/json' id='why-not'>{reasons}</script>"
     if fragment:
         return body.encode()
     target = {"job_id": job_id}
+    name = f"{job['name']} ({job_id})" if job["name"] else job_id
     actions = ("<p id='actions'>"
-               + _button("cancel", "Cancel", target) + _button("pause", "Pause", target)
-               + _button("resume", "Resume", target)
+               + _button("cancel", "Cancel", target, why_not["cancel"], action="cancel",
+                         confirm=f"Cancel job {name}? Its running tasks stop; the frames it "
+                         "wrote are kept.")
+               + _button("pause", "Pause", target, why_not["pause"], action="pause")
+               + _button("resume", "Resume", target, why_not["resume"], action="resume")
                + "<input id='new-priority' type='number' placeholder='priority'> "
-               + _button("priority", "Set priority", target, input="new-priority",
-                         key="priority", int="1")
-               + _button("requeue", "Requeue failed frames", {**target, "failed": True})
+               + _button("priority", "Set priority", target, why_not["priority"],
+                         action="priority", input="new-priority", key="priority", int="1")
+               + _button("requeue", "Requeue failed frames", {**target, "failed": True},
+                         why_not["requeue-failed"], action="requeue-failed",
+                         confirm=f"Render the frames job {name} did not write again?")
                + "<input id='requeue-frames' placeholder='frames, e.g. 2,5-7'> "
-               + _button("requeue", "Requeue frames", target, input="requeue-frames",
-                         key="frames")
+               + _button("requeue", "Requeue frames", target, why_not["requeue-frames"],
+                         action="requeue-frames", input="requeue-frames", key="frames",
+                         confirm=f"Render frames {{value}} of job {name} again? Their files "
+                         "are written over.")
                + f" <a href='/log/{escaped}'>task logs</a> · "
                f"<a href='/report/{escaped}'>report</a></p>")
     return _page(f"renderfarm {job_id}", body, caller=caller, live=job_id,
@@ -319,10 +398,15 @@ def workers_page(service: Any, caller: Caller, fragment: bool = False) -> bytes:
                     f"<td>{e(w['worker'])}</td><td class='state'>{e(w['state'])}</td>"
                     f"<td>{e(w['device'] or '')}</td><td>{e(str(w['node'])[:12])}</td>"
                     f"<td class='current'>{e(w.get('current') or '')}</td>"
-                    f"<td>{w['tasks_done']}</td><td>{w['failures']}</td>"
+                    f"<td class='tasks'>{w['tasks_done']}</td>"
+                    f"<td class='calls'>{w.get('calls', w['tasks_done'])}</td>"
+                    f"<td>{w['failures']}</td>"
                     f"<td>{e(w['reason'] or '')}</td><td>{buttons}</td></tr>")
     body = ("<h1>Workers</h1><table id='farm-workers'><tr><th>worker</th><th>state</th>"
-            "<th>device</th><th>node</th><th>current task</th><th>tasks</th><th>failures</th>"
+            "<th>device</th><th>node</th><th>current task</th>"
+            "<th title='tiles or frames it finished, as progress counts them'>tasks</th>"
+            "<th title='worker calls: one call may render several grouped tiles'>calls</th>"
+            "<th>failures</th>"
             "<th>why</th><th></th>"
             "</tr>" + "".join(rows) + "</table>")
     if fragment:
@@ -337,12 +421,24 @@ def log_page(service: Any, caller: Caller, job_id: str, frame: int | None) -> by
     parts = [f"<h1>Task logs of {e(row.name)} <small>{e(job_id)}</small></h1>"]
     for entry in service.store.logs(job_id, frame):
         status = "ok" if entry["ok"] else f"failed: {entry['error'] or ''}"
-        tile = f" tile {entry['tile']}" if entry["tile"] >= 0 else ""
-        parts.append(f"<h3 class='{'done' if entry['ok'] else 'failed'}'>frame "
-                     f"{entry['frame']}{tile} {e(entry['kind'])} attempt {entry['attempt']} "
+        parts.append(f"<h3 class='{'done' if entry['ok'] else 'failed'}'>"
+                     f"{e(call_title(entry))} attempt {entry['attempt']} "
                      f"on {e(entry['worker'] or '')}: {e(status)}</h3>"
                      f"<pre>{e(service.scrub(entry['log']))}</pre>")
     return _page(f"renderfarm log {job_id}", "".join(parts), caller=caller)
+
+
+def report_page(service: Any, caller: Caller, job_id: str) -> bytes:
+    """A job's report in the web app's look, with its navigation and a link back to the
+    job's page.
+
+    Raises:
+        ServiceError: ``not_found``: no such job, or another client's.
+    """
+    escaped = html.escape(job_id)
+    header = (_top(caller) + f"<p id='back'><a href='/job/{escaped}'>&larr; back to job "
+              f"{escaped}</a> · <a href='/log/{escaped}'>task logs</a></p>")
+    return service.report_page(caller, job_id, style=_STYLE, header=header)
 
 
 def login_page(next_path: str, wrong: bool = False) -> bytes:
@@ -596,11 +692,7 @@ class StatusApp:
             return _answer(404, b"not found")
 
         def render(caller: Caller) -> Response:
-            reply, page = self.service.call(caller, "report", {"job_id": job_id,
-                                                               "html": True})
-            if not reply.get("ok"):
-                raise ServiceError(reply["error"]["message"], kind=reply["error"]["type"])
-            return _answer(200, page or b"", _HTML)
+            return _answer(200, report_page(self.service, caller, job_id), _HTML)
 
         return await self._guarded(request, render)
 
