@@ -69,6 +69,27 @@ def _inflate(data: bytes, limit: int) -> bytes | None:
     return out
 
 
+def _check_tiles(blend: str, spec: dict[str, Any]) -> None:
+    """Refuse a tile grid larger than the scene's frames before anything is bundled or sent
+    (what the file tells without Blender; the farm checks again with Blender's numbers).
+
+    Raises:
+        SceneError: more tile columns or rows than the frame has pixels.
+    """
+    from renderfarm.blendfile import frame_size
+    from renderfarm.job import AUTO_TILES
+    from renderfarm.planner import check_grid
+
+    tiles = spec.get("tiles")
+    if not tiles or tuple(tiles) == AUTO_TILES or len(tiles) != 2:
+        return
+    percentage = spec.get("percentage")
+    size = frame_size(blend, spec.get("scene"),
+                      percentage if isinstance(percentage, int) else None)
+    if size is not None and all(isinstance(t, int) for t in tiles):
+        check_grid(int(tiles[0]), int(tiles[1]), size[0], size[1], path=blend)
+
+
 class FarmClient:
     """A connection to a farm service.
 
@@ -291,6 +312,7 @@ class FarmClient:
         from renderfarm.bundle import make_bundle, missing_error
 
         spec = dict(spec or {})
+        _check_tiles(str(blend), spec)
         spec.setdefault("origin", os.path.abspath(blend))  # the File its outputs name
         with tempfile.TemporaryDirectory(prefix="renderfarm-bundle-") as folder:
             manifest = make_bundle(blend, folder, project)

@@ -91,6 +91,22 @@ def grid_edges(start: int, length: int, parts: int) -> list[int]:
     return [start + (i * length) // parts for i in range(parts + 1)]
 
 
+def check_grid(columns: int, rows: int, width: int, height: int,
+               path: str | None = None) -> None:
+    """Make sure a ``columns x rows`` grid fits a ``width x height`` region.
+
+    Raises:
+        SceneError: fewer than one tile, or more columns or rows than the region has pixels.
+    """
+    if columns < 1 or rows < 1:
+        raise SceneError(f"a tile grid needs at least 1x1 tiles, not {columns}x{rows}",
+                         path=path)
+    if columns > width or rows > height:
+        raise SceneError(
+            f"{columns}x{rows} tiles is more tiles than the {width}x{height} "
+            "pixels to render; use fewer tiles or a higher resolution", path=path)
+
+
 def plan_tiles(region: Rect, columns: int, rows: int, overscan: int = 0) -> list[Tile]:
     """Split a region into a grid of tiles, row-major from the top-left.
 
@@ -100,13 +116,7 @@ def plan_tiles(region: Rect, columns: int, rows: int, overscan: int = 0) -> list
     Raises:
         SceneError: more columns or rows than the region has pixels.
     """
-    if columns < 1 or rows < 1:
-        raise SceneError(f"a tile grid needs at least 1x1 tiles, not {columns}x{rows}")
-    if columns > region.width or rows > region.height:
-        raise SceneError(
-            f"{columns}x{rows} tiles is more tiles than the {region.width}x{region.height} "
-            "pixels to render; use fewer tiles or a higher resolution"
-        )
+    check_grid(columns, rows, region.width, region.height)
     xs = grid_edges(region.x0, region.width, columns)
     ys = grid_edges(region.y0, region.height, rows)
     tiles = []

@@ -59,6 +59,28 @@ def test_bad_tiles(tiny: Path, tiles: str, fragment: str) -> None:
     assert_one_clear_line(run("render", str(tiny), "--tiles", tiles), 3, fragment)
 
 
+def test_tiles_larger_than_the_frame_are_refused_before_anything_is_sent(
+        tiny: Path, tmp_path: Path) -> None:
+    """``submit --tiles 33x2`` of a 32x24 scene says so at once, read from the file (before
+    bundling: no farm listens at the address, nothing could be sent), and so does its
+    50% (16x12) with 20x2."""
+    import socket
+
+    with socket.socket() as spare:  # a port nobody listens on
+        spare.bind(("127.0.0.1", 0))
+        nobody = f"tcp://127.0.0.1:{spare.getsockname()[1]}"
+    keys = tmp_path / "keys"
+    run("keys", str(keys), "--name", "server")
+    run("keys", str(keys), "--name", "me")
+    farm = ["--farm", nobody, "--server-key", str(keys / "server.key"),
+            "--client-key", str(keys / "me.key_secret")]
+    for tiles, size, more in (("33x2", "32x24", []), ("20x2", "16x12",
+                                                      ["--percentage", "50"])):
+        proc = run("submit", str(tiny), "--tiles", tiles, *more, *farm, timeout=30)
+        assert_one_clear_line(proc, 3, str(tiny), f"{tiles} tiles is more tiles than the "
+                              f"{size} pixels to render")
+
+
 def test_unknown_extension_and_unwritable_folder(tiny: Path, tmp_path: Path) -> None:
     assert_one_clear_line(run("render", str(tiny), "-o", str(tmp_path / "x_####.gif")), 3,
                           "unknown output extension '.gif'")

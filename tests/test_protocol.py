@@ -94,6 +94,30 @@ def test_store_keeps_queue_order_pieces_and_frames(tmp_path: Path) -> None:
         again.job("z")
 
 
+def test_a_database_of_an_earlier_version_keeps_its_logs_and_gains_tiles(
+        tmp_path: Path) -> None:
+    """A state folder written before task logs named their tiles: the service opens it, the
+    old rows read with no tiles, new rows keep theirs."""
+    import sqlite3
+
+    path = tmp_path / "farm.db"
+    old = sqlite3.connect(str(path))
+    old.execute("CREATE TABLE logs (job_id TEXT NOT NULL, at REAL NOT NULL, frame INTEGER NOT "
+                "NULL, tile INTEGER NOT NULL, kind TEXT NOT NULL, attempt INTEGER NOT NULL, "
+                "worker TEXT, ok INTEGER NOT NULL, error TEXT, log TEXT NOT NULL)")
+    old.execute("INSERT INTO logs VALUES ('j', 1.0, 1, 0, 'render', 1, 'cpu-1', 1, NULL, "
+                "'Saved')")
+    old.commit()
+    old.close()
+    store = Store(path)
+    store.add_log("j", {"finished": 2.0, "frame": 2, "tile": 0, "tiles": [0, 1],
+                        "kind": "render", "worker": "cpu-2", "ok": True, "log": "Saved"})
+    logs = store.logs("j")
+    assert [(e["frame"], e["tiles"], e["log"]) for e in logs] == [(1, [], "Saved"),
+                                                                  (2, [0, 1], "Saved")]
+    store.close()
+
+
 def test_srgb_encoding() -> None:
     values = srgb8(np.array([0.0, 0.0031308, 0.214041, 0.5, 1.0, 7.0]))
     assert values.tolist() == [0, 10, 127, 188, 255, 255]  # 0.214041 is sRGB 0.49999

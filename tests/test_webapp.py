@@ -226,7 +226,7 @@ def test_the_web_app_acts_in_a_real_browser(farm: dict[str, Any], make_scene) ->
             # (a page left open while another user acted)
             page.goto(f"{base}/job/{job_id}")
             expect(page.locator("button[data-action='resume']")).to_be_disabled()
-            page.evaluate("act('resume', {job_id: %s})" % json.dumps(job_id))
+            page.evaluate("(job) => act('resume', {job_id: job})", job_id)
             expect(page.locator("#flash")).to_contain_text("cannot resume a job that is done")
             # the admin's job list shows whose job it is and when it came
             admin_list = browser.new_page()
