@@ -400,6 +400,10 @@ class SceneInfo(_Json):
             switched to multilayer EXR in its Output properties (``-o shot.exr`` on a scene
             that writes another format: a 16-bit PNG scene's EXR is half float), as
             ``output``; empty when the scene writes multilayer EXR itself.
+        display: how the scene's output shows its pixels (``display_device``,
+            ``view_transform``, ``look``, ``exposure``, ``gamma``, ``working_space``, and
+            whether ``curve_mapping`` or ``white_balance`` change them): previews of
+            scene-linear pieces use it to look like the written file.
     """
 
     scene: str
@@ -436,6 +440,7 @@ class SceneInfo(_Json):
     file_output_dirs: list[str] = field(default_factory=list)
     stamp: bool = False
     multilayer_output: dict[str, Any] = field(default_factory=dict)
+    display: dict[str, Any] = field(default_factory=dict)
 
     def multilayer_settings(self) -> dict[str, Any]:
         """The output settings a multilayer EXR of this scene is written with: the scene's

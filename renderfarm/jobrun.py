@@ -254,7 +254,8 @@ class JobRun:
                                        "chunks": plan.chunks, "frames": list(plan.frames),
                                        "size": list(plan.size),
                                        "canvas": [plan.canvas.x0, plan.canvas.y0,
-                                                  plan.canvas.x1, plan.canvas.y1]})
+                                                  plan.canvas.x1, plan.canvas.y1],
+                                       "display": dict(info.display)})
         if spec.estimate is not None:  # a probe first: its prediction, maybe a budget
             self._estimate(runner.pool, device)
             if spec.estimate == "only":

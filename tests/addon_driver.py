@@ -24,6 +24,12 @@ import numpy as np
 PACKAGE = "bl_ext.user_default.renderfarm"
 
 
+def _display(scene: Any) -> dict[str, Any]:
+    from renderfarm.blender.inspect import display_of
+
+    return display_of(scene)
+
+
 def sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -132,7 +138,7 @@ def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
             "message": rf.message, "last_output": rf.last_output, "report": rf.report,
             "final_image": bpy.path.abspath(final.filepath), "final_source": final.source,
             "artist_unchanged": sha(artist) == before, "still_dirty": bpy.data.is_dirty,
-            "filepath": bpy.data.filepath}
+            "filepath": bpy.data.filepath, "display": _display(scene)}
 
 
 def scenario_invoke(settings: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -110,11 +110,15 @@ def test_render_on_network_shows_progress_tiles_and_the_final_frame(
 
     assert str(oiio.ImageInput.open(str(output)).spec().format) == "half"  # its own depth
     assert Path(run["final_image"]) == output and run["final_source"] == "FILE"
-    # the tiles painted live are the frame's pixels (sRGB 8-bit, Blender's rows bottom-up)
+    # the tiles painted live are the frame's pixels as the scene shows them (its view
+    # transform, 8-bit, Blender's rows bottom-up), not a plain sRGB encoding
     assert run["tiles"] >= 1 and run["preview_size"] == [80, 64]
     preview = np.load(addon_run["folder"] / "preview.npy")[::-1]
-    want = to_rgba8(combined, channels, linear).astype(np.float32) / 255
+    assert run["display"]["view_transform"] == "AgX"  # a new scene's, in Blender 5.0
+    want = to_rgba8(combined, channels, linear, run["display"]).astype(np.float32) / 255
     assert np.abs(preview - want).max() <= 1 / 255 + 1e-6
+    plain = to_rgba8(combined, channels, linear).astype(np.float32) / 255
+    assert np.abs(preview - plain).max() > 8 / 255
     assert np.count_nonzero(preview[:, :, 3]) == 80 * 64  # every pixel painted
     # and the artist's file was never touched
     assert run["artist_unchanged"] and run["still_dirty"]

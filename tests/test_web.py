@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from renderfarm.errors import ServiceError
@@ -162,6 +163,40 @@ def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, 
     assert page.count("<td>web_000") == 2 and page.count("class=\"thumb\"") == 2
     missing = dom(f"{http}/job/no-such-job", profile)
     assert "no job 'no-such-job'" in missing
+
+
+@pytest.mark.parametrize("tiles", [(2, 2), (1, 1)], ids=["tiled", "whole"])
+def test_a_finished_frames_preview_looks_like_its_8bit_file(
+        farm_server: ServerProcess, make_scene, tmp_path: Path, tiles: tuple[int, int]) -> None:
+    """Previews use the scene's colour management (AgX with a look, exposure and gamma):
+    a finished frame's preview equals the PNG the farm wrote for it within rounding, tiled
+    as whole (the scene does not dither, so rounding is all that can differ)."""
+    import OpenImageIO as oiio
+
+    blend = make_scene(width=64, height=48, samples=8, frames=1, output="PNG,8,RGBA", set=[
+        "scene.render.dither_intensity=0.0", "scene.view_settings.view_transform=AgX",
+        "scene.view_settings.look=AgX - Punchy", "scene.view_settings.exposure=0.7",
+        "scene.view_settings.gamma=1.2"])
+    with farm_server.client() as client:
+        token = client.web_token()
+        job_id = client.submit(blend, {"frames": "1", "tiles": list(tiles),
+                                       "output": "look_####.png"})
+        deadline = time.monotonic() + 120
+        while client.status(job_id)["state"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        written = client.fetch(job_id, 1, tmp_path / "fetched")
+    answer = call(farm_server.http, f"/preview/{job_id}.png", token=token)  # type: ignore
+    assert answer.status == 200, answer.body[:200]
+    (tmp_path / "preview.png").write_bytes(answer.body)
+    preview = oiio.ImageBuf(str(tmp_path / "preview.png")).get_pixels(oiio.UINT8)
+    image = oiio.ImageBuf(str(written))
+    assert image.spec().format == oiio.UINT8
+    pixels = image.get_pixels(oiio.UINT8)
+    assert preview.shape[:2] == pixels.shape[:2] == (48, 64)
+    difference = np.abs(preview[:, :, :3].astype(int) - pixels[:, :, :3].astype(int))
+    assert difference.max() <= 1, (difference.max(), difference.mean())
+    assert np.ptp(pixels[:, :, :3]) > 100  # an image, not a blank that would match anything
 
 
 def worker_counts(client: Any) -> tuple[int, int]:

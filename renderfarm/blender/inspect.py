@@ -90,6 +90,23 @@ def _passes(layer: Any) -> list[str]:
     return names
 
 
+def display_of(scene: Any) -> dict[str, Any]:
+    """How a scene's output shows its scene-linear pixels (the output's own colour management
+    when it overrides the scene's): display, view transform, look, exposure, gamma, the
+    file's working space, and whether curves or white balance change it."""
+    render = scene.render
+    holder = (render.image_settings
+              if getattr(render.image_settings, "color_management", "") == "OVERRIDE"
+              else scene)
+    view, display = holder.view_settings, holder.display_settings
+    colorspace = getattr(_bpy_data(), "colorspace", None)
+    return {"display_device": display.display_device, "view_transform": view.view_transform,
+            "look": view.look, "exposure": float(view.exposure), "gamma": float(view.gamma),
+            "working_space": getattr(colorspace, "working_space", "") or "Linear Rec.709",
+            "curve_mapping": bool(view.use_curve_mapping),
+            "white_balance": bool(getattr(view, "use_white_balance", False))}
+
+
 def scene_info(scene: Any) -> SceneInfo:
     """The planning facts of a ``bpy.types.Scene``."""
     render = scene.render
@@ -136,6 +153,7 @@ def scene_info(scene: Any) -> SceneInfo:
         file_outputs=[node.name for node in outputs],
         file_output_dirs=[node_folder(node) for node in outputs],
         stamp=bool(render.use_stamp),
+        display=display_of(scene),
         multilayer_output={} if render.image_settings.file_format == "OPEN_EXR_MULTILAYER"
         else {name: value for name, value in
               switched_output(own_output(scene), "OPEN_EXR_MULTILAYER").items()

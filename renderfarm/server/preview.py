@@ -1,13 +1,25 @@
 """Small 8-bit previews of finished tiles, for the add-on's live image and the status page.
 
 A preview is the tile's Combined pass, scaled so the whole frame fits in
-:data:`PREVIEW_SIZE` pixels, in sRGB 8-bit RGBA (scene-linear pieces are encoded with the
-sRGB transfer function — Blender's "Standard" view; the final image keeps the scene's own
-view transform). Rows are top first; ``x``/``y`` count from the canvas' top-left corner.
+:data:`PREVIEW_SIZE` pixels, in 8-bit RGBA as the scene's 8-bit file shows it: scene-linear
+pieces go through the scene's colour management (:attr:`renderfarm.job.SceneInfo.display`:
+exposure, look, view transform, display, gamma) with Blender's own OpenColorIO configuration,
+by OpenImageIO, as Blender does when it writes a PNG, so a finished frame's preview equals its
+8-bit file within rounding (dither aside). Curves and white balance are not applied. Without
+Blender's configuration on this machine (a head without ``bpy``), or for a view it does not
+know, pieces are encoded with the sRGB transfer function (Blender's "Standard" view). Rows are
+top first; ``x``/``y`` count from the canvas' top-left corner.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from renderfarm.job import Rect, Tile
+
+logger = logging.getLogger(__name__)
 
 #: the longest side of a frame's preview, in pixels
 PREVIEW_SIZE = 512
@@ -66,26 +80,106 @@ def srgb8(linear: np.ndarray) -> np.ndarray:
     return np.rint(encoded * 255.0).astype(np.uint8)
 
 
-def to_rgba8(pixels: np.ndarray, channels: list[str], linear: bool) -> np.ndarray:
-    """Float pixels with named channels to 8-bit RGBA (alpha 255 when there is none)."""
+@functools.lru_cache(maxsize=1)
+def blender_ocio_config() -> str | None:
+    """The OpenColorIO configuration Blender's ``bpy`` carries on this machine (found
+    without importing ``bpy``), or None."""
+    try:
+        spec = importlib.util.find_spec("bpy")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        found = sorted(glob.glob(os.path.join(folder, "*", "datafiles", "colormanagement",
+                                              "config.ocio")))
+        if found:
+            return found[-1]
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _look_spaces(config: str) -> dict[str, str]:
+    """``{look: its process space}`` of an OpenColorIO configuration (where Blender applies
+    a look before the view)."""
+    text = Path(config).read_text(encoding="utf-8", errors="replace")
+    return {m.group(1).strip(): m.group(2).strip() for m in re.finditer(
+        r"-\s*!<Look>\s*\n\s*name:\s*(.+?)\s*\n\s*process_space:\s*(.+?)\s*\n", text)}
+
+
+def display_rgb(rgb: np.ndarray, display: Mapping[str, Any]) -> np.ndarray | None:
+    """Scene-linear RGB ``(height, width, 3)`` as the scene's display shows it (0..1), as
+    Blender's display processor makes it: exposure, look, view transform, display, gamma; or
+    None when Blender's configuration is not here or does not know the view.
+    """
+    config = blender_ocio_config()
+    view = str(display.get("view_transform") or "")
+    if config is None or not view:
+        return None
+    import OpenImageIO as oiio
+
+    height, width = rgb.shape[:2]
+    data = np.ascontiguousarray(rgb, dtype=np.float32)
+    exposure = float(display.get("exposure") or 0.0)
+    if exposure:
+        data = data * np.float32(2.0 ** exposure)
+    buf = oiio.ImageBuf(oiio.ImageSpec(width, height, 3, oiio.FLOAT))
+    buf.set_pixels(oiio.ROI(), data)
+    space = str(display.get("working_space") or "Linear Rec.709")
+    look = str(display.get("look") or "None")
+    if look != "None":
+        process = _look_spaces(config).get(look)
+        if process is not None:  # Blender: the look into its space, then the view from there
+            buf = oiio.ImageBufAlgo.ociolook(buf, look, space, process, unpremult=False,
+                                             colorconfig=config)
+            space = process
+    out = oiio.ImageBufAlgo.ociodisplay(buf, str(display.get("display_device") or "sRGB"),
+                                        view, fromspace=space, looks="", unpremult=False,
+                                        colorconfig=config)
+    if out.has_error:
+        logger.info("no %s view for previews: %s", view, out.geterror())
+        return None
+    shown = np.asarray(out.get_pixels(oiio.FLOAT), dtype=np.float32).reshape(height, width, 3)
+    gamma = float(display.get("gamma") or 1.0)
+    if gamma != 1.0:
+        shown = np.power(np.clip(shown, 0.0, None), 1.0 / max(gamma, 1e-6))
+    return shown
+
+
+def to_rgba8(pixels: np.ndarray, channels: list[str], linear: bool,
+             display: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Float pixels with named channels to 8-bit RGBA (alpha 255 when there is none).
+
+    Args:
+        pixels: ``(height, width, channels)`` floats.
+        channels: their names (``R``, ``G``, ``B``, ``A``; one channel: grey).
+        linear: whether they are scene-linear (an EXR's) rather than display values.
+        display: the scene's colour management (:attr:`renderfarm.job.SceneInfo.display`)
+            for scene-linear pixels; without it (or Blender's configuration), the sRGB
+            transfer function.
+    """
     height, width = pixels.shape[:2]
     out = np.full((height, width, 4), 255, dtype=np.uint8)
-    for target, name in enumerate("RGBA"):
-        if name not in channels:
-            if name != "A" and channels:  # grey images: repeat the first channel
-                out[:, :, target] = out[:, :, 0]
-            continue
-        values = pixels[:, :, channels.index(name)]
-        if name == "A" or not linear:
-            out[:, :, target] = np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
-        else:
-            out[:, :, target] = srgb8(values)
+    rgb = np.zeros((height, width, 3), dtype=np.float32)
+    for target, name in enumerate("RGB"):
+        source = name if name in channels else (channels[0] if channels else None)
+        if source is not None:  # grey images: the first channel in R, G and B
+            rgb[:, :, target] = pixels[:, :, channels.index(source)]
+    shown = display_rgb(rgb, display) if linear and display else None
+    if shown is not None:
+        out[:, :, :3] = np.rint(np.clip(shown, 0, 1) * 255).astype(np.uint8)
+    elif linear:
+        out[:, :, :3] = srgb8(rgb)
+    else:
+        out[:, :, :3] = np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    if "A" in channels:
+        out[:, :, 3] = np.rint(np.clip(pixels[:, :, channels.index("A")], 0, 1)
+                               * 255).astype(np.uint8)
     return out
 
 
-def tile_preview(piece: Path, tile: Tile, canvas: Rect,
-                 size: int = PREVIEW_SIZE) -> TilePreview | None:
-    """The preview of a finished piece's core pixels, or None when it scales to nothing.
+def tile_preview(piece: Path, tile: Tile, canvas: Rect, size: int = PREVIEW_SIZE,
+                 display: Mapping[str, Any] | None = None) -> TilePreview | None:
+    """The preview of a finished piece's core pixels, or None when it scales to nothing;
+    ``display``: the scene's colour management (see :func:`to_rgba8`).
 
     Raises:
         MergeError: the piece cannot be read or has no Combined pass.
@@ -109,7 +203,7 @@ def tile_preview(piece: Path, tile: Tile, canvas: Rect,
         sums = np.add.reduceat(np.add.reduceat(pixels, ys[:-1], axis=0), xs[:-1], axis=1)
         counts = np.outer(np.maximum(np.diff(ys), 1), np.maximum(np.diff(xs), 1))
         pixels = sums / counts[:, :, None]
-    rgba = to_rgba8(pixels, channels, linear)
+    rgba = to_rgba8(pixels, channels, linear, display)
     frame_w = max(1, _edge(canvas.x1, canvas.x0, scale))
     frame_h = max(1, _edge(canvas.y1, canvas.y0, scale))
     return TilePreview(x0, y0, x1 - x0, y1 - y0, frame_w, frame_h, rgba.tobytes())

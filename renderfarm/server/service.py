@@ -167,6 +167,8 @@ class _Live:
     run_id: str = field(default_factory=lambda: os.urandom(6).hex())
     saved: float = 0.0
     canvas: Rect | None = None
+    #: the scene's colour management, for previews (SceneInfo.display)
+    display: dict[str, Any] = field(default_factory=dict)
     previews: dict[int, Any] = field(default_factory=dict)  # frame -> RGBA canvas
 
     def latest_png(self) -> bytes | None:
@@ -1365,6 +1367,7 @@ class FarmService:
         if event.kind == "job_started":
             canvas = data.get("canvas")
             live.canvas = Rect(*canvas) if canvas else None
+            live.display = dict(data.get("display") or {})
             before = store.job(job_id).plan or {}
             store.set_plan(job_id, {**{k: data.get(k) for k in
                                        ("tiles", "chunks", "size", "canvas", "device",
@@ -1436,7 +1439,7 @@ class FarmService:
         if live.canvas is None or not path.exists():
             return
         try:
-            preview = tile_preview(path, tile, live.canvas)
+            preview = tile_preview(path, tile, live.canvas, display=live.display)
         except RenderFarmError as exc:
             logger.info("no preview for %s: %s", path.name, exc.one_line())
             return
