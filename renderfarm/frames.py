@@ -15,7 +15,14 @@ MAX_COUNT = 1_000_000
 #: the longest frame-range string read
 MAX_TEXT = 10_000
 
-_PART = re.compile(r"^(-?\d+)(?:\s*(?:-|\.\.)\s*(-?\d+)(?:\s*[x:]\s*(\d+))?)?$")
+#: a part of a frame range; numbers of ASCII digits, at most 15 (a longer one is no frame)
+_PART = re.compile(r"^(-?[0-9]{1,15})(?:\s*(?:-|\.\.)\s*(-?[0-9]{1,15})"
+                   r"(?:\s*[x:]\s*([0-9]{1,15}))?)?$")
+
+
+def _short(text: str, most: int = 40) -> str:
+    """``text`` quoted, cut to ``most`` characters (an error names it, never all of it)."""
+    return repr(text) if len(text) <= most else repr(text[:most]) + "..."
 
 
 def parse_frames(
@@ -58,7 +65,7 @@ def parse_frames(
         match = _PART.match(part)
         if not match:
             raise FrameRangeError(
-                f"cannot read {part!r} in frame range {text!r}; write frames like "
+                f"cannot read {_short(part)} in frame range {_short(text)}; write frames like "
                 "'7', '1-10' or '20-30x2', separated by commas"
             )
         start = int(match.group(1))

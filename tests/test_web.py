@@ -32,9 +32,10 @@ pytestmark = [pytest.mark.blender, pytest.mark.ray]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def dom(url: str, profile: Path) -> str:
+def dom(url: str, profile: Path, click: str | None = None) -> str:
     """The page's DOM after it loaded (scripts and images included) and lived 1.5 s, as
-    Chromium (driven by Playwright) sees it. Chromium keeps the login cookie in ``profile``
+    Chromium (driven by Playwright) sees it; with ``click``, after the user clicked that
+    element and the page it led to loaded. Chromium keeps the login cookie in ``profile``
     from one call to the next."""
     if CHROMIUM is None:
         message = "Chromium is not installed: apt-get install chromium (.ci/run does)"
@@ -53,6 +54,10 @@ def dom(url: str, profile: Path) -> str:
             page = context.new_page()
             page.goto(url)
             page.wait_for_load_state("load")
+            if click is not None:
+                with page.expect_navigation():
+                    page.click(click)
+                page.wait_for_load_state("load")
             page.wait_for_timeout(1500)
             return page.content()
         finally:
@@ -133,7 +138,8 @@ def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, 
     profile = tmp_path / "profile"
     before = dom(f"{http}/job/{job_id}", profile)
     assert 'id="login"' in before and 'id="state"' not in before  # a login first, no job
-    jobs = dom(f"{http}/login?next=/#token={token}", profile)  # the form sends itself
+    jobs = dom(f"{http}/login?next=/#token={token}", profile,  # the link fills the form,
+               click="#login button")  # the user logs in
     row = re.search(rf"<tr class=\"job done\" data-job=\"{job_id}\">(.*?)</tr>", jobs, re.S)
     assert row, jobs[-2000:]
     assert "&lt;b&gt;web&lt;/b&gt;" in row.group(1)  # names are escaped, never markup

@@ -111,10 +111,22 @@ def test_the_api_is_the_protocol_over_http(farm: dict[str, Any], make_scene,
 
     assert hashlib.sha256(frame).hexdigest() == reply["sha256"]
     # a form from another site cannot act with the page's login cookie
+    cookie = session_cookie(farm, "alice")
+    assert tokens["alice"] not in cookie  # the cookie is a session, not the token
     status, _h, _b = api(farm, "cancel", {"job_id": job_id}, headers={
-        "Cookie": f"renderfarm_{urllib.parse.urlsplit(farm['base']).port}={tokens['alice']}",
-        "Origin": "http://evil.example"})
+        "Cookie": cookie, "Origin": "http://evil.example"})
     assert status == 403
+    status, _h, body = api(farm, "status", {"job_id": job_id}, headers={"Cookie": cookie})
+    assert status == 200 and json.loads(body)["job"]["job_id"] == job_id
+
+
+def session_cookie(farm: dict[str, Any], name: str) -> str:
+    """The ``Cookie`` header of a browser that logged in as ``name`` through the form."""
+    status, headers, _b = api(farm, "", method="POST", path="/login", body=urllib.parse.urlencode(
+        {"token": farm["tokens"][name], "next": "/"}).encode(), headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 303, (status, headers)
+    return headers["set-cookie"].split(";", 1)[0]
 
 
 def test_events_stream_the_callers_own_jobs(farm: dict[str, Any], make_scene) -> None:
@@ -173,7 +185,8 @@ def test_the_web_app_acts_in_a_real_browser(farm: dict[str, Any], make_scene) ->
                                      args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page()
-            page.goto(f"{base}/login#token={tokens['alice']}")  # the login link
+            page.goto(f"{base}/login#token={tokens['alice']}")  # the login link fills in
+            page.click("#login button")  # the token; the user logs in
             page.wait_for_url(f"{base}/")
             expect(page.locator(f"tr[data-job='{job_id}']")).to_be_visible()
             page.goto(f"{base}/job/{job_id}")
@@ -231,6 +244,7 @@ def test_the_web_app_acts_in_a_real_browser(farm: dict[str, Any], make_scene) ->
             # the admin's job list shows whose job it is and when it came
             admin_list = browser.new_page()
             admin_list.goto(f"{base}/login#token={tokens['boss']}")
+            admin_list.click("#login button")
             admin_list.wait_for_url(f"{base}/")
             row = admin_list.locator(f"tr[data-job='{job_id}']")
             expect(row.locator(".owner")).to_have_text("alice")
@@ -239,6 +253,7 @@ def test_the_web_app_acts_in_a_real_browser(farm: dict[str, Any], make_scene) ->
             # an admin takes a worker out and puts it back, from the workers page
             admin = browser.new_page()
             admin.goto(f"{base}/login#token={tokens['boss']}")
+            admin.click("#login button")
             admin.wait_for_url(f"{base}/")
             admin.goto(f"{base}/workers")
             worker = alice.request("workers")[0]["workers"][0]["worker"]

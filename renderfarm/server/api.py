@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -38,10 +39,15 @@ STATUS = {"bad_request": 400, "bad_input": 400, "version": 400, "too_big": 413,
           "not_found": 404, "refused": 403, "refused_key": 403, "conflict": 409,
           "limit": 429, "rate_limited": 429, "missing_files": 400, "bad_bundle": 400,
           "internal": 500, "failed": 500}
-#: event streams open at once (each holds one of the page's connections)
-MAX_STREAMS = 32
 #: seconds between keep-alive comments on an idle event stream
 KEEP_ALIVE = 15.0
+#: seconds between checks that a stream's key is still allowed (a removed key's streams end
+#: within this time)
+RECHECK = 1.0
+#: seconds a request body may take to begin arriving, plus its size at :data:`MIN_RATE`
+BODY_TIMEOUT = 10.0
+#: the slowest a request body may arrive, in bytes per second, after :data:`BODY_TIMEOUT`
+MIN_RATE = 64 * 1024
 
 _JSON_TYPES = {str: "string", int: "integer", bool: "boolean", list: "array", dict: "object",
                float: "number"}
@@ -127,18 +133,26 @@ def reply_response(op: str, reply: dict[str, Any], data: bytes | None,
 
 
 class EventStreams:
-    """The server-sent event streams open now."""
+    """The server-sent event streams open now, a share per client (see
+    :class:`~renderfarm.server.admission.Admission`)."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, admission: Any) -> None:
         self.service = service
-        self.open = 0
+        self.admission = admission
 
-    def stream(self, caller: Caller, job_id: str | None,
-               headers: dict[str, str]) -> Response:
-        """A stream of the job events ``caller`` may see (of ``job_id`` only, if given)."""
-        if self.open >= MAX_STREAMS:
-            return Response("too many event streams are open on this page; close some "
-                            "tabs", 503, headers=headers, media_type="text/plain")
+    @property
+    def open(self) -> int:
+        """Streams open now."""
+        return sum(self.admission.streams.values())
+
+    def stream(self, caller: Caller, job_id: str | None, headers: dict[str, str],
+               allowed: Callable[[], bool] = lambda: True) -> Response:
+        """A stream of the job events ``caller`` may see (of ``job_id`` only, if given),
+        until the client goes or ``allowed()`` says no more (its key was removed, its
+        session ended: checked every :data:`RECHECK` seconds)."""
+        refused = self.admission.open_stream(caller.name)
+        if refused is not None:
+            return Response(refused, 429, headers=headers, media_type="text/plain")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
 
@@ -148,21 +162,28 @@ class EventStreams:
             loop.call_soon_threadsafe(_put, queue, message)
 
         stop = self.service.listen(listener)
-        self.open += 1
 
         async def events() -> AsyncIterator[bytes]:
             try:
                 yield b": renderfarm events\n\n"
-                while True:
+                quiet = 0.0
+                while allowed():
                     try:
-                        message = await asyncio.wait_for(queue.get(), KEEP_ALIVE)
+                        message = await asyncio.wait_for(queue.get(), RECHECK)
                     except TimeoutError:
-                        yield b": still here\n\n"
+                        quiet += RECHECK
+                        if quiet >= KEEP_ALIVE:
+                            quiet = 0.0
+                            yield b": still here\n\n"
                         continue
+                    quiet = 0.0
+                    if not allowed():
+                        break
                     yield f"data: {json.dumps(message)}\n\n".encode()
+                yield b"event: ended\ndata: {\"reason\": \"the login ended\"}\n\n"
             finally:
                 stop()
-                self.open -= 1
+                self.admission.close_stream(caller.name)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-store"})
@@ -173,14 +194,27 @@ def _put(queue: asyncio.Queue[dict[str, Any]], message: dict[str, Any]) -> None:
         queue.put_nowait(message)
 
 
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """A request's body, or None when it is over ``limit`` bytes."""
+async def read_body(request: Request, limit: int,
+                    timeout: float | None = None) -> bytes | str:
+    """A request's body, or why it was not read: over ``limit`` bytes (said by its
+    ``Content-Length`` before a byte is read), or too slow: it must have come within
+    ``timeout`` seconds (default: :data:`BODY_TIMEOUT` plus its size at :data:`MIN_RATE`)."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return body
+    if length is not None and (not (0 < len(length) <= 18 and length.isascii()
+                                    and length.isdigit()) or int(length) > limit):
+        return f"the request's body is over the limit of {limit} bytes"
+    size = int(length) if length is not None else limit
+    deadline = timeout if timeout is not None else BODY_TIMEOUT + size / MIN_RATE
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        with anyio.fail_after(deadline):
+            async for chunk in request.stream():
+                got += len(chunk)
+                if got > limit:
+                    return f"the request's body is over the limit of {limit} bytes"
+                chunks.append(chunk)
+    except TimeoutError:
+        return (f"the request's body came too slowly ({got} of {size} bytes in "
+                f"{deadline:.0f} s); send it at once")
+    return b"".join(chunks)

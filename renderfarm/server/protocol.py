@@ -191,6 +191,8 @@ def reply_error(request_id: Any, error: str, message: str) -> bytes:
 
 #: how deep JSON values of a request may nest
 MAX_DEPTH = 32
+#: the largest integer a field takes (JSON's exact integers; SQLite's fit)
+MAX_INT = 2**53 - 1
 
 
 def _request_id(value: Any) -> Any:
@@ -278,6 +280,10 @@ def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
             raise ProtocolError(f"{op}: field {name!r} must be "
                                 f"{' or '.join(k.__name__ for k in kinds)}, not "
                                 f"{type(value).__name__}", request_id=request_id)
+        if isinstance(value, int) and not isinstance(value, bool) and \
+                not -MAX_INT <= value <= MAX_INT:
+            raise ProtocolError(f"{op}: field {name!r} must be between {-MAX_INT} and "
+                                f"{MAX_INT}", request_id=request_id)
         problem = spec.check(value) if spec.check else None
         if problem:
             raise ProtocolError(f"{op}: field {name!r} {problem}", request_id=request_id)

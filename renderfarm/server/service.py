@@ -43,6 +43,7 @@ from renderfarm.errors import (
 from renderfarm.events import Event
 from renderfarm.job import JobSpec, Rect, Task, Tile
 from renderfarm.server import protocol
+from renderfarm.server.admission import LogBudget
 from renderfarm.server.keyring import LOCAL, Caller
 from renderfarm.server.store import JobRow, Store
 from renderfarm.server.transport import KeyPair, ServerSockets, bind_server
@@ -204,6 +205,7 @@ class FarmService:
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._log_budget = LogBudget()
         #: each client's request bucket: (tokens, when)
         self._buckets: dict[str, tuple[float, float]] = {}
         #: requests are parsed and answered off the main thread, which only moves messages
@@ -522,7 +524,7 @@ class FarmService:
                 return [protocol.reply_ok(request_id, **fields), data]
             return [protocol.reply_ok(request_id, **result)]
         except ProtocolError as exc:
-            logger.info("bad request: %s", exc.message)
+            self._note("bad request", "bad request: %s", exc.message[:300])
             self._audit(caller, request, exc)
             return [protocol.reply_error(exc.request_id, exc.kind, self._scrub(exc.message))]
         except ServiceError as exc:
@@ -621,6 +623,34 @@ class FarmService:
         except Exception:  # the audit must not take the request down
             logger.exception("cannot record %s by %s in the audit table", request.op, name)
 
+    def _note(self, kind: str, message: str, *args: Any) -> None:
+        """Log a refused request, a few lines per kind per interval at most (then how many
+        were left out): a client sending nonsense must not fill the farm's log."""
+        with self._lock:
+            allowed, held = self._log_budget.allow(kind, time.monotonic())
+        if held:
+            logger.info("%d more '%s' line(s) were left out", held, kind)
+        if allowed:
+            logger.info(message, *args)
+
+    def rate_refusal(self, caller: Caller) -> str | None:
+        """Why a request of ``caller`` would be refused for its rate or its requests in
+        flight, checked before its body is read (nothing is counted: :meth:`call` counts
+        it); None when it may come."""
+        with self._lock:
+            if self._in_flight.get(caller.name, 0) >= MAX_IN_FLIGHT:
+                return (f"{caller.name} has {MAX_IN_FLIGHT} requests in flight already; wait "
+                        "for their replies")
+            rate = self.config.requests_per_second
+            if not rate:
+                return None
+            tokens, then = self._buckets.get(caller.name, (2.0 * rate, time.monotonic()))
+            if min(2.0 * rate, tokens + (time.monotonic() - then) * rate) < 1.0:
+                return (f"too many requests from {caller.name}: the farm allows {rate:g} per "
+                        "second per client (serve --requests-per-second); slow down and try "
+                        "again")
+        return None
+
     def _limit_rate(self, caller: Caller) -> None:
         """Refuse a caller's request over its rate (a token bucket per client) or with too
         many requests in flight."""
@@ -661,7 +691,8 @@ class FarmService:
                 continue
             own = tuple(f"{kind}.{caller.name}.".encode() for kind in ("job", "preview"))
             if not (caller.admin or topic.startswith(own)):
-                logger.info("subscription of %s to %r refused: not its jobs", caller.name,
+                self._note("subscription", "subscription of %s to %r refused: not its jobs",
+                           caller.name,
                             topic[:80])
                 continue
             pub.setsockopt(zmq.SUBSCRIBE if message[0] == 1 else zmq.UNSUBSCRIBE, topic)
@@ -1050,8 +1081,12 @@ class FarmService:
         written = set(self.store.frames(row.id))
         planned = set((row.plan or {}).get("frames") or [])
         if request.fields.get("frames"):
-            wanted = set(parse_frames(request.fields["frames"]))
-            unknown = sorted(wanted - planned) if planned else []
+            if not planned:  # it never started: no frame of it exists to render again
+                raise InputError(f"job {row.id} never started, so it has no frames to render "
+                                 "again: requeue it without frames, and it renders them all")
+            wanted = set(parse_frames(request.fields["frames"],
+                                      max_count=self.config.max_frames_per_job))
+            unknown = sorted(wanted - planned)
             if unknown:
                 raise InputError(f"frame(s) {', '.join(map(str, unknown[:10]))} are not "
                                  f"frames of job {row.id} ({min(planned)}-{max(planned)})")
@@ -1074,7 +1109,7 @@ class FarmService:
         return {"job": self._public(row.to_dict()), "frames": sorted(again)}
 
     def _op_workers(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
-        return {"workers": self.farm_workers()}
+        return {"workers": self.workers_for(caller)}
 
     def _op_worker(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         if not caller.admin:
@@ -1471,6 +1506,8 @@ class FarmService:
                    "eta": self.job_eta(event.job_id) if row.state == "running" else None}
         if message.get("message"):
             message["message"] = self._scrub(message["message"])
+        if message.get("data"):  # files by their names in the job's folder, never the farm's
+            message["data"] = self._job_relative(event.job_id, message["data"])
         if not event.tasks_total:
             message.update(tasks_done=row.tasks_done, tasks_total=row.tasks_total,
                            frames_done=row.frames_done, frames_total=row.frames_total)
@@ -1483,6 +1520,37 @@ class FarmService:
                 listener(row.client or LOCAL, message)
             except Exception:  # a listener (a closed page) never stops the job's events
                 logger.exception("an event listener failed")
+
+    def _job_relative(self, job_id: str, value: Any) -> Any:
+        """``value`` (an event's data) with every path of the farm's disk replaced by its
+        name in the job's output folder (``passes/depth_0001.exr``), or by its file name
+        for a file elsewhere (a piece); other text is scrubbed of the farm's paths."""
+        if isinstance(value, dict):
+            return {k: self._job_relative(job_id, v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._job_relative(job_id, v) for v in value]
+        if not isinstance(value, str) or not os.path.isabs(value):
+            return self._scrub(value) if isinstance(value, str) else value
+        try:
+            return Path(value).relative_to(self._output_dir(job_id)).as_posix()
+        except ValueError:
+            return Path(value).name
+
+    def workers_for(self, caller: Caller) -> list[dict[str, Any]]:
+        """The farm's workers as ``caller`` may see them: what a worker renders for another
+        client's job is "busy", without the job (an admin sees everything)."""
+        workers = self.farm_workers()
+        if caller.admin:
+            return workers
+        mine = {row.id for row in self.jobs_for(caller)}
+        shown = []
+        for worker in workers:
+            current = worker.get("current")
+            worker = {**worker, "loaded": None}
+            if current and current.split(" ", 1)[0] not in mine:
+                worker["current"] = "another client's job"
+            shown.append(worker)
+        return shown
 
     # -- status page -------------------------------------------------------------------------
     def preview_png(self, job_id: str) -> bytes | None:

@@ -362,14 +362,11 @@ class Store:
 
     def forget_frames(self, job_id: str, frames: Iterable[int]) -> None:
         """Forget written frames of a job (it renders them again)."""
-        with self._lock:
-            for frame in frames:
-                self._db.execute("DELETE FROM frames WHERE job_id = ? AND frame = ?",
-                                 (job_id, frame))
-                self._db.execute("DELETE FROM hashes WHERE job_id = ? AND frame = ?",
-                                 (job_id, frame))
-                self._db.execute("DELETE FROM extras WHERE job_id = ? AND frame = ?",
-                                 (job_id, frame))
+        chosen = json.dumps(sorted({int(f) for f in frames}))
+        with self._lock:  # one statement per table, whatever the number of frames
+            for table in ("frames", "hashes", "extras"):
+                self._db.execute(f"DELETE FROM {table} WHERE job_id = ? AND frame IN "
+                                 "(SELECT value FROM json_each(?))", (job_id, chosen))
 
     def drop_worker(self, job_id: str, worker: str, frames: Iterable[int]) -> None:
         """A worker of a job was found suspect: forget the pieces it rendered and

@@ -12,23 +12,31 @@ protocol; pages update themselves from its event stream (server-sent events).
 
 **Login.** A service with keys asks for a login on every page: a client's token is
 :func:`~renderfarm.server.keyring.web_token` of its public key (``renderfarm web-token``
-prints it), sent once through the login form (``POST /login``: the answer sets it as an
-HttpOnly, SameSite=Strict cookie) or with each request as ``Authorization: Bearer TOKEN``.
-Tokens are recomputed from the keys the service allows now, so a key removed from
-``--clients`` stops its token at once. A client sees its own jobs only (an admin: all); to
-anyone else a job does not exist (404), as in the protocol. Without keys
+prints it), sent with each request as ``Authorization: Bearer TOKEN``, or once through the
+login form (``POST /login``, from the page itself: the user presses its button; a login link
+``/login#token=...`` only fills it in). The form's answer starts a session
+(:class:`~renderfarm.server.admission.Sessions`): the HttpOnly, SameSite=Strict cookie holds
+a random session id, never the token; it expires, ``POST /logout`` ends it. Tokens are
+recomputed from the keys the service allows now, so a key removed from ``--clients`` stops
+its token, its sessions and its event streams at once. A client sees its own jobs only (an
+admin: all); to anyone else a job does not exist (404), as in the protocol. Without keys
 (``--insecure-loopback``) there is no login, and the page serves loopback only.
 
-**Connections.** uvicorn serves at most :data:`MAX_CONNECTIONS` requests at once (more get
-503) on one asyncio thread, plus at most :data:`WORKER_THREADS` threads that read the
-database. uvicorn itself never times out a connection that has not sent a whole request
-header (its keep-alive timer starts only after a response, and any byte received stops it),
-and counts such connections against its limit, so a few hundred half-sent requests would
-lock everyone out. :class:`_Waiting` guards that: a connection waiting for a request header
-(a new one, or a kept-alive one between requests) is closed :data:`TIMEOUT` seconds after it
-began to wait, whatever it sends meanwhile; at most :data:`MAX_WAITING` wait at once (the
-oldest is closed when one more comes); and only connections with a request in progress count
-against ``limit_concurrency``. A header is at most :data:`MAX_HEADER` bytes (h11's incomplete
+**Shares.** Every request is counted against its client's share
+(:class:`~renderfarm.server.admission.Admission`) before a byte of its body is read;
+requests without a valid login have their own small budget. Bodies have a deadline and a
+minimum rate (:func:`~renderfarm.server.api.read_body`); they are parsed, and pages made, on
+at most :data:`WORKER_THREADS` threads, :data:`THREADS_PER_CLIENT` at most for one client.
+Every answer, Starlette's and uvicorn's own included, has the security headers and the
+Content-Security-Policy :data:`CSP` (the pages' scripts are ``/static/*.js``); refusals are
+logged a few lines per kind per interval.
+
+**Connections.** uvicorn itself never times out a connection that has not sent a whole
+request header (its keep-alive timer starts only after a response, and any byte received
+stops it). :class:`_Waiting` guards that: a connection waiting for a request header (a new
+one, or a kept-alive one between requests) is closed :data:`TIMEOUT` seconds after it began
+to wait, whatever it sends meanwhile; at most :data:`MAX_WAITING` wait at once (the oldest is
+closed when one more comes). A header is at most :data:`MAX_HEADER` bytes (h11's incomplete
 event size; more gets 400).
 """
 
@@ -44,7 +52,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -61,14 +69,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from renderfarm.errors import InputError, ServiceError
 from renderfarm.report import call_cells, call_title
 from renderfarm.server import protocol
+from renderfarm.server.admission import Admission, LogBudget, Sessions
 from renderfarm.server.api import EventStreams, openapi, read_body, reply_response
 from renderfarm.server.keyring import LOCAL, Caller, web_token
 from renderfarm.server.protocol import JOB_ID
 
 logger = logging.getLogger(__name__)
 
-#: requests served at once (uvicorn's ``limit_concurrency``; more get 503)
-MAX_CONNECTIONS = 64
 #: seconds a connection may take to send a whole request header, counted from its opening
 #: (or from its previous response); then it is closed
 TIMEOUT = 10.0
@@ -82,7 +89,9 @@ MAX_HEADER = 16 * 1024
 #: the largest login form, in bytes
 MAX_FORM = 4096
 #: threads that read the database and previews for the page
-WORKER_THREADS = 4
+WORKER_THREADS = 6
+#: of those, the most one client's requests use at once (its other requests wait their turn)
+THREADS_PER_CLIENT = 2
 #: seconds a login lasts in the browser
 COOKIE_AGE = 12 * 3600
 #: the longest token looked at
@@ -101,9 +110,9 @@ button { margin-right: .3em; } input { width: 7em; } .paused { color: #fc6; }
 button:disabled { opacity: .45; cursor: not-allowed; }
 """
 
-#: the pages' script: actions post to the HTTP API; the event stream refreshes the page's
-#: content (never its forms)
-_SCRIPT = """<script>
+#: the pages' script (``/static/app.js``): actions post to the HTTP API; the event stream
+#: refreshes the page's content (never its forms); the kept buttons follow the job's state
+_APP_JS = """'use strict';
 const flash = (text, ok) => { const f = document.getElementById('flash');
   f.textContent = text; f.className = ok ? 'ok' : 'failed'; };
 async function act(op, fields) {
@@ -142,6 +151,14 @@ function applyState() {  // the actions that cannot apply to the job as it is no
     if (reason) { button.title = reason; } else { button.removeAttribute('title'); }
   }
 }
+function watchPreview() {  // says the preview's size once it has loaded (tests read it)
+  const image = document.getElementById('preview');
+  if (!image) return;
+  const seen = () => { if (image.naturalWidth) {
+    document.body.dataset.preview = image.naturalWidth + 'x' + image.naturalHeight; } };
+  image.addEventListener('load', seen);
+  if (image.complete) seen();
+}
 let waiting = null;
 function refresh() {
   if (waiting) return;
@@ -152,31 +169,46 @@ function refresh() {
     if (answer.ok) {
       document.getElementById('content').innerHTML = await answer.text();
       applyState();
+      watchPreview();
       document.body.dataset.updates = (parseInt(document.body.dataset.updates || '0') + 1);
     }
   }, 200);
 }
+applyState();
+watchPreview();
 const job = document.body.dataset.job;
 const stream = new EventSource('/api/v1/events'
                                + (job ? '?job_id=' + encodeURIComponent(job) : ''));
 stream.onopen = () => { document.body.dataset.live = '1'; };
 stream.onmessage = () => refresh();
-</script>"""
+"""
+
+#: the login page's script (``/static/login.js``): a login link ``/login#token=TOKEN`` fills
+#: the form, and the user logs in by pressing its button (a link alone logs nobody in)
+_LOGIN_JS = """'use strict';
+if (location.hash.startsWith('#token=')) {  // the token never reaches a server log
+  const form = document.getElementById('login');
+  form.token.value = decodeURIComponent(location.hash.slice(7));
+  history.replaceState(null, '', location.pathname + location.search);
+  form.querySelector('button').focus();
+  document.getElementById('filled').hidden = false;
+}
+"""
+
+#: the scripts the pages load (the only scripts they may run: see the policy below)
+_STATIC = {"app.js": _APP_JS, "login.js": _LOGIN_JS}
+
+#: what a page may load and run: its own scripts and connections only, no frames, forms
+#: sent to itself only (inline styles are allowed: progress bars, the report's look)
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'")
 
 #: headers of every answer: nothing cached, framed or sniffed, no referrer to other sites
 #: (a form sent with "no-referrer" would say Origin: null, and the login refuses that)
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-            "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
-
-_LOGIN_SCRIPT = """<script>
-if (location.hash.startsWith('#token=')) {  // a login link: the token never reaches a server log
-  const form = document.getElementById('login');
-  form.token.value = decodeURIComponent(location.hash.slice(7));
-  history.replaceState(null, '', location.pathname + location.search);
-  form.submit();
-}
-</script>"""
-
+            "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
+            "Content-Security-Policy": CSP}
 
 # -- pages -----------------------------------------------------------------------------------
 def _page(title: str, body: str, caller: Caller | None = None,
@@ -191,7 +223,8 @@ def _page(title: str, body: str, caller: Caller | None = None,
     return (f"<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
             f"<body data-job='{html.escape(live)}'>{top}<p id='flash'></p>{actions}"
-            f"<div id='content'>{body}</div>{_SCRIPT}</body></html>").encode()
+            f"<div id='content'>{body}</div><script src='/static/app.js'></script>"
+            "</body></html>").encode()
 
 
 def _top(caller: Caller | None) -> str:
@@ -349,9 +382,7 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
             "<th>call</th><th>attempt</th><th>worker</th><th>result</th></tr>"
             f"{calls}</table>"
             f"<h2>Preview</h2><img id='preview' alt='no preview yet' "
-            f"src='/preview/{escaped}.png?{job['tasks_done']}' "
-            "onload=\"document.body.dataset.preview=this.naturalWidth+'x'+"
-            "this.naturalHeight\">")
+            f"src='/preview/{escaped}.png?{job['tasks_done']}'>")
     why_not = job_actions(job)
     # what the script applies to the (kept) buttons after each refresh
     reasons = json.dumps(why_not).replace("<", "\\u003c")
@@ -387,7 +418,7 @@ def workers_page(service: Any, caller: Caller, fragment: bool = False) -> bytes:
     """The farm's workers; an admin has buttons to take one out or put it back."""
     e = html.escape
     rows = []
-    for w in service.farm_workers():
+    for w in service.workers_for(caller):
         buttons = ""
         if caller.admin:
             buttons = (_button("worker", "Enable", {"worker_id": w["worker"], "enabled": True})
@@ -442,14 +473,17 @@ def report_page(service: Any, caller: Caller, job_id: str) -> bytes:
 
 
 def login_page(next_path: str, wrong: bool = False) -> bytes:
-    """The login form (a login link ``/login#token=TOKEN`` fills and sends it by itself)."""
+    """The login form (a login link ``/login#token=TOKEN`` fills it; the user sends it)."""
     note = "<p class='failed' id='wrong'>That token is not valid.</p>" if wrong else ""
     body = ("<h1>renderfarm</h1><p>This farm's status page needs a login. Get your token "
             "with <code>renderfarm web-token</code>.</p>" + note +
+            "<p id='filled' hidden>The link filled in a token: press <b>Log in</b> to log in "
+            "with it.</p>"
             "<form id='login' method='post' action='/login'>"
             f"<input type='hidden' name='next' value='{html.escape(next_path)}'>"
             "<label>Token <input name='token' type='password' size='70' autocomplete='off' "
-            "autofocus></label> <button>Log in</button></form>" + _LOGIN_SCRIPT)
+            "autofocus></label> <button>Log in</button></form>"
+            "<script src='/static/login.js'></script>")
     return _page("renderfarm login", body)
 
 
@@ -479,6 +513,17 @@ class Tokens:
     def __init__(self, server_secret: str, keyring: Any) -> None:
         self._secret = server_secret
         self._keyring = keyring
+        self._keys: tuple[str, ...] = ()
+        self._table: list[tuple[bytes, Caller]] = []
+
+    def _callers(self) -> list[tuple[bytes, Caller]]:
+        """Every allowed caller with its token (tokens made again when the keys change)."""
+        callers = self._keyring.callers()
+        keys = tuple(sorted(f"{c.name} {c.key} {c.admin}" for c in callers))
+        if keys != self._keys:
+            self._table = [(web_token(self._secret, c.key).encode(), c) for c in callers]
+            self._keys = keys
+        return self._table
 
     def caller(self, token: str | None) -> Caller | None:
         """The caller whose token this is, or None (compared in constant time with every
@@ -487,10 +532,21 @@ class Tokens:
             return None
         given = token.encode("utf-8", "replace")
         found = None
-        for caller in self._keyring.callers():
-            if hmac.compare_digest(web_token(self._secret, caller.key).encode(), given):
+        for expected, caller in self._callers():
+            if hmac.compare_digest(expected, given):
                 found = caller
         return found
+
+    def by_key(self, key: str) -> Caller | None:
+        """The caller of this public key (Z85) if it is still allowed, else None."""
+        for _token, caller in self._callers():
+            if caller.key == key:
+                return caller
+        return None
+
+    def allowed_keys(self) -> set[str]:
+        """The public keys allowed now."""
+        return {caller.key for _token, caller in self._callers()}
 
 
 def _is_loopback(host: str) -> bool:
@@ -510,10 +566,34 @@ def _answer(status: int, body: bytes, kind: str = "text/plain; charset=utf-8",
 
 _HTML = "text/html; charset=utf-8"
 _JSON = "application/json"
+#: where a request's caller is kept in its ASGI scope
+_CALLER = "renderfarm.caller"
+#: where the session a request came with is kept in its ASGI scope
+_SESSION = "renderfarm.session"
+
+
+def _secured(send: Callable[[dict[str, Any]], Awaitable[None]]
+             ) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """``send`` adding the security headers to every answer that lacks them (Starlette's
+    own 404, 405 and 500 included)."""
+    extra = [(k.lower().encode(), v.encode()) for k, v in _HEADERS.items()]
+
+    async def secured(message: dict[str, Any]) -> None:
+        if message.get("type") == "http.response.start":
+            have = {name.lower() for name, _value in message.get("headers", [])}
+            message = {**message, "headers": [*message.get("headers", []),
+                                              *((k, v) for k, v in extra if k not in have)]}
+        await send(message)
+
+    return secured
 
 
 class StatusApp:
-    """The page's routes, with the login in front of every one.
+    """The page's routes, with the login and admission in front of every one.
+
+    Every request is counted against its client's share (:mod:`~renderfarm.server.admission`)
+    before anything of its body is read; the work it asks for runs on the page's threads, at
+    most :data:`THREADS_PER_CLIENT` of them per client.
 
     Args:
         service: the :class:`~renderfarm.server.service.FarmService`.
@@ -525,7 +605,12 @@ class StatusApp:
         self.service = service
         self.tokens = tokens
         self.cookie = cookie
+        self.admission = Admission()
+        self.sessions = Sessions(age=COOKIE_AGE)
+        self.log_budget = LogBudget()
         self._limiter: Any = None
+        self._gates: dict[str, Any] = {}
+        self._removals = -1
         self.app = Starlette(routes=[
             Route("/", self._jobs, methods=["GET"]),
             Route("/job/{job_id}", self._job, methods=["GET"]),
@@ -538,34 +623,100 @@ class StatusApp:
             Route("/log/{job_id}", self._log, methods=["GET"]),
             Route("/report/{job_id}", self._report, methods=["GET"]),
             Route("/thumb/{job_id}/{name}", self._thumb, methods=["GET"]),
+            Route("/static/{name}", self._static, methods=["GET"]),
             Route("/api/v1/openapi.json", self._openapi, methods=["GET"]),
             Route("/api/v1/events", self._events, methods=["GET"]),
             Route("/api/v1/upload", self._api_upload, methods=["PUT"]),
             Route("/api/v1/{op}", self._api_call, methods=["POST"]),
         ])
-        self.streams = EventStreams(service)
+        self.streams = EventStreams(service, self.admission)
         self.app.router.redirect_slashes = False  # only the page's own paths, as they are
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _secured(send)
+        request = Request(scope)
+        caller, session = self._identify(request)
+        scope[_CALLER], scope[_SESSION] = caller, session
+        if scope.get("path") == "/api/v1/events":  # long-lived: counted as streams
+            await self.app(scope, receive, send)
+            return
+        name = caller.name if caller is not None else None
+        address = str((scope.get("client") or ("?",))[0])
+        refused = self.admission.enter(name, address)
+        if refused is not None:
+            self.note("refused", "status page: %s refused: %s", name or address, refused)
+            busy = refused.startswith("the farm's page is busy")
+            await _answer(503 if busy else 429, refused.encode(),
+                          headers={"Retry-After": "2"})(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.leave(name, address)
 
-    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` on one of the page's few threads (the database blocks)."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(WORKER_THREADS)
-        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+    def note(self, kind: str, message: str, *args: Any) -> None:
+        """Log a refusal, a few lines per kind per interval at most (then how many more)."""
+        allowed, held = self.log_budget.allow(kind, time.monotonic())
+        if held:
+            logger.info("status page: %d more '%s' line(s) were left out", held, kind)
+        if allowed:
+            logger.info(message, *args)
 
-    # -- the login ---------------------------------------------------------------------------
-    def _token_of(self, request: Request) -> str | None:
+    def _identify(self, request: Request) -> tuple[Caller | None, str | None]:
+        """Who sent a request (None: no valid login) and the session it came with: a
+        ``Bearer`` token, else the login cookie's session; a session whose key is no longer
+        allowed has ended."""
+        if self.tokens is None:
+            return Caller(LOCAL, admin=True), None
         auth = request.headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
-            return auth[7:].strip()
-        return request.cookies.get(self.cookie)
+            return self.tokens.caller(auth[7:].strip()), None
+        session_id = request.cookies.get(self.cookie)
+        if not session_id:
+            return None, None
+        now = time.time()
+        removals = self.service.sockets.keyring.removals
+        if removals != self._removals:  # a key went away: its sessions end now
+            self._removals = removals
+            self.sessions.end_unless(self.tokens.allowed_keys())
+        session = self.sessions.get(session_id, now)
+        if session is None:
+            return None, None
+        caller = self.tokens.by_key(session.key)
+        if caller is None or caller.name != session.name:
+            self.sessions.end(session_id)
+            return None, None
+        return caller, session_id
 
-    async def _caller(self, request: Request) -> Caller | None:
+    def still_allowed(self, caller: Caller, session: str | None) -> bool:
+        """Whether what ``caller`` opened may go on: its key is still allowed (as the same
+        client) and the session it came with has not ended."""
         if self.tokens is None:
-            return Caller(LOCAL, admin=True)
-        return await self._run(self.tokens.caller, self._token_of(request))
+            return True
+        now = self.tokens.by_key(caller.key)
+        if now is None or now.name != caller.name or now.admin != caller.admin:
+            return False
+        return session is None or self.sessions.get(session, time.time()) is not None
+
+    async def _run(self, who: str, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on one of the page's few threads (the database blocks), at
+        most :data:`THREADS_PER_CLIENT` at once for one client (``who``): the others wait
+        their turn, other clients do not."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(WORKER_THREADS)
+        gate = self._gates.get(who)
+        if gate is None:
+            gate = self._gates[who] = anyio.Semaphore(THREADS_PER_CLIENT)
+        async with gate:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+
+    # -- the login ---------------------------------------------------------------------------
+    @staticmethod
+    def _caller(request: Request) -> Caller | None:
+        return request.scope.get(_CALLER)
 
     def _host_refused(self, request: Request) -> Response | None:
         """Without a login, a page that answers to any host name could be read by a web
@@ -597,10 +748,10 @@ class StatusApp:
             refused = self._host_refused(request)
             if refused is not None:
                 return refused
-            caller = await self._caller(request)
+            caller = self._caller(request)
             if caller is None:
                 return self._login_needed(request, api)
-            return await self._run(render, caller)
+            return await self._run(caller.name, render, caller)
         except ServiceError as exc:  # not_found: no such job, or another client's
             if api:
                 return _answer(404, json.dumps({"error": exc.one_line()}).encode(), _JSON)
@@ -608,7 +759,7 @@ class StatusApp:
                                       f"</p><p>{html.escape(exc.one_line())}</p>"),
                            _HTML)
         except Exception:
-            logger.exception("status page failed on %s", request.url.path)
+            logger.exception("status page failed on %s", request.url.path[:200])
             return _answer(500, b"internal error")
 
     async def _login(self, request: Request) -> Response:
@@ -633,28 +784,43 @@ class StatusApp:
             return _answer(403, b"a login must come from this page's own form")
         form = await _read_form(request)
         if form is None:
-            return _answer(413, b"the login form is too big or came too slowly")
+            return _answer(413, b"the login form is too big, has too many fields or came too "
+                           b"slowly")
         next_path = form.get("next") or "/"
         if not _known_path(next_path):
             next_path = "/"
         token = form.get("token", "").strip()
         assert self.tokens is not None
-        caller = await self._run(self.tokens.caller, token)
+        caller = self.tokens.caller(token)
         if caller is None:
-            logger.info("status page: a login with a wrong token")
+            self.note("login", "status page: a login with a wrong token")
             return _answer(401, login_page(next_path, wrong=True), _HTML)
+        old = request.cookies.get(self.cookie)
+        if old:
+            self.sessions.end(old)  # a new login never keeps an old session's id
+        session_id = self.sessions.start(caller.name, caller.key, time.time())
         answer = RedirectResponse(next_path, 303, headers=_HEADERS)
-        answer.set_cookie(self.cookie, token, max_age=COOKIE_AGE, path="/", httponly=True,
-                          samesite="strict")
+        answer.set_cookie(self.cookie, session_id, max_age=COOKIE_AGE, path="/",
+                          httponly=True, samesite="strict")
         logger.info("status page: %s logged in", caller.name)
         return answer
 
     async def _logout(self, request: Request) -> Response:
         if not _same_origin(request):
             return _answer(403, b"a logout must come from this page's own form")
+        ended = self.sessions.end(request.cookies.get(self.cookie))
+        if ended:
+            logger.info("status page: %s logged out", getattr(self._caller(request), "name",
+                                                               "someone"))
         answer = RedirectResponse("/login", 303, headers=_HEADERS)
         answer.delete_cookie(self.cookie, path="/", httponly=True, samesite="strict")
         return answer
+
+    async def _static(self, request: Request) -> Response:
+        script = _STATIC.get(request.path_params["name"])
+        if script is None:
+            return _answer(404, b"not found")
+        return _answer(200, script.encode(), "text/javascript; charset=utf-8")
 
     # -- the pages ---------------------------------------------------------------------------
     async def _jobs(self, request: Request) -> Response:
@@ -679,12 +845,11 @@ class StatusApp:
 
     async def _log(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        frame = request.query_params.get("frame")
-        if not JOB_ID.match(job_id) or (frame is not None and not frame.lstrip("-").isdigit()):
+        frame = _small_int(request.query_params.get("frame"))
+        if not JOB_ID.match(job_id) or frame is False:
             return _answer(404, b"not found")
         return await self._guarded(request, lambda caller: _answer(
-            200, log_page(self.service, caller, job_id,
-                          int(frame) if frame is not None else None), _HTML))
+            200, log_page(self.service, caller, job_id, frame), _HTML))
 
     async def _report(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -698,13 +863,12 @@ class StatusApp:
 
     async def _thumb(self, request: Request) -> Response:
         job_id, name = request.path_params["job_id"], request.path_params["name"]
-        frame = name[:-4]
-        if (not JOB_ID.match(job_id) or not name.endswith(".png")
-                or not frame.lstrip("-").isdigit() or len(frame) > 10):
+        frame = _small_int(name[:-4]) if name.endswith(".png") else False
+        if not JOB_ID.match(job_id) or frame is None or frame is False:
             return _answer(404, b"not found")
 
         def render(caller: Caller) -> Response:
-            image = self.service.frame_thumbnail(caller, job_id, int(frame))
+            image = self.service.frame_thumbnail(caller, job_id, frame)
             if image is None:
                 return _answer(404, b"no such frame written")
             return _answer(200, image, "image/png")
@@ -719,39 +883,37 @@ class StatusApp:
         return _answer(200, json.dumps(openapi(), indent=1).encode(), _JSON)
 
     async def _api_caller(self, request: Request) -> Caller | Response:
-        """The caller of an API request, or the answer refusing it."""
+        """The caller of an API request, or the answer refusing it (before its body is
+        read: a login, the page's origin for a cookie, the client's rate)."""
         refused = self._host_refused(request)
         if refused is not None:
             return refused
-        caller = await self._caller(request)
+        caller = self._caller(request)
         if caller is None:
             return self._login_needed(request, api=True)
         cookie_only = not request.headers.get("authorization")
         if cookie_only and self.tokens is not None and not _same_origin(request):
             return _answer(403, b"an action with the page's login must come from the page")
+        too_fast = self.service.rate_refusal(caller)
+        if too_fast is not None:
+            return _api_error(429, "rate_limited", too_fast)
         return caller
 
     async def _api_call(self, request: Request) -> Response:
         op = request.path_params["op"]
         if op not in protocol.REQUESTS or op in protocol.WITH_DATA:
-            return _answer(404, json.dumps({"ok": False, "error": {
-                "type": "not_found", "message": f"no operation {op[:40]!r}; see "
-                "/api/v1/openapi.json"}}).encode(), _JSON)
+            return _api_error(404, "not_found", f"no operation {op[:40]!r}; see "
+                              "/api/v1/openapi.json")
         caller = await self._api_caller(request)
         if isinstance(caller, Response):
             return caller
         body = await read_body(request, self.service.config.max_message)
-        if body is None:
-            return _answer(413, b"the request is too big")
-        try:
-            fields = json.loads(body or b"{}")
-        except ValueError:
-            fields = None
-        if not isinstance(fields, dict):
-            return _answer(400, json.dumps({"ok": False, "error": {
-                "type": "bad_request", "message": f"{op}: the body must be a JSON object of "
-                "the request's fields"}}).encode(), _JSON)
-        reply, data = await self._run(self.service.call, caller, op, fields)
+        if isinstance(body, str):
+            return _api_error(408 if "slowly" in body else 413, "too_big", body)
+        fields = await self._run(caller.name, _json_object, body)
+        if isinstance(fields, str):
+            return _api_error(400, "bad_request", f"{op}: {fields}")
+        reply, data = await self._run(caller.name, self.service.call, caller, op, fields)
         return reply_response(op, reply, data, _HEADERS)
 
     async def _api_upload(self, request: Request) -> Response:
@@ -761,22 +923,35 @@ class StatusApp:
         fields: dict[str, Any] = {}
         for name in ("sha256", "offset", "total"):
             value = request.query_params.get(name)
-            if value is not None:
-                fields[name] = int(value) if name != "sha256" and value.isdigit() else value
+            if value is None:
+                continue
+            if name == "sha256":
+                fields[name] = value
+                continue
+            number = _small_int(value)
+            if number is None or number is False:
+                return _api_error(400, "bad_request", f"upload: {name} must be a whole "
+                                  "number of bytes, 0 or more")
+            fields[name] = number
         body = await read_body(request, self.service.config.max_message)
-        if body is None:
-            return _answer(413, b"the chunk is too big")
-        reply, data = await self._run(self.service.call, caller, "upload", fields, body)
+        if isinstance(body, str):
+            return _api_error(408 if "slowly" in body else 413, "too_big", body)
+        reply, data = await self._run(caller.name, self.service.call, caller, "upload",
+                                      fields, body)
         return reply_response("upload", reply, data, _HEADERS)
 
     async def _events(self, request: Request) -> Response:
         caller = await self._api_caller(request)
         if isinstance(caller, Response):
             return caller
+        if request.method != "GET":  # HEAD: the headers only (a stream would never end)
+            return _answer(200, b"", "text/event-stream")
         job_id = request.query_params.get("job_id") or None
         if job_id is not None and not JOB_ID.match(job_id):
             return _answer(404, b"not found")
-        return self.streams.stream(caller, job_id, _HEADERS)
+        session = request.scope.get(_SESSION)
+        return self.streams.stream(caller, job_id, _HEADERS,
+                                   lambda: self.still_allowed(caller, session))
 
     async def _preview(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -812,6 +987,36 @@ class StatusApp:
         return await self._guarded(request, render, api=True)
 
 
+def _api_error(status: int, kind: str, message: str) -> Response:
+    """An API refusal: its status and ``{"ok": false, "error": {"type", "message"}}``."""
+    return _answer(status, json.dumps({"ok": False, "error": {
+        "type": kind, "message": message}}).encode(), _JSON)
+
+
+def _small_int(text: str | None) -> int | None | bool:
+    """A query or path number: None when absent, False when it is not a number of at most
+    15 ASCII digits (an optional leading '-')."""
+    if text is None:
+        return None
+    digits = text[1:] if text.startswith("-") else text
+    if not 0 < len(digits) <= 15 or not all("0" <= c <= "9" for c in digits):
+        return False
+    return int(text)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | str:
+    """A request body's JSON object, or why it is not one (parsed on a page thread)."""
+    try:
+        fields = json.loads(body or b"{}")
+    except RecursionError:
+        return f"the body nests deeper than {protocol.MAX_DEPTH} levels"
+    except ValueError as exc:  # not JSON, not UTF-8, a number of thousands of digits
+        return f"the body must be a JSON object of the request's fields ({str(exc)[:80]})"
+    if not isinstance(fields, dict):
+        return "the body must be a JSON object of the request's fields"
+    return fields
+
+
 def _same_origin(request: Request) -> bool:
     """Whether a form was sent from this page (a browser names the page it came from in
     ``Origin``; tools that send none are let through: they hold the token anyway)."""
@@ -826,20 +1031,15 @@ def _same_origin(request: Request) -> bool:
 
 async def _read_form(request: Request) -> dict[str, str] | None:
     """The fields of a small urlencoded form, or None when it is over :data:`MAX_FORM`
-    bytes or takes more than :data:`TIMEOUT` seconds to arrive."""
-    length = request.headers.get("content-length", "0")
-    if not length.isdigit() or int(length) > MAX_FORM:
+    bytes, has more than a few fields, or takes more than :data:`TIMEOUT` seconds to
+    arrive."""
+    body = await read_body(request, MAX_FORM, TIMEOUT)
+    if isinstance(body, str):
         return None
-    body = b""
     try:
-        with anyio.fail_after(TIMEOUT):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_FORM:
-                    return None
-    except TimeoutError:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than that
         return None
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
     return {name: values[0] for name, values in fields.items() if values}
 
 
@@ -920,10 +1120,46 @@ class _GuardedH11(H11Protocol):
         self.waiting.discard(self)
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot read, with the page's security headers."""
+        import h11
+
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"),
+                   *((k.lower().encode(), v.encode()) for k, v in _HEADERS.items())]
+        try:
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=msg.encode("ascii", "replace")), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:  # a response had begun already: just close
+            pass
+        self.transport.close()
+
     def drop(self) -> None:
         """Close the connection (it waited too long for a header)."""
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class _Quieter(logging.Filter):
+    """Lets a few lines of each kind through per interval (uvicorn logs every request it
+    cannot read: a flood of bad connections must not flood the log)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._budget = LogBudget()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            allowed, held = self._budget.allow(str(record.msg)[:80], time.monotonic())
+        if held:
+            logger.info("status page: %d more line(s) like %r were left out", held,
+                        str(record.msg)[:80])
+        return allowed
+
+
+#: the filter on uvicorn's log (one for every page this process serves)
+_QUIETER = _Quieter()
 
 
 class _Server(uvicorn.Server):
@@ -1034,10 +1270,13 @@ def start_status_page(service: Any, address: str) -> StatusPage:
     protocol = type("GuardedH11", (_GuardedH11,), {"waiting": waiting})
     config = uvicorn.Config(
         app, loop="asyncio", http=protocol, ws="none", lifespan="off", log_config=None,
-        access_log=False, server_header=False, limit_concurrency=MAX_CONNECTIONS,
+        access_log=False, server_header=False, limit_concurrency=None,
         timeout_keep_alive=KEEP_ALIVE, timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=MAX_HEADER)
     config.load()
+    for name in ("uvicorn", "uvicorn.error"):
+        if _QUIETER not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIETER)
     server = _Server(config, waiting)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="renderfarm-http", daemon=True)
