@@ -39,7 +39,8 @@ from renderfarm.job import JobResult, JobSpec, SceneInfo, Task, TaskResult, Tile
 
 if TYPE_CHECKING:
     from renderfarm.api import render
-    from renderfarm.farm import Farm, FarmConfig, JobHandle
+    from renderfarm.farm import Farm, FarmConfig
+    from renderfarm.handle import JobHandle
 
 __version__ = "0.1.0"
 
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 _LAZY = {"render": "renderfarm.api", "Farm": "renderfarm.farm",
-         "FarmConfig": "renderfarm.farm", "JobHandle": "renderfarm.farm"}
+         "FarmConfig": "renderfarm.farm", "JobHandle": "renderfarm.handle"}
 
 
 def __getattr__(name: str) -> Any:

@@ -374,8 +374,7 @@ def inspect_file(path: str) -> dict[str, Any]:
         BlendFileError: the file is missing, not a ``.blend``, or Blender cannot open it.
     """
     from renderfarm.blendfile import check_blend_file
-    from renderfarm.errors import BlendFileError
-    from renderfarm.executor import error_from
+    from renderfarm.errors import BlendFileError, error_from
 
     check_blend_file(path)
     with tempfile.TemporaryDirectory() as folder:

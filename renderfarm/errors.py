@@ -241,3 +241,11 @@ ERRORS: dict[str, type[RenderFarmError]] = {
         IntegrityError, WorkerDiedError, TaskTimeoutError, MergeError, JobFailedError,
         VerificationError, OutputMismatchError,
         ClusterLostError, CancelledError, ProtocolError, ServiceError)}
+
+
+def error_from(data: dict[str, Any]) -> RenderFarmError:
+    """The error a worker's reply carries (:meth:`RenderFarmError.to_dict`), as its class."""
+    cls = ERRORS.get(str(data.get("type", "")), RenderError)
+    return cls(str(data.get("message", "unknown error")), path=data.get("path"),
+               frame=data.get("frame"), tile=data.get("tile"), log_tail=data.get("log_tail"),
+               retryable=data.get("retryable"))

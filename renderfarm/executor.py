@@ -39,7 +39,7 @@ from renderfarm.errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from renderfarm.job import VIDEO_FRAME_FORMAT, WRITE_EXTENSIONS, RenderSettings, SceneInfo, Task
+from renderfarm.job import VIDEO_FRAME_FORMAT, WRITE_EXTENSIONS, RenderSettings, Task
 
 logger = logging.getLogger(__name__)
 
@@ -570,6 +570,11 @@ class WorkerPool:
                               created=time.monotonic())
         self.workers[worker_id] = handle
         return handle
+
+    def handles(self) -> list[WorkerHandle]:
+        """The pool's workers now (a copy: the pool changes as workers come and go)."""
+        with self._lock:
+            return list(self.workers.values())
 
     def start(self) -> None:
         """Start the missing workers and wait until each answers.
@@ -1147,23 +1152,40 @@ def _stop_cancelled(pool: WorkerPool, running: dict[Any, _Running],
                 "the worker was stopped because another job was cancelled", retryable=True))
 
 
-def new_job_id() -> str:
-    """A short unique job id."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+class PoolRunner:
+    """A worker pool with its dispatcher thread and the sources it serves."""
 
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.sources: list[Source] = []
+        self.lock = threading.Lock()
+        self.closing = False
+        self.wake = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="renderfarm-dispatch",
+                                       daemon=True)
+        self.thread.start()
 
-def scene_info_from(reply: dict[str, Any]) -> SceneInfo:
-    """The :class:`SceneInfo` in a worker's ``inspect`` reply, or the error it carries."""
-    if reply.get("ok"):
-        return SceneInfo.from_dict(reply["info"])
-    raise error_from(reply.get("error") or {"message": "inspection failed"})
+    def _run(self) -> None:
+        try:
+            dispatch(self.pool, self._sources, lambda: self.closing, wake=self.wake)
+        except RenderFarmError as exc:  # the cluster failed: its jobs end with the reason
+            logger.error("dispatcher stopped: %s", exc.one_line())
+            self.error = exc
+        except BaseException as exc:  # keep the farm alive; jobs see it as a failure
+            logger.exception("dispatcher stopped")
+            self.error = exc
 
+    def _sources(self) -> list[Source]:
+        with self.lock:
+            return list(self.sources)
 
-def error_from(data: dict[str, Any]) -> RenderFarmError:
-    from renderfarm.errors import ERRORS
+    def add(self, source: Source) -> None:
+        with self.lock:
+            self.sources.append(source)
+        self.wake.set()
 
-    cls = ERRORS.get(str(data.get("type", "")), RenderError)
-    return cls(str(data.get("message", "unknown error")), path=data.get("path"),
-               frame=data.get("frame"), tile=data.get("tile"), log_tail=data.get("log_tail"),
-               retryable=data.get("retryable"))
-
+    def remove(self, source: Source) -> None:
+        with self.lock:
+            if source in self.sources:
+                self.sources.remove(source)

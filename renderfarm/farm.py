@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,26 +25,24 @@ from renderfarm.errors import (
     ClusterLostError,
     InputError,
     LimitError,
-    RenderFarmError,
 )
-from renderfarm.events import Event
 from renderfarm.executor import (
     START_TIMEOUT,
+    PoolRunner,
     PoolShape,
-    Source,
     WorkerPool,
     cluster_resources,
-    dispatch,
-    new_job_id,
     plan_pool,
 )
 from renderfarm.frames import parse_frames
+from renderfarm.handle import JobHandle, Resume
 from renderfarm.job import (
     JobResult,
     JobSpec,
     Task,
     check_verify,
     is_output_folder,
+    new_job_id,
     output_path,
 )
 from renderfarm.jobfiles import check_output_folder
@@ -170,214 +167,6 @@ def estimate_tasks(spec: JobSpec) -> int | None:
     return frames * spec.tiles[0] * spec.tiles[1] * max(spec.chunks, 1)
 
 
-@dataclass(frozen=True)
-class ResumePiece:
-    """A piece rendered before the job was interrupted (e.g. the farm service restarted).
-
-    Attributes:
-        frame: its frame.
-        chunk: its sample range.
-        tiles: the grid tiles it covers (several when neighbouring tiles were grouped).
-        tile: the :class:`~renderfarm.job.Tile` it holds, as a dict.
-        path: its file.
-    """
-
-    frame: int
-    chunk: int
-    tiles: tuple[int, ...]
-    tile: dict[str, Any]
-    path: str
-
-
-@dataclass(frozen=True)
-class Resume:
-    """What an interrupted job had finished: pieces not yet merged and merged frames.
-
-    The job must be planned the same way again (same tiles and sample ranges), which
-    :meth:`Farm.submit` makes sure of with ``tiles`` and ``chunks`` taken from the first run.
-    """
-
-    pieces: tuple[ResumePiece, ...] = ()
-    frames: dict[int, str] = field(default_factory=dict)
-    #: frames this run leaves alone (a requeue of chosen frames renders only those)
-    skip: frozenset[int] = frozenset()
-
-
-class JobHandle:
-    """A running job: its events, its result, and a way to cancel it."""
-
-    def __init__(self, job_id: str, spec: JobSpec) -> None:
-        self.job_id = job_id
-        self.spec = spec
-        self._events: queue.Queue[Event | None] = queue.Queue()
-        self._finished = threading.Event()
-        self._cancel = threading.Event()
-        self._paused = threading.Event()
-        self._priority_changed: list[int] = []
-        self._source: Source | None = None
-        self._result: JobResult | None = None
-        self._error: RenderFarmError | None = None
-        #: what bundling stored for this job (``bundle_files``, ``bundle_bytes``,
-        #: ``sent_files``, ``sent_bytes``); empty when the client sent the bundle
-        self.transfer: dict[str, int] = {}
-        self._run: Any = None
-
-    @property
-    def late_results(self) -> int:
-        """Results that arrived after the job ended and were dropped unread."""
-        return self._run.late_results if self._run is not None else 0
-
-    @property
-    def duplicates(self) -> int:
-        """Results of a task that another copy (a straggler's backup) had finished first."""
-        return self._run.duplicates if self._run is not None else 0
-
-    @property
-    def merged_twice(self) -> int:
-        """Frames a second merge was asked for (refused; 0 unless something is wrong)."""
-        return self._run.merged_twice if self._run is not None else 0
-
-    def eta(self) -> float | None:
-        """Seconds the job still needs at the pace of its own tasks, or None before its
-        first task has finished and while it is paused (it needs time only once resumed)."""
-        if self.done():
-            return 0.0
-        if self.paused:
-            return None
-        return self._run.eta() if self._run is not None else None
-
-    def snapshot(self) -> dict[str, Any]:
-        """What the job has recorded so far (see :meth:`JobRun.snapshot`), also after it
-        failed or was cancelled."""
-        if self._run is None:
-            return {"job_id": self.job_id, "spec": self.spec.to_dict()}
-        return dict(self._run.snapshot())
-
-    def report(self, prices: dict[str, float] | None = None, client: str = "") -> dict[str, Any]:
-        """The job's report (:func:`renderfarm.report.build_report`): device-seconds and cost
-        per piece, worker, device and job, verification, outputs' SHA-256.
-
-        Args:
-            prices: price per device-hour (default: the farm's ``prices``).
-            client: who submitted the job.
-        """
-        from renderfarm.report import build_report
-
-        if prices is None and self._run is not None:
-            prices = self._run.farm.config.prices
-        state = ("running" if not self.done() else "cancelled" if self.cancelled
-                 else "failed" if self._error is not None else "done")
-        return build_report(self.snapshot(), client=client, name=self.spec.name, state=state,
-                            prices=prices)
-
-    def events(self) -> Iterator[Event]:
-        """Yield the job's events as they happen, until it ends (one consumer only)."""
-        while True:
-            event = self._events.get()
-            if event is None:
-                return
-            yield event
-
-    def result(self, timeout: float | None = None) -> JobResult:
-        """Wait for the job and return its result.
-
-        Raises:
-            RenderFarmError: the job failed or was cancelled.
-            TimeoutError: ``timeout`` passed first.
-        """
-        if not self._finished.wait(timeout):
-            raise TimeoutError(f"job {self.job_id} still running after {timeout} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def cancel(self) -> None:
-        """Stop the job: running tasks are stopped, nothing more is started."""
-        self._cancel.set()
-
-    def pause(self) -> None:
-        """Start no more renders of this job; running ones finish and are kept, and frames
-        whose pieces are in are still merged and written (with their checks, under
-        ``verify``)."""
-        self._paused.set()
-
-    def resume(self) -> None:
-        """Start tasks of this job again after :meth:`pause`."""
-        self._paused.clear()
-
-    @property
-    def paused(self) -> bool:
-        """Whether the job is paused."""
-        return self._paused.is_set()
-
-    def set_priority(self, priority: int) -> None:
-        """Change the job's priority (higher first) for the tasks it has not started yet."""
-        self._priority_changed.append(priority)
-        if self._source is not None:
-            self._source.priority = priority
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether :meth:`cancel` was called."""
-        return self._cancel.is_set()
-
-    def done(self) -> bool:
-        """Whether the job has ended (done, failed or cancelled)."""
-        return self._finished.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the job ends; True when it has."""
-        return self._finished.wait(timeout)
-
-    def _emit(self, event: Event) -> None:
-        self._events.put(event)
-
-    def _end(self, result: JobResult | None, error: RenderFarmError | None) -> None:
-        self._result, self._error = result, error
-        self._finished.set()
-        self._events.put(None)
-
-
-class _PoolRunner:
-    """A worker pool with its dispatcher thread and the sources it serves."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
-        self.sources: list[Source] = []
-        self.lock = threading.Lock()
-        self.closing = False
-        self.wake = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="renderfarm-dispatch",
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            dispatch(self.pool, self._sources, lambda: self.closing, wake=self.wake)
-        except RenderFarmError as exc:  # the cluster failed: its jobs end with the reason
-            logger.error("dispatcher stopped: %s", exc.one_line())
-            self.error = exc
-        except BaseException as exc:  # keep the farm alive; jobs see it as a failure
-            logger.exception("dispatcher stopped")
-            self.error = exc
-
-    def _sources(self) -> list[Source]:
-        with self.lock:
-            return list(self.sources)
-
-    def add(self, source: Source) -> None:
-        with self.lock:
-            self.sources.append(source)
-        self.wake.set()
-
-    def remove(self, source: Source) -> None:
-        with self.lock:
-            if source in self.sources:
-                self.sources.remove(source)
-
-
 class Farm:
     """Renders jobs on a Ray cluster with long-lived Blender workers.
 
@@ -410,7 +199,7 @@ class Farm:
             raise InputError(f"workers must be 1 or more, not {self.config.workers}")
         self.worker_class = worker_class
         self._started_ray = False
-        self._runners: dict[str, _PoolRunner] = {}
+        self._runners: dict[str, PoolRunner] = {}
         self._lock = threading.Lock()
         self._merger = ThreadPoolExecutor(self.config.merge_threads,
                                           thread_name_prefix="renderfarm-merge")
@@ -494,8 +283,7 @@ class Farm:
             runners = list(self._runners.values())
         out = []
         for runner in runners:
-            with runner.pool._lock:
-                handles = list(runner.pool.workers.values())
+            handles = runner.pool.handles()
             out += [h.describe() for h in handles]
         return sorted(out, key=lambda w: w["worker"])
 
@@ -528,8 +316,9 @@ class Farm:
                 return runner.pool.lost.message
         if not ray.is_initialized():
             return "Ray is not connected"
-        worker = ray._private.worker.global_worker
-        node = getattr(ray._private.worker, "_global_node", None)
+        # Ray says nothing public of its own processes' health: its private module does
+        worker = ray._private.worker.global_worker  # noqa: SLF001 - Ray's, no public twin
+        node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001
         processes = getattr(node, "all_processes", None) or {}
         for name in ("gcs_server", "raylet"):
             for info in processes.get(name, ()):
@@ -579,7 +368,12 @@ class Farm:
             return device
         return "gpu" if cluster_resources()[1] >= 1 else "cpu"
 
-    def _runner(self, device: str) -> _PoolRunner:
+    def runner(self, device: str) -> PoolRunner:
+        """The pool of ``device`` workers with its dispatcher (started on first use).
+
+        Raises:
+            ClusterLostError: the farm's Ray cluster failed.
+        """
         if self.lost is not None:
             raise self.lost
         with self._lock:
@@ -593,7 +387,7 @@ class Farm:
                 pool = WorkerPool(self.pool_shape(device), start_timeout=self.config.start_timeout,
                                   elastic=self.config.workers is None, **kwargs)
                 pool.start()
-                runner = _PoolRunner(pool)
+                runner = PoolRunner(pool)
                 self._runners[device] = runner
             return runner
 
@@ -646,7 +440,17 @@ class Farm:
         thread.start()
         return handle
 
-    def _forget(self, handle: JobHandle) -> None:
+    def runners(self) -> list[PoolRunner]:
+        """The farm's pools with their dispatchers, one per device class in use."""
+        with self._lock:
+            return list(self._runners.values())
+
+    @property
+    def merger(self) -> ThreadPoolExecutor:
+        """The farm's threads that merge and finish frames (every job's)."""
+        return self._merger
+
+    def forget(self, handle: JobHandle) -> None:
         """A job has ended: the farm keeps nothing of it (its plan and state go with the
         handle, which only its caller holds now)."""
         with self._lock:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -913,3 +914,17 @@ class JobResult(_Json):
         data["checks"] = tuple(data.get("checks", ()))
         data["suspects"] = tuple(data.get("suspects", ()))
         return data
+
+
+def new_job_id() -> str:
+    """A short unique job id: ``20261207-065501-4e39a0`` (when, and 3 random bytes)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+
+
+def scene_info_from(reply: dict[str, Any]) -> SceneInfo:
+    """The :class:`SceneInfo` in a worker's ``inspect`` reply, or the error it carries."""
+    from renderfarm.errors import error_from
+
+    if reply.get("ok"):
+        return SceneInfo.from_dict(reply["info"])
+    raise error_from(reply.get("error") or {"message": "inspection failed"})

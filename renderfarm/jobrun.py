@@ -1,7 +1,8 @@
-"""One job's run on a :class:`~renderfarm.farm.Farm`: its files, inspection, plan and
-resume (:class:`JobRun`), the entry points its dispatcher calls (:class:`Entries`, each
-guarded, every decision left to the pure :class:`~renderfarm.state.JobState`), and its last
-stage, the :class:`~renderfarm.assemble.Assembler` that writes its frames."""
+"""One job's run on a farm (a :class:`JobHost`, as :class:`~renderfarm.farm.Farm` is): its
+files, inspection, plan and resume (:class:`JobRun`), the entry points its dispatcher calls
+(:class:`Entries`, each guarded, every decision left to the pure
+:class:`~renderfarm.state.JobState`), and its last stage, the
+:class:`~renderfarm.assemble.Assembler` that writes its frames."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from renderfarm import faults
 from renderfarm.assemble import Assembler
@@ -29,10 +31,12 @@ from renderfarm.errors import (
     RenderError,
     RenderFarmError,
     VerificationError,
+    error_from,
 )
 from renderfarm.events import Event
-from renderfarm.executor import Source, WorkerHandle, WorkerPool, error_from, scene_info_from
+from renderfarm.executor import PoolRunner, Source, WorkerHandle, WorkerPool
 from renderfarm.frames import format_frames, parse_frames
+from renderfarm.handle import JobHandle, Resume
 from renderfarm.job import (
     PIECE_FORMAT,
     VIDEO_CONTAINERS,
@@ -48,6 +52,7 @@ from renderfarm.job import (
     is_output_folder,
     output_path,
     resolve_output,
+    scene_info_from,
 )
 from renderfarm.jobfiles import JobFiles, check_output_folder
 from renderfarm.merge import Piece, compare_images, write_atomically
@@ -64,9 +69,52 @@ from renderfarm.state import (
 
 if TYPE_CHECKING:
     from renderfarm.estimate import Estimate
-    from renderfarm.farm import Farm, JobHandle, Resume, _PoolRunner
+    from renderfarm.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+
+class HostSettings(Protocol):
+    """The farm's settings a job's run reads (:class:`~renderfarm.farm.FarmConfig`)."""
+
+    max_bundle_bytes: int
+    max_tasks: int
+    max_frames: int
+    max_pixels: int
+    default_task_timeout: float | None
+    prices: dict[str, float]
+    verify: float
+    verify_tolerance: float
+
+
+class JobHost(Protocol):
+    """What a job's run asks of the farm it runs on (:class:`~renderfarm.farm.Farm`)."""
+
+    lost: RenderFarmError | None
+
+    @property
+    def config(self) -> HostSettings:
+        """The farm's settings."""
+
+    @property
+    def storage(self) -> Storage:
+        """Where the farm keeps job files by hash."""
+
+    @property
+    def merger(self) -> Executor:
+        """The threads that merge and finish frames."""
+
+    def resolve_device(self, device: str) -> str:
+        """``auto`` made concrete."""
+
+    def runner(self, device: str) -> PoolRunner:
+        """The pool of ``device`` workers with its dispatcher."""
+
+    def forget(self, handle: JobHandle) -> None:
+        """The job has ended: the farm drops it."""
+
+    def submit(self, spec: Any, priority: int = 0) -> JobHandle:
+        """Start another job (the estimate's probe)."""
 
 
 class JobRun:
@@ -74,7 +122,7 @@ class JobRun:
     its tasks (through :class:`Entries`) and the :class:`~renderfarm.assemble.Assembler`
     writes its frames; builds the result."""
 
-    def __init__(self, farm: Farm, handle: JobHandle, priority: int,
+    def __init__(self, farm: JobHost, handle: JobHandle, priority: int,
                  workdir: Path | None = None, resume: Resume | None = None,
                  on_piece: Callable[[Task, Path], None] | None = None,
                  on_result: Callable[[TaskResult], None] | None = None,
@@ -93,7 +141,7 @@ class JobRun:
         #: guards :attr:`state` and the counters (dispatcher and merge threads)
         self.lock = threading.Lock()
         self.results: list[TaskResult] = []
-        handle._run = self
+        handle.attach(self)
         self.fatal: RenderFarmError | None = None
         self.ended = threading.Event()
         #: results that arrived after the job ended (dropped without touching its files)
@@ -119,6 +167,11 @@ class JobRun:
         self.video_container: str | None = None
 
     @property
+    def prices(self) -> dict[str, float]:
+        """The farm's prices per device-hour (its report's)."""
+        return self.farm.config.prices
+
+    @property
     def merged_twice(self) -> int:
         """Frames a second merge was asked for (refused)."""
         return self.assembler.merged_twice if self.assembler is not None else 0
@@ -126,7 +179,7 @@ class JobRun:
     # -- helpers -----------------------------------------------------------------------------
     def emit(self, kind: str, **kwargs: Any) -> None:
         state, plan, assembler = self.state, self.plan, self.assembler
-        self.handle._emit(Event(
+        self.handle.emit(Event(
             kind=kind, job_id=self.handle.job_id,
             tasks_done=state.count(TaskStatus.DONE) if state else 0,
             tasks_total=state.total if state else 0,
@@ -178,23 +231,23 @@ class JobRun:
         except RenderFarmError as exc:
             self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
                       message=exc.one_line(), data={"error": type(exc).__name__})
-            self.farm._forget(self.handle)  # before anyone sees it end
-            self.handle._end(None, exc)
+            self.farm.forget(self.handle)  # before anyone sees it end
+            self.handle.end(None, exc)
         except Exception as exc:  # never leave a handle hanging
             logger.exception("job %s crashed", self.handle.job_id)
             error = JobFailedError(f"internal error: {type(exc).__name__}: {exc}")
             self.emit("job_failed", message=error.one_line())
-            self.farm._forget(self.handle)  # before anyone sees it end
-            self.handle._end(None, error)
+            self.farm.forget(self.handle)  # before anyone sees it end
+            self.handle.end(None, error)
         else:
             self.emit("job_done", data={"outputs": {str(k): str(v)
                                                     for k, v in result.outputs.items()}})
-            self.farm._forget(self.handle)  # before anyone sees it end
-            self.handle._end(result, None)
+            self.farm.forget(self.handle)  # before anyone sees it end
+            self.handle.end(result, None)
         finally:
             if self.workdir is None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
-            self.farm._forget(self.handle)  # in case ending itself failed
+            self.farm.forget(self.handle)  # in case ending itself failed
 
     def _run(self, start: float) -> JobResult:
         spec = self.spec
@@ -205,7 +258,7 @@ class JobRun:
                                                               data=data))
         blend_hash = self.files.prepare(self.handle.transfer)
         device = self.farm.resolve_device(spec.device)
-        runner = self.farm._runner(device)
+        runner = self.farm.runner(device)
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
         accepts = self._requirements(runner.pool)
@@ -234,7 +287,7 @@ class JobRun:
         self.assembler = Assembler(
             job_id=self.handle.job_id, output=output, plan=plan, info=info,
             scratch=self.scratch, final_format=final_format,
-            executor=self.farm._merger, finish=self._finish_on_worker,
+            executor=self.farm.merger, finish=self._finish_on_worker,
             on_merged=self._merged, on_error=self.abort,
             ended=lambda: self.handle.cancelled, keep_pieces=self.verify > 0,
             project=Path(os.path.abspath(spec.blend_file)).parent,
@@ -267,11 +320,11 @@ class JobRun:
                         backup=entries.backup, pending=entries.pending,
                         exclusive=entries.exclusive, accepts=accepts,
                         timeout=spec.task_timeout or self.farm.config.default_task_timeout,
-                        priority=self.priority, cancelled=self.handle._cancel)
+                        priority=self.priority, cancelled=self.handle.cancel_event)
         entries.source = source
-        if self.handle._priority_changed:
-            source.priority = self.handle._priority_changed[-1]
-        self.handle._source = source
+        changed = self.handle.follow(source)
+        if changed is not None:  # set while the job was being prepared
+            source.priority = changed
         if self.resume is not None:
             self._take_resume(self.resume)
         runner.add(source)
@@ -601,7 +654,7 @@ class JobRun:
                              f"at most {limit} pixels per frame: lower the resolution "
                              "percentage", limit="pixels", path=self.spec.blend_file)
 
-    def _wait(self, source: Source, runner: _PoolRunner) -> None:
+    def _wait(self, source: Source, runner: PoolRunner) -> None:
         """Wait until the job's tasks have ended, it is cancelled, or something stops it."""
         while not self.ended.wait(0.1):
             if self.handle.cancelled:
@@ -941,7 +994,7 @@ class Entries:
             with job.lock:
                 self.devices[handle.worker_id] = result.device
         if check is not None:  # compared off the dispatcher thread
-            job.farm._merger.submit(self.settle, task, path)
+            job.farm.merger.submit(self.settle, task, path)
             job.emit("task_checking", frame=task.frame, tile=task.tile.index,
                      data={"worker": handle.worker_id, "of": check.original})
             return True

@@ -10,7 +10,7 @@ from renderfarm.events import Event
 
 
 class JobHandle(Protocol):
-    """What the bar reads of a job (:class:`renderfarm.farm.JobHandle` has it)."""
+    """What the bar reads of a job (:class:`renderfarm.handle.JobHandle` has it)."""
 
     job_id: str
 

@@ -76,7 +76,8 @@ def test_a_worker_that_cannot_see_the_file_gets_it_through_the_object_store(
         ray_local, tmp_path: Path) -> None:
     import ray
 
-    from renderfarm.executor import BlenderWorker, file_hash
+    from renderfarm.bundle import file_sha256 as file_hash
+    from renderfarm.executor import BlenderWorker
 
     source = tmp_path / "shot.blend"
     source.write_bytes(b"BLENDER-v300" + bytes(range(256)) * 10)

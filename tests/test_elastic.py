@@ -71,7 +71,7 @@ def test_a_lost_node_does_not_stall_the_job_and_new_nodes_take_tasks(
         for _ in range(2):
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        pool = farm._runners["cpu"].pool
+        pool = farm.runner("cpu").pool
         _wait_for(lambda: len(pool.ready) >= 3, timeout=120)
         assert len(pool.ready) == 3
         grown = farm.render(JobSpec(str(blend), frames="1-10", tiles=(2, 1), device="cpu",
@@ -96,7 +96,7 @@ def test_soak_jobs_finish_exactly_while_nodes_come_and_go_and_faults_fire(
         report = soak(farm, str(blend), tmp_path / "soak", seconds=60, seed=11,
                       cluster=cluster, reference=want)
         summary = report.to_dict()
-        assert all(runner.error is None for runner in farm._runners.values())
+        assert all(runner.error is None for runner in farm.runners())
     assert report.nodes_removed >= 2 and report.jobs >= 6, summary
     assert report.done + report.failed_as_injected == report.jobs, summary
     assert report.frames_compared == 3 * report.done, summary

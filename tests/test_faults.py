@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.ray]
 def worker_pids(farm) -> dict[str, int]:
     import ray
 
-    pool = farm._runner("cpu").pool
+    pool = farm.runner("cpu").pool
     return {h.worker_id: ray.get(h.actor.ping.remote())["pid"] for h in pool.workers.values()}
 
 
@@ -45,8 +45,8 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(
         got = read_layers(result.outputs[frame])
         want = read_layers(refs[frame])
         assert all((got[k] == want[k]).all() for k in want)
-    assert len(farm._runner("cpu").pool.workers) == 2
-    assert killed not in farm._runner("cpu").pool.workers
+    assert len(farm.runner("cpu").pool.workers) == 2
+    assert killed not in farm.runner("cpu").pool.workers
 
 
 def test_a_task_over_its_timeout_fails_clearly_and_the_farm_goes_on(

@@ -57,7 +57,7 @@ def test_a_fault_in_one_jobs_code_fails_that_job_only(farm, make_scene, tmp_path
     result = other.result(timeout=180)  # the other job ran to its end
     assert sorted(result.outputs) == [1, 2, 3]
     assert all(path.stat().st_size > 0 for path in result.outputs.values())
-    assert all(runner.error is None for runner in farm._runners.values())
+    assert all(runner.error is None for runner in farm.runners())
     faults.disarm()
     again = farm.render(JobSpec(str(other_blend), frames="1",
                                 output=str(tmp_path / "again" / "a_####.exr")))
@@ -84,7 +84,7 @@ def test_a_result_that_arrives_after_cancel_is_dropped_unread(farm, make_scene,
         time.sleep(0.05)
     assert handle.late_results >= 1
     assert not list(tmp_path.glob("l_*.exr"))
-    assert all(runner.error is None for runner in farm._runners.values())
+    assert all(runner.error is None for runner in farm.runners())
     assert farm.render(JobSpec(str(blend), frames="1",
                                output=str(tmp_path / "after_####.exr"))).outputs
 

@@ -281,7 +281,7 @@ def test_a_hash_alone_gives_nobody_another_clients_file(server: ServerProcess, k
     knowing another client's hash is not enough to render (and fetch) that file."""
     import os
 
-    from renderfarm.executor import file_hash
+    from renderfarm.bundle import file_sha256 as file_hash
 
     blend = make_scene(width=32, height=24, samples=1, frames=3)
     sha = file_hash(str(blend))

@@ -160,7 +160,7 @@ def test_idle_workers_do_not_burn_cpu(farm, make_scene, tmp_path) -> None:
     blend = make_scene(width=48, height=32, samples=2, frames=2)
     farm.render(JobSpec(str(blend), frames="1-2", tiles=(2, 1),
                         output=str(tmp_path / "idle_####.exr")))
-    pool = farm._runners["cpu"].pool
+    pool = farm.runner("cpu").pool
     pids = [ray.get(w.actor.ping.remote())["pid"] for w in pool.workers.values()]
 
     def cpu_seconds(pid: int) -> float:

@@ -25,7 +25,7 @@ def test_jobs_finish_exactly_while_faults_fire(farm, make_scene, reference,
     assert report.done + report.failed_as_injected == report.jobs, summary
     assert report.frames_compared == 3 * report.done, summary
     assert report.ok, summary
-    assert all(runner.error is None for runner in farm._runners.values())
+    assert all(runner.error is None for runner in farm.runners())
     assert not farm._jobs  # finished jobs are not kept by the farm (their plans go with them)
 
 

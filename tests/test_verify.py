@@ -71,7 +71,7 @@ def test_a_lying_worker_is_caught_and_its_pieces_rendered_again(
         result = farm.render(JobSpec(str(blend), frames="1-3", tiles=(2, 1), device="cpu",
                                      group_tiles=False, verify=1.0, task_timeout=240,
                                      output=str(tmp_path / "v_####.exr")))
-        pool = farm._runner("cpu").pool
+        pool = farm.runner("cpu").pool
         suspects = sorted(h.worker_id for h in pool.workers.values() if h.suspect)
     assert_exact(result.outputs, reference(blend, [1, 2, 3]))
     outcomes = [c["outcome"] for c in result.checks]

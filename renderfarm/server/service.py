@@ -719,7 +719,7 @@ class FarmService:
 
     # -- operations --------------------------------------------------------------------------
     def _handle(self, job_id: str) -> Any:
-        """The running job's :class:`~renderfarm.farm.JobHandle`, or None."""
+        """The running job's :class:`~renderfarm.handle.JobHandle`, or None."""
         with self._lock:
             live = self._live.get(job_id)
         return live.handle if live is not None else None
@@ -755,7 +755,7 @@ class FarmService:
         return self.state_dir / "uploads" / f"{sha}.{caller.name}.part"
 
     def _op_upload(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
-        from renderfarm.executor import file_hash
+        from renderfarm.bundle import file_sha256 as file_hash
 
         sha, offset, total = (request.fields[k] for k in ("sha256", "offset", "total"))
         key = storage_key(sha)
@@ -854,8 +854,8 @@ class FarmService:
         return manifest
 
     def _op_submit(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
-        from renderfarm.executor import new_job_id
         from renderfarm.farm import check_spec
+        from renderfarm.job import new_job_id
 
         fields = request.fields
         raw = dict(fields["spec"])
@@ -1267,7 +1267,7 @@ class FarmService:
             self._farm_lock.release()
 
     def _start(self, job: JobRow) -> None:
-        from renderfarm.farm import Resume, ResumePiece
+        from renderfarm.handle import Resume, ResumePiece
 
         spec = JobSpec.from_dict(job.spec)
         resume = None
