@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -206,6 +207,17 @@ class FarmService:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._log_budget = LogBudget()
+        #: the handler of each operation of the protocol (one per :data:`protocol.REQUESTS`)
+        self._handlers: dict[str, Callable[[protocol.Request, Caller], Any]] = {
+            "hello": self._op_hello, "web_token": self._op_web_token,
+            "upload": self._op_upload, "have": self._op_have, "submit": self._op_submit,
+            "status": self._op_status, "list": self._op_list, "cancel": self._op_cancel,
+            "pause": self._op_pause, "resume": self._op_resume,
+            "priority": self._op_priority, "requeue": self._op_requeue,
+            "workers": self._op_workers, "worker": self._op_worker, "fetch": self._op_fetch,
+            "report": self._op_report, "log": self._op_log}
+        missing = set(protocol.REQUESTS) ^ set(self._handlers)
+        assert not missing, f"operations without a handler, or handlers without one: {missing}"
         #: each client's request bucket: (tokens, when)
         self._buckets: dict[str, tuple[float, float]] = {}
         #: requests are parsed and answered off the main thread, which only moves messages
@@ -516,7 +528,7 @@ class FarmService:
         try:
             request = protocol.parse_request(body, self.config.max_message)
             request_id = request.id
-            handler = getattr(self, f"_op_{request.op}")
+            handler = self._handlers[request.op]
             result = handler(request, caller)
             self._audit(caller, request, None, result)
             if isinstance(result, tuple):
