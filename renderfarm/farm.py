@@ -410,7 +410,7 @@ class Farm:
             resume: what an earlier run of this job finished; those pieces and frames are
                 not rendered again.
             on_piece: called with each finished task and its piece file before the piece
-                can be merged away (keep it short: it runs on the dispatcher thread).
+                can be merged away (on the job's own thread: a slow hook slows this job only).
             on_result: called with each :class:`~renderfarm.job.TaskResult` the job records
                 (every worker call: its timing and Blender's output), on the thread that
                 recorded it (keep it short).

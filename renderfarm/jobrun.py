@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,6 +72,9 @@ if TYPE_CHECKING:
     from renderfarm.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+#: results of a job that may wait to be stored before it gets no more tasks
+INBOX_LIMIT = 8
 
 
 class HostSettings(Protocol):
@@ -140,6 +143,10 @@ class JobRun:
         self.priority = priority
         #: guards :attr:`state` and the counters (dispatcher and merge threads)
         self.lock = threading.Lock()
+        #: the job's own thread that stores its pieces and hands them on, in order
+        self.inbox = ThreadPoolExecutor(1, thread_name_prefix=f"renderfarm-keep-{handle.job_id}")
+        #: results waiting on :attr:`inbox`
+        self.backlog = 0
         self.results: list[TaskResult] = []
         handle.attach(self)
         self.fatal: RenderFarmError | None = None
@@ -245,6 +252,7 @@ class JobRun:
             self.farm.forget(self.handle)  # before anyone sees it end
             self.handle.end(result, None)
         finally:
+            self.inbox.shutdown(wait=True)  # nothing writes into the scratch folder after
             if self.workdir is None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
             self.farm.forget(self.handle)  # in case ending itself failed
@@ -895,7 +903,7 @@ class Entries:
         rendering, not the finishing of frames whose pieces are in)."""
         job = self.job
         faults.fire("driver.next_task", job_id=job.handle.job_id)
-        if job.ended.is_set():
+        if job.ended.is_set() or job.backlog >= INBOX_LIMIT:  # its results wait to be kept
             return None
         with job.lock:  # paused: no new render, but the checks that let frames be written
             task = self.state.next_for(worker, live, group=job.spec.group_tiles,
@@ -966,12 +974,43 @@ class Entries:
                 return True
             self.failed(handle, task, error_from(error), reply)
             return True
+        self.take_later(self.keep, handle, task, reply, data, extras)
+        return True
+
+    def take_later(self, work: Callable[..., Any], *args: Any) -> None:
+        """Run ``work(*args)`` on the job's own thread, after the results before it: a job
+        slow to store its pieces slows only itself, never the dispatcher or other jobs (it
+        gets no more tasks while :data:`INBOX_LIMIT` results wait). An exception there stops
+        this job, as in an entry point."""
+        job = self.job
+        with job.lock:
+            job.backlog += 1
+
+        def take() -> None:
+            try:
+                if not job.ended.is_set():  # an ended job's files may be gone: dropped
+                    work(*args)
+            except Exception as exc:
+                logger.warning("job %s: keeping a result failed: %s", job.handle.job_id, exc)
+                if self.source is not None and self.source.fault is None:
+                    self.source.fault = exc
+            finally:
+                with job.lock:
+                    job.backlog -= 1
+
+        job.inbox.submit(take)
+
+    def keep(self, handle: WorkerHandle, task: Task, reply: dict[str, Any], data: bytes,
+             extras: dict[str, Any]) -> None:
+        """Store an accepted piece, record its call, and hand it on: to its check, or to
+        its frame's merge (on the job's own thread: :meth:`take_later`)."""
+        job = self.job
         try:  # a name no File Output node writes: a broken or lying worker's
             for name in extras:
                 self.assembler.extra_target(name)
         except MergeError as exc:
             self.failed(handle, task, exc, reply)
-            return True
+            return
         check = self.state.check_of(task.index)
         path = (self.check_path(task.index) if check is not None
                 else self.assembler.piece_path(task))
@@ -997,7 +1036,7 @@ class Entries:
             job.farm.merger.submit(self.settle, task, path)
             job.emit("task_checking", frame=task.frame, tile=task.tile.index,
                      data={"worker": handle.worker_id, "of": check.original})
-            return True
+            return
         if job.on_piece is not None:  # the piece is on disk: a failing hook fails the job
             job.on_piece(task, path)
         if extras:  # what the frame's File Output nodes wrote (a whole frame's render)
@@ -1014,7 +1053,6 @@ class Entries:
         if frame_complete:
             self.assembler.schedule(task.frame)
         job.check_end()
-        return True
 
     @_entry
     def failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,

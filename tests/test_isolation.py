@@ -102,3 +102,29 @@ def test_a_task_failing_on_every_try_fails_the_job_with_blenders_log(
         handle.result(timeout=180)
     tail = caught.value.log_tail or ""
     assert "--- Blender:" in tail and len(tail.split("--- Blender:")[1].strip()) > 20, tail
+
+
+def test_a_job_slow_to_store_its_pieces_slows_only_itself(farm, make_scene,
+                                                          tmp_path: Path) -> None:
+    """Job A's piece writes are held 8 s each (a slow disk); job B, on the same two workers,
+    renders all its frames while A's first piece is still being stored: storing a piece
+    runs on the job's own thread, never on the dispatcher's."""
+    slow = make_scene(width=40, height=30, frames=2, samples=2)
+    quick = make_scene(width=32, height=24, frames=6, samples=1)
+    faults.arm("driver.store_piece", "sleep", times=-1, seconds=8.0, job_id="slow-disk")
+    a = farm.submit(JobSpec(str(slow), frames="1-2", output=str(tmp_path / "a" / "a_####.exr")),
+                    priority=5, job_id="slow-disk")
+    first_render = None
+    for event in a.events():  # A has a result in its worker's hands: its store is held
+        if event.kind == "task_started":
+            first_render = time.monotonic()
+            break
+    assert first_render is not None
+    b = farm.submit(JobSpec(str(quick), frames="1-6", output=str(tmp_path / "b" / "b_####.exr")))
+    result = b.result(timeout=120)
+    finished_b = time.monotonic()
+    assert sorted(result.outputs) == [1, 2, 3, 4, 5, 6]
+    assert not a.done()  # A still waits on its own slow store
+    assert finished_b - first_render < 8.0, finished_b - first_render
+    a.result(timeout=180)  # and A ends well, only later
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["a_0001.exr", "a_0002.exr"]
