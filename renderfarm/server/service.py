@@ -44,8 +44,8 @@ from renderfarm.errors import (
 from renderfarm.events import Event
 from renderfarm.job import JobSpec, Rect, Task, Tile
 from renderfarm.server import protocol
-from renderfarm.server.admission import LogBudget
 from renderfarm.server.keyring import LOCAL, Caller
+from renderfarm.server.quiet import QuietLog
 from renderfarm.server.store import JobRow, Store
 from renderfarm.server.transport import KeyPair, ServerSockets, bind_server
 
@@ -206,7 +206,8 @@ class FarmService:
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._log_budget = LogBudget()
+        #: refused requests, logged a few lines per kind at most
+        self._quiet = QuietLog(logger)
         #: the handler of each operation of the protocol (one per :data:`protocol.REQUESTS`)
         self._handlers: dict[str, Callable[[protocol.Request, Caller], Any]] = {
             "hello": self._op_hello, "web_token": self._op_web_token,
@@ -536,7 +537,7 @@ class FarmService:
                 return [protocol.reply_ok(request_id, **fields), data]
             return [protocol.reply_ok(request_id, **result)]
         except ProtocolError as exc:
-            self._note("bad request", "bad request: %s", exc.message[:300])
+            self._quiet.note("bad request", "bad request: %s", exc.message[:300])
             self._audit(caller, request, exc)
             return [protocol.reply_error(exc.request_id, exc.kind, self._scrub(exc.message))]
         except ServiceError as exc:
@@ -635,53 +636,39 @@ class FarmService:
         except Exception:  # the audit must not take the request down
             logger.exception("cannot record %s by %s in the audit table", request.op, name)
 
-    def _note(self, kind: str, message: str, *args: Any) -> None:
-        """Log a refused request, a few lines per kind per interval at most (then how many
-        were left out): a client sending nonsense must not fill the farm's log."""
-        with self._lock:
-            allowed, held = self._log_budget.allow(kind, time.monotonic())
-        if held:
-            logger.info("%d more '%s' line(s) were left out", held, kind)
-        if allowed:
-            logger.info(message, *args)
-
     def rate_refusal(self, caller: Caller) -> str | None:
         """Why a request of ``caller`` would be refused for its rate or its requests in
         flight, checked before its body is read (nothing is counted: :meth:`call` counts
         it); None when it may come."""
         with self._lock:
-            if self._in_flight.get(caller.name, 0) >= MAX_IN_FLIGHT:
-                return (f"{caller.name} has {MAX_IN_FLIGHT} requests in flight already; wait "
-                        "for their replies")
-            rate = self.config.requests_per_second
-            if not rate:
-                return None
-            tokens, then = self._buckets.get(caller.name, (2.0 * rate, time.monotonic()))
-            if min(2.0 * rate, tokens + (time.monotonic() - then) * rate) < 1.0:
-                return (f"too many requests from {caller.name}: the farm allows {rate:g} per "
-                        "second per client (serve --requests-per-second); slow down and try "
-                        "again")
-        return None
+            return self._rate_problem(caller, time.monotonic())[0]
 
-    def _limit_rate(self, caller: Caller) -> None:
-        """Refuse a caller's request over its rate (a token bucket per client) or with too
-        many requests in flight."""
+    def _rate_problem(self, caller: Caller, now: float) -> tuple[str | None, float | None]:
+        """Why a request of ``caller`` may not come now (None: it may), and the tokens of
+        its bucket at ``now`` (None: no rate is set)."""
         if self._in_flight.get(caller.name, 0) >= MAX_IN_FLIGHT:
-            raise ServiceError(f"{caller.name} has {MAX_IN_FLIGHT} requests in flight already; "
-                               "wait for their replies", kind="rate_limited")
+            return (f"{caller.name} has {MAX_IN_FLIGHT} requests in flight already; wait for "
+                    "their replies"), None
         rate = self.config.requests_per_second
         if not rate:
-            return
-        now = time.monotonic()
+            return None, None
         tokens, then = self._buckets.get(caller.name, (2.0 * rate, now))
         tokens = min(2.0 * rate, tokens + (now - then) * rate)
         if tokens < 1.0:
-            self._buckets[caller.name] = (tokens, now)
-            raise ServiceError(f"too many requests from {caller.name}: the farm allows "
-                               f"{rate:g} per second per client (serve "
-                               "--requests-per-second); slow down and try again",
-                               kind="rate_limited")
-        self._buckets[caller.name] = (tokens - 1.0, now)
+            return (f"too many requests from {caller.name}: the farm allows {rate:g} per "
+                    "second per client (serve --requests-per-second); slow down and try "
+                    "again"), tokens
+        return None, tokens
+
+    def _limit_rate(self, caller: Caller) -> None:
+        """Refuse a caller's request over its rate (a token bucket per client) or with too
+        many requests in flight; count it when it may come."""
+        now = time.monotonic()
+        problem, tokens = self._rate_problem(caller, now)
+        if tokens is not None:  # a refused request still leaves its bucket refilled to now
+            self._buckets[caller.name] = (tokens - (0.0 if problem else 1.0), now)
+        if problem is not None:
+            raise ServiceError(problem, kind="rate_limited")
 
     def _subscriptions(self) -> None:
         """Honour each subscription to events only for the caller's own jobs (admins:
@@ -703,9 +690,8 @@ class FarmService:
                 continue
             own = tuple(f"{kind}.{caller.name}.".encode() for kind in ("job", "preview"))
             if not (caller.admin or topic.startswith(own)):
-                self._note("subscription", "subscription of %s to %r refused: not its jobs",
-                           caller.name,
-                            topic[:80])
+                self._quiet.note("subscription", "subscription of %s to %r refused: not its "
+                                 "jobs", caller.name, topic[:80])
                 continue
             pub.setsockopt(zmq.SUBSCRIBE if message[0] == 1 else zmq.UNSUBSCRIBE, topic)
             if message[0] == 1:  # confirm it, so the client knows events flow from now on

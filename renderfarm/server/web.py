@@ -69,10 +69,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from renderfarm.errors import InputError, ServiceError
 from renderfarm.report import call_cells, call_title
 from renderfarm.server import protocol
-from renderfarm.server.admission import Admission, LogBudget, Sessions
+from renderfarm.server.admission import Admission, Sessions
 from renderfarm.server.api import EventStreams, openapi, read_body, reply_response
 from renderfarm.server.keyring import LOCAL, Caller, web_token
 from renderfarm.server.protocol import JOB_ID
+from renderfarm.server.quiet import QuietFilter, QuietLog
 
 logger = logging.getLogger(__name__)
 
@@ -607,7 +608,8 @@ class StatusApp:
         self.cookie = cookie
         self.admission = Admission()
         self.sessions = Sessions(age=COOKIE_AGE)
-        self.log_budget = LogBudget()
+        #: refusals, logged a few lines per kind at most
+        self.quiet = QuietLog(logger)
         self._limiter: Any = None
         self._gates: dict[str, Any] = {}
         self._removals = -1
@@ -647,7 +649,7 @@ class StatusApp:
         address = str((scope.get("client") or ("?",))[0])
         refused = self.admission.enter(name, address)
         if refused is not None:
-            self.note("refused", "status page: %s refused: %s", name or address, refused)
+            self.quiet.note("refused", "status page: %s refused: %s", name or address, refused)
             busy = refused.startswith("the farm's page is busy")
             await _answer(503 if busy else 429, refused.encode(),
                           headers={"Retry-After": "2"})(scope, receive, send)
@@ -656,14 +658,6 @@ class StatusApp:
             await self.app(scope, receive, send)
         finally:
             self.admission.leave(name, address)
-
-    def note(self, kind: str, message: str, *args: Any) -> None:
-        """Log a refusal, a few lines per kind per interval at most (then how many more)."""
-        allowed, held = self.log_budget.allow(kind, time.monotonic())
-        if held:
-            logger.info("status page: %d more '%s' line(s) were left out", held, kind)
-        if allowed:
-            logger.info(message, *args)
 
     def _identify(self, request: Request) -> tuple[Caller | None, str | None]:
         """Who sent a request (None: no valid login) and the session it came with: a
@@ -793,7 +787,7 @@ class StatusApp:
         assert self.tokens is not None
         caller = self.tokens.caller(token)
         if caller is None:
-            self.note("login", "status page: a login with a wrong token")
+            self.quiet.note("login", "status page: a login with a wrong token")
             return _answer(401, login_page(next_path, wrong=True), _HTML)
         old = request.cookies.get(self.cookie)
         if old:
@@ -1140,26 +1134,8 @@ class _GuardedH11(H11Protocol):
             self.transport.close()
 
 
-class _Quieter(logging.Filter):
-    """Lets a few lines of each kind through per interval (uvicorn logs every request it
-    cannot read: a flood of bad connections must not flood the log)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._budget = LogBudget()
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        with self._lock:
-            allowed, held = self._budget.allow(str(record.msg)[:80], time.monotonic())
-        if held:
-            logger.info("status page: %d more line(s) like %r were left out", held,
-                        str(record.msg)[:80])
-        return allowed
-
-
 #: the filter on uvicorn's log (one for every page this process serves)
-_QUIETER = _Quieter()
+_QUIETER = QuietFilter(QuietLog(logger))
 
 
 class _Server(uvicorn.Server):
