@@ -279,12 +279,9 @@ class Farm:
     def workers(self) -> list[dict[str, Any]]:
         """Every worker of the farm's pools: node, device, state (idle, busy, starting,
         suspect, disabled), tasks done, failures, why it is out."""
-        with self._lock:
-            runners = list(self._runners.values())
         out = []
-        for runner in runners:
-            handles = runner.pool.handles()
-            out += [h.describe() for h in handles]
+        for runner in self.runners():
+            out += [h.describe() for h in runner.pool.handles()]
         return sorted(out, key=lambda w: w["worker"])
 
     def set_worker(self, worker_id: str, enabled: bool, reason: str = "") -> dict[str, Any]:
@@ -293,9 +290,7 @@ class Farm:
         Raises:
             InputError: there is no such worker.
         """
-        with self._lock:
-            runners = list(self._runners.values())
-        for runner in runners:
+        for runner in self.runners():
             if worker_id in runner.pool.workers:
                 return runner.pool.set_enabled(worker_id, enabled, reason).describe()
         raise InputError(f"no worker {worker_id!r} on this farm (the workers: "

@@ -639,10 +639,6 @@ class JobRun:
     def record(self, result: TaskResult) -> None:
         """Keep what a worker call did for the job (its timing, its log) and hand it to
         the ``on_result`` hook (the farm service keeps logs in its database)."""
-        if result.covers and not result.tiles and self.state is not None:
-            entries = self.state.entries
-            result = replace(result, tiles=tuple(entries[i].task.tile.index
-                                                 for i in result.covers if i in entries))
         with self.lock:
             self.results.append(result)
         if self.on_result is not None:
@@ -958,11 +954,9 @@ class Entries:
         if verdict is not Verdict.ACCEPT:
             reply = value[0] if isinstance(value, tuple) and value else None
             if isinstance(reply, dict) and "ok" in reply:  # its time counts all the same
-                job.record(TaskResult.from_dict({
-                    **reply, "ok": False, "kind": self.kind(task),
-                    "error": {"type": "Dropped", "message": f"result not used ({verdict.value}"
-                              + (": its worker is suspect" if verdict is Verdict.REJECT
-                                 else "") + ")"}}))
+                job.record(self.result_of(task, reply, ok=False, error={
+                    "type": "Dropped", "message": f"result not used ({verdict.value}"
+                    + (": its worker is suspect" if verdict is Verdict.REJECT else "") + ")"}))
             return True
         reply, data = value
         if not reply.get("ok"):
@@ -1023,10 +1017,8 @@ class Entries:
                               "kept)", path=str(path), frame=task.frame) from exc
         samples = (task.samples[1] if task.samples else
                    job.spec.samples or (job.info.samples if job.info else None) or 0)
-        result = TaskResult.from_dict({**reply, "kind": self.kind(task),
-                                       "pixels": task.tile.render.width
-                                       * task.tile.render.height,
-                                       "samples": samples})
+        result = self.result_of(task, reply, samples=samples,
+                                pixels=task.tile.render.width * task.tile.render.height)
         job.record(result)
         if result.device:
             handle.device = result.device
@@ -1075,8 +1067,7 @@ class Entries:
         self.merge(ready)
         if reply is not None:  # the time it took counts, whatever became of it
             handle.failures += not isinstance(error, CancelledError)
-            job.record(TaskResult.from_dict({**reply, "ok": False, "kind": self.kind(task),
-                                             "error": error.to_dict()}))
+            job.record(self.result_of(task, reply, ok=False, error=error.to_dict()))
         if outcome is Failure.IGNORED:  # the job ended, or another copy finished
             return
         if outcome is Failure.RETRY:
@@ -1121,6 +1112,14 @@ class Entries:
     def tiles(self, task: Task) -> list[int]:
         """The grid tiles a task renders (several when neighbouring tiles were grouped)."""
         return [self.state.entries[i].task.tile.index for i in task.members]
+
+    def result_of(self, task: Task, reply: dict[str, Any], **fields: Any) -> TaskResult:
+        """What a worker's ``reply`` for ``task`` records: its kind (render or check) and,
+        for a call of grouped tiles, the grid tiles it rendered; ``fields`` override the
+        reply's."""
+        tiles = tuple(self.tiles(task)) if task.covers else ()
+        return TaskResult.from_dict({**reply, "kind": self.kind(task), "tiles": tiles,
+                                     **fields})
 
     def kind(self, task: Task) -> str:
         """What a call of ``task`` is for the job's report: ``check`` or ``render``."""

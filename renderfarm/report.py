@@ -410,11 +410,8 @@ def _timeline(report: Mapping[str, Any]) -> str:
         x = 120 + (piece["started"] - start) / span * (width - 130)
         w = max((piece["finished"] - piece["started"]) / span * (width - 130), 1.0)
         colour = _COLOURS.get("failed" if piece["status"] != "ok" else piece["kind"], "#999999")
-        frame, tiles, what = call_cells(piece)
-        label = html.escape(" ".join(filter(None, [
-            what, f"frame {frame}" if frame else "",
-            (f"tiles {tiles}" if "," in tiles else f"tile {tiles}") if tiles else "",
-            f"{piece['busy_seconds']:.2f} s", piece["status"]])))
+        label = html.escape(f"{call_title(piece)} {piece['busy_seconds']:.2f} s "
+                            f"{piece['status']}")
         bars.append(f"<rect x='{x:.1f}' y='{y + 3}' width='{w:.1f}' height='{row - 6}' "
                     f"fill='{colour}'><title>{label}</title></rect>")
     names = "".join(f"<text x='0' y='{i * row + 15}'>{html.escape(w)}</text>"
