@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from renderfarm.bundle import MAX_BUNDLE_BYTES, BundleCache, Manifest, missing_error, publish
+from renderfarm.dispatcher import PoolRunner
 from renderfarm.errors import (
     ClusterLostError,
     InputError,
@@ -28,7 +29,6 @@ from renderfarm.errors import (
 )
 from renderfarm.executor import (
     START_TIMEOUT,
-    PoolRunner,
     PoolShape,
     WorkerPool,
     cluster_resources,
@@ -256,8 +256,7 @@ class Farm:
         for handle in jobs:
             handle.wait(patience)
         for runner in self._runners.values():
-            runner.closing = True
-            runner.thread.join(patience)
+            runner.close(patience)
             runner.pool.kill_all()
         self._runners.clear()
         self._merger.shutdown(wait=self.lost is None)
@@ -292,7 +291,7 @@ class Farm:
         """
         for runner in self.runners():
             if worker_id in runner.pool.workers:
-                return runner.pool.set_enabled(worker_id, enabled, reason).describe()
+                return runner.set_enabled(worker_id, enabled, reason).describe()
         raise InputError(f"no worker {worker_id!r} on this farm (the workers: "
                          f"{', '.join(w['worker'] for w in self.workers()) or 'none'})")
 

@@ -41,10 +41,21 @@ class RunView(Protocol):
         """What the job has recorded so far."""
 
 
-class Prioritised(Protocol):
-    """What follows a job's priority while it runs (its dispatch source)."""
+class Controls(Protocol):
+    """Where a running job's cancel, pause and priority go (its dispatcher's inbox:
+    :class:`~renderfarm.dispatcher.JobControls`)."""
 
-    priority: int
+    def cancel(self) -> None:
+        """Stop the job's calls."""
+
+    def pause(self) -> None:
+        """Start no more renders."""
+
+    def resume(self) -> None:
+        """Start renders again."""
+
+    def set_priority(self, priority: int) -> None:
+        """The job's new priority."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,10 @@ class JobHandle:
         self._cancel = threading.Event()
         self._paused = threading.Event()
         self._priority: int | None = None
-        self._source: Prioritised | None = None
+        #: where cancel, pause and priority go once the job is dispatched; the lock keeps a
+        #: change from falling between the job's start and its dispatch
+        self._controls: Controls | None = None
+        self._lock = threading.Lock()
         self._result: JobResult | None = None
         self._error: RenderFarmError | None = None
         #: what bundling stored for this job (``bundle_files``, ``bundle_bytes``,
@@ -171,17 +185,26 @@ class JobHandle:
 
     def cancel(self) -> None:
         """Stop the job: running tasks are stopped, nothing more is started."""
-        self._cancel.set()
+        with self._lock:
+            self._cancel.set()
+            if self._controls is not None:
+                self._controls.cancel()
 
     def pause(self) -> None:
         """Start no more renders of this job; running ones finish and are kept, and frames
         whose pieces are in are still merged and written (with their checks, under
         ``verify``)."""
-        self._paused.set()
+        with self._lock:
+            self._paused.set()
+            if self._controls is not None:
+                self._controls.pause()
 
     def resume(self) -> None:
         """Start tasks of this job again after :meth:`pause`."""
-        self._paused.clear()
+        with self._lock:
+            self._paused.clear()
+            if self._controls is not None:
+                self._controls.resume()
 
     @property
     def paused(self) -> bool:
@@ -190,9 +213,10 @@ class JobHandle:
 
     def set_priority(self, priority: int) -> None:
         """Change the job's priority (higher first) for the tasks it has not started yet."""
-        self._priority = priority
-        if self._source is not None:
-            self._source.priority = priority
+        with self._lock:
+            self._priority = priority
+            if self._controls is not None:
+                self._controls.set_priority(priority)
 
     @property
     def cancelled(self) -> bool:
@@ -213,16 +237,17 @@ class JobHandle:
         :meth:`report` read."""
         self._run = run
 
-    def follow(self, source: Prioritised) -> int | None:
-        """``source`` follows this job's priority from now on; returns the priority set
-        before it came (None: none was)."""
-        self._source = source
-        return self._priority
-
-    @property
-    def cancel_event(self) -> threading.Event:
-        """Set once :meth:`cancel` is called (the dispatcher watches it)."""
-        return self._cancel
+    def follow(self, controls: Controls) -> None:
+        """From now on, cancel, pause and priority go to ``controls`` (the job's dispatcher);
+        what was set before is handed on at once."""
+        with self._lock:
+            self._controls = controls
+            if self._priority is not None:
+                controls.set_priority(self._priority)
+            if self._paused.is_set():
+                controls.pause()
+            if self._cancel.is_set():
+                controls.cancel()
 
     def emit(self, event: Event) -> None:
         """Hand an event of the job to :meth:`events`."""

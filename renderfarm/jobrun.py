@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from renderfarm import faults
 from renderfarm.assemble import Assembler
+from renderfarm.dispatcher import PoolRunner
 from renderfarm.errors import (
     BlendFileError,
     CancelledError,
@@ -34,7 +35,7 @@ from renderfarm.errors import (
     error_from,
 )
 from renderfarm.events import Event
-from renderfarm.executor import PoolRunner, Source, WorkerHandle, WorkerPool
+from renderfarm.executor import WorkerHandle, WorkerPool
 from renderfarm.frames import format_frames, parse_frames
 from renderfarm.handle import JobHandle, Resume
 from renderfarm.job import (
@@ -66,6 +67,7 @@ from renderfarm.state import (
     TaskStatus,
     Verdict,
 )
+from renderfarm.tags import Requirement
 
 if TYPE_CHECKING:
     from renderfarm.estimate import Estimate
@@ -150,6 +152,11 @@ class JobRun:
         self.results: list[TaskResult] = []
         handle.attach(self)
         self.fatal: RenderFarmError | None = None
+        #: what ended the job from outside its tasks: its own code failed (storing a piece,
+        #: a hook), or its dispatcher stopped it; the job fails with it
+        self.fault: BaseException | None = None
+        #: the dispatcher serving the job, once it is dispatched
+        self.runner: PoolRunner | None = None
         self.ended = threading.Event()
         #: results that arrived after the job ended (dropped without touching its files)
         self.late_results = 0
@@ -215,6 +222,13 @@ class JobRun:
             self.fatal = self.fatal or error
         self.end(error.one_line())
 
+    def stop_with(self, error: BaseException) -> None:
+        """The job's own code failed (or its dispatcher ended it): it stops with ``error``
+        (the first one)."""
+        with self.lock:
+            if self.fault is None:
+                self.fault = error
+
     def check_end(self) -> None:
         with self.lock:
             finished = self.state.finished
@@ -269,7 +283,7 @@ class JobRun:
         runner = self.farm.runner(device)
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
-        accepts = self._requirements(runner.pool)
+        require = self._requirements(runner.pool)
         self.info = info = self._inspect(runner.pool, blend_hash)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
@@ -323,25 +337,18 @@ class JobRun:
                 return JobResult.from_dict({**self.snapshot(), "scene": info.to_dict(),
                                             "frames": [], "outputs": {}})
         entries = Entries(self)
-        source = Source(key=blend_hash, next_task=entries.next_task, call=entries.call,
-                        done=entries.done, failed=entries.failed, requeue=entries.requeue,
-                        backup=entries.backup, pending=entries.pending,
-                        exclusive=entries.exclusive, accepts=accepts,
-                        timeout=spec.task_timeout or self.farm.config.default_task_timeout,
-                        priority=self.priority, cancelled=self.handle.cancel_event)
-        entries.source = source
-        changed = self.handle.follow(source)
-        if changed is not None:  # set while the job was being prepared
-            source.priority = changed
         if self.resume is not None:
             self._take_resume(self.resume)
-        runner.add(source)
+        self.runner = runner
+        controls = runner.add(
+            self.handle.job_id, blend_hash, entries, priority=self.priority,
+            timeout=spec.task_timeout or self.farm.config.default_task_timeout,
+            require=require)
+        self.handle.follow(controls)  # cancel, pause and priority go to the dispatcher
         try:
-            self._wait(source, runner)
-        finally:
-            runner.remove(source)
-            if source.fault is None and self.fatal is not None:
-                source.fault = self.fatal  # a failed merge ended it: stop its running tasks
+            self._wait(entries, runner)
+        finally:  # a failed merge ended it: its running calls stop
+            runner.remove(self.handle.job_id, error=self.fault or self.fatal)
         self.assembler.wait()  # errors are recorded in self.fatal
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled; frames finished before that are kept")
@@ -658,14 +665,17 @@ class JobRun:
                              f"at most {limit} pixels per frame: lower the resolution "
                              "percentage", limit="pixels", path=self.spec.blend_file)
 
-    def _wait(self, source: Source, runner: PoolRunner) -> None:
-        """Wait until the job's tasks have ended, it is cancelled, or something stops it."""
+    def _wait(self, entries: Entries, runner: PoolRunner) -> None:
+        """Wait until the job's tasks have ended, it is cancelled, or something stops it;
+        meanwhile carry out what choosing its tasks decided (frames a check completed, a
+        disagreement nobody is left to settle)."""
         while not self.ended.wait(0.1):
+            entries.follow_up()
             if self.handle.cancelled:
                 self.end("the job was cancelled")
                 return
-            if source.fault is not None:
-                fault = source.fault
+            if self.fault is not None:
+                fault = self.fault
                 if isinstance(fault, RenderFarmError):
                     raise fault
                 raise JobFailedError(f"the job failed in its own code and was stopped "
@@ -678,24 +688,15 @@ class JobRun:
                     raise runner.error
                 raise JobFailedError(f"the dispatcher stopped: {runner.error}")
 
-    def _requirements(self, pool: WorkerPool) -> Callable[[WorkerHandle], bool] | None:
-        """Which workers the job may use (its ``require``); a job no worker of the farm can
-        take stops here, naming what it asks and what the workers offer."""
-        from renderfarm.tags import WorkerTags, check_offers, satisfies
+    def _requirements(self, pool: WorkerPool) -> tuple[Requirement, ...]:
+        """What a worker must offer to take the job (its ``require``; empty: any worker); a
+        job no worker of the farm can take stops here, naming what it asks and what the
+        workers offer."""
+        from renderfarm.tags import WorkerTags, check_offers
 
-        wanted = check_offers(self.spec.require, [(h.worker_id, h.tags or WorkerTags())
-                                                  for h in pool.ready],
-                              path=self.spec.blend_file)
-        if not wanted:
-            return None
-        known: dict[str, bool] = {}  # a worker's tags never change: ask once per worker
-
-        def accepts(handle: WorkerHandle) -> bool:
-            if handle.worker_id not in known:
-                known[handle.worker_id] = satisfies(handle.tags or WorkerTags(), wanted)
-            return known[handle.worker_id]
-
-        return accepts
+        return check_offers(self.spec.require, [(h.worker_id, h.tags or WorkerTags())
+                                                for h in pool.ready],
+                            path=self.spec.blend_file)
 
     def _check_trusted(self, pool: WorkerPool) -> None:
         """Stop a job whose work waits while every started worker of the farm is suspect
@@ -849,42 +850,17 @@ def busy_span(reply: Any, sent: float) -> tuple[float, float]:
     return sent, now
 
 
-def _entry(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Guard a dispatcher entry point: an exception fails this job only (recorded as its
-    source's fault, which stops it), never the dispatcher or another job."""
-    name = method.__name__
-
-    def guarded(self: Entries, *args: Any) -> Any:
-        try:
-            return method(self, *args)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise
-            logger.warning("job %s: %s failed: %s", self.job.handle.job_id, name, exc)
-            if self.source is not None and self.source.fault is None:
-                self.source.fault = exc
-            return _ENTRY_FALLBACK.get(name)
-
-    guarded.__name__ = name
-    guarded.__doc__ = method.__doc__
-    return guarded
-
-
-#: what a failed entry point answers the dispatcher (the job is stopping)
-_ENTRY_FALLBACK: dict[str, Any] = {"next_task": None, "call": None, "done": True,
-                                   "backup": False, "pending": 0, "exclusive": False}
-
-
 class Entries:
-    """The dispatcher-facing entry points of one job (called on the dispatcher thread).
-
-    Each is guarded (:func:`_entry`); every decision (is a result late, a duplicate, does a
-    failure retry or stop the job) is the pure :class:`~renderfarm.state.JobState`'s.
+    """One job as its dispatcher serves it (a :class:`~renderfarm.dispatcher.JobPort`,
+    called on the dispatcher thread): it answers the dispatch state's questions and takes
+    its calls' outcomes. Every decision (is a result late, a duplicate, does a failure retry
+    or stop the job) is the pure :class:`~renderfarm.state.JobState`'s; storing a piece runs
+    on the job's own thread. An exception here ends this job only (the dispatcher catches
+    it, once).
     """
 
     def __init__(self, job: JobRun) -> None:
         self.job = job
-        self.source: Source | None = None
         assert job.state is not None and job.assembler is not None
         self.state = job.state
         self.assembler = job.assembler
@@ -892,24 +868,32 @@ class Entries:
         #: renders of one class only)
         self.devices: dict[str, str] = {}
 
-    @_entry
-    def next_task(self, worker: str, live: frozenset[str]) -> Task | None:
+    def next_task(self, worker: str, live: frozenset[str], checks_only: bool) -> Task | None:
         """The job's next task for a free worker (``live``: the workers taking tasks), or
-        None; a paused job gives checks of pieces already rendered only (pause stops
-        rendering, not the finishing of frames whose pieces are in)."""
+        None; a paused job (``checks_only``) gives checks of pieces already rendered only
+        (pause stops rendering, not the finishing of frames whose pieces are in)."""
         job = self.job
         faults.fire("driver.next_task", job_id=job.handle.job_id)
         if job.ended.is_set() or job.backlog >= INBOX_LIMIT:  # its results wait to be kept
             return None
-        with job.lock:  # paused: no new render, but the checks that let frames be written
-            task = self.state.next_for(worker, live, group=job.spec.group_tiles,
-                                       devices=self.devices, checks_only=job.handle.paused)
+        with job.lock:
+            return self.state.next_for(worker, live, group=job.spec.group_tiles,
+                                       devices=self.devices, checks_only=checks_only)
+
+    def follow_up(self) -> None:
+        """Carry out what choosing tasks decided (on the job's thread): a disagreement
+        nobody is left to settle stops the job, frames a check completed are merged."""
+        job = self.job
+        with job.lock:
             problems = self.state.take_problems()
             ready = self.state.take_ready()
-        for problem in problems:  # a disagreement nobody can settle, no worker left: stop
+        for problem in problems:
             job.abort(problem)
         self.merge(ready)
-        return task
+
+    def stop(self, error: BaseException) -> None:
+        """The dispatcher ended the job (its code failed, or the cluster did)."""
+        self.job.stop_with(error)
 
     def merge(self, frames: list[int]) -> None:
         """Merge frames the job state found complete (after checks, or redone pieces)."""
@@ -918,10 +902,11 @@ class Entries:
         if frames:
             self.job.check_end()
 
-    @_entry
-    def call(self, handle: WorkerHandle, task: Task) -> Any:
-        """Start ``task`` on a worker; returns the reference of its result."""
+    def call(self, handle: WorkerHandle, tasks: tuple[Task, ...]) -> Any:
+        """Start a task on a worker (a job's calls carry one task each); returns the
+        reference of its result."""
         job = self.job
+        (task,) = tasks
         assert job.files is not None
         faults.fire("driver.call", job_id=job.handle.job_id, frame=task.frame)
         attempt = self.state.entries[task.index].attempts
@@ -931,8 +916,7 @@ class Entries:
         return handle.actor.render.remote(job.settings.to_dict(), self.assembler.piece_format,
                                           task.to_dict(), attempt, job.files.ref)
 
-    @_entry
-    def done(self, handle: WorkerHandle, task: Task, value: Any) -> bool:
+    def done(self, handle: WorkerHandle, task: Task, value: Any) -> None:
         """A worker's reply for ``task``: keep the piece (or hand a failure on)."""
         job = self.job
         faults.fire("driver.done", job_id=job.handle.job_id, frame=task.frame)
@@ -957,7 +941,7 @@ class Entries:
                 job.record(self.result_of(task, reply, ok=False, error={
                     "type": "Dropped", "message": f"result not used ({verdict.value}"
                     + (": its worker is suspect" if verdict is Verdict.REJECT else "") + ")"}))
-            return True
+            return
         reply, data = value
         if not reply.get("ok"):
             error = reply.get("error") or {}
@@ -965,11 +949,10 @@ class Entries:
                 assert job.files is not None
                 job.files.send_bytes()
                 self.requeue(task)
-                return True
+                return
             self.failed(handle, task, error_from(error), reply)
-            return True
+            return
         self.take_later(self.keep, handle, task, reply, data, extras)
-        return True
 
     def take_later(self, work: Callable[..., Any], *args: Any) -> None:
         """Run ``work(*args)`` on the job's own thread, after the results before it: a job
@@ -986,8 +969,9 @@ class Entries:
                     work(*args)
             except Exception as exc:
                 logger.warning("job %s: keeping a result failed: %s", job.handle.job_id, exc)
-                if self.source is not None and self.source.fault is None:
-                    self.source.fault = exc
+                job.stop_with(exc)
+                if job.runner is not None:  # its running calls stop
+                    job.runner.remove(job.handle.job_id, error=exc)
             finally:
                 with job.lock:
                     job.backlog -= 1
@@ -1046,7 +1030,6 @@ class Entries:
             self.assembler.schedule(task.frame)
         job.check_end()
 
-    @_entry
     def failed(self, handle: WorkerHandle, task: Task, error: RenderFarmError,
                reply: dict[str, Any] | None = None) -> None:
         """An attempt of ``task`` failed: retry it, or fail it (and maybe the job).
@@ -1080,7 +1063,6 @@ class Entries:
                 job.fatal = error
         job.check_end()
 
-    @_entry
     def requeue(self, task: Task) -> None:
         """Put ``task`` back without counting the attempt (its worker could not start it)."""
         faults.fire("driver.requeue", job_id=self.job.handle.job_id, frame=task.frame)
@@ -1088,22 +1070,19 @@ class Entries:
             for index in task.members:
                 self.state.requeue(index)
 
-    @_entry
-    def backup(self, task: Task) -> bool:
-        """Whether a lagging task may get a backup copy (once; not when paused or ended)."""
-        if self.job.ended.is_set() or self.job.handle.paused:
+    def may_backup(self, task: Task) -> bool:
+        """Whether a lagging task may get a backup copy (once; not once the job ended)."""
+        if self.job.ended.is_set():
             return False
         with self.job.lock:
             return self.state.may_backup(task.members)
 
-    @_entry
     def exclusive(self, worker: str, others: frozenset[str]) -> bool:
         """Whether a pending task of the job may run on ``worker`` and on none of
         ``others``."""
         with self.job.lock:
             return self.state.exclusive(worker, others)
 
-    @_entry
     def pending(self) -> int:
         """Tasks of the job waiting for a worker."""
         with self.job.lock:
@@ -1174,7 +1153,8 @@ class Entries:
         for worker in settled.suspects:
             handle = job.pool.workers.get(worker)
             node = handle.node if handle is not None else "?"
-            job.pool.suspect(worker, f"its pixels of job {job.handle.job_id} frame "
+            assert job.runner is not None
+            job.runner.suspect(worker, f"its pixels of job {job.handle.job_id} frame "
                              f"{check.task.frame} tile {check.task.tile.index} disagree with "
                              "other workers'")
             job.warn(f"verification: worker {worker} (node {node}) rendered frame "

@@ -169,7 +169,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     import sys as _sys
 
-    if "ray" in _sys.modules:
+    if _sys.modules.get("ray") is not None:  # None: a test ran with Ray not importable
         import ray
 
         ray.shutdown()
