@@ -8,7 +8,9 @@ fetch, one frame of bytes. Events go out on the PUB socket as ``[topic, json]`` 
 pixels for a preview); topics are ``job.<id>`` and ``preview.<id>``.
 
 Every field of every request is checked against :data:`REQUESTS`; unknown operations,
-unknown fields, wrong types and messages over the size limit get an error reply.
+unknown fields, wrong types and messages over the size limit get an error reply. What a client
+needs (limits, framing, replies, topics, name rules) is in :mod:`renderfarm.server.wire`,
+which needs only the standard library; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,24 +22,34 @@ from dataclasses import dataclass
 from typing import Any
 
 from renderfarm.errors import ProtocolError
+from renderfarm.server.wire import (
+    CHUNK,
+    FINAL_STATES,
+    JOB_ID,
+    MAX_DEPTH,
+    MAX_HASHES,
+    MAX_HEADER,
+    MAX_INT,
+    MAX_MESSAGE,
+    STATES,
+    VERSION,
+    check_relative_name,
+    encode,
+    event_topic,
+    parse_reply,
+    reply_error,
+    reply_ok,
+    request,
+)
 
-#: the protocol version this code speaks
-VERSION = 1
-#: default limit of a whole request (all frames), in bytes
-MAX_MESSAGE = 16 * 1024 * 1024
-#: the largest JSON header of a request (bytes travel in a data frame after it)
-MAX_HEADER = 8 * 1024 * 1024
-#: upload chunk size clients use (well under :data:`MAX_MESSAGE`)
-CHUNK = 4 * 1024 * 1024
-#: job states
-STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
-#: states a job ends in (it leaves one only when requeued)
-FINAL_STATES = ("done", "failed", "cancelled")
+__all__ = [
+    "CHUNK", "FINAL_STATES", "JOB_ID", "MAX_DEPTH", "MAX_HASHES", "MAX_HEADER", "MAX_INT",
+    "MAX_MESSAGE", "REQUESTS", "STATES", "VERSION", "WITH_DATA", "Field", "Request",
+    "check_relative_name", "encode", "event_topic", "parse_reply", "parse_request",
+    "reply_error", "reply_ok", "request",
+]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # never "." or ".."
-#: a job id, as the service makes them and accepts them
-JOB_ID = _JOB_ID
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,7 @@ def _sha(value: str) -> str | None:
 
 
 def _job(value: str) -> str | None:
-    return None if _JOB_ID.match(value) else "is not a job id"
+    return None if JOB_ID.match(value) else "is not a job id"
 
 
 def _non_negative(value: int) -> str | None:
@@ -80,25 +92,11 @@ def _states(value: list[Any]) -> str | None:
     return f"has unknown states ({shown}); known: {', '.join(STATES)}"
 
 
-def check_relative_name(value: str) -> str | None:
-    """Why ``value`` is not a relative path inside a job's output folder (None: it is)."""
-    parts = value.split("/")
-    if (not value or len(value) > 1024 or value.startswith("/") or "\\" in value
-            or any(p in ("", ".", "..") for p in parts)
-            or any(ord(c) < 32 for c in value)):
-        return "must be a relative path inside the job's output folder"
-    return None
-
-
 def _filename(value: str) -> str | None:
     if (not value or "/" in value or "\\" in value or value in (".", "..") or len(value) > 255
             or any(ord(c) < 32 or ord(c) == 127 for c in value)):
         return "must be a plain file name"
     return None
-
-
-#: the most hashes one ``have`` request may ask about
-MAX_HASHES = 10_000
 
 
 def _hashes(value: list[Any]) -> str | None:
@@ -166,33 +164,6 @@ class Request:
     id: Any
     fields: dict[str, Any]
     data: bytes | None = None
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    """A message as the bytes of one frame."""
-    return json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode()
-
-
-def request(op: str, request_id: Any = None, **fields: Any) -> bytes:
-    """The header frame of a request (what a client sends)."""
-    return encode({"op": op, "id": request_id, **fields})
-
-
-def reply_ok(request_id: Any, **fields: Any) -> bytes:
-    """A success reply."""
-    return encode({"id": request_id, "ok": True, **fields})
-
-
-def reply_error(request_id: Any, error: str, message: str) -> bytes:
-    """An error reply: ``error`` is a short type (``bad_request``, ``not_found``, ...)."""
-    return encode({"id": request_id, "ok": False,
-                   "error": {"type": error, "message": message}})
-
-
-#: how deep JSON values of a request may nest
-MAX_DEPTH = 32
-#: the largest integer a field takes (JSON's exact integers; SQLite's fit)
-MAX_INT = 2**53 - 1
 
 
 def _request_id(value: Any) -> Any:
@@ -296,27 +267,3 @@ def parse_request(frames: Sequence[bytes], limit: int = MAX_MESSAGE) -> Request:
     elif len(frames) != 1:
         raise ProtocolError(f"{op}: takes no data frames", request_id=request_id)
     return Request(op=op, id=request_id, fields=fields, data=data)
-
-
-def parse_reply(frames: Sequence[bytes]) -> tuple[dict[str, Any], bytes | None]:
-    """A reply's fields and its data frame (if any).
-
-    Raises:
-        ProtocolError: the reply is not a JSON object of this protocol version.
-    """
-    try:
-        header = json.loads(frames[0])
-    except (IndexError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"the server sent a malformed reply ({exc})") from None
-    if not isinstance(header, dict) or header.get("v") != VERSION:
-        raise ProtocolError(f"the server speaks another protocol version "
-                            f"({header.get('v') if isinstance(header, dict) else '?'}, "
-                            f"this client {VERSION}): update one of them", kind="version")
-    return header, (bytes(frames[1]) if len(frames) > 1 else None)
-
-
-def event_topic(kind: str, owner: str, job_id: str = "") -> bytes:
-    """The PUB topic of a job's events (``job``) or previews (``preview``):
-    ``KIND.OWNER.JOB_ID``; ``KIND.OWNER.`` (no job) covers every job of the owner. The
-    service honours a subscription only to the caller's own topics (admins: any)."""
-    return f"{kind}.{owner}.{job_id}".encode()
