@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from renderfarm.errors import InputError, OutputMismatchError, ServiceError
-from renderfarm.server import protocol
+from renderfarm.server import wire
 from renderfarm.server.transport import KeyPair, read_key, secure_client
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class FarmClient:
         if self._sock is None:
             self._connect()
         request_id = next(self._ids)
-        frames = [protocol.request(op, request_id, **fields)]
+        frames = [wire.request(op, request_id, **fields)]
         if data is not None:
             frames.append(data)
         self._sock.send_multipart(frames, copy=False)
@@ -208,7 +208,7 @@ class FarmClient:
                         "is `renderfarm serve` running there, and are the address and keys "
                         "right?", kind="unreachable")
                 continue
-            reply, blob = protocol.parse_reply(self._sock.recv_multipart(zmq.NOBLOCK))
+            reply, blob = wire.parse_reply(self._sock.recv_multipart(zmq.NOBLOCK))
             if reply.get("id") not in (request_id, None):
                 continue  # a late reply to a request that timed out
             if not reply.get("ok"):
@@ -270,7 +270,7 @@ class FarmClient:
         if sha256 is not None and sha != sha256:
             raise InputError("the file changed while the job was being sent; submit again",
                              path=str(path))
-        chunk = int(self.hello().get("chunk") or protocol.CHUNK)
+        chunk = int(self.hello().get("chunk") or wire.CHUNK)
         offset = 0
         with open(path, "rb") as handle:
             while True:
@@ -320,7 +320,7 @@ class FarmClient:
                 raise missing_error(manifest.missing, str(blend))
             hashes = manifest.hashes()
             lacking: set[str] = set()
-            step = protocol.MAX_HASHES
+            step = wire.MAX_HASHES
             for start in range(0, len(hashes), step):
                 reply = self.request("have", hashes=hashes[start:start + step])[0]
                 lacking.update(reply["missing"])
@@ -376,7 +376,7 @@ class FarmClient:
         """
         folder = Path(folder)
         if name is not None:
-            if protocol.check_relative_name(name) is not None:
+            if wire.check_relative_name(name) is not None:
                 raise ServiceError(f"the farm named a file {name!r} outside the output folder",
                                    kind="failed")
             folder = folder.joinpath(*Path(name).parent.parts)
@@ -463,9 +463,9 @@ class FarmClient:
         # topics are KIND.OWNER.JOB: the farm honours only this client's own (admins: any)
         you = str(self.hello().get("you") or "local")
         owner = str(self.status(job_id).get("owner") or you) if job_id else you
-        topics = [protocol.event_topic("job", owner, job_id or "")]
+        topics = [wire.event_topic("job", owner, job_id or "")]
         if previews:
-            topics.append(protocol.event_topic("preview", owner, job_id or ""))
+            topics.append(wire.event_topic("preview", owner, job_id or ""))
         for topic in topics:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
         # the farm confirms each subscription it honours: wait for that, so no event sent
@@ -507,7 +507,7 @@ class FarmClient:
             wait = 0
             frames = self._sub.recv_multipart(zmq.NOBLOCK)
             try:
-                message, blob = protocol.parse_reply(frames[1:])
+                message, blob = wire.parse_reply(frames[1:])
             except Exception:
                 logger.warning("malformed event on %r dropped", frames[0][:40])
                 continue
@@ -545,7 +545,7 @@ class FarmClient:
                     return
             if time.monotonic() >= next_check:
                 job = self.status(job_id)
-                if job["state"] in protocol.FINAL_STATES:
+                if job["state"] in wire.FINAL_STATES:
                     yield {**job, "kind": f"job_{job['state']}",
                            "message": job.get("error") or ""}
                     return

@@ -39,10 +39,73 @@ def test_a_valid_request_is_parsed() -> None:
     (frames(op="upload", sha256="A" * 64, offset=0, total=1) + [b"x"], "SHA-256"),
     (frames(op="list") + [b"extra"], "takes no data frames"),
     ([], "empty message"),
+    (frames(op="status"), "status: field 'job_id' is missing"),
+    (frames(op="status", job_id="j", color=1, zoom=2),
+     "status: unknown field\\(s\\) color, zoom; known: job_id"),
+    (frames(op="status", job_id="j\n"), "is not a job id"),
+    (frames(op="have", hashes=["a" * 64, "B" * 64]),
+     "have: field 'hashes' item 1 must be 64 lowercase hex digits"),
+    (frames(op="have", hashes=["a" * 64] * (protocol.MAX_HASHES + 1)), "more than 10000 files"),
+    (frames(op="list", states=["queued", "bogus"]),
+     "list: field 'states' item 1 \\('bogus'\\) is not a job state; known: queued"),
+    (frames(op="submit", spec=[], filename="a.blend"), "field 'spec' must be object, not array"),
+    (frames(op="submit", spec={}, filename=".."), "field 'filename' must be a plain file name"),
+    (frames(op="fetch", job_id="j", frame=1, offset=0, length=0, name="a/../b.exr"),
+     "field 'name' must be a relative path"),
+    (frames(op="fetch", job_id="j", frame=2**53, offset=0, length=0),
+     "field 'frame' must be between -9007199254740991 and 9007199254740991"),
+    ([b'{"v": 1, "op": "hello", "id": NaN}'], "hello: the first frame is not standard JSON"),
+    ([b'{"v": 1, "op": "submit", "filename": "a", "spec": {"a": ' + b"[" * 40 + b"]" * 40
+      + b"}}"], "submit: field 'spec' nests deeper than 32 levels"),
+    ([b'{"v": 1, "op": "hello", "spec": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"],
+     "nests deeper than 32 levels"),
 ])
 def test_malformed_requests_are_refused_with_a_reason(message: list[bytes], text: str) -> None:
     with pytest.raises(ProtocolError, match=text):
         protocol.parse_request(message)
+
+
+def test_optional_fields_left_out_are_not_in_the_fields() -> None:
+    submit = protocol.parse_request(frames(op="submit", id="s", spec={"frames": "1"},
+                                           filename="a.blend", blob="a" * 64))
+    assert submit.fields == {"spec": {"frames": "1"}, "filename": "a.blend", "blob": "a" * 64}
+    assert submit.fields.get("priority") is None and submit.id == "s"
+
+
+def test_the_version_comes_first_and_the_id_is_echoed_when_it_can_be() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_request(frames(op="nosuch", id=9, color=1))
+    assert info.value.request_id == 9 and "unknown operation 'nosuch'" in info.value.message
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_request([json.dumps({"v": 2, "op": "nosuch", "id": 9}).encode()])
+    assert (info.value.kind, info.value.request_id) == ("version", 9)
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_request(frames(op="status", id=[1], job_id="../x"))
+    assert info.value.request_id is None and "is not a job id" in info.value.message
+
+
+def test_the_openapi_document_is_made_from_the_declarations() -> None:
+    from renderfarm.server.api import openapi
+
+    paths = openapi()["paths"]
+    for op, message in protocol.REQUESTS.items():
+        operation = paths[f"/api/v1/{op}"]["put" if message.with_data else "post"]
+        if message.with_data:
+            assert [p["name"] for p in operation["parameters"]] == ["sha256", "offset", "total"]
+            continue
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body["additionalProperties"] is False and body["description"]
+        assert not set(body["properties"]) & {"v", "op", "id"}, op
+        assert set(body["properties"]) == set(message.__struct_fields__) - {"v", "id"}, op
+    priority = paths["/api/v1/priority"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    assert priority["required"] == ["job_id", "priority"]
+    assert priority["properties"]["priority"] | {"description": ""} == {
+        "type": "integer", "minimum": -1000, "maximum": 1000, "description": ""}
+    assert priority["properties"]["job_id"]["pattern"] == protocol.JOB_ID.pattern
+    have = paths["/api/v1/have"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]["hashes"]
+    assert have["maxItems"] == protocol.MAX_HASHES and have["items"]["maxLength"] == 64
 
 
 def test_size_limit() -> None:
@@ -195,7 +258,7 @@ def test_the_client_needs_only_pyzmq() -> None:
     import sys
 
     code = ("import sys, renderfarm.client, renderfarm.server.transport; "
-            "print(sorted(m for m in ('ray', 'numpy', 'OpenImageIO', 'bpy', 'boto3') "
+            "print(sorted(m for m in ('ray', 'numpy', 'OpenImageIO', 'bpy', 'boto3', 'msgspec') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

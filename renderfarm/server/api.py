@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -49,42 +50,54 @@ BODY_TIMEOUT = 10.0
 #: the slowest a request body may arrive, in bytes per second, after :data:`BODY_TIMEOUT`
 MIN_RATE = 64 * 1024
 
-_JSON_TYPES = {str: "string", int: "integer", bool: "boolean", list: "array", dict: "object",
-               float: "number"}
+#: where the OpenAPI document's schemas live
+_REF = "#/components/schemas/{name}"
 
 
-def _schema_of(field: protocol.Field) -> dict[str, Any]:
-    kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
-    types = [_JSON_TYPES.get(k, "string") for k in kinds]
-    return {"type": types[0]} if len(types) == 1 else {"type": types}
+def _body_schema(component: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of an operation's HTTP request, from its request's schema: the
+    operation's own fields (the version, operation and id of the header are the API's to
+    add)."""
+    properties = {name: schema for name, schema in component["properties"].items()
+                  if name not in protocol.ENVELOPE}
+    required = sorted(n for n in component.get("required", ()) if n not in protocol.ENVELOPE)
+    body: dict[str, Any] = {"type": "object", "properties": properties,
+                            "additionalProperties": False}
+    if component.get("description"):
+        body["description"] = component["description"]
+    if required:
+        body["required"] = required
+    return body
 
 
 def openapi() -> dict[str, Any]:
-    """The API's OpenAPI 3.1 description, made from :data:`protocol.REQUESTS`."""
+    """The API's OpenAPI 3.1 description, made from the protocol's declarations
+    (:data:`protocol.REQUESTS`, through :func:`msgspec.json.schema_components`): each
+    operation's fields with their types, bounds and descriptions."""
     error = {"description": "refused: the error's type and a message naming the problem",
              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    _, components = msgspec.json.schema_components(protocol.REQUESTS.values(),
+                                                   ref_template=_REF)
     paths: dict[str, Any] = {}
-    for op, fields in sorted(protocol.REQUESTS.items()):
-        properties = {name: _schema_of(f) for name, f in fields.items()}
-        required = sorted(name for name, f in fields.items() if f.required)
-        body = {"type": "object", "properties": properties, "additionalProperties": False}
-        if required:
-            body["required"] = required
+    for op, message in sorted(protocol.REQUESTS.items()):
+        body = _body_schema(components[message.__name__])
         responses = {"200": {"description": f"the {op} reply (the protocol's fields)",
                              "content": {"application/json": {"schema": {"type": "object"}}}},
                      "400": error, "401": {"description": "no valid token"}, "403": error,
                      "404": error, "409": error, "429": error}
-        if op in protocol.WITH_DATA:  # the chunk travels as the body
+        if message.with_data:  # the chunk travels as the body
+            required = body.get("required", [])
             paths[f"/api/v1/{op}"] = {"put": {
                 "operationId": op, "summary": f"{op}: the chunk is the body",
-                "parameters": [{"name": n, "in": "query", "required": f.required,
-                                "schema": _schema_of(f)} for n, f in fields.items()],
+                "description": body.get("description", ""),
+                "parameters": [{"name": n, "in": "query", "required": n in required,
+                                "schema": schema} for n, schema in body["properties"].items()],
                 "requestBody": {"required": True, "content": {
                     "application/octet-stream": {"schema": {"type": "string",
                                                             "format": "binary"}}}},
                 "responses": responses}}
             continue
-        if op in ("fetch", "report"):
+        if message.bytes_reply:
             responses["200"]["content"]["application/octet-stream"] = {
                 "schema": {"type": "string", "format": "binary"}}
             responses["200"]["description"] += ("; with bytes (a frame, a report's HTML) "
@@ -92,13 +105,13 @@ def openapi() -> dict[str, Any]:
                                                 "the X-Renderfarm-Reply header")
         paths[f"/api/v1/{op}"] = {"post": {
             "operationId": op, "summary": f"the protocol's {op!r} request",
-            "requestBody": {"required": bool(required), "content": {
+            "requestBody": {"required": "required" in body, "content": {
                 "application/json": {"schema": body}}},
             "responses": responses}}
     paths["/api/v1/events"] = {"get": {
         "operationId": "events", "summary": "server-sent events of the caller's jobs",
         "parameters": [{"name": "job_id", "in": "query", "required": False,
-                        "schema": {"type": "string"}}],
+                        "schema": {"type": "string", "pattern": protocol.JOB_ID.pattern}}],
         "responses": {"200": {"description": "an event stream; each data line is an event",
                               "content": {"text/event-stream": {}}}}}}
     return {
