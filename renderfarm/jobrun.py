@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,13 +22,11 @@ from renderfarm import faults
 from renderfarm.assemble import Assembler
 from renderfarm.dispatcher import PoolRunner
 from renderfarm.errors import (
-    BlendFileError,
     CancelledError,
     JobFailedError,
     LimitError,
     MergeError,
     OutputError,
-    RenderError,
     RenderFarmError,
     VerificationError,
     error_from,
@@ -53,11 +50,11 @@ from renderfarm.job import (
     is_output_folder,
     output_path,
     resolve_output,
-    scene_info_from,
 )
 from renderfarm.jobfiles import JobFiles, check_output_folder
 from renderfarm.merge import Piece, compare_images, write_atomically
 from renderfarm.planner import Plan, plan_job, render_size
+from renderfarm.probe import Probe
 from renderfarm.state import (
     BLOCK_AFTER,
     Check,
@@ -68,9 +65,9 @@ from renderfarm.state import (
     Verdict,
 )
 from renderfarm.tags import Requirement
+from renderfarm.worker_calls import WorkerCalls
 
 if TYPE_CHECKING:
-    from renderfarm.estimate import Estimate
     from renderfarm.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -170,6 +167,8 @@ class JobRun:
         self.assembler: Assembler | None = None
         self.pool: WorkerPool | None = None
         self.settings: RenderSettings | None = None
+        #: the job's one-off calls on its workers (opening, finishing, encoding)
+        self.calls: WorkerCalls | None = None
         self.started = time.monotonic()
         self.finished_at: float | None = None
         self.started_at = time.time()
@@ -284,7 +283,8 @@ class JobRun:
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
         require = self._requirements(runner.pool)
-        self.info = info = self._inspect(runner.pool, blend_hash)
+        self.calls = WorkerCalls(spec, runner.pool, self.files, self.account)
+        self.info = info = self.calls.inspect(blend_hash)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
         self._check_size(info)
@@ -324,6 +324,7 @@ class JobRun:
             threads=runner.pool.shape.threads, post_denoise=plan.post_denoise,
             sample_chunks=plan.chunks > 1, post_composite=plan.post_composite,
             allow_missing=spec.allow_missing, files=spec.files)
+        self.calls.settings = self.settings
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
                                        "chunks": plan.chunks, "frames": list(plan.frames),
@@ -332,7 +333,12 @@ class JobRun:
                                                   plan.canvas.x1, plan.canvas.y1],
                                        "display": dict(info.display)})
         if spec.estimate is not None:  # a probe first: its prediction, maybe a budget
-            self._estimate(runner.pool, device)
+            Probe(spec=spec, plan=plan, info=info, verify=self.verify,
+                  job_id=self.handle.job_id, priority=self.priority, scratch=self.scratch,
+                  prices=self.farm.config.prices, submit=self.farm.submit,
+                  cancelled=lambda: self.handle.cancelled, emit=self.emit,
+                  record=self.record, results=lambda: list(self.results),
+                  keep=self._keep_estimate).run(runner.pool, device)
             if spec.estimate == "only":
                 return JobResult.from_dict({**self.snapshot(), "scene": info.to_dict(),
                                             "frames": [], "outputs": {}})
@@ -355,7 +361,8 @@ class JobRun:
         if self.fatal is not None:
             raise self.fatal
         if self.video is not None:
-            self._encode()
+            assert self.calls is not None
+            self.calls.encode(self.video, self.video_container, self.assembler, self.emit)
         return JobResult.from_dict({**self.snapshot(), "scene": info.to_dict()})
 
     def eta(self) -> float | None:
@@ -406,128 +413,8 @@ class JobRun:
             "verify": self.verify, "started_at": self.started_at,
             "estimate": self.estimate}
 
-    def _estimate(self, pool: WorkerPool, device: str) -> Estimate:
-        """Render the probe (a few frames, the job's tiles, two low sample counts) as jobs of
-        their own on the same workers, predict this job from it, say so, and stop the job
-        when it would cost more than its budget."""
-        from renderfarm.estimate import (
-            JobShape,
-            next_probe_samples,
-            predict,
-            probe_frames,
-            probe_samples,
-            tile_costs,
-        )
-        from renderfarm.report import busy_seconds, device_count, money
-
-        assert self.plan is not None and self.info is not None
-        spec, plan, info = self.spec, self.plan, self.info
-        samples = (spec.samples or info.samples) if info.engine == "CYCLES" else None
-        frames = probe_frames(plan.frames)
-        levels = probe_samples(samples)
-        self.emit("info", message=f"estimate: probing frames {', '.join(map(str, frames))} "
-                  f"at {' and '.join(str(s) for s in levels if s) or 'their own'} samples")
-        started = time.monotonic()
-        probes: dict[int, list[dict[str, Any]]] = {}
-        last: JobResult | None = None
-        for level in levels:
-            last = self._probe(frames, level or None)
-            probes[level] = [t.to_dict() for t in last.renders]
-        more = next_probe_samples(levels, samples, probes)
-        if more is not None:  # too little sampling timed to trust the line
-            self.emit("info", message=f"estimate: the probe's renders were too short to time "
-                      f"well; probing at {more} samples too")
-            levels = [*levels, more]
-            last = self._probe(frames, more)
-            probes[more] = [t.to_dict() for t in last.renders]
-        assert last is not None
-        overhead = self._call_overhead(frames, levels, probes)
-        renders = last.renders
-        finishes = [busy_seconds(t.to_dict()) for t in last.tasks if t.kind == "finish"]
-        finish = sum(finishes) / len(finishes) if finishes else 0.0
-        first = min(t.started for t in renders)
-        end = max(t.finished for t in renders)
-        before = max(first - last.started_at, 0.0)
-        after = max(last.started_at + last.wall_seconds - end - finish, 0.0)
-        shape = JobShape(
-            tasks=tuple((t.frame, t.tile.index, (t.samples[1] if t.samples else samples) or 0)
-                        for t in plan.tasks),
-            frames=plan.frames, workers=max(len(pool.trusted), 1),
-            verify=self.verify, device=device,
-            worker_cpus=pool.shape.num_cpus or 1.0,
-            device_label=renders[0].device if renders else "CPU", group=spec.group_tiles,
-            call_overhead=overhead)
-        probe_tasks = [t for t in self.results if t.kind == "probe"]
-        units = device_count(shape.device_label, device, shape.worker_cpus)
-        estimate = predict(shape, tile_costs(probes), finish_seconds=finish, before=before,
-                           after=after, prices=self.farm.config.prices, samples=samples,
-                           probe={"samples": levels, "frames": frames,
-                                  "seconds": time.monotonic() - started,
-                                  "device_seconds": units * sum(busy_seconds(t.to_dict())
-                                                                for t in probe_tasks)})
-        self.estimate = estimate.to_dict()
-        self.estimate["rendered"] = False  # set once the job goes on to render
-        cost = money(estimate.cost)
-        self.emit("estimate", message=f"estimate: {estimate.wall_seconds:.1f} s on "
-                  f"{estimate.workers} worker(s), {estimate.device_seconds:.1f} device-s, "
-                  f"cost {cost}", data=self.estimate)
-        budget = spec.budget
-        if budget is not None and (estimate.cost is None or estimate.cost > budget):
-            raise LimitError(
-                f"the job is estimated to cost {cost} and its budget is {budget:g}: nothing "
-                "was rendered beyond the probe; raise --budget, or render fewer frames or "
-                "samples" + (" (set the farm's prices: serve --price)"
-                             if estimate.cost is None else ""),
-                limit="budget", path=spec.blend_file)
-        self.estimate["rendered"] = spec.estimate == "first"
-        return estimate
-
-    def _call_overhead(self, frames: list[int], levels: list[int],
-                       probes: dict[int, list[dict[str, Any]]]) -> float:
-        """What a render call costs per sample beyond its pixels, when it matters: a job
-        that groups tiles whose calls are short renders one probed frame whole at the
-        probe's highest samples, to compare with its tiles; 0 otherwise."""
-        from renderfarm.estimate import PROBE_SHORT_CALL, call_overhead, fit, frame_totals
-
-        assert self.plan is not None
-        tiles = self.plan.tiles[0] * self.plan.tiles[1]
-        top = max(levels)
-        calls = sorted(float(t.get("render_seconds") or 0.0) for t in probes.get(top, [])
-                       if t.get("ok"))
-        if (not self.spec.group_tiles or tiles < 2 or top <= 0 or not calls
-                or calls[len(calls) // 2] >= PROBE_SHORT_CALL):
-            return 0.0
-        frame = frames[len(frames) // 2]
-        totals = frame_totals(probes).get(frame, {})
-        if top not in totals:
-            return 0.0
-        whole = self._probe([frame], top, tiles=(1, 1))
-        seconds = sum(t.render_seconds for t in whole.renders)
-        return call_overhead(fit(totals), tiles, totals[top], seconds, top)
-
-    def _probe(self, frames: list[int], samples: int | None,
-               tiles: tuple[int, int] | None = None) -> JobResult:
-        """One probe job: the job's tiles (or ``tiles``) of ``frames`` at ``samples``,
-        written to a scratch folder; its calls are billed to this job."""
-        assert self.plan is not None
-        folder = Path(tempfile.mkdtemp(prefix="probe-", dir=self.scratch))
-        spec = replace(self.spec, frames=",".join(map(str, frames)), samples=samples,
-                       tiles=tiles or self.plan.tiles, chunks=1, group_tiles=False, verify=0.0,
-                       estimate=None, budget=None, output=str(folder) + os.sep,
-                       name=f"probe of {self.spec.name or self.handle.job_id}")
-        handle = self.farm.submit(spec, self.priority)
-        try:
-            while not handle.wait(0.2):
-                if self.handle.cancelled:
-                    handle.cancel()
-                    handle.wait(60)
-                    raise CancelledError("the job was cancelled while it was being estimated")
-            result = handle.result()
-        finally:
-            for call in handle.snapshot().get("tasks", []):
-                self.record(replace(TaskResult.from_dict(call), kind="probe"))
-            shutil.rmtree(folder, ignore_errors=True)
-        return result
+    def _keep_estimate(self, estimate: dict[str, Any]) -> None:
+        self.estimate = estimate
 
     def _verify_share(self, pool: WorkerPool) -> float:
         """The share of pieces this job checks: the job's, else the farm's default; none
@@ -597,40 +484,6 @@ class JobRun:
                 f"writes it so); frames {format_frames(frames)} are not: give --frames "
                 "FIRST-LAST[xSTEP], or an image output (-o shot_####.png)",
                 path=self.spec.blend_file)
-
-    def _encode(self) -> None:
-        """Let one worker encode the job's video from its frames with Blender's FFmpeg
-        writer; the frames go unless the job keeps them."""
-        import ray
-
-        assert self.video is not None and self.assembler is not None
-        assert self.pool is not None and self.settings is not None and self.files is not None
-        frames = sorted(self.assembler.outputs)
-        if not frames:
-            return
-        self.emit("info", message=f"encoding the video of {len(frames)} frame(s)")
-        refs = [(frame, ray.put(self.assembler.outputs[frame].read_bytes()))
-                for frame in frames]
-        step = frames[1] - frames[0] if len(frames) > 1 else 1
-        folder, name = os.path.split(self.video)  # name "": a folder (Blender's range only)
-        reply = self._on_a_worker(
-            "encode", frames[0], lambda exc: RenderError(f"encoding the video failed: {exc}"),
-            lambda: RenderError("every worker died while encoding the video"),
-            refs, step, name, self.video_container, self.files.ref)
-        written = str(reply.get("name") or "")
-        if (not written or written != os.path.basename(written) or written.startswith(".")
-                or "\\" in written):
-            raise RenderError(f"the worker named the video {written[:80]!r}, not a file name; "
-                              "nothing was written")
-        target = Path(folder) / written
-        data = reply["data"]
-        write_atomically(target, lambda tmp: tmp.write_bytes(data))
-        self.assembler.add_output(frames[0], target)
-        if not self.spec.keep_frames:
-            self.assembler.forget_outputs(frames)
-        self.emit("output_written", frame=frames[0],
-                  data={"path": str(target),
-                        "sha256": self.assembler.extra_outputs[frames[0]][str(target)]})
 
     def account(self, kind: str, handle: WorkerHandle, started: float, finished: float,
                 frame: int = 0) -> None:
@@ -753,101 +606,15 @@ class JobRun:
             self.assembler.schedule(frame)
         self.check_end()
 
-    def _inspect(self, pool: WorkerPool, blend_hash: str) -> SceneInfo:
-        import ray
-
-        assert self.files is not None
-        spec = self.spec
-        path = os.path.abspath(spec.blend_file)
-        for attempt in range(spec.retries + 2):
-            handle = pool.preferred(blend_hash)
-            started = time.time()
-            try:
-                reply = ray.get(handle.actor.inspect.remote(
-                    path, blend_hash, spec.allow_scripts, spec.scene, self.files.ref))
-            except ray.exceptions.RayActorError:
-                logger.warning("worker %s died while opening %s (attempt %d)",
-                               handle.worker_id, path, attempt + 1)
-                pool.replace(handle.worker_id)  # the next try prefers a started worker
-                self._wait_for_worker(pool)
-                continue
-            if reply.get("need_blob"):
-                self.files.send_bytes()
-                continue
-            info = scene_info_from(reply)
-            handle.loaded = blend_hash
-            self.account("inspect", handle, *busy_span(reply, started))
-            return info
-        raise BlendFileError("every worker that opened this file crashed; the file may be "
-                             "damaged: open and save it again in Blender",
-                             path=spec.blend_file, retryable=False)
-
-    @staticmethod
-    def _wait_for_worker(pool: WorkerPool, seconds: float = 30.0) -> None:
-        """After a worker died (its node may be gone with it): let the pool drop workers
-        that cannot be placed and wait a little for one to start, so the next attempt does
-        not go to a worker that dies the same way."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            pool.follow_cluster(every=0.0)
-            pool.poll_started()
-            if pool.ready:
-                return
-            time.sleep(0.2)
-
     def _finish_on_worker(self, payload: bytes, frame: int) -> tuple[bytes, dict[str, bytes]]:
         """Let a worker denoise, composite and/or convert a merged frame (merge threads)."""
-        assert self.files is not None and self.assembler is not None
+        assert self.files is not None and self.assembler is not None and self.calls is not None
         final = self.assembler.final_format
-        data = self._on_a_worker(
+        data = self.calls.on_a_worker(
             "finish", frame, lambda exc: MergeError(str(exc), frame=frame),
             lambda: MergeError("every worker died while finishing the frame", frame=frame),
             payload, final, WRITE_EXTENSIONS[final], self.files.ref, frame)
         return data["data"], dict(data.get("extras") or {})
-
-    def _on_a_worker(self, method: str, frame: int,
-                     failed: Callable[[BaseException], RenderFarmError],
-                     all_died: Callable[[], RenderFarmError], *args: Any) -> Any:
-        """Call ``method`` of the job's preferred worker with the job's settings and
-        ``args``, and count its time for the job: another worker when one dies, the job's
-        files sent when the worker cannot reach them.
-
-        Raises:
-            RenderFarmError: the worker's own error, else ``failed(error)``; ``all_died()``
-                when every try lost its worker.
-        """
-        import ray
-
-        assert self.files is not None and self.pool is not None and self.settings is not None
-        for _attempt in range(self.spec.retries + 2):
-            handle = self.pool.preferred(self.settings.blend_hash)
-            started = time.time()
-            try:
-                reply = ray.get(getattr(handle.actor, method).remote(
-                    self.settings.to_dict(), *args))
-            except ray.exceptions.RayActorError:
-                self.pool.replace(handle.worker_id)
-                continue
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(exc.cause, RenderFarmError) else None
-                raise cause or failed(exc) from exc
-            if reply is None:  # the worker cannot reach the job's files: send them
-                self.files.send_bytes()
-                continue
-            self.account(method, handle, *busy_span(reply, started), frame)
-            return reply
-        raise all_died()
-
-
-def busy_span(reply: Any, sent: float) -> tuple[float, float]:
-    """When a worker began and ended a call, as its reply says (the call may have waited
-    behind the worker's renders: that wait is not the job's busy time); a reply that does
-    not say is counted from ``sent`` to now."""
-    now = time.time()
-    if isinstance(reply, dict) and isinstance(reply.get("started"), (int, float)) \
-            and isinstance(reply.get("finished"), (int, float)):
-        return float(reply["started"]), float(reply["finished"])
-    return sent, now
 
 
 class Entries:
