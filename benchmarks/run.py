@@ -509,9 +509,10 @@ def bench_scheduler(ctx: Context) -> list[Record]:
         records = [Record(
             "scheduler.throughput", f"tasks/s dispatching {zero_tasks} zero-length tasks over "
             "32 workers / plain Ray actor calls/s (one actor), in the same run", "tasks/s",
-            ours, raw, median([o / r for o, r in zip(ours, raw, strict=True)]), 0.45, ">=",
-            0.05, note=f"{median(ours):.0f} tasks/s; the machine's pace moves both alike, so "
-            "the figure is a ratio to Ray's own calls, paired by repetition")]
+            ours, raw, median([o / r for o, r in zip(ours, raw, strict=True)]), 1.0, ">=",
+            0.1, note=f"{median(ours):.0f} tasks/s; the machine's pace moves both alike, so "
+            "the figure is a ratio to Ray's own calls, paired by repetition; tasks this short "
+            "share a call (up to 64), so the dispatcher passes Ray's per-call rate")]
         workers = 16 if ctx.quick else 100
         tasks = 320 if ctx.quick else 2000
         pool.shape = type(pool.shape)(**{**asdict(pool.shape), "workers": workers})
