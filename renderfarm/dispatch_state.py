@@ -159,6 +159,15 @@ class WorkerStarted:
 
 
 @dataclass(frozen=True)
+class WorkerLoaded:
+    """A call outside the dispatcher (opening a job's file to read its scene, finishing a
+    frame) left ``key``'s file loaded on a worker: it is preferred for that job's tasks."""
+
+    worker_id: str
+    key: str
+
+
+@dataclass(frozen=True)
 class WorkerLost:
     """A worker is gone (its node left, it failed to start, something replaced it): its
     running call fails with ``error``, its queued calls go back to their jobs."""
@@ -226,7 +235,8 @@ class Tick:
 
 
 Event = (JobAdded | JobRemoved | JobCancelled | JobPaused | JobResumed | JobPriority
-         | JobFaulted | WorkerJoined | WorkerStarted | WorkerLost | WorkerDisabled
+         | JobFaulted | WorkerJoined | WorkerStarted | WorkerLoaded | WorkerLost
+         | WorkerDisabled
          | WorkerSuspect | CallDone | CallFailed | CallNotStarted | ClusterLost | Tick)
 
 
@@ -430,7 +440,8 @@ class DispatchState:
             JobCancelled: self._job_cancelled, JobPaused: self._job_paused,
             JobResumed: self._job_resumed, JobPriority: self._job_priority,
             JobFaulted: self._job_faulted, WorkerJoined: self._worker_joined,
-            WorkerStarted: self._worker_started, WorkerLost: self._worker_lost,
+            WorkerStarted: self._worker_started, WorkerLoaded: self._worker_loaded,
+            WorkerLost: self._worker_lost,
             WorkerDisabled: self._worker_disabled, WorkerSuspect: self._worker_suspect,
             CallDone: self._call_done, CallFailed: self._call_failed,
             CallNotStarted: self._call_not_started, ClusterLost: self._cluster_lost,
@@ -546,6 +557,12 @@ class DispatchState:
         slot = self.workers.setdefault(event.worker_id, WorkerSlot(event.worker_id))
         slot.started = True
         slot.tags = event.tags
+        return []
+
+    def _worker_loaded(self, event: WorkerLoaded) -> list[Instruction]:
+        slot = self.workers.get(event.worker_id)
+        if slot is not None and not slot.queue:  # its queued calls will load their own
+            slot.loaded = event.key
         return []
 
     def _worker_lost(self, event: WorkerLost) -> list[Instruction]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from renderfarm import faults
 from renderfarm.assemble import Assembler
+from renderfarm.dispatch_state import WorkerLoaded
 from renderfarm.dispatcher import PoolRunner
 from renderfarm.errors import (
     CancelledError,
@@ -283,7 +284,8 @@ class JobRun:
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
         require = self._requirements(runner.pool)
-        self.calls = WorkerCalls(spec, runner.pool, self.files, self.account)
+        self.calls = WorkerCalls(spec, runner.pool, self.files, self.account,
+                                 lambda worker, key: runner.post(WorkerLoaded(worker, key)))
         self.info = info = self.calls.inspect(blend_hash)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)

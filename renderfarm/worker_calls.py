@@ -41,11 +41,15 @@ class WorkerCalls:
         pool: the workers.
         files: how the job's files reach them.
         account: ``account(kind, handle, started, finished, frame)`` bills a call's time.
+        loaded: ``loaded(worker_id, blend_hash)`` says a call left the job's file loaded on a
+            worker (its dispatcher then prefers it for the job's tasks).
     """
 
     def __init__(self, spec: JobSpec, pool: WorkerPool, files: JobFiles,
-                 account: Callable[..., None]) -> None:
+                 account: Callable[..., None],
+                 loaded: Callable[[str, str], None] = lambda worker, key: None) -> None:
         self.spec = spec
+        self.loaded = loaded
         self.pool = pool
         self.files = files
         self.account = account
@@ -79,7 +83,7 @@ class WorkerCalls:
                 self.files.send_bytes()
                 continue
             info = scene_info_from(reply)
-            handle.loaded = blend_hash
+            self.loaded(handle.worker_id, blend_hash)
             self.account("inspect", handle, *busy_span(reply, started))
             return info
         raise BlendFileError("every worker that opened this file crashed; the file may be "
@@ -129,6 +133,7 @@ class WorkerCalls:
                 self.files.send_bytes()
                 continue
             self.account(method, handle, *busy_span(reply, started), frame)
+            self.loaded(handle.worker_id, self.settings.blend_hash)
             return reply
         raise all_died()
 

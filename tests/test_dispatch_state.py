@@ -34,6 +34,7 @@ from renderfarm.dispatch_state import (
     Tick,
     WorkerDisabled,
     WorkerJoined,
+    WorkerLoaded,
     WorkerLost,
     WorkerStarted,
     WorkerSuspect,
@@ -158,17 +159,23 @@ def test_higher_priority_first_then_loaded_file_among_equals() -> None:
     assert [c.job_id for c in starts(out)] == ["low"]
 
 
-def test_a_worker_with_another_file_loaded_prefers_the_job_of_its_file() -> None:
+@pytest.mark.parametrize("opened_b", [False, True])
+def test_a_worker_with_another_file_loaded_prefers_the_job_of_its_file(opened_b: bool) -> None:
     state = DispatchState(depth=1)
     a, b = Job("a", 4), Job("b", 4)
     started_workers(state, "w1", "w2")
     out = state.handle(JobAdded("a", "file-a", a), Tick(0.0))
     assert {c.worker_id for c in starts(out)} == {"w1", "w2"}
+    call_w1 = next(c for c in starts(out) if c.worker_id == "w1")
     call_w2 = next(c for c in starts(out) if c.worker_id == "w2")
-    state.handle(JobAdded("b", "file-b", b))
-    state.workers["w2"].loaded = "file-b"  # as if its last call had been one of b's
-    out = finish(state, call_w2, 1.0) + state.handle(Tick(1.0))
-    assert [(c.worker_id, c.job_id) for c in starts(out)] == [("w2", "b")]
+    state.handle(JobAdded("b", "file-b", b), WorkerLoaded("w1", "file-b"))
+    assert state.workers["w1"].loaded == "file-a"  # its queued call loads a's file again
+    finish(state, call_w2, 1.0)
+    if opened_b:  # it opened b's file meanwhile (to read b's scene)
+        state.handle(WorkerLoaded("w2", "file-b"))
+    out = state.handle(Tick(1.0))
+    assert [(c.worker_id, c.job_id) for c in starts(out)] == [("w2", "b" if opened_b else "a")]
+    assert call_w1.call_id in state.calls
 
 
 def test_no_calls_for_starting_suspect_or_disabled_workers() -> None:
