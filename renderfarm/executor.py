@@ -9,7 +9,6 @@ Ray is imported inside functions so that ``import renderfarm`` stays light.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import itertools
@@ -17,7 +16,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -40,33 +38,6 @@ logger = logging.getLogger(__name__)
 
 #: seconds to wait for workers to start before calling the cluster too small
 START_TIMEOUT = 180.0
-
-
-@contextlib.contextmanager
-def _captured_output(path: str) -> Any:
-    """Send this process's stdout and stderr (Blender prints there, from C) to ``path`` for
-    the duration, then back; the actor runs one call at a time, so nothing else is lost.
-    :func:`_tail_of` reads it when the task failed."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    libc.fflush(None)
-    saved = [os.dup(1), os.dup(2)]
-    with open(path, "wb") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        libc.fflush(None)
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
 
 
 def _tail_of(path: str, lines: int = 40) -> str:
@@ -130,12 +101,11 @@ class BlenderWorker:
     def __init__(self, worker_id: str) -> None:
         import ray
 
-        from renderfarm.blender.session import BlenderSession
+        from renderfarm.worker_process import BlenderProcess
 
         self.worker_id = worker_id
         self.node = ray.get_runtime_context().get_node_id()
         gpu_ids = ray.get_gpu_ids()
-        self.session = BlenderSession([int(g) for g in gpu_ids] if gpu_ids else None)
         self.scratch = tempfile.mkdtemp(prefix="renderfarm-worker-")
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._paths: dict[str, str] = {}
@@ -145,6 +115,11 @@ class BlenderWorker:
         self._counter = itertools.count()
         #: where Blender's output of the current task goes (its tail is reported on failure)
         self.log = os.path.join(self.scratch, "blender.log")
+        #: Blender, in a child process that keeps the scene loaded (a crash ends it, not
+        #: this actor); started now, so it is ready by the first task
+        self.session = BlenderProcess([int(g) for g in gpu_ids] if gpu_ids else None,
+                                      self.log)
+        self.session.start()
 
     def ping(self) -> dict[str, Any]:
         """Who and where this worker is."""
@@ -292,11 +267,10 @@ class BlenderWorker:
                                    worker=self.worker_id, node=self.node)
             rendered = (dataclasses.replace(the_task, frame=the_task.frame + 1)
                         if spoiled == "other_frame" else the_task)
-            with _captured_output(self.log):
-                load = self.session.prepare(local, job_settings, output_format)
-                stats = self.session.render(rendered, piece)
-                faults.fire("worker.rendered", job_id=the_task.job_id, frame=the_task.frame,
-                            worker=self.worker_id)
+            load = self.session.prepare(local, job_settings, output_format)
+            stats = self.session.render(rendered, piece)
+            faults.fire("worker.rendered", job_id=the_task.job_id, frame=the_task.frame,
+                        worker=self.worker_id)
             if spoiled in ("pixels", "blank"):
                 from pathlib import Path
 
@@ -390,8 +364,7 @@ class BlenderWorker:
                 paths[frame] = os.path.join(folder, f"in-{frame}.exr")
                 with open(paths[frame], "wb") as handle:
                     handle.write(ray.get(ref))
-            with _captured_output(self.log):
-                video = self.session.encode(paths, step, folder, name, container)
+            video = self.session.encode(paths, step, folder, name, container)
             with open(video, "rb") as handle:
                 return {"name": os.path.basename(video), "data": handle.read(),
                         "started": started, "finished": time.time()}

@@ -405,6 +405,8 @@ class SceneInfo(_Json):
             ``view_transform``, ``look``, ``exposure``, ``gamma``, ``working_space``, and
             whether ``curve_mapping`` or ``white_balance`` change them): previews of
             scene-linear pieces use it to look like the written file.
+        blender: the version of the Blender that read the scene (and renders it), as
+            ``bpy.app.version_string`` says it (``5.0.1``); empty when unknown.
     """
 
     scene: str
@@ -442,6 +444,7 @@ class SceneInfo(_Json):
     stamp: bool = False
     multilayer_output: dict[str, Any] = field(default_factory=dict)
     display: dict[str, Any] = field(default_factory=dict)
+    blender: str = ""
 
     def multilayer_settings(self) -> dict[str, Any]:
         """The output settings a multilayer EXR of this scene is written with: the scene's

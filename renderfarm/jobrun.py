@@ -289,6 +289,7 @@ class JobRun:
         self.info = info = self.calls.inspect(blend_hash)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
+        self._check_blender(info)
         self._check_size(info)
         output, final_format = self._output(info)
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
@@ -333,7 +334,8 @@ class JobRun:
                                        "size": list(plan.size),
                                        "canvas": [plan.canvas.x0, plan.canvas.y0,
                                                   plan.canvas.x1, plan.canvas.y1],
-                                       "display": dict(info.display)})
+                                       "display": dict(info.display),
+                                       "blender": info.blender})
         if spec.estimate is not None:  # a probe first: its prediction, maybe a budget
             Probe(spec=spec, plan=plan, info=info, verify=self.verify,
                   job_id=self.handle.job_id, priority=self.priority, scratch=self.scratch,
@@ -414,6 +416,24 @@ class JobRun:
             "warnings": list(self.warnings), "tiles": list(plan.tiles) if plan else [1, 1],
             "verify": self.verify, "started_at": self.started_at,
             "estimate": self.estimate}
+
+    def _check_blender(self, info: SceneInfo) -> None:
+        """Warn when the job's file was saved by another Blender series than the farm's:
+        its frames may differ from what the artist's Blender writes."""
+        from renderfarm.blenders import Version, saved_with
+
+        try:
+            saved = saved_with(self.spec.blend_file)
+            ours = Version.parse(info.blender) if info.blender else None
+        except (OSError, RenderFarmError):
+            return
+        if saved is not None and ours is not None and saved.series != ours.series:
+            newer = saved.series > ours.series
+            self.warn(f"the file was saved with Blender {saved}; this farm renders it with "
+                      f"Blender {ours}, whose frames may differ from Blender {saved}'s"
+                      + (" (a file from a newer Blender may use what this one does not know)"
+                         if newer else ""), data={"saved_with": str(saved),
+                                                  "blender": str(ours)})
 
     def _keep_estimate(self, estimate: dict[str, Any]) -> None:
         self.estimate = estimate

@@ -49,6 +49,37 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(
     assert killed not in farm.runner("cpu").pool.workers
 
 
+@pytest.mark.parametrize("action", ["segv", "abort"])
+def test_a_blender_crash_ends_its_process_not_the_worker(farm, make_scene, reference,
+                                                          tmp_path, action) -> None:
+    """Blender runs in a child process of each worker: when it crashes mid-task, the worker's
+    actor stays (same process, same worker), starts a new Blender, and the task is retried;
+    the frames are Blender's own."""
+    from renderfarm import faults
+    from tests.conftest import FAULT_FILE
+
+    blend = make_scene(width=64, height=48, frames=2, samples=8)
+    pids = worker_pids(farm)
+    job_id = f"crash-{action}"
+    faults.arm_workers(FAULT_FILE, [faults.Fault("blender.render", action=action, times=1,
+                                                 match={"job_id": job_id, "frame": 2})])
+    try:
+        result = farm.submit(JobSpec(str(blend), frames="1-2", tiles=(2, 1),
+                                     output=str(tmp_path / "c_####.exr")),
+                             job_id=job_id).result(timeout=240)
+    finally:
+        FAULT_FILE.unlink(missing_ok=True)
+    failed = [t for t in result.tasks if not t.ok]
+    assert len(failed) == 1 and "Blender's process died" in failed[0].error["message"]
+    assert ("SIGSEGV" if action == "segv" else "SIGABRT") in failed[0].error["message"]
+    assert any(t.attempt == 2 and t.ok and t.frame == 2 for t in result.tasks)
+    assert worker_pids(farm) == pids  # no worker was replaced
+    refs = reference(blend, [1, 2])
+    for frame in (1, 2):
+        got, want = read_layers(result.outputs[frame]), read_layers(refs[frame])
+        assert all((got[k] == want[k]).all() for k in want)
+
+
 def test_a_task_over_its_timeout_fails_clearly_and_the_farm_goes_on(
         farm, make_scene, tmp_path) -> None:
     slow = make_scene(width=128, height=96, frames=1, samples=512)

@@ -154,11 +154,19 @@ def scene_info(scene: Any) -> SceneInfo:
         file_output_dirs=[node_folder(node) for node in outputs],
         stamp=bool(render.use_stamp),
         display=display_of(scene),
+        blender=_blender_version(),
         multilayer_output={} if render.image_settings.file_format == "OPEN_EXR_MULTILAYER"
         else {name: value for name, value in
               switched_output(own_output(scene), "OPEN_EXR_MULTILAYER").items()
               if name in OUTPUT_SETTING_NAMES},
     )
+
+
+def _blender_version() -> str:
+    """This Blender's version (``5.0.1``; a release's ``LTS`` or cycle word left out)."""
+    import bpy
+
+    return str(bpy.app.version_string).split()[0]
 
 
 def active_views(scene: Any) -> list[Any]:

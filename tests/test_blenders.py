@@ -1,0 +1,103 @@
+"""Which Blender saved a file, read from its header without Blender, and which Blender a job
+asks for; a job whose file another Blender series saved is told so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from renderfarm.blenders import Blender, Version, choose, header_version, saved_with
+from renderfarm.errors import InputError, ResourceError
+
+HAVE = [Blender(Version(4, 2, 23), "bpy", "/v/4.2/python"),
+        Blender(Version(4, 2, 9), "bpy", "/v/4.2.9/python"),
+        Blender(Version(4, 5, 15), "bpy", "/v/4.5/python"),
+        Blender(Version(5, 0, 1), "bpy", "/usr/bin/python3"),
+        Blender(Version(4, 5, 3), "executable", "/opt/blender-4.5.3/blender")]
+
+
+@pytest.mark.parametrize(("head", "version"), [
+    (b"BLENDER-v402REND", Version(4, 2)), (b"BLENDER_v279REND", Version(2, 79)),
+    (b"BLENDER-V405REND", Version(4, 5)), (b"BLENDER17-01v0500REND", Version(5, 0)),
+    (b"BLENDER17-01v0503REND", Version(5, 3)), (b"NOTBLEND", None), (b"", None)])
+def test_the_header_names_the_series(head: bytes, version: Version | None) -> None:
+    assert header_version(head) == version
+
+
+@pytest.mark.parametrize(("name", "version"), [
+    ("basic_file.blend", "2.79"), ("basic_file_compressed.blend", "2.79"),  # gzip
+    ("basic_file_compressed_zstd.blend", "3.0"), ("basic_file_zstandard.blend", "3.1"),
+    ("geometry-nodes/file_to_pack.blend", "2.93")])
+def test_files_written_by_others_plain_and_compressed(corpus: Path, name: str,
+                                                     version: str) -> None:
+    assert str(saved_with(str(corpus / name))) == version
+
+
+def test_a_file_made_by_this_blender(make_scene) -> None:
+    import subprocess
+    import sys
+
+    blend = make_scene(width=32, height=24, frames=1, samples=1)
+    ours = subprocess.run([sys.executable, "-c", "import bpy; print(bpy.app.version_string)"],
+                          capture_output=True, text=True, check=True).stdout.split()[0]
+    saved = saved_with(str(blend))
+    assert saved is not None and saved.series == Version.parse(ours).series
+
+
+def test_auto_takes_the_newest_patch_of_the_files_series() -> None:
+    assert choose("auto", Version(4, 2), HAVE).blender.version == Version(4, 2, 23)
+    assert choose("auto", Version(4, 2), HAVE).warning is None
+    assert choose("4.5", None, HAVE).blender.version == Version(4, 5, 15)
+    assert choose("4.5.3", None, HAVE).blender.kind == "executable"
+    assert choose("/opt/blender-4.5.3/blender", None, HAVE).blender.version == \
+        Version(4, 5, 3)
+
+
+def test_newest_says_when_the_file_was_saved_by_another_series() -> None:
+    choice = choose("newest", Version(4, 2), HAVE)
+    assert choice.blender.version == Version(5, 0, 1)
+    assert "saved with Blender 4.2" in choice.warning and "5.0.1" in choice.warning
+    assert choose("newest", Version(5, 0), HAVE).warning is None
+
+
+def test_a_file_older_than_supported_renders_with_the_oldest_supported() -> None:
+    choice = choose("auto", Version(2, 79), HAVE)
+    assert choice.blender.version == Version(4, 2, 9)
+    assert "2.79" in choice.warning and "4.2" in choice.warning
+
+
+def test_a_blender_the_farm_lacks_is_refused_naming_what_it_has() -> None:
+    with pytest.raises(ResourceError) as caught:
+        choose("auto", Version(5, 3), HAVE)
+    message = str(caught.value)
+    assert "no Blender 5.3" in message and "4.2.9, 4.2.23, 4.5.3, 4.5.15, 5.0.1" in message
+    assert "renderfarm blenders add 5.3" in message
+    with pytest.raises(ResourceError, match="no Blender of this farm is at that path"):
+        choose("/opt/blender-9/blender", None, HAVE)
+    with pytest.raises(ResourceError, match="no Blender to render with"):
+        choose("auto", Version(4, 2), [])
+
+
+@pytest.mark.parametrize("want", ["latest", "4", "4.x", "4.5.3.1", ""])
+def test_a_choice_that_is_no_version_is_refused(want: str) -> None:
+    with pytest.raises(InputError):
+        choose(want, Version(4, 2), HAVE)
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_a_job_saved_by_another_series_is_told_so(farm, corpus: Path, make_scene,
+                                                  tmp_path: Path) -> None:
+    from renderfarm.job import JobSpec
+
+    old = corpus / "geometry-nodes" / "file_to_pack.blend"  # saved by Blender 2.93
+    result = farm.render(JobSpec(str(old), frames="1", samples=1, percentage=2,
+                                 output=str(tmp_path / "old_####.png")))
+    ours = result.scene.blender  # the result names the Blender that rendered it
+    assert ours.startswith("5.")
+    warned = [w for w in result.warnings if "saved with Blender 2.93" in w]
+    assert warned and f"renders it with Blender {ours}" in warned[0], result.warnings
+    fresh = make_scene(width=32, height=24, frames=1, samples=1)
+    result = farm.render(JobSpec(str(fresh), frames="1", output=str(tmp_path / "n_####.png")))
+    assert not [w for w in result.warnings if "saved with Blender" in w], result.warnings
