@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(each is a warning); default: the job fails naming them")
     jobs.add_argument("--project", help="the project folder the bundle keeps relative "
                       "paths from (default: the .blend's folder)")
+    jobs.add_argument("--blender", metavar="VERSION", default="auto",
+                      help="the Blender to render with: auto (the one the file was saved with, "
+                      "default), newest, a version (4.5, 4.5.3: the farm prepares it on first "
+                      "use) or the path of a Blender the farm has")
     jobs.add_argument("--require", metavar="TERMS",
                       help="what the job's workers must offer, e.g. 'vram>=16,tag=lighting' "
                       "(from their Ray nodes' labels and resources); a job no worker can take "
@@ -162,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("blend", help="the .blend file")
     inspect.add_argument("--json", action="store_true", help="print JSON")
 
+    blenders = sub.add_parser(
+        "blenders", parents=[common], help="list this machine's Blenders, or add one",
+        description="List the Blenders this machine renders with (its own bpy and the "
+        "versions prepared in its cache, $RENDERFARM_BLENDERS), or prepare one ahead of the "
+        "first job that needs it: 'renderfarm blenders add 4.5' installs bpy 4.5 from this "
+        "machine's package index into the cache.")
+    blenders.add_argument("action", nargs="?", choices=("list", "add"), default="list")
+    blenders.add_argument("version", nargs="?", help="with add: the version (4.5, 4.5.3)")
+    blenders.add_argument("--json", action="store_true", help="print JSON")
+
     from renderfarm.service_cli import add_commands
 
     add_commands(sub, common, jobs, farm)
@@ -193,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _estimate(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "blenders":
+            return _blenders(args)
         from renderfarm.service_cli import run
 
         return run(args)
@@ -206,6 +222,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.log_tail and args.verbose:
             print(exc.log_tail, file=sys.stderr)
         return exc.exit_code
+
+
+def _blenders(args: argparse.Namespace) -> int:
+    """``renderfarm blenders [list|add VERSION]``."""
+    import json
+
+    from renderfarm.blender_envs import cache_root, local_blenders, prepare
+    from renderfarm.blenders import Version
+    from renderfarm.errors import InputError
+
+    if args.action == "add":
+        if not args.version:
+            raise InputError("renderfarm blenders add needs a version, e.g. 4.5 or 4.5.3")
+        found = prepare(Version.parse(args.version),
+                        progress=lambda line: print(f"renderfarm: {line}", file=sys.stderr))
+        print(f"Blender {found.version} ({found.kind}): {found.path}")
+        return 0
+    have = local_blenders()
+    if args.json:
+        print(json.dumps([{"version": str(b.version), "kind": b.kind, "path": b.path}
+                          for b in have], indent=1))
+        return 0
+    if not have:
+        print(f"no Blender here: install bpy, or prepare one (renderfarm blenders add 4.5; "
+              f"cache: {cache_root()})")
+        return 0
+    for blender in have:
+        print(f"{str(blender.version):<10} {blender.kind:<11} {blender.path}")
+    return 0
 
 
 def _bench(argv: list[str]) -> int:

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from renderfarm import faults
@@ -117,14 +117,49 @@ class BlenderWorker:
         self.log = os.path.join(self.scratch, "blender.log")
         #: Blender, in a child process that keeps the scene loaded (a crash ends it, not
         #: this actor); started now, so it is ready by the first task
-        self.session = BlenderProcess([int(g) for g in gpu_ids] if gpu_ids else None,
-                                      self.log)
+        self._gpus = [int(g) for g in gpu_ids] if gpu_ids else None
+        self.session = BlenderProcess(self._gpus, self.log)
         self.session.start()
+        #: a Blender process per other Blender this worker renders with (by version)
+        self._sessions: dict[str, Any] = {}
 
     def ping(self) -> dict[str, Any]:
-        """Who and where this worker is."""
+        """Who and where this worker is, and the Blenders its machine has."""
+        from renderfarm.blender_envs import local_blenders
+
         return {"worker": self.worker_id, "node": self.node, "pid": os.getpid(),
-                "loaded": self.session.loaded_hash}
+                "loaded": self.session.loaded_hash,
+                "blenders": [{"version": str(b.version), "kind": b.kind, "path": b.path}
+                             for b in local_blenders()]}
+
+    def _session_for(self, blender: str) -> Any:
+        """The Blender process of the Blender ``blender`` names (its version; empty: this
+        worker's own ``bpy``), prepared on this machine on first use."""
+        from renderfarm.blender_envs import own_blender, prepare
+        from renderfarm.blenders import Version
+        from renderfarm.worker_process import BlenderProcess
+
+        if not blender:
+            return self.session
+        if blender not in self._sessions:
+            own = own_blender()
+            wanted = Version.parse(blender)
+            if own is not None and own.version == wanted:
+                self._sessions[blender] = self.session
+            else:
+                found = prepare(wanted)
+                self._sessions[blender] = BlenderProcess(self._gpus, self.log,
+                                                         python=found.path)
+        return self._sessions[blender]
+
+    def prepare_blender(self, version: str) -> dict[str, Any]:
+        """Find or prepare Blender ``version`` on this machine (see
+        :func:`renderfarm.blender_envs.prepare`); what it is."""
+        from renderfarm.blender_envs import prepare
+        from renderfarm.blenders import Version
+
+        found = prepare(Version.parse(version))
+        return {"version": str(found.version), "kind": found.kind, "path": found.path}
 
     def _blend_path(self, path: str, blend_hash: str,
                     files: dict[str, Any] | None) -> str | None:
@@ -227,7 +262,7 @@ class BlenderWorker:
         return from_refs
 
     def inspect(self, path: str, blend_hash: str, allow_scripts: bool, scene: str | None,
-                files: dict[str, Any] | None = None) -> dict[str, Any]:
+                files: dict[str, Any] | None = None, blender: str = "") -> dict[str, Any]:
         """Open the file (if needed) and return the scene's facts, with when this worker
         started and finished the call (``started``, ``finished``: its busy time, not the
         time the call waited in its queue)."""
@@ -236,7 +271,7 @@ class BlenderWorker:
             local = self._blend_path(path, blend_hash, files)
             if local is None:
                 return {"ok": False, "need_blob": True}
-            info = self.session.info(local, blend_hash, allow_scripts, scene)
+            info = self._session_for(blender).info(local, blend_hash, allow_scripts, scene)
             return {"ok": True, "info": info.to_dict(), "started": started,
                     "finished": time.time()}
         except Exception as exc:  # reported to the driver, never fatal to the worker
@@ -267,8 +302,9 @@ class BlenderWorker:
                                    worker=self.worker_id, node=self.node)
             rendered = (dataclasses.replace(the_task, frame=the_task.frame + 1)
                         if spoiled == "other_frame" else the_task)
-            load = self.session.prepare(local, job_settings, output_format)
-            stats = self.session.render(rendered, piece)
+            session = self._session_for(job_settings.blender)
+            load = session.prepare(local, job_settings, output_format)
+            stats = session.render(rendered, piece)
             faults.fire("worker.rendered", job_id=the_task.job_id, frame=the_task.frame,
                         worker=self.worker_id)
             if spoiled in ("pixels", "blank"):
@@ -279,10 +315,10 @@ class BlenderWorker:
                 corrupt_image(Path(piece), spoiled)
             with open(piece, "rb") as handle:
                 data = handle.read()
-            extras = self.session.take_extras()  # what its File Output nodes wrote
+            extras = session.take_extras()  # what its File Output nodes wrote
             if extras:
                 base["extras"] = extras
-            return {**base, "ok": True, "device": self.session.device_label,
+            return {**base, "ok": True, "device": session.device_label,
                     "render_seconds": stats.render_seconds, "load_seconds": load,
                     "task_seconds": time.perf_counter() - start, "finished": time.time(),
                     "peak_memory_mb": stats.peak_memory_mb, "rss_mb": stats.rss_mb,
@@ -319,17 +355,18 @@ class BlenderWorker:
         local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
         if local is None:
             return None  # the driver puts the files in Ray's object store and asks again
-        self.session.prepare(local, job_settings, "OPEN_EXR_MULTILAYER")
+        session = self._session_for(job_settings.blender)
+        session.prepare(local, job_settings, "OPEN_EXR_MULTILAYER")
         number = next(self._counter)
         source = os.path.join(self.scratch, f"finish-{number}.exr")
         target = os.path.join(self.scratch, f"finish-{number}{extension}")
         try:
             with open(source, "wb") as handle:
                 handle.write(merged_exr)
-            self.session.take_extras()
-            self.session.finish(source, target, file_format, frame)
+            session.take_extras()
+            session.finish(source, target, file_format, frame)
             with open(target, "rb") as handle:
-                return {"data": handle.read(), "extras": self.session.take_extras(),
+                return {"data": handle.read(), "extras": session.take_extras(),
                         "started": started, "finished": time.time()}
         finally:
             for name in (source, target):
@@ -354,7 +391,8 @@ class BlenderWorker:
         local = self._blend_path(job_settings.blend_path, job_settings.blend_hash, files)
         if local is None:
             return None
-        self.session.prepare(local, job_settings, VIDEO_FRAME_FORMAT)
+        session = self._session_for(job_settings.blender)
+        session.prepare(local, job_settings, VIDEO_FRAME_FORMAT)
         folder = os.path.join(self.scratch, f"encode-{next(self._counter)}")
         os.makedirs(folder)
         open(self.log, "wb").close()
@@ -364,7 +402,7 @@ class BlenderWorker:
                 paths[frame] = os.path.join(folder, f"in-{frame}.exr")
                 with open(paths[frame], "wb") as handle:
                     handle.write(ray.get(ref))
-            video = self.session.encode(paths, step, folder, name, container)
+            video = session.encode(paths, step, folder, name, container)
             with open(video, "rb") as handle:
                 return {"name": os.path.basename(video), "data": handle.read(),
                         "started": started, "finished": time.time()}
@@ -374,7 +412,8 @@ class BlenderWorker:
     def shutdown(self) -> None:
         """Remove this worker's scratch files."""
         shutil.rmtree(self.scratch, ignore_errors=True)
-        self.session.remove_files()
+        for session in {id(s): s for s in [self.session, *self._sessions.values()]}.values():
+            session.remove_files()
 
 
 # ------------------------------------------------------------------------------------------
@@ -476,6 +515,8 @@ class WorkerHandle:
     tags: Any = None
     #: the task it renders now (``JOB f0001-t00-c00``), or None
     current: str | None = None
+    #: the Blenders its machine has (``{"version", "kind", "path"}``)
+    blenders: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         """The worker as the farm's worker list shows it."""
@@ -487,6 +528,7 @@ class WorkerHandle:
                 "failures": self.failures,
                 "reason": self.disabled or self.suspect, "loaded": self.loaded,
                 "current": self.current,
+                "blenders": [b.get("version") for b in self.blenders],
                 "tags": sorted(tags.tags) if tags else [],
                 "props": dict(tags.props) if tags else {}}
 
@@ -658,7 +700,9 @@ class WorkerPool:
 
         from renderfarm.tags import WorkerTags, node_tags
 
-        handle.node = ray.get(ping)["node"]
+        answer = ray.get(ping)
+        handle.node = answer["node"]
+        handle.blenders = list(answer.get("blenders") or [])
         handle.tags = next((node_tags(n) for n in ray.nodes()
                             if n.get("NodeID") == handle.node), WorkerTags())
         handle.ready = True

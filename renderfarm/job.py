@@ -531,6 +531,10 @@ class JobSpec(_Json):
             entry of the outputs' metadata names as Blender does; None: ``blend_file``.
         keep_frames: a video job also delivers its frames (32-bit float EXRs, next to the
             video: ``shot_0001.exr``); otherwise they go once the video is encoded.
+        blender: the Blender the job renders with: ``auto`` (the one its file was saved
+            with: the newest patch release of that major.minor the farm can have),
+            ``newest`` (the farm's newest), a version (``4.5``, ``4.5.3``) or the path of a
+            Blender the farm has (see :mod:`renderfarm.blenders`).
     """
 
     blend_file: str
@@ -562,6 +566,7 @@ class JobSpec(_Json):
     require: str | None = None
     origin: str | None = None
     keep_frames: bool = False
+    blender: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -632,6 +637,10 @@ class JobSpec(_Json):
             from renderfarm.tags import parse_requirements
 
             parse_requirements(self.require)
+        if not isinstance(self.blender, str) or not re.fullmatch(
+                r"auto|newest|\d+\.\d+(\.\d+)?|/[^\x00-\x1f]{1,4095}", self.blender):
+            raise InputError(f"blender must be auto, newest, a version like 4.5 or 4.5.3, or "
+                             f"the absolute path of a Blender, not {str(self.blender)[:60]!r}")
         object.__setattr__(self, "after", tuple(self.after))
         if len(self.after) > 100 or not all(
                 isinstance(j, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", j)
@@ -677,6 +686,8 @@ class RenderSettings(_Json):
         allow_missing: render although the scene misses files (else a worker that finds a
             file missing after opening the scene fails the task).
         files: how the job's files reach workers (``bundle`` or ``shared``).
+        blender: the version of the Blender that renders (``4.2.23``; the worker finds or
+            prepares it on its machine), or empty for the worker's own ``bpy``.
     """
 
     blend_path: str
@@ -694,6 +705,7 @@ class RenderSettings(_Json):
     post_composite: bool = False
     allow_missing: bool = False
     files: str = "bundle"
+    blender: str = ""
 
 
 @dataclass(frozen=True)

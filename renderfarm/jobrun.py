@@ -29,6 +29,7 @@ from renderfarm.errors import (
     MergeError,
     OutputError,
     RenderFarmError,
+    ResourceError,
     VerificationError,
     error_from,
 )
@@ -170,6 +171,8 @@ class JobRun:
         self.settings: RenderSettings | None = None
         #: the job's one-off calls on its workers (opening, finishing, encoding)
         self.calls: WorkerCalls | None = None
+        #: the version of the Blender the job renders with (empty: the workers' own)
+        self.blender = ""
         self.started = time.monotonic()
         self.finished_at: float | None = None
         self.started_at = time.time()
@@ -284,12 +287,16 @@ class JobRun:
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
         require = self._requirements(runner.pool)
+        # a worker's loaded scene is of one file in one Blender
         self.calls = WorkerCalls(spec, runner.pool, self.files, self.account,
-                                 lambda worker, key: runner.post(WorkerLoaded(worker, key)))
-        self.info = info = self.calls.inspect(blend_hash)
+                                 lambda worker, _file: runner.post(WorkerLoaded(worker, key)))
+        self.blender, warned = self._choose_blender(runner.pool)
+        key = blend_hash if not self.blender else f"{blend_hash}@{self.blender}"
+        self.info = info = self.calls.inspect(blend_hash, self.blender)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
-        self._check_blender(info)
+        if not warned:
+            self._check_blender(info)
         self._check_size(info)
         output, final_format = self._output(info)
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
@@ -326,7 +333,7 @@ class JobRun:
             allow_scripts=spec.allow_scripts, compositing=plan.compositing,
             threads=runner.pool.shape.threads, post_denoise=plan.post_denoise,
             sample_chunks=plan.chunks > 1, post_composite=plan.post_composite,
-            allow_missing=spec.allow_missing, files=spec.files)
+            allow_missing=spec.allow_missing, files=spec.files, blender=self.blender)
         self.calls.settings = self.settings
         self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
@@ -351,7 +358,7 @@ class JobRun:
             self._take_resume(self.resume)
         self.runner = runner
         controls = runner.add(
-            self.handle.job_id, blend_hash, entries, priority=self.priority,
+            self.handle.job_id, key, entries, priority=self.priority,
             timeout=spec.task_timeout or self.farm.config.default_task_timeout,
             require=require)
         self.handle.follow(controls)  # cancel, pause and priority go to the dispatcher
@@ -416,6 +423,59 @@ class JobRun:
             "warnings": list(self.warnings), "tiles": list(plan.tiles) if plan else [1, 1],
             "verify": self.verify, "started_at": self.started_at,
             "estimate": self.estimate}
+
+    def _choose_blender(self, pool: WorkerPool) -> tuple[str, bool]:
+        """The Blender the job renders with (its version; empty: the workers' own ``bpy``),
+        prepared on a worker's machine when the farm does not have it yet, and whether the
+        job was warned about the choice.
+
+        Raises:
+            ResourceError: the farm cannot have the Blender the job asks for.
+        """
+        from renderfarm.blenders import (
+            OLDEST_SUPPORTED,
+            Blender,
+            Version,
+            choose,
+            saved_with,
+        )
+
+        spec = self.spec
+        try:
+            saved = saved_with(spec.blend_file)
+        except OSError:
+            saved = None
+        offers = {(b["version"], b["kind"], b["path"]): None
+                  for h in pool.ready for b in h.blenders}
+        have = [Blender(Version.parse(v), k, p) for v, k, p in offers]
+        own = {Version.parse(b["version"]) for h in pool.ready for b in h.blenders[:1]
+               if b["path"] and b["kind"] == "bpy"}
+        if not have:  # workers that do not say (synthetic ones): their own Blender
+            return "", False
+        try:
+            choice = choose(spec.blender, saved, have)
+        except ResourceError:
+            if spec.blender == "auto":
+                wanted = saved
+            elif spec.blender == "newest" or spec.blender.startswith("/"):
+                wanted = None
+            else:
+                wanted = Version.parse(spec.blender)
+            if wanted is None or wanted.series < OLDEST_SUPPORTED:
+                raise
+            self.emit("info", message=f"preparing Blender {wanted} on a worker (once per "
+                      "machine: its bpy comes from the package index, about 400 MB)")
+            made = self.calls.prepare_blender(str(wanted)) if self.calls else None
+            if made is None:
+                raise
+            have.append(Blender(Version.parse(made["version"]), made["kind"], made["path"]))
+            choice = choose(spec.blender, saved, have)
+        if choice.warning:
+            self.warn(choice.warning)
+        chosen = choice.blender.version
+        self.emit("info", message=f"renders with Blender {chosen}"
+                  + (f" (the file was saved with {saved})" if saved is not None else ""))
+        return ("" if chosen in own else str(chosen)), choice.warning is not None
 
     def _check_blender(self, info: SceneInfo) -> None:
         """Warn when the job's file was saved by another Blender series than the farm's:

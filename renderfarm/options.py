@@ -67,4 +67,5 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    budget=getattr(args, "budget", None),
                    notify=getattr(args, "notify", None),
                    require=getattr(args, "require", None),
+                   blender=getattr(args, "blender", None) or "auto",
                    keep_frames=bool(getattr(args, "keep_frames", False)))

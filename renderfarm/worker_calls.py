@@ -56,9 +56,10 @@ class WorkerCalls:
         #: the job's render settings, once planned (finishing and encoding send them)
         self.settings: RenderSettings | None = None
 
-    def inspect(self, blend_hash: str) -> SceneInfo:
+    def inspect(self, blend_hash: str, blender: str = "") -> SceneInfo:
         """Open the job's file on a worker (one that has it loaded, else an idle one) and
-        read its scene; another worker when one dies.
+        read its scene with Blender ``blender`` (its version; empty: the worker's own);
+        another worker when one dies.
 
         Raises:
             BlendFileError: every worker that opened the file crashed.
@@ -72,7 +73,8 @@ class WorkerCalls:
             started = time.time()
             try:
                 reply = ray.get(handle.actor.inspect.remote(
-                    path, blend_hash, spec.allow_scripts, spec.scene, self.files.ref))
+                    path, blend_hash, spec.allow_scripts, spec.scene, self.files.ref,
+                    blender))
             except ray.exceptions.RayActorError:
                 logger.warning("worker %s died while opening %s (attempt %d)",
                                handle.worker_id, path, attempt + 1)
@@ -89,6 +91,23 @@ class WorkerCalls:
         raise BlendFileError("every worker that opened this file crashed; the file may be "
                              "damaged: open and save it again in Blender",
                              path=spec.blend_file, retryable=False)
+
+    def prepare_blender(self, version: str) -> dict[str, Any]:
+        """Let a worker find or prepare Blender ``version`` on its machine (its other
+        workers then find it ready; another machine's prepare it on their first task).
+
+        Raises:
+            ResourceError: the worker could not (pip failed, another Python needed, ...).
+        """
+        import ray
+
+        handle = self.pool.preferred("")
+        try:
+            return dict(ray.get(handle.actor.prepare_blender.remote(version)))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, RenderFarmError):
+                raise exc.cause from exc
+            raise
 
     @staticmethod
     def wait_for_worker(pool: WorkerPool, seconds: float = 30.0) -> None:

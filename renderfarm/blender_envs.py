@@ -1,0 +1,166 @@
+"""The Blenders of this machine: the ``bpy`` of the farm's own Python, and ``bpy`` of other
+versions in virtual environments the farm prepares itself from the package index the machine
+is set up with (``pip``'s own configuration), cached per machine and shared by its workers.
+
+An environment is a folder ``bpy-X.Y[.Z]`` of the cache (``$RENDERFARM_BLENDERS``, default
+``~/.cache/renderfarm/blenders``) holding a virtual environment with ``bpy``, ``numpy<2``,
+OpenImageIO and zstandard (what a worker's Blender process imports), and ``blender.json``
+naming the version it imports, written once the environment works. Preparing one takes a
+lock, so workers of one machine prepare it once; pip's progress is handed to a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from renderfarm.blenders import OLDEST_SUPPORTED, Blender, Version
+from renderfarm.errors import ResourceError
+
+logger = logging.getLogger(__name__)
+
+#: where prepared environments live (one folder per version asked for)
+CACHE_ENV = "RENDERFARM_BLENDERS"
+#: what an environment installs beside ``bpy`` (the worker's Blender process imports them)
+COMPANIONS = ("numpy<2", "OpenImageIO>=3.0,<3.1", "zstandard>=0.20")
+#: seconds pip may take to install one environment
+INSTALL_SECONDS = 1800
+
+
+def cache_root() -> Path:
+    """The folder of this machine's prepared environments."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "renderfarm" / \
+        "blenders"
+
+
+def own_blender() -> Blender | None:
+    """The ``bpy`` of this Python (the farm's own), without importing it."""
+    from importlib import metadata
+
+    try:
+        return Blender(Version.parse(metadata.version("bpy")), "bpy", sys.executable)
+    except (metadata.PackageNotFoundError, Exception):
+        return None
+
+
+def _python_of(folder: Path) -> Path:
+    return folder / "bin" / "python"
+
+
+def prepared() -> list[Blender]:
+    """The environments prepared on this machine that work (their ``blender.json``)."""
+    out = []
+    root = cache_root()
+    if not root.is_dir():
+        return out
+    for folder in sorted(root.glob("bpy-*")):
+        try:
+            facts = json.loads((folder / "blender.json").read_text())
+            out.append(Blender(Version.parse(facts["version"]), "bpy",
+                               str(_python_of(folder))))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being prepared, or broken: not offered
+    return out
+
+
+def local_blenders() -> list[Blender]:
+    """Every Blender this machine has now: the farm's own ``bpy`` first."""
+    own = own_blender()
+    return ([own] if own is not None else []) + [b for b in prepared()
+                                                  if own is None or b.path != own.path]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare(version: Version, progress: Callable[[str], None] | None = None) -> Blender:
+    """This machine's environment with ``bpy`` of ``version`` (``4.5``: its newest patch
+    release on the index), prepared now when it is not yet; ``progress`` gets pip's lines.
+
+    Raises:
+        ResourceError: the version is older than the farm supports, pip could not install
+            it (the message says what pip said), or it needs another Python.
+    """
+    if version.series < OLDEST_SUPPORTED:
+        raise ResourceError(f"Blender {version} is older than the oldest the farm renders "
+                            f"with ({OLDEST_SUPPORTED[0]}.{OLDEST_SUPPORTED[1]})")
+    for blender in local_blenders():
+        if blender.version.series == version.series and version.patch in (
+                None, blender.version.patch) and blender.path != sys.executable:
+            return blender
+    own = own_blender()
+    if own is not None and own.version.series == version.series and version.patch in (
+            None, own.version.patch):
+        return own
+    folder = cache_root() / f"bpy-{version}"
+    say = progress or (lambda line: logger.info("%s", line))
+    with _locked(folder.with_suffix(".lock")):
+        facts = folder / "blender.json"
+        if facts.is_file():  # another worker of this machine prepared it meanwhile
+            return Blender(Version.parse(json.loads(facts.read_text())["version"]), "bpy",
+                           str(_python_of(folder)))
+        shutil.rmtree(folder, ignore_errors=True)  # a half-made one
+        say(f"preparing Blender {version}: a Python environment in {folder}")
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True,
+                       capture_output=True)
+        wanted = f"bpy=={version}" if version.patch is not None else f"bpy=={version}.*"
+        _pip(folder, [wanted, *COMPANIONS], say, version)
+        found = subprocess.run([str(_python_of(folder)), "-c",
+                                "import bpy; print(bpy.app.version_string)"],
+                               capture_output=True, text=True, timeout=300)
+        if found.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ResourceError(f"Blender {version} was installed but does not start: "
+                                + (found.stderr.strip().splitlines() or ["?"])[-1])
+        exact = Version.parse(found.stdout.strip())
+        facts.write_text(json.dumps({"version": str(exact)}))
+        say(f"Blender {exact} is ready")
+        return Blender(exact, "bpy", str(_python_of(folder)))
+
+
+def _pip(folder: Path, packages: list[str], say: Callable[[str], None],
+         version: Version) -> None:
+    """Install ``packages`` into the environment, handing pip's lines to ``say``."""
+    command = [str(_python_of(folder)), "-m", "pip", "install", "--progress-bar", "off",
+               *packages]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as pip:
+        assert pip.stdout is not None
+        tail: list[str] = []
+        for line in pip.stdout:
+            line = line.rstrip()
+            if line:
+                tail = [*tail[-9:], line]
+                if line.startswith(("Collecting", "Downloading", "Installing",
+                                    "Successfully")):
+                    say(line)
+        code = pip.wait(INSTALL_SECONDS)
+    if code != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        listed = re.search(r"\(from versions: ([^)]*)\)", " ".join(tail))
+        if listed is not None:
+            raise ResourceError(
+                f"this machine's package index has no bpy {version} for Python {python} "
+                f"(it has: {listed.group(1) or 'none'}); Blender 5.1 and later ship for "
+                "Python 3.13 only: ask for a version it has")
+        raise ResourceError(f"pip could not install Blender {version} from this machine's "
+                            "package index: " + " | ".join(tail[-3:]))
