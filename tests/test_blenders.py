@@ -87,8 +87,8 @@ def test_a_choice_that_is_no_version_is_refused(want: str) -> None:
 
 @pytest.mark.blender
 @pytest.mark.ray
-def test_a_job_saved_by_another_series_is_told_so(farm, corpus: Path, make_scene,
-                                                  tmp_path: Path) -> None:
+def test_a_job_saved_by_an_unsupported_blender_is_told_what_renders_it(
+        farm, corpus: Path, make_scene, tmp_path: Path) -> None:
     from renderfarm.job import JobSpec
 
     old = corpus / "geometry-nodes" / "file_to_pack.blend"  # saved by Blender 2.93
@@ -97,7 +97,38 @@ def test_a_job_saved_by_another_series_is_told_so(farm, corpus: Path, make_scene
     ours = result.scene.blender  # the result names the Blender that rendered it
     assert ours.startswith("5.")
     warned = [w for w in result.warnings if "saved with Blender 2.93" in w]
-    assert warned and f"renders it with Blender {ours}" in warned[0], result.warnings
+    assert warned and f"renders with Blender {ours}" in warned[0], result.warnings
     fresh = make_scene(width=32, height=24, frames=1, samples=1)
     result = farm.render(JobSpec(str(fresh), frames="1", output=str(tmp_path / "n_####.png")))
     assert not [w for w in result.warnings if "saved with Blender" in w], result.warnings
+    assert result.scene.blender == ours
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+@pytest.mark.parametrize(("want", "says"), [
+    ("4.1", "no Blender 4.1"), ("4.5.99", "no bpy 4.5.99"), ("/opt/nowhere/blender",
+                                                              "no Blender of this farm")])
+def test_a_blender_the_farm_cannot_have_is_refused_before_rendering(
+        farm, make_scene, tmp_path: Path, want: str, says: str) -> None:
+    from renderfarm.job import JobSpec
+
+    blend = make_scene(width=32, height=24, frames=1, samples=1)
+    with pytest.raises(ResourceError) as caught:
+        farm.render(JobSpec(str(blend), frames="1", blender=want,
+                            output=str(tmp_path / "x_####.png")))
+    assert says in str(caught.value), caught.value
+    assert not list(tmp_path.glob("x_*"))
+
+
+def test_the_cli_lists_this_machines_blenders() -> None:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "renderfarm.cli", "blenders", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert listed[0]["kind"] == "bpy" and listed[0]["path"] == sys.executable
+    assert listed[0]["version"].startswith("5.")
