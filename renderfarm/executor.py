@@ -698,13 +698,14 @@ class WorkerPool:
         tasks from now on."""
         import ray
 
-        from renderfarm.tags import WorkerTags, node_tags
+        from renderfarm.tags import WorkerTags, node_tags, with_blenders
 
         answer = ray.get(ping)
         handle.node = answer["node"]
         handle.blenders = list(answer.get("blenders") or [])
-        handle.tags = next((node_tags(n) for n in ray.nodes()
-                            if n.get("NodeID") == handle.node), WorkerTags())
+        handle.tags = with_blenders(next((node_tags(n) for n in ray.nodes()
+                                          if n.get("NodeID") == handle.node), WorkerTags()),
+                                    [str(b.get("version")) for b in handle.blenders])
         handle.ready = True
 
     def capacity(self) -> int:

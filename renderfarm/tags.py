@@ -126,9 +126,40 @@ def _compare(have: str, op: str, want: str) -> bool:
             "<": a < b}[op]
 
 
+def with_blenders(worker: WorkerTags, versions: Sequence[str]) -> WorkerTags:
+    """``worker`` with the Blenders its machine has as its ``blender`` property
+    (``4.2.23,5.0.1``), which ``--require blender>=4.5`` or ``blender=4.2`` reads."""
+    if not versions:
+        return worker
+    return WorkerTags(worker.tags, {**worker.props, "blender": ",".join(versions)})
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    parts = text.strip().split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) and parts else None
+
+
+def _has_blender(have: str, op: str, want: str) -> bool:
+    """Whether one of the worker's Blenders (``have``: ``4.2.23,5.0.1``) compares to
+    ``want`` as ``op`` says; ``4.2`` stands for every 4.2 release."""
+    wanted = _version(want)
+    if wanted is None:
+        return False
+    for version in filter(None, (_version(v) for v in have.split(","))):
+        mine = version[:len(wanted)]
+        if {"=": mine == wanted, "!=": mine != wanted, ">=": mine >= wanted,
+                "<=": mine <= wanted, ">": mine > wanted, "<": mine < wanted}[op]:
+            return True
+    return False
+
+
 def satisfies(worker: WorkerTags, requirements: tuple[Requirement, ...]) -> bool:
     """Whether a worker meets every term."""
     for term in requirements:
+        if term.key == "blender":
+            if not _has_blender(worker.props.get("blender", ""), term.op, term.value):
+                return False
+            continue
         if term.key == "tag":
             has = term.value in worker.tags
             if (term.op == "=" and not has) or (term.op == "!=" and has) \

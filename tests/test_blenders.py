@@ -132,3 +132,14 @@ def test_the_cli_lists_this_machines_blenders() -> None:
     listed = json.loads(done.stdout)
     assert listed[0]["kind"] == "bpy" and listed[0]["path"] == sys.executable
     assert listed[0]["version"].startswith("5.")
+
+
+@pytest.mark.parametrize(("require", "meets"), [
+    ("blender=4.2", True), ("blender=4.5", False), ("blender>=4.5", True),
+    ("blender=5.0.1", True), ("blender<4.2", False), ("blender>5.0.1", False)])
+def test_workers_carry_their_blenders_for_require(require: str, meets: bool) -> None:
+    from renderfarm.tags import WorkerTags, parse_requirements, satisfies, with_blenders
+
+    worker = with_blenders(WorkerTags(frozenset({"fx"})), ["5.0.1", "4.2.23"])
+    assert worker.props["blender"] == "5.0.1,4.2.23" and worker.tags == {"fx"}
+    assert satisfies(worker, parse_requirements(require)) is meets
