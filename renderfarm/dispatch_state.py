@@ -83,6 +83,8 @@ class JobAdded:
         backups: whether lagging calls get a backup copy on an idle worker.
         batch: the most tasks one call may carry (several when the job's worker code takes
             a list of tasks; a call then lasts about :data:`CALL_SECONDS`).
+        paused: the job was paused before it was dispatched.
+        cancelled: the job was cancelled before it was dispatched (it gets nothing).
     """
 
     job_id: str
@@ -93,6 +95,8 @@ class JobAdded:
     require: tuple[Requirement, ...] = ()
     backups: bool = True
     batch: int = 1
+    paused: bool = False
+    cancelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,11 +173,13 @@ class WorkerLoaded:
 
 @dataclass(frozen=True)
 class WorkerLost:
-    """A worker is gone (its node left, it failed to start, something replaced it): its
-    running call fails with ``error``, its queued calls go back to their jobs."""
+    """A worker was seen gone at ``now`` (its node left, it failed to start, something
+    replaced it): its running call fails with ``error``, its queued calls go back to their
+    jobs."""
 
     worker_id: str
     error: RenderFarmError
+    now: float
 
 
 @dataclass(frozen=True)
@@ -214,10 +220,11 @@ class CallFailed:
 
 @dataclass(frozen=True)
 class CallNotStarted:
-    """Starting a call failed before it reached the worker (the job's code raised: a
-    :class:`JobFaulted` follows)."""
+    """Starting a call failed at ``now`` before it reached the worker (the job's code
+    raised: a :class:`JobFaulted` follows)."""
 
     call_id: int
+    now: float
 
 
 @dataclass(frozen=True)
@@ -470,13 +477,28 @@ class DispatchState:
 
     # -- jobs ------------------------------------------------------------------------------
     def _job_added(self, event: JobAdded) -> list[Instruction]:
+        earlier = self.jobs.get(event.job_id)
+        if earlier is not None:  # an earlier run of the job still has calls: they stay its
+            self._rename(earlier, f"{event.job_id}#{next(self._call_ids)}")
         self.jobs[event.job_id] = JobSlot(
             event.job_id, event.key, event.work, event.priority, event.timeout,
-            tuple(event.require), event.backups, max(1, event.batch))
+            tuple(event.require), event.backups, max(1, event.batch), paused=event.paused,
+            cancelled=event.cancelled)
         if self.lost is not None:
             self.jobs[event.job_id].fault = self.lost
             return [EndJob(event.job_id, event.work, self.lost)]
         return []
+
+    def _rename(self, job: JobSlot, name: str) -> None:
+        """Keep an earlier run of a job, done taking tasks, under ``name``."""
+        del self.jobs[job.job_id]
+        for call in self.calls.values():
+            if call.job_id == job.job_id:
+                call.job_id = name
+        job.job_id = name
+        job.removed = True
+        self.jobs[name] = job
+        self._forget_if_idle(job)
 
     def _job_removed(self, event: JobRemoved) -> list[Instruction]:
         job = self.jobs.get(event.job_id)
@@ -569,7 +591,7 @@ class DispatchState:
         slot = self.workers.pop(event.worker_id, None)
         if slot is None:
             return []
-        return self._empty_queue(slot, event.error, None)
+        return self._empty_queue(slot, event.error, event.now)
 
     def _worker_disabled(self, event: WorkerDisabled) -> list[Instruction]:
         slot = self.workers.get(event.worker_id)
@@ -604,7 +626,7 @@ class DispatchState:
                 continue
             self._end_call(call)
             job = self.jobs.get(call.job_id)
-            if job is None or call.dropped or job.fault is not None:
+            if job is None or call.dropped or job.fault is not None or job.cancelled:
                 continue
             if call.started is None:
                 out += [Requeue(call.call_id, job.job_id, job.work, task)
@@ -677,6 +699,8 @@ class DispatchState:
             if event.worker_died:
                 out += self._drop_worker(call.worker_id, event.error,
                                          event.error.one_line(), event.now)
+            else:  # cancelled, or failed: the call behind it starts now
+                self._next_starts(call.worker_id, event.now)
         else:
             if job is not None and job.fault is None:
                 out += self._fail(call, job, event.error, event.now)
@@ -691,6 +715,7 @@ class DispatchState:
         call = self.calls.get(event.call_id)
         if call is not None:
             self._end_call(call)
+            self._next_starts(call.worker_id, event.now)
         return []
 
     def _cluster_lost(self, event: ClusterLost) -> list[Instruction]:

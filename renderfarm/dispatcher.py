@@ -177,10 +177,12 @@ class PoolRunner:
 
     def add(self, job_id: str, key: str, port: JobPort, priority: int = 0,
             timeout: float | None = None, require: tuple[Requirement, ...] = (),
-            backups: bool = True, batch: int = 1) -> JobControls:
+            backups: bool = True, batch: int = 1, paused: bool = False,
+            cancelled: bool = False) -> JobControls:
         """Serve a job's tasks (see :class:`~renderfarm.dispatch_state.JobAdded`); what its
         caller changes goes through the returned controls."""
-        self.post(JobAdded(job_id, key, port, priority, timeout, require, backups, batch))
+        self.post(JobAdded(job_id, key, port, priority, timeout, require, backups, batch,
+                           paused, cancelled))
         return JobControls(self, job_id)
 
     def remove(self, job_id: str, error: BaseException | None = None) -> None:
@@ -246,11 +248,13 @@ class PoolRunner:
                 self._apply([ClusterLost(self.pool.lost)])
                 raise self.pool.lost
             events, acks = self._drain()
-            events += self._sync_workers()
-            events.append(Tick(time.monotonic()))
-            self._apply(events)
-            for ack in acks:
-                ack.set()
+            try:
+                events += self._sync_workers()
+                events.append(Tick(time.monotonic()))
+                self._apply(events)
+            finally:
+                for ack in acks:
+                    ack.set()
             if not self.state.waiting():
                 if self.closing:
                     return
@@ -259,6 +263,10 @@ class PoolRunner:
                     self.wake.clear()
                     continue
             refs = list(self._call_of)
+            if not refs:  # calls whose start failed: nothing to wait on
+                self.wake.wait(self.poll)
+                self.wake.clear()
+                continue
             ready, rest = ray.wait(refs, num_returns=1, timeout=self.poll)
             if ready:
                 more, _ = ray.wait(rest, num_returns=len(rest), timeout=0) if rest else ([], [])
@@ -279,9 +287,13 @@ class PoolRunner:
                 self._ports[event.job_id] = event.work  # type: ignore[assignment]
             elif isinstance(event, WorkerSuspect):  # what the worker list shows
                 self.pool.suspect(event.worker_id, event.reason)
-            elif isinstance(event, WorkerDisabled) and event.worker_id in self.pool.workers:
-                self.pool.set_enabled(event.worker_id, event.reason is None,
-                                      event.reason or "")
+            elif isinstance(event, WorkerDisabled):
+                try:
+                    self.pool.set_enabled(event.worker_id, event.reason is None,
+                                          event.reason or "")
+                except InputError:  # gone meanwhile (replaced by another thread)
+                    logger.debug("worker %s is gone; nothing to enable or disable",
+                                 event.worker_id)
 
     def _sync_workers(self) -> list[Event]:
         """What changed in the pool since the last round: workers created, started, gone."""
@@ -304,7 +316,7 @@ class PoolRunner:
         for worker_id in [w for w in known if w not in handles]:
             events.append(WorkerLost(worker_id, WorkerDiedError(
                 f"worker {worker_id} went away (its node left the cluster, or it was "
-                "replaced); the task is retried on another worker")))
+                "replaced); the task is retried on another worker"), time.monotonic()))
         return events
 
     def _outcome(self, ref: Any) -> Event:
@@ -358,24 +370,27 @@ class PoolRunner:
         try:
             self._do(instruction)
         except Exception as exc:
-            if job_id is None:
-                raise
+            if job_id is None:  # replacing or cancelling failed (Ray going away): go on
+                logger.exception("%s failed", type(instruction).__name__)
+                return None
             logger.warning("job %s: %s failed: %s", job_id, type(instruction).__name__, exc)
             return JobFaulted(job_id, exc, time.monotonic())
         return None
 
     def _do(self, instruction: Instruction) -> None:  # noqa: C901 - one branch per kind
         if isinstance(instruction, StartCall):
-            handle = self._handles[instruction.worker_id]
             try:
+                handle = self._handles[instruction.worker_id]
                 ref = self._port(instruction).call(handle, instruction.tasks)
+                if isinstance(ref, (list, tuple)):
+                    ref = ref[0] if ref else None
+                if ref is None:
+                    raise RuntimeError("the job started no call (its call gave no result)")
+                self._call_of[ref] = instruction.call_id
             except Exception:
-                self.state.handle(CallNotStarted(instruction.call_id))
+                self.state.handle(CallNotStarted(instruction.call_id, time.monotonic()))
                 raise
-            if isinstance(ref, (list, tuple)):
-                ref = ref[0]
             self._refs[instruction.call_id] = ref
-            self._call_of[ref] = instruction.call_id
             if instruction.backup_of is not None:
                 logger.info("task %s lags: backup copy on %s",
                             getattr(instruction.tasks[0], "task_id", "?"),
@@ -442,6 +457,8 @@ class PoolRunner:
                               else None)
         for call_id in [c for c in self._refs if c not in state.calls]:
             self._forget_ref(call_id)
+        for call_id in [c for c in self._values if c not in state.calls]:
+            del self._values[call_id]  # a losing copy that ended with its winner
         for job_id in [j for j in self._ports if j not in state.jobs]:
             del self._ports[job_id]
         for worker_id in [w for w in self._handles if w not in state.workers

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -237,17 +237,14 @@ class JobHandle:
         :meth:`report` read."""
         self._run = run
 
-    def follow(self, controls: Controls) -> None:
-        """From now on, cancel, pause and priority go to ``controls`` (the job's dispatcher);
-        what was set before is handed on at once."""
+    def follow(self, dispatch: Callable[[int | None, bool, bool], Controls]) -> None:
+        """Dispatch the job: ``dispatch(priority, paused, cancelled)`` hands it to its
+        dispatcher with what its caller set so far (``priority`` None: none was set) and
+        returns where cancel, pause and priority go from now on; no change falls between
+        the two."""
         with self._lock:
-            self._controls = controls
-            if self._priority is not None:
-                controls.set_priority(self._priority)
-            if self._paused.is_set():
-                controls.pause()
-            if self._cancel.is_set():
-                controls.cancel()
+            self._controls = dispatch(self._priority, self._paused.is_set(),
+                                      self._cancel.is_set())
 
     def emit(self, event: Event) -> None:
         """Hand an event of the job to :meth:`events`."""

@@ -357,13 +357,15 @@ class JobRun:
         if self.resume is not None:
             self._take_resume(self.resume)
         self.runner = runner
-        controls = runner.add(
-            self.handle.job_id, key, entries, priority=self.priority,
-            timeout=spec.task_timeout or self.farm.config.default_task_timeout,
-            require=require)
-        self.handle.follow(controls)  # cancel, pause and priority go to the dispatcher
+        timeout = spec.task_timeout or self.farm.config.default_task_timeout
+        # with what its caller set meanwhile; then cancel, pause and priority go there
+        self.handle.follow(lambda priority, paused, cancelled: runner.add(
+            self.handle.job_id, key, entries,
+            priority=self.priority if priority is None else priority, timeout=timeout,
+            require=require, paused=paused, cancelled=cancelled))
         try:
             self._wait(entries, runner)
+            entries.follow_up()  # what choosing its last tasks decided
         finally:  # a failed merge ended it: its running calls stop
             runner.remove(self.handle.job_id, error=self.fault or self.fatal)
         self.assembler.wait()  # errors are recorded in self.fatal

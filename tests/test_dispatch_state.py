@@ -263,6 +263,7 @@ def test_cancel_stops_running_calls_and_cancels_queued_ones() -> None:
     a_calls = starts(out)
     state.handle(JobAdded("b", "fb", b))
     out = state.handle(JobCancelled("a", 3.0))
+    assert of_kind(out, Requeue) == []  # nothing goes back to the cancelled job
     failed = of_kind(out, FailTask)
     assert {f.call_id for f in failed} == {c.call_id for c in a_calls if c in a_calls[::2]}
     assert all(isinstance(f.error, CancelledError) and f.ended == 3.0 for f in failed)
@@ -325,7 +326,7 @@ def test_a_worker_gone_without_a_word_gives_its_calls_back() -> None:
     started_workers(state, "w1")
     running, queued = starts(state.handle(JobAdded("a", "f", job), Tick(0.0)))
     lost = WorkerDiedError("worker w1 went away")
-    out = state.handle(WorkerLost("w1", lost))
+    out = state.handle(WorkerLost("w1", lost, 3.0))
     assert [f.call_id for f in of_kind(out, FailTask)] == [running.call_id]
     assert [r.call_id for r in of_kind(out, Requeue)] == [queued.call_id]
     assert of_kind(out, ReplaceWorker) == []  # it is gone already
@@ -375,7 +376,7 @@ def test_a_call_that_could_not_start_frees_its_slot() -> None:
     state = DispatchState(depth=1)
     started_workers(state, "w1")
     call = starts(state.handle(JobAdded("a", "f", Job("a", 4)), Tick(0.0)))[0]
-    state.handle(CallNotStarted(call.call_id))
+    state.handle(CallNotStarted(call.call_id, 1.0))
     assert state.workers["w1"].queue == [] and not state.calls
 
 
@@ -474,3 +475,144 @@ def test_a_backup_question_that_raises_ends_only_its_job() -> None:
     out = state.handle(WorkerJoined("w2"), WorkerStarted("w2"), Tick(5.0))
     assert [e.job_id for e in of_kind(out, EndJob)] == ["a"]
     assert not starts(out) and call.call_id not in state.calls
+
+
+def lagging_call(state: DispatchState, job: Job, **added: Any) -> StartCall:
+    """Job ``a`` with its pace known (1 s a task) and one call on ``w1`` started at 0; the
+    state then has an idle worker ``w2`` at the first tick after."""
+    started_workers(state, "w1")
+    call = starts(state.handle(JobAdded("a", "f", job, **added), Tick(0.0)))[0]
+    state.jobs["a"].durations = [1.0] * 5
+    return call
+
+
+def test_a_backup_needs_an_active_unpaused_job_that_takes_backups_and_the_worker() -> None:
+    cases = {"plain": ({}, None), "paused": ({}, JobPaused("a")),
+             "no backups": ({"backups": False}, None),
+             "require": ({"require": parse_requirements("tag=big")}, None)}
+    for name, (added, event) in cases.items():
+        state = DispatchState(depth=1)
+        job = Job("a", 1)
+        started_workers(state, "w1", tags={"w1": WorkerTags(frozenset({"big"}))})
+        call = starts(state.handle(JobAdded("a", "f", job, **added), Tick(0.0)))[0]
+        state.jobs["a"].durations = [1.0] * 5
+        if event is not None:
+            state.handle(event)
+        out = state.handle(WorkerJoined("w2"), WorkerStarted("w2"), Tick(5.0))
+        backups = [c for c in starts(out) if c.backup_of == call.call_id]
+        assert bool(backups) is (name == "plain"), name
+        if backups:
+            assert state.workers["w2"].loaded == "f"
+
+
+def test_a_call_not_lagging_long_enough_gets_no_backup() -> None:
+    state = DispatchState(depth=1)
+    job = Job("a", 1)
+    call = lagging_call(state, job)
+    state.jobs["a"].durations = [0.1] * 5  # 2x the median is 0.2 s, the floor is 1 s
+    out = state.handle(WorkerJoined("w2"), WorkerStarted("w2"), Tick(0.5))
+    assert [c for c in starts(out) if c.backup_of == call.call_id] == []
+    out = state.handle(Tick(1.5))
+    assert [c for c in starts(out) if c.backup_of == call.call_id]
+
+
+def test_the_worker_of_a_losing_copy_that_died_is_replaced() -> None:
+    state = DispatchState(depth=1)
+    job = Job("a", 1)
+    call = lagging_call(state, job)
+    backup = [c for c in starts(state.handle(WorkerJoined("w2"), WorkerStarted("w2"),
+                                             Tick(5.0))) if c.backup_of][0]
+    finish(state, backup, 6.0)
+    out = state.handle(CallFailed(call.call_id, 7.0, WorkerDiedError("w1 died")))
+    assert [r.worker_id for r in of_kind(out, ReplaceWorker)] == ["w1"]
+    assert of_kind(out, FailTask) == []  # nobody waited for that copy
+
+
+def test_the_call_behind_a_cancelled_losing_copy_starts_and_can_time_out() -> None:
+    state = DispatchState(depth=2)
+    job, other = Job("a", 1), Job("b", 4)
+    started_workers(state, "w1")
+    call = starts(state.handle(JobAdded("a", "f", job, timeout=10.0), Tick(0.0)))[0]
+    state.jobs["a"].durations = [1.0] * 5
+    backup = [c for c in starts(state.handle(WorkerJoined("w2"), WorkerStarted("w2"),
+                                             Tick(5.0))) if c.backup_of][0]
+    state.handle(JobAdded("b", "g", other, timeout=10.0))
+    queued = [c for c in starts(state.handle(Tick(5.5))) if c.worker_id == "w1"][0]
+    finish(state, backup, 6.0)  # the copy wins; the original on w1 is cancelled
+    from renderfarm.errors import RenderError
+
+    state.handle(CallFailed(call.call_id, 6.1, RenderError("cancelled"), worker_died=False))
+    assert state.calls[queued.call_id].started == 6.1
+    out = state.handle(Tick(17.0))  # over its 10 s since it started at 6.1
+    assert queued.call_id in [f.call_id for f in of_kind(out, FailTask)]
+
+
+def test_a_timeout_counts_each_task_of_a_call() -> None:
+    state = DispatchState(depth=1)
+    job = Job("a", 100)
+    started_workers(state, "w1")
+    state.handle(JobAdded("a", "f", job, timeout=0.01, batch=16))
+    now = 0.0
+    for _ in range(3):
+        call = starts(state.handle(Tick(now)))[0]
+        now += 0.001
+        finish(state, call, now)
+    call = starts(state.handle(Tick(now)))[0]
+    assert len(call.tasks) == 16
+    assert of_kind(state.handle(Tick(now + 0.15)), FailTask) == []  # under 16 x 0.01 s
+    assert len(of_kind(state.handle(Tick(now + 0.17)), FailTask)) == 16
+
+
+def test_a_faulted_jobs_queued_calls_are_cancelled_not_requeued() -> None:
+    state = DispatchState(depth=2)
+    job = Job("a", 4)
+    started_workers(state, "w1")
+    running, queued = starts(state.handle(JobAdded("a", "f", job), Tick(0.0)))
+    out = state.handle(JobFaulted("a", RuntimeError("its disk"), 1.0))
+    assert of_kind(out, Requeue) == [] and of_kind(out, FailTask) == []
+    assert [r.worker_id for r in of_kind(out, ReplaceWorker)] == ["w1"]
+    assert running.call_id not in state.calls and queued.call_id not in state.calls
+
+
+def test_a_worker_measured_slow_still_takes_a_task_only_it_may_run() -> None:
+    state = DispatchState(depth=1)
+    job = Job("a", 8)
+    job.exclusive = lambda worker, others: worker == "slow"  # type: ignore[method-assign]
+    started_workers(state, "fast1", "fast2", "slow")
+    state.handle(JobAdded("a", "f", job))
+    slot = state.jobs["a"]
+    slot.durations = [1.0] * 5
+    slot.paces = {"fast1": [1.0, 1.0], "fast2": [1.0, 1.0], "slow": [10.0, 10.0]}
+    out = state.handle(Tick(0.0))
+    assert "slow" in {c.worker_id for c in starts(out)}
+
+
+def test_a_job_paused_or_cancelled_before_dispatch_starts_nothing() -> None:
+    for added in ({"paused": True}, {"cancelled": True}):
+        state = DispatchState(depth=1)
+        started_workers(state, "w1")
+        out = state.handle(JobAdded("a", "f", Job("a", 4), **added), Tick(0.0))
+        assert starts(out) == [], added
+    out = state.handle(JobResumed("a"), Tick(1.0))
+    assert starts(out) == []  # cancelled stays cancelled
+
+
+def test_a_job_run_again_under_its_id_keeps_the_earlier_runs_calls_apart() -> None:
+    state = DispatchState(depth=1)
+    first, second = Job("a", 2), Job("a", 2)
+    started_workers(state, "w1", "w2")
+    calls = starts(state.handle(JobAdded("a", "f", first), Tick(0.0)))
+    state.handle(JobRemoved("a"), JobAdded("a", "f", second))
+    out = finish(state, calls[0], 1.0)
+    assert [d.work for d in of_kind(out, Deliver)] == [first]
+    out = state.handle(Tick(1.0))
+    assert {c.work for c in starts(out)} == {second}
+
+
+def test_a_lost_workers_running_call_is_billed_until_it_was_seen_gone() -> None:
+    state = DispatchState(depth=1)
+    started_workers(state, "w1")
+    call = starts(state.handle(JobAdded("a", "f", Job("a", 2)), Tick(0.0)))[0]
+    out = state.handle(WorkerLost("w1", WorkerDiedError("gone"), 490.0))
+    (failed,) = of_kind(out, FailTask)
+    assert (failed.call_id, failed.started, failed.ended) == (call.call_id, 0.0, 490.0)
