@@ -48,15 +48,15 @@ def _group_api(scene: Any) -> bool:
     return hasattr(scene, "compositing_node_group")
 
 
-def compositor_tree(scene: Any, create: bool = False) -> Any:
+def compositor_tree(scene: Any, create: bool = False, name: str = "Compositor") -> Any:
     """The scene's compositor node tree, or None when it has none (4.x: none while
     ``use_nodes`` is off). ``create``: give the scene a new, empty one (5.0: a node group
-    with an Image output; 4.x: its own tree, cleared) and return it."""
+    called ``name`` with an Image output; 4.x: its own tree, cleared) and return it."""
     if create:
         if _group_api(scene):
             import bpy
 
-            tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
+            tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
             tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
             scene.compositing_node_group = tree
             return tree

@@ -459,7 +459,7 @@ class BlenderSession:
         import _cycles  # type: ignore[import-not-found]
         import bpy
 
-        from renderfarm.merge import PartSource, channel_prefixes, compose_parts, to_single_part
+        from renderfarm.merge import PartSource, channel_prefixes, to_single_part
 
         scene = self.scene
         single, denoised, final = (f"{merged}.{name}.exr" for name in
@@ -495,7 +495,7 @@ class BlenderSession:
                 else:
                     parts.append(PartSource(part, Path(merged), part))
         try:
-            compose_parts(Path(final), parts)
+            _compose_as(Path(merged), Path(final), parts)
         finally:
             os.remove(denoised)
         return final
@@ -506,7 +506,7 @@ class BlenderSession:
         tree reads the frame through Image nodes where it had Render Layers nodes, written by
         Blender in ``file_format`` (a multilayer EXR also keeps the frame's passes, after the
         ``Composite`` part, as Blender writes it)."""
-        from renderfarm.merge import PartSource, compose_parts, image_size, part_names
+        from renderfarm.merge import PartSource, channel_prefixes, image_size, part_names
 
         original = self.scene
         scene = original.copy()
@@ -551,9 +551,13 @@ class BlenderSession:
             os.replace(written, target)
             return
         parts = [PartSource("Composite.Combined", Path(written), "Composite.Combined")]
-        parts += [PartSource(name, Path(source), name) for name in part_names(Path(source))]
+        names = part_names(Path(source))
+        if len(names) == 1:  # Blender 4's layout: every pass in one part
+            names = sorted(channel_prefixes(Path(source)))
+        parts += [PartSource(name, Path(source), name) for name in names]
         try:
-            compose_parts(Path(target), parts, self._exr_encoding())
+            _compose_as(Path(source), Path(target), parts, self._exr_encoding(),
+                        Path(written))
         finally:
             os.remove(written)
 
@@ -618,12 +622,30 @@ class BlenderSession:
         return scene
 
 
+def _compose_as(like: Path, target: Path, parts: list[Any],
+                encoding: tuple[str, str] | None = None, header: Path | None = None) -> None:
+    """:func:`~renderfarm.merge.compose_parts`, laid out as Blender laid out ``like`` (a
+    frame merged from its pieces): a part per pass (Blender 5), or every channel in one part
+    (Blender 4 writes multilayer EXRs so) whose header is ``header``'s when given (else the
+    first part's)."""
+    from renderfarm.merge import compose_parts, part_names, to_single_part
+
+    if len(part_names(like)) > 1:
+        compose_parts(target, parts, encoding)
+        return
+    parted = target.with_name(f"{target.name}.parts.exr")
+    try:
+        compose_parts(parted, parts, encoding)
+        to_single_part(parted, target, header)
+    finally:
+        parted.unlink(missing_ok=True)
+
+
 def _show_one_image(scene: Any, name: str) -> Any:
     """Give ``scene`` a compositor (a new node tree called ``name``) that shows one Image
     node's image as it is: full size, no border, one view, square pixels, nothing from the
     sequencer. Returns the Image node."""
-    tree = compat.compositor_tree(scene, create=True)
-    tree.name = name
+    tree = compat.compositor_tree(scene, create=True, name=name)
     node = tree.nodes.new("CompositorNodeImage")
     tree.links.new(node.outputs["Image"], compat.output_socket(tree))
     render = scene.render
