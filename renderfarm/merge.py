@@ -265,12 +265,13 @@ def read_layers(path: Path) -> dict[str, np.ndarray]:
         inp.close()
 
 
-def to_single_part(source: Path, target: Path) -> None:
+def to_single_part(source: Path, target: Path, header: Path | None = None) -> None:
     """Write every channel of a multi-part EXR into one part (for Cycles' standalone denoiser,
-    which reads only the first part of a file).
+    which reads only the first part of a file; as Blender 4 writes multilayer EXRs).
 
     The header keeps the first part's attributes and every ``cycles.*`` attribute of the others
-    (the denoiser needs ``cycles.<layer>.samples``).
+    (the denoiser needs ``cycles.<layer>.samples``); ``header``: a file whose first part's
+    attributes come first (a single-part file Blender wrote for the same frame).
     """
     oiio = _oiio()
     inp = _open(source)
@@ -286,11 +287,22 @@ def to_single_part(source: Path, target: Path) -> None:
         first = layout[0]
         spec = oiio.ImageSpec(first.width, first.height, len(names), oiio.FLOAT)
         spec.channelnames = tuple(names)
+        given = []
+        if header is not None:
+            head = _open(header)
+            try:
+                given = [attr for attr in head.spec().extra_attribs
+                         if attr.name not in _PIECE_ATTRIBUTES and attr.name != "name"]
+            finally:
+                head.close()
+        for attr in given:
+            spec.attribute(attr.name, attr.type, attr.value)
         for part in layout:
             for attr in part.extra_attribs:
                 if attr.name in _PIECE_ATTRIBUTES or attr.name == "name":
                     continue
-                if part is first or attr.name.startswith("cycles."):
+                if (part is first or attr.name.startswith("cycles.")) and \
+                        spec.getattribute(attr.name) is None:
                     spec.attribute(attr.name, attr.type, attr.value)
     finally:
         inp.close()

@@ -8,6 +8,7 @@ import os
 import re
 from typing import Any
 
+from renderfarm.blender import compat
 from renderfarm.blender.output import own_output, switched_output
 from renderfarm.job import OUTPUT_SETTING_NAMES, SceneInfo
 
@@ -24,10 +25,8 @@ def _uses_sequencer(scene: Any) -> bool:
     sequencer on: sound strips give a video its audio and leave the image to the render)."""
     if not scene.render.use_sequencer or scene.sequence_editor is None:
         return False
-    strips = getattr(scene.sequence_editor, "strips_all", None)
-    if strips is None:
-        strips = getattr(scene.sequence_editor, "sequences_all", [])
-    return any(not s.mute and s.type != "SOUND" for s in strips)
+    return any(not s.mute and s.type != "SOUND"
+               for s in compat.all_strips(scene.sequence_editor))
 
 
 def _compositor_changes_image(scene: Any) -> bool:
@@ -35,7 +34,7 @@ def _compositor_changes_image(scene: Any) -> bool:
     render = scene.render
     if not render.use_compositing:
         return False
-    tree = getattr(scene, "compositing_node_group", None)
+    tree = compat.compositor_tree(scene)
     if tree is None:
         return False
     for node in tree.nodes:
@@ -52,7 +51,7 @@ def compositor_blocker(scene: Any) -> str | None:
     The farm replaces each Render Layers node with an image of the merged frame; nodes that
     read other scenes' renders or the render result directly cannot be fed that way.
     """
-    tree = getattr(scene, "compositing_node_group", None)
+    tree = compat.compositor_tree(scene)
     if tree is None:
         return None
     for node in _all_nodes(tree):
@@ -130,8 +129,8 @@ def scene_info(scene: Any) -> SceneInfo:
                 render.border_max_y),
         crop_to_border=bool(render.use_crop_to_border),
         samples=int(cycles.samples) if is_cycles else None,
-        sample_subset=((int(cycles.sample_offset), int(cycles.sample_subset_length))
-                       if is_cycles and cycles.use_sample_subset else None),
+        sample_subset=(compat.sample_subset(cycles)[1:]
+                       if is_cycles and compat.sample_subset(cycles)[0] else None),
         adaptive_sampling=bool(is_cycles and cycles.use_adaptive_sampling),
         denoising=denoise,
         motion_blur=bool(render.use_motion_blur),
@@ -184,7 +183,7 @@ def file_output_nodes(scene: Any) -> list[Any]:
     """The compositor's File Output nodes that write files when the scene renders (not
     muted, compositing on; inside node groups too), in the tree's order (a node's index
     names its files on the way back from a worker)."""
-    tree = getattr(scene, "compositing_node_group", None)
+    tree = compat.compositor_tree(scene)
     if tree is None or not scene.render.use_compositing:
         return []
     found: list[Any] = []
@@ -210,9 +209,10 @@ def node_folder(node: Any) -> str:
     """The folder a File Output node's files land in, as the file says it (``//``
     relative to the ``.blend``): its directory joined with the folders of its file name
     (``sub/depth_####``, ``../up_####``)."""
-    folder = node.directory or "//"
+    directory, file_name = compat.file_output_location(node)
+    folder = directory or "//"
     prefix = "//" if folder.startswith("//") else ""
-    inner = os.path.join(folder[len(prefix):], os.path.dirname(node.file_name))
+    inner = os.path.join(folder[len(prefix):], os.path.dirname(file_name))
     inner = os.path.normpath(inner) if inner else ""
     inner = "" if inner == "." else inner
     return prefix + inner + ("/" if inner and not inner.endswith("/") else "")

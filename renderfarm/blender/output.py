@@ -7,9 +7,9 @@ Only this package imports ``bpy``; these functions take Blender objects and chan
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
+from renderfarm.blender import compat
 from renderfarm.job import PIECE_FORMAT, VIDEO_FRAME_FORMAT
 
 logger = logging.getLogger(__name__)
@@ -18,10 +18,6 @@ logger = logging.getLogger(__name__)
 #: Blender accepts them: the format first, then what the format allows)
 OUTPUT_SETTINGS = ("media_type", "file_format", "color_mode", "color_depth", "compression",
                    "quality", "exr_codec", "tiff_codec", "use_preview", "use_exr_interleave")
-
-#: the media type Blender's Output properties show for a file format
-_MEDIA_TYPES = {"OPEN_EXR_MULTILAYER": "MULTI_LAYER_IMAGE", "FFMPEG": "VIDEO"}
-
 
 def own_output(scene: Any) -> dict[str, Any]:
     """The scene's own output settings, as saved in its file (before the farm changes them
@@ -75,16 +71,14 @@ def set_output_format(scene: Any, file_format: str) -> None:
     """
     settings = scene.render.image_settings
     if file_format == PIECE_FORMAT:
-        settings.media_type = "MULTI_LAYER_IMAGE"
-        settings.file_format = "OPEN_EXR_MULTILAYER"
+        compat.set_file_format(settings, "OPEN_EXR_MULTILAYER")
         settings.color_depth = "32"
         settings.exr_codec = "ZIP"
         settings.views_format = "INDIVIDUAL"  # a file per view, packed into one piece
         scene.render.use_stamp = False
         return
     if file_format == VIDEO_FRAME_FORMAT:
-        settings.media_type = "IMAGE"
-        settings.file_format = "OPEN_EXR"
+        compat.set_file_format(settings, "OPEN_EXR")
         settings.color_depth = "32"
         settings.color_mode = "RGBA"
         settings.exr_codec = "ZIP"
@@ -93,8 +87,7 @@ def set_output_format(scene: Any, file_format: str) -> None:
         return
     if settings.file_format == file_format:
         return
-    settings.media_type = _MEDIA_TYPES.get(file_format, "IMAGE")
-    settings.file_format = file_format
+    compat.set_file_format(settings, file_format)
 
 
 def switched_output(own: dict[str, Any], file_format: str) -> dict[str, Any]:
@@ -111,22 +104,13 @@ def switched_output(own: dict[str, Any], file_format: str) -> dict[str, Any]:
         bpy.data.scenes.remove(scene)
 
 
-def _last_part(path: str) -> str:
-    return re.split(r"[/\\]", path)[-1]
-
-
 def number_frames(node: Any) -> None:
     """Make a File Output node name its files as Render Animation does when the farm renders
     one frame as a still: a path whose file name (the node's file name, and an item's name
     for a format of one file per input) has no ``#`` gets the frame appended, four digits at
     least, so ``//passes/pass_`` with items ``depth`` and ``normal`` writes
-    ``pass_depth0001.exr`` and ``pass_normal0001.exr`` at frame 1 (a still render writes
-    ``pass_depth.exr`` for every frame). ``#`` in the node's folder is left as it is, as
-    Blender leaves it; the last ``#`` run of a file name is the frame, as in Blender."""
-    if node.format.media_type == "MULTI_LAYER_IMAGE":  # one file for every input
-        if "#" not in _last_part(node.file_name):
-            node.file_name += "####"
-        return
-    for item in node.file_output_items:
-        if "#" not in _last_part(node.file_name + item.name):
-            item.name += "####"
+    ``pass_depth0001.exr`` and ``pass_normal0001.exr`` at frame 1 (a still render of Blender
+    5 writes ``pass_depth.exr`` for every frame; Blender 4 numbers them itself). ``#`` in the
+    node's folder is left as it is, as Blender leaves it; the last ``#`` run of a file name
+    is the frame, as in Blender."""
+    compat.number_frames(node)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from renderfarm.blender import compat
+
 
 @dataclass(frozen=True)
 class SceneRecipe:
@@ -232,22 +234,8 @@ def apply_setting(scene: Any, item: str) -> None:
 
 
 def _compositor_tree(scene: Any) -> Any:
-    """A new compositor node tree with an Image output, made the scene's."""
-    import bpy
-
-    tree = bpy.data.node_groups.new("Compositor", "CompositorNodeTree")
-    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-    scene.compositing_node_group = tree
-    return tree
-
-
-def _multiply(nodes: Any, factor: float) -> Any:
-    """A Mix node that multiplies colours A and B by ``factor``."""
-    mix = nodes.new("ShaderNodeMix")
-    mix.data_type = "RGBA"
-    mix.blend_type = "MULTIPLY"
-    mix.inputs["Factor"].default_value = factor
-    return mix
+    """A new, empty compositor node tree, made the scene's."""
+    return compat.compositor_tree(scene, create=True)
 
 
 def _scene_time(scene: Any) -> None:
@@ -256,15 +244,13 @@ def _scene_time(scene: Any) -> None:
     nodes, links = tree.nodes, tree.links
     layers = nodes.new("CompositorNodeRLayers")
     time = nodes.new("CompositorNodeSceneTime")
-    scale = nodes.new("ShaderNodeMath")
-    scale.operation = "DIVIDE"
+    scale = compat.math_node(tree, "DIVIDE")
     scale.inputs[1].default_value = 10.0
-    mix = _multiply(nodes, 1.0)
-    output = nodes.new("NodeGroupOutput")
+    _mix, a, b, result = compat.mix_node(tree, "MULTIPLY", 1.0)
     links.new(time.outputs["Frame"], scale.inputs[0])
-    links.new(layers.outputs["Image"], mix.inputs["A"])
-    links.new(scale.outputs[0], mix.inputs["B"])
-    links.new(mix.outputs["Result"], output.inputs[0])
+    links.new(layers.outputs["Image"], a)
+    links.new(scale.outputs[0], b)
+    links.new(result, compat.output_socket(tree))
     scene.render.use_compositing = True
 
 
@@ -272,21 +258,15 @@ def _file_output(scene: Any) -> None:
     """Render Layers -> Composite, and the Depth pass to a File Output node writing
     ``//passes/depth_####`` as a 32-bit OpenEXR."""
     scene.view_layers[0].use_pass_z = True
-    tree = scene.compositing_node_group
+    tree = compat.compositor_tree(scene)
     if tree is None:
         tree = _compositor_tree(scene)
         layers = tree.nodes.new("CompositorNodeRLayers")
-        output = tree.nodes.new("NodeGroupOutput")
-        tree.links.new(layers.outputs["Image"], output.inputs[0])
+        tree.links.new(layers.outputs["Image"], compat.output_socket(tree))
     layers = next(n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers")
-    node = tree.nodes.new("CompositorNodeOutputFile")
-    node.directory = "//passes/"
-    node.file_name = "depth_####"
-    node.format.media_type = "IMAGE"
-    node.format.file_format = "OPEN_EXR"
+    node = compat.new_file_output(tree, "//passes/", "depth_####", "OPEN_EXR",
+                                  [("FLOAT", "Depth")])
     node.format.color_depth = "32"
-    node.file_output_items.clear()
-    node.file_output_items.new("FLOAT", "Depth")
     tree.links.new(layers.outputs["Depth"], node.inputs[0])
     scene.render.use_compositing = True
 
@@ -298,18 +278,15 @@ def _file_output_nested(scene: Any) -> None:
     import bpy
 
     _file_output(scene)
-    tree = scene.compositing_node_group
+    tree = compat.compositor_tree(scene)
     first = next(n for n in tree.nodes if n.bl_idname == "CompositorNodeOutputFile")
-    first.file_name = "../up_####"
+    compat.set_file_output_location(first, compat.file_output_location(first)[0],
+                                    "../up_####")
     group = bpy.data.node_groups.new("depth out", "CompositorNodeTree")
     group.interface.new_socket("Depth", in_out="INPUT", socket_type="NodeSocketFloat")
     inputs = group.nodes.new("NodeGroupInput")
-    node = group.nodes.new("CompositorNodeOutputFile")
-    node.directory, node.file_name = "//grp/", "sub/g_####"
-    node.format.media_type, node.format.file_format = "IMAGE", "OPEN_EXR"
+    node = compat.new_file_output(group, "//grp/", "sub/g_####", "OPEN_EXR", [("FLOAT", "Z")])
     node.format.color_depth = "16"
-    node.file_output_items.clear()
-    node.file_output_items.new("FLOAT", "Z")
     group.links.new(inputs.outputs[0], node.inputs[0])
     holder = tree.nodes.new("CompositorNodeGroup")
     holder.node_tree = group
@@ -340,19 +317,12 @@ def _file_output_forms(scene: Any) -> None:
     layer.use_pass_z = layer.use_pass_normal = True
     tree = _compositor_tree(scene)
     layers = tree.nodes.new("CompositorNodeRLayers")
-    output = tree.nodes.new("NodeGroupOutput")
-    tree.links.new(layers.outputs["Image"], output.inputs[0])
+    tree.links.new(layers.outputs["Image"], compat.output_socket(tree))
     for folder, name, file_format, items in FILE_OUTPUT_FORMS:
-        node = tree.nodes.new("CompositorNodeOutputFile")
-        node.directory, node.file_name = folder, name
-        node.format.media_type = ("MULTI_LAYER_IMAGE" if file_format == "OPEN_EXR_MULTILAYER"
-                                  else "IMAGE")
-        node.format.file_format = file_format
+        node = compat.new_file_output(tree, folder, name, file_format,
+                                      [("FLOAT", items[0]), ("VECTOR", items[1])])
         if file_format == "PNG":
             node.format.color_mode = "RGB"
-        node.file_output_items.clear()
-        node.file_output_items.new("FLOAT", items[0])
-        node.file_output_items.new("VECTOR", items[1])
         tree.links.new(layers.outputs["Depth"], node.inputs[0])
         tree.links.new(layers.outputs["Normal"], node.inputs[1])
     scene.render.use_compositing = True
@@ -392,7 +362,7 @@ def _sound(scene: Any) -> None:
                 struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
                 for i in range(rate)))
         editor = scene.sequence_editor_create()
-        strip = editor.strips.new_sound("tone", path, 1, 1)
+        strip = compat.top_strips(editor).new_sound("tone", path, 1, 1)
         strip.sound.pack()
     bpy.data.sounds[strip.sound.name].filepath = "//tone.wav"
     scene.render.ffmpeg.audio_codec = "AAC"
@@ -452,18 +422,16 @@ def _compositor(scene: object) -> None:
     for name, value in (("Distortion", 0.05), ("Dispersion", 0.02)):
         if name in lens.inputs:
             lens.inputs[name].default_value = value
-    falloff = nodes.new("ShaderNodeMath")
-    falloff.operation = "MULTIPLY"
+    falloff = compat.math_node(tree, "MULTIPLY")
     falloff.inputs[1].default_value = 0.1
-    mix = _multiply(nodes, 0.5)
-    output = nodes.new("NodeGroupOutput")
+    _mix, a, b, result = compat.mix_node(tree, "MULTIPLY", 0.5)
     links.new(layers.outputs["Image"], glare.inputs["Image"])
     links.new(glare.outputs["Image"], blur.inputs["Image"])
     links.new(blur.outputs["Image"], lens.inputs["Image"])
     links.new(layers.outputs["Depth"], falloff.inputs[0])
-    links.new(lens.outputs["Image"], mix.inputs["A"])
-    links.new(falloff.outputs[0], mix.inputs["B"])
-    links.new(mix.outputs["Result"], output.inputs[0])
+    links.new(lens.outputs["Image"], a)
+    links.new(falloff.outputs[0], b)
+    links.new(result, compat.output_socket(tree))
     scene.render.use_compositing = True  # type: ignore[attr-defined]
 
 
@@ -472,14 +440,11 @@ def output_settings(scene: Any, output: str | None) -> None:
     multilayer EXR)."""
     settings: Any = scene.render.image_settings
     if output is None:
-        settings.media_type = "MULTI_LAYER_IMAGE"
-        settings.file_format = "OPEN_EXR_MULTILAYER"
+        compat.set_file_format(settings, "OPEN_EXR_MULTILAYER")
         settings.color_depth = "32"
     else:
         parts = output.split(",")
-        settings.media_type = "MULTI_LAYER_IMAGE" if parts[0] == "OPEN_EXR_MULTILAYER" \
-            else "IMAGE"
-        settings.file_format = parts[0]
+        compat.set_file_format(settings, parts[0])
         if len(parts) > 1:
             settings.color_depth = parts[1]
         if len(parts) > 2:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from renderfarm.blender import compat
 from renderfarm.blender.files import open_blend
 from renderfarm.blender.output import (
     apply_output,
@@ -198,8 +199,7 @@ class BlenderSession:
         threads = render.threads if render.threads_mode == "FIXED" else (os.cpu_count() or 1)
         render.use_persistent_data = self._layers == 1 and threads != 1
         if render.engine == "CYCLES":
-            self._subset = (scene.cycles.use_sample_subset, scene.cycles.sample_offset,
-                            scene.cycles.sample_subset_length)
+            self._subset = compat.sample_subset(scene.cycles)
         self._denoise_layers = {}
         if settings.post_denoise and render.engine == "CYCLES" and scene.cycles.use_denoising:
             # render noisy, with what Cycles' standalone denoiser reads; the merged frame is
@@ -211,7 +211,8 @@ class BlenderSession:
                                                         layer.use_pass_vector)
                     layer.cycles.denoising_store_passes = True
                     layer.use_pass_vector = True
-        self._post_composite = settings.post_composite and scene.compositing_node_group is not None
+        self._post_composite = (settings.post_composite
+                                and compat.compositor_tree(scene) is not None)
         self._added_colour = []
         if settings.sample_chunks:
             for layer, kind in missing_colour_passes(self._info[settings.scene]):
@@ -266,11 +267,14 @@ class BlenderSession:
         render = scene.render
         scene.frame_set(task.frame)
         if task.samples is not None:
-            scene.cycles.use_sample_subset = True
-            scene.cycles.sample_offset, scene.cycles.sample_subset_length = task.samples
+            try:
+                compat.set_sample_subset(scene.cycles, (True, *task.samples))
+            except ValueError as exc:  # the planner gives such a Blender whole frames
+                raise RenderError(f"cannot render samples {task.samples[0]}+"
+                                  f"{task.samples[1]} of the frame: {exc}", frame=task.frame,
+                                  retryable=False) from exc
         elif render.engine == "CYCLES":  # the file's own subset (chunks of a job changed it)
-            (scene.cycles.use_sample_subset, scene.cycles.sample_offset,
-             scene.cycles.sample_subset_length) = self._subset
+            compat.set_sample_subset(scene.cycles, self._subset)
         if task.tiled:
             min_x, min_y, max_x, max_y = border_for(task.tile.render, task.size)
             render.use_border = True
@@ -413,16 +417,14 @@ class BlenderSession:
         node.frame_start, node.frame_duration, node.frame_offset = first, last - first + 1, 0
         restore_output(scene, self._own_output, "FFMPEG")
         if container is not None:  # -o shot.mp4: its container, a codec it takes
-            render.image_settings.media_type = "VIDEO"
-            render.image_settings.file_format = "FFMPEG"
+            compat.set_file_format(render.image_settings, "FFMPEG")
             render.ffmpeg.format = container
             _video_codec(render.ffmpeg)
         render.use_stamp = self._stamp
         # the frames hold what the sequencer made already; its sound strips give the
         # audio (Blender mixes sound only with the sequencer on)
         render.use_sequencer = True
-        editor = scene.sequence_editor
-        for strip in (editor.strips_all if editor is not None else ()):
+        for strip in compat.all_strips(scene.sequence_editor):
             if strip.type != "SOUND":
                 strip.mute = True
         render.resolution_x, render.resolution_y = image.size[:]
@@ -457,7 +459,7 @@ class BlenderSession:
         import _cycles  # type: ignore[import-not-found]
         import bpy
 
-        from renderfarm.merge import PartSource, channel_prefixes, compose_parts, to_single_part
+        from renderfarm.merge import PartSource, channel_prefixes, to_single_part
 
         scene = self.scene
         single, denoised, final = (f"{merged}.{name}.exr" for name in
@@ -493,7 +495,7 @@ class BlenderSession:
                 else:
                     parts.append(PartSource(part, Path(merged), part))
         try:
-            compose_parts(Path(final), parts)
+            _compose_as(Path(merged), Path(final), parts)
         finally:
             os.remove(denoised)
         return final
@@ -504,13 +506,13 @@ class BlenderSession:
         tree reads the frame through Image nodes where it had Render Layers nodes, written by
         Blender in ``file_format`` (a multilayer EXR also keeps the frame's passes, after the
         ``Composite`` part, as Blender writes it)."""
-        from renderfarm.merge import PartSource, compose_parts, image_size, part_names
+        from renderfarm.merge import PartSource, channel_prefixes, image_size, part_names
 
         original = self.scene
         scene = original.copy()
         scene.name = "renderfarm-composite"
         scene.render.use_stamp = self._stamp
-        tree = original.compositing_node_group.copy()  # File Output nodes write here too
+        tree = compat.copy_compositor_tree(original, scene)  # File Output nodes write here too
         image = _load_linear(source)
         written = f"{source}.composite{WRITE_EXTENSIONS[file_format]}"
 
@@ -529,7 +531,6 @@ class BlenderSession:
                                           path=source)
                     tree.links.new(socket, link.to_socket)
                 tree.nodes.remove(layers)
-            scene.compositing_node_group = tree
             render = scene.render
             render.use_compositing = True
             render.use_sequencer = False
@@ -550,9 +551,13 @@ class BlenderSession:
             os.replace(written, target)
             return
         parts = [PartSource("Composite.Combined", Path(written), "Composite.Combined")]
-        parts += [PartSource(name, Path(source), name) for name in part_names(Path(source))]
+        names = part_names(Path(source))
+        if len(names) == 1:  # Blender 4's layout: every pass in one part
+            names = sorted(channel_prefixes(Path(source)))
+        parts += [PartSource(name, Path(source), name) for name in names]
         try:
-            compose_parts(Path(target), parts, self._exr_encoding())
+            _compose_as(Path(source), Path(target), parts, self._exr_encoding(),
+                        Path(written))
         finally:
             os.remove(written)
 
@@ -596,13 +601,13 @@ class BlenderSession:
         image = _load_linear(source)
 
         def show() -> None:
-            scene.compositing_node_group.nodes["renderfarm-image"].image = image
+            compat.compositor_tree(scene).nodes["renderfarm-image"].image = image
             scene.render.resolution_x, scene.render.resolution_y = image.size[:]
             if frame is not None:  # the metadata's Frame, the stamp's frame number
                 _at_frame(scene, frame)
 
         with _named_as(self.scene, scene):  # metadata and stamp name the artist's scene
-            _write_composite(scene, scene.compositing_node_group, image, show, file_format,
+            _write_composite(scene, compat.compositor_tree(scene), image, show, file_format,
                              target, self._own_output)
 
     def _convert_scene(self) -> Any:
@@ -617,18 +622,32 @@ class BlenderSession:
         return scene
 
 
+def _compose_as(like: Path, target: Path, parts: list[Any],
+                encoding: tuple[str, str] | None = None, header: Path | None = None) -> None:
+    """:func:`~renderfarm.merge.compose_parts`, laid out as Blender laid out ``like`` (a
+    frame merged from its pieces): a part per pass (Blender 5), or every channel in one part
+    (Blender 4 writes multilayer EXRs so) whose header is ``header``'s when given (else the
+    first part's)."""
+    from renderfarm.merge import compose_parts, part_names, to_single_part
+
+    if len(part_names(like)) > 1:
+        compose_parts(target, parts, encoding)
+        return
+    parted = target.with_name(f"{target.name}.parts.exr")
+    try:
+        compose_parts(parted, parts, encoding)
+        to_single_part(parted, target, header)
+    finally:
+        parted.unlink(missing_ok=True)
+
+
 def _show_one_image(scene: Any, name: str) -> Any:
     """Give ``scene`` a compositor (a new node tree called ``name``) that shows one Image
     node's image as it is: full size, no border, one view, square pixels, nothing from the
     sequencer. Returns the Image node."""
-    import bpy
-
-    tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
-    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    tree = compat.compositor_tree(scene, create=True, name=name)
     node = tree.nodes.new("CompositorNodeImage")
-    output = tree.nodes.new("NodeGroupOutput")
-    tree.links.new(node.outputs["Image"], output.inputs[0])
-    scene.compositing_node_group = tree
+    tree.links.new(node.outputs["Image"], compat.output_socket(tree))
     render = scene.render
     render.use_compositing = True
     render.use_sequencer = False
@@ -713,7 +732,7 @@ def _write_composite(scene: Any, tree: Any, image: Any, setup: Any, file_format:
     finally:
         bpy.data.images.remove(image)
         bpy.data.scenes.remove(scene)
-        bpy.data.node_groups.remove(tree)
+        compat.remove_compositor_tree(tree)
     if not os.path.isfile(path):
         raise RenderError(f"Blender's compositor wrote no image at {path}", path=path)
 
@@ -724,7 +743,9 @@ def _load_linear(path: str) -> Any:
     import bpy
 
     image = bpy.data.images.load(path, check_existing=False)
-    image.colorspace_settings.name = bpy.data.colorspace.working_space
+    space = compat.working_space()
+    if space is not None:  # Blender 4 loads float images in its scene-linear space
+        image.colorspace_settings.name = space
     return image
 
 
@@ -738,8 +759,9 @@ def _redirect_file_outputs(scene: Any, root: str) -> list[str]:
 
     nodes = file_output_nodes(scene)
     for index, node in enumerate(nodes):
-        node.directory = os.path.join(root, str(index)) + os.sep
-        node.file_name = os.path.basename(node.file_name)
+        _directory, file_name = compat.file_output_location(node)
+        compat.set_file_output_location(node, os.path.join(root, str(index)) + os.sep,
+                                        os.path.basename(file_name))
         number_frames(node)  # each frame renders as a still: named as in an animation
     return [node.name for node in nodes]
 
