@@ -47,7 +47,8 @@ def test_a_valid_request_is_parsed() -> None:
      "have: field 'hashes' item 1 must be 64 lowercase hex digits"),
     (frames(op="have", hashes=["a" * 64] * (protocol.MAX_HASHES + 1)), "more than 10000 files"),
     (frames(op="list", states=["queued", "bogus"]),
-     "list: field 'states' item 1 \\('bogus'\\) is not a job state; known: queued"),
+     "list: field 'states' item 1 \\('bogus'\\) is not a job state \\(unknown states are "
+     "refused\\); known: queued"),
     (frames(op="submit", spec=[], filename="a.blend"), "field 'spec' must be object, not array"),
     (frames(op="submit", spec={}, filename=".."), "field 'filename' must be a plain file name"),
     (frames(op="fetch", job_id="j", frame=1, offset=0, length=0, name="a/../b.exr"),

@@ -66,7 +66,7 @@ Int = Annotated[int, Meta(ge=-MAX_INT, le=MAX_INT, description="a whole number",
     "problem": f"must be between {-MAX_INT} and {MAX_INT}"})]
 #: a count of bytes, an offset
 Count = Annotated[int, Meta(ge=0, le=MAX_INT, description="a number of bytes", extra={
-    "problem": f"must be 0 or more (and at most {MAX_INT})"})]
+    "problem": f"must be 0 or more: between 0 and {MAX_INT}"})]
 #: a job's priority
 Priority = Annotated[int, Meta(ge=-1000, le=1000, description="higher runs first; 0 is the "
                                "default", extra={"problem": "must be between -1000 and 1000"})]
@@ -91,7 +91,8 @@ RelativeName = Annotated[str, Meta(max_length=MAX_RELATIVE_NAME, pattern=RELATIV
                                    extra={"problem": RELATIVE_NAME_PROBLEM})]
 #: a job state
 State = Annotated[Literal[STATES], Meta(extra={
-    "problem": f"is not a job state; known: {', '.join(STATES)}"})]
+    "problem": f"is not a job state (unknown states are refused); known: "
+               f"{', '.join(STATES)}"})]
 #: hashes one ``have`` asks about
 Hashes = Annotated[list[Sha256], Meta(max_length=MAX_HASHES, extra={
     "problem": f"asks about more than {MAX_HASHES} files"})]
