@@ -9,8 +9,8 @@ was saved with another), a version (``4.5``, ``4.5.3``) or an executable's path.
 
 from __future__ import annotations
 
-import gzip
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,24 +67,31 @@ def header_version(head: bytes) -> Version | None:
     return Version(int(match.group(1)), int(match.group(2)))
 
 
+#: bytes of a file's start read to tell its version (enough for a compressed header)
+HEAD_BYTES = 4 * 1024 * 1024
+
+
+def version_of(start: bytes) -> Version | None:
+    """The Blender major.minor a ``.blend`` that begins with ``start`` names (plain, gzip or
+    zstd compressed; the start may be cut anywhere after the header), or None."""
+    head = start[:64]
+    try:
+        if start[:2] == b"\x1f\x8b":
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(start, 64)
+        elif start[:4] == b"\x28\xb5\x2f\xfd":
+            import zstandard
+
+            head = zstandard.ZstdDecompressor().decompressobj().decompress(start)[:64]
+    except Exception:  # a damaged file: Blender's own check says so later
+        return None
+    return header_version(head)
+
+
 def saved_with(path: str) -> Version | None:
     """The Blender major.minor that saved ``path`` (plain, gzip or zstd compressed), or None
     when it cannot be told."""
     with open(path, "rb") as handle:
-        head = handle.read(64)
-    if head[:2] == b"\x1f\x8b":
-        with gzip.open(path, "rb") as handle:
-            head = handle.read(64)
-    elif head[:4] == b"\x28\xb5\x2f\xfd":
-        try:
-            import zstandard
-
-            with open(path, "rb") as raw:
-                reader = zstandard.ZstdDecompressor().stream_reader(raw)
-                head = reader.read(64)
-        except Exception:  # a damaged or truncated file: Blender's own check says so later
-            return None
-    return header_version(head)
+        return version_of(handle.read(HEAD_BYTES))
 
 
 @dataclass(frozen=True)

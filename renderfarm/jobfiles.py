@@ -103,6 +103,17 @@ class JobFiles:
         self.ref = ray.put(self.files)
         return key
 
+    def head(self, size: int) -> bytes:
+        """The first ``size`` bytes of the job's ``.blend`` (from the farm's storage for a
+        bundle: the client's file may be gone)."""
+        if self.manifest is not None:
+            root = next(f for f in self.manifest.files if f.path == self.manifest.root)
+            key = storage_key(root.sha256)
+            storage = self._storage()
+            return bytes(storage.read(key, 0, min(size, storage.size(key))))
+        with open(self.spec.blend_file, "rb") as handle:
+            return handle.read(size)
+
     def check_missing(self, missing: Any, seen: Any = ()) -> None:
         """Fail the job naming each missing file, or warn per file when it allows them
         (files in ``seen`` were warned about already)."""

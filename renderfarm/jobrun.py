@@ -434,19 +434,10 @@ class JobRun:
         Raises:
             ResourceError: the farm cannot have the Blender the job asks for.
         """
-        from renderfarm.blenders import (
-            OLDEST_SUPPORTED,
-            Blender,
-            Version,
-            choose,
-            saved_with,
-        )
+        from renderfarm.blenders import OLDEST_SUPPORTED, Blender, Version, choose
 
         spec = self.spec
-        try:
-            saved = saved_with(spec.blend_file)
-        except OSError:
-            saved = None
+        saved = self._saved_with()
         offers = {(b["version"], b["kind"], b["path"]): None
                   for h in pool.ready for b in h.blenders}
         have = [Blender(Version.parse(v), k, p) for v, k, p in offers]
@@ -479,15 +470,24 @@ class JobRun:
                   + (f" (the file was saved with {saved})" if saved is not None else ""))
         return ("" if chosen in own else str(chosen)), choice.warning is not None
 
+    def _saved_with(self) -> Any:
+        """The Blender major.minor that saved the job's file (None: it cannot be told)."""
+        from renderfarm.blenders import HEAD_BYTES, version_of
+
+        try:
+            return version_of(self.files.head(HEAD_BYTES)) if self.files else None
+        except (OSError, RenderFarmError, StopIteration):
+            return None
+
     def _check_blender(self, info: SceneInfo) -> None:
         """Warn when the job's file was saved by another Blender series than the farm's:
         its frames may differ from what the artist's Blender writes."""
-        from renderfarm.blenders import Version, saved_with
+        from renderfarm.blenders import Version
 
+        saved = self._saved_with()
         try:
-            saved = saved_with(self.spec.blend_file)
             ours = Version.parse(info.blender) if info.blender else None
-        except (OSError, RenderFarmError):
+        except RenderFarmError:
             return
         if saved is not None and ours is not None and saved.series != ours.series:
             newer = saved.series > ours.series

@@ -1,0 +1,135 @@
+"""Each job renders with the Blender its file was saved with: scenes built by ``bpy`` 4.2 LTS
+and 4.5 LTS (each in the environment the farm prepares itself from the package index, as a
+worker does on first use) render through the farm, tiled and whole, into files equal to that
+Blender's own; jobs of two Blenders run at once on the same workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from renderfarm.blenders import Blender, Version
+from renderfarm.job import JobSpec
+from tests.filecompare import differences
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Blender's own render of one frame, with the scene's own output settings
+REFERENCE = """
+import bpy, sys
+path, out, frame = sys.argv[-3], sys.argv[-2], int(sys.argv[-1])
+bpy.ops.wm.open_mainfile(filepath=path)
+scene = bpy.context.scene
+scene.frame_set(frame)
+scene.render.filepath = out
+bpy.ops.render.render(write_still=True)
+"""
+
+
+@pytest.fixture(scope="module", params=["4.2", "4.5"])
+def blender(request: pytest.FixtureRequest) -> Blender:
+    """The environment of that Blender, prepared (once per machine) as a worker would."""
+    from renderfarm.blender_envs import prepare
+
+    return prepare(Version.parse(request.param), progress=print)
+
+
+def run_in(blender: Blender, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([blender.path, *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def scene_of(blender: Blender, folder: Path, *options: str) -> Path:
+    """A scene built by ``blender``'s own ``bpy`` (renderfarm's deterministic demo)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"made-by-{blender.version}.blend"
+    run_in(blender, "-m", "renderfarm.blender.scenes", str(path), "--width", "64", "--height",
+           "48", "--samples", "8", "--frames", "2", *options)
+    return path
+
+
+def own_render(blender: Blender, blend: Path, folder: Path, frame: int,
+               extension: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "reference.py"
+    script.write_text(REFERENCE)
+    out = folder / f"own_{frame:04d}{extension}"
+    run_in(blender, str(script), "--", str(blend), str(out), str(frame))
+    return out
+
+
+@pytest.mark.parametrize("tiles", [(2, 2), (1, 1)])
+@pytest.mark.parametrize(("output", "extension"), [("PNG,8,RGBA", ".png"), (None, ".exr")])
+def test_a_scene_renders_with_the_blender_that_saved_it(
+        farm, blender: Blender, tmp_path: Path, tiles: tuple[int, int], output: str | None,
+        extension: str) -> None:
+    blend = scene_of(blender, tmp_path, *(["--output", output] if output else ["--passes"]))
+    result = farm.render(JobSpec(str(blend), frames="1-2", tiles=tiles,
+                                 output=str(tmp_path / "farm" / f"f_####{extension}")))
+    assert result.scene.blender == str(blender.version)
+    assert not [w for w in result.warnings if "saved with Blender" in w], result.warnings
+    for frame in (1, 2):
+        want = own_render(blender, blend, tmp_path / "own", frame, extension)
+        assert differences(result.outputs[frame], want) == [], (frame, tiles)
+
+
+def test_jobs_of_two_blenders_run_at_once(farm, tmp_path: Path, make_scene) -> None:
+    from renderfarm.blender_envs import prepare
+
+    old = prepare(Version(4, 2))
+    made_old = scene_of(old, tmp_path, "--output", "PNG,8,RGBA")
+    made_new = make_scene(width=64, height=48, frames=2, samples=8)
+    jobs = [farm.submit(JobSpec(str(blend), frames="1-2", tiles=(2, 1),
+                                output=str(tmp_path / name / "f_####.png")))
+            for name, blend in (("old", made_old), ("new", made_new))]
+    results = [job.result(timeout=300) for job in jobs]
+    assert results[0].scene.blender == str(old.version)
+    assert results[1].scene.blender.startswith("5.")
+    # the same workers ran both (each keeps a Blender process per Blender it renders with)
+    assert {t.worker for t in results[0].renders} & {t.worker for t in results[1].renders}
+    for frame in (1, 2):
+        want = own_render(old, made_old, tmp_path / "own", frame, ".png")
+        assert differences(results[0].outputs[frame], want) == []
+
+
+def test_the_worker_list_names_each_workers_blenders(farm, blender: Blender) -> None:
+    farm.runner("cpu")
+    listed = farm.workers()
+    assert listed and all(w["blenders"] and w["blenders"][0].startswith("5.")
+                          for w in listed)
+
+
+def test_through_the_service_with_the_file_gone_after_submit(blender: Blender,
+                                                            tmp_path: Path) -> None:
+    """``renderfarm serve``: a client submits a scene made by ``blender`` and deletes it; the
+    farm renders it with that Blender (tiled) and the fetched frames are its own."""
+    import shutil
+
+    from tests.conftest import ServerProcess
+
+    made = scene_of(blender, tmp_path / "made", "--output", "PNG,8,RGBA")
+    sent = tmp_path / "sent" / made.name
+    sent.parent.mkdir()
+    shutil.copy(made, sent)
+    server = ServerProcess(tmp_path / "state", None, "--workers", "2").start()
+    try:
+        with server.client() as client:
+            job_id = client.submit(sent, {"frames": "1-2", "tiles": [2, 2],
+                                          "output": "shot_####.png"})
+            sent.unlink()
+            job = client.wait(job_id, timeout=300)
+            assert job["state"] == "done", job
+            assert not [w for w in job["warnings"] if "Blender" in w], job["warnings"]
+            fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+    finally:
+        server.stop()
+    shutil.copy(made, sent)  # Blender's own render names the file it read: the same path
+    for frame in (1, 2):
+        want = own_render(blender, sent, tmp_path / "own", frame, ".png")
+        assert differences(fetched[frame], want) == [], frame
