@@ -407,6 +407,8 @@ class SceneInfo(_Json):
             scene-linear pieces use it to look like the written file.
         blender: the version of the Blender that read the scene (and renders it), as
             ``bpy.app.version_string`` says it (``5.0.1``); empty when unknown.
+        sample_ranges: whether that Blender's Cycles renders a range of a frame's samples
+            (its Sample Subset, Blender 4.5 and later): sample chunks need it.
     """
 
     scene: str
@@ -445,6 +447,7 @@ class SceneInfo(_Json):
     multilayer_output: dict[str, Any] = field(default_factory=dict)
     display: dict[str, Any] = field(default_factory=dict)
     blender: str = ""
+    sample_ranges: bool = True
 
     def multilayer_settings(self) -> dict[str, Any]:
         """The output settings a multilayer EXR of this scene is written with: the scene's

@@ -312,6 +312,9 @@ def chunk_blocker(scene: SceneInfo, final_format: str | None = None) -> str | No
         return stamp
     if scene.engine != "CYCLES":
         return f"{scene.engine} cannot render a subset of its samples"
+    if not scene.sample_ranges:
+        return (f"Blender {scene.blender or 'of this job'}'s Cycles cannot render a range of a "
+                "frame's samples (Sample Subset came in Blender 4.5)")
     if scene.adaptive_sampling:
         return ("adaptive sampling stops each sample range on its own noise, so the ranges "
                 "would not add up to the single render")

@@ -262,7 +262,9 @@ def test_split_by_samples_plans_ranges_per_piece() -> None:
 
 
 @pytest.mark.parametrize(("facts", "word"), [({"adaptive_sampling": True}, "adaptive"),
-                                             ({"engine": "BLENDER_EEVEE"}, "subset")])
+                                             ({"engine": "BLENDER_EEVEE"}, "subset"),
+                                             ({"sample_ranges": False, "blender": "4.2.23"},
+                                              "Blender 4.2.23's Cycles cannot render a range")])
 def test_sample_split_falls_back_with_a_warning(facts, word) -> None:
     plan = plan_job(JobSpec("a.blend", frames="1", chunks=4), scene(**facts))
     assert plan.chunks == 1 and len(plan.tasks) == 1 and word in plan.warnings[0]

@@ -154,6 +154,7 @@ def scene_info(scene: Any) -> SceneInfo:
         stamp=bool(render.use_stamp),
         display=display_of(scene),
         blender=_blender_version(),
+        sample_ranges=bool(cycles is not None and compat.has_sample_subset(cycles)),
         multilayer_output={} if render.image_settings.file_format == "OPEN_EXR_MULTILAYER"
         else {name: value for name, value in
               switched_output(own_output(scene), "OPEN_EXR_MULTILAYER").items()
