@@ -461,6 +461,8 @@ def format_report(report: dict[str, Any]) -> str:
             f" at {scene['fps']:g} fps",
             f"  camera: {scene['camera'] or 'NONE (cannot render; set a camera)'}",
         ]
+        if scene.get("blender"):
+            lines.append(f"  read by: Blender {scene['blender']}")
         if scene["use_border"]:
             lines.append(f"  border: {scene['border']} crop={scene['crop_to_border']}")
         if scene["samples"] is not None:
