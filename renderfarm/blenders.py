@@ -154,13 +154,11 @@ def choose(want: str, saved: Version | None, blenders: Sequence[Blender]) -> Cho
         if saved is None:
             return Choice(newest, "the Blender that saved the file cannot be told from its "
                           f"header; it renders with the farm's newest, {newest.version}")
-        if saved.series < OLDEST_SUPPORTED:
-            oldest = min((b for b in blenders if b.version.series >= OLDEST_SUPPORTED),
-                         key=lambda b: b.version, default=newest)
-            return Choice(oldest, f"the file was saved with Blender {saved}, older than the "
+        if saved.series < OLDEST_SUPPORTED:  # the newest: the same on every farm
+            return Choice(newest, f"the file was saved with Blender {saved}, older than the "
                           f"oldest the farm supports ({OLDEST_SUPPORTED[0]}."
-                          f"{OLDEST_SUPPORTED[1]}); it renders with Blender {oldest.version}, "
-                          "which opens it as Blender does an old file")
+                          f"{OLDEST_SUPPORTED[1]}); it renders with Blender {newest.version}, "
+                          "the farm's newest, which opens it as Blender does an old file")
         return Choice(_newest_of(saved, blenders, f"--blender auto (the file was saved with "
                                                   f"Blender {saved})"))
     if "/" in want or "\\" in want:

@@ -84,6 +84,10 @@ class WorkerCalls:
             if reply.get("need_blob"):
                 self.files.send_bytes()
                 continue
+            if (reply.get("error") or {}).get("type") == "WorkerDiedError":
+                logger.warning("Blender crashed on worker %s while opening %s (attempt %d)",
+                               handle.worker_id, path, attempt + 1)
+                continue  # the worker starts a new Blender for the next try
             info = scene_info_from(reply)
             self.loaded(handle.worker_id, blend_hash)
             self.account("inspect", handle, *busy_span(reply, started))

@@ -3,7 +3,7 @@ actor drives it: the same calls as :class:`~renderfarm.blender.session.BlenderSe
 sent over a pipe to the child, which keeps the scene loaded between them.
 
 A crash inside Blender (a segfault, an abort, the out-of-memory killer) ends the child only:
-the call fails with a retryable :class:`~renderfarm.errors.RenderError` that says so, and the
+the call fails with a retryable :class:`~renderfarm.errors.WorkerDiedError` that says so, and the
 next call starts a new child. Blender's output goes to the worker's log file (truncated by
 the actor before each task), so a failed task reports what Blender printed.
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from renderfarm.errors import RenderError
+from renderfarm.errors import WorkerDiedError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class BlenderProcess:
         """Run one session method in the child.
 
         Raises:
-            RenderError: Blender's process died during the call (retryable).
+            WorkerDiedError: Blender's process died during the call (retryable).
             Exception: what the method raised in the child.
         """
         connection = self._connection or self._start()
@@ -107,7 +107,7 @@ class BlenderProcess:
             status, value, state = connection.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             code = self._reap()
-            raise RenderError(
+            raise WorkerDiedError(
                 f"Blender's process died during {method} ({_signal_name(code)}): Blender "
                 "crashed or ran out of memory; the task is retried (its worker starts a new "
                 "Blender)", retryable=True) from exc
