@@ -37,6 +37,8 @@ def job_spec(scene: bpy.types.Scene, settings: Any) -> dict[str, Any]:
         spec["allow_missing"] = True
     if bpy.data.filepath:  # the File the outputs' metadata names: the artist's, not a copy
         spec["origin"] = bpy.data.filepath
+    # the farm renders with this very Blender (it prepares it, or says it cannot)
+    spec["blender"] = ".".join(str(part) for part in bpy.app.version)
     return spec
 
 

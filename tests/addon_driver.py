@@ -220,6 +220,7 @@ def scenario_packed(settings: dict[str, Any], job_id: str, out: Path) -> dict[st
     texture = [sha for path, sha in files.items() if path.endswith("/texture.png")]
     return {"name": root, "paint_packed": bool(paint and paint.packed_file),
             "texture_in_bundle": texture == [sha(out / "texture.png")],
+            "blender": spec.get("blender"), "own": ".".join(map(str, bpy.app.version)),
             "resolution_x": bpy.context.scene.render.resolution_x}
 
 

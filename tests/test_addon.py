@@ -171,6 +171,7 @@ def test_the_farm_gets_a_bundle_with_the_unsaved_edit(addon_run: dict[str, Any])
     assert run["resolution_x"] == 80  # the unsaved edit
     assert run["paint_packed"]  # an image painted and never saved is packed
     assert run["texture_in_bundle"]  # a file on disk travels in the bundle, by its hash
+    assert run["blender"] == run["own"]  # the farm renders with the artist's own Blender
 
 
 def test_file_output_files_land_in_the_project_as_blender_writes_them(
