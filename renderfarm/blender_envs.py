@@ -73,11 +73,90 @@ def prepared() -> list[Blender]:
     return out
 
 
+#: Blender executables of this machine besides the registered ones (``os.pathsep``-separated)
+EXECUTABLES_ENV = "RENDERFARM_BLENDER_EXECUTABLES"
+
+
+def _registry() -> Path:
+    return cache_root() / "executables.json"
+
+
+#: versions of executables already asked, by (path, modification time)
+_VERSIONS: dict[tuple[str, int], Version] = {}
+
+
+def executable_version(path: str) -> Version:
+    """The version of the Blender executable at ``path`` (``blender --version``, asked once
+    per build of it).
+
+    Raises:
+        ResourceError: it is not a Blender that runs here.
+    """
+    try:
+        key = (path, os.stat(path).st_mtime_ns)
+    except OSError as exc:
+        raise ResourceError(f"{path} is not a program that runs here ({exc.strerror})") \
+            from exc
+    if key in _VERSIONS:
+        return _VERSIONS[key]
+    try:
+        done = subprocess.run([path, "-b", "--factory-startup", "--version"],
+                              capture_output=True, text=True, timeout=120)
+    except OSError as exc:
+        raise ResourceError(f"{path} is not a program that runs here ({exc.strerror})") \
+            from exc
+    found = re.search(r"^Blender (\d+\.\d+(?:\.\d+)?)", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        raise ResourceError(f"{path} does not say it is Blender (blender --version: "
+                            f"{(done.stdout + done.stderr).strip()[:200]!r})")
+    _VERSIONS[key] = Version.parse(found.group(1))
+    return _VERSIONS[key]
+
+
+def executables() -> list[Blender]:
+    """The Blender executables this machine has: registered (``renderfarm blenders add
+    PATH``) and named in ``$RENDERFARM_BLENDER_EXECUTABLES``."""
+    found: dict[str, Blender] = {}
+    try:
+        for entry in json.loads(_registry().read_text()):
+            found[entry["path"]] = Blender(Version.parse(entry["version"]), "executable",
+                                           entry["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for path in os.environ.get(EXECUTABLES_ENV, "").split(os.pathsep):
+        if path and path not in found:
+            try:
+                found[path] = Blender(executable_version(path), "executable", path)
+            except ResourceError as exc:
+                logger.warning("%s: %s", EXECUTABLES_ENV, exc.one_line())
+    return [b for b in found.values() if os.access(b.path, os.X_OK)]
+
+
+def register(path: str) -> Blender:
+    """Add the Blender executable at ``path`` to this machine's Blenders.
+
+    Raises:
+        ResourceError: it is not a Blender that runs here.
+    """
+    path = os.path.abspath(path)
+    blender = Blender(executable_version(path), "executable", path)
+    with _locked(_registry().with_suffix(".lock")):
+        try:
+            entries = json.loads(_registry().read_text())
+        except (OSError, ValueError):
+            entries = []
+        entries = [e for e in entries if e.get("path") != path]
+        entries.append({"path": path, "version": str(blender.version)})
+        _registry().write_text(json.dumps(entries, indent=1))
+    return blender
+
+
 def local_blenders() -> list[Blender]:
     """Every Blender this machine has now: the farm's own ``bpy`` first."""
     own = own_blender()
     return ([own] if own is not None else []) + [b for b in prepared()
-                                                  if own is None or b.path != own.path]
+                                                  if own is None or b.path != own.path] \
+        + executables()
 
 
 @contextlib.contextmanager

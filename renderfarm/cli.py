@@ -234,7 +234,14 @@ def _blenders(args: argparse.Namespace) -> int:
 
     if args.action == "add":
         if not args.version:
-            raise InputError("renderfarm blenders add needs a version, e.g. 4.5 or 4.5.3")
+            raise InputError("renderfarm blenders add needs a version, e.g. 4.5 or 4.5.3, "
+                             "or the path of a Blender executable")
+        if os.sep in args.version:
+            from renderfarm.blender_envs import register
+
+            found = register(args.version)
+            print(f"Blender {found.version} ({found.kind}): {found.path}")
+            return 0
         found = prepare(Version.parse(args.version),
                         progress=lambda line: print(f"renderfarm: {line}", file=sys.stderr))
         print(f"Blender {found.version} ({found.kind}): {found.path}")

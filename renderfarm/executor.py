@@ -125,22 +125,28 @@ class BlenderWorker:
 
     def ping(self) -> dict[str, Any]:
         """Who and where this worker is, and the Blenders its machine has."""
+        return {"worker": self.worker_id, "node": self.node, "pid": os.getpid(),
+                "loaded": self.session.loaded_hash, "blenders": self.blenders()}
+
+    def blenders(self) -> list[dict[str, Any]]:
+        """The Blenders this worker's machine has now (``version``, ``kind``, ``path``)."""
         from renderfarm.blender_envs import local_blenders
 
-        return {"worker": self.worker_id, "node": self.node, "pid": os.getpid(),
-                "loaded": self.session.loaded_hash,
-                "blenders": [{"version": str(b.version), "kind": b.kind, "path": b.path}
-                             for b in local_blenders()]}
+        return [{"version": str(b.version), "kind": b.kind, "path": b.path}
+                for b in local_blenders()]
 
     def _session_for(self, blender: str) -> Any:
-        """The Blender process of the Blender ``blender`` names (its version; empty: this
-        worker's own ``bpy``), prepared on this machine on first use."""
+        """The Blender process of the Blender ``blender`` names (a version; the path of a
+        Blender executable; empty: this worker's own ``bpy``), prepared on this machine on
+        first use."""
         from renderfarm.blender_envs import own_blender, prepare
         from renderfarm.blenders import Version
         from renderfarm.worker_process import BlenderProcess
 
         if not blender:
             return self.session
+        if blender not in self._sessions and os.path.isabs(blender):
+            self._sessions[blender] = BlenderProcess(self._gpus, self.log, executable=blender)
         if blender not in self._sessions:
             own = own_blender()
             wanted = Version.parse(blender)

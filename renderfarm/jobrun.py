@@ -438,8 +438,15 @@ class JobRun:
 
         spec = self.spec
         saved = self._saved_with()
+        fresh: list[dict[str, Any]] = []
+        if self.calls is not None and any(h.blenders for h in pool.ready):
+            try:  # what a machine has now (registered or prepared since its workers started)
+                fresh = self.calls.blenders()
+            except Exception as exc:  # a worker that went away: what the workers said
+                logger.info("job %s: asking a worker for its Blenders failed: %s",
+                            self.handle.job_id, exc)
         offers = {(b["version"], b["kind"], b["path"]): None
-                  for h in pool.ready for b in h.blenders}
+                  for b in [*fresh, *(b for h in pool.ready for b in h.blenders)]}
         have = [Blender(Version.parse(v), k, p) for v, k, p in offers]
         own = {Version.parse(b["version"]) for h in pool.ready for b in h.blenders[:1]
                if b["path"] and b["kind"] == "bpy"}
@@ -468,6 +475,8 @@ class JobRun:
         chosen = choice.blender.version
         self.emit("info", message=f"renders with Blender {chosen}"
                   + (f" (the file was saved with {saved})" if saved is not None else ""))
+        if choice.blender.kind == "executable":  # workers run it by its path
+            return choice.blender.path, choice.warning is not None
         return ("" if chosen in own else str(chosen)), choice.warning is not None
 
     def _saved_with(self) -> Any:

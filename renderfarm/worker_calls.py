@@ -96,6 +96,14 @@ class WorkerCalls:
                              "damaged: open and save it again in Blender",
                              path=spec.blend_file, retryable=False)
 
+    def blenders(self) -> list[dict[str, Any]]:
+        """The Blenders a worker's machine has now (registered or prepared since the workers
+        started too)."""
+        import ray
+
+        handle = self.pool.preferred("")
+        return list(ray.get(handle.actor.blenders.remote(), timeout=120))
+
     def prepare_blender(self, version: str) -> dict[str, Any]:
         """Let a worker find or prepare Blender ``version`` on its machine (its other
         workers then find it ready; another machine's prepare it on their first task).

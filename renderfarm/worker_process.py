@@ -45,13 +45,15 @@ class BlenderProcess:
         gpus: the GPU ids Ray assigned to the worker (None: none).
         log: the file Blender's output goes to.
         python: the Python that runs the child (default: this one, whose ``bpy`` it imports).
+        executable: a Blender executable that runs the child instead (``blender -b``).
     """
 
     def __init__(self, gpus: Sequence[int] | None, log: str,
-                 python: str | None = None) -> None:
+                 python: str | None = None, executable: str | None = None) -> None:
         self.gpus = list(gpus) if gpus is not None else None
         self.log = log
         self.python = python or sys.executable
+        self.executable = executable
         #: the hash of the file the child has loaded (None: none, or no child)
         self.loaded_hash: str | None = None
         #: the device the child rendered its last task on
@@ -74,10 +76,17 @@ class BlenderProcess:
     def _start(self) -> Connection:
         ours, theirs = socket.socketpair()
         gpus = ",".join(map(str, self.gpus)) if self.gpus is not None else "-"
+        ours_args = [str(theirs.fileno()), gpus]
+        if self.executable:
+            from renderfarm.blender import child
+
+            command = [self.executable, "-b", "--factory-startup", "--python-exit-code", "1",
+                       "--python", child.__file__, "--", *ours_args]
+        else:
+            command = [self.python, "-m", "renderfarm.blender.child", *ours_args]
         with open(self.log, "ab") as output:
             self._child = subprocess.Popen(
-                [self.python, "-m", "renderfarm.blender.child", str(theirs.fileno()), gpus],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=output,
+                command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=output,
                 stderr=output, env=self._environment())
         theirs.close()
         self._connection = Connection(ours.detach())
@@ -87,11 +96,16 @@ class BlenderProcess:
     def _environment(self) -> dict[str, str]:
         """The child's environment: this one, with renderfarm importable from where this
         process imports it."""
+        import sysconfig
+
         import renderfarm
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(renderfarm.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # a Blender executable's Python: renderfarm, then this Python's packages after its own
+        env["RENDERFARM_CHILD_PATH"] = os.pathsep.join([root, sysconfig.get_paths()["purelib"],
+                                                        sysconfig.get_paths()["platlib"]])
         return env
 
     def call(self, method: str, *args: Any) -> Any:

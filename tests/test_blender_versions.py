@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,76 @@ def test_through_the_service_with_the_file_gone_after_submit(blender: Blender,
     for frame in (1, 2):
         want = own_render(blender, sent, tmp_path / "own", frame, ".png")
         assert differences(fetched[frame], want) == [], frame
+
+
+#: Debian's Blender package: the one Blender executable this machine can install (CI does)
+EXECUTABLE = "/usr/bin/blender"
+#: a Cycles scene as Blender 3.4 makes it (no denoise: Debian's build has no OpenImageDenoise)
+MAKE_34 = """
+import bpy, sys
+scene = bpy.context.scene
+scene.render.engine = "CYCLES"
+scene.cycles.samples = 8
+scene.cycles.device = "CPU"
+scene.cycles.use_adaptive_sampling = False
+scene.cycles.use_denoising = False
+scene.render.resolution_x, scene.render.resolution_y = 64, 48
+scene.render.resolution_percentage = 100
+scene.frame_start, scene.frame_end = 1, 2
+scene.render.image_settings.file_format = "PNG"
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1], compress=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def debian_blender(tmp_path_factory: pytest.TempPathFactory) -> Blender:
+    """Blender 3.4.1 from Debian's package, registered as ``renderfarm blenders add`` does."""
+    if not os.access(EXECUTABLE, os.X_OK):
+        pytest.fail(f"{EXECUTABLE} is missing: apt-get install blender (.ci/run does)")
+    done = subprocess.run([sys.executable, "-m", "renderfarm.cli", "blenders", "add",
+                           EXECUTABLE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Blender 3.4") and "(executable)" in done.stdout
+    from renderfarm.blender_envs import executables
+
+    return next(b for b in executables() if b.path == EXECUTABLE)
+
+
+def blender_b(*args: str) -> None:
+    done = subprocess.run([EXECUTABLE, "-b", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("tiles", [(2, 2), (1, 1)])
+def test_a_blender_executable_renders_as_its_own_render_animation(
+        farm, debian_blender: Blender, tmp_path: Path, tiles: tuple[int, int]) -> None:
+    """``--blender /usr/bin/blender``: the worker runs that Blender (``blender -b``) in its
+    Blender process; the files equal its own ``blender -b FILE -a``, tiled and whole."""
+    script = tmp_path / "make.py"
+    script.write_text(MAKE_34)
+    blend = tmp_path / "made-by-3.4.blend"
+    blender_b("--factory-startup", "--python", str(script), "--", str(blend))
+    result = farm.render(JobSpec(str(blend), frames="1-2", tiles=tiles, blender=EXECUTABLE,
+                                 output=str(tmp_path / "farm" / "f_####.png")))
+    assert result.scene.blender == "3.4.1"
+    blender_b(str(blend), "-o", str(tmp_path / "own" / "f_####"), "-a")
+    for frame in (1, 2):
+        assert differences(result.outputs[frame],
+                           tmp_path / "own" / f"f_{frame:04d}.png") == [], (frame, tiles)
+
+
+def test_what_a_blender_build_lacks_fails_the_job_at_once(farm, debian_blender: Blender,
+                                                          tmp_path: Path) -> None:
+    """Debian's Blender 3.4 has no OpenImageDenoise: a denoised scene fails with that
+    reason, not retried into a different frame (its own render fails the same way)."""
+    script = tmp_path / "make.py"
+    script.write_text(MAKE_34.replace("use_denoising = False", "use_denoising = True"))
+    blend = tmp_path / "denoised.blend"
+    blender_b("--factory-startup", "--python", str(script), "--", str(blend))
+    from renderfarm.errors import RenderError
+
+    with pytest.raises(RenderError, match="cannot render the scene.*OpenImageDenoise") as caught:
+        farm.render(JobSpec(str(blend), frames="1", blender=EXECUTABLE, denoise="render",
+                            output=str(tmp_path / "d_####.png")))
+    assert "--blender" in str(caught.value)

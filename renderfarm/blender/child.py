@@ -1,4 +1,6 @@
-"""Blender's own process under a worker: ``python -m renderfarm.blender.child FD [GPU,...]``.
+"""Blender's own process under a worker: ``python -m renderfarm.blender.child FD [GPU,...]``
+(a Python with ``bpy``), or ``blender -b --factory-startup --python child.py -- FD [GPU,...]``
+(a Blender executable, whose Python finds renderfarm through ``$RENDERFARM_CHILD_PATH``).
 
 The worker's Ray actor starts it (:class:`renderfarm.worker_process.BlenderProcess`) and
 drives it over the connection on file descriptor ``FD``: each message is ``(method, args)``
@@ -77,5 +79,20 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _find_renderfarm() -> None:
+    """In a Blender executable's Python (which ignores ``$PYTHONPATH``): renderfarm's folder
+    first, then the farm's own packages after Blender's (``$RENDERFARM_CHILD_PATH``: the
+    folder, then the packages, separated by ``os.pathsep``)."""
+    import os
+
+    paths = [p for p in os.environ.get("RENDERFARM_CHILD_PATH", "").split(os.pathsep) if p]
+    if paths:
+        sys.path.insert(0, paths[0])
+        sys.path.extend(p for p in paths[1:] if p not in sys.path)
+
+
 if __name__ == "__main__":
+    if "--" in sys.argv:  # run by a Blender executable: its own arguments come first
+        _find_renderfarm()
+        sys.exit(main(sys.argv[sys.argv.index("--") + 1:]))
     sys.exit(main(sys.argv[1:]))

@@ -295,6 +295,11 @@ class BlenderSession:
         try:
             bpy.ops.render.render(write_still=True, scene=scene.name)
         except RuntimeError as exc:
+            if "Build without" in str(exc):  # this Blender lacks what the scene uses: every
+                raise RenderError(  # try fails alike (or, worse, renders without it)
+                    f"this Blender cannot render the scene: {str(exc).strip()}; render with a "
+                    "Blender built with it (--blender), or turn that feature off in the scene",
+                    frame=task.frame, tile=task.tile.index, retryable=False) from exc
             raise RenderError(f"Blender failed to render: {exc}", frame=task.frame,
                               tile=task.tile.index) from exc
         seconds = time.perf_counter() - start
