@@ -258,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
                       f" tasks {entry['tasks_done']:<5} calls {entry.get('calls', 0):<5} "
                       f"failures {entry['failures']:<3} "
                       f"node {str(entry['node'])[:12]}"
+                      + (f" blender {','.join(entry['blenders'])}" if entry.get("blenders")
+                         else "")
                       + (f" now {entry['current']}" if entry.get("current") else "") + reason)
             return 0
         if args.command == "worker":

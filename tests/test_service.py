@@ -556,6 +556,9 @@ def test_requeue_renders_frames_again_into_the_same_outputs(
     workers = json.loads(listed.stdout)
     assert len(workers) == 2 and {w["device"] for w in workers} == {"CPU"}
     assert all(w["state"] in ("idle", "busy") for w in workers)
+    assert all(w["blenders"][0].startswith("5.") for w in workers)  # its machine's Blenders
+    plain = cli("workers", *args)
+    assert plain.returncode == 0 and " blender 5." in plain.stdout, plain.stdout
     refused = cli("worker", "disable", workers[0]["worker"], *args)
     assert refused.returncode == 3 and "administrators" in refused.stderr
     # a job no worker can take is refused at submit, naming what the workers offer

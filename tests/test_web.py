@@ -163,6 +163,7 @@ def test_status_page_lists_jobs_workers_and_preview(farm_server: ServerProcess, 
     assert again and "disabled" not in again.group(0) and "data-confirm" in again.group(0)
     listed = dom(f"{http}/workers", profile)
     assert "<th title=" in listed and ">calls</th>" in listed
+    assert re.search(r"<td class=[\"']blenders[\"']>5\.\d+\.\d+", listed), listed[-2000:]
     report = dom(f"{http}/report/{job_id}", profile)  # the web app's look, a way back
     assert f'<a href="/job/{job_id}">' in report and 'id="nav"' in report
     assert "#222" in report and "fill: currentColor" in report

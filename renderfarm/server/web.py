@@ -433,12 +433,14 @@ def workers_page(service: Any, caller: Caller, fragment: bool = False) -> bytes:
                     f"<td class='tasks'>{w['tasks_done']}</td>"
                     f"<td class='calls'>{w.get('calls', w['tasks_done'])}</td>"
                     f"<td>{w['failures']}</td>"
+                    f"<td class='blenders'>{e(', '.join(w.get('blenders') or []))}</td>"
                     f"<td>{e(w['reason'] or '')}</td><td>{buttons}</td></tr>")
     body = ("<h1>Workers</h1><table id='farm-workers'><tr><th>worker</th><th>state</th>"
             "<th>device</th><th>node</th><th>current task</th>"
             "<th title='tiles or frames it finished, as progress counts them'>tasks</th>"
             "<th title='worker calls: one call may render several grouped tiles'>calls</th>"
             "<th>failures</th>"
+            "<th title='the Blenders its machine has'>Blenders</th>"
             "<th>why</th><th></th>"
             "</tr>" + "".join(rows) + "</table>")
     if fragment:
