@@ -252,6 +252,7 @@ class JobRun:
                 result = self._run(start)
             finally:
                 self.finished_at = time.monotonic()
+                self.inbox.shutdown(wait=True)  # its pieces and hooks are in before it ends
         except RenderFarmError as exc:
             self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
                       message=exc.one_line(), data={"error": type(exc).__name__})
@@ -594,11 +595,19 @@ class JobRun:
         the ``on_result`` hook (the farm service keeps logs in its database)."""
         with self.lock:
             self.results.append(result)
-        if self.on_result is not None:
-            try:
-                self.on_result(result)
-            except Exception:  # bookkeeping must not stop the job
-                logger.exception("job %s: the result hook failed", self.handle.job_id)
+        if self.on_result is None:
+            return
+        try:  # on the job's own thread, never the dispatcher's (the hook writes a database)
+            self.inbox.submit(self._hand_on, result)
+        except RuntimeError:  # the job has ended (a late result): hand it on here
+            self._hand_on(result)
+
+    def _hand_on(self, result: TaskResult) -> None:
+        assert self.on_result is not None
+        try:
+            self.on_result(result)
+        except Exception:  # bookkeeping must not stop the job
+            logger.exception("job %s: the result hook failed", self.handle.job_id)
 
     def _check_size(self, info: SceneInfo) -> None:
         """Refuse a frame larger than the farm allows, before anything renders."""
@@ -805,10 +814,10 @@ class Entries:
         reply, data = value
         if not reply.get("ok"):
             error = reply.get("error") or {}
-            if error.get("need_blob"):
+            if error.get("need_blob"):  # its files go through Ray (read on the job's thread)
                 assert job.files is not None
-                job.files.send_bytes()
-                self.requeue(task)
+                files = job.files
+                self.take_later(lambda: (files.send_bytes(), self.requeue(task)))
                 return
             self.failed(handle, task, error_from(error), reply)
             return

@@ -128,3 +128,26 @@ def test_a_job_slow_to_store_its_pieces_slows_only_itself(farm, make_scene,
     assert finished_b - first_render < 8.0, finished_b - first_render
     a.result(timeout=180)  # and A ends well, only later
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["a_0001.exr", "a_0002.exr"]
+
+
+def test_no_hook_of_a_job_runs_on_the_dispatcher_thread(farm, make_scene,
+                                                        tmp_path: Path) -> None:
+    """The service's result hook writes a database: it runs on the job's own thread for
+    every call, kept, failed and retried alike (a slow database slows only that job)."""
+    import threading
+
+    blend = make_scene(width=48, height=32, frames=2, samples=2)
+    threads: list[str] = []
+    kinds: list[bool] = []
+
+    def hook(result: object) -> None:
+        threads.append(threading.current_thread().name)
+        kinds.append(bool(getattr(result, "ok", True)))
+
+    faults.arm_workers(FAULT_FILE, [faults.Fault("worker.render", times=1,
+                                                 match={"job_id": "hooked"})])
+    result = farm.submit(JobSpec(str(blend), tiles=(2, 1), output=str(tmp_path / "h_####.exr")),
+                         job_id="hooked", on_result=hook).result(timeout=180)
+    assert sorted(result.outputs) == [1, 2]
+    assert False in kinds and True in kinds, kinds  # a failed call and kept ones
+    assert threads and not [t for t in threads if "dispatch" in t], threads
