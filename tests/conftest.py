@@ -240,6 +240,7 @@ class ServerProcess:
                 return self
             except Exception:
                 time.sleep(0.5)
+        self.stop(9)  # not left running (with its Ray) behind the failed test
         pytest.fail(f"renderfarm serve did not answer in {timeout} s:\n"
                     f"{self.log.read_text()[-3000:]}")
 
