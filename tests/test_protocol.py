@@ -128,6 +128,7 @@ def test_job_state_transitions() -> None:
     assert transition("queued", "start") == "running"
     assert transition("running", "pause") == "paused"
     assert transition("paused", "resume") == "queued"
+    assert transition("paused", "continue") == "running"  # its run is alive: not queued
     assert transition("running", "requeue") == "queued"
     for ended in ("done", "failed", "cancelled"):
         with pytest.raises(ServiceError, match=f"cannot pause a job that is {ended}"):

@@ -175,11 +175,12 @@ class Operations:
 
     def _resume(self, request: protocol.Request, caller: Caller) -> dict[str, Any]:
         job_id = own(self._store, caller, request.fields["job_id"]).id
-        row = self._store.act(job_id, "resume")
         handle = self._live.handle(job_id)
-        if handle is not None:
+        if handle is not None:  # its run goes on: straight to running, never queued
+            row = self._store.act(job_id, "continue")
             handle.resume()
-            row = self._store.act(job_id, "start")
+        else:
+            row = self._store.act(job_id, "resume")
         self._publisher.event(Event("job_resumed", job_id), row)
         return {"job": row.to_dict()}
 

@@ -188,6 +188,14 @@ class Scheduler:
             return
         live = Live(handle, owner=job.client or LOCAL)
         self._live.add(job.id, live)
+        # paused or cancelled while it was being started (the request found no run to tell)
+        state = self._store.job(job.id).state
+        if state == "paused":
+            handle.pause()
+        elif state == "cancelled":
+            handle.cancel()
+        elif state == "queued":  # paused and resumed meanwhile: this run goes on
+            self._store.act(job.id, "start")
         self._recorder.follow(job.id, live)
 
     def jobs_lost(self, lives: list[tuple[str, Live]], problem: str) -> None:

@@ -132,6 +132,9 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
     ("running", "cancelled"): "cancelled",
     ("running", "requeue"): "queued",
     ("paused", "resume"): "queued",
+    # a paused job whose run is still alive goes on (never back through the queue, where
+    # the scheduler would start it a second time)
+    ("paused", "continue"): "running",
     ("paused", "cancel"): "cancelled",
     ("paused", "done"): "done",
     ("paused", "fail"): "failed",
