@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -421,10 +421,6 @@ class Call:
     def members(self) -> int:
         """How many of the job's tasks it stands for (grouped tiles count each)."""
         return sum(len(getattr(task, "members", (None,))) for task in self.tasks)
-
-
-def _task_name(task: Any) -> str:
-    return str(getattr(task, "task_id", task))
 
 
 class DispatchState:
@@ -906,16 +902,3 @@ class DispatchState:
         out.append(StartCall(copy.call_id, job.job_id, job.work, slot.worker_id, copy.tasks,
                              backup_of=original.call_id))
         return out
-
-
-def lag_of(state: DispatchState, call: Call, now: float) -> float:
-    """How many times its job's median a call has run (for messages)."""
-    job = state.jobs.get(call.job_id)
-    if job is None or not job.durations or call.started is None:
-        return 0.0
-    return (now - call.started) / max(job.typical(), 1e-6)
-
-
-def names(tasks: Iterable[Any]) -> str:
-    """The tasks of a call, for messages."""
-    return ", ".join(_task_name(t) for t in tasks)
