@@ -1,10 +1,13 @@
 """The Blenders of this machine: the ``bpy`` of the farm's own Python, and ``bpy`` of other
 versions in virtual environments the farm prepares itself from the package index the machine
 is set up with (``pip``'s own configuration), cached per machine and shared by its workers.
+A version whose ``bpy`` is built for another Python (Blender 5.1 and later: 3.13) gets an
+environment of that Python, found as ``python3.13`` on ``$PATH`` or named in
+``$RENDERFARM_PYTHONS``; a machine without one says so.
 
 An environment is a folder ``bpy-X.Y[.Z]`` of the cache (``$RENDERFARM_BLENDERS``, default
-``~/.cache/renderfarm/blenders``) holding a virtual environment with ``bpy``, ``numpy<2``,
-OpenImageIO and zstandard (what a worker's Blender process imports), and ``blender.json``
+``~/.cache/renderfarm/blenders``) holding a virtual environment with ``bpy`` (and what it
+needs; the worker's Blender process imports nothing else), and ``blender.json``
 naming the version it imports, written once the environment works. Preparing one takes a
 lock, so workers of one machine prepare it once; pip's progress is handed to a callback.
 """
@@ -23,15 +26,18 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from renderfarm.blenders import OLDEST_SUPPORTED, Blender, Version
+from renderfarm.blenders import OLDEST_SUPPORTED, Blender, Version, python_for
 from renderfarm.errors import ResourceError
 
 logger = logging.getLogger(__name__)
 
 #: where prepared environments live (one folder per version asked for)
 CACHE_ENV = "RENDERFARM_BLENDERS"
-#: what an environment installs beside ``bpy`` (the worker's Blender process imports them)
-COMPANIONS = ("numpy<2", "OpenImageIO>=3.0,<3.1", "zstandard>=0.20")
+#: what an environment of Blender 4.2 to 5.0 installs beside ``bpy``: the numpy it was built
+#: for (``bpy`` 4.2 asks for any numpy; 2.x breaks it)
+COMPANIONS = ("numpy<2",)
+#: Pythons of this machine besides ``python3.X`` on ``$PATH`` (``os.pathsep``-separated)
+PYTHONS_ENV = "RENDERFARM_PYTHONS"
 #: seconds pip may take to install one environment
 INSTALL_SECONDS = 1800
 
@@ -159,6 +165,49 @@ def local_blenders() -> list[Blender]:
         + executables()
 
 
+def python_version(path: str) -> tuple[int, int] | None:
+    """The major.minor of the Python at ``path``, or None when it is not one that runs."""
+    try:
+        done = subprocess.run([path, "-c", "import sys; print(*sys.version_info[:2])"],
+                              capture_output=True, text=True, timeout=60)
+        major, minor = done.stdout.split()
+        return int(major), int(minor)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def find_python(want: tuple[int, int]) -> str | None:
+    """A Python ``want`` (major, minor) of this machine: this one, one named in
+    ``$RENDERFARM_PYTHONS``, or ``python3.X`` on ``$PATH``; None when it has none."""
+    if sys.version_info[:2] == want:
+        return sys.executable
+    named = [p for p in os.environ.get(PYTHONS_ENV, "").split(os.pathsep) if p]
+    on_path = shutil.which(f"python{want[0]}.{want[1]}")
+    for path in [*named, *([on_path] if on_path else [])]:
+        if python_version(path) == want:
+            return path
+    return None
+
+
+def interpreter_for(version: Version) -> str:
+    """The Python an environment of Blender ``version`` is made with.
+
+    Raises:
+        ResourceError: this machine has no Python that Blender's ``bpy`` is built for.
+    """
+    want = python_for(version)
+    python = find_python(want)
+    if python is None:
+        have = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise ResourceError(
+            f"Blender {version}'s bpy is built for Python {want[0]}.{want[1]} only, and this "
+            f"machine has no Python {want[0]}.{want[1]} (the farm runs on {have}; none is "
+            f"on $PATH as python{want[0]}.{want[1]} nor named in ${PYTHONS_ENV}): install "
+            f"one, or add a Blender {version} executable (renderfarm blenders add "
+            "/path/to/blender), or render with a Blender the farm has (--blender newest)")
+    return python
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +238,7 @@ def prepare(version: Version, progress: Callable[[str], None] | None = None) -> 
     if own is not None and own.version.series == version.series and version.patch in (
             None, own.version.patch):
         return own
+    python = interpreter_for(version)  # before anything is made: a machine without says so
     folder = cache_root() / f"bpy-{version}"
     say = progress or (lambda line: logger.info("%s", line))
     with _locked(folder.with_suffix(".lock")):
@@ -198,10 +248,10 @@ def prepare(version: Version, progress: Callable[[str], None] | None = None) -> 
                            str(_python_of(folder)))
         shutil.rmtree(folder, ignore_errors=True)  # a half-made one
         say(f"preparing Blender {version}: a Python environment in {folder}")
-        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True,
-                       capture_output=True)
+        subprocess.run([python, "-m", "venv", str(folder)], check=True, capture_output=True)
         wanted = f"bpy=={version}" if version.patch is not None else f"bpy=={version}.*"
-        _pip(folder, [wanted, *COMPANIONS], say, version)
+        companions = COMPANIONS if python_for(version) == (3, 11) else ()
+        _pip(folder, [wanted, *companions], say, version)
         found = subprocess.run([str(_python_of(folder)), "-c",
                                 "import bpy; print(bpy.app.version_string)"],
                                capture_output=True, text=True, timeout=300)
@@ -234,12 +284,11 @@ def _pip(folder: Path, packages: list[str], say: Callable[[str], None],
         code = pip.wait(INSTALL_SECONDS)
     if code != 0:
         shutil.rmtree(folder, ignore_errors=True)
-        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        python = ".".join(map(str, python_for(version)))
         listed = re.search(r"\(from versions: ([^)]*)\)", " ".join(tail))
         if listed is not None:
             raise ResourceError(
                 f"this machine's package index has no bpy {version} for Python {python} "
-                f"(it has: {listed.group(1) or 'none'}); Blender 5.1 and later ship for "
-                "Python 3.13 only: ask for a version it has")
+                f"(it has: {listed.group(1) or 'none'}): ask for a version it has")
         raise ResourceError(f"pip could not install Blender {version} from this machine's "
                             "package index: " + " | ".join(tail[-3:]))

@@ -121,6 +121,12 @@ class Choice:
     warning: str | None = None
 
 
+def python_for(version: Version) -> tuple[int, int]:
+    """The Python whose ``bpy`` wheels carry Blender ``version`` on the package index:
+    3.11 for Blender 4.2 to 5.0, 3.13 for 5.1 and later."""
+    return (3, 13) if version.series >= (5, 1) else (3, 11)
+
+
 def _have(blenders: Sequence[Blender]) -> str:
     return ", ".join(sorted({str(b.version) for b in blenders},
                             key=lambda v: tuple(int(p) for p in v.split(".")))) or "none"

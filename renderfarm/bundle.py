@@ -29,12 +29,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from renderfarm.errors import BlendFileError, BundleError, IntegrityError, MissingFilesError
+from renderfarm.errors import BlendFileError, BundleError, IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -198,15 +198,41 @@ def check_size(manifest: Manifest, max_bytes: int | None) -> None:
             "ask the farm's administrator to raise the limit")
 
 
-def missing_error(manifest_missing: Iterable[str], blend: str) -> MissingFilesError:
-    """The error of a job whose scene needs files that cannot be found."""
-    missing = tuple(sorted(set(manifest_missing)))
-    shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20
-                                       else "")
-    return MissingFilesError(
-        f"the scene needs {len(missing)} file(s) that cannot be found: {shown}; put them "
-        "back, fix the paths in Blender (File > External Data > Find Missing Files), or "
-        "render anyway with --allow-missing", path=blend, missing=missing)
+def frame_size(path: str, scene: str | None = None,
+               percentage: int | None = None) -> tuple[int, int] | None:
+    """The size of the frames a scene of a ``.blend`` renders (resolution times percentage,
+    the render border ignored), read without Blender; None when it cannot be told (several
+    scenes and none named, a file Blender Asset Tracer cannot read): Blender's inspection
+    on the farm tells it then.
+
+    Args:
+        path: the ``.blend``.
+        scene: the scene's name (default: the one the file was saved showing).
+        percentage: the job's resolution percentage (default: the scene's).
+    """
+    try:
+        from blender_asset_tracer import blendfile
+
+        opened = blendfile.open_cached(Path(path))
+        scenes = {b.id_name[2:].decode("utf-8", "replace"): b
+                  for b in opened.find_blocks_from_code(b"SC")}
+        if scene is None:  # the scene the file was saved showing (FileGlobal.curscene)
+            shown = None
+            for glob in opened.find_blocks_from_code(b"GLOB"):
+                shown = glob.get_pointer(b"curscene")
+                break
+            block = shown if shown is not None else (
+                next(iter(scenes.values())) if len(scenes) == 1 else None)
+        else:
+            block = scenes.get(scene)
+        if block is None:
+            return None
+        x, y = int(block.get((b"r", b"xsch"))), int(block.get((b"r", b"ysch")))
+        size = int(percentage if percentage is not None else block.get((b"r", b"size")))
+    except Exception as exc:  # Blender reads it on the farm and says what is wrong
+        logger.debug("cannot read the frame size of %s: %s", path, exc)
+        return None
+    return x * size // 100, y * size // 100
 
 
 # ------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def _check_tiles(blend: str, spec: dict[str, Any]) -> None:
     Raises:
         SceneError: more tile columns or rows than the frame has pixels.
     """
-    from renderfarm.blendfile import frame_size
+    from renderfarm.bundle import frame_size
     from renderfarm.job import AUTO_TILES
     from renderfarm.planner import check_grid
 
@@ -309,7 +309,8 @@ class FarmClient:
             BundleError: the dependencies cannot be read.
             ServiceError: the farm refused the job.
         """
-        from renderfarm.bundle import make_bundle, missing_error
+        from renderfarm.bundle import make_bundle
+        from renderfarm.errors import missing_error
 
         spec = dict(spec or {})
         _check_tiles(str(blend), spec)

@@ -7,6 +7,7 @@ the tail of a log) and says whether retrying the same work can help. The CLI pri
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -147,6 +148,17 @@ class MissingFilesError(InputError):
     def __init__(self, message: str, *, missing: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.missing = tuple(missing)
+
+
+def missing_error(manifest_missing: Iterable[str], blend: str) -> MissingFilesError:
+    """The error of a job whose scene needs files that cannot be found."""
+    missing = tuple(sorted(set(manifest_missing)))
+    shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20
+                                       else "")
+    return MissingFilesError(
+        f"the scene needs {len(missing)} file(s) that cannot be found: {shown}; put them "
+        "back, fix the paths in Blender (File > External Data > Find Missing Files), or "
+        "render anyway with --allow-missing", path=blend, missing=missing)
 
 
 class RenderError(RenderFarmError):

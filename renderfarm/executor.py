@@ -711,7 +711,9 @@ class WorkerPool:
         handle.blenders = list(answer.get("blenders") or [])
         handle.tags = with_blenders(next((node_tags(n) for n in ray.nodes()
                                           if n.get("NodeID") == handle.node), WorkerTags()),
-                                    [str(b.get("version")) for b in handle.blenders])
+                                    [str(b.get("version")) for b in handle.blenders],
+                                    [str(b.get("path")) for b in handle.blenders
+                                     if b.get("kind") == "executable"])
         handle.ready = True
 
     def capacity(self) -> int:
@@ -777,10 +779,17 @@ class WorkerPool:
         for worker_id in list(self.workers):
             self.kill(worker_id)
 
-    def preferred(self, blend_hash: str) -> WorkerHandle:
-        """A worker for a one-off call on a file: one that has it loaded, else an idle one."""
+    def preferred(self, blend_hash: str, blender: str = "") -> WorkerHandle:
+        """A worker for a one-off call on a file: one that has it loaded, else an idle one;
+        for a job that renders with a Blender executable (``blender``: its path), one whose
+        machine has it."""
         with self._lock:
             handles = list(self.workers.values())
-        handles.sort(key=lambda h: (not h.ready, h.suspect is not None,
+
+        def lacks(handle: WorkerHandle) -> bool:
+            return blender.startswith("/") and not any(
+                b.get("path") == blender for b in handle.blenders)
+
+        handles.sort(key=lambda h: (not h.ready, h.suspect is not None, lacks(h),
                                     h.loaded != blend_hash, h.busy, h.tasks_done))
         return handles[0]

@@ -20,12 +20,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from renderfarm.bundle import MAX_BUNDLE_BYTES, BundleCache, Manifest, missing_error, publish
+from renderfarm.bundle import MAX_BUNDLE_BYTES, BundleCache, Manifest, publish
 from renderfarm.dispatcher import PoolRunner
 from renderfarm.errors import (
     ClusterLostError,
     InputError,
     LimitError,
+    missing_error,
 )
 from renderfarm.executor import (
     START_TIMEOUT,

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from renderfarm.bundle import Manifest, missing_error, storage_key, trace_missing
+from renderfarm.bundle import Manifest, storage_key, trace_missing
 from renderfarm.bundle import file_sha256 as file_hash
-from renderfarm.errors import BlendFileError, BundleError, OutputError
+from renderfarm.errors import BlendFileError, BundleError, OutputError, missing_error
 from renderfarm.job import JobSpec
 
 logger = logging.getLogger(__name__)

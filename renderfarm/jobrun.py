@@ -292,6 +292,10 @@ class JobRun:
         self.calls = WorkerCalls(spec, runner.pool, self.files, self.account,
                                  lambda worker, _file: runner.post(WorkerLoaded(worker, key)))
         self.blender, warned = self._choose_blender(runner.pool)
+        if self.blender.startswith("/"):  # an executable: only machines that have it
+            from renderfarm.tags import EXECUTABLE, Requirement
+
+            require = (*require, Requirement(EXECUTABLE, "=", self.blender))
         key = blend_hash if not self.blender else f"{blend_hash}@{self.blender}"
         self.info = info = self.calls.inspect(blend_hash, self.blender)
         # what Blender itself reports missing after opening the file on a worker

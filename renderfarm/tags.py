@@ -126,12 +126,22 @@ def _compare(have: str, op: str, want: str) -> bool:
             "<": a < b}[op]
 
 
-def with_blenders(worker: WorkerTags, versions: Sequence[str]) -> WorkerTags:
+def with_blenders(worker: WorkerTags, versions: Sequence[str],
+                  executables: Sequence[str] = ()) -> WorkerTags:
     """``worker`` with the Blenders its machine has as its ``blender`` property
-    (``4.2.23,5.0.1``), which ``--require blender>=4.5`` or ``blender=4.2`` reads."""
-    if not versions:
-        return worker
-    return WorkerTags(worker.tags, {**worker.props, "blender": ",".join(versions)})
+    (``4.2.23,5.0.1``), which ``--require blender>=4.5`` or ``blender=4.2`` reads, and the
+    paths of its Blender executables (a job that renders with one goes only to workers that
+    have it: :data:`EXECUTABLE`)."""
+    props = dict(worker.props)
+    if versions:
+        props["blender"] = ",".join(versions)
+    if executables:
+        props[EXECUTABLE] = "\n".join(executables)
+    return WorkerTags(worker.tags, props) if props != dict(worker.props) else worker
+
+
+#: the requirement a job that renders with a Blender executable has: ``EXECUTABLE=path``
+EXECUTABLE = "blender_executable"
 
 
 def _version(text: str) -> tuple[int, ...] | None:
@@ -158,6 +168,10 @@ def satisfies(worker: WorkerTags, requirements: tuple[Requirement, ...]) -> bool
     for term in requirements:
         if term.key == "blender":
             if not _has_blender(worker.props.get("blender", ""), term.op, term.value):
+                return False
+            continue
+        if term.key == EXECUTABLE:
+            if term.value not in worker.props.get(EXECUTABLE, "").split("\n"):
                 return False
             continue
         if term.key == "tag":

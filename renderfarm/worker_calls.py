@@ -69,7 +69,7 @@ class WorkerCalls:
         spec, pool = self.spec, self.pool
         path = os.path.abspath(spec.blend_file)
         for attempt in range(spec.retries + 2):
-            handle = pool.preferred(blend_hash)
+            handle = pool.preferred(blend_hash, blender)
             started = time.time()
             try:
                 reply = ray.get(handle.actor.inspect.remote(
@@ -149,7 +149,7 @@ class WorkerCalls:
 
         assert self.settings is not None
         for _attempt in range(self.spec.retries + 2):
-            handle = self.pool.preferred(self.settings.blend_hash)
+            handle = self.pool.preferred(self.settings.blend_hash, self.settings.blender)
             started = time.time()
             try:
                 reply = ray.get(getattr(handle.actor, method).remote(

@@ -38,6 +38,29 @@ def _signal_name(code: int | None) -> str:
         return f"signal {-code}"
 
 
+def child_path() -> str:
+    """A folder that holds renderfarm only (a link to the package this process imports), for
+    a Blender process's ``sys.path``: its code imports only the standard library and ``bpy``,
+    so it must not see this Python's other packages, built for this Python."""
+    import hashlib
+    import tempfile
+
+    import renderfarm
+
+    package = os.path.dirname(os.path.abspath(renderfarm.__file__))
+    folder = os.path.join(tempfile.gettempdir(), f"renderfarm-child-{os.getuid()}",
+                          hashlib.sha256(package.encode()).hexdigest()[:16])
+    link = os.path.join(folder, "renderfarm")
+    if os.path.realpath(link) != os.path.realpath(package):
+        os.makedirs(folder, exist_ok=True)
+        spare = f"{link}.{os.getpid()}"
+        if os.path.lexists(spare):
+            os.remove(spare)
+        os.symlink(package, spare)
+        os.replace(spare, link)  # atomic: workers of one machine may do it at once
+    return folder
+
+
 class BlenderProcess:
     """The worker's Blender, in a child process started on first use.
 
@@ -94,18 +117,10 @@ class BlenderProcess:
         return self._connection
 
     def _environment(self) -> dict[str, str]:
-        """The child's environment: this one, with renderfarm importable from where this
-        process imports it."""
-        import sysconfig
-
-        import renderfarm
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(renderfarm.__file__)))
+        """The child's environment: this one, with renderfarm importable and nothing else of
+        this Python's (the child's Python may be another: Blender 5.1's is 3.13)."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        # a Blender executable's Python: renderfarm, then this Python's packages after its own
-        env["RENDERFARM_CHILD_PATH"] = os.pathsep.join([root, sysconfig.get_paths()["purelib"],
-                                                        sysconfig.get_paths()["platlib"]])
+        env["PYTHONPATH"] = env["RENDERFARM_CHILD_PATH"] = child_path()
         return env
 
     def call(self, method: str, *args: Any) -> Any:
@@ -167,9 +182,15 @@ class BlenderProcess:
         """:meth:`BlenderSession.prepare` in the child."""
         return float(self.call("prepare", *args))
 
-    def render(self, *args: Any) -> Any:
-        """:meth:`BlenderSession.render` in the child."""
-        return self.call("render", *args)
+    def render(self, task: Any, path: str) -> Any:
+        """:meth:`BlenderSession.render` in the child; a stereo or multiview piece's view
+        files are packed here into ``path``, one piece."""
+        stats = self.call("render", task, path)
+        if stats.views:
+            from renderfarm.finishing import pack_piece_views
+
+            pack_piece_views(stats.views, path)
+        return stats
 
     def take_extras(self) -> dict[str, bytes]:
         """:meth:`BlenderSession.take_extras` in the child (nothing when there is none)."""
@@ -177,9 +198,13 @@ class BlenderProcess:
             return {}
         return dict(self.call("take_extras"))
 
-    def finish(self, *args: Any) -> None:
-        """:meth:`BlenderSession.finish` in the child."""
-        self.call("finish", *args)
+    def finish(self, merged: str, target: str, file_format: str,
+               frame: int | None = None) -> None:
+        """Finish a merged frame of the prepared job (:func:`renderfarm.finishing.finish`):
+        OpenImageIO's steps here, Blender's in the child."""
+        from renderfarm.finishing import finish
+
+        finish(self.call, merged, target, file_format, frame)
 
     def encode(self, *args: Any) -> str:
         """:meth:`BlenderSession.encode` in the child."""

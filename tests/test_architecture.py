@@ -129,3 +129,60 @@ def test_pure_modules_import_no_clock_thread_or_io() -> None:
             found += [f"{name}: {n}" for n in names
                       if n in IMPURE or n.split(".")[0] in IMPURE - {"renderfarm"}]
     assert not found, found
+
+
+#: what Blender's process may import besides the standard library: Blender's own modules
+BLENDER_MODULES = {"bpy", "_cycles", "cycles", "mathutils", "bl_math", "idprop"}
+
+
+def _every_import(path: Path) -> set[str]:
+    """Every module a file imports, at its top level or inside functions (absolute names;
+    ``from renderfarm.x import y`` gives ``renderfarm.x`` and ``renderfarm.x.y``); of a
+    package's ``__init__``, only what importing it imports (not its lazy attributes, nor
+    what it imports for type checking)."""
+    found: set[str] = set()
+    tree = ast.parse(path.read_text())
+    if path.name == "__init__.py":
+        nodes: list[ast.AST] = [n for n in tree.body if isinstance(n, (ast.Import,
+                                                                       ast.ImportFrom))]
+    else:
+        nodes = list(ast.walk(tree))
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_blenders_process_imports_only_the_standard_library_and_bpy() -> None:
+    """The child a worker runs Blender in (``renderfarm.blender.child``) and every renderfarm
+    module it may import, inside functions too, import nothing but the standard library and
+    Blender's own modules: it runs in any Blender's Python (3.13 for Blender 5.1 and later),
+    where this Python's OpenImageIO, numpy or msgspec cannot be imported."""
+    import sys
+
+    known = modules()
+    seen: set[str] = set()
+    todo = ["renderfarm.blender.child"]
+    outside: dict[str, set[str]] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages
+        for imported in _every_import(known[name]):
+            if imported.startswith("renderfarm"):
+                if imported in known:
+                    todo.append(imported)
+                continue
+            top = imported.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in BLENDER_MODULES \
+                    and top != "__future__":
+                outside.setdefault(name, set()).add(top)
+    assert "renderfarm.blender.session" in seen and "renderfarm.job" in seen
+    assert "renderfarm.merge" not in seen, "OpenImageIO's steps belong to renderfarm.finishing"
+    assert not outside, f"Blender's process would import {outside}"

@@ -110,11 +110,15 @@ def test_a_job_saved_by_an_unsupported_blender_is_told_what_renders_it(
 @pytest.mark.ray
 @pytest.mark.parametrize(("want", "says"), [
     ("4.1", "no Blender 4.1"), ("4.5.99", "no bpy 4.5.99"), ("/opt/nowhere/blender",
-                                                              "no Blender of this farm")])
+                                                              "no Blender of this farm"),
+    ("5.1", "built for Python 3.13 only")])
 def test_a_blender_the_farm_cannot_have_is_refused_before_rendering(
         farm, make_scene, tmp_path: Path, want: str, says: str) -> None:
+    from renderfarm.blender_envs import find_python
     from renderfarm.job import JobSpec
 
+    if want == "5.1" and find_python((3, 13)) is not None:
+        pytest.skip("this machine has Python 3.13: Blender 5.1 can be had here")
     blend = make_scene(width=32, height=24, frames=1, samples=1)
     with pytest.raises(ResourceError) as caught:
         farm.render(JobSpec(str(blend), frames="1", blender=want,
@@ -145,3 +149,88 @@ def test_workers_carry_their_blenders_for_require(require: str, meets: bool) -> 
     worker = with_blenders(WorkerTags(frozenset({"fx"})), ["5.0.1", "4.2.23"])
     assert worker.props["blender"] == "5.0.1,4.2.23" and worker.tags == {"fx"}
     assert satisfies(worker, parse_requirements(require)) is meets
+
+
+def test_blender_5_1_and_later_need_python_3_13() -> None:
+    from renderfarm.blenders import python_for
+
+    assert python_for(Version(4, 2, 23)) == (3, 11)
+    assert python_for(Version(5, 0)) == (3, 11)
+    assert python_for(Version(5, 1)) == (3, 13) and python_for(Version(5, 3, 0)) == (3, 13)
+
+
+def test_pythons_of_this_machine_are_told_by_their_version(tmp_path: Path) -> None:
+    import sys
+
+    from renderfarm.blender_envs import find_python, python_version
+
+    assert python_version(sys.executable) == tuple(sys.version_info[:2])
+    assert python_version(str(tmp_path / "no-python")) is None
+    (tmp_path / "not-python").write_text("hello")
+    assert python_version(str(tmp_path / "not-python")) is None
+    assert find_python(tuple(sys.version_info[:2])) == sys.executable
+    assert find_python((2, 1)) is None
+
+
+def test_a_machine_without_python_3_13_says_so_when_asked_for_blender_5_1(
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from renderfarm.blender_envs import find_python
+
+    if find_python((3, 13)) is not None:
+        pytest.skip("this machine has Python 3.13")
+    env = {**os.environ, "RENDERFARM_BLENDERS": str(tmp_path / "cache"),
+           "RENDERFARM_PYTHONS": sys.executable}  # a Python, but not 3.13: not taken
+    done = subprocess.run([sys.executable, "-m", "renderfarm.cli", "blenders", "add", "5.1"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode != 0
+    assert "Python 3.13" in done.stderr and "RENDERFARM_PYTHONS" in done.stderr, done.stderr
+    assert "renderfarm blenders add /path/to/blender" in done.stderr
+    assert not list((tmp_path / "cache").glob("bpy-*"))  # nothing half-made
+
+
+def test_a_job_with_an_executable_goes_only_to_workers_whose_machine_has_it() -> None:
+    from renderfarm.dispatch_state import (
+        DispatchState,
+        JobAdded,
+        StartCall,
+        Tick,
+        WorkerJoined,
+        WorkerStarted,
+    )
+    from renderfarm.tags import EXECUTABLE, Requirement, WorkerTags, satisfies, with_blenders
+
+    has = with_blenders(WorkerTags(), ["5.0.1", "3.4.1"], ["/usr/bin/blender"])
+    lacks = with_blenders(WorkerTags(), ["5.0.1"])
+    wants = (Requirement(EXECUTABLE, "=", "/usr/bin/blender"),)
+    assert satisfies(has, wants) and not satisfies(lacks, wants)
+    assert not satisfies(has, (Requirement(EXECUTABLE, "=", "/opt/blender"),))
+
+    class Tasks:
+        def __init__(self) -> None:
+            self.left = 4
+
+        def next_task(self, worker: str, live: frozenset[str], checks_only: bool) -> object:
+            if self.left == 0:
+                return None
+            self.left -= 1
+            return object()
+
+        def pending(self) -> int:
+            return self.left
+
+        def exclusive(self, worker: str, others: frozenset[str]) -> bool:
+            return False
+
+        def may_backup(self, task: object) -> bool:
+            return False
+
+    state = DispatchState()
+    state.handle(WorkerJoined("w-lacks"), WorkerStarted("w-lacks", lacks),
+                 WorkerJoined("w-has"), WorkerStarted("w-has", has))
+    started = [i for i in state.handle(JobAdded("job", "key", Tasks(), require=wants), Tick(0.0))
+               if isinstance(i, StartCall)]
+    assert started and {i.worker_id for i in started} == {"w-has"}

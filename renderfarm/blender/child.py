@@ -1,6 +1,9 @@
 """Blender's own process under a worker: ``python -m renderfarm.blender.child FD [GPU,...]``
 (a Python with ``bpy``), or ``blender -b --factory-startup --python child.py -- FD [GPU,...]``
 (a Blender executable, whose Python finds renderfarm through ``$RENDERFARM_CHILD_PATH``).
+Its code, and the renderfarm modules it imports, import only the standard library and ``bpy``
+(``tests/test_architecture.py`` checks it), so it runs in any Blender's Python; what needs
+OpenImageIO runs in the actor (:mod:`renderfarm.finishing`).
 
 The worker's Ray actor starts it (:class:`renderfarm.worker_process.BlenderProcess`) and
 drives it over the connection on file descriptor ``FD``: each message is ``(method, args)``
@@ -20,7 +23,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 #: the session's methods the actor may call
-METHODS = ("info", "prepare", "render", "take_extras", "finish", "encode", "remove_files")
+METHODS = ("info", "prepare", "render", "take_extras", "finish_plan", "denoise", "composite",
+           "convert", "encode", "remove_files")
 
 
 def _die_with_parent() -> None:
@@ -81,14 +85,12 @@ def main(argv: list[str]) -> int:
 
 def _find_renderfarm() -> None:
     """In a Blender executable's Python (which ignores ``$PYTHONPATH``): renderfarm's folder
-    first, then the farm's own packages after Blender's (``$RENDERFARM_CHILD_PATH``: the
-    folder, then the packages, separated by ``os.pathsep``)."""
+    (``$RENDERFARM_CHILD_PATH``) first."""
     import os
 
-    paths = [p for p in os.environ.get("RENDERFARM_CHILD_PATH", "").split(os.pathsep) if p]
-    if paths:
-        sys.path.insert(0, paths[0])
-        sys.path.extend(p for p in paths[1:] if p not in sys.path)
+    folder = os.environ.get("RENDERFARM_CHILD_PATH", "")
+    if folder and folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 if __name__ == "__main__":

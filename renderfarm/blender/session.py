@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,7 @@ from renderfarm.blender.output import (
     restore_output,
     set_output_format,
 )
-from renderfarm.bundle import missing_error
-from renderfarm.errors import RenderError, SceneError
+from renderfarm.errors import RenderError, SceneError, missing_error
 from renderfarm.job import (
     PIECE_FORMAT,
     WRITE_EXTENSIONS,
@@ -74,6 +73,9 @@ class PieceStats:
     render_seconds: float
     peak_memory_mb: float
     rss_mb: float
+    #: the file Blender wrote for each view of a stereo or multiview piece, ``[(view name,
+    #: path)]``, for the worker to pack into one piece (empty: the piece is one file)
+    views: list[tuple[str, str]] = field(default_factory=list)
 
 
 class BlenderSession:
@@ -303,30 +305,33 @@ class BlenderSession:
             raise RenderError(f"Blender failed to render: {exc}", frame=task.frame,
                               tile=task.tile.index) from exc
         seconds = time.perf_counter() - start
-        if self._views and self._format == PIECE_FORMAT:  # a file per view: one piece
-            self._pack_views(path, task)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        if self._views and self._format == PIECE_FORMAT:  # a file per view: the worker
+            return PieceStats(seconds, self._peak_memory(), rss,  # packs them in one piece
+                              self._view_files(path, task))
         if not os.path.isfile(path):
             raise RenderError("Blender finished but wrote no image; see the worker log",
                               frame=task.frame, tile=task.tile.index)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         return PieceStats(seconds, self._peak_memory(), rss)
 
-    def _pack_views(self, path: str, task: Task) -> None:
-        """Pack the file Blender wrote for each view (``piece_L.exr``...) into ``path``."""
-        from renderfarm.job import view_path
-        from renderfarm.merge import pack_views
+    def _view_files(self, path: str, task: Task) -> list[tuple[str, str]]:
+        """The file Blender wrote for each view (``piece_L.exr``...) of the piece ``path``.
 
-        files = [(name, view_path(Path(path), suffix)) for name, suffix in self._views]
-        missing = [str(f.name) for _name, f in files if not f.is_file()]
+        Raises:
+            RenderError: a view's file is missing.
+        """
+        from renderfarm.job import view_path
+
+        files = [(name, str(view_path(Path(path), suffix))) for name, suffix in self._views]
+        missing = [os.path.basename(f) for _name, f in files if not os.path.isfile(f)]
         if missing:
+            for _name, file in files:
+                if os.path.exists(file):
+                    os.remove(file)
             raise RenderError(f"Blender finished but wrote no image of view(s) "
                               f"{', '.join(missing)}; see the worker log", frame=task.frame,
                               tile=task.tile.index)
-        try:
-            pack_views(files, Path(path))
-        finally:
-            for _name, file in files:
-                file.unlink(missing_ok=True)
+        return files
 
     def take_extras(self) -> dict[str, bytes]:
         """The files the scene's File Output nodes wrote since the last call, as
@@ -350,41 +355,15 @@ class BlenderSession:
             shutil.rmtree(self._extras_root, ignore_errors=True)
             self._extras_root = ""
 
-    def finish(self, merged: str, target: str, file_format: str,
-               frame: int | None = None) -> None:
-        """Turn a merged frame into the job's output: denoise it when the job renders noisy
-        pieces, then write it in ``file_format`` (through :meth:`convert` unless it is a
-        multilayer EXR). The compositor and the metadata (Frame, Scene, Camera, stamp) are
-        the frame's: the scene is set to ``frame`` and keeps its name.
-
-        Raises:
-            RenderError: the denoiser or Blender's writer failed.
-        """
-        from renderfarm.merge import combined_rgba, recode_exr
-
-        work = merged
-        if self._denoise_layers:
-            work = self._denoise(merged)
-        if self._post_composite:
-            try:
-                self._composite(work, target, file_format, frame)
-            finally:
-                if work != merged and os.path.exists(work):
-                    os.remove(work)
-            return
-        if file_format == "OPEN_EXR_MULTILAYER":
-            recode_exr(Path(work), Path(target), self._exr_encoding())  # may move it
-            if work != merged and os.path.exists(work):
-                os.remove(work)
-            return
-        rgba = f"{merged}.rgba.exr"
-        try:
-            combined_rgba(Path(work), Path(rgba))
-            self.convert(rgba, target, file_format, frame)
-        finally:
-            for path in {rgba, work} - {merged}:
-                if os.path.exists(path):
-                    os.remove(path)
+    def finish_plan(self) -> dict[str, Any]:
+        """What finishing a merged frame of the prepared job takes, for the worker that
+        drives it (:mod:`renderfarm.finishing`): ``denoise`` (the job renders noisy pieces),
+        ``composite`` (the compositor runs on the merged frame) and ``exr`` (the scene's
+        multilayer EXR settings, :meth:`~renderfarm.job.SceneInfo.multilayer_settings`)."""
+        if self._key is None:
+            raise RenderError("the worker has no job prepared to finish for")
+        return {"denoise": bool(self._denoise_layers), "composite": self._post_composite,
+                "exr": self._info[self._scene_name].multilayer_settings()}
 
     def encode(self, frames: dict[int, str], step: int, folder: str, name: str,
                container: str | None = None) -> str:
@@ -450,26 +429,24 @@ class BlenderSession:
                               "video; see the worker log")
         return written[0]
 
-    def _exr_encoding(self) -> tuple[str, str]:
-        """How the scene's multilayer EXRs are encoded: its own settings, switched to
-        multilayer EXR as Blender's Output properties switch them when it writes another
-        format."""
-        from renderfarm.merge import exr_encoding
+    def denoise(self, single: str, denoised: str) -> dict[str, Any]:
+        """Denoise ``single`` (a merged noisy frame, every pass in one part as Cycles reads
+        it) into ``denoised`` with Cycles' standalone denoiser, as the scene's own settings
+        denoise at render time.
 
-        return exr_encoding(self._info[self._scene_name].multilayer_settings())
+        Returns:
+            ``{"passes": {view layer: the passes Blender writes, in its order}, "layers":
+            [the view layers that denoise]}``: how the worker lays out the finished frame.
 
-    def _denoise(self, merged: str) -> str:
-        """Denoise a merged noisy frame with Cycles' standalone denoiser; return the file that
-        holds what Blender writes for a render-time denoised frame (same parts, in order)."""
+        Raises:
+            RenderError: the denoiser failed or wrote nothing.
+        """
         import _cycles  # type: ignore[import-not-found]
         import bpy
 
-        from renderfarm.merge import PartSource, channel_prefixes, to_single_part
-
+        if self._key is None:
+            raise RenderError("the worker has no job prepared to denoise for", path=single)
         scene = self.scene
-        single, denoised, final = (f"{merged}.{name}.exr" for name in
-                                   ("single", "denoised", "final"))
-        to_single_part(Path(merged), Path(single))
         layer = scene.view_layers[next(iter(self._denoise_layers))]
         use_gpu = scene.cycles.denoising_use_gpu
         scene.cycles.use_denoising = True
@@ -479,40 +456,28 @@ class BlenderSession:
                             layer.as_pointer(), input=[single], output=[denoised])
         except Exception as exc:
             raise RenderError(f"Cycles' denoiser failed on the merged frame: {exc}",
-                              path=merged) from exc
+                              path=single) from exc
         finally:
             scene.cycles.use_denoising = False
             scene.cycles.denoising_use_gpu = use_gpu
-            os.remove(single)
         if not os.path.isfile(denoised):
-            raise RenderError("Cycles' denoiser wrote no file", path=merged)
-        denoised_names = channel_prefixes(Path(denoised))
-        parts = []
-        for layer_name, passes in self._final_passes(scene).items():
-            for name in passes:
-                part = f"{layer_name}.{name}"
-                if name.startswith("Noisy "):  # the noisy pass Blender keeps: the merged one
-                    noisy = "Combined" if name == "Noisy Image" else name[len("Noisy "):]
-                    parts.append(PartSource(part, Path(merged), f"{layer_name}.{noisy}"))
-                elif (layer_name in self._denoise_layers and part in denoised_names
-                      and name in _DENOISED_PASSES):
-                    parts.append(PartSource(part, Path(denoised), part, Path(merged), part))
-                else:
-                    parts.append(PartSource(part, Path(merged), part))
-        try:
-            _compose_as(Path(merged), Path(final), parts)
-        finally:
-            os.remove(denoised)
-        return final
+            raise RenderError("Cycles' denoiser wrote no file", path=single)
+        return {"passes": self._final_passes(scene), "layers": list(self._denoise_layers)}
 
-    def _composite(self, source: str, target: str, file_format: str,
-                   frame: int | None = None) -> None:
-        """Run the scene's compositor once on a merged frame: a copy of the scene whose node
-        tree reads the frame through Image nodes where it had Render Layers nodes, written by
-        Blender in ``file_format`` (a multilayer EXR also keeps the frame's passes, after the
-        ``Composite`` part, as Blender writes it)."""
-        from renderfarm.merge import PartSource, channel_prefixes, image_size, part_names
+    def composite(self, source: str, size: tuple[int, int], file_format: str,
+                  frame: int | None = None) -> str:
+        """Run the scene's compositor once on a merged frame (``size``: its width and height):
+        a copy of the scene whose node tree reads the frame through Image nodes where it had
+        Render Layers nodes, written by Blender in ``file_format``. Returns the file Blender
+        wrote (for a multilayer EXR the worker adds the frame's passes after its
+        ``Composite`` part, as Blender writes it).
 
+        Raises:
+            RenderError: the merged frame lacks a pass the compositor reads, or Blender wrote
+                nothing.
+        """
+        if self._key is None:
+            raise RenderError("the worker has no job prepared to composite for", path=source)
         original = self.scene
         scene = original.copy()
         scene.name = "renderfarm-composite"
@@ -541,7 +506,7 @@ class BlenderSession:
             render.use_sequencer = False
             render.use_border = False
             render.use_multiview = False  # one view's frame: one file
-            render.resolution_x, render.resolution_y = image_size(Path(source))
+            render.resolution_x, render.resolution_y = size
             render.resolution_percentage = 100
             # the frame's path ends with its extension; File Output nodes name their files
             # by the scene's own rule
@@ -552,19 +517,7 @@ class BlenderSession:
         with _named_as(original, scene):  # metadata and stamp name the artist's scene
             _write_composite(scene, tree, image, feed, file_format, written,
                              self._own_output)
-        if file_format != "OPEN_EXR_MULTILAYER":
-            os.replace(written, target)
-            return
-        parts = [PartSource("Composite.Combined", Path(written), "Composite.Combined")]
-        names = part_names(Path(source))
-        if len(names) == 1:  # Blender 4's layout: every pass in one part
-            names = sorted(channel_prefixes(Path(source)))
-        parts += [PartSource(name, Path(source), name) for name in names]
-        try:
-            _compose_as(Path(source), Path(target), parts, self._exr_encoding(),
-                        Path(written))
-        finally:
-            os.remove(written)
+        return written
 
     def _final_passes(self, scene: Any) -> dict[str, list[str]]:
         """The passes Blender writes, layer by layer and in its order, with the file's own
@@ -627,25 +580,6 @@ class BlenderSession:
         return scene
 
 
-def _compose_as(like: Path, target: Path, parts: list[Any],
-                encoding: tuple[str, str] | None = None, header: Path | None = None) -> None:
-    """:func:`~renderfarm.merge.compose_parts`, laid out as Blender laid out ``like`` (a
-    frame merged from its pieces): a part per pass (Blender 5), or every channel in one part
-    (Blender 4 writes multilayer EXRs so) whose header is ``header``'s when given (else the
-    first part's)."""
-    from renderfarm.merge import compose_parts, part_names, to_single_part
-
-    if len(part_names(like)) > 1:
-        compose_parts(target, parts, encoding)
-        return
-    parted = target.with_name(f"{target.name}.parts.exr")
-    try:
-        compose_parts(parted, parts, encoding)
-        to_single_part(parted, target, header)
-    finally:
-        parted.unlink(missing_ok=True)
-
-
 def _show_one_image(scene: Any, name: str) -> Any:
     """Give ``scene`` a compositor (a new node tree called ``name``) that shows one Image
     node's image as it is: full size, no border, one view, square pixels, nothing from the
@@ -661,10 +595,6 @@ def _show_one_image(scene: Any, name: str) -> Any:
     render.resolution_percentage = 100
     render.pixel_aspect_x = render.pixel_aspect_y = 1.0
     return node
-
-
-#: passes Cycles' denoiser replaces with a denoised version (Blender also keeps "Noisy <pass>")
-_DENOISED_PASSES = ("Combined", "Shadow Catcher")
 
 
 #: the codecs each container takes (the first when the scene's codec is not one of them)

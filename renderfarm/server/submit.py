@@ -10,13 +10,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from renderfarm.bundle import missing_error
 from renderfarm.errors import (
     InputError,
     LimitError,
     ProtocolError,
     RenderFarmError,
     ServiceError,
+    missing_error,
 )
 from renderfarm.events import Event
 from renderfarm.job import JobSpec
