@@ -1063,6 +1063,91 @@ def run_soak(minutes: float, seed: int, json_path: Path | None, nodes: int = 0) 
     return 0 if report.ok else 1
 
 
+def run_elastic(json_path: Path | None, jobs: int = 3, frames: int = 32,
+                nodes: int = 3) -> int:
+    """``--elastic``: a burst of ``jobs`` jobs on Ray's own autoscaler (its fake multi-node
+    provider: a head with no CPU, 0 to ``nodes`` render nodes of 1 CPU, idle ones removed
+    after 10 s), from zero nodes: busy / up node-seconds (up: from each node's start to its
+    release, as Ray reports it; target >= 0.8), the makespan against the same burst on a
+    fixed, warm pool of the final size, and whether the render nodes return to zero. It runs
+    ``ray stop --force`` (every Ray of the machine stops): run it alone."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    from renderfarm.elastic import fake_cloud, node_spans, render_nodes
+    from renderfarm.farm import Farm, FarmConfig
+    from renderfarm.job import JobSpec
+
+    def wait_until(test: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not test() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return test()
+
+    workdir = Path(tempfile.mkdtemp(prefix="renderfarm-elastic-"))
+    blend = make_scene(workdir / "burst.blend", width=160, height=120, samples=128,
+                       frames=frames)
+
+    def burst(farm: Any, name: str) -> tuple[float, list[Any]]:
+        begun = time.time()
+        handles = [farm.submit(JobSpec(str(blend), frames=f"1-{frames}", device="cpu",
+                                       output=str(workdir / f"{name}{i}" / "f_####.png")))
+                   for i in range(jobs)]
+        results = [h.result(timeout=3600) for h in handles]
+        return time.time() - begun, results
+
+    cloud = fake_cloud(node_cpus=1, max_nodes=nodes, idle_seconds=10)
+    try:
+        begun = time.time()
+        with Farm(config=FarmConfig(address="auto", autoscale=True, max_workers=nodes,
+                                    release_after=2.0)) as farm:
+            elastic_makespan, results = burst(farm, "elastic")
+            done = time.time()
+            back_to_zero = wait_until(lambda: render_nodes() == 0, 300)
+            zero_after = time.time() - done
+            spans = {n: s for n, s in node_spans().items() if s.renders and s.start >= begun}
+        busy = sum(t.finished - t.started for r in results for t in r.tasks
+                   if t.started and t.finished)
+        up = sum((s.end or time.time()) - s.start for s in spans.values())
+        first = [r.elastic["first_task_on_new_node"] for r in results
+                 if r.elastic and r.elastic["first_task_on_new_node"] is not None]
+        ray.shutdown()
+        # the same burst on a fixed pool of the final size, its workers started beforehand
+        ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
+        request_resources(bundles=[{"CPU": 1.0}] * len(spans))
+        wait_until(lambda: render_nodes() >= len(spans), 300)
+        with Farm(config=FarmConfig(address="auto")) as fixed:
+            warm = make_scene(workdir / "warm.blend", width=32, height=18, samples=1, frames=1)
+            fixed.render(JobSpec(str(warm), frames="1", device="cpu",
+                                 output=str(workdir / "warm" / "w_####.png")))
+            fixed_makespan, _ = burst(fixed, "fixed")
+        request_resources(bundles=[])
+    finally:
+        ray.shutdown()
+        cloud.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+    records = [
+        Record("elastic.busy_over_up", f"busy worker-seconds / render-node-seconds up (Ray's "
+               f"start to release), {jobs} jobs x {frames} frames 160x120 128 samples from "
+               f"zero nodes, at most {nodes}", "ratio", [busy], [up], busy / up, 0.8, ">=",
+               0.0, f"{len(spans)} nodes came; first task on a new node after "
+               f"{min(first) if first else float('nan'):.1f} s"),
+        Record("elastic.makespan_vs_fixed", "the burst's makespan from zero nodes / on a warm "
+               f"fixed pool of {len(spans)} workers", "s", [elastic_makespan],
+               [fixed_makespan], elastic_makespan / fixed_makespan, None, "<=", 0.0,
+               "reported"),
+        Record("elastic.back_to_zero", "seconds from the last job's end until no render node "
+               "was left (the farm's release plus the autoscaler's 10 s idle timeout)", "s",
+               [zero_after], [], zero_after if back_to_zero else float("inf"), 60.0, "<=",
+               0.0, "" if back_to_zero else "render nodes stayed up"),
+    ]
+    print(table(records))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"mode": "elastic",
+                                         "records": [r.to_dict() for r in records]}, indent=2))
+    return 1 if any(r.passed is False for r in records) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="renderfarm bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the CI run (under 5 minutes)")
@@ -1085,7 +1170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak-nodes", type=int, default=0, metavar="N",
                         help="run the soak on a multi-node ray.cluster_utils.Cluster of N "
                         "one-CPU nodes, replacing nodes while jobs run")
+    parser.add_argument("--elastic", action="store_true",
+                        help="a burst of jobs on Ray's autoscaler (its fake provider) from "
+                        "zero nodes; runs `ray stop --force`: alone")
     args = parser.parse_args(argv)
+    if args.elastic:
+        return run_elastic(args.json)
     if args.soak is not None:
         return run_soak(args.soak, args.seed, args.json, args.soak_nodes)
     if args.plot is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from renderfarm import __version__
 from renderfarm.errors import RenderFarmError
+from renderfarm.options import add_autoscale_options, autoscale_settings
 
 logger = logging.getLogger("renderfarm")
 
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--price", action="append", default=[], metavar="DEVICE=PRICE",
                        help="price per device-hour for the report or estimate (CPU per "
                        "core-hour; repeatable)")
+    add_autoscale_options(local)
 
     render = sub.add_parser("render", parents=[common, jobs, local],
                             help="render a .blend on the farm",
@@ -279,7 +281,7 @@ def _farm_config(args: argparse.Namespace) -> Any:
     return FarmConfig(address=args.address, workers=args.workers,
                       permit_scripts=args.permit_scripts,
                       ray_log_level=logging.INFO if args.verbose else logging.ERROR,
-                      prices=parse_prices(args.price))
+                      prices=parse_prices(args.price), **autoscale_settings(args))
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -85,6 +85,8 @@ class JobAdded:
             a list of tasks; a call then lasts about :data:`CALL_SECONDS`).
         paused: the job was paused before it was dispatched.
         cancelled: the job was cancelled before it was dispatched (it gets nothing).
+        max_workers: the most workers the job asks the cluster for (None: as many as its
+            waiting tasks can keep busy).
     """
 
     job_id: str
@@ -97,6 +99,7 @@ class JobAdded:
     batch: int = 1
     paused: bool = False
     cancelled: bool = False
+    max_workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,17 @@ class EndJob:
     error: BaseException
 
 
-Instruction = StartCall | CancelCall | ReplaceWorker | Deliver | FailTask | Requeue | EndJob
+@dataclass(frozen=True)
+class ReleaseWorker:
+    """Stop a worker the pool's work no longer needs (it is idle): its node goes back to the
+    autoscaler, which releases it after its idle timeout."""
+
+    worker_id: str
+    reason: str
+
+
+Instruction = (StartCall | CancelCall | ReplaceWorker | ReleaseWorker | Deliver | FailTask
+               | Requeue | EndJob)
 
 
 # -- what the state holds ----------------------------------------------------------------
@@ -348,6 +361,8 @@ class WorkerSlot:
     loaded: str | None = None
     queue: list[int] = field(default_factory=list)
     tags: WorkerTags = field(default_factory=WorkerTags)
+    #: since when it has had no call (None: it has one, or has not started)
+    idle_since: float | None = None
 
     @property
     def trusted(self) -> bool:
@@ -369,6 +384,7 @@ class JobSlot:
     batch: int
     paused: bool = False
     cancelled: bool = False
+    max_workers: int | None = None
     #: what ended the job (its own code failed), or None
     fault: BaseException | None = None
     #: removed: it gets no more tasks
@@ -428,10 +444,19 @@ class DispatchState:
 
     Args:
         depth: calls queued on a worker at once.
+        release_after: for a pool that grows and shrinks with its work (Ray's autoscaler
+            adds its nodes): seconds a started worker may stay idle while the work wants
+            fewer workers than the pool has, before it is released (:class:`ReleaseWorker`);
+            None: workers are kept.
     """
 
-    def __init__(self, depth: int = DEPTH) -> None:
+    def __init__(self, depth: int = DEPTH, release_after: float | None = None) -> None:
         self.depth = depth
+        self.release_after = release_after
+        #: how many workers the pool's work can keep busy now (updated on every tick): the
+        #: running calls' workers and the waiting tasks of each job that is neither paused
+        #: nor cancelled, at most its ``max_workers``
+        self.wanted = 0
         self.workers: dict[str, WorkerSlot] = {}
         self.jobs: dict[str, JobSlot] = {}
         self.calls: dict[int, Call] = {}
@@ -479,7 +504,7 @@ class DispatchState:
         self.jobs[event.job_id] = JobSlot(
             event.job_id, event.key, event.work, event.priority, event.timeout,
             tuple(event.require), event.backups, max(1, event.batch), paused=event.paused,
-            cancelled=event.cancelled)
+            cancelled=event.cancelled, max_workers=event.max_workers)
         if self.lost is not None:
             self.jobs[event.job_id].fault = self.lost
             return [EndJob(event.job_id, event.work, self.lost)]
@@ -732,6 +757,48 @@ class DispatchState:
             return []
         out = self._timeouts(event.now)
         out += self._fill(event.now)
+        self.wanted = self._demand(event.now, out)
+        out += self._release(event.now)
+        return out
+
+    def _demand(self, now: float, out: list[Instruction]) -> int:
+        """How many workers the pool's jobs can keep busy: each active, unpaused job's
+        workers running its calls plus its waiting tasks, at most its ``max_workers``."""
+        running: dict[str, set[str]] = {}
+        for call in self.calls.values():
+            if not call.dropped:
+                running.setdefault(call.job_id, set()).add(call.worker_id)
+        total = 0
+        for job in list(self.jobs.values()):
+            if not job.active or job.paused:
+                continue
+            pending = self._ask(job, now, job.work.pending, out=out)
+            want = len(running.get(job.job_id, ())) + max(0, int(pending or 0))
+            if job.max_workers is not None:
+                want = min(want, job.max_workers)
+            total += want
+        return total
+
+    def _release(self, now: float) -> list[Instruction]:
+        """Workers idle for :attr:`release_after` while the work wants fewer than the pool
+        has, longest idle first."""
+        started = [slot for slot in self.workers.values() if slot.started]
+        for slot in started:
+            if slot.queue:
+                slot.idle_since = None
+            elif slot.idle_since is None:
+                slot.idle_since = now
+        if self.release_after is None or self.lost is not None:
+            return []
+        surplus = len(started) - self.wanted
+        idle = sorted((slot for slot in started if not slot.queue and slot.idle_since
+                       is not None and now - slot.idle_since >= self.release_after),
+                      key=lambda slot: (slot.idle_since, slot.worker_id))
+        out: list[Instruction] = []
+        for slot in idle[:max(0, surplus)]:
+            del self.workers[slot.worker_id]
+            out.append(ReleaseWorker(slot.worker_id, f"idle {now - slot.idle_since:.0f} s "
+                                     f"while the work wants {self.wanted} worker(s)"))
         return out
 
     def _timeouts(self, now: float) -> list[Instruction]:

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from renderfarm.dispatch_state import (
@@ -41,6 +42,7 @@ from renderfarm.dispatch_state import (
     JobPriority,
     JobRemoved,
     JobResumed,
+    ReleaseWorker,
     ReplaceWorker,
     Requeue,
     StartCall,
@@ -53,10 +55,12 @@ from renderfarm.dispatch_state import (
     WorkerSuspect,
 )
 from renderfarm.errors import (
+    CancelledError,
     ClusterLostError,
     InputError,
     RenderError,
     RenderFarmError,
+    ResourceError,
     WorkerDiedError,
 )
 from renderfarm.executor import WorkerHandle, WorkerPool
@@ -143,10 +147,13 @@ class PoolRunner:
             clock again.
     """
 
-    def __init__(self, pool: WorkerPool, depth: int = DEPTH, poll: float = 0.05) -> None:
+    def __init__(self, pool: WorkerPool, depth: int = DEPTH, poll: float = 0.05,
+                 release_after: float | None = None) -> None:
         self.pool = pool
         self.poll = poll
-        self.state = DispatchState(depth)
+        self.state = DispatchState(depth, release_after)
+        #: jobs waiting for their first worker (each wants one before its tasks exist)
+        self.starting: set[str] = set()
         self.closing = False
         self.wake = threading.Event()
         #: why the thread stopped (the cluster failed, or a bug), or None while it runs
@@ -212,6 +219,45 @@ class PoolRunner:
                                  reason or "disabled by an operator"), wait=5.0)
         return handle
 
+    def wait_for_workers(self, job_id: str, seconds: float, cancelled: Callable[[], bool],
+                         say: Callable[[str, float], None], every: float = 10.0) -> None:
+        """For a pool that asks Ray's autoscaler for its workers: wait until it has a
+        trusted worker, asking for one for ``job_id`` meanwhile and telling ``say`` (a line,
+        seconds waited) every ``every`` seconds.
+
+        Raises:
+            ResourceError: none started within ``seconds``; the message names what the
+                farm asked for.
+            CancelledError: ``cancelled()`` became true meanwhile.
+        """
+        pool = self.pool
+        if not pool.autoscale or pool.trusted:
+            return
+        started = time.monotonic()
+        said = -every
+        self.starting.add(job_id)
+        self.wake.set()
+        try:
+            while not pool.trusted:
+                waited = time.monotonic() - started
+                if cancelled():
+                    raise CancelledError("the job was cancelled")
+                if waited >= seconds:
+                    raise ResourceError(
+                        f"no worker started within {seconds:g} s: the farm asked Ray's "
+                        f"autoscaler for {pool.describe_ask()} and none came (the cluster "
+                        "has no node type that holds one, or could not start one: see "
+                        "`ray status`); give the cluster such a node type, or wait longer "
+                        "(--wait-for-workers)")
+                if waited - said >= every:
+                    said = waited
+                    say(f"waiting for workers for {waited:.0f} s: asked Ray's autoscaler "
+                        f"for {pool.describe_ask()}", waited)
+                time.sleep(0.2)
+        finally:
+            self.starting.discard(job_id)
+        say(f"a worker started after {time.monotonic() - started:.0f} s", 0.0)
+
     def close(self, patience: float = 5.0) -> None:
         """Stop the thread once nothing anybody waits for runs (at most ``patience`` s)."""
         self.closing = True
@@ -252,6 +298,7 @@ class PoolRunner:
                 events += self._sync_workers()
                 events.append(Tick(time.monotonic()))
                 self._apply(events)
+                self.pool.want(self.state.wanted + len(self.starting))
             finally:
                 for ack in acks:
                     ack.set()
@@ -429,6 +476,9 @@ class PoolRunner:
         elif isinstance(instruction, ReplaceWorker):
             logger.info("replacing worker %s: %s", instruction.worker_id, instruction.reason)
             self.pool.replace(instruction.worker_id)
+        elif isinstance(instruction, ReleaseWorker):
+            self._handles.pop(instruction.worker_id, None)
+            self.pool.release(instruction.worker_id, instruction.reason)
         elif isinstance(instruction, EndJob):
             self._port(instruction).stop(instruction.error)
 

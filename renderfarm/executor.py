@@ -477,6 +477,17 @@ def plan_pool(device: str, node_cpus: Sequence[float], total_gpus: float,
                      max(1, int(cpus_per_worker)))
 
 
+def autoscaled_shape(device: str, cpus_per_worker: float | None = None) -> PoolShape:
+    """The shape of a worker the farm asks Ray's autoscaler for (``device``: ``cpu`` or
+    ``gpu``): ``cpus_per_worker`` CPUs (default 1; set it to a render node's CPUs for one
+    worker per node), and one GPU for a GPU worker. Pure."""
+    cpus = float(cpus_per_worker or 1.0)
+    if cpus <= 0:
+        raise ResourceError(f"each worker must ask for some CPU, not {cpus:g}")
+    return PoolShape(device, 0, cpus, 1.0 if device == "gpu" else 0.0,
+                     0 if device == "gpu" else max(1, int(cpus)))
+
+
 def cluster_resources() -> tuple[list[float], float]:
     """CPUs of each alive node and the total GPUs of the connected Ray cluster."""
     import ray
@@ -539,6 +550,11 @@ class WorkerHandle:
                 "props": dict(tags.props) if tags else {}}
 
 
+#: what each autoscaled pool of this process asks for (Ray keeps one request per driver)
+_ASKS: dict[int, list[dict[str, float]]] = {}
+_ASKS_LOCK = threading.Lock()
+
+
 class WorkerPool:
     """Long-lived worker actors of one shape; dead ones are replaced on demand.
 
@@ -547,13 +563,26 @@ class WorkerPool:
         actor_class: the actor's class (``BlenderWorker``, or a synthetic stand-in for
             scheduler benchmarks); it must take ``worker_id`` and answer ``ping()``.
         start_timeout: seconds to wait for workers to start.
+        elastic: follow the cluster (one worker per node, or per GPU) as nodes come and go.
+        autoscale: ask Ray's autoscaler for the workers the pool's work wants (:meth:`want`)
+            and hold only those: the pool starts empty, gets a worker wherever one fits, and
+            its dispatcher releases the workers its work no longer needs.
+        max_workers: the most workers an autoscaled pool asks for (None: no bound).
     """
 
     def __init__(self, shape: PoolShape, actor_class: type = BlenderWorker,
-                 start_timeout: float = START_TIMEOUT, elastic: bool = False) -> None:
+                 start_timeout: float = START_TIMEOUT, elastic: bool = False,
+                 autoscale: bool = False, max_workers: int | None = None) -> None:
         self.shape = shape
         self.actor_class = actor_class
         self.start_timeout = start_timeout
+        self.autoscale = autoscale
+        self.max_workers = max_workers
+        #: the workers the pool's work wants now (autoscaled pools), at most ``max_workers``
+        self.wanted = 0
+        #: what was last asked of the autoscaler (workers), and when
+        self.asked: int | None = None
+        self._asked_at = 0.0
         #: follow the cluster: one worker per node (CPU) or per GPU, as nodes come and go;
         #: otherwise keep ``shape.workers`` (never more than the cluster can place)
         self.elastic = elastic
@@ -600,6 +629,9 @@ class WorkerPool:
         """
         import ray
 
+        if self.autoscale:  # workers come as the autoscaler's nodes do (follow_cluster)
+            self.target = 0
+            return
         with self._lock:
             self.target = self.shape.workers
             fresh = [self._new_actor() for _ in range(self.target - len(self.workers))]
@@ -747,9 +779,12 @@ class WorkerPool:
             return
         self._last_follow = now
         capacity = self.capacity()
-        target = capacity if self.elastic else min(self.shape.workers, capacity)
+        if self.autoscale:
+            target = min(capacity, self.wanted)
+        else:
+            target = max(1, capacity if self.elastic else min(self.shape.workers, capacity))
         with self._lock:
-            self.target = max(target, 1)
+            self.target = target
             surplus = len(self.workers) - self.target
             if surplus > 0:  # the newest workers still waiting to start go first
                 waiting = sorted((h for h in self.workers.values() if not h.ready),
@@ -761,6 +796,67 @@ class WorkerPool:
             else:
                 for _ in range(-surplus):
                     self._new_actor()
+
+    @property
+    def size(self) -> int:
+        """How many workers the pool has to plan with: its shape's, or for an autoscaled
+        pool the most it may ask for (else the workers it has now, at least one)."""
+        if not self.autoscale:
+            return self.shape.workers
+        return self.max_workers or max(1, len(self.workers))
+
+    def bundle(self) -> dict[str, float]:
+        """What one worker asks Ray for."""
+        return {key: value for key, value in (("CPU", self.shape.num_cpus),
+                                              ("GPU", self.shape.num_gpus)) if value}
+
+    def want(self, count: int, refresh: float = 30.0) -> None:
+        """Tell Ray's autoscaler the pool's work can keep ``count`` workers busy (at most
+        :attr:`max_workers`): it adds nodes until that many workers fit, and may remove
+        nodes left idle once the request shrinks. Asked again when it changes, and every
+        ``refresh`` seconds (an autoscaler restarted meanwhile hears it again)."""
+        if not self.autoscale:
+            return
+        if self.max_workers is not None:
+            count = min(count, self.max_workers)
+        self.wanted = count
+        now = time.monotonic()
+        if count == self.asked and now - self._asked_at < refresh:
+            return
+        if self.asked is not None and count < self.asked and now - self._asked_at < 1.0 \
+                and refresh:  # a draining queue shrinks it at most once a second
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        if count != self.asked:
+            logger.info("asking Ray's autoscaler for %d worker(s) of %s", count, self.bundle())
+        # one request stands for the whole driver (each call replaces the last): every
+        # autoscaled pool's workers together
+        with _ASKS_LOCK:
+            _ASKS[id(self)] = [self.bundle()] * count
+            bundles = [bundle for asks in _ASKS.values() for bundle in asks]
+            try:
+                request_resources(bundles=bundles)
+            except Exception as exc:  # Ray going away: the health check says so; ask again
+                logger.warning("could not ask Ray's autoscaler for workers: %s", exc)
+                return
+        self.asked, self._asked_at = count, now
+
+    def elastic_cost(self, tasks: list[dict[str, Any]], started: float) -> dict[str, Any]:
+        """What a job's calls (``tasks``, from ``started``, seconds since the epoch) cost in
+        node time on this pool's cluster (:func:`renderfarm.elastic.summary`)."""
+        from renderfarm.elastic import node_spans, summary
+
+        return summary(node_spans(), tasks, started, time.time())
+
+    def describe_ask(self) -> str:
+        """What the pool asks for (for messages): ``2 worker(s) of {'CPU': 1.0}``."""
+        return f"{self.wanted} worker(s) of {self.bundle()}"
+
+    def release(self, worker_id: str, reason: str) -> None:
+        """Stop a worker the work no longer needs (its node may then go idle)."""
+        logger.info("releasing worker %s: %s", worker_id, reason)
+        self.kill(worker_id)
 
     def kill(self, worker_id: str) -> None:
         """Kill one worker."""
@@ -775,9 +871,13 @@ class WorkerPool:
                 logger.debug("worker %s was already gone", worker_id)
 
     def kill_all(self) -> None:
-        """Kill every worker of the pool."""
+        """Kill every worker of the pool (an autoscaled pool also withdraws its request)."""
         for worker_id in list(self.workers):
             self.kill(worker_id)
+        if self.autoscale and self.lost is None:
+            self.want(0, refresh=0.0)
+        with _ASKS_LOCK:
+            _ASKS.pop(id(self), None)
 
     def preferred(self, blend_hash: str, blender: str = "") -> WorkerHandle:
         """A worker for a one-off call on a file: one that has it loaded, else an idle one;

@@ -32,6 +32,7 @@ from renderfarm.executor import (
     START_TIMEOUT,
     PoolShape,
     WorkerPool,
+    autoscaled_shape,
     cluster_resources,
     plan_pool,
 )
@@ -82,6 +83,17 @@ class FarmConfig:
         prices: price per device-hour for the job reports' cost, by device (``CPU`` per
             core-hour, a GPU by its name as Cycles reports it, e.g. ``OPTIX:NVIDIA A10``);
             ``*`` for any device not named.
+        autoscale: ask Ray's autoscaler for the workers the queue can keep busy
+            (``request_resources``, one bundle of a worker's shape per worker) and release
+            workers the queue no longer needs, so their nodes go back after the autoscaler's
+            idle timeout; the cluster may start with no render node.
+        max_workers: the most workers the farm asks for per pool (None: no bound but the
+            autoscaler's own).
+        wait_for_workers: seconds a job waits for its first worker before it fails, naming
+            what the farm asked for.
+        release_after: seconds an idle worker is kept, with ``autoscale``, while the queue
+            wants fewer workers than the farm has (a short wait between two jobs keeps their
+            workers).
     """
 
     address: str | None = None
@@ -101,6 +113,10 @@ class FarmConfig:
     verify: float = 0.0
     verify_tolerance: float = 0.0
     prices: dict[str, float] | None = None
+    autoscale: bool = False
+    max_workers: int | None = None
+    wait_for_workers: float = 600.0
+    release_after: float = 10.0
 
 
 def _private_token() -> None:
@@ -354,6 +370,8 @@ class Farm:
 
     def pool_shape(self, device: str) -> PoolShape:
         """The shape a pool for ``device`` (``cpu`` or ``gpu``) has on this cluster."""
+        if self.config.autoscale:  # the cluster may have no node yet: the shape is asked
+            return autoscaled_shape(device, self.config.cpus_per_worker)
         cpus, gpus = cluster_resources()
         return plan_pool(device, cpus, gpus, self.config.workers, self.config.cpus_per_worker)
 
@@ -380,9 +398,12 @@ class Farm:
                 # no worker count given: the pool follows the cluster (one worker per node,
                 # or per GPU, as nodes come and go); a count given is kept
                 pool = WorkerPool(self.pool_shape(device), start_timeout=self.config.start_timeout,
-                                  elastic=self.config.workers is None, **kwargs)
+                                  elastic=self.config.workers is None,
+                                  autoscale=self.config.autoscale,
+                                  max_workers=self.config.max_workers, **kwargs)
                 pool.start()
-                runner = PoolRunner(pool)
+                runner = PoolRunner(pool, release_after=self.config.release_after
+                                    if self.config.autoscale else None)
                 self._runners[device] = runner
             return runner
 

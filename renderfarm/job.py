@@ -867,6 +867,9 @@ class JobResult(_Json):
         started_at: when the job started (seconds since the epoch).
         estimate: the job's estimate, when it asked for one
             (:class:`~renderfarm.estimate.Estimate` as a dict).
+        elastic: on a farm that asks Ray's autoscaler for its workers, what that cost
+            (:func:`renderfarm.elastic.summary`: the render nodes' seconds up against the
+            seconds they were busy, the time to the first task on a new node); else None.
     """
 
     job_id: str
@@ -888,6 +891,7 @@ class JobResult(_Json):
     worker_cpus: float = 1.0
     started_at: float = 0.0
     estimate: dict[str, Any] | None = None
+    elastic: dict[str, Any] | None = None
 
     @property
     def renders(self) -> tuple[TaskResult, ...]:

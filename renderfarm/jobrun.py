@@ -6,6 +6,7 @@ files, inspection, plan and resume (:class:`JobRun`), the entry points its dispa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -29,7 +30,6 @@ from renderfarm.errors import (
     MergeError,
     OutputError,
     RenderFarmError,
-    ResourceError,
     VerificationError,
     error_from,
 )
@@ -53,6 +53,7 @@ from renderfarm.job import (
     output_path,
     resolve_output,
 )
+from renderfarm.job_blender import check_blender, choose_blender, saved_with
 from renderfarm.jobfiles import JobFiles, check_output_folder
 from renderfarm.merge import Piece, compare_images, write_atomically
 from renderfarm.planner import Plan, plan_job, render_size
@@ -66,7 +67,7 @@ from renderfarm.state import (
     TaskStatus,
     Verdict,
 )
-from renderfarm.tags import Requirement
+from renderfarm.tags import Requirement, executable_requirement
 from renderfarm.worker_calls import WorkerCalls
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class HostSettings(Protocol):
     prices: dict[str, float]
     verify: float
     verify_tolerance: float
+    wait_for_workers: float
 
 
 class JobHost(Protocol):
@@ -178,6 +180,7 @@ class JobRun:
         self.started_at = time.time()
         self.verify = 0.0
         self.estimate: dict[str, Any] | None = None
+        self.elastic: dict[str, Any] | None = None
         #: a video job's output (the scene's path, or -o shot.mp4) and the container -o
         #: asks for (None: the scene's)
         self.video: str | None = None
@@ -252,6 +255,10 @@ class JobRun:
                 result = self._run(start)
             finally:
                 self.finished_at = time.monotonic()
+                self.elastic = self.pool.elastic_cost(self.snapshot()["tasks"], self.started_at) \
+                    if self.pool is not None and self.pool.autoscale else None
+            if self.elastic is not None:
+                result = dataclasses.replace(result, elastic=self.elastic)
                 self.inbox.shutdown(wait=True)  # its pieces and hooks are in before it ends
         except RenderFarmError as exc:
             self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
@@ -287,25 +294,27 @@ class JobRun:
         runner = self.farm.runner(device)
         if self.handle.cancelled:
             raise CancelledError("the job was cancelled")
+        runner.wait_for_workers(self.handle.job_id, self.farm.config.wait_for_workers,
+                                lambda: self.handle.cancelled, lambda line, waited: self.emit(
+                                    "info", message=line, data={"waiting_for_workers": waited}))
         require = self._requirements(runner.pool)
         # a worker's loaded scene is of one file in one Blender
         self.calls = WorkerCalls(spec, runner.pool, self.files, self.account,
                                  lambda worker, _file: runner.post(WorkerLoaded(worker, key)))
-        self.blender, warned = self._choose_blender(runner.pool)
-        if self.blender.startswith("/"):  # an executable: only machines that have it
-            from renderfarm.tags import EXECUTABLE, Requirement
-
-            require = (*require, Requirement(EXECUTABLE, "=", self.blender))
+        saved = saved_with(self.files)
+        self.blender, warned = choose_blender(self.spec, saved, runner.pool, self.calls,
+                                              self.emit, self.warn, self.handle.job_id)
+        require += executable_requirement(self.blender)  # only machines that have it
         key = blend_hash if not self.blender else f"{blend_hash}@{self.blender}"
         self.info = info = self.calls.inspect(blend_hash, self.blender)
         # what Blender itself reports missing after opening the file on a worker
         self.files.check_missing(info.missing_files, seen=self.files.known_missing)
         if not warned:
-            self._check_blender(info)
+            check_blender(saved, info, self.warn)
         self._check_size(info)
         output, final_format = self._output(info)
         self.plan = plan = plan_job(spec, info, self.handle.job_id,
-                                    workers=runner.pool.shape.workers,
+                                    workers=runner.pool.size,
                                     max_tasks=self.farm.config.max_tasks,
                                     final_format=final_format)
         if len(plan.frames) > self.farm.config.max_frames:  # the scene's own range
@@ -340,7 +349,7 @@ class JobRun:
             sample_chunks=plan.chunks > 1, post_composite=plan.post_composite,
             allow_missing=spec.allow_missing, files=spec.files, blender=self.blender)
         self.calls.settings = self.settings
-        self.emit("job_started", data={"device": device, "workers": runner.pool.shape.workers,
+        self.emit("job_started", data={"device": device, "workers": runner.pool.size,
                                        "tiles": list(plan.tiles), "overscan": plan.overscan,
                                        "chunks": plan.chunks, "frames": list(plan.frames),
                                        "size": list(plan.size),
@@ -424,92 +433,12 @@ class JobRun:
             "tasks": tasks, "checks": checks, "suspects": suspects,
             "wall_seconds": (self.finished_at or time.monotonic()) - self.started,
             "device": settings.device if settings is not None else "cpu",
-            "workers": pool.shape.workers if pool is not None else 0,
+            "workers": pool.size if pool is not None else 0,
             "worker_cpus": pool.shape.num_cpus if pool is not None and pool.shape.num_cpus
             else 1.0,
             "warnings": list(self.warnings), "tiles": list(plan.tiles) if plan else [1, 1],
             "verify": self.verify, "started_at": self.started_at,
-            "estimate": self.estimate}
-
-    def _choose_blender(self, pool: WorkerPool) -> tuple[str, bool]:
-        """The Blender the job renders with (its version; empty: the workers' own ``bpy``),
-        prepared on a worker's machine when the farm does not have it yet, and whether the
-        job was warned about the choice.
-
-        Raises:
-            ResourceError: the farm cannot have the Blender the job asks for.
-        """
-        from renderfarm.blenders import OLDEST_SUPPORTED, Blender, Version, choose
-
-        spec = self.spec
-        saved = self._saved_with()
-        fresh: list[dict[str, Any]] = []
-        if self.calls is not None and any(h.blenders for h in pool.ready):
-            try:  # what a machine has now (registered or prepared since its workers started)
-                fresh = self.calls.blenders()
-            except Exception as exc:  # a worker that went away: what the workers said
-                logger.info("job %s: asking a worker for its Blenders failed: %s",
-                            self.handle.job_id, exc)
-        offers = {(b["version"], b["kind"], b["path"]): None
-                  for b in [*fresh, *(b for h in pool.ready for b in h.blenders)]}
-        have = [Blender(Version.parse(v), k, p) for v, k, p in offers]
-        own = {Version.parse(b["version"]) for h in pool.ready for b in h.blenders[:1]
-               if b["path"] and b["kind"] == "bpy"}
-        if not have:  # workers that do not say (synthetic ones): their own Blender
-            return "", False
-        try:
-            choice = choose(spec.blender, saved, have)
-        except ResourceError:
-            if spec.blender == "auto":
-                wanted = saved
-            elif spec.blender == "newest" or spec.blender.startswith("/"):
-                wanted = None
-            else:
-                wanted = Version.parse(spec.blender)
-            if wanted is None or wanted.series < OLDEST_SUPPORTED:
-                raise
-            self.emit("info", message=f"preparing Blender {wanted} on a worker (once per "
-                      "machine: its bpy comes from the package index, about 400 MB)")
-            made = self.calls.prepare_blender(str(wanted)) if self.calls else None
-            if made is None:
-                raise
-            have.append(Blender(Version.parse(made["version"]), made["kind"], made["path"]))
-            choice = choose(spec.blender, saved, have)
-        if choice.warning:
-            self.warn(choice.warning)
-        chosen = choice.blender.version
-        self.emit("info", message=f"renders with Blender {chosen}"
-                  + (f" (the file was saved with {saved})" if saved is not None else ""))
-        if choice.blender.kind == "executable":  # workers run it by its path
-            return choice.blender.path, choice.warning is not None
-        return ("" if chosen in own else str(chosen)), choice.warning is not None
-
-    def _saved_with(self) -> Any:
-        """The Blender major.minor that saved the job's file (None: it cannot be told)."""
-        from renderfarm.blenders import HEAD_BYTES, version_of
-
-        try:
-            return version_of(self.files.head(HEAD_BYTES)) if self.files else None
-        except (OSError, RenderFarmError, StopIteration):
-            return None
-
-    def _check_blender(self, info: SceneInfo) -> None:
-        """Warn when the job's file was saved by another Blender series than the farm's:
-        its frames may differ from what the artist's Blender writes."""
-        from renderfarm.blenders import Version
-
-        saved = self._saved_with()
-        try:
-            ours = Version.parse(info.blender) if info.blender else None
-        except RenderFarmError:
-            return
-        if saved is not None and ours is not None and saved.series != ours.series:
-            newer = saved.series > ours.series
-            self.warn(f"the file was saved with Blender {saved}; this farm renders it with "
-                      f"Blender {ours}, whose frames may differ from Blender {saved}'s"
-                      + (" (a file from a newer Blender may use what this one does not know)"
-                         if newer else ""), data={"saved_with": str(saved),
-                                                  "blender": str(ours)})
+            "estimate": self.estimate, "elastic": self.elastic}
 
     def _keep_estimate(self, estimate: dict[str, Any]) -> None:
         self.estimate = estimate
@@ -518,7 +447,7 @@ class JobRun:
         """The share of pieces this job checks: the job's, else the farm's default; none
         (with a warning) when the pool has one worker, who cannot check itself."""
         share = self.spec.verify if self.spec.verify is not None else self.farm.config.verify
-        if share > 0 and max(pool.shape.workers, len(pool.trusted)) < 2:
+        if share > 0 and max(pool.size, len(pool.trusted)) < 2:
             self.warn(f"verification (--verify {share:g}) needs two workers or more and this "
                       "farm has one: pieces are not checked")
             return 0.0

@@ -69,3 +69,51 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    require=getattr(args, "require", None),
                    blender=getattr(args, "blender", None) or "auto",
                    keep_frames=bool(getattr(args, "keep_frames", False)))
+
+
+def _whole(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def add_autoscale_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a farm that asks Ray's autoscaler for its workers (``render``,
+    ``estimate``, ``serve``)."""
+    group = parser.add_argument_group("an elastic cluster (Ray's autoscaler)")
+    group.add_argument("--autoscale", action="store_true",
+                       help="ask Ray's autoscaler for the workers the queue can keep busy, "
+                       "and release those it no longer needs (their nodes go after the "
+                       "autoscaler's idle timeout); the cluster may start with no render "
+                       "node")
+    group.add_argument("--max-workers", type=_whole, metavar="N",
+                       help="with --autoscale: the most workers asked for (default: no bound "
+                       "but the autoscaler's)")
+    group.add_argument("--wait-for-workers", type=_seconds, default=600.0, metavar="SECONDS",
+                       help="with --autoscale: how long a job waits for its first worker "
+                       "before it fails, naming what was asked for (default 600)")
+    group.add_argument("--cpus-per-worker", type=_seconds, metavar="N",
+                       help="CPUs each CPU worker asks for (default: a node's CPUs shared "
+                       "out; with --autoscale 1: give a render node's CPUs for one worker "
+                       "per node)")
+
+
+def autoscale_settings(args: argparse.Namespace) -> dict[str, object]:
+    """What :func:`add_autoscale_options` gave, as :class:`~renderfarm.farm.FarmConfig`
+    fields."""
+    return {"autoscale": args.autoscale, "max_workers": args.max_workers,
+            "wait_for_workers": args.wait_for_workers, "cpus_per_worker": args.cpus_per_worker}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from renderfarm.errors import InputError
+from renderfarm.options import add_autoscale_options, autoscale_settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
     serve.add_argument("--insecure-loopback", action="store_true",
                        help="run without keys (only on loopback addresses)")
     serve.add_argument("--workers", type=int, help="workers in the pool")
+    add_autoscale_options(serve)
     serve.add_argument("--max-running", type=int, default=4,
                        help="jobs started at once; they share the workers by priority "
                        "(default 4)")
@@ -340,6 +342,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels, task_timeout=args.task_timeout or None,
         max_stored_bytes_per_client=int(args.max_stored_gb_per_client * 1024**3),
         insecure_loopback=args.insecure_loopback, workers=args.workers,
+        **autoscale_settings(args),
         max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http,
         max_bundle_bytes=int(args.max_bundle_gb * 1024**3), verify=args.verify,
         verify_tolerance=args.verify_tolerance, prices=parse_prices(args.price),

@@ -144,6 +144,12 @@ def with_blenders(worker: WorkerTags, versions: Sequence[str],
 EXECUTABLE = "blender_executable"
 
 
+def executable_requirement(blender: str) -> tuple[Requirement, ...]:
+    """What a worker must offer to render with ``blender`` (a job's Blender: a version, or
+    an executable's path, which only workers whose machine has it offer)."""
+    return (Requirement(EXECUTABLE, "=", blender),) if blender.startswith("/") else ()
+
+
 def _version(text: str) -> tuple[int, ...] | None:
     parts = text.strip().split(".")
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) and parts else None

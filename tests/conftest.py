@@ -193,6 +193,22 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+#: every ``renderfarm serve`` the tests started (the autoscaler's tests stop them first)
+LIVE_SERVERS: list[ServerProcess] = []
+
+
+def stop_every_ray() -> None:
+    """Before a test that runs ``ray stop --force`` (Ray's autoscaling cluster): stop every
+    farm service the session started and this process's own Ray, so nothing of theirs dies
+    under them."""
+    import ray
+
+    for server in LIVE_SERVERS:
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+    ray.shutdown()
+
+
 class ServerProcess:
     """A real ``renderfarm serve`` in a child process, on loopback.
 
@@ -218,6 +234,8 @@ class ServerProcess:
     def start(self, timeout: float = 120) -> ServerProcess:
         """Start it and wait until it answers."""
         import time
+
+        LIVE_SERVERS.append(self)
 
         args = [sys.executable, "-m", "renderfarm", "serve", "-v", "--bind", self.address,
                 "--state", str(self.state), *self.extra]
@@ -348,7 +366,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the tests of the farm service last: its server (with its own Ray cluster) lives
-    from its first test to the end of the session and would load the machine under the
-    timing-sensitive dispatch tests."""
-    items.sort(key=lambda item: "farm_server" in getattr(item, "fixturenames", ()))
+    """Run the tests of the farm service last but one: its server (with its own Ray
+    cluster) lives from its first test to the end of the session and would load the machine
+    under the timing-sensitive dispatch tests; then those of Ray's autoscaler, alone (they
+    stop every Ray of the machine)."""
+    items.sort(key=lambda item: ("autoscaler" in item.keywords,
+                                 "farm_server" in getattr(item, "fixturenames", ())))

@@ -28,6 +28,7 @@ from renderfarm.dispatch_state import (
     JobPriority,
     JobRemoved,
     JobResumed,
+    ReleaseWorker,
     ReplaceWorker,
     Requeue,
     StartCall,
@@ -616,3 +617,77 @@ def test_a_lost_workers_running_call_is_billed_until_it_was_seen_gone() -> None:
     out = state.handle(WorkerLost("w1", WorkerDiedError("gone"), 490.0))
     (failed,) = of_kind(out, FailTask)
     assert (failed.call_id, failed.started, failed.ended) == (call.call_id, 0.0, 490.0)
+
+
+# -- what the pool's work wants of Ray's autoscaler -------------------------------------------
+def test_demand_is_what_the_queue_can_keep_busy_bounded_per_job() -> None:
+    state = DispatchState()
+    state.handle(JobAdded("a", "ka", Job("a", 10)), JobAdded("b", "kb", Job("b", 8),
+                                                             max_workers=3),
+                 JobAdded("held", "kh", Job("held", 5), paused=True), Tick(0.0))
+    assert state.wanted == 10 + 3  # no worker yet: every waiting task could use one
+    state.handle(JobCancelled("a", 1.0), Tick(1.0))
+    assert state.wanted == 3
+    state.handle(JobResumed("held"), Tick(2.0))
+    assert state.wanted == 3 + 5
+    state.handle(JobPaused("b"), Tick(3.0))
+    assert state.wanted == 5
+
+
+def test_demand_counts_the_workers_running_a_job_and_its_waiting_tasks() -> None:
+    state = DispatchState(depth=2)
+    job = Job("a", 5)
+    started_workers(state, "w1", "w2")
+    calls = starts(state.handle(JobAdded("a", "ka", job), Tick(0.0)))
+    assert len(calls) == 4 and state.wanted == 2 + 1  # two busy workers, one task waits
+    for call in calls:
+        finish(state, call, 1.0)
+    out = state.handle(Tick(1.0))
+    assert state.wanted == 1 and len(starts(out)) == 1  # the last task, on one worker
+    finish(state, starts(out)[0], 2.0)
+    state.handle(Tick(2.0))
+    assert state.wanted == 0
+
+
+def test_a_job_whose_pending_raises_ends_and_asks_for_nothing() -> None:
+    state = DispatchState()
+    job = Job("a", 4)
+    job.broken = "pending"
+    out = state.handle(JobAdded("a", "ka", job), JobAdded("b", "kb", Job("b", 2)), Tick(0.0))
+    assert [e.job_id for e in of_kind(out, EndJob)] == ["a"]
+    assert state.wanted == 2
+
+
+def test_idle_workers_beyond_the_demand_are_released_after_a_while_longest_idle_first() -> None:
+    state = DispatchState(depth=1, release_after=5.0)
+    started_workers(state, "w1", "w2", "w3")
+    job = Job("a", 1)
+    out = state.handle(JobAdded("a", "ka", job), Tick(0.0))
+    busy = starts(out)[0].worker_id
+    assert state.wanted == 1 and not of_kind(out, ReleaseWorker)
+    assert not of_kind(state.handle(Tick(4.9)), ReleaseWorker)
+    released = of_kind(state.handle(Tick(5.0)), ReleaseWorker)
+    assert sorted(r.worker_id for r in released) == sorted({"w1", "w2", "w3"} - {busy})
+    assert list(state.workers) == [busy]
+    finish(state, starts(out)[0], 6.0)
+    assert not of_kind(state.handle(Tick(6.0)), ReleaseWorker)  # idle from now on
+    assert not of_kind(state.handle(Tick(10.9)), ReleaseWorker)
+    assert [r.worker_id for r in of_kind(state.handle(Tick(11.0)), ReleaseWorker)] == [busy]
+    assert state.wanted == 0 and not state.workers
+
+
+def test_a_new_job_keeps_idle_workers_it_can_use() -> None:
+    state = DispatchState(depth=1, release_after=5.0)
+    started_workers(state, "w1", "w2")
+    state.handle(Tick(0.0))  # both idle, nothing wanted
+    out = state.handle(JobAdded("a", "ka", Job("a", 6)), Tick(4.0))
+    assert len(starts(out)) == 2
+    assert not of_kind(state.handle(Tick(9.0)), ReleaseWorker)  # both busy: kept
+    assert state.wanted == 6
+
+
+def test_fixed_pools_never_release_workers() -> None:
+    state = DispatchState()
+    started_workers(state, "w1", "w2")
+    out = state.handle(Tick(0.0), Tick(1e6))
+    assert not of_kind(out, ReleaseWorker) and set(state.workers) == {"w1", "w2"}

@@ -27,6 +27,9 @@ class ServiceConfig:
         admins: the folder of admins' public keys: they see and act on every job.
         insecure_loopback: allow running without keys on loopback.
         workers: workers in the pool (None: the farm's default).
+        autoscale, max_workers, wait_for_workers, cpus_per_worker: the farm's
+            (:class:`~renderfarm.farm.FarmConfig`): ask Ray's autoscaler for the workers the
+            queue can use.
         max_running: jobs started at once (they share the workers by priority).
         permit_scripts: jobs may ask to run Python embedded in their files.
         max_message: the largest request accepted, in bytes.
@@ -65,6 +68,10 @@ class ServiceConfig:
     admins: Path | None = None
     insecure_loopback: bool = False
     workers: int | None = None
+    autoscale: bool = False
+    max_workers: int | None = None
+    wait_for_workers: float = 600.0
+    cpus_per_worker: float | None = None
     max_running: int = 4
     permit_scripts: bool = False
     max_message: int = protocol.MAX_MESSAGE

@@ -80,7 +80,8 @@ class FarmHealth:
             max_tasks=config.max_tasks_per_job, max_samples=config.max_samples,
             max_pixels=config.max_pixels, default_task_timeout=config.task_timeout,
             verify=config.verify, verify_tolerance=config.verify_tolerance,
-            prices=config.prices)
+            prices=config.prices, autoscale=config.autoscale, max_workers=config.max_workers,
+            wait_for_workers=config.wait_for_workers, cpus_per_worker=config.cpus_per_worker)
 
     def status(self) -> dict[str, Any]:
         """The farm's own state, sent with every job's status: ``farm`` is ``ok`` or
