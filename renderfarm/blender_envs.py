@@ -14,8 +14,6 @@ lock, so workers of one machine prepare it once; pip's progress is handed to a c
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -23,11 +21,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from renderfarm.blenders import OLDEST_SUPPORTED, Blender, Version, python_for
 from renderfarm.errors import ResourceError
+from renderfarm.locks import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ def register(path: str) -> Blender:
     """
     path = os.path.abspath(path)
     blender = Blender(executable_version(path), "executable", path)
-    with _locked(_registry().with_suffix(".lock")):
+    with file_lock(_registry().with_suffix(".lock")):
         try:
             entries = json.loads(_registry().read_text())
         except (OSError, ValueError):
@@ -208,17 +207,6 @@ def interpreter_for(version: Version) -> str:
     return python
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare(version: Version, progress: Callable[[str], None] | None = None) -> Blender:
     """This machine's environment with ``bpy`` of ``version`` (``4.5``: its newest patch
     release on the index), prepared now when it is not yet; ``progress`` gets pip's lines.
@@ -241,7 +229,7 @@ def prepare(version: Version, progress: Callable[[str], None] | None = None) -> 
     python = interpreter_for(version)  # before anything is made: a machine without says so
     folder = cache_root() / f"bpy-{version}"
     say = progress or (lambda line: logger.info("%s", line))
-    with _locked(folder.with_suffix(".lock")):
+    with file_lock(folder.with_suffix(".lock")):
         facts = folder / "blender.json"
         if facts.is_file():  # another worker of this machine prepared it meanwhile
             return Blender(Version.parse(json.loads(facts.read_text())["version"]), "bpy",

@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from renderfarm.errors import BlendFileError, BundleError, IntegrityError
+from renderfarm.locks import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -596,19 +597,6 @@ def publish(manifest: Manifest, storage: Any) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------
 # unpacking a bundle (worker side)
 # ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl  # POSIX only: workers run on Linux; clients never lock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class NodeCache:
     """Files by hash on one machine, shared by its workers (processes), size-limited (LRU).
 
@@ -643,7 +631,7 @@ class NodeCache:
         if path.is_file() and path.stat().st_size == size:
             os.utime(path)
             return path
-        with self._lock, _locked(self.root / "locks" / f"{sha256}.lock"):
+        with self._lock, file_lock(self.root / "locks" / f"{sha256}.lock"):
             if path.is_file() and path.stat().st_size == size:
                 os.utime(path)
                 return path

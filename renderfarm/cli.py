@@ -17,7 +17,7 @@ from typing import Any
 
 from renderfarm import __version__
 from renderfarm.errors import RenderFarmError
-from renderfarm.options import add_autoscale_options, autoscale_settings
+from renderfarm.options import add_autoscale_options, autoscale_settings, positive_int
 
 logger = logging.getLogger("renderfarm")
 
@@ -28,16 +28,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ".bmp), keeping the scene's other settings for it; a folder ending "
                         "with / keeps the scene's file names; default: the scene's own output "
                         "path and settings, // relative to the .blend's folder")
-    jobs.add_argument("--samples", type=_positive_int, help="render samples override")
-    jobs.add_argument("--percentage", type=_positive_int,
+    jobs.add_argument("--samples", type=positive_int, help="render samples override")
+    jobs.add_argument("--percentage", type=positive_int,
                         help="resolution percentage override")
     jobs.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="render device (default: auto, GPU when the cluster has one)")
@@ -77,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--split", choices=("tiles", "samples"), default="tiles",
                         help="'samples' renders each frame (or tile) as sample ranges on "
                         "several workers and combines them exactly (Cycles)")
-    jobs.add_argument("--chunks", type=_positive_int,
+    jobs.add_argument("--chunks", type=positive_int,
                         help="sample ranges per frame or tile (default with --split samples: "
                         "one per worker)")
     jobs.add_argument("--denoise", choices=("auto", "post", "render"), default="auto",
@@ -100,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(each is a warning); default: the job fails naming them")
     jobs.add_argument("--project", help="the project folder the bundle keeps relative "
                       "paths from (default: the .blend's folder)")
+    jobs.add_argument("--max-job-workers", dest="job_workers", type=positive_int,
+                      metavar="N", help="on a farm that asks Ray's autoscaler for workers: "
+                      "the most this job asks for (default: as many as its tasks can use)")
     jobs.add_argument("--blender", metavar="VERSION", default="auto",
                       help="the Blender to render with: auto (the one the file was saved with, "
                       "default), newest, a version (4.5, 4.5.3: the farm prepares it on first "
@@ -136,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--timeout", type=float, help="the same as --task-timeout")
     local.add_argument("--address", help="Ray cluster address ('auto', 'ray://head:10001'); "
                        "default: start Ray on this machine")
-    local.add_argument("--workers", type=_positive_int,
+    local.add_argument("--workers", type=positive_int,
                        help="number of workers (default: one per GPU, or one per node)")
     local.add_argument("--permit-scripts", action="store_true",
                        help="let this farm run jobs that allow scripts")

@@ -103,6 +103,16 @@ class JobAdded:
 
 
 @dataclass(frozen=True)
+class JobHeld:
+    """A job needs a worker outside its dispatched calls (opening its file before its tasks
+    exist, finishing and encoding after): ``held`` from the first worker it waits for until
+    it ends. It counts for at least one worker while held."""
+
+    job_id: str
+    held: bool
+
+
+@dataclass(frozen=True)
 class JobRemoved:
     """The job waits for nothing more: it gets no task (calls still running end unwatched
     by it: the job drops their results as late)."""
@@ -244,7 +254,7 @@ class Tick:
     now: float
 
 
-Event = (JobAdded | JobRemoved | JobCancelled | JobPaused | JobResumed | JobPriority
+Event = (JobAdded | JobHeld | JobRemoved | JobCancelled | JobPaused | JobResumed | JobPriority
          | JobFaulted | WorkerJoined | WorkerStarted | WorkerLoaded | WorkerLost
          | WorkerDisabled
          | WorkerSuspect | CallDone | CallFailed | CallNotStarted | ClusterLost | Tick)
@@ -453,9 +463,12 @@ class DispatchState:
     def __init__(self, depth: int = DEPTH, release_after: float | None = None) -> None:
         self.depth = depth
         self.release_after = release_after
-        #: how many workers the pool's work can keep busy now (updated on every tick): the
-        #: running calls' workers and the waiting tasks of each job that is neither paused
-        #: nor cancelled, at most its ``max_workers``
+        #: jobs that need a worker outside their dispatched calls (:class:`JobHeld`)
+        self.held: set[str] = set()
+        #: how many workers the pool's work can keep busy now (updated on every tick of a
+        #: pool that grows and shrinks, one with ``release_after``): the running calls'
+        #: workers and the waiting tasks of each job that is neither paused nor cancelled,
+        #: at most its ``max_workers``
         self.wanted = 0
         self.workers: dict[str, WorkerSlot] = {}
         self.jobs: dict[str, JobSlot] = {}
@@ -464,7 +477,7 @@ class DispatchState:
         self.lost: RenderFarmError | None = None
         self._call_ids = itertools.count(1)
         self._handlers: dict[type, Callable[[Any], list[Instruction]]] = {
-            JobAdded: self._job_added, JobRemoved: self._job_removed,
+            JobAdded: self._job_added, JobHeld: self._job_held, JobRemoved: self._job_removed,
             JobCancelled: self._job_cancelled, JobPaused: self._job_paused,
             JobResumed: self._job_resumed, JobPriority: self._job_priority,
             JobFaulted: self._job_faulted, WorkerJoined: self._worker_joined,
@@ -508,6 +521,13 @@ class DispatchState:
         if self.lost is not None:
             self.jobs[event.job_id].fault = self.lost
             return [EndJob(event.job_id, event.work, self.lost)]
+        return []
+
+    def _job_held(self, event: JobHeld) -> list[Instruction]:
+        if event.held:
+            self.held.add(event.job_id)
+        else:
+            self.held.discard(event.job_id)
         return []
 
     def _rename(self, job: JobSlot, name: str) -> None:
@@ -757,41 +777,54 @@ class DispatchState:
             return []
         out = self._timeouts(event.now)
         out += self._fill(event.now)
-        self.wanted = self._demand(event.now, out)
-        out += self._release(event.now)
+        if self.release_after is not None:  # a fixed pool asks for nothing
+            self.wanted = self._demand(event.now, out)
+            out += self._release(event.now)
         return out
 
     def _demand(self, now: float, out: list[Instruction]) -> int:
-        """How many workers the pool's jobs can keep busy: each active, unpaused job's
-        workers running its calls plus its waiting tasks, at most its ``max_workers``."""
+        """How many workers the pool's work can keep busy: the trusted workers running a
+        call now (each once) plus, for each active, unpaused job, its waiting tasks (with
+        its running workers, at most its ``max_workers``); a held job wants one at least.
+        Calls queued behind a running one are bound to their worker: they want none."""
         running: dict[str, set[str]] = {}
+        busy: set[str] = set()
         for call in self.calls.values():
-            if not call.dropped:
-                running.setdefault(call.job_id, set()).add(call.worker_id)
-        total = 0
+            slot = self.workers.get(call.worker_id)
+            if call.dropped or call.started is None or slot is None or not slot.trusted:
+                continue
+            running.setdefault(call.job_id, set()).add(call.worker_id)
+            busy.add(call.worker_id)
+        total = len(busy)
+        counted: set[str] = set()
         for job in list(self.jobs.values()):
             if not job.active or job.paused:
                 continue
-            pending = self._ask(job, now, job.work.pending, out=out)
-            want = len(running.get(job.job_id, ())) + max(0, int(pending or 0))
+            counted.add(job.job_id)
+            pending = max(0, int(self._ask(job, now, job.work.pending, out=out) or 0))
+            mine = len(running.get(job.job_id, ()))
             if job.max_workers is not None:
-                want = min(want, job.max_workers)
-            total += want
-        return total
+                pending = min(pending, max(0, job.max_workers - mine))
+            if job.job_id in self.held and mine + pending == 0:
+                pending = 1
+            total += pending
+        return total + len(self.held - counted - {j for j, job in self.jobs.items()
+                                                  if job.paused and job.active})
 
     def _release(self, now: float) -> list[Instruction]:
-        """Workers idle for :attr:`release_after` while the work wants fewer than the pool
-        has, longest idle first."""
-        started = [slot for slot in self.workers.values() if slot.started]
-        for slot in started:
+        """Trusted workers idle for :attr:`release_after` while the work wants fewer than
+        the pool has, longest idle first (a suspect or disabled worker stays for an operator
+        to look at, and counts for nothing)."""
+        trusted = [slot for slot in self.workers.values() if slot.trusted]
+        for slot in trusted:
             if slot.queue:
                 slot.idle_since = None
             elif slot.idle_since is None:
                 slot.idle_since = now
         if self.release_after is None or self.lost is not None:
             return []
-        surplus = len(started) - self.wanted
-        idle = sorted((slot for slot in started if not slot.queue and slot.idle_since
+        surplus = len(trusted) - self.wanted
+        idle = sorted((slot for slot in trusted if not slot.queue and slot.idle_since
                        is not None and now - slot.idle_since >= self.release_after),
                       key=lambda slot: (slot.idle_since, slot.worker_id))
         out: list[Instruction] = []

@@ -38,6 +38,7 @@ from renderfarm.dispatch_state import (
     JobAdded,
     JobCancelled,
     JobFaulted,
+    JobHeld,
     JobPaused,
     JobPriority,
     JobRemoved,
@@ -152,8 +153,6 @@ class PoolRunner:
         self.pool = pool
         self.poll = poll
         self.state = DispatchState(depth, release_after)
-        #: jobs waiting for their first worker (each wants one before its tasks exist)
-        self.starting: set[str] = set()
         self.closing = False
         self.wake = threading.Event()
         #: why the thread stopped (the cluster failed, or a bug), or None while it runs
@@ -185,11 +184,11 @@ class PoolRunner:
     def add(self, job_id: str, key: str, port: JobPort, priority: int = 0,
             timeout: float | None = None, require: tuple[Requirement, ...] = (),
             backups: bool = True, batch: int = 1, paused: bool = False,
-            cancelled: bool = False) -> JobControls:
+            cancelled: bool = False, max_workers: int | None = None) -> JobControls:
         """Serve a job's tasks (see :class:`~renderfarm.dispatch_state.JobAdded`); what its
         caller changes goes through the returned controls."""
         self.post(JobAdded(job_id, key, port, priority, timeout, require, backups, batch,
-                           paused, cancelled))
+                           paused, cancelled, max_workers))
         return JobControls(self, job_id)
 
     def remove(self, job_id: str, error: BaseException | None = None) -> None:
@@ -221,9 +220,10 @@ class PoolRunner:
 
     def wait_for_workers(self, job_id: str, seconds: float, cancelled: Callable[[], bool],
                          say: Callable[[str, float], None], every: float = 10.0) -> None:
-        """For a pool that asks Ray's autoscaler for its workers: wait until it has a
-        trusted worker, asking for one for ``job_id`` meanwhile and telling ``say`` (a line,
-        seconds waited) every ``every`` seconds.
+        """For a pool that asks Ray's autoscaler for its workers: hold a worker for
+        ``job_id`` until it ends (its own calls: opening its file, finishing, encoding;
+        :meth:`unhold`), and wait until the pool has a trusted worker, telling ``say`` (a
+        line, seconds waited) every ``every`` seconds.
 
         Raises:
             ResourceError: none started within ``seconds``; the message names what the
@@ -231,32 +231,35 @@ class PoolRunner:
             CancelledError: ``cancelled()`` became true meanwhile.
         """
         pool = self.pool
-        if not pool.autoscale or pool.trusted:
+        if not pool.autoscale:
+            return
+        self.post(JobHeld(job_id, True))
+        if pool.trusted:
             return
         started = time.monotonic()
         said = -every
-        self.starting.add(job_id)
-        self.wake.set()
-        try:
-            while not pool.trusted:
-                waited = time.monotonic() - started
-                if cancelled():
-                    raise CancelledError("the job was cancelled")
-                if waited >= seconds:
-                    raise ResourceError(
-                        f"no worker started within {seconds:g} s: the farm asked Ray's "
-                        f"autoscaler for {pool.describe_ask()} and none came (the cluster "
-                        "has no node type that holds one, or could not start one: see "
-                        "`ray status`); give the cluster such a node type, or wait longer "
-                        "(--wait-for-workers)")
-                if waited - said >= every:
-                    said = waited
-                    say(f"waiting for workers for {waited:.0f} s: asked Ray's autoscaler "
-                        f"for {pool.describe_ask()}", waited)
-                time.sleep(0.2)
-        finally:
-            self.starting.discard(job_id)
+        while not pool.trusted:
+            waited = time.monotonic() - started
+            if cancelled():
+                raise CancelledError("the job was cancelled")
+            if waited >= seconds:
+                raise ResourceError(
+                    f"no worker started within {seconds:g} s: the farm asked Ray's "
+                    f"autoscaler for {pool.describe_ask()} and none came (the cluster has "
+                    "no node type that holds one, or could not start one: see `ray "
+                    "status`); give the cluster such a node type, or wait longer "
+                    "(--wait-for-workers)")
+            if waited - said >= every:
+                said = waited
+                say(f"waiting for workers for {waited:.0f} s: asked Ray's autoscaler for "
+                    f"{pool.describe_ask()}", waited)
+            time.sleep(0.2)
         say(f"a worker started after {time.monotonic() - started:.0f} s", 0.0)
+
+    def unhold(self, job_id: str) -> None:
+        """The job has ended: it needs no worker of its own any more."""
+        if self.pool.autoscale:
+            self.post(JobHeld(job_id, False))
 
     def close(self, patience: float = 5.0) -> None:
         """Stop the thread once nothing anybody waits for runs (at most ``patience`` s)."""
@@ -298,7 +301,7 @@ class PoolRunner:
                 events += self._sync_workers()
                 events.append(Tick(time.monotonic()))
                 self._apply(events)
-                self.pool.want(self.state.wanted + len(self.starting))
+                self.pool.want(self.state.wanted)
             finally:
                 for ack in acks:
                     ack.set()
@@ -477,8 +480,9 @@ class PoolRunner:
             logger.info("replacing worker %s: %s", instruction.worker_id, instruction.reason)
             self.pool.replace(instruction.worker_id)
         elif isinstance(instruction, ReleaseWorker):
-            self._handles.pop(instruction.worker_id, None)
-            self.pool.release(instruction.worker_id, instruction.reason)
+            # a worker running a job's own call stays: the next round sees it again
+            if self.pool.release(instruction.worker_id, instruction.reason):
+                self._handles.pop(instruction.worker_id, None)
         elif isinstance(instruction, EndJob):
             self._port(instruction).stop(instruction.error)
 

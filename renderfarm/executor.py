@@ -9,6 +9,7 @@ Ray is imported inside functions so that ``import renderfarm`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import itertools
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -534,6 +535,8 @@ class WorkerHandle:
     current: str | None = None
     #: the Blenders its machine has (``{"version", "kind", "path"}``)
     blenders: list[dict[str, Any]] = field(default_factory=list)
+    #: one-off calls it runs outside the dispatcher now (it is not released meanwhile)
+    leases: int = 0
 
     def describe(self) -> dict[str, Any]:
         """The worker as the farm's worker list shows it."""
@@ -851,12 +854,32 @@ class WorkerPool:
 
     def describe_ask(self) -> str:
         """What the pool asks for (for messages): ``2 worker(s) of {'CPU': 1.0}``."""
-        return f"{self.wanted} worker(s) of {self.bundle()}"
+        return f"{max(self.wanted, 1)} worker(s) of {self.bundle()}"
 
-    def release(self, worker_id: str, reason: str) -> None:
-        """Stop a worker the work no longer needs (its node may then go idle)."""
-        logger.info("releasing worker %s: %s", worker_id, reason)
-        self.kill(worker_id)
+    def release(self, worker_id: str, reason: str) -> bool:
+        """Stop a worker the work no longer needs (its node may then go idle), unless a
+        one-off call runs on it (:meth:`leased`): then it stays (the dispatcher sees it
+        again). Whether it was stopped."""
+        with self._lock:
+            handle = self.workers.get(worker_id)
+            if handle is not None and handle.leases:
+                logger.debug("worker %s runs a job's own call: kept", worker_id)
+                return False
+            logger.info("releasing worker %s: %s", worker_id, reason)
+            self.kill(worker_id)
+            return True
+
+    @contextlib.contextmanager
+    def leased(self, handle: WorkerHandle) -> Iterator[WorkerHandle]:
+        """Hold ``handle`` for a one-off call (opening a file, finishing a frame, encoding a
+        video) made outside the dispatcher: it is not released meanwhile."""
+        with self._lock:
+            handle.leases += 1
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                handle.leases -= 1
 
     def kill(self, worker_id: str) -> None:
         """Kill one worker."""
@@ -890,6 +913,10 @@ class WorkerPool:
             return blender.startswith("/") and not any(
                 b.get("path") == blender for b in handle.blenders)
 
+        if not handles:
+            raise ResourceError("the farm has no worker now (its pool is empty: the cluster "
+                                "lost its nodes, or the autoscaler has not started one yet); "
+                                "the job can be submitted again when workers are back")
         handles.sort(key=lambda h: (not h.ready, h.suspect is not None, lacks(h),
                                     h.loaded != blend_hash, h.busy, h.tasks_done))
         return handles[0]

@@ -394,11 +394,18 @@ class Farm:
             if runner is not None and isinstance(runner.error, ClusterLostError):
                 raise runner.error
             if runner is None or runner.error is not None:
+                if runner is not None:  # a failed one: its workers and its request go
+                    try:
+                        runner.pool.kill_all()
+                    except Exception:  # Ray going away
+                        logger.debug("the failed pool's workers could not be stopped",
+                                     exc_info=True)
                 kwargs = {"actor_class": self.worker_class} if self.worker_class else {}
                 # no worker count given: the pool follows the cluster (one worker per node,
                 # or per GPU, as nodes come and go); a count given is kept
                 pool = WorkerPool(self.pool_shape(device), start_timeout=self.config.start_timeout,
-                                  elastic=self.config.workers is None,
+                                  elastic=self.config.workers is None
+                                  and not self.config.autoscale,
                                   autoscale=self.config.autoscale,
                                   max_workers=self.config.max_workers, **kwargs)
                 pool.start()
@@ -472,6 +479,9 @@ class Farm:
         with self._lock:
             if handle in self._jobs:
                 self._jobs.remove(handle)
+            runners = list(self._runners.values())
+        for runner in runners:  # the worker it held for its own calls is free
+            runner.unhold(handle.job_id)
 
     def bundle(self, spec: JobSpec) -> tuple[JobSpec, dict[str, int]]:
         """Bundle a job's ``.blend`` and its dependencies into this farm's storage.

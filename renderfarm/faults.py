@@ -19,7 +19,6 @@ takes those. ``match`` limits a fault to calls whose context has those values
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -27,9 +26,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from renderfarm.locks import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def armed_here() -> list[Fault]:
 def read_worker_faults(path: str | os.PathLike[str]) -> list[Fault]:
     """The faults of the file workers read, ``times`` as they counted them down (empty when
     there is none)."""
-    with _file_lock(str(path)):
+    with file_lock(f"{path}.lock"):
         try:
             with open(path, encoding="utf-8") as handle:
                 return [Fault(**f) for f in json.load(handle)]
@@ -120,30 +120,18 @@ def disarm() -> None:
 def arm_workers(path: str | os.PathLike[str], faults: list[Fault]) -> None:
     """Write the fault file workers read (``$RENDERFARM_FAULTS`` must name ``path`` in their
     environment)."""
-    with _file_lock(str(path)):
+    with file_lock(f"{path}.lock"):
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump([f.to_dict() for f in faults], handle)
         os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    import fcntl
-
-    with open(f"{path}.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _take_from_file(point: str, context: dict[str, Any]) -> Fault | None:
     path = os.environ.get(FAULTS_ENV)
     if not path or not os.path.exists(path):
         return None
-    with _file_lock(path):
+    with file_lock(f"{path}.lock"):
         try:
             with open(path, encoding="utf-8") as handle:
                 faults = [Fault(**f) for f in json.load(handle)]

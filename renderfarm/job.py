@@ -538,6 +538,8 @@ class JobSpec(_Json):
             with: the newest patch release of that major.minor the farm can have),
             ``newest`` (the farm's newest), a version (``4.5``, ``4.5.3``) or the path of a
             Blender the farm has (see :mod:`renderfarm.blenders`).
+        max_workers: on a farm that asks Ray's autoscaler for workers (``--autoscale``),
+            the most this job asks for; None: as many as its waiting tasks can keep busy.
     """
 
     blend_file: str
@@ -570,6 +572,7 @@ class JobSpec(_Json):
     origin: str | None = None
     keep_frames: bool = False
     blender: str = "auto"
+    max_workers: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.blend_file, str) or not self.blend_file:
@@ -595,6 +598,8 @@ class JobSpec(_Json):
             if not is_output_folder(self.output):
                 output_format(self.output)
         _check_int("retries", self.retries, 0, 100)
+        if self.max_workers is not None:
+            _check_int("max_workers", self.max_workers, 1, 1_000_000)
         if self.task_timeout is not None and not (
             isinstance(self.task_timeout, (int, float)) and self.task_timeout > 0
         ):

@@ -30,6 +30,7 @@ from renderfarm.errors import (
     MergeError,
     OutputError,
     RenderFarmError,
+    ResourceError,
     VerificationError,
     error_from,
 )
@@ -181,6 +182,8 @@ class JobRun:
         self.verify = 0.0
         self.estimate: dict[str, Any] | None = None
         self.elastic: dict[str, Any] | None = None
+        #: since when an autoscaled job's tasks have waited with no worker (None: they have one)
+        self.workerless_since: float | None = None
         #: a video job's output (the scene's path, or -o shot.mp4) and the container -o
         #: asks for (None: the scene's)
         self.video: str | None = None
@@ -255,11 +258,11 @@ class JobRun:
                 result = self._run(start)
             finally:
                 self.finished_at = time.monotonic()
+                self.inbox.shutdown(wait=True)  # its pieces and hooks are in before it ends
                 self.elastic = self.pool.elastic_cost(self.snapshot()["tasks"], self.started_at) \
                     if self.pool is not None and self.pool.autoscale else None
             if self.elastic is not None:
                 result = dataclasses.replace(result, elastic=self.elastic)
-                self.inbox.shutdown(wait=True)  # its pieces and hooks are in before it ends
         except RenderFarmError as exc:
             self.emit("job_cancelled" if isinstance(exc, CancelledError) else "job_failed",
                       message=exc.one_line(), data={"error": type(exc).__name__})
@@ -376,7 +379,8 @@ class JobRun:
         self.handle.follow(lambda priority, paused, cancelled: runner.add(
             self.handle.job_id, key, entries,
             priority=self.priority if priority is None else priority, timeout=timeout,
-            require=require, paused=paused, cancelled=cancelled))
+            require=require, paused=paused, cancelled=cancelled,
+            max_workers=spec.max_workers))
         try:
             self._wait(entries, runner)
             entries.follow_up()  # what choosing its last tasks decided
@@ -591,6 +595,8 @@ class JobRun:
         (nobody trusted is left to render it); disabled workers are an operator's choice,
         so a job waits for them."""
         ready = pool.ready
+        if pool.autoscale:  # all its workers went (their nodes too): they may not come back
+            self._check_workers_come(pool)
         if not ready or any(h.suspect is None for h in ready):
             return
         with self.lock:
@@ -601,6 +607,23 @@ class JobRun:
                 + ", ".join(sorted(h.worker_id for h in ready))
                 + "): no trusted worker is left to render the job; check those machines, then "
                 "enable them (renderfarm worker enable ID) or add workers")
+
+    def _check_workers_come(self, pool: WorkerPool) -> None:
+        """On an autoscaled farm: stop a job whose tasks have waited the farm's
+        ``wait_for_workers`` with no worker at all, naming what was asked."""
+        with self.lock:
+            waiting = self.state is not None and self.state.has_pending()
+        if pool.trusted or not waiting:
+            self.workerless_since = None
+            return
+        now = time.monotonic()
+        self.workerless_since = self.workerless_since or now
+        if now - self.workerless_since >= self.farm.config.wait_for_workers:
+            raise ResourceError(
+                f"the job has had no worker for {now - self.workerless_since:.0f} s: its "
+                f"workers went away and the farm's ask of Ray's autoscaler "
+                f"({pool.describe_ask()}) brought none back (see `ray status`); finished "
+                "frames are kept, submit it again to render the rest")
 
     def _take_resume(self, resume: Resume) -> None:
         """Mark what an earlier run finished as done; merge frames it left complete."""

@@ -68,10 +68,12 @@ def job_spec(args: argparse.Namespace, output: str | None) -> JobSpec:
                    notify=getattr(args, "notify", None),
                    require=getattr(args, "require", None),
                    blender=getattr(args, "blender", None) or "auto",
+                   max_workers=getattr(args, "job_workers", None),
                    keep_frames=bool(getattr(args, "keep_frames", False)))
 
 
-def _whole(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An option's whole number of 1 or more (for argparse's ``type``)."""
     try:
         value = int(text)
     except ValueError:
@@ -100,7 +102,7 @@ def add_autoscale_options(parser: argparse.ArgumentParser) -> None:
                        "and release those it no longer needs (their nodes go after the "
                        "autoscaler's idle timeout); the cluster may start with no render "
                        "node")
-    group.add_argument("--max-workers", type=_whole, metavar="N",
+    group.add_argument("--max-workers", type=positive_int, metavar="N",
                        help="with --autoscale: the most workers asked for (default: no bound "
                        "but the autoscaler's)")
     group.add_argument("--wait-for-workers", type=_seconds, default=600.0, metavar="SECONDS",

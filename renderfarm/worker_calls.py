@@ -72,9 +72,10 @@ class WorkerCalls:
             handle = pool.preferred(blend_hash, blender)
             started = time.time()
             try:
-                reply = ray.get(handle.actor.inspect.remote(
-                    path, blend_hash, spec.allow_scripts, spec.scene, self.files.ref,
-                    blender))
+                with pool.leased(handle):
+                    reply = ray.get(handle.actor.inspect.remote(
+                        path, blend_hash, spec.allow_scripts, spec.scene, self.files.ref,
+                        blender))
             except ray.exceptions.RayActorError:
                 logger.warning("worker %s died while opening %s (attempt %d)",
                                handle.worker_id, path, attempt + 1)
@@ -102,7 +103,8 @@ class WorkerCalls:
         import ray
 
         handle = self.pool.preferred("")
-        return list(ray.get(handle.actor.blenders.remote(), timeout=120))
+        with self.pool.leased(handle):
+            return list(ray.get(handle.actor.blenders.remote(), timeout=120))
 
     def prepare_blender(self, version: str) -> dict[str, Any]:
         """Let a worker find or prepare Blender ``version`` on its machine (its other
@@ -115,7 +117,8 @@ class WorkerCalls:
 
         handle = self.pool.preferred("")
         try:
-            return dict(ray.get(handle.actor.prepare_blender.remote(version)))
+            with self.pool.leased(handle):
+                return dict(ray.get(handle.actor.prepare_blender.remote(version)))
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, RenderFarmError):
                 raise exc.cause from exc
@@ -152,8 +155,9 @@ class WorkerCalls:
             handle = self.pool.preferred(self.settings.blend_hash, self.settings.blender)
             started = time.time()
             try:
-                reply = ray.get(getattr(handle.actor, method).remote(
-                    self.settings.to_dict(), *args))
+                with self.pool.leased(handle):
+                    reply = ray.get(getattr(handle.actor, method).remote(
+                        self.settings.to_dict(), *args))
             except ray.exceptions.RayActorError:
                 self.pool.replace(handle.worker_id)
                 continue

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -48,8 +49,15 @@ def child_path() -> str:
     import renderfarm
 
     package = os.path.dirname(os.path.abspath(renderfarm.__file__))
-    folder = os.path.join(tempfile.gettempdir(), f"renderfarm-child-{os.getuid()}",
-                          hashlib.sha256(package.encode()).hexdigest()[:16])
+    mine = os.path.join(tempfile.gettempdir(), f"renderfarm-child-{os.getuid()}")
+    os.makedirs(mine, mode=0o700, exist_ok=True)
+    facts = os.lstat(mine)  # another user's folder (or a link) would let them swap the code
+    if facts.st_uid != os.getuid() or not stat.S_ISDIR(facts.st_mode):
+        raise WorkerDiedError(f"{mine} is not a folder of this user's; remove it (the worker "
+                              "links the code Blender's process runs there)", retryable=False)
+    if facts.st_mode & 0o077:
+        os.chmod(mine, 0o700)  # ours, made open by an older version: private from now on
+    folder = os.path.join(mine, hashlib.sha256(package.encode()).hexdigest()[:16])
     link = os.path.join(folder, "renderfarm")
     if os.path.realpath(link) != os.path.realpath(package):
         os.makedirs(folder, exist_ok=True)

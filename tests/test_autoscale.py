@@ -91,11 +91,13 @@ def test_a_job_grows_the_cluster_from_zero_renders_exactly_and_the_nodes_go_back
         assert pool.asked == 0
         assert wait_for(lambda: render_nodes() == 0, 120), "the render nodes stayed up"
 
-        # the nodes the autoscaler removed come back for the next job
-        again = farm.render(JobSpec(str(blend), frames="1-2", device="cpu",
+        # the nodes the autoscaler removed come back for the next job, as many as it asks
+        again = farm.render(JobSpec(str(blend), frames="1-4", device="cpu", max_workers=1,
                                     output=str(tmp_path / "again" / "b_####.exr")))
-        for frame in (1, 2):
+        for frame in (1, 2, 3, 4):
             assert_same_pixels(again.outputs[frame], want[frame])
+        assert len({t.node for t in again.renders}) == 1
+        assert pool.asked is not None and pool.asked <= 1
 
 
 def test_a_higher_priority_job_takes_the_workers_while_the_cluster_is_small(

@@ -234,3 +234,27 @@ def test_a_job_with_an_executable_goes_only_to_workers_whose_machine_has_it() ->
     started = [i for i in state.handle(JobAdded("job", "key", Tasks(), require=wants), Tick(0.0))
                if isinstance(i, StartCall)]
     assert started and {i.worker_id for i in started} == {"w-has"}
+
+
+def test_blenders_process_sees_renderfarm_from_a_private_folder(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    import os
+    import stat
+    import tempfile
+
+    import renderfarm
+    from renderfarm.errors import WorkerDiedError
+    from renderfarm.worker_process import child_path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = Path(child_path())
+    mine = folder.parent
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    assert os.listdir(folder) == ["renderfarm"]  # renderfarm only, none of this Python's
+    assert (folder / "renderfarm").resolve() == Path(renderfarm.__file__).parent.resolve()
+    mine.chmod(0o755)  # made open by an older version: made private again
+    assert child_path() == str(folder) and stat.S_IMODE(mine.stat().st_mode) == 0o700
+    mine.rename(tmp_path / "elsewhere")
+    mine.symlink_to(tmp_path / "elsewhere")  # somebody's link in its place: refused
+    with pytest.raises(WorkerDiedError, match="not a folder of this user's"):
+        child_path()

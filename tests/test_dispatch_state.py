@@ -24,6 +24,7 @@ from renderfarm.dispatch_state import (
     JobAdded,
     JobCancelled,
     JobFaulted,
+    JobHeld,
     JobPaused,
     JobPriority,
     JobRemoved,
@@ -621,7 +622,7 @@ def test_a_lost_workers_running_call_is_billed_until_it_was_seen_gone() -> None:
 
 # -- what the pool's work wants of Ray's autoscaler -------------------------------------------
 def test_demand_is_what_the_queue_can_keep_busy_bounded_per_job() -> None:
-    state = DispatchState()
+    state = DispatchState(release_after=60.0)
     state.handle(JobAdded("a", "ka", Job("a", 10)), JobAdded("b", "kb", Job("b", 8),
                                                              max_workers=3),
                  JobAdded("held", "kh", Job("held", 5), paused=True), Tick(0.0))
@@ -635,7 +636,7 @@ def test_demand_is_what_the_queue_can_keep_busy_bounded_per_job() -> None:
 
 
 def test_demand_counts_the_workers_running_a_job_and_its_waiting_tasks() -> None:
-    state = DispatchState(depth=2)
+    state = DispatchState(depth=2, release_after=60.0)
     job = Job("a", 5)
     started_workers(state, "w1", "w2")
     calls = starts(state.handle(JobAdded("a", "ka", job), Tick(0.0)))
@@ -650,7 +651,7 @@ def test_demand_counts_the_workers_running_a_job_and_its_waiting_tasks() -> None
 
 
 def test_a_job_whose_pending_raises_ends_and_asks_for_nothing() -> None:
-    state = DispatchState()
+    state = DispatchState(release_after=60.0)
     job = Job("a", 4)
     job.broken = "pending"
     out = state.handle(JobAdded("a", "ka", job), JobAdded("b", "kb", Job("b", 2)), Tick(0.0))
@@ -686,8 +687,42 @@ def test_a_new_job_keeps_idle_workers_it_can_use() -> None:
     assert state.wanted == 6
 
 
-def test_fixed_pools_never_release_workers() -> None:
+def test_fixed_pools_never_release_workers_nor_ask_for_any() -> None:
     state = DispatchState()
     started_workers(state, "w1", "w2")
-    out = state.handle(Tick(0.0), Tick(1e6))
+    out = state.handle(JobAdded("a", "ka", Job("a", 1)), Tick(0.0), Tick(1e6))
     assert not of_kind(out, ReleaseWorker) and set(state.workers) == {"w1", "w2"}
+    assert state.wanted == 0
+
+
+def test_a_worker_counts_once_and_calls_queued_behind_it_want_no_other() -> None:
+    state = DispatchState(depth=2, release_after=60.0)
+    started_workers(state, "w1")
+    out = state.handle(JobAdded("a", "ka", Job("a", 2)), Tick(0.0))
+    assert len(starts(out)) == 2 and state.wanted == 1  # one running, one bound behind it
+    state.handle(JobAdded("b", "kb", Job("b", 3)), Tick(1.0))
+    assert state.wanted == 1 + 3
+
+
+def test_a_job_held_for_its_own_calls_wants_a_worker_until_it_ends() -> None:
+    state = DispatchState(release_after=5.0)
+    state.handle(JobHeld("a", True), Tick(0.0))
+    assert state.wanted == 1  # opening its file before its tasks exist
+    started_workers(state, "w1")
+    state.handle(JobAdded("a", "ka", Job("a", 0)), Tick(1.0))  # nothing to render (yet)
+    assert state.wanted == 1
+    assert not of_kind(state.handle(Tick(100.0)), ReleaseWorker)  # finishing its frames
+    state.handle(JobRemoved("a"), Tick(101.0))
+    assert state.wanted == 1
+    out = state.handle(JobHeld("a", False), Tick(102.0))  # idle long enough already
+    assert state.wanted == 0 and [r.worker_id for r in of_kind(out, ReleaseWorker)] == ["w1"]
+
+
+def test_suspect_and_disabled_workers_are_kept_for_an_operator_and_want_nothing() -> None:
+    state = DispatchState(release_after=5.0)
+    started_workers(state, "w1", "w2", "w3")
+    state.handle(WorkerSuspect("w1", "pixels differ"), WorkerDisabled("w2", "a look"),
+                 Tick(0.0))
+    released = of_kind(state.handle(Tick(10.0)), ReleaseWorker)
+    assert [r.worker_id for r in released] == ["w3"]
+    assert set(state.workers) == {"w1", "w2"} and state.wanted == 0

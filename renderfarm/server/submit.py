@@ -37,7 +37,7 @@ CLIENT_SPEC_FIELDS = ("frames", "tiles", "samples", "percentage", "device", "out
                       "retries", "task_timeout", "allow_scripts", "overscan", "scene", "name",
                       "group_tiles", "denoise", "chunks", "allow_missing", "verify",
                       "estimate", "budget", "notify", "after", "after_frames", "require",
-                      "origin", "keep_frames", "blender")
+                      "origin", "keep_frames", "blender", "max_workers")
 
 
 class Submissions:
