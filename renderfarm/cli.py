@@ -162,14 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON")
 
     blenders = sub.add_parser(
-        "blenders", parents=[common], help="list this machine's Blenders, or add one",
+        "blenders", parents=[common], help="list this machine's or a farm's Blenders, "
+        "or add one",
         description="List the Blenders this machine renders with (its own bpy and the "
-        "versions prepared in its cache, $RENDERFARM_BLENDERS), or prepare one ahead of the "
-        "first job that needs it: 'renderfarm blenders add 4.5' installs bpy 4.5 from this "
-        "machine's package index into the cache.")
+        "versions prepared in its cache, $RENDERFARM_BLENDERS), or with --farm those of a "
+        "farm service's workers and the machines that have each; or prepare one on this "
+        "machine ahead of the first job that needs it: 'renderfarm blenders add 4.5' "
+        "installs bpy 4.5 from this machine's package index into the cache.")
     blenders.add_argument("action", nargs="?", choices=("list", "add"), default="list")
     blenders.add_argument("version", nargs="?", help="with add: the version (4.5, 4.5.3)")
     blenders.add_argument("--json", action="store_true", help="print JSON")
+    blenders.add_argument("--farm", help="a farm service's address: list its workers' "
+                          "Blenders and their machines instead of this machine's")
+    blenders.add_argument("--server-key", default=os.environ.get("RENDERFARM_SERVER_KEY"),
+                          help="with --farm: the farm's public key file")
+    blenders.add_argument("--client-key", default=os.environ.get("RENDERFARM_CLIENT_KEY"),
+                          help="with --farm: this client's secret key file")
+    blenders.add_argument("--reply-timeout", type=float, default=15.0, help=argparse.SUPPRESS)
 
     from renderfarm.service_cli import add_commands
 
@@ -241,6 +250,8 @@ def _blenders(args: argparse.Namespace) -> int:
                         progress=lambda line: print(f"renderfarm: {line}", file=sys.stderr))
         print(f"Blender {found.version} ({found.kind}): {found.path}")
         return 0
+    if args.farm:
+        return _farm_blenders(args)
     have = local_blenders()
     if args.json:
         print(json.dumps([{"version": str(b.version), "kind": b.kind, "path": b.path}
@@ -252,6 +263,33 @@ def _blenders(args: argparse.Namespace) -> int:
         return 0
     for blender in have:
         print(f"{str(blender.version):<10} {blender.kind:<11} {blender.path}")
+    return 0
+
+
+def _farm_blenders(args: argparse.Namespace) -> int:
+    """``renderfarm blenders --farm ADDR``: the Blenders of a farm service's workers, each
+    with the machines (Ray nodes) that have it."""
+    import json
+
+    from renderfarm.client import FarmClient
+
+    with FarmClient(args.farm, server_key=args.server_key, client_key=args.client_key,
+                    timeout=args.reply_timeout) as client:
+        workers = client.request("workers")[0]["workers"]
+    found: dict[tuple[str, str, str], set[str]] = {}
+    for worker in workers:
+        for build in worker.get("blender_builds") or []:
+            key = (str(build.get("version")), str(build.get("kind")), str(build.get("path")))
+            found.setdefault(key, set()).add(str(worker.get("node") or "?"))
+    listed = [{"version": v, "kind": k, "path": p, "machines": sorted(nodes)}
+              for (v, k, p), nodes in sorted(found.items())]
+    if args.json:
+        print(json.dumps(listed, indent=1))
+    elif not listed:
+        print("the farm has no started worker now (its Blenders are listed once one starts)")
+    for entry in [] if args.json else listed:
+        machines = ", ".join(m[:12] for m in entry["machines"])
+        print(f"{entry['version']:<10} {entry['kind']:<11} {entry['path']}  on {machines}")
     return 0
 
 

@@ -549,6 +549,8 @@ class WorkerHandle:
                 "reason": self.disabled or self.suspect, "loaded": self.loaded,
                 "current": self.current,
                 "blenders": [b.get("version") for b in self.blenders],
+                "blender_builds": [{k: b.get(k) for k in ("version", "kind", "path")}
+                                   for b in self.blenders],
                 "tags": sorted(tags.tags) if tags else [],
                 "props": dict(tags.props) if tags else {}}
 

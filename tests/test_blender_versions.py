@@ -5,6 +5,7 @@ Blender's own; jobs of two Blenders run at once on the same workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,6 +129,13 @@ def test_through_the_service_with_the_file_gone_after_submit(blender: Blender,
             assert job["state"] == "done", job
             assert not [w for w in job["warnings"] if "Blender" in w], job["warnings"]
             fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+        listed = subprocess.run([sys.executable, "-m", "renderfarm", "blenders", "--farm",
+                                 server.address, "--json"], capture_output=True, text=True,
+                                timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        builds = {(b["version"], b["kind"]): b for b in json.loads(listed.stdout)}
+        assert (str(blender.version), "bpy") in builds, builds  # the farm's, with machines
+        assert builds[(str(blender.version), "bpy")]["machines"]
     finally:
         server.stop()
     shutil.copy(made, sent)  # Blender's own render names the file it read: the same path
