@@ -426,16 +426,31 @@ def _encoded(spec: Any, encoding: tuple[str, str]) -> Any:
     """``spec`` as Blender encodes the part with ``encoding``: at 16 bits only colour passes
     (channels R, G, B, A; not Cryptomatte) become half floats, data passes (depth, normals,
     vectors, UV, indices, value AOVs, Cryptomatte) stay 32-bit (measured on every pass of
-    Cycles in Blender 5.0)."""
+    Cycles in Blender 5.0, whose parts hold a pass each, and in Blender 4.2 and 4.5, whose
+    one part holds them all: its channels then have a format each)."""
     oiio = _oiio()
     depth, compression = encoding
     spec = oiio.ImageSpec(spec)
     for attribute in _PIECE_ATTRIBUTES:  # the source's layout: OpenEXR counts its own chunks
         spec.erase_attribute(attribute)
     name = str(spec.getattribute("name") or "")
-    colour = all(c.rsplit(".", 1)[-1] in ("R", "G", "B", "A") for c in spec.channelnames)
-    half = depth == "16" and colour and not _CRYPTO_PART.search(name)
-    spec.set_format(oiio.HALF if half else oiio.FLOAT)
+    passes: dict[str, list[str]] = {}  # a part per pass (Blender 5), or all in one (4)
+    for channel in spec.channelnames:
+        group = channel.rsplit(".", 1)[0] if "." in channel else name
+        passes.setdefault(group, []).append(channel.rsplit(".", 1)[-1])
+
+    def half(group: str) -> bool:
+        colour = all(c in ("R", "G", "B", "A") for c in passes[group])
+        return depth == "16" and colour and not _CRYPTO_PART.search(group) \
+            and not _CRYPTO_PART.search(name)
+
+    formats = [half(c.rsplit(".", 1)[0] if "." in c else name) for c in spec.channelnames]
+    if all(formats) or not any(formats):
+        spec.set_format(oiio.HALF if formats and formats[0] else oiio.FLOAT)
+    else:  # Blender 4's single part: colour passes in half, data passes in float
+        spec.set_format(oiio.FLOAT)
+        spec.channelformats = tuple(oiio.TypeDesc(oiio.HALF if h else oiio.FLOAT)
+                                    for h in formats)
     spec.attribute("compression", compression)
     return spec
 

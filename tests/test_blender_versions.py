@@ -81,6 +81,45 @@ def test_a_scene_renders_with_the_blender_that_saved_it(
         assert differences(result.outputs[frame], want) == [], (frame, tiles)
 
 
+#: what a scene made by an older Blender asks of the farm's finishing, tiled: its options for
+#: ``renderfarm.blender.scenes``, the tile grid, the output's extension
+OUTPUTS = {
+    "stereo 3D, a PNG file per view": (
+        ("--output", "PNG,8,RGBA", "--set", "scene.render.use_multiview=True"), (2, 2), ".png"),
+    "multilayer EXR, half float PIZ, passes": (
+        ("--output", "OPEN_EXR_MULTILAYER,16", "--passes", "--set",
+         "scene.render.image_settings.exr_codec='PIZ'"), (2, 2), ".exr"),
+    "burn-in stamp, png": (("--output", "PNG,8,RGBA", "--extra", "stamp"), (2, 1), ".png"),
+    "the compositor on the merged frame, 16-bit png": (
+        ("--output", "PNG,16,RGBA", "--compositor"), (2, 2), ".png"),
+    "the compositor on the merged frame, multilayer EXR, half float, passes": (
+        ("--output", "OPEN_EXR_MULTILAYER,16", "--compositor", "--passes"), (2, 1), ".exr"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUTS))
+def test_older_blenders_outputs_finished_by_the_farm_equal_their_own(
+        farm, blender: Blender, case: str, tmp_path: Path) -> None:
+    """Views, EXR encodings and passes, the stamp and the compositor, each finished on a
+    worker by the Blender that made the scene: every file equals that Blender's own."""
+    options, tiles, extension = OUTPUTS[case]
+    made = scene_of(blender, tmp_path / "made", *options)
+    result = farm.render(JobSpec(str(made), frames="1", tiles=tiles,
+                                 output=str(tmp_path / "farm" / f"f_####{extension}")))
+    assert result.tiles == tiles, result.warnings
+    assert result.scene.blender.startswith(str(blender.version.series[0])), result.scene
+    own = own_render(blender, made, tmp_path / "own", 1, extension)
+    got = sorted(result.frame_files[1])
+    if "stereo" in case:  # Blender writes a file per view: own_0001_L.png, own_0001_R.png
+        want = sorted(own.parent.glob(f"own_0001_*{extension}"))
+        assert [p.name[-6:] for p in got] == [p.name[-6:] for p in want] == \
+            [f"_L{extension}", f"_R{extension}"]
+    else:
+        want = [own]
+    for mine, theirs in zip(got, want, strict=True):
+        assert differences(mine, theirs) == [], (mine.name, theirs.name)
+
+
 def test_jobs_of_two_blenders_run_at_once(farm, tmp_path: Path, make_scene) -> None:
     from renderfarm.blender_envs import prepare
 
