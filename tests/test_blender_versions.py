@@ -120,6 +120,76 @@ def test_older_blenders_outputs_finished_by_the_farm_equal_their_own(
         assert differences(mine, theirs) == [], (mine.name, theirs.name)
 
 
+#: Blender's own Render Animation of a file (its output path, its format: a video)
+ANIMATION = """
+import bpy, sys
+bpy.ops.wm.open_mainfile(filepath=sys.argv[-1])
+bpy.ops.render.render(animation=True)
+"""
+#: a scene that writes an H.264 MP4 as artists set it up in Blender 4
+VIDEO_4 = ("--set", "scene.render.filepath='//render/shot_'",
+           "--set", "scene.render.image_settings.file_format='FFMPEG'",
+           "--set", "scene.render.ffmpeg.format='MPEG4'",
+           "--set", "scene.render.ffmpeg.codec='H264'",
+           "--set", "scene.render.ffmpeg.constant_rate_factor='HIGH'")
+
+
+def test_older_blenders_video_equals_their_own(farm, blender: Blender,
+                                               tmp_path: Path) -> None:
+    """Tiles merged, then encoded by a worker with the Blender that made the scene (its
+    FFmpeg writer, the stamp, the sound strip where its bpy has Audaspace: 4.5's has, 4.2's
+    wheel has not): the decoded frames and sound equal that Blender's own video."""
+    import shutil
+
+    import numpy as np
+
+    from tests.test_outputs import _decoded
+
+    sound = ("--extra", "sound") if blender.version.series >= (4, 5) else ()
+    made = scene_of(blender, tmp_path / "made", "--output", "PNG,8,RGBA", "--extra", "stamp",
+                    *sound, *VIDEO_4)
+    for folder in ("own", "farm"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(made, tmp_path / folder / "scene.blend")
+    script = tmp_path / "animation.py"
+    script.write_text(ANIMATION)
+    run_in(blender, str(script), "--", str(tmp_path / "own" / "scene.blend"))
+    result = farm.render(JobSpec(str(tmp_path / "farm" / "scene.blend"), frames="1-2",
+                                 tiles=(2, 2)))
+    assert result.tiles == (2, 2), result.warnings
+    assert any(t.kind == "encode" for t in result.tasks)
+    got = tmp_path / "farm" / "render" / "shot_0001-0002.mp4"
+    want = tmp_path / "own" / "render" / "shot_0001-0002.mp4"
+    assert got in result.files and want.is_file()
+    got_frames, got_sound = _decoded(got)
+    want_frames, want_sound = _decoded(want)
+    assert len(got_frames) == len(want_frames) == 2
+    for mine, theirs in zip(got_frames, want_frames, strict=True):
+        assert np.array_equal(mine, theirs)
+    if sound:
+        assert want_sound is not None and np.array_equal(got_sound, want_sound)
+
+
+def test_older_blenders_denoise_the_merged_frame_once(farm, blender: Blender,
+                                                      tmp_path: Path) -> None:
+    """Noisy tiles merged, then denoised once on a worker by the Blender that made the
+    scene (its Cycles' standalone denoiser): the grid changes no bit, the file has the parts
+    Blender writes, and its image is close to Blender's render-time denoise."""
+    from tests.test_render import assert_same_image, parts
+    from tests.test_seamfree import psnr
+
+    made = scene_of(blender, tmp_path / "made", "--denoise", "--samples", "32")
+    tiled = farm.render(JobSpec(str(made), frames="1", tiles=(2, 2),
+                                output=str(tmp_path / "t_####.exr")))
+    whole = farm.render(JobSpec(str(made), frames="1", denoise="post",
+                                output=str(tmp_path / "w_####.exr")))
+    assert not tiled.warnings and not whole.warnings, tiled.warnings + whole.warnings
+    assert_same_image(tiled.outputs[1], whole.outputs[1])
+    own = own_render(blender, made, tmp_path / "own", 1, ".exr")
+    assert parts(tiled.outputs[1]) == parts(own)
+    assert psnr(tiled.outputs[1], own) >= 40.0
+
+
 def test_jobs_of_two_blenders_run_at_once(farm, tmp_path: Path, make_scene) -> None:
     from renderfarm.blender_envs import prepare
 

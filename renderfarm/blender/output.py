@@ -40,6 +40,30 @@ def _give(settings: Any, own: dict[str, Any]) -> None:
             continue
 
 
+def ffmpeg_settings(scene: Any) -> dict[str, Any]:
+    """Every settable property of the scene's FFmpeg output (container, codecs, quality,
+    audio), as saved in its file: Blender 4.2 resets the container to Matroska when the
+    file format goes back to FFMPEG, so the farm gives them back (:func:`restore_ffmpeg`)."""
+    ffmpeg = scene.render.ffmpeg
+    return {prop.identifier: getattr(ffmpeg, prop.identifier)
+            for prop in ffmpeg.bl_rna.properties
+            if prop.identifier != "rna_type" and not prop.is_readonly
+            and prop.type in ("BOOLEAN", "INT", "FLOAT", "STRING", "ENUM")
+            and not getattr(prop, "is_array", False)}
+
+
+def restore_ffmpeg(scene: Any, own: dict[str, Any]) -> None:
+    """Give the scene's FFmpeg output the settings ``own`` (:func:`ffmpeg_settings`); the
+    container first, as the codecs it takes depend on it."""
+    ffmpeg = scene.render.ffmpeg
+    for name in sorted(own, key=lambda n: n != "format"):
+        try:
+            if getattr(ffmpeg, name) != own[name]:
+                setattr(ffmpeg, name, own[name])
+        except (AttributeError, TypeError, ValueError):  # not settable with this container
+            continue
+
+
 def restore_output(scene: Any, own: dict[str, Any], file_format: str) -> bool:
     """Give ``scene`` the output settings ``own`` (from :func:`own_output`) when they are for
     ``file_format``: the farm then writes the final file with the scene's own depth, colour

@@ -25,8 +25,10 @@ from renderfarm.blender import compat
 from renderfarm.blender.files import open_blend
 from renderfarm.blender.output import (
     apply_output,
+    ffmpeg_settings,
     number_frames,
     own_output,
+    restore_ffmpeg,
     restore_output,
     set_output_format,
 )
@@ -96,6 +98,7 @@ class BlenderSession:
         self._key: tuple[Any, ...] | None = None
         #: the output settings the artist's file has (the farm writes final files with them)
         self._own_output: dict[str, Any] = {}
+        self._own_ffmpeg: dict[str, Any] = {}
         self._stamp = False
         self._allow_scripts = False
         self._scene_name: str | None = None
@@ -235,6 +238,7 @@ class BlenderSession:
         if not settings.compositing:
             render.use_sequencer = False
         self._own_output = own_output(scene)  # what the artist's file writes
+        self._own_ffmpeg = ffmpeg_settings(scene)
         self._stamp = bool(render.use_stamp)  # pieces get none; the finished frame does
         set_output_format(scene, output_format)
         self._format = output_format
@@ -400,6 +404,7 @@ class BlenderSession:
         node.image = image
         node.frame_start, node.frame_duration, node.frame_offset = first, last - first + 1, 0
         restore_output(scene, self._own_output, "FFMPEG")
+        restore_ffmpeg(scene, self._own_ffmpeg)  # Blender 4.2 reset its container
         if container is not None:  # -o shot.mp4: its container, a codec it takes
             compat.set_file_format(render.image_settings, "FFMPEG")
             render.ffmpeg.format = container
