@@ -190,6 +190,26 @@ def test_older_blenders_denoise_the_merged_frame_once(farm, blender: Blender,
     assert psnr(tiled.outputs[1], own) >= 40.0
 
 
+def test_older_blenders_file_output_nodes_write_what_they_write(farm, blender: Blender,
+                                                               tmp_path: Path) -> None:
+    """A File Output node (Depth to a 32-bit EXR) of a scene made by an older Blender: its
+    file, written when the merged frame is composited on a worker, lands where that Blender
+    writes it and equals its own, as does the frame."""
+    made = scene_of(blender, tmp_path / "made", "--output", "PNG,8,RGBA", "--extra",
+                    "file-output")
+    result = farm.render(JobSpec(str(made), frames="1", tiles=(2, 2),
+                                 output=str(tmp_path / "farm" / "f_####.png")))
+    assert result.tiles == (2, 2), result.warnings
+    # where Blender writes it: the node's folder next to the .blend, named by Blender
+    written = made.parent / "passes" / "depth_0001Depth.exr"
+    assert written in result.files, result.files
+    mine = written.rename(tmp_path / "farm-depth.exr")  # Blender's own render writes there
+    own = own_render(blender, made, tmp_path / "own", 1, ".png")
+    assert differences(result.outputs[1], own) == []
+    assert written.is_file()
+    assert differences(mine, written) == []
+
+
 def test_jobs_of_two_blenders_run_at_once(farm, tmp_path: Path, make_scene) -> None:
     from renderfarm.blender_envs import prepare
 
