@@ -470,6 +470,9 @@ class DispatchState:
         #: workers and the waiting tasks of each job that is neither paused nor cancelled,
         #: at most its ``max_workers``
         self.wanted = 0
+        #: the same by the kind of worker wanted: the ``--require`` of the jobs that want them
+        #: (``()``: any worker)
+        self.wanted_kinds: dict[tuple[Requirement, ...], int] = {}
         self.workers: dict[str, WorkerSlot] = {}
         self.jobs: dict[str, JobSlot] = {}
         self.calls: dict[int, Call] = {}
@@ -778,24 +781,31 @@ class DispatchState:
         out = self._timeouts(event.now)
         out += self._fill(event.now)
         if self.release_after is not None:  # a fixed pool asks for nothing
-            self.wanted = self._demand(event.now, out)
+            self.wanted_kinds = self._demand(event.now, out)
+            self.wanted = sum(self.wanted_kinds.values())
             out += self._release(event.now)
         return out
 
-    def _demand(self, now: float, out: list[Instruction]) -> int:
-        """How many workers the pool's work can keep busy: the trusted workers running a
-        call now (each once) plus, for each active, unpaused job, its waiting tasks (with
-        its running workers, at most its ``max_workers``); a held job wants one at least.
-        Calls queued behind a running one are bound to their worker: they want none."""
+    def _demand(self, now: float, out: list[Instruction]
+                ) -> dict[tuple[Requirement, ...], int]:
+        """How many workers the pool's work can keep busy, by the kind each job asks for
+        (its ``--require``): the trusted workers running a call now (each once, for the job
+        it runs) plus, for each active, unpaused job, its waiting tasks (with its running
+        workers, at most its ``max_workers``); a held job wants one at least. Calls queued
+        behind a running one are bound to their worker: they want none."""
         running: dict[str, set[str]] = {}
+        kinds: dict[tuple[Requirement, ...], int] = {}
         busy: set[str] = set()
-        for call in self.calls.values():
+        for call in sorted(self.calls.values(), key=lambda c: c.call_id):
             slot = self.workers.get(call.worker_id)
-            if call.dropped or call.started is None or slot is None or not slot.trusted:
+            if call.dropped or call.started is None or slot is None or not slot.trusted \
+                    or call.worker_id in busy:
                 continue
             running.setdefault(call.job_id, set()).add(call.worker_id)
             busy.add(call.worker_id)
-        total = len(busy)
+            job = self.jobs.get(call.job_id)
+            kind = job.require if job is not None else ()
+            kinds[kind] = kinds.get(kind, 0) + 1
         counted: set[str] = set()
         for job in list(self.jobs.values()):
             if not job.active or job.paused:
@@ -807,9 +817,13 @@ class DispatchState:
                 pending = min(pending, max(0, job.max_workers - mine))
             if job.job_id in self.held and mine + pending == 0:
                 pending = 1
-            total += pending
-        return total + len(self.held - counted - {j for j, job in self.jobs.items()
-                                                  if job.paused and job.active})
+            if pending:
+                kinds[job.require] = kinds.get(job.require, 0) + pending
+        paused = {j for j, job in self.jobs.items() if job.paused and job.active}
+        waiting = len(self.held - counted - paused)  # opening their files: any worker
+        if waiting:
+            kinds[()] = kinds.get((), 0) + waiting
+        return kinds
 
     def _release(self, now: float) -> list[Instruction]:
         """Trusted workers idle for :attr:`release_after` while the work wants fewer than

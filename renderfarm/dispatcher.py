@@ -301,7 +301,7 @@ class PoolRunner:
                 events += self._sync_workers()
                 events.append(Tick(time.monotonic()))
                 self._apply(events)
-                self.pool.want(self.state.wanted)
+                self.pool.want(self.state.wanted, self.state.wanted_kinds)
             finally:
                 for ack in acks:
                     ack.set()

@@ -75,10 +75,11 @@ def summary(spans: Mapping[str, NodeSpan], tasks: Iterable[Mapping[str, Any]],
 
 
 def fake_cloud(node_cpus: int = 1, max_nodes: int = 3, idle_seconds: float = 15.0,
-               head_cpus: int = 0) -> Any:
+               head_cpus: int = 0, more_types: dict[str, dict[str, Any]] | None = None) -> Any:
     """Start Ray's own autoscaler on this machine with its fake multi-node provider (nodes
     are local processes): a head with ``head_cpus`` CPUs and one render node type of
-    ``node_cpus`` CPUs, 0 to ``max_nodes`` nodes, idle ones removed after ``idle_seconds``.
+    ``node_cpus`` CPUs, 0 to ``max_nodes`` nodes, idle ones removed after ``idle_seconds``;
+    ``more_types``: other node types, ``{name: {"resources": {...}, "max_workers": N}}``.
     Connect with ``address="auto"``; stop it with its ``shutdown()``. For trying elasticity
     and for tests.
 
@@ -95,7 +96,9 @@ def fake_cloud(node_cpus: int = 1, max_nodes: int = 3, idle_seconds: float = 15.
                              worker_node_types: dict[str, Any], autoscaler_v2: bool = False,
                              **config_kwargs: Any) -> dict[str, Any]:
             config: dict[str, Any] = {
-                "cluster_name": "renderfarm-fake", "max_workers": max_nodes,
+                "cluster_name": "renderfarm-fake",
+                "max_workers": max_nodes + sum(int(k.get("max_workers", 1))
+                                               for k in (more_types or {}).values()),
                 "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
                              "disable_node_updaters": True,
                              "disable_launch_config_check": True},
@@ -119,7 +122,11 @@ def fake_cloud(node_cpus: int = 1, max_nodes: int = 3, idle_seconds: float = 15.
         worker_node_types={"render": {"resources": {"CPU": node_cpus,
                                                     "object_store_memory": 150 * 1024**2},
                                       "node_config": {}, "min_workers": 0,
-                                      "max_workers": max_nodes}})
+                                      "max_workers": max_nodes},
+                           **{name: {"node_config": {}, "min_workers": 0, **kind,
+                                     "resources": {"object_store_memory": 150 * 1024**2,
+                                                   **kind.get("resources", {})}}
+                              for name, kind in (more_types or {}).items()}})
     cloud.start()
     return cloud
 

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -556,7 +556,7 @@ class WorkerHandle:
 
 
 #: what each autoscaled pool of this process asks for (Ray keeps one request per driver)
-_ASKS: dict[int, list[dict[str, float]]] = {}
+_ASKS: dict[int, list[tuple[dict[str, float], dict[str, str]]]] = {}
 _ASKS_LOCK = threading.Lock()
 
 
@@ -588,6 +588,7 @@ class WorkerPool:
         #: what was last asked of the autoscaler (workers), and when
         self.asked: int | None = None
         self._asked_at = 0.0
+        self._asked: list[tuple[dict[str, float], dict[str, str]]] = []
         #: follow the cluster: one worker per node (CPU) or per GPU, as nodes come and go;
         #: otherwise keep ``shape.workers`` (never more than the cluster can place)
         self.elastic = elastic
@@ -815,37 +816,57 @@ class WorkerPool:
         return {key: value for key, value in (("CPU", self.shape.num_cpus),
                                               ("GPU", self.shape.num_gpus)) if value}
 
-    def want(self, count: int, refresh: float = 30.0) -> None:
+    def want(self, count: int, kinds: Mapping[tuple[Any, ...], int] | None = None,
+             refresh: float = 30.0) -> None:
         """Tell Ray's autoscaler the pool's work can keep ``count`` workers busy (at most
-        :attr:`max_workers`): it adds nodes until that many workers fit, and may remove
+        :attr:`max_workers`), ``kinds``: how many of them by the ``--require`` of the jobs
+        that want them (a tag or GPU model becomes a resource, other terms node labels:
+        :func:`renderfarm.tags.demand_of`). It adds nodes until they fit, and may remove
         nodes left idle once the request shrinks. Asked again when it changes, and every
         ``refresh`` seconds (an autoscaler restarted meanwhile hears it again)."""
         if not self.autoscale:
             return
+        from renderfarm.tags import demand_of
+
         if self.max_workers is not None:
             count = min(count, self.max_workers)
         self.wanted = count
+        asks: list[tuple[dict[str, float], dict[str, str]]] = []
+        for kind, wanted in sorted((kinds or {(): count}).items(), key=lambda kv: str(kv[0])):
+            resources, labels = demand_of(kind)
+            asks += [({**self.bundle(), **resources}, labels)] * wanted
+        asks = asks[:count]
+        asks += [(self.bundle(), {})] * (count - len(asks))
         now = time.monotonic()
-        if count == self.asked and now - self._asked_at < refresh:
+        if asks == self._asked and now - self._asked_at < refresh:
             return
         if self.asked is not None and count < self.asked and now - self._asked_at < 1.0 \
                 and refresh:  # a draining queue shrinks it at most once a second
             return
-        from ray.autoscaler.sdk import request_resources
-
         if count != self.asked:
             logger.info("asking Ray's autoscaler for %d worker(s) of %s", count, self.bundle())
-        # one request stands for the whole driver (each call replaces the last): every
-        # autoscaled pool's workers together
+        if self._ask_ray(asks):
+            self.asked, self._asked_at, self._asked = count, now, asks
+
+    def _ask_ray(self, asks: list[tuple[dict[str, float], dict[str, str]]]) -> bool:
+        """Send every autoscaled pool's asks of this process as one request (each call
+        replaces the last: Ray keeps one per driver)."""
+        from ray.autoscaler.sdk import request_resources
+
         with _ASKS_LOCK:
-            _ASKS[id(self)] = [self.bundle()] * count
-            bundles = [bundle for asks in _ASKS.values() for bundle in asks]
+            _ASKS[id(self)] = asks
+            every = [ask for pool in _ASKS.values() for ask in pool]
+            bundles = [bundle for bundle, _labels in every]
             try:
-                request_resources(bundles=bundles)
+                if any(labels for _bundle, labels in every):
+                    request_resources(bundles=bundles,
+                                      bundle_label_selectors=[labels for _b, labels in every])
+                else:
+                    request_resources(bundles=bundles)
             except Exception as exc:  # Ray going away: the health check says so; ask again
                 logger.warning("could not ask Ray's autoscaler for workers: %s", exc)
-                return
-        self.asked, self._asked_at = count, now
+                return False
+        return True
 
     def elastic_cost(self, tasks: list[dict[str, Any]], started: float) -> dict[str, Any]:
         """What a job's calls (``tasks``, from ``started``, seconds since the epoch) cost in

@@ -184,6 +184,8 @@ class JobRun:
         self.elastic: dict[str, Any] | None = None
         #: since when an autoscaled job's tasks have waited with no worker (None: they have one)
         self.workerless_since: float | None = None
+        #: what a worker must offer to take the job's tasks
+        self.require: tuple[Requirement, ...] = ()
         #: a video job's output (the scene's path, or -o shot.mp4) and the container -o
         #: asks for (None: the scene's)
         self.video: str | None = None
@@ -308,6 +310,7 @@ class JobRun:
         self.blender, warned = choose_blender(self.spec, saved, runner.pool, self.calls,
                                               self.emit, self.warn, self.handle.job_id)
         require += executable_requirement(self.blender)  # only machines that have it
+        self.require = require
         key = blend_hash if not self.blender else f"{blend_hash}@{self.blender}"
         self.info = info = self.calls.inspect(blend_hash, self.blender)
         # what Blender itself reports missing after opening the file on a worker
@@ -583,9 +586,12 @@ class JobRun:
     def _requirements(self, pool: WorkerPool) -> tuple[Requirement, ...]:
         """What a worker must offer to take the job (its ``require``; empty: any worker); a
         job no worker of the farm can take stops here, naming what it asks and what the
-        workers offer."""
-        from renderfarm.tags import WorkerTags, check_offers
+        workers offer; on an autoscaled farm such workers are asked for instead (the job
+        fails after ``wait_for_workers`` when none comes)."""
+        from renderfarm.tags import WorkerTags, check_offers, parse_requirements
 
+        if pool.autoscale:
+            return parse_requirements(self.spec.require)
         return check_offers(self.spec.require, [(h.worker_id, h.tags or WorkerTags())
                                                 for h in pool.ready],
                             path=self.spec.blend_file)
@@ -611,19 +617,24 @@ class JobRun:
     def _check_workers_come(self, pool: WorkerPool) -> None:
         """On an autoscaled farm: stop a job whose tasks have waited the farm's
         ``wait_for_workers`` with no worker at all, naming what was asked."""
+        from renderfarm.tags import satisfies
+
         with self.lock:
             waiting = self.state is not None and self.state.has_pending()
-        if pool.trusted or not waiting:
+        if not waiting or any(satisfies(h.tags, self.require) for h in pool.trusted
+                              if h.tags is not None):
             self.workerless_since = None
             return
         now = time.monotonic()
         self.workerless_since = self.workerless_since or now
         if now - self.workerless_since >= self.farm.config.wait_for_workers:
+            which = f" that meets --require {self.spec.require}" if self.spec.require else ""
             raise ResourceError(
-                f"the job has had no worker for {now - self.workerless_since:.0f} s: its "
-                f"workers went away and the farm's ask of Ray's autoscaler "
-                f"({pool.describe_ask()}) brought none back (see `ray status`); finished "
-                "frames are kept, submit it again to render the rest")
+                f"the job has had no worker{which} for {now - self.workerless_since:.0f} s: "
+                "the farm's ask of Ray's autoscaler "
+                f"({pool.describe_ask()}) brought none (see `ray status`; a tag is asked for "
+                "as the resource tag:NAME, a GPU model as accelerator_type:MODEL, other terms "
+                "as node labels); finished frames are kept, submit it again to render the rest")
 
     def _take_resume(self, resume: Resume) -> None:
         """Mark what an earlier run finished as done; merge frames it left complete."""

@@ -144,6 +144,26 @@ def with_blenders(worker: WorkerTags, versions: Sequence[str],
 EXECUTABLE = "blender_executable"
 
 
+def demand_of(requirements: Sequence[Requirement]) -> tuple[dict[str, float], dict[str, str]]:
+    """What a worker meeting ``requirements`` asks Ray's autoscaler for beyond its CPUs and
+    GPU, so that it starts a node of that kind: a sliver of the resource a node type declares
+    for a tag (``tag=lighting``: ``tag:lighting``) or that Ray gives a GPU model
+    (``gpu=A10G``: ``accelerator_type:A10G``), and the node labels other ``key=value`` terms
+    name. Comparisons (``vram>=16``) and the Blender terms ask for nothing. Pure."""
+    resources: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    for term in requirements:
+        if term.op != "=":
+            continue
+        if term.key == "tag":
+            resources[f"tag:{term.value}"] = 0.001
+        elif term.key == "gpu":
+            resources[f"accelerator_type:{term.value}"] = 0.001
+        elif term.key not in ("blender", EXECUTABLE, "cpus", "gpus"):
+            labels[term.key] = term.value
+    return resources, labels
+
+
 def executable_requirement(blender: str) -> tuple[Requirement, ...]:
     """What a worker must offer to render with ``blender`` (a job's Blender: a version, or
     an executable's path, which only workers whose machine has it offer)."""

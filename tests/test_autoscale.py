@@ -28,13 +28,16 @@ IDLE_SECONDS = 9.0
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    """A head with no CPU (the farm's driver runs there) and a render node type of 1 CPU,
-    0 to 3 nodes, idle nodes removed after :data:`IDLE_SECONDS`."""
+    """A head with no CPU (the farm's driver runs there), a render node type of 1 CPU, 0 to 3
+    nodes, and a "lighting" node type of 1 CPU tagged ``lighting`` (the resource
+    ``tag:lighting``), 0 or 1 node; idle nodes removed after :data:`IDLE_SECONDS`."""
     from renderfarm.elastic import fake_cloud
     from tests.conftest import stop_every_ray
 
     stop_every_ray()
-    cluster = fake_cloud(node_cpus=1, max_nodes=3, idle_seconds=IDLE_SECONDS)
+    cluster = fake_cloud(node_cpus=1, max_nodes=3, idle_seconds=IDLE_SECONDS,
+                         more_types={"lighting": {"resources": {"CPU": 1, "tag:lighting": 1},
+                                                  "max_workers": 1}})
     try:
         yield cluster
     finally:
@@ -117,6 +120,29 @@ def test_a_higher_priority_job_takes_the_workers_while_the_cluster_is_small(
         assert len({t.node for t in low_renders + high_renders}) == 1  # --max-workers 1
         # the high job's frames went ahead of the low job's waiting ones
         assert max(t.finished for t in high_renders) < max(t.started for t in low_renders)
+
+
+def test_a_job_that_requires_a_tag_gets_a_node_of_that_kind(cloud, make_scene, reference,
+                                                            tmp_path: Path) -> None:
+    """``--require tag=lighting``: the farm asks for a worker with the resource
+    ``tag:lighting``, the autoscaler starts the one node type that has it, and the job's
+    tasks render there only."""
+    import ray
+
+    from tests.test_bundle_farm import assert_same_pixels
+
+    blend = make_scene(width=48, height=36, samples=8, frames=2)
+    with _farm(wait_for_workers=300) as farm:
+        assert wait_for(lambda: render_nodes() == 0, 120)
+        result = farm.render(JobSpec(str(blend), frames="1-2", device="cpu",
+                                     require="tag=lighting",
+                                     output=str(tmp_path / "lit" / "l_####.exr")))
+        lit = {n["NodeID"] for n in ray.nodes() if n.get("Alive")
+               and n.get("Resources", {}).get("tag:lighting")}
+        assert lit and {t.node for t in result.renders} <= lit, (lit, result.renders)
+    want = reference(blend, [1, 2])
+    for frame in (1, 2):
+        assert_same_pixels(result.outputs[frame], want[frame])
 
 
 def test_a_kind_of_worker_the_cluster_cannot_provide_fails_naming_it(

@@ -726,3 +726,18 @@ def test_suspect_and_disabled_workers_are_kept_for_an_operator_and_want_nothing(
     released = of_kind(state.handle(Tick(10.0)), ReleaseWorker)
     assert [r.worker_id for r in released] == ["w3"]
     assert set(state.workers) == {"w1", "w2"} and state.wanted == 0
+
+
+def test_demand_is_counted_by_the_kind_of_worker_each_job_requires() -> None:
+    from renderfarm.tags import demand_of
+
+    lighting = parse_requirements("tag=lighting")
+    state = DispatchState(depth=1, release_after=60.0)
+    started_workers(state, "w1", tags={"w1": WorkerTags(frozenset({"lighting"}))})
+    state.handle(JobAdded("plain", "kp", Job("plain", 2)),
+                 JobAdded("lit", "kl", Job("lit", 3), require=lighting), Tick(0.0))
+    assert state.wanted == 5
+    assert sum(state.wanted_kinds.values()) == 5 and state.wanted_kinds[lighting] >= 2
+    assert demand_of(lighting) == ({"tag:lighting": 0.001}, {})
+    assert demand_of(parse_requirements("gpu=A10G,vram>=16,zone=eu")) == (
+        {"accelerator_type:A10G": 0.001}, {"zone": "eu"})
