@@ -164,6 +164,9 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
         "pieces": sorted(pieces, key=lambda p: (p["started"], p["worker"])),
         "warnings": list(run.get("warnings") or []),
         "estimate": dict(estimate) if estimate else None,
+        # on an autoscaled farm: the render nodes' time up against the time its calls kept
+        # them busy (:func:`renderfarm.elastic.summary`)
+        "elastic": dict(run["elastic"]) if run.get("elastic") else None,
     }
     estimate = estimate or run.get("estimate")
     report["estimate"] = dict(estimate) if estimate else None
@@ -284,6 +287,16 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                      f"{money(estimate.get('cost'))}"
                      + (f" ({report['estimate_error'] * 100:+.0f} % of the actual time)"
                         if "estimate_error" in report else ""))
+    elastic = report.get("elastic")
+    if elastic and elastic.get("node_seconds"):
+        share = elastic.get("busy_share")
+        first = elastic.get("first_task_on_new_node")
+        lines.append(f"elastic: render nodes up {elastic['node_seconds']:.1f} node-s, busy "
+                     f"{elastic['busy_seconds']:.1f} s"
+                     + (f" ({share * 100:.0f} %)" if share is not None else "")
+                     + f"; {elastic.get('new_nodes', 0)} node(s) started for it"
+                     + (f", its first task on one after {first:.1f} s" if first is not None
+                        else ""))
     return lines
 
 

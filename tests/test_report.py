@@ -66,6 +66,24 @@ def test_every_call_counts_and_cost_follows_the_price_per_device() -> None:
     assert page.count("<rect") == 5 and "data:image/png;base64," in page
 
 
+def test_an_autoscaled_jobs_report_says_what_its_nodes_cost() -> None:
+    from renderfarm.elastic import NodeSpan, summary
+
+    tasks = [call("cpu-1", 110, 30.0), call("cpu-2", 115, 25.0)]
+    elastic = summary({"node-cpu-1": NodeSpan(105.0, 150.0, True),
+                       "node-cpu-2": NodeSpan(112.0, 152.0, True)}, tasks, 100.0, 160.0)
+    run = {"job_id": "j", "device": "cpu", "frames": [1], "wall_seconds": 60.0,
+           "tasks": tasks, "elastic": elastic}
+    report = build_report(run)
+    assert report["elastic"]["node_seconds"] == pytest.approx(45.0 + 40.0)
+    assert report["elastic"]["busy_seconds"] == pytest.approx(55.0)
+    line = next(x for x in summary_lines(report) if x.startswith("elastic"))
+    assert line == ("elastic: render nodes up 85.0 node-s, busy 55.0 s (65 %); 2 node(s) "
+                    "started for it, its first task on one after 10.0 s")
+    assert "render nodes up 85.0 node-s" in render_html(report)
+    assert build_report({**run, "elastic": None})["elastic"] is None
+
+
 def test_gpus_are_priced_by_model_and_unpriced_devices_are_said() -> None:
     assert device_units("OPTIX:NVIDIA A10,NVIDIA A10", "gpu", 8) == [("NVIDIA A10", 1.0),
                                                                      ("NVIDIA A10", 1.0)]
