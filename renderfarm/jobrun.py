@@ -616,13 +616,14 @@ class JobRun:
 
     def _check_workers_come(self, pool: WorkerPool) -> None:
         """On an autoscaled farm: stop a job whose tasks have waited the farm's
-        ``wait_for_workers`` with no worker at all, naming what was asked."""
+        ``wait_for_workers`` with no worker that may take them, naming what was asked (a
+        paused job asks for nothing and waits for nothing)."""
         from renderfarm.tags import satisfies
 
         with self.lock:
             waiting = self.state is not None and self.state.has_pending()
-        if not waiting or any(satisfies(h.tags, self.require) for h in pool.trusted
-                              if h.tags is not None):
+        if not waiting or self.handle.paused or any(
+                satisfies(h.tags, self.require) for h in pool.trusted if h.tags is not None):
             self.workerless_since = None
             return
         now = time.monotonic()
