@@ -145,12 +145,11 @@ class FarmHealth:
             live.stale = True
         if old is not None:
             old.mark_lost(problem)
-        jobs_lost(lives, problem)
-        if old is not None:
-            try:
+            try:  # its runs end: what they finished is recorded, then they are queued again
                 old.shutdown()
             except Exception:
                 logger.exception("the failed farm did not shut down cleanly")
+        jobs_lost(lives, problem)
         self._farm = None
         pause = 1.0
         while not self._stop.is_set():

@@ -28,7 +28,8 @@ class Live:
     handle: Any
     #: the job's owner (its client's name): its events go to the owner's topics
     owner: str = LOCAL
-    #: its farm was lost (Ray failed): nothing it says any more is recorded
+    #: its farm was lost (Ray failed): only the facts it still reports (pieces stored, frames
+    #: written) are recorded, never its end; the job runs again from the database
     stale: bool = False
     #: its run's accounting is in the database for good (the run has ended)
     accounted: bool = False
@@ -42,6 +43,8 @@ class Live:
     #: the scene's colour management, for previews (SceneInfo.display)
     display: dict[str, Any] = field(default_factory=dict)
     previews: dict[int, Any] = field(default_factory=dict)  # frame -> RGBA canvas
+    #: set once every event of the run has been recorded (its watcher has ended)
+    watched: threading.Event = field(default_factory=threading.Event)
 
     def latest_png(self) -> bytes | None:
         """The preview of the latest frame with a finished tile, as PNG."""

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: what the database says of a job that ended, by its last event
 END_ACTIONS = {"job_done": "done", "job_failed": "fail", "job_cancelled": "cancelled"}
+#: what a run whose farm was lost still says that is true (a piece it stored, a frame it
+#: wrote): recorded, so the job's next run does not do it again
+FACTS = frozenset({"task_done", "task_checked", "frame_merged", "output_written"})
 
 
 class Recorder:
@@ -68,10 +71,16 @@ class Recorder:
         return keep
 
     def _watch(self, job_id: str, live: Live) -> None:
+        try:
+            self._watch_run(job_id, live)
+        finally:
+            live.watched.set()
+
+    def _watch_run(self, job_id: str, live: Live) -> None:
         handle = live.handle
         for event in handle.events():
-            if live.stale:  # its farm was lost: the job runs again from the database
-                continue
+            if live.stale and event.kind not in FACTS:
+                continue  # its farm was lost: the job runs again from the database
             try:
                 self._record(job_id, live, event)
             except Exception:  # a bookkeeping error must not stop the job's events

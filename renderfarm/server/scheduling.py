@@ -31,6 +31,10 @@ from renderfarm.server.store import JobRow, Store
 
 logger = logging.getLogger(__name__)
 
+#: seconds a lost run may take to end (its watcher records what it finished) before its job
+#: is queued again
+LOST_RUN_WAIT = 30.0
+
 
 def waiting_reason(after: Iterable[str], after_frames: bool,
                    states: Mapping[str, str | None]) -> str | None:
@@ -202,8 +206,12 @@ class Scheduler:
         """The farm failed under these running jobs (already stale): stop them and queue
         them again (their finished pieces stay recorded; they resume on the new farm)."""
         note = f"the farm is recovering: {problem}; the job resumes with its finished pieces"
-        for job_id, live in lives:
+        for _job_id, live in lives:
             live.handle.cancel()
+        for job_id, live in lives:  # what each run finished is recorded before it is queued
+            if not live.watched.wait(LOST_RUN_WAIT):
+                logger.warning("job %s: its lost run did not end within %g s; it is queued "
+                               "again with the pieces recorded so far", job_id, LOST_RUN_WAIT)
             row = self._store.job(job_id)
             if row.state == "running":
                 row = self._store.act(job_id, "requeue")
