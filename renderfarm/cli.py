@@ -6,13 +6,14 @@ Exit codes: 0 done, 2 usage, 3 bad input, 4 render failed, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from renderfarm import __version__
@@ -180,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --farm: this client's secret key file")
     blenders.add_argument("--reply-timeout", type=float, default=15.0, help=argparse.SUPPRESS)
 
+    local_farm = sub.add_parser(
+        "local-farm", parents=[common], help="show or stop the local farm commands reuse",
+        description="render and estimate, without --address, keep a local farm (Ray and "
+        "its workers, Blender started, the last scene loaded) for the next command; it "
+        "stops after $RENDERFARM_LOCAL_FARM_IDLE seconds unused (default 300). "
+        "RENDERFARM_LOCAL_FARM=off does without it.")
+    local_farm.add_argument("action", nargs="?", choices=("status", "stop"), default="status")
+
     from renderfarm.service_cli import add_commands
 
     add_commands(sub, common, jobs, farm)
@@ -213,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "blenders":
             return _blenders(args)
+        if args.command == "local-farm":
+            return _local_farm_command(args)
         from renderfarm.service_cli import run
 
         return run(args)
@@ -226,6 +237,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.log_tail and args.verbose:
             print(exc.log_tail, file=sys.stderr)
         return exc.exit_code
+
+
+def _local_farm_command(args: argparse.Namespace) -> int:
+    """``renderfarm local-farm [status|stop]``."""
+    import time
+
+    from renderfarm import local_farm
+
+    if args.action == "stop":
+        print("stopped the local farm" if local_farm.stop() else "no local farm runs")
+        return EXIT_OK
+    info = local_farm.status()
+    if info is None:
+        print("no local farm runs" + ("" if local_farm.enabled() else
+                                      " (RENDERFARM_LOCAL_FARM is off)"))
+        return EXIT_OK
+    print(f"a local farm runs at {info['address']} (keeper pid {info['pid']}), up "
+          f"{time.time() - float(info.get('started', time.time())):.0f} s; it stops after "
+          f"{local_farm.idle_seconds():g} s unused")
+    return EXIT_OK
 
 
 def _blenders(args: argparse.Namespace) -> int:
@@ -315,14 +346,38 @@ def _farm_config(args: argparse.Namespace) -> Any:
                       prices=parse_prices(args.price), **autoscale_settings(args))
 
 
+@contextlib.contextmanager
+def _local_farm(config: Any, quiet: bool = False) -> Iterator[Any]:
+    """``config``, on the local farm later commands reuse when it names no cluster (see
+    :mod:`renderfarm.local_farm`; unchanged when another command holds it)."""
+    from dataclasses import replace
+
+    from renderfarm import local_farm
+
+    if config.address or os.environ.get("RAY_ADDRESS") or config.autoscale \
+            or not local_farm.enabled():
+        yield config
+        return
+
+    def started(idle: float) -> None:
+        if not quiet:
+            print(f"renderfarm: started a local farm that your next commands reuse; it stops "
+                  f"after {idle:g} s unused ('renderfarm local-farm stop' stops it now, "
+                  "RENDERFARM_LOCAL_FARM=off does without)", file=sys.stderr)
+
+    with local_farm.use(started=started) as address:
+        yield config if address is None else replace(config, address=address,
+                                                     keep_warm=True)
+
+
 def _render(args: argparse.Namespace) -> int:
     from renderfarm.farm import Farm, check_spec
     from renderfarm.options import job_spec
 
     spec = job_spec(args, args.output)  # None: the scene's own output path and settings
-    config = _farm_config(args)
-    check_spec(spec, config)  # bad input fails here, before Ray starts
-    with Farm(config=config) as farm:
+    check_spec(spec, _farm_config(args))  # bad input fails here, before Ray starts
+    with _local_farm(_farm_config(args), args.quiet or args.json) as config, \
+            Farm(config=config) as farm:
         handle = farm.submit(spec)
         try:
             _follow(handle, show_bar=not (args.no_progress or args.quiet or args.json))
@@ -375,9 +430,8 @@ def _estimate(args: argparse.Namespace) -> int:
     from renderfarm.options import job_spec
 
     spec = replace(job_spec(args, args.output), estimate="only", budget=None)
-    config = _farm_config(args)
-    check_spec(spec, config)
-    with Farm(config=config) as farm:
+    check_spec(spec, _farm_config(args))
+    with _local_farm(_farm_config(args), args.json) as config, Farm(config=config) as farm:
         handle = farm.submit(spec)
         _follow(handle, show_bar=False, say=("info",))  # the estimate is printed once, below
         result = handle.result()

@@ -555,6 +555,12 @@ class WorkerHandle:
                 "props": dict(tags.props) if tags else {}}
 
 
+#: the Ray namespace and name prefix of workers kept between commands (``keep_warm``)
+WARM_NAMESPACE = "renderfarm-local"
+WARM_PREFIX = "renderfarm-warm/"
+#: seconds a kept worker has to answer before it is replaced
+WARM_PING_SECONDS = 10.0
+
 #: what each autoscaled pool of this process asks for (Ray keeps one request per driver)
 _ASKS: dict[int, list[tuple[dict[str, float], dict[str, str]]]] = {}
 _ASKS_LOCK = threading.Lock()
@@ -573,12 +579,18 @@ class WorkerPool:
             and hold only those: the pool starts empty, gets a worker wherever one fits, and
             its dispatcher releases the workers its work no longer needs.
         max_workers: the most workers an autoscaled pool asks for (None: no bound).
+        keep_warm: the workers outlive this driver (named, detached actors of the farm's own
+            local cluster, :mod:`renderfarm.local_farm`): the next command's pool of the same
+            shape takes them over, Blender started and the scene loaded, and :meth:`close`
+            leaves the healthy ones running.
     """
 
     def __init__(self, shape: PoolShape, actor_class: type = BlenderWorker,
                  start_timeout: float = START_TIMEOUT, elastic: bool = False,
-                 autoscale: bool = False, max_workers: int | None = None) -> None:
+                 autoscale: bool = False, max_workers: int | None = None,
+                 keep_warm: bool = False) -> None:
         self.shape = shape
+        self.keep_warm = keep_warm
         self.actor_class = actor_class
         self.start_timeout = start_timeout
         self.autoscale = autoscale
@@ -613,14 +625,51 @@ class WorkerPool:
         if self._remote is None:
             self._remote = ray.remote(self.actor_class)
         worker_id = f"{self.shape.device}-{next(self._numbers)}"
+        if self.keep_warm:
+            worker_id = f"{worker_id}-{os.urandom(3).hex()}"
+            options: dict[str, Any] = {"name": self._warm_name(worker_id),
+                                       "namespace": WARM_NAMESPACE, "lifetime": "detached"}
+        else:
+            options = {"name": None}
         actor = self._remote.options(
             num_cpus=self.shape.num_cpus, num_gpus=self.shape.num_gpus, max_restarts=0,
-            max_concurrency=1, name=None,
+            max_concurrency=1, **options,
         ).remote(worker_id)
+        return self._add(worker_id, actor)
+
+    def _add(self, worker_id: str, actor: Any) -> WorkerHandle:
         handle = WorkerHandle(worker_id, actor, ready_ref=actor.ping.remote(),
                               created=time.monotonic())
         self.workers[worker_id] = handle
         return handle
+
+    def _warm_name(self, worker_id: str) -> str:
+        """A kept worker's actor name: its shape, then its id (a pool of another shape
+        does not take it over)."""
+        shape = self.shape
+        return (f"{WARM_PREFIX}{shape.num_cpus:g}cpu-{shape.num_gpus:g}gpu-"
+                f"{self.actor_class.__name__}/{worker_id}")
+
+    def _adopt_warm(self) -> None:
+        """Take over the kept workers of this pool's shape (up to its size); stop kept
+        workers of other shapes (the cluster's resources go to this pool's)."""
+        import ray
+        from ray.util import list_named_actors
+
+        mine = self._warm_name("")
+        for entry in list_named_actors(all_namespaces=True):
+            name = entry.get("name", "") if isinstance(entry, dict) else str(entry)
+            if (isinstance(entry, dict) and entry.get("namespace") != WARM_NAMESPACE) \
+                    or not name.startswith(WARM_PREFIX):
+                continue
+            try:
+                actor = ray.get_actor(name, namespace=WARM_NAMESPACE)
+            except ValueError:  # gone meanwhile
+                continue
+            if name.startswith(mine) and len(self.workers) < self.target:
+                self._add(name[len(mine):], actor)
+            else:
+                ray.kill(actor, no_restart=True)
 
     def handles(self) -> list[WorkerHandle]:
         """The pool's workers now (a copy: the pool changes as workers come and go)."""
@@ -640,16 +689,25 @@ class WorkerPool:
             return
         with self._lock:
             self.target = self.shape.workers
+            if self.keep_warm and not self.workers:
+                self._adopt_warm()
+        if self.keep_warm:  # a kept worker that died since (or hangs) is replaced
+            self.poll_started(wait=WARM_PING_SECONDS)
+            for handle in self.handles():
+                if not handle.ready:
+                    self.kill(handle.worker_id)
+        with self._lock:
             fresh = [self._new_actor() for _ in range(self.target - len(self.workers))]
         if not fresh:
             return
         pings = {h.ready_ref: h for h in fresh}
         ready, waiting = ray.wait(list(pings), num_returns=len(pings),
                                   timeout=self.start_timeout)
+        nodes = ray.nodes() if ready else []
         for ref in ready:
             handle = pings[ref]
             try:
-                self._started(handle, ref)
+                self._started(handle, ref, nodes)
             except Exception as exc:
                 self.kill_all()
                 raise ResourceError(f"a worker failed to start: {exc}") from exc
@@ -719,35 +777,38 @@ class WorkerPool:
                            reason)
             handle.suspect = handle.suspect or reason
 
-    def poll_started(self) -> None:
-        """Mark workers whose start finished; drop those that failed to start."""
+    def poll_started(self, wait: float = 0.0) -> None:
+        """Mark workers whose start finished (waiting up to ``wait`` seconds for all);
+        drop those that failed to start."""
         import ray
 
         with self._lock:
             waiting = {h.ready_ref: h for h in self.workers.values() if not h.ready}
         if not waiting:
             return
-        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
+        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=wait)
+        nodes = ray.nodes() if done else []  # once for all (a thousand workers start at once)
         for ref in done:
             handle = waiting[ref]
             try:
-                self._started(handle, ref)
+                self._started(handle, ref, nodes)
             except Exception as exc:  # died while starting (its node went away)
                 logger.warning("worker %s did not start: %s", handle.worker_id, exc)
                 self.kill(handle.worker_id)
 
     @staticmethod
-    def _started(handle: WorkerHandle, ping: Any) -> None:
-        """A worker answered its ping: where it runs and what its node offers; it takes
-        tasks from now on."""
+    def _started(handle: WorkerHandle, ping: Any, nodes: list[dict[str, Any]]) -> None:
+        """A worker answered its ping: where it runs and what its node (one of ``nodes``,
+        as ``ray.nodes()`` lists them) offers; it takes tasks from now on."""
         import ray
 
         from renderfarm.tags import WorkerTags, node_tags, with_blenders
 
         answer = ray.get(ping)
         handle.node = answer["node"]
+        handle.loaded = answer.get("loaded") or handle.loaded  # a kept worker's scene
         handle.blenders = list(answer.get("blenders") or [])
-        handle.tags = with_blenders(next((node_tags(n) for n in ray.nodes()
+        handle.tags = with_blenders(next((node_tags(n) for n in nodes
                                           if n.get("NodeID") == handle.node), WorkerTags()),
                                     [str(b.get("version")) for b in handle.blenders],
                                     [str(b.get("path")) for b in handle.blenders
@@ -915,6 +976,16 @@ class WorkerPool:
                 ray.kill(handle.actor, no_restart=True)
             except Exception:  # already dead
                 logger.debug("worker %s was already gone", worker_id)
+
+    def close(self) -> None:
+        """The driver is done with the pool: every worker stops, except a kept pool's
+        healthy ones (started, trusted, not busy), which wait for the next command."""
+        if not self.keep_warm or self.lost is not None:
+            self.kill_all()
+            return
+        for handle in self.handles():
+            if not handle.ready or handle.busy or handle.suspect or handle.disabled:
+                self.kill(handle.worker_id)
 
     def kill_all(self) -> None:
         """Kill every worker of the pool (an autoscaled pool also withdraws its request)."""

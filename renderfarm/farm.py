@@ -94,6 +94,9 @@ class FarmConfig:
         release_after: seconds an idle worker is kept, with ``autoscale``, while the queue
             wants fewer workers than the farm has (a short wait between two jobs keeps their
             workers).
+        keep_warm: leave the workers running when the farm shuts down, for the next farm
+            of this cluster to take over (the local farm commands share:
+            :mod:`renderfarm.local_farm`).
     """
 
     address: str | None = None
@@ -117,6 +120,7 @@ class FarmConfig:
     max_workers: int | None = None
     wait_for_workers: float = 600.0
     release_after: float = 10.0
+    keep_warm: bool = False
 
 
 def _private_token() -> None:
@@ -194,13 +198,16 @@ class Farm:
         permit_scripts: allow jobs that ask to run scripts embedded in ``.blend`` files.
         config: all settings at once (the other arguments override it).
         worker_class: the worker actor class (tests and benchmarks may swap it).
+        pool_class: makes the farm's worker pools (takes :class:`WorkerPool`'s arguments;
+            the scale benchmark's simulated GPUs share a few processes this way).
 
     Use it as a context manager, or call :meth:`shutdown`, so no worker is left behind.
     """
 
     def __init__(self, address: str | None = None, *, workers: int | None = None,
                  cpus_per_worker: float | None = None, permit_scripts: bool | None = None,
-                 config: FarmConfig | None = None, worker_class: type | None = None) -> None:
+                 config: FarmConfig | None = None, worker_class: type | None = None,
+                 pool_class: Callable[..., WorkerPool] = WorkerPool) -> None:
         config = config or FarmConfig()
         overrides: dict[str, Any] = {}
         if address is not None:
@@ -215,6 +222,7 @@ class Farm:
         if self.config.workers is not None and self.config.workers < 1:
             raise InputError(f"workers must be 1 or more, not {self.config.workers}")
         self.worker_class = worker_class
+        self.pool_class = pool_class
         self._started_ray = False
         self._runners: dict[str, PoolRunner] = {}
         self._lock = threading.Lock()
@@ -274,7 +282,7 @@ class Farm:
             handle.wait(patience)
         for runner in self._runners.values():
             runner.close(patience)
-            runner.pool.kill_all()
+            runner.pool.close()
         self._runners.clear()
         self._merger.shutdown(wait=self.lost is None)
         self._bundles.clear()
@@ -403,11 +411,11 @@ class Farm:
                 kwargs = {"actor_class": self.worker_class} if self.worker_class else {}
                 # no worker count given: the pool follows the cluster (one worker per node,
                 # or per GPU, as nodes come and go); a count given is kept
-                pool = WorkerPool(self.pool_shape(device), start_timeout=self.config.start_timeout,
-                                  elastic=self.config.workers is None
-                                  and not self.config.autoscale,
-                                  autoscale=self.config.autoscale,
-                                  max_workers=self.config.max_workers, **kwargs)
+                pool = self.pool_class(
+                    self.pool_shape(device), start_timeout=self.config.start_timeout,
+                    elastic=self.config.workers is None and not self.config.autoscale,
+                    autoscale=self.config.autoscale, max_workers=self.config.max_workers,
+                    keep_warm=self.config.keep_warm, **kwargs)
                 pool.start()
                 runner = PoolRunner(pool, release_after=self.config.release_after
                                     if self.config.autoscale else None)

@@ -18,6 +18,9 @@ HERE = Path(__file__).parent
 #: inherit it; tests that arm worker faults write it and remove it afterwards
 FAULT_FILE = Path(os.environ.setdefault("RENDERFARM_FAULTS", str(
     Path(tempfile.gettempdir()) / f"renderfarm-faults-{os.getpid()}.json")))
+#: commands run here start a Ray of their own, as they did before the local farm
+#: (tests/test_local_farm.py turns it on, with a folder of its own)
+os.environ.setdefault("RENDERFARM_LOCAL_FARM", "off")
 CORPUS = (HERE.parent.parent / "shared" / "corpus" / "blendfiles").resolve()
 
 

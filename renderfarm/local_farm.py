@@ -1,0 +1,330 @@
+"""A local farm that later commands reuse: ``renderfarm render`` (and ``estimate``) on this
+machine pays for Ray's start and a worker's start once, not per command.
+
+The first command without ``--address`` starts a keeper process (``python -m
+renderfarm.local_farm keep``), which runs a Ray head of the farm's own (``ray start --head
+--block``, its own port and temporary folder, so no other program's ``ray.init()`` joins
+it) and stops it once no command has used it for ``$RENDERFARM_LOCAL_FARM_IDLE`` seconds
+(default 300). Each command connects to it, takes over the workers the previous command left
+(Blender started, the last scene loaded: :class:`~renderfarm.executor.WorkerPool`'s
+``keep_warm``) and leaves them for the next.
+
+One command uses the local farm at a time; a second command meanwhile starts a Ray of its
+own, as every command did before. A local farm made by another Python, another Ray or
+another version of renderfarm is replaced. ``RENDERFARM_LOCAL_FARM=off`` turns it off;
+``renderfarm local-farm stop`` stops it now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from renderfarm.errors import RenderFarmError
+from renderfarm.locks import file_lock
+
+logger = logging.getLogger(__name__)
+
+#: seconds the local farm stays up after its last command (``$RENDERFARM_LOCAL_FARM_IDLE``)
+IDLE_SECONDS = 300.0
+#: seconds a command waits for a new local farm's Ray to come up
+START_SECONDS = 90.0
+
+
+class LocalFarmError(RenderFarmError):
+    """The local farm could not be started or reached."""
+
+
+def enabled() -> bool:
+    """Whether commands use the local farm (``$RENDERFARM_LOCAL_FARM``: ``off`` turns it
+    off)."""
+    return os.environ.get("RENDERFARM_LOCAL_FARM", "on").strip().lower() not in (
+        "0", "off", "no", "false")
+
+
+def folder() -> Path:
+    """Where the local farm keeps its state (``$RENDERFARM_LOCAL_FARM_DIR``, default
+    ``~/.cache/renderfarm/local-farm``), private to this user."""
+    path = Path(os.environ.get("RENDERFARM_LOCAL_FARM_DIR")
+                or Path.home() / ".cache" / "renderfarm" / "local-farm")
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def idle_seconds() -> float:
+    """Seconds the local farm stays up unused (``$RENDERFARM_LOCAL_FARM_IDLE``)."""
+    try:
+        return max(1.0, float(os.environ.get("RENDERFARM_LOCAL_FARM_IDLE", IDLE_SECONDS)))
+    except ValueError:
+        return IDLE_SECONDS
+
+
+def fingerprint() -> str:
+    """What the local farm's workers run: this Python, Ray and renderfarm's code (a farm
+    made by others is replaced)."""
+    import ray
+
+    import renderfarm
+
+    digest = hashlib.sha256(f"{sys.executable}\0{ray.__version__}\0".encode())
+    package = Path(renderfarm.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(package)}\0{stat.st_mtime_ns}\0{stat.st_size}\0"
+                      .encode())
+    return digest.hexdigest()[:24]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def _answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def status() -> dict[str, Any] | None:
+    """The running local farm (``address``, ``pid`` of its keeper, ``started``), or None."""
+    info = _read(folder() / "farm.json")
+    if info is None or not _alive(int(info.get("pid", 0))) \
+            or not _answers(str(info.get("address", ""))):
+        return None
+    return info
+
+
+def stop(wait: float = 30.0) -> bool:
+    """Stop the local farm now (its workers end); whether one was running."""
+    info = _read(folder() / "farm.json")
+    if info is None or not _alive(int(info.get("pid", 0))):
+        return False
+    pid = int(info["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
+
+
+def _ensure(cpus: int | None) -> tuple[str, bool]:
+    """The local farm's Ray address, and whether it was started now (or replaced)."""
+    home = folder()
+    mark = fingerprint()
+    with file_lock(home / "start.lock"):
+        info = _read(home / "farm.json")
+        if info is not None and info.get("fingerprint") == mark \
+                and _alive(int(info.get("pid", 0))) and _answers(str(info["address"])):
+            return str(info["address"]), False
+        if info is not None:  # another version's, or broken: replaced
+            stop()
+        (home / "farm.json").unlink(missing_ok=True)
+        args = [sys.executable, "-m", "renderfarm.local_farm", "keep", "--dir", str(home),
+                "--fingerprint", mark, "--idle", str(idle_seconds())]
+        if cpus:
+            args += ["--cpus", str(cpus)]
+        with open(home / "keeper.log", "ab") as log:
+            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True, close_fds=True)
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline and process.poll() is None:
+            info = _read(home / "farm.json")
+            if info is not None and info.get("fingerprint") == mark:
+                return str(info["address"]), True
+            time.sleep(0.05)
+    raise LocalFarmError(f"the local farm did not start (see {home / 'keeper.log'}, or set "
+                         "RENDERFARM_LOCAL_FARM=off)")
+
+
+def _token_auth() -> None:
+    """Both ends of the local farm use Ray's token (``~/.ray/auth_token``, made private
+    to this user if missing) unless ``$RAY_AUTH_MODE`` says otherwise: a Ray joined by its
+    address does not turn it on by itself."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    token = Path.home() / ".ray" / "auth_token"
+    if not token.exists():
+        from ray._private.authentication.authentication_token_setup import (
+            generate_and_save_token,
+        )
+
+        mask = os.umask(0o077)
+        try:
+            generate_and_save_token()
+        finally:
+            os.umask(mask)
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
+@contextlib.contextmanager
+def use(cpus: int | None = None,
+        started: Callable[[float], None] | None = None) -> Iterator[str | None]:
+    """Hold the local farm for one command.
+
+    Args:
+        cpus: the CPUs a new local farm offers (None: the machine's).
+        started: told when this command started the local farm (with its idle seconds).
+
+    Yields:
+        Its Ray address (started now if none runs), or None when another command holds it
+        or it cannot start (the caller then starts a Ray of its own).
+    """
+    home = folder()
+    busy = open(home / "busy", "a+")  # noqa: SIM115 - held until the command ends
+    try:
+        for _ in range(20):  # the keeper takes it for a moment when it checks
+            try:
+                fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
+            yield None
+            return
+        (home / "used").touch()
+        _token_auth()
+        try:
+            address, new = _ensure(cpus)
+        except LocalFarmError as exc:
+            logger.warning("%s; this command starts a Ray of its own", exc)
+            yield None
+            return
+        if new and started is not None:
+            started(idle_seconds())
+        try:
+            yield address
+        finally:
+            (home / "used").touch()
+    finally:
+        busy.close()
+
+
+# ------------------------------------------------------------------------------------------
+# the keeper (its own process)
+# ------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def ray_folder(home: Path) -> Path:
+    """The temporary folder of the Ray of the local farm kept in ``home``: Ray's sockets
+    live there, and a socket's path has at most 107 bytes, so it is a short one in the
+    system's temporary folder."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / (
+        f"renderfarm-{os.getuid()}-" + hashlib.sha256(str(home).encode()).hexdigest()[:8])
+
+
+def keep(mark: str, idle: float, cpus: int | None) -> int:
+    """Run the local farm's Ray head until it has been idle ``idle`` seconds (or this
+    process is told to stop)."""
+    home = folder()
+    port = _free_port()
+    temp = ray_folder(home)
+    args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
+            "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    if cpus:
+        args.append(f"--num-cpus={cpus}")
+    # its workers hold nothing worth waiting for when it stops: they are idle, or rendering
+    # for a command that stopped (Ray's own wait is 30 s)
+    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1"}
+    head = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env)
+    stopping = False
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + START_SECONDS
+    while not _answers(address):
+        if head.poll() is not None or time.monotonic() > deadline or stopping:
+            head.terminate()
+            return 1
+        time.sleep(0.1)
+    tmp = home / "farm.json.tmp"
+    tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "fingerprint": mark,
+                               "started": time.time()}))
+    tmp.replace(home / "farm.json")
+    (home / "used").touch()
+    busy = open(home / "busy", "a+")  # noqa: SIM115
+    try:
+        while not stopping and head.poll() is None:
+            time.sleep(1.0)
+            try:
+                unused = time.time() - (home / "used").stat().st_mtime
+            except OSError:
+                unused = idle
+            if unused < idle:
+                continue
+            try:  # no command holds the farm: it stops (a command now starts its own)
+                fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            break
+        info = _read(home / "farm.json")
+        if info is not None and info.get("pid") == os.getpid():
+            (home / "farm.json").unlink(missing_ok=True)
+        if head.poll() is None:
+            head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+            try:
+                head.wait(60)
+            except subprocess.TimeoutExpired:
+                head.kill()
+    finally:
+        busy.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - the keeper's process
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m renderfarm.local_farm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    keeper = sub.add_parser("keep")
+    keeper.add_argument("--dir", required=True, help="the local farm's folder")
+    keeper.add_argument("--fingerprint", required=True)
+    keeper.add_argument("--idle", type=float, default=IDLE_SECONDS)
+    keeper.add_argument("--cpus", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    os.environ["RENDERFARM_LOCAL_FARM_DIR"] = args.dir
+    return keep(args.fingerprint, args.idle, args.cpus)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
