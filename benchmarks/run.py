@@ -150,6 +150,8 @@ class Context:
         self._farm: Any = None
         self.timeline: list[Any] = []
         self.plots: dict[str, Any] = {}
+        #: the scale benchmark's full sweep (``--scale``)
+        self.scale_full = False
 
     def farm(self) -> Any:
         """A farm with one warm worker using every CPU: Ray and the worker's start (``import
@@ -915,11 +917,130 @@ def bench_protocol(ctx: Context) -> list[Record]:
 PROTOCOL_TARGET = 8.8
 
 
+def bench_local(ctx: Context) -> list[Record]:
+    """``renderfarm render`` as a new user runs it on one machine, against a plain ``bpy``
+    process rendering the same frames in a loop (the whole process: Python's start and
+    ``import bpy`` included), interleaved in the same run.
+
+    The farm is the local farm later commands reuse (:mod:`renderfarm.local_farm`, a folder
+    of this run's own): its first command (which starts it) is reported on its own, the
+    others are what every later command costs.
+    """
+    home = ctx.workdir / "local-farm"
+    env = {**os.environ, "RENDERFARM_LOCAL_FARM": "on", "RENDERFARM_LOCAL_FARM_DIR": str(home),
+           "RENDERFARM_LOCAL_FARM_IDLE": "600"}
+    env.pop("RAY_ADDRESS", None)
+    setups = [("render", 160, 120, 64, 4, 1.2), ("short", 96, 72, 16, 6, 2.0)]
+    reps = 3 if ctx.quick else 5
+    records = []
+
+    def farm(blend: Path, frames: int) -> float:
+        out = ctx.out("local")
+        return timed(lambda: subprocess.run(
+            [sys.executable, "-m", "renderfarm", "render", str(blend), "--frames",
+             f"1-{frames}", "-o", str(out / "f_####.exr"), "--no-progress", "-q"],
+            check=True, env=env, capture_output=True))
+
+    def plain(blend: Path, frames: int) -> float:
+        out = ctx.out("plain")
+        return timed(lambda: subprocess.run(
+            [sys.executable, str(BASELINES), "loop", str(blend),
+             ",".join(str(f) for f in range(1, frames + 1)), str(out), str(ctx.threads)],
+            check=True, capture_output=True))
+
+    try:
+        for name, width, height, samples, frames, target in setups:
+            blend = make_scene(ctx.workdir / f"local-{name}.blend", width=width, height=height,
+                               samples=samples, frames=frames)
+            cold = farm(blend, frames) if not records else None
+            ours, theirs = [], []
+            for rep in range(reps):
+                for turn in ((ours, theirs) if rep % 2 == 0 else (theirs, ours)):
+                    turn.append(farm(blend, frames) if turn is ours else plain(blend, frames))
+            what = f"{frames} frames {width}x{height} {samples} samples of the demo scene"
+            records.append(Record(
+                f"local.{name}_vs_bpy", f"renderfarm render (the local farm, warm) / a plain "
+                f"bpy process rendering the same frames in a loop, whole commands; {what}",
+                "s", ours, theirs, median([o / t for o, t in zip(ours, theirs, strict=True)]),
+                target, "<=", 0.25 if target < 1.5 else 0.5,
+                note=(f"the first command, which starts the local farm: "
+                      f"{cold / median(theirs):.2f}x; " if cold else "")
+                + "wall ratios of jobs this short move by a tenth to a third between runs "
+                "here: the margin is wide, a farm twice as slow still fails"))
+    finally:
+        subprocess.run([sys.executable, "-m", "renderfarm", "local-farm", "stop"], env=env,
+                       capture_output=True, check=False)
+    return records
+
+
+def bench_scale(ctx: Context) -> list[Record]:
+    """The head under many simulated GPUs (``benchmarks/scale.py``): the whole path of a
+    job through the farm service, its pieces real (recorded once with Blender), their
+    pace that of N GPUs at T seconds per piece. Reported, not gated: the head shares this
+    machine's two cores with the simulated GPUs' hosts and with Ray."""
+    import dataclasses
+
+    import scale
+
+    from renderfarm.synthetic import Recording
+
+    records = []
+    full = ctx.scale_full
+    sizes = [(1920, 1080)] if full else [(480, 270)]
+    for width, height in sizes:
+        blend = make_scene(ctx.workdir / f"scale-{width}.blend", width=width, height=height,
+                           samples=1, frames=1, passes=True)
+        info = scale.scene_info(blend)
+        pieces = scale.record_pieces(ctx.farm(), blend, ctx.out("record"), (2, 2))
+        recording = Recording(info, pieces, 1.0)
+        frame_mb = sum(len(p) for p in pieces.values()) / 2**20
+        runs = ([(10, 6.0, 2), (25, 6.0, 2), (50, 6.0, 2), (100, 6.0, 2)] if full
+                else [(16, 1.0, 3)])
+        for gpus, seconds, rounds in runs:
+            run = scale.run_scale(recording, blend, ctx.out("scale"), gpus, seconds, rounds, 4)
+            data = run.to_dict()
+            equivalent = gpus * 60 / seconds
+            records.append(Record(
+                f"scale.{width}x{height}.{gpus}x{seconds:g}s",
+                f"frames/s / the simulated GPUs' own rate; {gpus} GPUs at {seconds:g} s per "
+                f"piece (the load of {equivalent:.0f} GPUs at 60 s), {width}x{height} frames "
+                f"of {frame_mb:.1f} MB of pieces in 2x2 tiles, through the farm service",
+                "frames/s", [data["frames_per_second"]], [run.frames / run.ideal],
+                run.efficiency, None,
+                note=json.dumps({k: data[k] for k in (
+                    "head_cores", "head_cpu_s_per_frame", "head_bytes_in_per_frame",
+                    "head_bytes_out_per_frame", "status_p99_ms", "page_p99_ms",
+                    "pieces_per_second")})))
+        if full:  # the dispatcher and the service at a thousand and ten thousand GPUs
+            small = make_scene(ctx.workdir / "scale-small.blend", width=96, height=54,
+                               samples=1, frames=1, passes=True)
+            tiny = Recording(scale.scene_info(small),
+                             scale.record_pieces(ctx.farm(), small, ctx.out("rs"), (2, 2)), 60)
+            for gpus in (1000, 10_000):
+                run = scale.run_scale(dataclasses.replace(tiny), small, ctx.out("scale"),
+                                      gpus, 60.0, 1, 4)
+                data = run.to_dict()
+                records.append(Record(
+                    f"scale.tiny.{gpus}x60s", f"frames/s / the simulated GPUs' own rate; "
+                    f"{gpus} GPUs at 60 s per piece, 96x54 frames (the dispatcher, SQLite, "
+                    "events and the web app at that many workers, pixels aside)", "frames/s",
+                    [data["frames_per_second"]], [run.frames / run.ideal], run.efficiency,
+                    None, note=json.dumps({k: data[k] for k in (
+                        "head_cores", "head_cpu_s_per_frame", "status_p99_ms",
+                        "page_p99_ms")})))
+    records.append(Record(
+        "scale.memory_per_task", "bytes the head holds per queued task (a job's tasks and "
+        "its pure state, 10,000 frames in 2x2 tiles)", "B", [scale.memory_per_task()], [],
+        scale.memory_per_task(), None))
+    return records
+
+
 BENCHMARKS: dict[str, Callable[[Context], list[Record]]] = {
     "per_frame": bench_per_frame, "tiling": bench_tiling, "seamfree": bench_seamfree,
     "merge": bench_merge,
     "scheduler": bench_scheduler, "memory": bench_memory, "bundle": bench_bundle,
     "service": bench_service, "trust": bench_trust, "protocol": bench_protocol,
+    "local": bench_local, "scale": bench_scale,
 }
 #: benchmarks that need neither Ray nor Blender (``--only`` these starts no Ray)
 PURE = {"protocol"}
@@ -1170,6 +1291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak-nodes", type=int, default=0, metavar="N",
                         help="run the soak on a multi-node ray.cluster_utils.Cluster of N "
                         "one-CPU nodes, replacing nodes while jobs run")
+    parser.add_argument("--scale", action="store_true",
+                        help="only the scale benchmark, in full: full-HD frames with eight "
+                        "passes under a sweep of simulated GPUs, then 1,000 and 10,000")
     parser.add_argument("--elastic", action="store_true",
                         help="a burst of jobs on Ray's autoscaler (its fake provider) from "
                         "zero nodes; runs `ray stop --force`: alone")
@@ -1187,7 +1311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
 
     started = time.time()
-    selected = args.only or list(BENCHMARKS)
+    selected = ["scale"] if args.scale else args.only or list(BENCHMARKS)
     if not set(selected) <= PURE:
         if args.address:
             ray.init(address=args.address, log_to_driver=False, logging_level="ERROR")
@@ -1196,6 +1320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      log_to_driver=False, logging_level="ERROR")
     workdir = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
     ctx = Context(args.quick, workdir)
+    ctx.scale_full = args.scale
     records: list[Record] = []
     try:
         for name in selected:

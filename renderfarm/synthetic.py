@@ -177,3 +177,162 @@ def run_synthetic(pool: WorkerPool, durations: Sequence[float],
     rows = tuple((w, s - start, e - start, i) for w, s, e, i in sorted(job.timeline,
                                                                        key=lambda r: r[1]))
     return SyntheticRun(makespan, ideal, len(durations), rows)
+
+
+# ------------------------------------------------------------------------------------------
+# simulated GPUs: the whole path of a job (pieces, merge, outputs, events) at a farm's scale
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recording:
+    """What a real Blender worker answered for one scene, replayed by simulated GPUs.
+
+    Attributes:
+        info: the scene's :class:`~renderfarm.job.SceneInfo` as a dict (``inspect``).
+        pieces: the bytes of each tile's piece, by tile index (a frame's pieces; every
+            frame replays them).
+        seconds: modelled seconds per piece.
+        jitter: each piece takes ``seconds`` times a factor in ``[1 - jitter, 1 + jitter]``.
+    """
+
+    info: dict[str, Any]
+    pieces: dict[int, bytes]
+    seconds: float
+    jitter: float = 0.05
+
+
+class SimulatedGpus:
+    """Many simulated GPUs in one Ray actor (async): each answers as a
+    :class:`~renderfarm.executor.BlenderWorker` does, rendering a piece in the recording's
+    modelled time (asleep, no CPU) and returning the recorded piece's bytes.
+
+    Args:
+        recording: what to replay (put in Ray's object store once, shared by every host).
+    """
+
+    def __init__(self, recording: Recording) -> None:
+        import os
+        import random
+
+        import ray
+
+        self.recording = recording
+        self.node = ray.get_runtime_context().get_node_id()
+        self.pid = os.getpid()
+        self._random = random.Random(self.pid)
+        #: pieces returned, their bytes, and when the first render call began
+        self.pieces = 0
+        self.bytes = 0
+        self.first: float | None = None
+
+    async def call(self, gpu: str, method: str, *args: Any) -> Any:
+        """Run ``method`` of simulated GPU ``gpu`` (``ping``, ``blenders``, ``inspect``,
+        ``render``, ``shutdown``).
+
+        Raises:
+            NotImplementedError: a call a simulated GPU cannot answer (finishing a frame
+                with Blender, encoding a video).
+        """
+        import asyncio
+
+        started = time.time()
+        if method == "ping":
+            return {"worker": gpu, "node": self.node, "pid": self.pid, "loaded": None,
+                    "blenders": []}
+        if method == "blenders":
+            return []
+        if method == "inspect":
+            return {"ok": True, "info": self.recording.info, "started": started,
+                    "finished": time.time()}
+        if method == "shutdown":
+            return None
+        if method != "render":
+            raise NotImplementedError(f"a simulated GPU does not answer {method!r}")
+        _settings, _format, task, attempt = args[:4]
+        self.first = started if self.first is None else self.first
+        jitter = self.recording.jitter
+        seconds = self.recording.seconds * self._random.uniform(1 - jitter, 1 + jitter)
+        await asyncio.sleep(seconds)
+        data = self.recording.pieces[int(task["tile"]["index"])]
+        self.pieces += 1
+        self.bytes += len(data)
+        return {"task_index": task["index"], "frame": task["frame"],
+                "tile": task["tile"]["index"], "worker": gpu, "node": self.node,
+                "attempt": attempt, "started": started, "covers": list(task.get("covers", [])),
+                "ok": True, "device": "simulated GPU", "render_seconds": seconds,
+                "load_seconds": 0.0, "task_seconds": time.time() - started,
+                "finished": time.time(), "peak_memory_mb": 0.0, "rss_mb": 0.0,
+                "log": ""}, data
+
+    def served(self) -> dict[str, Any]:
+        """Pieces this host returned, their bytes, and when its first render call began
+        (None before one)."""
+        return {"pieces": self.pieces, "bytes": self.bytes, "first": self.first}
+
+
+class _SimulatedMethod:
+    """``gpu.render.remote(...)`` as a call of the GPU's host."""
+
+    def __init__(self, host: Any, gpu: str, name: str) -> None:
+        self._host, self._gpu, self._name = host, gpu, name
+
+    def remote(self, *args: Any) -> Any:
+        return self._host.call.remote(self._gpu, self._name, *args)
+
+
+class SimulatedGpu:
+    """What the driver holds of one simulated GPU: its methods are its host's calls."""
+
+    def __init__(self, host: Any, gpu: str) -> None:
+        self._host = host
+        self._gpu = gpu
+
+    def __getattr__(self, name: str) -> _SimulatedMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _SimulatedMethod(self._host, self._gpu, name)
+
+
+class SimulatedPool(WorkerPool):
+    """A pool of simulated GPUs spread over a few :class:`SimulatedGpus` hosts (a thousand
+    fit on one small machine); everything else is the farm's own pool.
+
+    Args:
+        shape: the pool's shape (its ``workers`` simulated GPUs; resources are not asked).
+        hosts: the host actors the GPUs are spread over.
+        kwargs: :class:`~renderfarm.executor.WorkerPool`'s other arguments.
+    """
+
+    def __init__(self, shape: PoolShape, *, hosts: Sequence[Any], **kwargs: Any) -> None:
+        kwargs.pop("actor_class", None)
+        super().__init__(shape, **kwargs)
+        self._hosts = list(hosts)
+
+    def _new_actor(self) -> WorkerHandle:
+        number = next(self._numbers)
+        worker_id = f"gpu-{number}"
+        actor = SimulatedGpu(self._hosts[number % len(self._hosts)], worker_id)
+        handle = WorkerHandle(worker_id, actor, ready_ref=actor.ping.remote(),
+                              created=time.monotonic())
+        self.workers[worker_id] = handle
+        return handle
+
+    def capacity(self) -> int:
+        """Every simulated GPU fits (they ask for no resources)."""
+        return self.shape.workers
+
+    def kill(self, worker_id: str) -> None:
+        """Forget a simulated GPU (its host stays for the others)."""
+        with self._lock:
+            self.workers.pop(worker_id, None)
+
+
+def start_hosts(recording: Recording, count: int) -> list[Any]:
+    """``count`` :class:`SimulatedGpus` hosts (no CPU asked; each serves any number of
+    GPUs at once), started and answering."""
+    import ray
+
+    remote = ray.remote(SimulatedGpus).options(num_cpus=0, max_concurrency=100_000)
+    shared = ray.put(recording)
+    hosts = [remote.remote(shared) for _ in range(count)]
+    ray.get([host.served.remote() for host in hosts])
+    return hosts
