@@ -978,8 +978,6 @@ def bench_scale(ctx: Context) -> list[Record]:
     job through the farm service, its pieces real (recorded once with Blender), their
     pace that of N GPUs at T seconds per piece. Reported, not gated: the head shares this
     machine's two cores with the simulated GPUs' hosts and with Ray."""
-    import dataclasses
-
     import scale
 
     from renderfarm.synthetic import Recording
@@ -999,6 +997,7 @@ def bench_scale(ctx: Context) -> list[Record]:
         for gpus, seconds, rounds in runs:
             run = scale.run_scale(recording, blend, ctx.out("scale"), gpus, seconds, rounds, 4)
             data = run.to_dict()
+            print(f"[scale {width}x{height}: {json.dumps(data)}]", file=sys.stderr, flush=True)
             equivalent = gpus * 60 / seconds
             records.append(Record(
                 f"scale.{width}x{height}.{gpus}x{seconds:g}s",
@@ -1017,9 +1016,9 @@ def bench_scale(ctx: Context) -> list[Record]:
             tiny = Recording(scale.scene_info(small),
                              scale.record_pieces(ctx.farm(), small, ctx.out("rs"), (2, 2)), 60)
             for gpus in (1000, 10_000):
-                run = scale.run_scale(dataclasses.replace(tiny), small, ctx.out("scale"),
-                                      gpus, 60.0, 1, 4)
+                run = scale.run_scale(tiny, small, ctx.out("scale"), gpus, 60.0, 1, 4)
                 data = run.to_dict()
+                print(f"[scale tiny: {json.dumps(data)}]", file=sys.stderr, flush=True)
                 records.append(Record(
                     f"scale.tiny.{gpus}x60s", f"frames/s / the simulated GPUs' own rate; "
                     f"{gpus} GPUs at 60 s per piece, 96x54 frames (the dispatcher, SQLite, "

@@ -873,14 +873,23 @@ class DispatchState:
         """Give every free trusted worker calls until it holds :attr:`depth` of them."""
         out: list[Instruction] = []
         trusted = [slot for slot in self.workers.values() if slot.trusted]
-        for slot in trusted:
-            while len(slot.queue) < self.depth:
-                starts = self._start_one(slot, trusted, now)
-                if not starts and not slot.queue:  # idle, nothing waits: help the slowest
-                    starts = self._start_backup(slot, now)
-                if not starts:
-                    break
-                out += starts
+        # each job's fitting workers, found once per pass, not once per free worker (a farm
+        # of ten thousand workers would otherwise spend its ticks here)
+        fitting: dict[str, tuple[list[WorkerSlot], frozenset[str]]] = {}
+        lagging: list[tuple[float, Call, JobSlot]] | None = None
+        # every free worker gets a first call before any gets its second (a job of fewer
+        # tasks than twice the workers would otherwise leave half of them idle)
+        for level in range(1, self.depth + 1):
+            for slot in trusted:
+                while len(slot.queue) < level:
+                    starts = self._start_one(slot, trusted, now, fitting)
+                    if not starts and not slot.queue:  # idle, nothing waits: help the slowest
+                        if lagging is None:
+                            lagging = self._lagging(now)
+                        starts = self._start_backup(slot, now, lagging)
+                    if not starts:
+                        break
+                    out += starts
         return out
 
     def _ordered_jobs(self, slot: WorkerSlot) -> list[JobSlot]:
@@ -903,8 +912,9 @@ class DispatchState:
             out += self._fault(job, exc, now)
             return None
 
-    def _start_one(self, slot: WorkerSlot, trusted: Sequence[WorkerSlot],
-                   now: float) -> list[Instruction]:
+    def _start_one(self, slot: WorkerSlot, trusted: Sequence[WorkerSlot], now: float,
+                   fitting: dict[str, tuple[list[WorkerSlot], frozenset[str]]]
+                   ) -> list[Instruction]:
         out: list[Instruction] = []
         started = now if not slot.queue else None
         for job in self._ordered_jobs(slot):
@@ -912,12 +922,14 @@ class DispatchState:
                 continue
             if not job.accepts_worker(slot):  # its --require
                 continue
-            ready = [s for s in trusted if job.accepts_worker(s)]
+            if job.job_id not in fitting:
+                ready = [s for s in trusted if job.accepts_worker(s)]
+                fitting[job.job_id] = (ready, frozenset(s.worker_id for s in ready))
+            ready, live = fitting[job.job_id]
             leave = self._ask(job, now, self._leave_to_faster, slot, job, ready,
                               len(slot.queue), out=out)
             if leave or job.fault is not None:
                 continue
-            live = frozenset(s.worker_id for s in ready)
             tasks = []
             for _ in range(self._batch_size(job, len(ready))):
                 task = self._ask(job, now, job.work.next_task, slot.worker_id, live, job.paused,
@@ -975,17 +987,17 @@ class DispatchState:
         # in rounds of one task each
         return pace * (queued + 1) > math.ceil(pending / len(faster)) * typical + typical
 
-    def _start_backup(self, slot: WorkerSlot, now: float) -> list[Instruction]:
-        """Start a backup copy of the running call that lags most behind its job's median,
-        on an idle worker; the first copy to finish wins."""
-        worst: tuple[float, Call, JobSlot] | None = None
+    def _lagging(self, now: float) -> list[tuple[float, Call, JobSlot]]:
+        """Running calls a copy started now would end before, most time saved first: those
+        that lag behind their job's median, or run on a worker measured that much slower.
+        Found once per pass over the free workers (a scan per idle worker would cost a
+        farm of ten thousand workers its ticks at a job's end)."""
+        found: list[tuple[float, Call, JobSlot]] = []
         for call in self.calls.values():
             job = self.jobs.get(call.job_id)
-            if (job is None or call.started is None or call.worker_id == slot.worker_id
-                    or call.twin is not None or call.dropped or len(call.tasks) != 1
-                    or not job.backups or not job.active or job.paused
-                    or not job.accepts_worker(slot)
-                    or len(job.durations) < STRAGGLER_SAMPLES):
+            if (job is None or call.started is None or call.twin is not None or call.dropped
+                    or len(call.tasks) != 1 or not job.backups or not job.active
+                    or job.paused or len(job.durations) < STRAGGLER_SAMPLES):
                 continue
             members = call.members
             per_member = job.typical()
@@ -999,8 +1011,20 @@ class DispatchState:
             # when it ends: at its worker's pace, or (lagging beyond any pace) as late again
             expected_end = call.started + max(pace * members, 2 * elapsed if lagging else 0.0)
             saved = expected_end - (now + typical)
-            if (lagging or slow_worker) and saved > 0 and (worst is None or saved > worst[0]):
-                worst = (saved, call, job)
+            if (lagging or slow_worker) and saved > 0:
+                found.append((saved, call, job))
+        found.sort(key=lambda entry: -entry[0])
+        return found
+
+    def _start_backup(self, slot: WorkerSlot, now: float,
+                      lagging: list[tuple[float, Call, JobSlot]]) -> list[Instruction]:
+        """Start a backup copy of the running call that lags most behind its job's median
+        (of ``lagging``, see :meth:`_lagging`), on an idle worker; the first copy to finish
+        wins."""
+        worst = next(((saved, call, job) for saved, call, job in lagging
+                      if call.worker_id != slot.worker_id and call.twin is None
+                      and not call.dropped and job.active and job.accepts_worker(slot)),
+                     None)
         if worst is None:
             return []
         _saved, original, job = worst

@@ -168,20 +168,23 @@ def _token_auth() -> None:
     """Both ends of the local farm use Ray's token (``~/.ray/auth_token``, made private
     to this user if missing) unless ``$RAY_AUTH_MODE`` says otherwise: a Ray joined by its
     address does not turn it on by itself."""
-    if os.environ.get("RAY_AUTH_MODE"):
+    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    if mode and mode != "token":
         return
-    token = Path.home() / ".ray" / "auth_token"
-    if not token.exists():
-        from ray._private.authentication.authentication_token_setup import (
-            generate_and_save_token,
-        )
+    from ray._private.authentication import authentication_token_setup as auth
+    from ray._raylet import AuthenticationTokenLoader
 
+    token = Path.home() / ".ray" / "auth_token"
+    if not (token.exists() or os.environ.get("RAY_AUTH_TOKEN")
+            or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         mask = os.umask(0o077)
         try:
-            generate_and_save_token()
+            auth.generate_and_save_token()
         finally:
             os.umask(mask)
-    os.environ["RAY_AUTH_MODE"] = "token"
+    if not mode:  # this process (Ray's settings are read again) and the keeper it starts
+        auth._enable_token_auth()
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager

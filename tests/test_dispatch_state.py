@@ -133,14 +133,26 @@ def test_each_worker_gets_depth_calls_and_no_more() -> None:
     started_workers(state, "w1", "w2")
     out = state.handle(JobAdded("a", "file-a", job), Tick(0.0))
     calls = starts(out)
-    assert [c.worker_id for c in calls] == ["w1", "w1", "w2", "w2"]
+    # every worker gets its first call before any gets its second
+    assert [c.worker_id for c in calls] == ["w1", "w2", "w1", "w2"]
     assert [c.tasks[0].index for c in calls] == [0, 1, 2, 3]
     assert starts(state.handle(Tick(0.1))) == []  # both full
     # a call ends: its worker gets one more, the one queued behind starts running
     out = finish(state, calls[0], 1.0) + state.handle(Tick(1.0))
     assert [(c.worker_id, c.tasks[0].index) for c in starts(out)] == [("w1", 4)]
-    assert state.current("w1").call_id == calls[1].call_id
-    assert state.calls[calls[1].call_id].started == 1.0  # it waited until now
+    assert state.current("w1").call_id == calls[2].call_id
+    assert state.calls[calls[2].call_id].started == 1.0  # it waited until now
+
+
+def test_a_job_of_fewer_tasks_than_queue_places_runs_on_every_worker_at_once() -> None:
+    """Six tasks on four workers: each worker runs one now (none waits behind another's
+    queue while a worker idles), two are queued."""
+    state = DispatchState(depth=2)
+    started_workers(state, "w1", "w2", "w3", "w4")
+    calls = starts(state.handle(JobAdded("a", "file-a", Job("a", 6)), Tick(0.0)))
+    assert sorted(c.worker_id for c in calls[:4]) == ["w1", "w2", "w3", "w4"]
+    assert all(state.calls[c.call_id].started == 0.0 for c in calls[:4])
+    assert [state.calls[c.call_id].started for c in calls[4:]] == [None, None]
 
 
 def test_higher_priority_first_then_loaded_file_among_equals() -> None:
@@ -267,7 +279,7 @@ def test_cancel_stops_running_calls_and_cancels_queued_ones() -> None:
     out = state.handle(JobCancelled("a", 3.0))
     assert of_kind(out, Requeue) == []  # nothing goes back to the cancelled job
     failed = of_kind(out, FailTask)
-    assert {f.call_id for f in failed} == {c.call_id for c in a_calls if c in a_calls[::2]}
+    assert {f.call_id for f in failed} == {c.call_id for c in a_calls[:2]}  # the running
     assert all(isinstance(f.error, CancelledError) and f.ended == 3.0 for f in failed)
     assert {r.worker_id for r in of_kind(out, ReplaceWorker)} == {"w1", "w2"}
     # the cancelled job gets nothing more; the other job gets the new workers

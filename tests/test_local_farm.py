@@ -95,7 +95,10 @@ def test_a_second_command_takes_over_the_first_ones_farm_and_worker(
 
 def test_the_first_command_says_a_farm_stays_and_an_idle_farm_stops_by_itself(
         scene: Path, home: dict[str, str], tmp_path: Path) -> None:
-    env = {**home, "RENDERFARM_LOCAL_FARM_IDLE": "3"}
+    # a fresh user's: no Ray token yet (the command makes one, private, for both ends)
+    fresh = tmp_path / "home"
+    fresh.mkdir()
+    env = {**home, "RENDERFARM_LOCAL_FARM_IDLE": "3", "HOME": str(fresh)}
     proc = cli(env, "render", str(scene), "--frames", "1", "-o",
                str(tmp_path / "f_####.png"), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,6 +111,8 @@ def test_the_first_command_says_a_farm_stays_and_an_idle_farm_stops_by_itself(
     assert not processes(folder), "the idle local farm did not stop"
     assert not (folder / "farm.json").exists()
     assert (tmp_path / "f_0001.png").stat().st_size > 0
+    token = fresh / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o077 == 0
 
 
 def test_a_dead_kept_worker_and_another_versions_farm_are_replaced(
