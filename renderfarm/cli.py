@@ -246,6 +246,11 @@ def _local_farm_command(args: argparse.Namespace) -> int:
     from renderfarm import local_farm
 
     if args.action == "stop":
+        if local_farm.status() is not None and local_farm.in_use():
+            print("renderfarm: error: a command is rendering on the local farm; it was not "
+                  "stopped (stop that command first, or let the farm stop itself once "
+                  "unused)", file=sys.stderr)
+            return EXIT_INPUT
         print("stopped the local farm" if local_farm.stop() else "no local farm runs")
         return EXIT_OK
     info = local_farm.status()
@@ -253,9 +258,10 @@ def _local_farm_command(args: argparse.Namespace) -> int:
         print("no local farm runs" + ("" if local_farm.enabled() else
                                       " (RENDERFARM_LOCAL_FARM is off)"))
         return EXIT_OK
+    idle = float(info.get("idle", local_farm.idle_seconds()))
     print(f"a local farm runs at {info['address']} (keeper pid {info['pid']}), up "
           f"{time.time() - float(info.get('started', time.time())):.0f} s; it stops after "
-          f"{local_farm.idle_seconds():g} s unused")
+          f"{idle:g} s unused" + (" (a command uses it now)" if local_farm.in_use() else ""))
     return EXIT_OK
 
 
@@ -347,15 +353,18 @@ def _farm_config(args: argparse.Namespace) -> Any:
 
 
 @contextlib.contextmanager
-def _local_farm(config: Any, quiet: bool = False) -> Iterator[Any]:
+def _local_farm(config: Any, spec: Any, quiet: bool = False) -> Iterator[Any]:
     """``config``, on the local farm later commands reuse when it names no cluster (see
-    :mod:`renderfarm.local_farm`; unchanged when another command holds it)."""
+    :mod:`renderfarm.local_farm`; unchanged when another command holds it). A job that runs
+    the file's scripts, or reads its files in place (``--files shared``: a texture changed
+    since would not be read again by a worker that kept the scene loaded), gets a Ray of
+    its own."""
     from dataclasses import replace
 
     from renderfarm import local_farm
 
     if config.address or os.environ.get("RAY_ADDRESS") or config.autoscale \
-            or not local_farm.enabled():
+            or not local_farm.enabled() or spec.allow_scripts or spec.files == "shared":
         yield config
         return
 
@@ -376,7 +385,7 @@ def _render(args: argparse.Namespace) -> int:
 
     spec = job_spec(args, args.output)  # None: the scene's own output path and settings
     check_spec(spec, _farm_config(args))  # bad input fails here, before Ray starts
-    with _local_farm(_farm_config(args), args.quiet or args.json) as config, \
+    with _local_farm(_farm_config(args), spec, args.quiet or args.json) as config, \
             Farm(config=config) as farm:
         handle = farm.submit(spec)
         try:
@@ -431,7 +440,8 @@ def _estimate(args: argparse.Namespace) -> int:
 
     spec = replace(job_spec(args, args.output), estimate="only", budget=None)
     check_spec(spec, _farm_config(args))
-    with _local_farm(_farm_config(args), args.json) as config, Farm(config=config) as farm:
+    with _local_farm(_farm_config(args), spec, args.json) as config, \
+            Farm(config=config) as farm:
         handle = farm.submit(spec)
         _follow(handle, show_bar=False, say=("info",))  # the estimate is printed once, below
         result = handle.result()

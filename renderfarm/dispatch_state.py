@@ -881,7 +881,9 @@ class DispatchState:
         # tasks than twice the workers would otherwise leave half of them idle)
         for level in range(1, self.depth + 1):
             for slot in trusted:
-                while len(slot.queue) < level:
+                # a worker dropped earlier in this pass (a job's code failed on it) gets
+                # nothing more
+                while len(slot.queue) < level and self.workers.get(slot.worker_id) is slot:
                     starts = self._start_one(slot, trusted, now, fitting)
                     if not starts and not slot.queue:  # idle, nothing waits: help the slowest
                         if lagging is None:
@@ -918,6 +920,8 @@ class DispatchState:
         out: list[Instruction] = []
         started = now if not slot.queue else None
         for job in self._ordered_jobs(slot):
+            if self.workers.get(slot.worker_id) is not slot:  # dropped as a job faulted
+                return out
             if not job.active:  # it faulted while asked for an earlier worker
                 continue
             if not job.accepts_worker(slot):  # its --require

@@ -267,6 +267,14 @@ class PoolRunner:
         self.wake.set()
         self.thread.join(patience)
 
+    def occupied(self) -> set[str]:
+        """The workers that still run or hold a call (one nobody waits for any more, say:
+        a backup's loser that Ray cannot stop), after :meth:`close`; all of them while the
+        thread still runs."""
+        if self.thread.is_alive():
+            return {handle.worker_id for handle in self.pool.handles()}
+        return {worker_id for worker_id, slot in self.state.workers.items() if slot.queue}
+
     # -- the dispatcher thread -----------------------------------------------------------
     def _run(self) -> None:
         try:

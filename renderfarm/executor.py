@@ -582,7 +582,8 @@ class WorkerPool:
         keep_warm: the workers outlive this driver (named, detached actors of the farm's own
             local cluster, :mod:`renderfarm.local_farm`): the next command's pool of the same
             shape takes them over, Blender started and the scene loaded, and :meth:`close`
-            leaves the healthy ones running.
+            leaves the healthy ones running. One such pool per cluster at a time: a pool of
+            another shape stops them as it starts.
     """
 
     def __init__(self, shape: PoolShape, actor_class: type = BlenderWorker,
@@ -977,14 +978,16 @@ class WorkerPool:
             except Exception:  # already dead
                 logger.debug("worker %s was already gone", worker_id)
 
-    def close(self) -> None:
+    def close(self, occupied: set[str] | frozenset[str] = frozenset()) -> None:
         """The driver is done with the pool: every worker stops, except a kept pool's
-        healthy ones (started, trusted, not busy), which wait for the next command."""
+        healthy ones (started, trusted, running no call: ``occupied`` names those that do),
+        which wait for the next command."""
         if not self.keep_warm or self.lost is not None:
             self.kill_all()
             return
         for handle in self.handles():
-            if not handle.ready or handle.busy or handle.suspect or handle.disabled:
+            if not handle.ready or handle.worker_id in occupied or handle.suspect \
+                    or handle.disabled:
                 self.kill(handle.worker_id)
 
     def kill_all(self) -> None:

@@ -253,6 +253,10 @@ class Farm:
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:
+            if self.config.keep_warm:  # the local farm later commands reuse
+                raise InputError(f"cannot connect to the local farm's Ray at {address!r} "
+                                 f"({exc}); run 'renderfarm local-farm stop' and try again, "
+                                 "or set RENDERFARM_LOCAL_FARM=off") from exc
             raise InputError(f"cannot connect to the Ray cluster at {address!r} ({exc}); "
                              "check --address and that the cluster is up") from exc
         finally:
@@ -282,7 +286,7 @@ class Farm:
             handle.wait(patience)
         for runner in self._runners.values():
             runner.close(patience)
-            runner.pool.close()
+            runner.pool.close(runner.occupied())
         self._runners.clear()
         self._merger.shutdown(wait=self.lost is None)
         self._bundles.clear()

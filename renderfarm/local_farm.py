@@ -18,7 +18,6 @@ another version of renderfarm is replaced. ``RENDERFARM_LOCAL_FARM=off`` turns i
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -72,14 +71,30 @@ def idle_seconds() -> float:
         return IDLE_SECONDS
 
 
+#: the environment the local farm's workers inherit from the command that started it: a
+#: command whose differs gets a new farm (Blenders it may use, colour management, faults)
+INHERITED = ("RENDERFARM_", "BLENDER_", "OCIO", "PATH", "PYTHONPATH", "LD_LIBRARY_PATH",
+             "HOME", "TMPDIR", "RAY_", "CUDA_", "HIP_", "ROCR_", "ONEAPI_", "OMP_")
+
+
 def fingerprint() -> str:
-    """What the local farm's workers run: this Python, Ray and renderfarm's code (a farm
-    made by others is replaced)."""
+    """What the local farm's workers run: this Python, Ray, renderfarm's code and the
+    environment they inherit (a farm made by others is replaced)."""
+    from importlib import metadata
+
     import ray
 
     import renderfarm
 
     digest = hashlib.sha256(f"{sys.executable}\0{ray.__version__}\0".encode())
+    for name in ("bpy", "OpenImageIO"):  # upgraded in place: a new farm
+        try:
+            digest.update(f"{name}={metadata.version(name)}\0".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    for key in sorted(os.environ):
+        if key.startswith(INHERITED) and not key.startswith("RENDERFARM_LOCAL_FARM"):
+            digest.update(f"{key}={os.environ[key]}\0".encode())
     package = Path(renderfarm.__file__).parent
     for path in sorted(package.rglob("*.py")):
         stat = path.stat()
@@ -88,12 +103,31 @@ def fingerprint() -> str:
     return digest.hexdigest()[:24]
 
 
-def _alive(pid: int) -> bool:
+def _keeper_runs(home: Path) -> bool:
+    """Whether a keeper of the local farm in ``home`` runs: it holds ``keeper.lock`` for
+    its whole life (a pid in a file could be another process's by now)."""
+    with open(home / "keeper.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+def _keeper_pid(home: Path, info: dict[str, Any] | None) -> int | None:
+    """The keeper's pid as ``farm.json`` has it, if that process is this folder's keeper
+    (its command line says so) and it runs."""
+    if info is None or not _keeper_runs(home):
+        return None
     try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
+        pid = int(info.get("pid", 0))
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if b"renderfarm.local_farm" in command and str(home).encode() in command:
+        return pid
+    return None
 
 
 def _answers(address: str) -> bool:
@@ -101,7 +135,7 @@ def _answers(address: str) -> bool:
     try:
         with socket.create_connection((host, int(port)), timeout=1.0):
             return True
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -114,23 +148,45 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def status() -> dict[str, Any] | None:
-    """The running local farm (``address``, ``pid`` of its keeper, ``started``), or None."""
-    info = _read(folder() / "farm.json")
-    if info is None or not _alive(int(info.get("pid", 0))) \
-            or not _answers(str(info.get("address", ""))):
+    """The running local farm (``address``, ``pid`` of its keeper, ``started``, ``idle``
+    seconds it stays unused), or None."""
+    home = folder()
+    info = _read(home / "farm.json")
+    if _keeper_pid(home, info) is None or not _answers(str(info.get("address", ""))):
         return None
     return info
 
 
-def stop(wait: float = 30.0) -> bool:
-    """Stop the local farm now (its workers end); whether one was running."""
-    info = _read(folder() / "farm.json")
-    if info is None or not _alive(int(info.get("pid", 0))):
+def in_use() -> bool:
+    """Whether a command uses the local farm now."""
+    with open(folder() / "busy", "a+") as busy:
+        try:
+            fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(busy, fcntl.LOCK_UN)
         return False
-    pid = int(info["pid"])
-    os.kill(pid, signal.SIGTERM)
+
+
+def stop(wait: float = 30.0) -> bool:
+    """Stop the local farm now (its workers end); whether one was running.
+
+    Raises:
+        LocalFarmError: it did not stop within ``wait`` seconds.
+    """
+    home = folder()
+    pid = _keeper_pid(home, _read(home / "farm.json"))
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
     deadline = time.monotonic() + wait
-    while _alive(pid) and time.monotonic() < deadline:
+    while _keeper_runs(home):
+        if time.monotonic() > deadline:
+            raise LocalFarmError(f"the local farm's keeper (pid {pid}) did not stop within "
+                                 f"{wait:g} s; see {home / 'keeper.log'}")
         time.sleep(0.1)
     return True
 
@@ -142,10 +198,9 @@ def _ensure(cpus: int | None) -> tuple[str, bool]:
     with file_lock(home / "start.lock"):
         info = _read(home / "farm.json")
         if info is not None and info.get("fingerprint") == mark \
-                and _alive(int(info.get("pid", 0))) and _answers(str(info["address"])):
+                and _keeper_pid(home, info) is not None and _answers(str(info["address"])):
             return str(info["address"]), False
-        if info is not None:  # another version's, or broken: replaced
-            stop()
+        stop()  # another version's, or one that does not answer: replaced
         (home / "farm.json").unlink(missing_ok=True)
         args = [sys.executable, "-m", "renderfarm.local_farm", "keep", "--dir", str(home),
                 "--fingerprint", mark, "--idle", str(idle_seconds())]
@@ -160,19 +215,26 @@ def _ensure(cpus: int | None) -> tuple[str, bool]:
             if info is not None and info.get("fingerprint") == mark:
                 return str(info["address"]), True
             time.sleep(0.05)
+        if process.poll() is None:  # given up on: it stops, with what it started
+            process.terminate()
     raise LocalFarmError(f"the local farm did not start (see {home / 'keeper.log'}, or set "
                          "RENDERFARM_LOCAL_FARM=off)")
 
 
 def _token_auth() -> None:
     """Both ends of the local farm use Ray's token (``~/.ray/auth_token``, made private
-    to this user if missing) unless ``$RAY_AUTH_MODE`` says otherwise: a Ray joined by its
-    address does not turn it on by itself."""
+    to this user if missing): a Ray joined by its address does not turn it on by itself.
+
+    Raises:
+        LocalFarmError: ``$RAY_AUTH_MODE`` turns the token off (a farm any machine that
+            reaches this one could use is not kept running).
+    """
     mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
     if mode and mode != "token":
-        return
+        raise LocalFarmError(f"RAY_AUTH_MODE={mode}: the local farm runs only with Ray's "
+                             "token")
     from ray._private.authentication import authentication_token_setup as auth
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     token = Path.home() / ".ray" / "auth_token"
     if not (token.exists() or os.environ.get("RAY_AUTH_TOKEN")
@@ -183,7 +245,8 @@ def _token_auth() -> None:
         finally:
             os.umask(mask)
     if not mode:  # this process (Ray's settings are read again) and the keeper it starts
-        auth._enable_token_auth()
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
 
 
@@ -213,8 +276,8 @@ def use(cpus: int | None = None,
             yield None
             return
         (home / "used").touch()
-        _token_auth()
         try:
+            _token_auth()
             address, new = _ensure(cpus)
         except LocalFarmError as exc:
             logger.warning("%s; this command starts a Ray of its own", exc)
@@ -242,28 +305,59 @@ def _free_port() -> int:
 def ray_folder(home: Path) -> Path:
     """The temporary folder of the Ray of the local farm kept in ``home``: Ray's sockets
     live there, and a socket's path has at most 107 bytes, so it is a short one in the
-    system's temporary folder."""
+    system's temporary folder (private to this user)."""
     import tempfile
 
     return Path(tempfile.gettempdir()) / (
         f"renderfarm-{os.getuid()}-" + hashlib.sha256(str(home).encode()).hexdigest()[:8])
 
 
+def _private_folder(path: Path) -> None:
+    """Make ``path`` this user's alone, or refuse one another user made first."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    stat = path.lstat()
+    if path.is_symlink() or not path.is_dir() or stat.st_uid != os.getuid():
+        raise LocalFarmError(f"{path} is not a folder of this user's; remove it (the local "
+                             "farm's Ray keeps its sockets there)")
+    if stat.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """The head gets SIGTERM when its keeper dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_head(head: subprocess.Popen[bytes]) -> None:
+    """Stop Ray's head and everything it started (its process group)."""
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # whatever of it is left
+        os.killpg(head.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    head.wait()
+
+
 def keep(mark: str, idle: float, cpus: int | None) -> int:
     """Run the local farm's Ray head until it has been idle ``idle`` seconds (or this
     process is told to stop)."""
     home = folder()
-    port = _free_port()
-    temp = ray_folder(home)
-    args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-            f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
-            "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-    if cpus:
-        args.append(f"--num-cpus={cpus}")
-    # its workers hold nothing worth waiting for when it stops: they are idle, or rendering
-    # for a command that stopped (Ray's own wait is 30 s)
-    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1"}
-    head = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env)
+    lock = open(home / "keeper.lock", "a+")  # noqa: SIM115 - held for this process's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        logger.error("another keeper runs the local farm in %s", home)
+        return 1
     stopping = False
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -272,20 +366,33 @@ def keep(mark: str, idle: float, cpus: int | None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + START_SECONDS
-    while not _answers(address):
-        if head.poll() is not None or time.monotonic() > deadline or stopping:
-            head.terminate()
-            return 1
-        time.sleep(0.1)
-    tmp = home / "farm.json.tmp"
-    tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "fingerprint": mark,
-                               "started": time.time()}))
-    tmp.replace(home / "farm.json")
-    (home / "used").touch()
+    port = _free_port()
+    temp = ray_folder(home)
+    _private_folder(temp)
+    args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
+            "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    if cpus:
+        args.append(f"--num-cpus={cpus}")
+    # its workers hold nothing worth waiting for when it stops: they are idle, or rendering
+    # for a command that stopped (Ray's own wait is 30 s)
+    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1"}
+    head = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     busy = open(home / "busy", "a+")  # noqa: SIM115
     try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + START_SECONDS
+        while not _answers(address):
+            if head.poll() is not None or time.monotonic() > deadline or stopping:
+                return 1
+            time.sleep(0.1)
+        tmp = home / "farm.json.tmp"
+        tmp.write_text(json.dumps({"address": address, "pid": os.getpid(),
+                                   "fingerprint": mark, "started": time.time(),
+                                   "idle": idle}))
+        tmp.replace(home / "farm.json")
+        (home / "used").touch()
         while not stopping and head.poll() is None:
             time.sleep(1.0)
             try:
@@ -299,18 +406,14 @@ def keep(mark: str, idle: float, cpus: int | None) -> int:
             except BlockingIOError:
                 continue
             break
+        return 0
+    finally:
         info = _read(home / "farm.json")
         if info is not None and info.get("pid") == os.getpid():
             (home / "farm.json").unlink(missing_ok=True)
-        if head.poll() is None:
-            head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-            try:
-                head.wait(60)
-            except subprocess.TimeoutExpired:
-                head.kill()
-    finally:
+        _stop_head(head)
         busy.close()
-    return 0
+        lock.close()
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - the keeper's process

@@ -144,6 +144,27 @@ def test_each_worker_gets_depth_calls_and_no_more() -> None:
     assert state.calls[calls[2].call_id].started == 1.0  # it waited until now
 
 
+def test_a_worker_dropped_while_the_workers_are_filled_gets_no_other_jobs_call() -> None:
+    """A job's code fails while a worker is served (its worker w1, which ran that job's
+    call, is dropped): filling the others' queues never comes back to w1 with another
+    job's call (it would run on a killed worker and cost that job a retry)."""
+
+    class BrokenOnW2(Job):
+        def next_task(self, worker: str, live: frozenset[str], checks_only: bool) -> Any:
+            if worker == "w2":
+                raise RuntimeError("a bug in the job's code")
+            return super().next_task(worker, live, checks_only)
+
+    state = DispatchState(depth=2)
+    started_workers(state, "w1", "w2")
+    state.handle(JobAdded("x", "file-x", BrokenOnW2("x", 10), priority=1))
+    out = state.handle(JobAdded("y", "file-y", Job("y", 10)), Tick(0.0))
+    replaced = {i.worker_id for i in of_kind(out, ReplaceWorker)}
+    assert replaced == {"w1"}
+    assert [c.job_id for c in starts(out) if c.worker_id == "w1"] == ["x"]  # before the bug
+    assert all(c.worker_id in state.workers for c in state.calls.values())
+
+
 def test_a_job_of_fewer_tasks_than_queue_places_runs_on_every_worker_at_once() -> None:
     """Six tasks on four workers: each worker runs one now (none waits behind another's
     queue while a worker idles), two are queued."""

@@ -87,6 +87,13 @@ def test_a_second_command_takes_over_the_first_ones_farm_and_worker(
         assert differences(tmp_path / "two" / f"f_{frame:04d}.exr", want[frame]) == []
     for frame in (1, 2):
         assert differences(tmp_path / "one" / f"f_{frame:04d}.exr", want[frame]) == []
+    with open(Path(home["RENDERFARM_LOCAL_FARM_DIR"]) / "busy", "a+") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running command holds it
+        refused = cli(home, "local-farm", "stop")
+        assert refused.returncode == 3
+        assert "a command is rendering on the local farm; it was not stopped" in refused.stderr
+        assert "(a command uses it now)" in cli(home, "local-farm").stdout
+    assert keeper(home) == pid
     stop = cli(home, "local-farm", "stop")
     assert stop.stdout.strip() == "stopped the local farm"
     assert "no local farm runs" in cli(home, "local-farm").stdout
@@ -165,6 +172,32 @@ def test_a_command_while_another_holds_the_farm_starts_its_own_ray(
     want = reference(scene, [1])
     assert differences(tmp_path / "own" / "f_0001.exr", want[1]) == []
     assert workers(summary)
+    # files read in place: a worker that kept the scene loaded would not read a texture
+    # changed since, so such a job gets a Ray of its own too
+    proc = cli(home, "render", str(scene), "--frames", "1", "--files", "shared", "-o",
+               str(tmp_path / "shared" / "f_####.exr"), "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (folder / "farm.json").exists() and not processes(folder)
+    assert differences(tmp_path / "shared" / "f_0001.exr", want[1]) == []
+
+
+def test_a_stale_farm_file_never_gets_another_process_signalled(
+        home: dict[str, str], tmp_path: Path) -> None:
+    """The keeper died without a trace (power cut, kill -9) and its pid now belongs to
+    another program: stopping the local farm leaves that program alone."""
+    folder = Path(home["RENDERFARM_LOCAL_FARM_DIR"])
+    folder.mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (folder / "farm.json").write_text(json.dumps(
+            {"address": "127.0.0.1:1", "pid": other.pid, "fingerprint": "x", "started": 0}))
+        proc = cli(home, "local-farm", "stop")
+        assert proc.returncode == 0 and proc.stdout.strip() == "no local farm runs"
+        assert "no local farm runs" in cli(home, "local-farm").stdout
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_off_means_a_ray_of_the_commands_own(scene: Path, home: dict[str, str],
@@ -176,3 +209,19 @@ def test_off_means_a_ray_of_the_commands_own(scene: Path, home: dict[str, str],
     assert "local farm" not in proc.stderr
     assert not (Path(env["RENDERFARM_LOCAL_FARM_DIR"]) / "farm.json").exists()
     assert "RENDERFARM_LOCAL_FARM is off" in cli(env, "local-farm").stdout
+
+
+def test_the_farm_a_command_reuses_has_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept workers inherit the environment of the command that started their farm: a
+    command whose Blender-, colour- or renderfarm-related variables differ gets a new one;
+    the local farm's own settings do not count."""
+    from renderfarm.local_farm import fingerprint
+
+    before = fingerprint()
+    monkeypatch.setenv("RENDERFARM_LOCAL_FARM_IDLE", "7")
+    assert fingerprint() == before
+    monkeypatch.setenv("OCIO", "/studio/config.ocio")
+    assert fingerprint() != before
+    monkeypatch.delenv("OCIO")
+    monkeypatch.setenv("RENDERFARM_BLENDERS", "/opt/blender-4.2/blender")
+    assert fingerprint() != before

@@ -667,6 +667,10 @@ def walk(tmp_path: Path) -> Iterator[Walk]:
                 pass
         if the_walk.serve is not None:
             kill_group(the_walk.serve.pid)
+        # the quick start left the local farm its next commands would reuse: stopped
+        subprocess.run([str(venv / "bin" / "python"), "-m", "renderfarm", "local-farm", "stop"],
+                       env=the_walk.terminal.env, capture_output=True, timeout=120,
+                       check=False)
 
 
 @pytest.mark.blender

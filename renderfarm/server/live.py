@@ -31,6 +31,9 @@ class Live:
     #: its farm was lost (Ray failed): only the facts it still reports (pieces stored, frames
     #: written) are recorded, never its end; the job runs again from the database
     stale: bool = False
+    #: its lost run did not end in time and its job was queued again: nothing it says
+    #: any more is recorded
+    abandoned: bool = False
     #: its run's accounting is in the database for good (the run has ended)
     accounted: bool = False
     #: pieces waiting for their check before they are recorded for a restart

@@ -79,7 +79,7 @@ class Recorder:
     def _watch_run(self, job_id: str, live: Live) -> None:
         handle = live.handle
         for event in handle.events():
-            if live.stale and event.kind not in FACTS:
+            if live.abandoned or (live.stale and event.kind not in FACTS):
                 continue  # its farm was lost: the job runs again from the database
             try:
                 self._record(job_id, live, event)

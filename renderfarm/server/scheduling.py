@@ -208,8 +208,10 @@ class Scheduler:
         note = f"the farm is recovering: {problem}; the job resumes with its finished pieces"
         for _job_id, live in lives:
             live.handle.cancel()
+        deadline = time.monotonic() + LOST_RUN_WAIT  # one wait for them all
         for job_id, live in lives:  # what each run finished is recorded before it is queued
-            if not live.watched.wait(LOST_RUN_WAIT):
+            if not live.watched.wait(max(0.0, deadline - time.monotonic())):
+                live.abandoned = True  # nothing more it says is recorded
                 logger.warning("job %s: its lost run did not end within %g s; it is queued "
                                "again with the pieces recorded so far", job_id, LOST_RUN_WAIT)
             row = self._store.job(job_id)
