@@ -169,6 +169,10 @@ class JobHandle:
                 return
             yield event
 
+    def backlog(self) -> int:
+        """Events emitted that :meth:`events` has not yielded yet."""
+        return self._events.qsize()
+
     def result(self, timeout: float | None = None) -> JobResult:
         """Wait for the job and return its result.
 

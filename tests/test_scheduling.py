@@ -67,3 +67,23 @@ def test_a_client_has_a_limited_number_of_requests_in_flight() -> None:
     assert "requests in flight already" in (rates.take("alice", 0.0) or "")
     rates.leave("alice")
     assert rates.take("alice", 0.0) is None
+
+
+def test_live_previews_give_way_when_a_jobs_events_back_up() -> None:
+    """A tile's preview is made while its job's events are recorded as they come; once the
+    service falls behind (thousands of workers finishing tiles), tiles get none, so the
+    records a restart needs and the job's end are not held back by pictures."""
+    from renderfarm.events import Event
+    from renderfarm.handle import JobHandle
+    from renderfarm.server.recorder import PREVIEW_BACKLOG, previews_keep_up
+
+    handle = JobHandle("job", JobSpec("scene.blend"))
+    seen = []
+    for index in range(PREVIEW_BACKLOG + 5):
+        handle.emit(Event("task_done", "job", frame=1, tile=index))
+    for event in handle.events():
+        seen.append((event.tile, previews_keep_up(handle.backlog())))
+        if len(seen) == PREVIEW_BACKLOG + 5:
+            break
+    # the first tiles are taken while more than PREVIEW_BACKLOG wait behind them
+    assert [keep for _tile, keep in seen] == [False] * 4 + [True] * (PREVIEW_BACKLOG + 1)

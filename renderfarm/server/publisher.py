@@ -116,6 +116,10 @@ class Publisher:
                           protocol.encode(header),
                           zlib.compress(preview.rgba, 6)])
 
+    def skip_preview(self, job_id: str, piece: str) -> None:
+        """A finished tile gets no preview (its copy for one is removed)."""
+        (self._paths.job_dir(job_id) / "previews" / piece).unlink(missing_ok=True)
+
     def preview_png(self, job_id: str) -> bytes | None:
         """The latest frame's preview of a job as PNG (kept on disk once the job ends)."""
         live = self._live.get(job_id)

@@ -29,6 +29,16 @@ END_ACTIONS = {"job_done": "done", "job_failed": "fail", "job_cancelled": "cance
 #: what a run whose farm was lost still says that is true (a piece it stored, a frame it
 #: wrote): recorded, so the job's next run does not do it again
 FACTS = frozenset({"task_done", "task_checked", "frame_merged", "output_written"})
+#: a job's events waiting to be recorded beyond which its tiles get no live preview (a
+#: preview costs the head about 20 ms; at thousands of workers they would hold back the
+#: records a restart needs and the job's end)
+PREVIEW_BACKLOG = 16
+
+
+def previews_keep_up(backlog: int) -> bool:
+    """Whether a finished tile gets its live preview with ``backlog`` of its job's events
+    still waiting to be recorded."""
+    return backlog <= PREVIEW_BACKLOG
 
 
 class Recorder:
@@ -161,6 +171,9 @@ class Recorder:
                 data.get("worker"), record)
         else:
             self._store.add_piece(*record)
+        if not previews_keep_up(live.handle.backlog()):
+            self._publisher.skip_preview(job_id, path.name)
+            return
         self._publisher.preview(job_id, live, event.frame or 0, Tile.from_dict(piece["tile"]),
                                 path.name)
 
