@@ -605,9 +605,11 @@ def bench_service(ctx: Context) -> list[Record]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # the farm reads the service's uploads: one storage for both
     service = FarmService(ServiceConfig(bind=f"tcp://127.0.0.1:{port}",
                                         publish=f"tcp://127.0.0.1:{port + 1}",
-                                        insecure_loopback=True, state=ctx.out("service")),
+                                        insecure_loopback=True, state=ctx.out("service"),
+                                        storage=farm.storage.url),
                           farm=farm)
     ready = threading.Event()
     thread = threading.Thread(target=service.serve, args=(ready,), daemon=True)
