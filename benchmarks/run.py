@@ -1031,10 +1031,10 @@ def bench_scale(ctx: Context) -> list[Record]:
                     None, note=json.dumps({k: data[k] for k in (
                         "head_cores", "head_cpu_s_per_frame", "status_p99_ms",
                         "page_p99_ms")})))
+    per_task = scale.memory_per_task()
     records.append(Record(
         "scale.memory_per_task", "bytes the head holds per queued task (a job's tasks and "
-        "its pure state, 10,000 frames in 2x2 tiles)", "B", [scale.memory_per_task()], [],
-        scale.memory_per_task(), None))
+        "its pure state, 10,000 frames in 2x2 tiles)", "B", [per_task], [], per_task, None))
     return records
 
 

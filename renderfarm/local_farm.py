@@ -103,16 +103,21 @@ def fingerprint() -> str:
     return digest.hexdigest()[:24]
 
 
-def _keeper_runs(home: Path) -> bool:
-    """Whether a keeper of the local farm in ``home`` runs: it holds ``keeper.lock`` for
-    its whole life (a pid in a file could be another process's by now)."""
-    with open(home / "keeper.lock", "a+") as lock:
+def _held(path: Path) -> bool:
+    """Whether another process holds the lock on ``path`` now."""
+    with open(path, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         fcntl.flock(lock, fcntl.LOCK_UN)
         return False
+
+
+def _keeper_runs(home: Path) -> bool:
+    """Whether a keeper of the local farm in ``home`` runs: it holds ``keeper.lock`` for
+    its whole life (a pid in a file could be another process's by now)."""
+    return _held(home / "keeper.lock")
 
 
 def _keeper_pid(home: Path, info: dict[str, Any] | None) -> int | None:
@@ -159,13 +164,7 @@ def status() -> dict[str, Any] | None:
 
 def in_use() -> bool:
     """Whether a command uses the local farm now."""
-    with open(folder() / "busy", "a+") as busy:
-        try:
-            fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(busy, fcntl.LOCK_UN)
-        return False
+    return _held(folder() / "busy")
 
 
 def stop(wait: float = 30.0) -> bool:

@@ -310,11 +310,8 @@ class SimulatedPool(WorkerPool):
     def _new_actor(self) -> WorkerHandle:
         number = next(self._numbers)
         worker_id = f"gpu-{number}"
-        actor = SimulatedGpu(self._hosts[number % len(self._hosts)], worker_id)
-        handle = WorkerHandle(worker_id, actor, ready_ref=actor.ping.remote(),
-                              created=time.monotonic())
-        self.workers[worker_id] = handle
-        return handle
+        return self._add(worker_id, SimulatedGpu(self._hosts[number % len(self._hosts)],
+                                                 worker_id))
 
     def capacity(self) -> int:
         """Every simulated GPU fits (they ask for no resources)."""
