@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from renderfarm import faults
 from renderfarm.errors import MergeError, RenderFarmError
@@ -39,6 +40,7 @@ from renderfarm.merge import (
     unpack_view,
     write_atomically,
 )
+from renderfarm.pieces import PiecesLost, Written
 from renderfarm.planner import Plan, added_colour_passes
 from renderfarm.stamp import combine_stats
 
@@ -76,6 +78,13 @@ class Assembler:
             folder of a job): File Output nodes' files go inside it instead.
         origin: the ``.blend`` as the artist has it: the ``File`` Blender writes into the
             files' metadata names it (a worker's names its own copy).
+        place: where a file the frame writes goes instead of its path (a merge on a node
+            that does not see the job's output folder writes in its own; None: in place).
+        on_nodes: merges, finishes and writes a frame whose pieces are kept on the nodes
+            (:mod:`renderfarm.pieces`), there; returns the files written and the File Output
+            files finishing wrote.
+        on_lost: told of a frame's pieces lost with their node (``on_lost(frame, task
+            indices)``): their tasks render again, and the frame merges once they are in.
     """
 
     def __init__(self, *, job_id: str, output: str, plan: Plan, info: SceneInfo,
@@ -85,7 +94,11 @@ class Assembler:
                  on_error: Callable[[RenderFarmError], None],
                  ended: Callable[[], bool], keep_pieces: bool = False,
                  project: Path | None = None, folder: Path | None = None,
-                 origin: str | None = None) -> None:
+                 origin: str | None = None,
+                 place: Callable[[Path], Path] | None = None,
+                 on_nodes: Callable[[list[tuple[int, Piece, tuple[int, ...]]], int],
+                                    tuple[list[Written], Mapping[str, bytes]]] | None = None,
+                 on_lost: Callable[[int, tuple[int, ...]], None] | None = None) -> None:
         self.job_id = job_id
         self.output = output
         self.plan = plan
@@ -106,6 +119,10 @@ class Assembler:
         self.folder = folder
         #: the metadata entries every file gets the artist's values of
         self.restamp = {"File": origin} if origin else {}
+        self.origin = origin
+        self._place = place or (lambda path: path)
+        self._on_nodes = on_nodes
+        self._on_lost = on_lost
         self._lock = threading.Lock()
         #: frame -> {File Output file (as the worker named it): where it waits}
         self._extras: dict[int, dict[str, Path]] = {}
@@ -122,6 +139,15 @@ class Assembler:
         self.hashes: dict[int, str] = {}
         #: merges refused because the frame was merged already (0 unless something is wrong)
         self.merged_twice = 0
+
+    def blueprint(self) -> dict[str, Any]:
+        """What an :class:`Assembler` on a node needs to write this job's frames
+        (:func:`renderfarm.pieces.assemble_on_node`): its arguments, and the pieces' file
+        suffix."""
+        return {"job_id": self.job_id, "output": self.output, "plan": self.plan,
+                "info": self.info, "final_format": self.final_format, "project": self.project,
+                "folder": self.folder, "origin": self.origin,
+                "suffix": WRITE_EXTENSIONS[self.piece_format]}
 
     @property
     def frames_done(self) -> int:
@@ -200,12 +226,13 @@ class Assembler:
                 source.unlink(missing_ok=True)
             self.add_output(frame, target)
 
-    def add_output(self, frame: int, path: Path) -> None:
+    def add_output(self, frame: int, path: Path, digest: str | None = None) -> None:
         """A file written for ``frame`` beside its output (a File Output node's, a view's,
-        the job's video), listed with its SHA-256 among the frame's other files."""
+        the job's video), listed with its SHA-256 (``digest``, or read from the file) among
+        the frame's other files."""
         from renderfarm.bundle import file_sha256
 
-        digest = file_sha256(path)
+        digest = digest or file_sha256(path)
         with self._lock:
             self.extra_outputs.setdefault(frame, {})[str(path)] = digest
 
@@ -295,22 +322,27 @@ class Assembler:
                              self.job_id, frame)
                 return
             self._merged.add(frame)
-            found = [(chunk, piece) for chunk, piece, _m in
-                     (self._pieces.get(frame, []) if self.keep_pieces
-                      else self._pieces.pop(frame))]
-        target = output_path(self.output, frame)
-        if self.views:  # the first view's file is the frame's; the others go with it
-            extras = {}
-            frame_path = target
-            for index, (name, suffix) in enumerate(self.views):
-                path = view_path(frame_path, suffix)
-                extras.update(self._write_view(found, frame, name, path))
-                if index == 0:
-                    target = path
-                else:
-                    self.add_output(frame, path)
+            entries = list(self._pieces.get(frame, []) if self.keep_pieces
+                           else self._pieces.pop(frame))
+        found = [(chunk, piece) for chunk, piece, _m in entries]
+        if self._on_nodes is not None and any(p.held is not None for _c, p in found):
+            try:
+                files, extras = self._on_nodes(entries, frame)
+            except PiecesLost as exc:
+                self._lost(frame, entries, exc.members)
+                return
+            for written in files:
+                if written.data is not None:  # the node could not see the job's folder
+                    data = written.data
+                    write_atomically(written.path, lambda tmp, d=data: tmp.write_bytes(d))
+            target, digest = files[0].path, files[0].sha256
+            for written in files[1:]:
+                self.add_output(frame, written.path, written.sha256)
         else:
-            extras = self._write(found, frame, target)
+            written_paths, extras = self.write_frame(found, frame)
+            target, digest = written_paths[0], ""
+            for path in written_paths[1:]:
+                self.add_output(frame, path)
         with self._lock:
             kept: dict[str, bytes | Path] = dict(
                 self._extras.get(frame, {}) if self.keep_pieces
@@ -319,11 +351,46 @@ class Assembler:
         if not self.keep_pieces:
             for _chunk, piece in found:
                 piece.path.unlink(missing_ok=True)
-        digest = file_sha256(target)
+        digest = digest or file_sha256(target)
         with self._lock:
             self.outputs[frame] = target
             self.hashes[frame] = digest
         self._on_merged(frame, target)
+
+    def write_frame(self, found: list[tuple[int, Piece]], frame: int
+                    ) -> tuple[list[Path], Mapping[str, bytes]]:
+        """Write ``frame``'s files from its pieces (on the head, or on a node:
+        :mod:`renderfarm.pieces`); returns the files (the frame's first, then its other
+        views') and what File Output nodes wrote when a worker finished the merged frame."""
+        target = output_path(self.output, frame)
+        if not self.views:
+            return [target], self._write(found, frame, self._place(target))
+        # the first view's file is the frame's; the others go with it
+        extras: dict[str, bytes] = {}
+        written = []
+        for name, suffix in self.views:
+            path = view_path(target, suffix)
+            extras.update(self._write_view(found, frame, name, self._place(path)))
+            written.append(path)
+        return written, extras
+
+    def _lost(self, frame: int, entries: list[tuple[int, Piece, tuple[int, ...]]],
+              members: tuple[int, ...]) -> None:
+        """Pieces of ``frame`` were lost with their node: the others wait for the lost ones'
+        new renders, and the frame merges again once they are in."""
+        gone = set(members)
+        with self._lock:
+            kept = [e for e in self._pieces.get(frame, []) if not gone.intersection(e[2])]
+            if not self.keep_pieces:  # taken for this merge: put back
+                kept = [e for e in entries if not gone.intersection(e[2])]
+            self._pieces[frame] = kept
+            self._merged.discard(frame)
+            self._generation[frame] = self._generation.get(frame, 0) + 1
+        logger.warning("job %s: frame %d lost %d piece(s) with their node; they render "
+                       "again", self.job_id, frame, len(gone))
+        if self._on_lost is None:
+            raise MergeError("pieces of the frame were lost with their node", frame=frame)
+        self._on_lost(frame, tuple(sorted(gone)))
 
     def _stamped(self, data: bytes, path: Path, stats: Mapping[str, str] | None = None
                  ) -> bytes:

@@ -162,6 +162,8 @@ class PoolRunner:
         self._refs: dict[int, Any] = {}
         self._call_of: dict[Any, int] = {}
         self._values: dict[int, Any] = {}
+        #: a call's other return values (its piece, kept on its worker's node)
+        self._more: dict[int, tuple[Any, ...]] = {}
         self._handles: dict[str, WorkerHandle] = {}
         self._ports: dict[str, JobPort] = {}
         self._offset = time.time() - time.monotonic()
@@ -383,11 +385,14 @@ class PoolRunner:
 
         call_id = self._call_of.pop(ref)
         self._refs.pop(call_id, None)
+        more = self._more.pop(call_id, ())
         now = time.monotonic()
         call = self.state.calls.get(call_id)
         worker = call.worker_id if call is not None else "?"
         try:
             value = ray.get(ref)
+            if more:  # (reply, piece reference)
+                value = (value, *more)
             if call is not None and not call.dropped:  # for its Deliver
                 self._values[call_id] = value
         except ray.exceptions.RayActorError as exc:
@@ -440,7 +445,9 @@ class PoolRunner:
             try:
                 handle = self._handles[instruction.worker_id]
                 ref = self._port(instruction).call(handle, instruction.tasks)
-                if isinstance(ref, (list, tuple)):
+                if isinstance(ref, (list, tuple)):  # the reply, then the piece (kept on
+                    if len(ref) > 1:  # its node: delivered as a reference)
+                        self._more[instruction.call_id] = tuple(ref[1:])
                     ref = ref[0] if ref else None
                 if ref is None:
                     raise RuntimeError("the job started no call (its call gave no result)")
@@ -499,6 +506,7 @@ class PoolRunner:
         return instruction.work  # type: ignore[no-any-return]
 
     def _forget_ref(self, call_id: int) -> None:
+        self._more.pop(call_id, None)
         ref = self._refs.pop(call_id, None)
         if ref is not None:
             self._call_of.pop(ref, None)

@@ -285,9 +285,11 @@ class BlenderWorker:
             return {"ok": False, "error": _error_dict(exc)}
 
     def render(self, settings: dict[str, Any], output_format: str, task: dict[str, Any],
-               attempt: int, files: dict[str, Any] | None = None
+               attempt: int, files: dict[str, Any] | None = None, keep: bool = False
                ) -> tuple[dict[str, Any], bytes | None]:
-        """Render one task and return its result and the piece's bytes."""
+        """Render one task and return its result and the piece's bytes (``keep``: the
+        piece stays on this node, a second return value: the result tells its size and
+        SHA-256)."""
         job_settings = RenderSettings.from_dict(settings)
         the_task = Task.from_dict(task)
         base = {"task_index": the_task.index, "frame": the_task.frame,
@@ -325,6 +327,10 @@ class BlenderWorker:
             extras = session.take_extras()  # what its File Output nodes wrote
             if extras:
                 base["extras"] = extras
+            if keep:
+                from renderfarm.pieces import describe
+
+                base.update(describe(data))
             return {**base, "ok": True, "device": session.device_label,
                     "render_seconds": stats.render_seconds, "load_seconds": load,
                     "task_seconds": time.perf_counter() - start, "finished": time.time(),

@@ -49,6 +49,7 @@ from renderfarm.job import (
 )
 from renderfarm.jobfiles import check_output_folder
 from renderfarm.jobrun import JobRun
+from renderfarm.pieces import PIECES_MODES, on_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class FarmConfig:
         keep_warm: leave the workers running when the farm shuts down, for the next farm
             of this cluster to take over (the local farm commands share:
             :mod:`renderfarm.local_farm`).
+        pieces: where finished pieces are kept, merged, checked and previewed: ``head``
+            (they come to the driver), ``nodes`` (they stay on the nodes that rendered them:
+            :mod:`renderfarm.pieces`), ``auto`` (nodes when the cluster has more than one
+            node, or the driver's node has no CPU for a worker).
+        node_merges: frames merged at once on the nodes (pieces on nodes: the driver's
+            threads only wait for them).
     """
 
     address: str | None = None
@@ -121,6 +128,8 @@ class FarmConfig:
     wait_for_workers: float = 600.0
     release_after: float = 10.0
     keep_warm: bool = False
+    pieces: str = "auto"
+    node_merges: int = 64
 
 
 def _private_token() -> None:
@@ -226,8 +235,12 @@ class Farm:
         self._started_ray = False
         self._runners: dict[str, PoolRunner] = {}
         self._lock = threading.Lock()
+        if self.config.pieces not in PIECES_MODES:
+            raise InputError(f"pieces must be one of {', '.join(PIECES_MODES)}, not "
+                             f"{self.config.pieces!r}")
         self._merger = ThreadPoolExecutor(self.config.merge_threads,
                                           thread_name_prefix="renderfarm-merge")
+        self._node_merger: ThreadPoolExecutor | None = None
         self._jobs: list[JobHandle] = []
         self._storage: Any = None
         self._own_storage: Path | None = None
@@ -289,6 +302,8 @@ class Farm:
             runner.pool.close(runner.occupied())
         self._runners.clear()
         self._merger.shutdown(wait=self.lost is None)
+        if self._node_merger is not None:
+            self._node_merger.shutdown(wait=self.lost is None)
         self._bundles.clear()
         if self._own_storage is not None:
             shutil.rmtree(self._own_storage, ignore_errors=True)
@@ -484,6 +499,24 @@ class Farm:
     def merger(self) -> ThreadPoolExecutor:
         """The farm's threads that merge and finish frames (every job's)."""
         return self._merger
+
+    @property
+    def node_merger(self) -> ThreadPoolExecutor:
+        """The farm's threads that wait for frames merged on the nodes (pieces on nodes)."""
+        with self._lock:
+            if self._node_merger is None:
+                self._node_merger = ThreadPoolExecutor(
+                    self.config.node_merges, thread_name_prefix="renderfarm-node-merge")
+            return self._node_merger
+
+    def pieces_on_nodes(self) -> bool:
+        """Whether a job starting now keeps its pieces on the nodes
+        (:attr:`FarmConfig.pieces`)."""
+        if self.config.pieces != "auto":
+            return self.config.pieces == "nodes"
+        import ray
+
+        return on_nodes("auto", ray.nodes(), ray.get_runtime_context().get_node_id())
 
     def forget(self, handle: JobHandle) -> None:
         """A job has ended: the farm keeps nothing of it (its plan and state go with the

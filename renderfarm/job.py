@@ -799,6 +799,9 @@ class TaskResult(_Json):
         samples: samples per pixel it rendered.
         log: what Blender printed during the call: its last lines when it succeeded, all of
             it (up to 256 KiB: its start and its end) when it failed.
+        piece_bytes: the size of the piece, when it stayed on its worker's node (pieces on
+            nodes: :mod:`renderfarm.pieces`); else 0.
+        piece_sha256: its SHA-256 as that worker computed it (pieces on nodes); else "".
     """
 
     task_index: int
@@ -823,6 +826,8 @@ class TaskResult(_Json):
     pixels: int = 0
     samples: int = 0
     log: str = ""
+    piece_bytes: int = 0
+    piece_sha256: str = ""
 
     @property
     def busy_seconds(self) -> float:
@@ -875,6 +880,9 @@ class JobResult(_Json):
         elastic: on a farm that asks Ray's autoscaler for its workers, what that cost
             (:func:`renderfarm.elastic.summary`: the render nodes' seconds up against the
             seconds they were busy, the time to the first task on a new node); else None.
+        pieces: where the job's pieces were kept: ``{"kept_on": "head" | "nodes",
+            "merged_on": [node ids frames were merged on], "lost": pieces lost with their
+            node and rendered again}`` (:mod:`renderfarm.pieces`).
     """
 
     job_id: str
@@ -897,6 +905,7 @@ class JobResult(_Json):
     started_at: float = 0.0
     estimate: dict[str, Any] | None = None
     elastic: dict[str, Any] | None = None
+    pieces: dict[str, Any] | None = None
 
     @property
     def renders(self) -> tuple[TaskResult, ...]:

@@ -57,6 +57,15 @@ from renderfarm.job import (
 from renderfarm.job_blender import check_blender, choose_blender, saved_with
 from renderfarm.jobfiles import JobFiles, check_output_folder
 from renderfarm.merge import Piece, compare_images, write_atomically
+from renderfarm.pieces import (
+    NodePiece,
+    PiecesLost,
+    SharedMarker,
+    Written,
+    assemble_on_node,
+    biggest_node,
+    compare_on_node,
+)
 from renderfarm.planner import Plan, plan_job, render_size
 from renderfarm.probe import Probe
 from renderfarm.state import (
@@ -110,6 +119,13 @@ class JobHost(Protocol):
     @property
     def merger(self) -> Executor:
         """The threads that merge and finish frames."""
+
+    @property
+    def node_merger(self) -> Executor:
+        """The threads that wait for frames merged on the nodes."""
+
+    def pieces_on_nodes(self) -> bool:
+        """Whether a job starting now keeps its pieces on the nodes."""
 
     def resolve_device(self, device: str) -> str:
         """``auto`` made concrete."""
@@ -190,6 +206,15 @@ class JobRun:
         #: asks for (None: the scene's)
         self.video: str | None = None
         self.video_container: str | None = None
+        #: whether the job's pieces stay on the nodes that rendered them
+        #: (:mod:`renderfarm.pieces`): merged, checked and previewed there
+        self.on_nodes = False
+        #: the file that tells a node it sees the job's output folder (pieces on nodes)
+        self.marker: SharedMarker | None = None
+        #: pieces lost with their node and rendered again
+        self.pieces_lost = 0
+        #: the nodes frames were merged on (pieces on nodes)
+        self.merged_on: set[str] = set()
 
     @property
     def prices(self) -> dict[str, float]:
@@ -283,6 +308,8 @@ class JobRun:
             self.handle.end(result, None)
         finally:
             self.inbox.shutdown(wait=True)  # nothing writes into the scratch folder after
+            if self.marker is not None:
+                self.marker.remove()
             if self.workdir is None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
             self.farm.forget(self.handle)  # in case ending itself failed
@@ -336,10 +363,16 @@ class JobRun:
         self.state = JobState(plan.tasks, spec.retries, verify=self.verify,
                               gate=self.frame_gate)
         self.pool = runner.pool
+        self.on_nodes = self.farm.pieces_on_nodes()
+        if self.on_nodes:  # a node that sees the job's folder writes its frames there
+            self.marker = SharedMarker(output_path(output, plan.frames[0]).parent)
         self.assembler = Assembler(
             job_id=self.handle.job_id, output=output, plan=plan, info=info,
             scratch=self.scratch, final_format=final_format,
-            executor=self.farm.merger, finish=self._finish_on_worker,
+            executor=self.farm.node_merger if self.on_nodes else self.farm.merger,
+            finish=self._finish_on_worker,
+            on_nodes=self._assemble_on_node if self.on_nodes else None,
+            on_lost=self._pieces_lost,
             on_merged=self._merged, on_error=self.abort,
             ended=lambda: self.handle.cancelled, keep_pieces=self.verify > 0,
             project=Path(os.path.abspath(spec.blend_file)).parent,
@@ -385,8 +418,16 @@ class JobRun:
             require=require, paused=paused, cancelled=cancelled,
             max_workers=spec.max_workers))
         try:
-            self._wait(entries, runner)
-            entries.follow_up()  # what choosing its last tasks decided
+            while True:
+                self._wait(entries, runner)
+                entries.follow_up()  # what choosing its last tasks decided
+                if not self.on_nodes or self.handle.cancelled or self.fatal is not None:
+                    break
+                self.assembler.wait()  # a merge that finds pieces lost renders them again
+                with self.lock:
+                    if self.state.finished or self.fatal is not None:
+                        break
+                    self.ended.clear()
         finally:  # a failed merge ended it: its running calls stop
             runner.remove(self.handle.job_id, error=self.fault or self.fatal)
         self.assembler.wait()  # errors are recorded in self.fatal
@@ -445,7 +486,9 @@ class JobRun:
             else 1.0,
             "warnings": list(self.warnings), "tiles": list(plan.tiles) if plan else [1, 1],
             "verify": self.verify, "started_at": self.started_at,
-            "estimate": self.estimate, "elastic": self.elastic}
+            "estimate": self.estimate, "elastic": self.elastic,
+            "pieces": {"kept_on": "nodes" if self.on_nodes else "head",
+                       "merged_on": sorted(self.merged_on), "lost": self.pieces_lost}}
 
     def _keep_estimate(self, estimate: dict[str, Any]) -> None:
         self.estimate = estimate
@@ -676,6 +719,48 @@ class JobRun:
             self.assembler.schedule(frame)
         self.check_end()
 
+    def _assemble_on_node(self, entries: list[tuple[int, Piece, tuple[int, ...]]], frame: int
+                          ) -> tuple[list[Written], dict[str, bytes]]:
+        """Merge, finish and write ``frame`` on a node that holds its pieces (merge
+        threads): only the files' hashes come back, or their bytes when that node does not
+        see the job's output folder."""
+        assert (self.files is not None and self.assembler is not None
+                and self.settings is not None and self.pool is not None)
+        held = [(chunk, piece.tile, piece.held, members) for chunk, piece, members in entries]
+        node = biggest_node([h[2] for h in held])
+        final = self.assembler.final_format
+        # finishing (denoise, composite, convert) by a worker, of that node's first
+        workers = sorted(self.pool.trusted, key=lambda h: h.node != node)
+        finishers = [h.actor for h in workers if h.ready][:4]
+        files = self.files
+
+        def finish_args() -> tuple[Any, ...]:
+            assert self.settings is not None
+            return (self.settings.to_dict(), final, WRITE_EXTENSIONS[final], files.ref)
+
+        def send_files() -> tuple[Any, ...]:
+            files.send_bytes()
+            return finish_args()
+
+        written, extras, ran_on = assemble_on_node(
+            node, self.assembler.blueprint(), frame, held, finishers, finish_args(),
+            self.marker.pair() if self.marker is not None else None, send_files)
+        for name in extras:  # a name no File Output node writes: refused
+            self.assembler.extra_target(name)
+        logger.debug("job %s: frame %d merged on node %s", self.handle.job_id, frame, ran_on)
+        self.merged_on.add(ran_on)
+        return written, extras
+
+    def _pieces_lost(self, frame: int, members: tuple[int, ...]) -> None:
+        """Pieces of ``frame`` were lost with their node: their tasks render again."""
+        assert self.state is not None
+        with self.lock:
+            self.state.redo(members)
+            self.pieces_lost += len(members)
+        self.emit("info", frame=frame, message=f"{len(members)} piece(s) of frame {frame} "
+                  "were lost with their node; they are rendered again",
+                  data={"pieces_lost": len(members)})
+
     def _finish_on_worker(self, payload: bytes, frame: int) -> tuple[bytes, dict[str, bytes]]:
         """Let a worker denoise, composite and/or convert a merged frame (merge threads)."""
         assert self.files is not None and self.assembler is not None and self.calls is not None
@@ -704,6 +789,8 @@ class Entries:
         #: the device class each worker rendered this job's pieces on (checks compare
         #: renders of one class only)
         self.devices: dict[str, str] = {}
+        #: pieces kept on the nodes that checks compare, by task index
+        self.held: dict[int, NodePiece] = {}
 
     def next_task(self, worker: str, live: frozenset[str], checks_only: bool) -> Task | None:
         """The job's next task for a free worker (``live``: the workers taking tasks), or
@@ -750,8 +837,11 @@ class Entries:
         job.emit("task_started", frame=task.frame, tile=task.tile.index,
                  data={"worker": handle.worker_id, "attempt": attempt,
                        "tiles": self.tiles(task)})
-        return handle.actor.render.remote(job.settings.to_dict(), self.assembler.piece_format,
-                                          task.to_dict(), attempt, job.files.ref)
+        args = (job.settings.to_dict(), self.assembler.piece_format, task.to_dict(), attempt,
+                job.files.ref)
+        if job.on_nodes:  # the piece stays on the worker's node: a second return value
+            return handle.actor.render.options(num_returns=2).remote(*args, True)
+        return handle.actor.render.remote(*args)
 
     def done(self, handle: WorkerHandle, task: Task, value: Any) -> None:
         """A worker's reply for ``task``: keep the piece (or hand a failure on)."""
@@ -829,13 +919,22 @@ class Entries:
         check = self.state.check_of(task.index)
         path = (self.check_path(task.index) if check is not None
                 else self.assembler.piece_path(task))
-        try:
-            faults.fire("driver.store_piece", job_id=job.handle.job_id, frame=task.frame)
-            write_atomically(path, lambda tmp: tmp.write_bytes(data))
-        except OSError as exc:
-            raise OutputError(f"cannot store a finished piece where the farm keeps pieces "
-                              f"({exc.strerror}); free space there (pieces stored so far are "
-                              "kept)", path=str(path), frame=task.frame) from exc
+        held: NodePiece | None = None
+        if job.on_nodes:  # on the worker's node: only its size and hash came
+            held = NodePiece(data, str(reply.get("node") or ""),
+                             int(reply.get("piece_bytes") or 0),
+                             str(reply.get("piece_sha256") or ""))
+            if check is not None or self.assembler.keep_pieces:  # for its checks
+                with job.lock:
+                    self.held[task.index] = held
+        else:
+            try:
+                faults.fire("driver.store_piece", job_id=job.handle.job_id, frame=task.frame)
+                write_atomically(path, lambda tmp: tmp.write_bytes(data))
+            except OSError as exc:
+                raise OutputError(f"cannot store a finished piece where the farm keeps "
+                                  f"pieces ({exc.strerror}); free space there (pieces stored "
+                                  "so far are kept)", path=str(path), frame=task.frame) from exc
         samples = (task.samples[1] if task.samples else
                    job.spec.samples or (job.info.samples if job.info else None) or 0)
         result = self.result_of(task, reply, samples=samples,
@@ -850,19 +949,22 @@ class Entries:
             job.emit("task_checking", frame=task.frame, tile=task.tile.index,
                      data={"worker": handle.worker_id, "of": check.original})
             return
-        if job.on_piece is not None:  # the piece is on disk: a failing hook fails the job
-            job.on_piece(task, path)
+        if job.on_piece is not None:  # the piece is on disk (or its node): a failing hook
+            job.on_piece(task, held if held is not None else path)  # fails the job
         if extras:  # what the frame's File Output nodes wrote (a whole frame's render)
             self.assembler.add_extras(task.frame, extras)
-        self.assembler.add(task.frame, task.chunk, Piece(task.tile, path), task.members)
+        self.assembler.add(task.frame, task.chunk, Piece(task.tile, path, held), task.members)
         with job.lock:
             checked = self.state.start_check(task, handle.worker_id, result.device)
             frame_complete = self.state.complete(task.members)
         job.emit("task_done", frame=task.frame, tile=task.tile.index,
                  data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},
                        "tiles": self.tiles(task), "checked": checked is not None,
-                       "piece": {"path": str(path), "chunk": task.chunk,
-                                 "tile": task.tile.to_dict(), "size": list(task.size)}})
+                       "piece": {"path": None if held is not None else str(path),
+                                 "name": path.name, "chunk": task.chunk,
+                                 "tile": task.tile.to_dict(), "size": list(task.size),
+                                 **({"node": held.node, "bytes": held.size,
+                                     "sha256": held.sha256} if held is not None else {})}})
         if frame_complete:
             self.assembler.schedule(task.frame)
         job.check_end()
@@ -962,8 +1064,7 @@ class Entries:
             assert check is not None
             equal: set[int] = set()
             for index, _worker in earlier:
-                same, why = compare_images(path, self.render_path(check, index),
-                                           job.farm.config.verify_tolerance)
+                same, why = self._compare(task, check, index, path)
                 if same:
                     equal.add(index)
                 else:
@@ -980,6 +1081,23 @@ class Entries:
         except Exception as exc:
             job.abort(exc if isinstance(exc, RenderFarmError) else MergeError(
                 f"verification failed: {type(exc).__name__}: {exc}", frame=task.frame))
+
+    def _compare(self, task: Task, check: Check, index: int, path: Path) -> tuple[bool, str]:
+        """Whether check ``task``'s piece agrees with render ``index`` of ``check`` (on
+        the node of the check's piece when pieces stay on the nodes)."""
+        tolerance = self.job.farm.config.verify_tolerance
+        if not self.job.on_nodes:
+            return compare_images(path, self.render_path(check, index), tolerance)
+        with self.job.lock:
+            mine = self.held.get(task.index)
+            other = self.held.get(check.task.index if index == check.members[0] else index)
+        if mine is None or other is None:
+            return False, "a piece is no longer kept"
+        try:
+            return compare_on_node(mine, other, tolerance,
+                                   WRITE_EXTENSIONS[self.assembler.piece_format])
+        except PiecesLost:
+            return False, "a piece was lost with its node"
 
     def carry_out(self, settled: Settled) -> None:
         """Suspects get no more tasks (on the whole farm), the job says what it found,
@@ -1008,6 +1126,8 @@ class Entries:
                            "reopened": settled.reopened if decided is check else []})
         for index in settled.discard:
             self.check_path(index).unlink(missing_ok=True)
+            with job.lock:
+                self.held.pop(index, None)
         if settled.failed:
             job.abort(VerificationError(settled.failed, frame=check.task.frame,
                                         tile=check.task.tile.index))

@@ -41,10 +41,13 @@ def _oiio() -> Any:
 
 @dataclass(frozen=True)
 class Piece:
-    """A rendered tile: where it belongs and the file holding it."""
+    """A rendered tile: where it belongs and the file holding it (or the node)."""
 
     tile: Tile
     path: Path
+    #: the piece as kept on the node that rendered it (a
+    #: :class:`~renderfarm.pieces.NodePiece`; ``path`` is then never written)
+    held: Any = None
 
 
 def _open(path: Path) -> Any:

@@ -708,6 +708,25 @@ class JobState:
             self._move(entry, TaskStatus.PENDING)
             self._enqueue(entry)
 
+    def redo(self, indices: Iterable[int]) -> list[int]:
+        """Render finished tasks ``indices`` again without counting an attempt: their pieces
+        were lost with the node that kept them. Returns the frames that wait for them again
+        (merged already, or about to be)."""
+        reopened: set[int] = set()
+        for index in indices:
+            entry = self.entries[index]
+            if entry.status is not TaskStatus.DONE or entry.check is not None:
+                continue
+            self._move(entry, TaskStatus.PENDING)
+            entry.worker = None
+            self._enqueue(entry)
+            frame = entry.task.frame
+            if self._frame_left[frame] == 0:
+                reopened.add(frame)
+            self._frame_left[frame] += 1
+        self._ready = [f for f in self._ready if self._frame_left[f] == 0]
+        return sorted(reopened)
+
     def running_on(self, worker: str) -> list[int]:
         """Indices of the tasks running on ``worker``."""
         return [i for i, e in self.entries.items()

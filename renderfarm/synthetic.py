@@ -19,6 +19,7 @@ from typing import Any
 from renderfarm.dispatcher import PoolRunner
 from renderfarm.executor import PoolShape, WorkerHandle, WorkerPool
 from renderfarm.job import Rect, Task, Tile
+from renderfarm.pieces import describe
 from renderfarm.state import JobState, TaskStatus
 
 
@@ -223,6 +224,8 @@ class SimulatedGpus:
         self.pieces = 0
         self.bytes = 0
         self.first: float | None = None
+        #: each tile's size and hash, for a job that keeps its pieces on the nodes
+        self._described: dict[int, dict[str, Any]] = {}
 
     async def call(self, gpu: str, method: str, *args: Any) -> Any:
         """Run ``method`` of simulated GPU ``gpu`` (``ping``, ``blenders``, ``inspect``,
@@ -252,10 +255,12 @@ class SimulatedGpus:
         jitter = self.recording.jitter
         seconds = self.recording.seconds * self._random.uniform(1 - jitter, 1 + jitter)
         await asyncio.sleep(seconds)
-        data = self.recording.pieces[int(task["tile"]["index"])]
+        tile = int(task["tile"]["index"])
+        data = self.recording.pieces[tile]
         self.pieces += 1
         self.bytes += len(data)
-        return {"task_index": task["index"], "frame": task["frame"],
+        kept = self._described.setdefault(tile, describe(data)) if args[5:6] == (True,) else {}
+        return {**kept, "task_index": task["index"], "frame": task["frame"],
                 "tile": task["tile"]["index"], "worker": gpu, "node": self.node,
                 "attempt": attempt, "started": started, "covers": list(task.get("covers", [])),
                 "ok": True, "device": "simulated GPU", "render_seconds": seconds,
@@ -272,11 +277,18 @@ class SimulatedGpus:
 class _SimulatedMethod:
     """``gpu.render.remote(...)`` as a call of the GPU's host."""
 
-    def __init__(self, host: Any, gpu: str, name: str) -> None:
+    def __init__(self, host: Any, gpu: str, name: str,
+                 options: dict[str, Any] | None = None) -> None:
         self._host, self._gpu, self._name = host, gpu, name
+        self._options = options or {}
+
+    def options(self, **options: Any) -> _SimulatedMethod:
+        """The call with Ray options (``num_returns=2``: the piece stays on the host)."""
+        return _SimulatedMethod(self._host, self._gpu, self._name, options)
 
     def remote(self, *args: Any) -> Any:
-        return self._host.call.remote(self._gpu, self._name, *args)
+        call = self._host.call.options(**self._options) if self._options else self._host.call
+        return call.remote(self._gpu, self._name, *args)
 
 
 class SimulatedGpu:

@@ -16,6 +16,7 @@ from typing import Any
 from renderfarm.errors import RenderFarmError
 from renderfarm.events import Event
 from renderfarm.job import Task, Tile
+from renderfarm.pieces import NodePiece, preview_on_node
 from renderfarm.server import protocol
 from renderfarm.server.keyring import LOCAL
 from renderfarm.server.live import Live, LiveJobs
@@ -46,6 +47,8 @@ class Publisher:
         #: callbacks told of every job event (the web app's live updates)
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
+        #: (job, piece name) -> a piece kept on its node until its preview is made there
+        self._on_nodes: dict[tuple[str, str], Any] = {}
 
     def listen(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback(owner, message)`` with every job event the service publishes
@@ -87,11 +90,25 @@ class Publisher:
         ``previews/`` folder until its preview is made."""
         folder = self._paths.job_dir(job_id) / "previews"
 
-        def keep(task: Task, path: Path) -> None:
+        def keep(task: Task, path: Path | NodePiece) -> None:
+            if isinstance(path, NodePiece):  # kept on its node: its preview is made there
+                with self._lock:
+                    self._on_nodes[(job_id, f"{task.task_id}")] = path
+                return
             folder.mkdir(parents=True, exist_ok=True)
             _link_or_copy(path, folder / path.name)
 
         return keep
+
+    def _take_held(self, job_id: str, piece: str) -> NodePiece | None:
+        with self._lock:
+            return self._on_nodes.pop((job_id, Path(piece).stem), None)
+
+    def forget_held(self, job_id: str) -> None:
+        """A job's run ended: its pieces kept for previews on their nodes are let go."""
+        with self._lock:
+            for key in [k for k in self._on_nodes if k[0] == job_id]:
+                del self._on_nodes[key]
 
     def preview(self, job_id: str, live: Live, frame: int, tile: Tile, piece: str) -> None:
         """Publish the preview of a finished tile from its piece (file name ``piece`` in the
@@ -99,12 +116,20 @@ class Publisher:
         from renderfarm.server.preview import tile_preview
 
         path = self._paths.job_dir(job_id) / "previews" / piece
-        if live.canvas is None or not path.exists():
+        held = self._take_held(job_id, piece)
+        if live.canvas is None or (held is None and not path.exists()):
             return
         try:
-            preview = tile_preview(path, tile, live.canvas, display=live.display)
+            if held is not None:  # made on the piece's node: only the preview comes here
+                preview = preview_on_node(held, tile, live.canvas, live.display,
+                                          Path(piece).suffix)
+            else:
+                preview = tile_preview(path, tile, live.canvas, display=live.display)
         except RenderFarmError as exc:
             logger.info("no preview for %s: %s", path.name, exc.one_line())
+            return
+        except Exception as exc:  # Ray failing under the farm: no preview, the job goes on
+            logger.info("no preview for %s: %s: %s", path.name, type(exc).__name__, exc)
             return
         finally:
             path.unlink(missing_ok=True)
@@ -118,6 +143,7 @@ class Publisher:
 
     def skip_preview(self, job_id: str, piece: str) -> None:
         """A finished tile gets no preview (its copy for one is removed)."""
+        self._take_held(job_id, piece)
         (self._paths.job_dir(job_id) / "previews" / piece).unlink(missing_ok=True)
 
     def preview_png(self, job_id: str) -> bytes | None:

@@ -96,6 +96,7 @@ class Recorder:
             except Exception:  # a bookkeeping error must not stop the job's events
                 logger.exception("job %s: cannot record %s", job_id, event.kind)
         self._accounts.save(job_id, live, final=True)
+        self._publisher.forget_held(job_id)
         if live.stale:
             return
         self._publisher.keep_last_preview(job_id, live)
@@ -163,10 +164,12 @@ class Recorder:
         preview published."""
         data = event.data
         piece = data["piece"]
-        path = Path(piece["path"])
+        path = Path(piece["path"] or piece["name"])
         record = (job_id, path.stem, event.frame or 0, piece["chunk"], data["tiles"],
                   piece["tile"], str(path), data.get("worker"), data.get("render_seconds"))
-        if data.get("checked"):  # kept for a restart only once its check has agreed
+        if piece["path"] is None:  # kept on its node: a restart renders it again
+            pass
+        elif data.get("checked"):  # kept for a restart only once its check has agreed
             live.held[(event.frame or 0, piece["chunk"], tuple(data["tiles"]))] = (
                 data.get("worker"), record)
         else:

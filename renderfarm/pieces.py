@@ -1,0 +1,367 @@
+"""Pieces that stay on the node that rendered them.
+
+On a farm of many nodes the head would be the ceiling if every piece came to it: a 1920x1080
+frame of eight passes is about 64 MB of float pieces. With pieces kept on the nodes
+(:func:`on_nodes`), a worker's render call returns its piece as a second Ray return value,
+which stays in the object store of the worker's node; the head gets only the reply (the
+piece's size and SHA-256). What needs the pixels runs as a Ray task on a node that holds
+them, asking for no CPU (the workers hold them all): a frame's merge, finishing and writing
+(:func:`assemble_on_node`), a check's comparison (:func:`compare_on_node`) and a live tile's
+8-bit preview (:func:`preview_on_node`); Ray moves the pieces node to node. A frame's file is
+written by that task straight where the job writes it when that node sees the job's output
+folder (a shared file system: a marker the head writes there tells); otherwise its bytes come
+to the head, once.
+
+A piece whose node went away is lost: the frame's merge reports the tasks that rendered the
+lost pieces (:class:`PiecesLost`) and they are rendered again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from renderfarm.errors import MergeError, RenderFarmError
+
+logger = logging.getLogger(__name__)
+
+#: where a farm keeps its pieces: ``head`` (every piece comes to the driver), ``nodes``
+#: (pieces stay on the nodes that rendered them), ``auto`` (nodes when the cluster has
+#: more than one node or the driver's node has no CPU for a worker)
+PIECES_MODES = ("auto", "head", "nodes")
+
+
+@dataclass(frozen=True)
+class NodePiece:
+    """A piece kept in the object store of the node that rendered it.
+
+    Attributes:
+        ref: its Ray object reference (owned by the driver: it outlives the worker's actor,
+            not its node).
+        node: the Ray node id of the node that holds it.
+        size: its bytes.
+        sha256: its SHA-256, as the worker computed it.
+    """
+
+    ref: Any
+    node: str
+    size: int
+    sha256: str
+
+
+class PiecesLost(RenderFarmError):
+    """A frame's pieces are gone with the node that held them: the tasks that rendered them
+    are rendered again.
+
+    Args:
+        members: the task indices whose pieces were lost.
+    """
+
+    def __init__(self, members: Sequence[int], frame: int | None = None) -> None:
+        super().__init__(f"{len(members)} piece(s) of the frame were lost with their node; "
+                         "they are rendered again", frame=frame, retryable=True)
+        self.members = tuple(members)
+
+
+def on_nodes(mode: str, nodes: Sequence[Mapping[str, Any]], driver_node: str) -> bool:
+    """Whether a job keeps its pieces on the nodes (pure: from ``ray.nodes()``).
+
+    Args:
+        mode: the farm's :data:`PIECES_MODES` setting.
+        nodes: the cluster's nodes as ``ray.nodes()`` lists them.
+        driver_node: the driver's node id.
+    """
+    if mode not in PIECES_MODES:
+        raise ValueError(f"pieces must be one of {', '.join(PIECES_MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode == "nodes"
+    alive = [n for n in nodes if n.get("Alive")]
+    if len(alive) > 1:
+        return True
+    mine = [n for n in alive if n.get("NodeID") == driver_node]
+    return bool(mine) and not (mine[0].get("Resources") or {}).get("CPU")
+
+
+def node_options(node: str) -> dict[str, Any]:
+    """Ray options of a task that must run on ``node`` (where the pixels are) and asks for
+    no CPU (the node's workers hold them all). Soft: a node gone runs it elsewhere, where it
+    finds its pieces lost."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"num_cpus": 0, "max_retries": 1,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+
+
+@functools.cache
+def _remote(function: Callable[..., Any]) -> Any:
+    import ray
+
+    return ray.remote(function)
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    import ray
+
+    return (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError)
+
+
+def _fetch(box: Sequence[Any], path: Path) -> bool:
+    """Write the piece in ``box`` (``[ref]``: nested, so Ray does not fetch it before the
+    task runs) to ``path``; False when it is lost."""
+    import ray
+
+    try:
+        data = ray.get(box[0])
+    except _lost_errors():
+        return False
+    path.write_bytes(data)
+    return True
+
+
+# -- checks ----------------------------------------------------------------------------------
+def _compare(first: Sequence[Any], second: Sequence[Any], tolerance: float,
+             suffix: str) -> tuple[bool | None, str]:
+    from renderfarm.merge import compare_images
+
+    folder = Path(tempfile.mkdtemp(prefix="renderfarm-check-"))
+    try:
+        paths = [folder / f"a{suffix}", folder / f"b{suffix}"]
+        for box, path in zip((first, second), paths, strict=True):
+            if not _fetch(box, path):
+                return None, "a piece was lost with its node"
+        return compare_images(paths[0], paths[1], tolerance)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def compare_on_node(first: NodePiece, second: NodePiece, tolerance: float,
+                    suffix: str = ".exr") -> tuple[bool, str]:
+    """Whether two renders of a piece agree (as :func:`~renderfarm.merge.compare_images`),
+    compared on the node of the first.
+
+    Raises:
+        PiecesLost: a piece was lost with its node (``members`` empty: the caller knows
+            which renders they were).
+    """
+    import ray
+
+    same, why = ray.get(_remote(_compare).options(**node_options(first.node)).remote(
+        [first.ref], [second.ref], tolerance, suffix))
+    if same is None:
+        raise PiecesLost(())
+    return bool(same), why
+
+
+# -- previews --------------------------------------------------------------------------------
+def _preview(box: Sequence[Any], tile: Any, canvas: Any, display: Any, suffix: str) -> Any:
+    from renderfarm.server.preview import tile_preview
+
+    folder = Path(tempfile.mkdtemp(prefix="renderfarm-preview-"))
+    try:
+        path = folder / f"piece{suffix}"
+        if not _fetch(box, path):
+            return None
+        return tile_preview(path, tile, canvas, display=display)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def preview_on_node(piece: NodePiece, tile: Any, canvas: Any, display: Any,
+                    suffix: str = ".exr") -> Any:
+    """A finished tile's 8-bit preview (:func:`renderfarm.server.preview.tile_preview`),
+    made on the node of its piece: only the preview comes to the head. None when the piece
+    is lost or scales to nothing.
+
+    Raises:
+        MergeError: the piece cannot be read or has no Combined pass.
+    """
+    import ray
+
+    return ray.get(_remote(_preview).options(**node_options(piece.node)).remote(
+        [piece.ref], tile, canvas, display, suffix))
+
+
+# -- a frame's merge -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Written:
+    """A file a frame's merge on a node wrote.
+
+    Attributes:
+        path: where the job writes it (on the head's file system).
+        sha256: its SHA-256.
+        data: its bytes when the node could not write it there (None: written).
+    """
+
+    path: Path
+    sha256: str
+    data: bytes | None = None
+
+
+class SharedMarker:
+    """A file the head writes in a job's output folder: a node that reads it there sees
+    that folder (a shared file system) and writes the job's frames into it itself.
+
+    Args:
+        folder: the job's output folder.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f".renderfarm-shared-{secrets.token_hex(6)}"
+        self.token = secrets.token_hex(16)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(self.token)
+        except OSError as exc:  # the head writes the frames then
+            logger.info("no shared-folder marker in %s: %s", folder, exc)
+
+    def remove(self) -> None:
+        """Remove the marker (the job ended)."""
+        self.path.unlink(missing_ok=True)
+
+    def pair(self) -> tuple[str, str]:
+        """What a node checks: (path, token)."""
+        return str(self.path), self.token
+
+
+def _sees(marker: tuple[str, str] | None) -> bool:
+    if marker is None:
+        return False
+    try:
+        return Path(marker[0]).read_text() == marker[1]
+    except OSError:
+        return False
+
+
+class _NeedFiles(Exception):
+    """A finishing worker needs the job's files through Ray."""
+
+
+def _assemble(blueprint: dict[str, Any], frame: int,
+              pieces: list[tuple[int, dict[str, Any], list[Any], tuple[int, ...]]],
+              finishers: list[Any], finish_args: tuple[Any, ...],
+              marker: tuple[str, str] | None) -> dict[str, Any]:
+    import ray
+
+    from renderfarm.assemble import Assembler
+    from renderfarm.bundle import file_sha256
+    from renderfarm.job import Tile
+    from renderfarm.merge import Piece
+
+    node = ray.get_runtime_context().get_node_id()
+    folder = Path(tempfile.mkdtemp(prefix=f"renderfarm-frame-{frame}-"))
+    direct = _sees(marker)
+    suffix = blueprint.pop("suffix")
+    settings, final, extension, files = finish_args
+
+    def finish(payload: bytes, at: int) -> tuple[bytes, dict[str, bytes]]:
+        for actor in finishers:
+            try:
+                data = ray.get(actor.finish.remote(settings, payload, final, extension, files,
+                                                   at))
+            except ray.exceptions.RayActorError:
+                continue
+            if data is None:
+                raise _NeedFiles
+            return data["data"], dict(data.get("extras") or {})
+        raise MergeError("every worker died while finishing the frame", frame=at)
+
+    try:
+        found = []
+        lost: list[int] = []
+        for number, (chunk, tile, box, members) in enumerate(pieces):
+            path = folder / f"piece-{number}{suffix}"
+            if not _fetch(box, path):
+                lost.extend(members)
+                continue
+            found.append((chunk, Piece(Tile.from_dict(tile), path)))
+        if lost:
+            return {"lost": lost, "node": node}
+        out = folder / "out"
+        assembler = Assembler(**blueprint, scratch=folder, executor=None,  # type: ignore[arg-type]
+                              finish=finish, on_merged=lambda _f, _p: None,
+                              on_error=lambda exc: None, ended=lambda: False,
+                              place=None if direct else (lambda p: out / p.name))
+        try:
+            written, extras = assembler.write_frame(found, frame)
+        except _NeedFiles:
+            return {"need_files": True, "node": node}
+        files_written = []
+        for path in written:
+            placed = path if direct else out / path.name
+            files_written.append(Written(path, file_sha256(placed),
+                                         None if direct else placed.read_bytes()))
+        return {"written": files_written, "extras": extras, "node": node}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def assemble_on_node(node: str, blueprint: dict[str, Any], frame: int,
+                     pieces: list[tuple[int, Any, NodePiece, tuple[int, ...]]],
+                     finishers: list[Any], finish_args: tuple[Any, ...],
+                     marker: tuple[str, str] | None,
+                     send_files: Callable[[], tuple[Any, ...]] | None = None
+                     ) -> tuple[list[Written], dict[str, bytes], str]:
+    """Merge, finish and write a frame on ``node`` from pieces kept on the nodes.
+
+    Args:
+        node: where it runs (a node that holds some of the pieces).
+        blueprint: the job's :class:`~renderfarm.assemble.Assembler` arguments (its
+            ``suffix``: the pieces' file suffix).
+        frame: the frame.
+        pieces: ``(sample range, tile, piece, task indices)`` of each piece.
+        finishers: worker actors that may finish the frame (tried in turn).
+        finish_args: ``(settings, format, extension, files)`` of a worker's ``finish``.
+        marker: the job's :class:`SharedMarker` pair (None: the head writes the files).
+        send_files: called when a finishing worker needs the job's files through Ray;
+            returns new ``finish_args``.
+
+    Returns:
+        ``(files written, File Output files a finishing worker wrote, the node it ran on)``.
+
+    Raises:
+        PiecesLost: pieces were lost with their node.
+    """
+    import ray
+
+    boxes = [(chunk, tile.to_dict(), [piece.ref], members)
+             for chunk, tile, piece, members in pieces]
+    for _attempt in range(2):
+        result = ray.get(_remote(_assemble).options(**node_options(node)).remote(
+            dict(blueprint), frame, boxes, finishers, finish_args, marker))
+        if result.get("need_files") and send_files is not None:
+            finish_args = send_files()
+            continue
+        break
+    if result.get("lost"):
+        raise PiecesLost(result["lost"], frame=frame)
+    if result.get("need_files"):
+        raise MergeError("a worker could not get the job's files to finish the frame",
+                         frame=frame)
+    return list(result["written"]), dict(result.get("extras") or {}), str(result["node"])
+
+
+def biggest_node(pieces: Sequence[NodePiece]) -> str:
+    """The node holding the most of a frame's piece bytes (its merge moves the fewest)."""
+    held: dict[str, int] = {}
+    for piece in pieces:
+        held[piece.node] = held.get(piece.node, 0) + piece.size
+    return max(held, key=lambda n: held[n])
+
+
+def describe(data: bytes) -> dict[str, Any]:
+    """What a worker tells the head of a piece it keeps: its size and SHA-256."""
+    import hashlib
+
+    return {"piece_bytes": len(data), "piece_sha256": hashlib.sha256(data).hexdigest()}
+
+
+__all__ = ["PIECES_MODES", "NodePiece", "PiecesLost", "SharedMarker", "Written",
+           "assemble_on_node", "biggest_node", "compare_on_node", "describe", "node_options",
+           "on_nodes", "preview_on_node"]

@@ -1,0 +1,207 @@
+"""Pixels off the head: on a Ray cluster whose head has no CPU, pieces stay on the nodes that
+rendered them and frames are merged, finished, checked and previewed there, and every file
+still equals plain Blender's."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from renderfarm.job import JobSpec
+from tests import test_outputs
+from tests.filecompare import differences
+from tests.test_outputs import KNOWN, SETUPS, _copy, _files
+from tests.test_render import assert_same_image, parts
+
+pytestmark = [pytest.mark.ray, pytest.mark.blender]
+
+#: the files plain Blender writes for a setup of ``test_outputs`` (its fixture, shared)
+blender_files = test_outputs.blender_files
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    """A head with no CPU (the driver's node: no worker, no merge can run there) and three
+    1-CPU render nodes (three workers: a check that disagrees can get a third opinion)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    the_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [the_cluster.add_node(num_cpus=1) for _ in range(3)]
+    ray.init(address=the_cluster.address, log_to_driver=False, logging_level="ERROR")
+    the_cluster.wait_for_nodes()
+    the_cluster.render_nodes = nodes  # type: ignore[attr-defined]
+    yield the_cluster
+    ray.shutdown()
+    the_cluster.shutdown()
+
+
+def head_node() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
+@pytest.fixture(scope="module")
+def passes_scene(make_scene) -> Path:
+    """Every pass Blender has: pieces of a few hundred KB (Ray keeps them on their node)."""
+    return make_scene(width=61, height=43, frames=2, samples=4, all_passes=True)
+
+
+def test_pieces_stay_on_the_nodes_and_frames_equal_blenders(cluster, passes_scene, reference,
+                                                            tmp_path) -> None:
+    from renderfarm.farm import Farm
+
+    with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+        result = farm.render(JobSpec(str(passes_scene), frames="1-2", tiles=(2, 2),
+                                     group_tiles=False, output=str(tmp_path / "n_####.exr")))
+    refs = reference(passes_scene, [1, 2])
+    for frame in (1, 2):
+        assert parts(result.outputs[frame]) == parts(refs[frame])
+        assert_same_image(result.outputs[frame], refs[frame])
+    assert result.pieces is not None and result.pieces["kept_on"] == "nodes"
+    # merged on the render nodes, never on the head (it has no CPU, and nothing ran there)
+    assert result.pieces["merged_on"] and head_node() not in result.pieces["merged_on"]
+    renders = result.renders
+    assert len(renders) == 8 and all(t.piece_bytes > 100_000 for t in renders)
+    assert all(len(t.piece_sha256) == 64 for t in renders)
+    assert not list(tmp_path.glob(".renderfarm-shared-*")), "the marker was left behind"
+
+
+#: setups of ``test_outputs`` whose files a node writes: converted by a worker there (PNG,
+#: JPEG), composited with File Output nodes, a file per view, a stamp, passes in EXR
+ON_NODES = ["png 8-bit RGBA (Blender's default)", "multilayer exr half PIZ, passes",
+            "compositor File Output node (Depth to EXR)", "jpeg, File Output node",
+            "stereo 3D, a PNG file per view", "burn-in stamp, multilayer exr"]
+
+
+@pytest.mark.parametrize("setup", ON_NODES)
+def test_a_node_writes_the_files_blender_writes(cluster, blender_files, tmp_path,
+                                                setup) -> None:
+    """Tiles merged, finished (converted, composited) and written on a node: every file,
+    named and written as plain Blender does."""
+    from renderfarm.farm import Farm
+
+    blend, want = blender_files(setup)
+    _options, frames = SETUPS[setup]
+    copy = _copy(blend, tmp_path / "project")
+    with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+        result = farm.render(JobSpec(str(copy), frames=frames, tiles=(2, 2)))
+    got = _files(tmp_path / "project")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        found = differences(got[name], want[name], known=KNOWN)
+        assert found == [], (name, *found)
+    assert result.pieces is not None and result.pieces["kept_on"] == "nodes"
+    assert result.pieces["merged_on"] and head_node() not in result.pieces["merged_on"]
+    listed = {p for files in result.frame_files.values() for p in files}
+    assert {str(p.relative_to(tmp_path / "project")) for p in listed} == set(want)
+    for frame, path in result.outputs.items():  # the hash the node took is the file's
+        import hashlib
+
+        assert result.hashes[frame] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_checks_compare_pieces_on_the_nodes(cluster, passes_scene, tmp_path) -> None:
+    from renderfarm.farm import Farm
+
+    with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+        result = farm.render(JobSpec(str(passes_scene), frames="1", tiles=(2, 1), verify=1.0,
+                                     output=str(tmp_path / "v_####.exr")))
+    assert result.checks and all(c["outcome"] == "agreed" for c in result.checks)
+    assert not result.suspects
+    assert result.pieces is not None and result.pieces["kept_on"] == "nodes"
+
+
+def test_a_spoiled_piece_is_caught_by_a_check_on_the_nodes(cluster, passes_scene, reference,
+                                                          tmp_path) -> None:
+    """A worker that returns wrong pixels is found out by comparing on the nodes, and the
+    frame still equals Blender's."""
+    from renderfarm import faults
+    from renderfarm.farm import Farm
+    from tests.conftest import FAULT_FILE  # the file every worker of this machine reads
+
+    faults.arm_workers(FAULT_FILE, [faults.Fault("worker.piece", "pixels", times=-1,
+                                                 match={"worker": "cpu-2"})])
+    try:
+        with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+            result = farm.render(JobSpec(str(passes_scene), frames="1", tiles=(2, 2),
+                                         verify=1.0, group_tiles=False,
+                                         output=str(tmp_path / "s_####.exr")))
+    finally:
+        FAULT_FILE.unlink(missing_ok=True)
+    assert result.suspects == ("cpu-2",)
+    assert_same_image(result.outputs[1], reference(passes_scene, [1])[1])
+
+
+def test_pieces_lost_with_their_node_are_rendered_again(cluster, make_scene, reference,
+                                                        tmp_path) -> None:
+    """A node leaves after rendering its pieces, before its frame is merged: the pieces it
+    held render again on the other node, and the frame equals Blender's."""
+    from renderfarm import faults
+    from renderfarm.farm import Farm
+
+    passes_scene = make_scene(width=128, height=96, frames=1, samples=4, all_passes=True)
+    faults.arm("driver.merge", "sleep", seconds=12.0, times=1, match={"frame": 1})
+    spare = cluster.add_node(num_cpus=1)  # the node that leaves; the fixture's stay
+    cluster.wait_for_nodes()
+    try:
+        with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+            handle = farm.submit(JobSpec(str(passes_scene), frames="1", tiles=(2, 2),
+                                         group_tiles=False,
+                                         output=str(tmp_path / "l_####.exr")))
+            spare_id = spare.node_id
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # every piece in, the merge asleep
+                done = [t for t in handle.snapshot()["tasks"]
+                        if t["ok"] and t["kind"] == "render"]
+                if len(done) == 4:
+                    break
+                time.sleep(0.2)
+            assert len(done) == 4
+            # pieces above Ray's 100 KB inline limit stay on their node (smaller ones
+            # travel with the reply)
+            assert all(t["piece_bytes"] > 100_000 for t in done)
+            held = [t for t in done if t["node"] == spare_id]
+            if not held:
+                pytest.skip("the spare node rendered no piece this time")
+            threading.Thread(target=cluster.remove_node, args=(spare,)).start()
+            result = handle.result(300)
+    finally:
+        faults.disarm()
+    assert result.pieces is not None and result.pieces["lost"] >= len(held)
+    assert_same_image(result.outputs[1], reference(passes_scene, [1])[1])
+
+
+def test_previews_are_made_on_the_node(cluster, passes_scene, tmp_path) -> None:
+    """A live tile's 8-bit preview made on the piece's node is the one the head makes from
+    the same piece."""
+    import ray
+
+    from renderfarm.farm import Farm
+    from renderfarm.job import Rect, Tile
+    from renderfarm.pieces import NodePiece, preview_on_node
+    from renderfarm.server.preview import tile_preview
+
+    got: list[tuple[object, Path]] = []
+    with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+        result = farm.submit(JobSpec(str(passes_scene), frames="1", tiles=(2, 2),
+                                     output=str(tmp_path / "pv_####.exr")),
+                             on_piece=lambda task, piece: got.append((task, piece))
+                             ).result(300)
+        assert len(got) == 4
+        for task, piece in got:
+            assert isinstance(piece, NodePiece) and piece.node != head_node()
+            canvas = Rect(0, 0, 61, 43)
+            remote = preview_on_node(piece, task.tile, canvas, None)
+            local_file = tmp_path / f"{task.task_id}.exr"
+            local_file.write_bytes(ray.get(piece.ref))  # the test fetches it to compare
+            here = tile_preview(local_file, task.tile, canvas)
+            assert remote == here and remote is not None
+            assert isinstance(task.tile, Tile)
+    assert result.outputs[1].is_file()
