@@ -996,31 +996,46 @@ def bench_scale(ctx: Context) -> list[Record]:
         pieces = scale.record_pieces(ctx.farm(), blend, ctx.out("record"), (2, 2))
         recording = Recording(info, pieces, 1.0)
         frame_mb = sum(len(p) for p in pieces.values()) / 2**20
-        runs = ([(10, 6.0, 2), (25, 6.0, 2), (50, 6.0, 2), (100, 6.0, 2)] if full
-                else [(16, 1.0, 3)])
-        for gpus, seconds, rounds in runs:
-            run = scale.run_scale(recording, blend, ctx.out("scale"), gpus, seconds, rounds, 4)
+        runs = ([(10, 6.0, 2, "nodes"), (25, 6.0, 2, "nodes"), (50, 6.0, 2, "nodes"),
+                 (100, 6.0, 2, "nodes"), (25, 6.0, 2, "head")] if full
+                else [(16, 1.0, 3, "head"), (16, 1.0, 3, "nodes")])
+        per_frame: dict[str, float] = {}
+        for gpus, seconds, rounds, where in runs:
+            run = scale.run_scale(recording, blend, ctx.out("scale"), gpus, seconds, rounds, 4,
+                                  pieces=where)
             data = run.to_dict()
-            print(f"[scale {width}x{height}: {json.dumps(data)}]", file=sys.stderr, flush=True)
+            print(f"[scale {width}x{height} pieces on {where}: {json.dumps(data)}]",
+                  file=sys.stderr, flush=True)
             equivalent = gpus * 60 / seconds
+            per_frame.setdefault(where, data["head_cpu_s_per_frame"])
             records.append(Record(
-                f"scale.{width}x{height}.{gpus}x{seconds:g}s",
+                f"scale.{width}x{height}.{gpus}x{seconds:g}s"
+                + (".nodes" if where == "nodes" else ""),
                 f"frames/s / the simulated GPUs' own rate; {gpus} GPUs at {seconds:g} s per "
                 f"piece (the load of {equivalent:.0f} GPUs at 60 s), {width}x{height} frames "
-                f"of {frame_mb:.1f} MB of pieces in 2x2 tiles, through the farm service",
+                f"of {frame_mb:.1f} MB of pieces in 2x2 tiles, through the farm service, "
+                f"pieces kept on the {where}",
                 "frames/s", [data["frames_per_second"]], [run.frames / run.ideal],
                 run.efficiency, None,
                 note=json.dumps({k: data[k] for k in (
-                    "head_cores", "head_cpu_s_per_frame", "head_bytes_in_per_frame",
-                    "head_bytes_out_per_frame", "status_p99_ms", "page_p99_ms",
-                    "pieces_per_second")})))
+                    "head_cores", "head_cpu_s_per_frame", "head_io_per_frame",
+                    "head_io_share", "head_bytes_in_per_frame",
+                    "status_p99_ms", "page_p99_ms", "pieces_per_second")})))
+        if len(per_frame) == 2:
+            ratio = per_frame["nodes"] / max(per_frame["head"], 1e-9)
+            records.append(Record(
+                f"scale.{width}x{height}.head_cpu_nodes_vs_head",
+                "the head's CPU-seconds per frame with pieces kept on the nodes / with every "
+                "piece through the head (same job, same run)", "x", [per_frame["nodes"]],
+                [per_frame["head"]], ratio, None))
         if full:  # the dispatcher and the service at a thousand and ten thousand GPUs
             small = make_scene(ctx.workdir / "scale-small.blend", width=96, height=54,
                                samples=1, frames=1, passes=True)
             tiny = Recording(scale.scene_info(small),
                              scale.record_pieces(ctx.farm(), small, ctx.out("rs"), (2, 2)), 60)
             for gpus in (1000, 10_000):
-                run = scale.run_scale(tiny, small, ctx.out("scale"), gpus, 60.0, 1, 4)
+                run = scale.run_scale(tiny, small, ctx.out("scale"), gpus, 60.0, 1, 4,
+                                      pieces="nodes")
                 data = run.to_dict()
                 print(f"[scale tiny: {json.dumps(data)}]", file=sys.stderr, flush=True)
                 records.append(Record(

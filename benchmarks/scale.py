@@ -39,6 +39,17 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _io() -> int:
+    """Bytes this process read and wrote through system calls (files, sockets, pipes:
+    ``/proc/self/io`` rchar + wchar; what it maps from Ray's object store is not counted)."""
+    try:
+        fields = dict(line.split(": ") for line in
+                      Path("/proc/self/io").read_text().splitlines())
+    except OSError:
+        return 0
+    return int(fields["rchar"]) + int(fields["wchar"])
+
+
 def scene_info(blend: Path) -> dict[str, Any]:
     """What a worker's inspection says of ``blend`` (Blender, in a process of its own)."""
     code = ("import sys, json, bpy; bpy.ops.wm.open_mainfile(filepath=sys.argv[1]);"
@@ -82,6 +93,10 @@ class ScaleRun:
     wall: float
     bytes_in: int
     bytes_out: int
+    #: where the pieces were kept (``head`` or ``nodes``)
+    pieces_on: str = "head"
+    #: bytes the head process read and wrote meanwhile (:func:`_io`)
+    head_io: int = 0
     status_ms: list[float] = field(default_factory=list)
     page_ms: list[float] = field(default_factory=list)
 
@@ -105,6 +120,9 @@ class ScaleRun:
                 "head_cpu_s_per_frame": round(self.head_cpu / self.frames, 4),
                 "head_bytes_in_per_frame": self.bytes_in // max(1, self.frames),
                 "head_bytes_out_per_frame": self.bytes_out // max(1, self.frames),
+                "pieces_on": self.pieces_on,
+                "head_io_per_frame": self.head_io // max(1, self.frames),
+                "head_io_share": round(self.head_io / max(1, self.bytes_in), 4),
                 "status_p99_ms": round(p99(self.status_ms), 1),
                 "page_p99_ms": round(p99(self.page_ms), 1)}
 
@@ -143,9 +161,11 @@ class _Poller(threading.Thread):
 
 
 def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: float,
-              rounds: int, tiles: int) -> ScaleRun:
+              rounds: int, tiles: int, pieces: str = "head") -> ScaleRun:
     """One job of ``rounds * gpus / tiles`` frames through a farm service whose pool is
-    ``gpus`` simulated GPUs taking ``seconds`` per piece."""
+    ``gpus`` simulated GPUs taking ``seconds`` per piece; ``pieces``: where the farm keeps
+    them (``head``: every piece comes to the head; ``nodes``: they stay with the simulated
+    GPUs' hosts, and frames merge there)."""
     import dataclasses
 
     from renderfarm.client import FarmClient
@@ -158,7 +178,7 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
                         max(1, math.ceil(gpus / 500)))
     state = workdir / f"scale-{gpus}-{os.getpid()}-{time.monotonic_ns()}"
     storage = str(state / "storage")  # the service's: the farm reads its uploads there
-    farm = Farm(config=FarmConfig(workers=gpus, storage=storage),
+    farm = Farm(config=FarmConfig(workers=gpus, storage=storage, pieces=pieces),
                 pool_class=partial(SimulatedPool, hosts=hosts))
     port, web = _port(), _port()
     service = FarmService(ServiceConfig(bind=f"tcp://127.0.0.1:{port}", storage=storage,
@@ -173,7 +193,7 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
         farm.runner("cpu")  # the pool starts outside the measurement (as a farm's has)
         with FarmClient(f"tcp://127.0.0.1:{port}") as client, \
                 FarmClient(f"tcp://127.0.0.1:{port}") as watcher:
-            cpu, wall = _cpu(), time.perf_counter()
+            cpu, wall, io = _cpu(), time.perf_counter(), _io()
             job_id = client.submit(blend, {"frames": f"1-{frames}", "tiles": [2, 2],
                                            "group_tiles": False, "output": "f_####.exr"})
             status = _Poller(lambda: watcher.status(job_id), 0.2)
@@ -184,6 +204,7 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
             reply = client.wait(job_id)
             wall = time.perf_counter() - wall
             head_cpu = _cpu() - cpu
+            head_io = _io() - io
             for poller in (status, page):
                 poller.stop.set()
                 poller.join(30)
@@ -201,7 +222,7 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
         return ScaleRun(gpus, seconds, len(written), sum(s["pieces"] for s in served),
                         last - first, rounds_done * seconds, head_cpu, wall,
                         sum(s["bytes"] for s in served),
-                        sum(p.stat().st_size for p in written),
+                        sum(p.stat().st_size for p in written), pieces, head_io,
                         status.times, page.times)
     finally:
         service.stop()

@@ -144,7 +144,10 @@ class Assembler:
         """What an :class:`Assembler` on a node needs to write this job's frames
         (:func:`renderfarm.pieces.assemble_on_node`): its arguments, and the pieces' file
         suffix."""
-        return {"job_id": self.job_id, "output": self.output, "plan": self.plan,
+        import dataclasses
+
+        return {"job_id": self.job_id, "output": self.output,
+                "plan": dataclasses.replace(self.plan, tasks=()),
                 "info": self.info, "final_format": self.final_format, "project": self.project,
                 "folder": self.folder, "origin": self.origin,
                 "suffix": WRITE_EXTENSIONS[self.piece_format]}

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,6 +59,7 @@ from renderfarm.job_blender import check_blender, choose_blender, saved_with
 from renderfarm.jobfiles import JobFiles, check_output_folder
 from renderfarm.merge import Piece, compare_images, write_atomically
 from renderfarm.pieces import (
+    SLOTS,
     NodePiece,
     PiecesLost,
     SharedMarker,
@@ -215,6 +217,8 @@ class JobRun:
         self.pieces_lost = 0
         #: the nodes frames were merged on (pieces on nodes)
         self.merged_on: set[str] = set()
+        #: the object reference of the assembler's blueprint (pieces on nodes)
+        self.blueprint: Any = None
 
     @property
     def prices(self) -> dict[str, float]:
@@ -371,7 +375,7 @@ class JobRun:
             scratch=self.scratch, final_format=final_format,
             executor=self.farm.node_merger if self.on_nodes else self.farm.merger,
             finish=self._finish_on_worker,
-            on_nodes=self._assemble_on_node if self.on_nodes else None,
+            on_nodes=partial(assemble_on_node_for, self) if self.on_nodes else None,
             on_lost=self._pieces_lost,
             on_merged=self._merged, on_error=self.abort,
             ended=lambda: self.handle.cancelled, keep_pieces=self.verify > 0,
@@ -719,44 +723,14 @@ class JobRun:
             self.assembler.schedule(frame)
         self.check_end()
 
-    def _assemble_on_node(self, entries: list[tuple[int, Piece, tuple[int, ...]]], frame: int
-                          ) -> tuple[list[Written], dict[str, bytes]]:
-        """Merge, finish and write ``frame`` on a node that holds its pieces (merge
-        threads): only the files' hashes come back, or their bytes when that node does not
-        see the job's output folder."""
-        assert (self.files is not None and self.assembler is not None
-                and self.settings is not None and self.pool is not None)
-        held = [(chunk, piece.tile, piece.held, members) for chunk, piece, members in entries]
-        node = biggest_node([h[2] for h in held])
-        final = self.assembler.final_format
-        # finishing (denoise, composite, convert) by a worker, of that node's first
-        workers = sorted(self.pool.trusted, key=lambda h: h.node != node)
-        finishers = [h.actor for h in workers if h.ready][:4]
-        files = self.files
-
-        def finish_args() -> tuple[Any, ...]:
-            assert self.settings is not None
-            return (self.settings.to_dict(), final, WRITE_EXTENSIONS[final], files.ref)
-
-        def send_files() -> tuple[Any, ...]:
-            files.send_bytes()
-            return finish_args()
-
-        written, extras, ran_on = assemble_on_node(
-            node, self.assembler.blueprint(), frame, held, finishers, finish_args(),
-            self.marker.pair() if self.marker is not None else None, send_files)
-        for name in extras:  # a name no File Output node writes: refused
-            self.assembler.extra_target(name)
-        logger.debug("job %s: frame %d merged on node %s", self.handle.job_id, frame, ran_on)
-        self.merged_on.add(ran_on)
-        return written, extras
-
     def _pieces_lost(self, frame: int, members: tuple[int, ...]) -> None:
         """Pieces of ``frame`` were lost with their node: their tasks render again."""
         assert self.state is not None
         with self.lock:
             self.state.redo(members)
             self.pieces_lost += len(members)
+            if not self.state.finished:  # its tasks are dispatched again at once
+                self.ended.clear()
         self.emit("info", frame=frame, message=f"{len(members)} piece(s) of frame {frame} "
                   "were lost with their node; they are rendered again",
                   data={"pieces_lost": len(members)})
@@ -770,6 +744,58 @@ class JobRun:
             lambda: MergeError("every worker died while finishing the frame", frame=frame),
             payload, final, WRITE_EXTENSIONS[final], self.files.ref, frame)
         return data["data"], dict(data.get("extras") or {})
+
+
+def assemble_on_node_for(job: JobRun, entries: list[tuple[int, Piece, tuple[int, ...]]],
+                         frame: int) -> tuple[list[Written], dict[str, bytes]]:
+    """Merge, finish and write ``frame`` of ``job`` on a node that holds its pieces (merge
+    threads): only the files' hashes come back, or their bytes when that node does not
+    see the job's output folder."""
+    import ray
+
+    assert (job.files is not None and job.assembler is not None
+            and job.settings is not None and job.pool is not None and job.plan is not None)
+    here = ray.get_runtime_context().get_node_id()
+    held = []
+    for chunk, piece, members in entries:  # a piece an earlier run stored: from this node
+        kept = piece.held or NodePiece(ray.put(piece.path.read_bytes()), here, 0, "")
+        held.append((chunk, piece.tile, kept, members))
+    node = biggest_node([h[2] for h in held])
+    assembler, plan = job.assembler, job.plan
+    final = assembler.final_format
+    finishing = (plan.post_denoise or plan.post_composite
+                 or final != "OPEN_EXR_MULTILAYER")
+    if finishing and not [h for h in job.pool.trusted if h.ready]:  # released, or gone
+        WorkerCalls.wait_for_worker(job.pool, job.farm.config.wait_for_workers)
+    # finishing (denoise, composite, convert) by a worker, of that node's first
+    workers = sorted([h for h in job.pool.trusted if h.ready], key=lambda h: h.node != node)
+    handles = {h.worker_id: h for h in workers[:4]}
+    files = job.files
+
+    def finish_args() -> tuple[Any, ...]:
+        assert job.settings is not None
+        return (job.settings.to_dict(), final, WRITE_EXTENSIONS[final], files.ref)
+
+    def send_files() -> tuple[Any, ...]:
+        files.send_bytes()
+        return finish_args()
+
+    with job.lock:
+        if job.blueprint is None:  # once per job: every frame's merge reads it
+            job.blueprint = ray.put(assembler.blueprint())
+        blueprint = job.blueprint
+    with SLOTS.slot(node):
+        written, extras, ran_on, finished = assemble_on_node(
+            node, blueprint, frame, held, [(w, h.actor) for w, h in handles.items()],
+            finish_args(), job.marker.pair() if job.marker is not None else None, send_files)
+    for worker, started, ended in finished:  # its device time counts
+        if worker in handles:
+            job.account("finish", handles[worker], started, ended, frame)
+    for name in extras:  # a name no File Output node writes: refused
+        assembler.extra_target(name)
+    logger.debug("job %s: frame %d merged on node %s", job.handle.job_id, frame, ran_on)
+    job.merged_on.add(ran_on)
+    return written, extras
 
 
 class Entries:
@@ -840,7 +866,7 @@ class Entries:
         args = (job.settings.to_dict(), self.assembler.piece_format, task.to_dict(), attempt,
                 job.files.ref)
         if job.on_nodes:  # the piece stays on the worker's node: a second return value
-            return handle.actor.render.options(num_returns=2).remote(*args, True)
+            return handle.actor.render.options(num_returns=2).remote(*args, keep=True)
         return handle.actor.render.remote(*args)
 
     def done(self, handle: WorkerHandle, task: Task, value: Any) -> None:
@@ -1064,7 +1090,11 @@ class Entries:
             assert check is not None
             equal: set[int] = set()
             for index, _worker in earlier:
-                same, why = self._compare(task, check, index, path)
+                try:
+                    same, why = self._compare(task, check, index, path)
+                except PiecesLost as lost:  # no verdict: the check is an attempt that
+                    self.failed(WorkerHandle("?", None), task, lost)  # failed, retried
+                    return
                 if same:
                     equal.add(index)
                 else:
@@ -1091,13 +1121,10 @@ class Entries:
         with self.job.lock:
             mine = self.held.get(task.index)
             other = self.held.get(check.task.index if index == check.members[0] else index)
-        if mine is None or other is None:
-            return False, "a piece is no longer kept"
-        try:
-            return compare_on_node(mine, other, tolerance,
-                                   WRITE_EXTENSIONS[self.assembler.piece_format])
-        except PiecesLost:
-            return False, "a piece was lost with its node"
+        if mine is None or other is None:  # a render of it was replaced meanwhile
+            raise PiecesLost((), frame=task.frame)
+        return compare_on_node(mine, other, tolerance,
+                               WRITE_EXTENSIONS[self.assembler.piece_format])
 
     def carry_out(self, settled: Settled) -> None:
         """Suspects get no more tasks (on the whole farm), the job says what it found,

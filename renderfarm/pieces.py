@@ -23,7 +23,9 @@ import logging
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 #: (pieces stay on the nodes that rendered them), ``auto`` (nodes when the cluster has
 #: more than one node or the driver's node has no CPU for a worker)
 PIECES_MODES = ("auto", "head", "nodes")
+#: frames merged at once on one node
+MERGES_PER_NODE = 2
+#: seconds a live tile preview made on a node may take before it is skipped
+PREVIEW_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -184,8 +190,13 @@ def preview_on_node(piece: NodePiece, tile: Any, canvas: Any, display: Any,
     """
     import ray
 
-    return ray.get(_remote(_preview).options(**node_options(piece.node)).remote(
-        [piece.ref], tile, canvas, display, suffix))
+    ref = _remote(_preview).options(**node_options(piece.node)).remote(
+        [piece.ref], tile, canvas, display, suffix)
+    try:
+        return ray.get(ref, timeout=PREVIEW_TIMEOUT)
+    except ray.exceptions.GetTimeoutError:  # a live preview is never worth a wait
+        ray.cancel(ref)
+        return None
 
 
 # -- a frame's merge -------------------------------------------------------------------------
@@ -243,7 +254,7 @@ class _NeedFiles(Exception):
     """A finishing worker needs the job's files through Ray."""
 
 
-def _assemble(blueprint: dict[str, Any], frame: int,
+def _assemble(blueprint_box: list[Any], frame: int,
               pieces: list[tuple[int, dict[str, Any], list[Any], tuple[int, ...]]],
               finishers: list[Any], finish_args: tuple[Any, ...],
               marker: tuple[str, str] | None) -> dict[str, Any]:
@@ -255,20 +266,31 @@ def _assemble(blueprint: dict[str, Any], frame: int,
     from renderfarm.merge import Piece
 
     node = ray.get_runtime_context().get_node_id()
+    blueprint = dict(ray.get(blueprint_box[0]))
     folder = Path(tempfile.mkdtemp(prefix=f"renderfarm-frame-{frame}-"))
     direct = _sees(marker)
     suffix = blueprint.pop("suffix")
     settings, final, extension, files = finish_args
 
+    finished: list[tuple[str, float, float]] = []
+
     def finish(payload: bytes, at: int) -> tuple[bytes, dict[str, bytes]]:
-        for actor in finishers:
+        for worker, actor in finishers:
             try:
                 data = ray.get(actor.finish.remote(settings, payload, final, extension, files,
                                                    at))
             except ray.exceptions.RayActorError:
                 continue
+            except ray.exceptions.RayTaskError as exc:  # the worker's own error, unwrapped
+                cause = exc.cause
+                if isinstance(cause, RenderFarmError):
+                    raise cause from None
+                raise MergeError(f"finishing the frame failed on worker {worker}: "
+                                 f"{type(cause).__name__}: {cause}", frame=at) from None
             if data is None:
                 raise _NeedFiles
+            finished.append((worker, float(data.get("started") or 0.0),
+                             float(data.get("finished") or 0.0)))
             return data["data"], dict(data.get("extras") or {})
         raise MergeError("every worker died while finishing the frame", frame=at)
 
@@ -297,33 +319,64 @@ def _assemble(blueprint: dict[str, Any], frame: int,
             placed = path if direct else out / path.name
             files_written.append(Written(path, file_sha256(placed),
                                          None if direct else placed.read_bytes()))
-        return {"written": files_written, "extras": extras, "node": node}
+        return {"written": files_written, "extras": extras, "node": node,
+                "finished": finished}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def assemble_on_node(node: str, blueprint: dict[str, Any], frame: int,
+class NodeSlots:
+    """At most ``per_node`` frames merge at once on one node (each holds a frame's pieces
+    and its merged file beside the node's Blenders)."""
+
+    def __init__(self, per_node: int = MERGES_PER_NODE) -> None:
+        self.per_node = per_node
+        self._busy: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def slot(self, node: str) -> Iterator[None]:
+        """Hold one of ``node``'s merge slots (waits for one)."""
+        with self._changed:
+            while self._busy.get(node, 0) >= self.per_node:
+                self._changed.wait()
+            self._busy[node] = self._busy.get(node, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy[node] -= 1
+                if not self._busy[node]:
+                    del self._busy[node]
+                self._changed.notify_all()
+
+
+def assemble_on_node(node: str, blueprint: Any, frame: int,
                      pieces: list[tuple[int, Any, NodePiece, tuple[int, ...]]],
-                     finishers: list[Any], finish_args: tuple[Any, ...],
+                     finishers: list[tuple[str, Any]], finish_args: tuple[Any, ...],
                      marker: tuple[str, str] | None,
                      send_files: Callable[[], tuple[Any, ...]] | None = None
-                     ) -> tuple[list[Written], dict[str, bytes], str]:
+                     ) -> tuple[list[Written], dict[str, bytes], str, list[tuple[str, float,
+                                                                                 float]]]:
     """Merge, finish and write a frame on ``node`` from pieces kept on the nodes.
 
     Args:
         node: where it runs (a node that holds some of the pieces).
-        blueprint: the job's :class:`~renderfarm.assemble.Assembler` arguments (its
-            ``suffix``: the pieces' file suffix).
+        blueprint: the object reference of the job's
+            :class:`~renderfarm.assemble.Assembler` arguments (its ``suffix``: the pieces'
+            file suffix), put in Ray's object store once per job.
         frame: the frame.
         pieces: ``(sample range, tile, piece, task indices)`` of each piece.
-        finishers: worker actors that may finish the frame (tried in turn).
+        finishers: ``(worker id, actor)`` of workers that may finish the frame (tried in
+            turn).
         finish_args: ``(settings, format, extension, files)`` of a worker's ``finish``.
         marker: the job's :class:`SharedMarker` pair (None: the head writes the files).
         send_files: called when a finishing worker needs the job's files through Ray;
             returns new ``finish_args``.
 
     Returns:
-        ``(files written, File Output files a finishing worker wrote, the node it ran on)``.
+        ``(files written, File Output files a finishing worker wrote, the node it ran on,
+        [(worker, started, finished)] of the worker that finished it)``.
 
     Raises:
         PiecesLost: pieces were lost with their node.
@@ -334,7 +387,7 @@ def assemble_on_node(node: str, blueprint: dict[str, Any], frame: int,
              for chunk, tile, piece, members in pieces]
     for _attempt in range(2):
         result = ray.get(_remote(_assemble).options(**node_options(node)).remote(
-            dict(blueprint), frame, boxes, finishers, finish_args, marker))
+            [blueprint], frame, boxes, finishers, finish_args, marker))
         if result.get("need_files") and send_files is not None:
             finish_args = send_files()
             continue
@@ -344,7 +397,12 @@ def assemble_on_node(node: str, blueprint: dict[str, Any], frame: int,
     if result.get("need_files"):
         raise MergeError("a worker could not get the job's files to finish the frame",
                          frame=frame)
-    return list(result["written"]), dict(result.get("extras") or {}), str(result["node"])
+    return (list(result["written"]), dict(result.get("extras") or {}), str(result["node"]),
+            list(result.get("finished") or []))
+
+
+#: the merge slots of every node this process merges on
+SLOTS = NodeSlots()
 
 
 def biggest_node(pieces: Sequence[NodePiece]) -> str:
@@ -362,6 +420,6 @@ def describe(data: bytes) -> dict[str, Any]:
     return {"piece_bytes": len(data), "piece_sha256": hashlib.sha256(data).hexdigest()}
 
 
-__all__ = ["PIECES_MODES", "NodePiece", "PiecesLost", "SharedMarker", "Written",
+__all__ = ["PIECES_MODES", "NodePiece", "NodeSlots", "PiecesLost", "SharedMarker", "Written",
            "assemble_on_node", "biggest_node", "compare_on_node", "describe", "node_options",
            "on_nodes", "preview_on_node"]

@@ -588,7 +588,7 @@ class JobState:
         for index, entry in self.entries.items():
             if entry.check is None and entry.status is TaskStatus.DONE and entry.worker == worker:
                 self._move(entry, TaskStatus.PENDING)
-                entry.attempts, entry.worker = 0, None
+                entry.attempts, entry.worker, entry.backups = 0, None, 0
                 entry.exclude.add(worker)
                 heapq.heappush(self._pending, index)
                 frame = entry.task.frame
@@ -719,6 +719,8 @@ class JobState:
                 continue
             self._move(entry, TaskStatus.PENDING)
             entry.worker = None
+            entry.attempts = max(0, entry.attempts - 1)  # the loss was not the task's
+            entry.backups = 0  # a copy that lost the race is long gone
             self._enqueue(entry)
             frame = entry.task.frame
             if self._frame_left[frame] == 0:

@@ -227,7 +227,7 @@ class SimulatedGpus:
         #: each tile's size and hash, for a job that keeps its pieces on the nodes
         self._described: dict[int, dict[str, Any]] = {}
 
-    async def call(self, gpu: str, method: str, *args: Any) -> Any:
+    async def call(self, gpu: str, method: str, *args: Any, keep: bool = False) -> Any:
         """Run ``method`` of simulated GPU ``gpu`` (``ping``, ``blenders``, ``inspect``,
         ``render``, ``shutdown``).
 
@@ -259,7 +259,7 @@ class SimulatedGpus:
         data = self.recording.pieces[tile]
         self.pieces += 1
         self.bytes += len(data)
-        kept = self._described.setdefault(tile, describe(data)) if args[5:6] == (True,) else {}
+        kept = self._described.setdefault(tile, describe(data)) if keep else {}
         return {**kept, "task_index": task["index"], "frame": task["frame"],
                 "tile": task["tile"]["index"], "worker": gpu, "node": self.node,
                 "attempt": attempt, "started": started, "covers": list(task.get("covers", [])),
@@ -286,9 +286,9 @@ class _SimulatedMethod:
         """The call with Ray options (``num_returns=2``: the piece stays on the host)."""
         return _SimulatedMethod(self._host, self._gpu, self._name, options)
 
-    def remote(self, *args: Any) -> Any:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
         call = self._host.call.options(**self._options) if self._options else self._host.call
-        return call.remote(self._gpu, self._name, *args)
+        return call.remote(self._gpu, self._name, *args, **kwargs)
 
 
 class SimulatedGpu:

@@ -88,3 +88,20 @@ def test_the_log_budget_lets_a_few_lines_through_and_counts_the_rest() -> None:
                                                                          False]
     assert budget.allow("other", 3.0) == (True, 0)  # another kind has its own
     assert budget.allow("bad", 10.5) == (True, 2)  # a new interval says what was held back
+
+
+def test_a_jobs_task_events_are_thinned_and_its_own_events_always_go() -> None:
+    """Thousands of workers send a job hundreds of task events a second: a subscriber gets
+    at most its rate of them (their counts ride on every event that goes), every job and
+    frame event, and each job has its own bucket."""
+    from renderfarm.server.rates import Thinning
+
+    thinning = Thinning(10.0)
+    sent = [thinning.allow("a", "task_done", 100.0 + i / 1000) for i in range(1000)]  # 1 s
+    assert 10 <= sum(sent) <= 21  # a burst of 10, then 10 a second
+    assert sent[:10] == [True] * 10 and not any(sent[12:100])
+    assert all(thinning.allow("a", kind, 101.0) for kind in
+               ("frame_merged", "warning", "info", "task_failed"))
+    assert thinning.allow("b", "task_started", 101.0)  # another job: its own bucket
+    assert thinning.allow("a", "task_done", 103.0)  # a quiet while: it flows again
+    assert thinning.allow("a", "job_done", 103.0) and "a" not in thinning.buckets

@@ -135,6 +135,37 @@ def test_job_state_transitions() -> None:
             transition(ended, "pause")
 
 
+def test_a_batch_of_writes_is_one_transaction_and_reads_see_it(tmp_path: Path) -> None:
+    """A job's recorder writes its waiting events in one transaction: the database sees
+    nothing until the batch ends, the writing thread reads its own writes, another thread
+    is not held, and a write that fails loses only itself."""
+    import sqlite3
+    import threading
+
+    store = Store(tmp_path / "farm.db")
+    store.add_job("a", "a", {"output": "/x/s_####.exr"}, 0, None)
+    before = store.commits
+    outside = sqlite3.connect(tmp_path / "farm.db")
+    with store.batch():
+        for frame in range(1, 101):
+            store.add_run("a", f"t{frame}", frame, [0], "cpu-1", 1.0)
+        store.set_hash("a", 1, "ab" * 32)
+        assert outside.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+        seen: list[int] = []
+        other = threading.Thread(target=lambda: seen.append(len(store.runs("a"))))
+        other.start()
+        other.join(10)
+        assert seen == [0]  # another thread reads at once, without this batch's writes
+        assert len(store.runs("a")) == 100  # this thread reads what it wrote
+        store.add_run("a", "late", 101, [0], "cpu-1", 1.0)
+        store._run("INSERT INTO nowhere VALUES (1)")  # fails alone
+    assert outside.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 101
+    assert store.hashes("a") == {1: "ab" * 32}
+    assert store.commits - before == 2  # two transactions for 102 writes
+    outside.close()
+    store.close()
+
+
 def test_store_keeps_queue_order_pieces_and_frames(tmp_path: Path) -> None:
     store = Store(tmp_path / "farm.db")
     spec = {"output": "/x/shot_####.exr", "frames": "1-2"}

@@ -240,3 +240,23 @@ def test_a_worker_that_fails_three_tasks_in_a_row_is_kept_off_the_job() -> None:
     assert problems and "every worker failed 3 tasks of this job in a row" in str(problems[0])
     assert isinstance(problems[0], JobFailedError)
     assert not state.has_pending()
+
+
+def test_pieces_lost_with_their_node_render_again_without_costing_a_retry() -> None:
+    """A frame's pieces lost with the node that kept them: their tasks are pending again
+    (not an attempt of theirs), the frame waits for them, and a copy that had lost a race
+    to them no longer counts."""
+    state = JobState(tasks(2, 2), retries=0)
+    first = [state.next_for("w1"), state.next_for("w2")]
+    assert state.backup(first[0].index)  # a straggler's copy, which the first one beat
+    assert state.complete([first[0].index]) is False
+    assert state.complete([first[1].index]) is True  # frame 1 complete: it merges
+    assert state.redo([first[0].index, first[0].index]) == [1]  # named twice: once
+    entry = state.entries[first[0].index]
+    assert entry.status is TaskStatus.PENDING and entry.attempts == 0 and entry.backups == 0
+    again = state.next_for("w2")
+    assert again.index == first[0].index  # pending first, before frame 2's
+    # its new render fails once: with no retries left it fails, not "another copy goes on"
+    assert state.failed_attempt(again.index, "boom") is False
+    assert state.redo([first[1].index]) == []  # frame 1 was reopened already
+    assert state.redo([again.index]) == []  # not done: nothing to render again

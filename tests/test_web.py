@@ -206,6 +206,59 @@ def test_a_finished_frames_preview_looks_like_its_8bit_file(
     assert np.ptp(pixels[:, :, :3]) > 100  # an image, not a blank that would match anything
 
 
+def test_a_long_jobs_page_lists_its_frames_a_page_at_a_time(farm_server: ServerProcess,
+                                                            make_scene) -> None:
+    """A job of 250 frames: its page lists 100 of them with a link to the next, and what a
+    refresh reads of the database does not grow with the job. The job renders 2 frames; the
+    other 248 frames' rows are written into the service's own database as its recorder
+    writes them (a 250-frame render would take minutes here)."""
+    import sqlite3
+
+    from renderfarm.server.store import Store
+    from renderfarm.server.web import FRAMES_PER_PAGE
+
+    blend = make_scene(width=24, height=16, samples=1, frames=2)
+    with farm_server.client() as client:
+        token = client.web_token()
+        job_id = client.submit(blend, {"frames": "1-2", "output": "long_####.exr"})
+        deadline = time.monotonic() + 120
+        while client.status(job_id)["state"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    store = Store(farm_server.state / "farm.db")
+    try:
+        for frame in range(3, 251):
+            store.add_frame(job_id, frame, f"/nowhere/long_{frame:04d}.exr")
+            store.set_hash(job_id, frame, f"{frame:064x}")
+    finally:
+        store.close()
+    http = farm_server.http  # type: ignore[attr-defined]
+    first = call(http, f"/job/{job_id}", token=token)
+    assert first.status == 200
+    page = first.body.decode()
+    listed = [int(f) for f in re.findall(r"<tr class='frame' data-frame='(\d+)'>", page)]
+    assert listed == list(range(1, FRAMES_PER_PAGE + 1))
+    assert "frames 1–100 of 250: page 1 of 3" in page
+    assert "href='?frames=2'>next</a>" in page and "previous" not in page
+    third = call(http, f"/job/{job_id}?frames=3", token=token).body.decode()
+    assert [int(f) for f in re.findall(r"<tr class='frame' data-frame='(\d+)'>", third)] \
+        == list(range(201, 251))
+    assert f"<code>{250:064x}"[:22] in third  # each row with its frame's hash
+    assert "href='?frames=2'>previous</a>" in third and ">next<" not in third
+    # what a refresh reads goes by index: the job's rows only, never every job's
+    db = sqlite3.connect(farm_server.state / "farm.db")
+    try:
+        for sql in ("SELECT frame, path FROM frames WHERE job_id = ? ORDER BY frame "
+                    "LIMIT 100 OFFSET 0",
+                    "SELECT worker, COUNT(*) FROM runs WHERE job_id = ? GROUP BY worker",
+                    "SELECT at FROM logs WHERE job_id = ? ORDER BY at DESC LIMIT 100"):
+            plan = " ".join(str(r) for r in db.execute(f"EXPLAIN QUERY PLAN {sql}",
+                                                       (job_id,)))
+            assert "USING" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+    finally:
+        db.close()
+
+
 def worker_counts(client: Any) -> tuple[int, int]:
     """The farm's workers' finished tasks and calls, summed."""
     workers = client.request("workers")[0]["workers"]

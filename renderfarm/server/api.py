@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -32,10 +34,15 @@ from starlette.responses import Response, StreamingResponse
 from renderfarm import __version__
 from renderfarm.server import protocol
 from renderfarm.server.keyring import Caller
+from renderfarm.server.rates import Thinning
 
 logger = logging.getLogger(__name__)
 
 #: HTTP status of each error kind of the protocol
+#: task events of one job an event stream gets per second (a page refreshes at most five
+#: times a second; the job's own events, its frames' and warnings always come)
+STREAM_TASK_EVENTS = 10.0
+
 STATUS = {"bad_request": 400, "bad_input": 400, "version": 400, "too_big": 413,
           "not_found": 404, "refused": 403, "refused_key": 403, "conflict": 409,
           "limit": 429, "rate_limited": 429, "missing_files": 400, "bad_bundle": 400,
@@ -168,10 +175,16 @@ class EventStreams:
             return Response(refused, 429, headers=headers, media_type="text/plain")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        thinning = Thinning(STREAM_TASK_EVENTS)  # this subscriber's
+        lock = threading.Lock()
 
         def listener(owner: str, message: dict[str, Any]) -> None:
             if not caller.may_see(owner) or (job_id and message.get("job_id") != job_id):
                 return
+            with lock:
+                if not thinning.allow(str(message.get("job_id")), str(message.get("kind")),
+                                      time.monotonic()):
+                    return
             loop.call_soon_threadsafe(_put, queue, message)
 
         stop = self.service.listen(listener)

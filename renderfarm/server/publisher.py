@@ -8,6 +8,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +22,18 @@ from renderfarm.server import protocol
 from renderfarm.server.keyring import LOCAL
 from renderfarm.server.live import Live, LiveJobs
 from renderfarm.server.paths import FarmPaths
+from renderfarm.server.rates import Thinning
 from renderfarm.server.store import JobRow
 
 logger = logging.getLogger(__name__)
 
 #: a listener of every job event: ``listener(owner, message)``
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+#: task events of one job published per second (bursts of as many; the job's own events,
+#: its frames' and its warnings always are)
+PUBLISHED_TASK_EVENTS = 50.0
 
 
 class Publisher:
@@ -49,6 +56,14 @@ class Publisher:
         self._lock = threading.Lock()
         #: (job, piece name) -> a piece kept on its node until its preview is made there
         self._on_nodes: dict[tuple[str, str], Any] = {}
+        #: each job's task events, thinned for every subscriber
+        self._thinning = Thinning(PUBLISHED_TASK_EVENTS)
+
+    def passes(self, event: Event) -> bool:
+        """Whether ``event`` is published: a job's task events are thinned to
+        :data:`PUBLISHED_TASK_EVENTS` a second (their counts ride on every event)."""
+        with self._lock:
+            return self._thinning.allow(event.job_id, event.kind, time.monotonic())
 
     def listen(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback(owner, message)`` with every job event the service publishes

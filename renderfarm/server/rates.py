@@ -58,3 +58,40 @@ class Rates:
     def leave(self, name: str) -> None:
         """A request of client ``name`` was answered."""
         self.in_flight[name] -= 1
+
+
+#: the events of a job's tasks (their counts ride on every event: thinned, nothing is lost
+#: of a job's progress); every other event (the job's, its frames', warnings) always goes
+THINNED = frozenset({"task_started", "task_done", "task_checking", "task_checked",
+                     "task_retry"})
+
+
+@dataclass
+class Thinning:
+    """Thins each job's task events to at most ``per_second`` (bursts of as many) for one
+    subscriber, or for everyone: at thousands of workers a job has hundreds of task events
+    a second, which no page and no artist needs one by one. Pure: the caller passes the
+    time and holds a lock if several threads share it.
+
+    Attributes:
+        per_second: task events of one job let through per second.
+        buckets: each job's bucket: (tokens, when they were counted).
+    """
+
+    per_second: float
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def allow(self, job_id: str, kind: str, now: float) -> bool:
+        """Whether an event ``kind`` of job ``job_id`` goes out at ``now`` (counted)."""
+        if kind not in THINNED:
+            if kind.startswith("job_"):  # its last event: the job's bucket goes
+                self.buckets.pop(job_id, None)
+            return True
+        rate = self.per_second
+        tokens, then = self.buckets.get(job_id, (rate, now))
+        tokens = min(rate, tokens + (now - then) * rate)
+        if tokens < 1.0:
+            self.buckets[job_id] = (tokens, now)
+            return False
+        self.buckets[job_id] = (tokens - 1.0, now)
+        return True

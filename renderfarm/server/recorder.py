@@ -4,6 +4,7 @@ each event is then published. One thread per running job."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
@@ -33,6 +34,14 @@ FACTS = frozenset({"task_done", "task_checked", "frame_merged", "output_written"
 #: preview costs the head about 20 ms; at thousands of workers they would hold back the
 #: records a restart needs and the job's end)
 PREVIEW_BACKLOG = 16
+
+
+#: a job's events recorded in one transaction at most (while more wait)
+BATCH_EVENTS = 64
+#: the events whose records may wait in a batch (a frame's, a warning, the job's end go
+#: at once)
+BATCHED = frozenset({"task_started", "task_done", "task_checking", "task_checked",
+                     "task_retry", "info"})
 
 
 def previews_keep_up(backlog: int) -> bool:
@@ -88,13 +97,30 @@ class Recorder:
 
     def _watch_run(self, job_id: str, live: Live) -> None:
         handle = live.handle
-        for event in handle.events():
-            if live.abandoned or (live.stale and event.kind not in FACTS):
-                continue  # its farm was lost: the job runs again from the database
-            try:
-                self._record(job_id, live, event)
-            except Exception:  # a bookkeeping error must not stop the job's events
-                logger.exception("job %s: cannot record %s", job_id, event.kind)
+        batch: contextlib.ExitStack | None = None
+        batched = 0
+        try:
+            for event in handle.events():
+                if live.abandoned or (live.stale and event.kind not in FACTS):
+                    continue  # its farm was lost: the job runs again from the database
+                if batch is None and handle.backlog() > 0:  # events wait: written together
+                    batch = contextlib.ExitStack()
+                    batch.enter_context(self._store.batch())
+                try:
+                    self._record(job_id, live, event)
+                except Exception:  # a bookkeeping error must not stop the job's events
+                    logger.exception("job %s: cannot record %s", job_id, event.kind)
+                batched += 1
+                if batch is not None and (handle.backlog() == 0 or batched >= BATCH_EVENTS
+                                          or event.kind not in BATCHED):
+                    batch.close()  # a fact a restart reads (a frame, the end) goes at once
+                    batch, batched = None, 0
+        finally:
+            if batch is not None:
+                try:
+                    batch.close()
+                except Exception:  # the service closed its database meanwhile
+                    logger.exception("job %s: its last events were not recorded", job_id)
         self._accounts.save(job_id, live, final=True)
         self._publisher.forget_held(job_id)
         if live.stale:
@@ -146,7 +172,8 @@ class Recorder:
                 pass  # already cancelled by a request
             self._accounts.save(job_id, live, final=True)
             self._reports.notify(job_id)
-        self._publisher.event(event, store.job(job_id))
+        if self._publisher.passes(event):
+            self._publisher.event(event, store.job(job_id))
 
     def _started(self, job_id: str, live: Live, data: dict[str, Any]) -> None:
         """The job's plan, kept for a restart (and its canvas, for previews)."""
@@ -168,7 +195,7 @@ class Recorder:
         record = (job_id, path.stem, event.frame or 0, piece["chunk"], data["tiles"],
                   piece["tile"], str(path), data.get("worker"), data.get("render_seconds"))
         if piece["path"] is None:  # kept on its node: a restart renders it again
-            pass
+            self._store.add_run(*record[:2], record[2], record[4], record[7], record[8])
         elif data.get("checked"):  # kept for a restart only once its check has agreed
             live.held[(event.frame or 0, piece["chunk"], tuple(data["tiles"]))] = (
                 data.get("worker"), record)

@@ -9,16 +9,24 @@ which is pure.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from renderfarm.errors import ServiceError
 from renderfarm.server.protocol import FINAL_STATES
+
+logger = logging.getLogger(__name__)
+
+#: batched writes of one thread that go in one transaction at most
+BATCH_LIMIT = 256
+_WRITES = ("INSERT", "UPDATE", "DELETE")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -115,6 +123,8 @@ CREATE TABLE IF NOT EXISTS runs (
     worker TEXT,
     seconds REAL
 );
+CREATE INDEX IF NOT EXISTS runs_of_job ON runs (job_id, worker);
+CREATE INDEX IF NOT EXISTS logs_by_time ON logs (job_id, at);
 """
 
 #: columns added since the first schema: ``(table, column, type and default)``
@@ -215,7 +225,11 @@ class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        #: each thread's batched writes (see :meth:`batch`)
+        self._local = threading.local()
+        #: transactions written (each autocommitted write, each batch)
+        self.commits = 0
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -235,15 +249,70 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within it, this thread's writes wait and go in one transaction: at its end, when
+        :data:`BATCH_LIMIT` wait, or before this thread reads (it reads what it wrote).
+        Other threads are not held meanwhile. A statement that fails is logged, the others
+        are kept."""
+        outer = getattr(self._local, "queue", None)
+        if outer is not None:  # already batching
+            yield
+            return
+        self._local.queue = []
+        try:
+            yield
+        finally:
+            queue, self._local.queue = self._local.queue, None
+            with self._lock:
+                self._flush(queue)
+
+    def _flush(self, queue: list[tuple[str, tuple[Any, ...]]] | None) -> None:
+        """Write ``queue`` in one transaction (the lock held)."""
+        if not queue:
+            return
+        try:
+            self._db.execute("BEGIN")
+            for sql, args in queue:
+                try:
+                    self._db.execute(sql, args)
+                except sqlite3.Error:  # this write only (one that ends the transaction
+                    logger.exception("a batched write failed: %s", sql.split("(")[0])
+            self._db.execute("COMMIT")  # fails below: rolled back, raised)
+            self.commits += 1
+        except sqlite3.Error:  # the connection never stays inside a transaction
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            queue.clear()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock, with this thread's batched writes written first."""
         with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+            self._flush(getattr(self._local, "queue", None))
+            yield
+
+    def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        queue = getattr(self._local, "queue", None)
+        if queue is not None and sql.startswith(_WRITES):
+            queue.append((sql, tuple(args)))
+            if len(queue) >= BATCH_LIMIT:
+                with self._locked():
+                    self._flush(queue)
+            return []
+        with self._locked():
+            rows = self._db.execute(sql, tuple(args)).fetchall()
+            if sql.startswith(_WRITES):
+                self.commits += 1
+            return rows
 
     # -- jobs --------------------------------------------------------------------------------
     def add_job(self, job_id: str, name: str, spec: dict[str, Any], priority: int,
                 client: str | None) -> JobRow:
         """Queue a new job."""
-        with self._lock:
+        with self._locked():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
                 "INSERT INTO jobs (id, seq, name, spec, priority, state, client, created) "
@@ -271,7 +340,7 @@ class Store:
 
     def act(self, job_id: str, action: str, error: str | None = None) -> JobRow:
         """Apply ``action`` to a job (see :func:`transition`) and return the new row."""
-        with self._lock:
+        with self._locked():
             row = self._db.execute("SELECT state, started FROM jobs WHERE id = ?",
                                    (job_id,)).fetchone()
             if row is None:
@@ -307,7 +376,7 @@ class Store:
 
     def add_upload(self, client: str, sha256: str, size: int) -> None:
         """Record a file a client stored (it counts against the client's quota)."""
-        with self._lock:
+        with self._locked():
             self._db.execute("INSERT OR IGNORE INTO uploads (client, sha256, size, at) "
                              "VALUES (?, ?, ?, ?)", (client, sha256, size, time.time()))
 
@@ -326,14 +395,14 @@ class Store:
               detail: str | None = None) -> None:
         """Record a state-changing request: who, what, on which job, whether it was done
         (and why not)."""
-        with self._lock:
+        with self._locked():
             self._db.execute("INSERT INTO audit (at, client, op, job_id, ok, detail) "
                              "VALUES (?, ?, ?, ?, ?, ?)",
                              (time.time(), client, op, job_id, int(ok), detail))
 
     def add_warning(self, job_id: str, warning: str) -> None:
         """Record a warning of a job."""
-        with self._lock:
+        with self._locked():
             row = self._db.execute("SELECT warnings FROM jobs WHERE id = ?",
                                    (job_id,)).fetchone()
             if row is None:
@@ -352,12 +421,18 @@ class Store:
         self._run("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (job_id, task_id, frame, chunk, json.dumps(tiles), json.dumps(tile), path,
                    worker, seconds))
+        self.add_run(job_id, task_id, frame, tiles, worker, seconds)
+
+    def add_run(self, job_id: str, task_id: str, frame: int, tiles: list[int],
+                worker: str | None, seconds: float | None) -> None:
+        """Record a finished task for the job's page (a piece kept on its node is not
+        recorded for a restart, its task is)."""
         self._run("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                   (job_id, task_id, frame, json.dumps(tiles), worker, seconds))
 
     def add_frame(self, job_id: str, frame: int, path: str) -> None:
         """Record a merged frame; its pieces are no longer needed."""
-        with self._lock:
+        with self._locked():
             self._db.execute("INSERT OR REPLACE INTO frames VALUES (?, ?, ?)",
                              (job_id, frame, path))
             self._db.execute("DELETE FROM pieces WHERE job_id = ? AND frame = ?",
@@ -366,7 +441,7 @@ class Store:
     def forget_frames(self, job_id: str, frames: Iterable[int]) -> None:
         """Forget written frames of a job (it renders them again)."""
         chosen = json.dumps(sorted({int(f) for f in frames}))
-        with self._lock:  # one statement per table, whatever the number of frames
+        with self._locked():  # one statement per table, whatever the number of frames
             for table in ("frames", "hashes", "extras"):
                 self._db.execute(f"DELETE FROM {table} WHERE job_id = ? AND frame IN "
                                  "(SELECT value FROM json_each(?))", (job_id, chosen))
@@ -374,7 +449,7 @@ class Store:
     def drop_worker(self, job_id: str, worker: str, frames: Iterable[int]) -> None:
         """A worker of a job was found suspect: forget the pieces it rendered and
         ``frames``, written with its pieces (a restarted service renders them again)."""
-        with self._lock:
+        with self._locked():
             self._db.execute("DELETE FROM pieces WHERE job_id = ? AND worker = ?",
                              (job_id, worker))
         self.forget_frames(job_id, frames)
@@ -433,7 +508,7 @@ class Store:
     def set_account(self, job_id: str, run_id: str, run: dict[str, Any]) -> None:
         """Keep what one run of a job recorded so far (its calls' timing, checks, suspects)
         for the job's report; a job resumed after a restart has several runs."""
-        with self._lock:
+        with self._locked():
             first = self._db.execute("SELECT at FROM accounts WHERE job_id = ? AND run_id = ?",
                                      (job_id, run_id)).fetchone()
             self._db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?)",
@@ -456,6 +531,39 @@ class Store:
         """The merged frames of a job and their files."""
         return dict(self._run("SELECT frame, path FROM frames WHERE job_id = ? ORDER BY frame",
                               (job_id,)))
+
+    def frames_page(self, job_id: str, offset: int, limit: int) -> tuple[dict[int, str], int]:
+        """A page of a job's merged frames (``{frame: file}``, from the ``offset``-th, at
+        most ``limit``) and how many it has in all (a job page reads one page, whatever the
+        job's length)."""
+        with self._locked():
+            rows = self._db.execute("SELECT frame, path FROM frames WHERE job_id = ? ORDER BY "
+                                    "frame LIMIT ? OFFSET ?", (job_id, limit, offset)
+                                    ).fetchall()
+            total = self._db.execute("SELECT COUNT(*) FROM frames WHERE job_id = ?",
+                                     (job_id,)).fetchone()[0]
+        return dict(rows), int(total)
+
+    def hashes_of(self, job_id: str, frames: Iterable[int]) -> dict[int, str]:
+        """``{frame: SHA-256}`` of some of a job's outputs."""
+        chosen = json.dumps(sorted({int(f) for f in frames}))
+        return dict(self._run("SELECT frame, sha256 FROM hashes WHERE job_id = ? AND frame IN "
+                              "(SELECT value FROM json_each(?))", (job_id, chosen)))
+
+    def worker_totals(self, job_id: str) -> list[tuple[str, int, int, float]]:
+        """``(worker, calls, tiles, seconds)`` of a job's finished tasks per worker, summed
+        by the database."""
+        return [(r[0] or "?", int(r[1]), int(r[2] or 0), float(r[3] or 0.0)) for r in self._run(
+            "SELECT worker, COUNT(*), SUM(json_array_length(tiles)), SUM(seconds) FROM runs "
+            "WHERE job_id = ? GROUP BY worker ORDER BY worker", (job_id,))]
+
+    def latest_logs(self, job_id: str, count: int) -> list[dict[str, Any]]:
+        """A job's ``count`` latest calls, newest first (without their logs)."""
+        rows = self._run("SELECT at, frame, tile, kind, attempt, worker, ok, error, tiles FROM "
+                         "logs WHERE job_id = ? ORDER BY at DESC LIMIT ?", (job_id, count))
+        return [{"at": r[0], "frame": r[1], "tile": r[2], "kind": r[3], "attempt": r[4],
+                 "worker": r[5], "ok": bool(r[6]), "error": r[7], "log": "",
+                 "tiles": json.loads(r[8] or "[]")} for r in rows]
 
     def runs(self, job_id: str) -> list[dict[str, Any]]:
         """Every finished task of a job: worker, seconds, tiles (for the status page)."""

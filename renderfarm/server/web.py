@@ -55,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -251,6 +251,11 @@ def _button(op: str, label: str, fields: dict[str, Any], why_not: str | None = N
 
 
 #: the job page's actions: ``(id, what it does)``; :func:`job_actions` says which apply
+#: frames a job page lists (the others are on its next pages)
+FRAMES_PER_PAGE = 100
+#: jobs the jobs page lists
+JOBS_PER_PAGE = 200
+
 ACTIONS = ("cancel", "pause", "resume", "priority", "requeue-failed", "requeue-frames")
 
 
@@ -295,12 +300,15 @@ def _when(at: float | None) -> str:
 
 
 def jobs_page(service: Any, caller: Caller, state: str = "", owner: str = "",
-              fragment: bool = False) -> bytes:
-    """The list of the jobs ``caller`` may see (of one state, of one owner)."""
+              fragment: bool = False, page: int = 1) -> bytes:
+    """The list of the jobs ``caller`` may see (of one state, of one owner),
+    :data:`JOBS_PER_PAGE` a page (``page``)."""
     rows = []
-    for row in service.jobs_for(caller):
-        if (state and row.state != state) or (owner and (row.client or "") != owner):
-            continue
+    chosen = [row for row in service.jobs_for(caller)
+              if not (state and row.state != state)
+              and not (owner and (row.client or "") != owner)]
+    page = max(1, page)
+    for row in chosen[(page - 1) * JOBS_PER_PAGE:page * JOBS_PER_PAGE]:
         j = service.public_job(row)
         rows.append(
             f"<tr class='job {html.escape(j['state'])}' data-job='{html.escape(j['job_id'])}'>"
@@ -316,7 +324,9 @@ def jobs_page(service: Any, caller: Caller, state: str = "", owner: str = "",
     body = ("<table id='jobs'><tr><th>job</th><th>name</th><th>owner</th><th>submitted</th>"
             "<th>state</th>"
             "<th>priority</th><th>tasks</th><th>frames</th><th>elapsed</th><th></th></tr>"
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table>"
+            + _pages(page, len(chosen), JOBS_PER_PAGE, "jobs", "page",
+                     {k: v for k, v in (("state", state), ("owner", owner)) if v}))
     if fragment:
         return body.encode()
     states = "".join(f"<option{' selected' if s == state else ''}>{s}</option>"
@@ -329,9 +339,26 @@ def jobs_page(service: Any, caller: Caller, state: str = "", owner: str = "",
                  actions=filters)
 
 
-def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) -> bytes:
-    """One job: its state, ETA, frames (a thumbnail each), tasks per worker and the latest
-    calls, its preview; and its actions.
+def _pages(page: int, total: int, size: int, what: str, key: str,
+           keep: dict[str, str] | None = None) -> str:
+    """The line that says which ``what`` a page shows and links its neighbours (with the
+    query's other values ``keep``)."""
+    if total <= size:
+        return ""
+    last = (total - 1) // size + 1
+    first = (page - 1) * size + 1
+    links = [f"<a class='page' href='?{html.escape(urlencode({**(keep or {}), key: n}))}'>"
+             f"{label}</a>"
+             for n, label in ((page - 1, "previous"), (page + 1, "next")) if 1 <= n <= last]
+    return (f"<p class='pages' id='{key}-pages'>{what} {first}–{min(total, page * size)} of "
+            f"{total}: page {page} of {last} " + " · ".join(links) + "</p>")
+
+
+def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False,
+             page: int = 1) -> bytes:
+    """One job: its state, ETA, frames (a thumbnail each, :data:`FRAMES_PER_PAGE` a page:
+    ``page``), tasks per worker and the latest calls, its preview; and its actions. What it
+    reads of the database does not grow with the job's length.
 
     Raises:
         ServiceError: ``not_found``: no such job, or another client's.
@@ -340,28 +367,26 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
     job = service.public_job(row)
     e = html.escape
     escaped = e(job_id)
-    workers: dict[str, dict[str, Any]] = {}
-    for run in service.store.runs(job_id):
-        entry = workers.setdefault(run["worker"] or "?", {"calls": 0, "seconds": 0.0,
-                                                          "tiles": 0})
-        entry["calls"] += 1
-        entry["tiles"] += len(run["tiles"])
-        entry["seconds"] += run["seconds"] or 0.0
     rows = "".join(
-        f"<tr class='worker'><td>{e(w)}</td><td>{x['calls']}</td><td>{x['tiles']}</td>"
-        f"<td>{x['seconds']:.2f} s</td></tr>" for w, x in sorted(workers.items()))
-    hashes = service.store.hashes(job_id)
+        f"<tr class='worker'><td>{e(w)}</td><td>{calls}</td><td>{tiles}</td>"
+        f"<td>{seconds:.2f} s</td></tr>"
+        for w, calls, tiles, seconds in service.store.worker_totals(job_id))
+    page = max(1, page)
+    shown, total = service.store.frames_page(job_id, (page - 1) * FRAMES_PER_PAGE,
+                                             FRAMES_PER_PAGE)
+    hashes = service.store.hashes_of(job_id, shown)
     frames = "".join(
         f"<tr class='frame' data-frame='{f}'><td>{f}</td><td><img class='thumb' "
         f"loading='lazy' alt='frame {f}' src='/thumb/{escaped}/{f}.png'></td>"
         f"<td>{e(Path(name).name)}</td><td><code>{e(hashes.get(f, '')[:16])}</code></td></tr>"
-        for f, name in service.store.frames(job_id).items())
+        for f, name in shown.items())
+    frames_nav = _pages(page, total, FRAMES_PER_PAGE, "frames", "frames")
     calls = "".join(
         f"<tr class='call {'done' if c['ok'] else 'failed'}'>"
         + "".join(f"<td>{e(cell)}</td>" for cell in call_cells(c))
         + f"<td>{c['attempt']}</td><td>{e(c['worker'] or '')}</td>"
         f"<td>{'ok' if c['ok'] else e(c['error'] or 'failed')}</td></tr>"
-        for c in service.store.logs(job_id)[-100:][::-1])
+        for c in service.store.latest_logs(job_id, 100))
     eta = service.job_eta(job_id)
     waiting = service.job_waiting(row)
     body = (f"<h1>{e(job['name'])} <small>{escaped}</small></h1>"
@@ -375,8 +400,8 @@ def job_page(service: Any, caller: Caller, job_id: str, fragment: bool = False) 
             + (f"<p id='waiting'>{e(waiting)}</p>" if waiting else "")
             + f"<p class='failed' id='error'>{e(job['error'] or '')}</p>"
             + "".join(f"<p class='warning'>{e(w)}</p>" for w in job["warnings"])
-            + f"<h2>Frames</h2><table id='frames'><tr><th>frame</th><th></th><th>file</th>"
-            f"<th>SHA-256</th></tr>{frames}</table>"
+            + f"<h2>Frames</h2>{frames_nav}<table id='frames'><tr><th>frame</th><th></th>"
+            f"<th>file</th><th>SHA-256</th></tr>{frames}</table>"
             "<h2>Calls per worker</h2><table id='workers'><tr><th>worker</th><th>calls</th>"
             f"<th>tiles</th><th>render time</th></tr>{rows}</table>"
             "<h2>Latest calls</h2><table id='calls'><tr><th>frame</th><th>tile</th>"
@@ -823,16 +848,20 @@ class StatusApp:
         state = request.query_params.get("state", "")[:16]
         owner = request.query_params.get("owner", "")[:64]
         fragment = request.headers.get("x-fragment") == "1"
+        page = request.query_params.get("page", "1")[:9]
+        number = int(page) if page.isdigit() else 1
         return await self._guarded(request, lambda caller: _answer(
-            200, jobs_page(self.service, caller, state, owner, fragment), _HTML))
+            200, jobs_page(self.service, caller, state, owner, fragment, number), _HTML))
 
     async def _job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         if not JOB_ID.match(job_id):
             return _answer(404, b"not found")
         fragment = request.headers.get("x-fragment") == "1"
+        page = request.query_params.get("frames", "1")[:9]
+        number = int(page) if page.isdigit() else 1
         return await self._guarded(request, lambda caller: _answer(
-            200, job_page(self.service, caller, job_id, fragment), _HTML))
+            200, job_page(self.service, caller, job_id, fragment, number), _HTML))
 
     async def _workers(self, request: Request) -> Response:
         fragment = request.headers.get("x-fragment") == "1"
