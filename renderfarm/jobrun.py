@@ -208,16 +208,13 @@ class JobRun:
         #: asks for (None: the scene's)
         self.video: str | None = None
         self.video_container: str | None = None
-        #: whether the job's pieces stay on the nodes that rendered them
-        #: (:mod:`renderfarm.pieces`): merged, checked and previewed there
+        #: pieces on the nodes that rendered them (:mod:`renderfarm.pieces`): then the file
+        #: that tells a node it sees the job's output folder, pieces lost with their node,
+        #: the nodes frames were merged on, the reference of the assembler's blueprint
         self.on_nodes = False
-        #: the file that tells a node it sees the job's output folder (pieces on nodes)
         self.marker: SharedMarker | None = None
-        #: pieces lost with their node and rendered again
         self.pieces_lost = 0
-        #: the nodes frames were merged on (pieces on nodes)
         self.merged_on: set[str] = set()
-        #: the object reference of the assembler's blueprint (pieces on nodes)
         self.blueprint: Any = None
 
     @property

@@ -112,10 +112,17 @@ def add_autoscale_options(parser: argparse.ArgumentParser) -> None:
                        help="CPUs each CPU worker asks for (default: a node's CPUs shared "
                        "out; with --autoscale 1: give a render node's CPUs for one worker "
                        "per node)")
+    group.add_argument("--pieces", choices=("auto", "head", "nodes"), default="auto",
+                       help="where finished tiles are kept, merged, checked and previewed: "
+                       "on the nodes that rendered them (nodes: only sizes, hashes and "
+                       "8-bit previews reach this machine; frames are written by a node that "
+                       "sees the output folder), or here (head); auto: nodes on a cluster "
+                       "of several nodes (default auto)")
 
 
 def autoscale_settings(args: argparse.Namespace) -> dict[str, object]:
     """What :func:`add_autoscale_options` gave, as :class:`~renderfarm.farm.FarmConfig`
     fields."""
     return {"autoscale": args.autoscale, "max_workers": args.max_workers,
-            "wait_for_workers": args.wait_for_workers, "cpus_per_worker": args.cpus_per_worker}
+            "wait_for_workers": args.wait_for_workers, "cpus_per_worker": args.cpus_per_worker,
+            "pieces": args.pieces}

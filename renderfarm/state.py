@@ -717,15 +717,12 @@ class JobState:
             entry = self.entries[index]
             if entry.status is not TaskStatus.DONE or entry.check is not None:
                 continue
-            self._move(entry, TaskStatus.PENDING)
-            entry.worker = None
-            entry.attempts = max(0, entry.attempts - 1)  # the loss was not the task's
-            entry.backups = 0  # a copy that lost the race is long gone
+            self._move(entry, TaskStatus.PENDING)  # no attempt counted, no copy left
+            entry.worker, entry.attempts, entry.backups = None, max(0, entry.attempts - 1), 0
             self._enqueue(entry)
-            frame = entry.task.frame
-            if self._frame_left[frame] == 0:
-                reopened.add(frame)
-            self._frame_left[frame] += 1
+            if self._frame_left[entry.task.frame] == 0:
+                reopened.add(entry.task.frame)
+            self._frame_left[entry.task.frame] += 1
         self._ready = [f for f in self._ready if self._frame_left[f] == 0]
         return sorted(reopened)
 

@@ -27,9 +27,9 @@ class ServiceConfig:
         admins: the folder of admins' public keys: they see and act on every job.
         insecure_loopback: allow running without keys on loopback.
         workers: workers in the pool (None: the farm's default).
-        autoscale, max_workers, wait_for_workers, cpus_per_worker: the farm's
+        autoscale, max_workers, wait_for_workers, cpus_per_worker, pieces: the farm's
             (:class:`~renderfarm.farm.FarmConfig`): ask Ray's autoscaler for the workers the
-            queue can use.
+            queue can use; where finished pieces are kept (the head or the nodes).
         max_running: jobs started at once (they share the workers by priority).
         permit_scripts: jobs may ask to run Python embedded in their files.
         max_message: the largest request accepted, in bytes.
@@ -72,6 +72,7 @@ class ServiceConfig:
     max_workers: int | None = None
     wait_for_workers: float = 600.0
     cpus_per_worker: float | None = None
+    pieces: str = "auto"
     max_running: int = 4
     permit_scripts: bool = False
     max_message: int = protocol.MAX_MESSAGE

@@ -81,7 +81,8 @@ class FarmHealth:
             max_pixels=config.max_pixels, default_task_timeout=config.task_timeout,
             verify=config.verify, verify_tolerance=config.verify_tolerance,
             prices=config.prices, autoscale=config.autoscale, max_workers=config.max_workers,
-            wait_for_workers=config.wait_for_workers, cpus_per_worker=config.cpus_per_worker)
+            wait_for_workers=config.wait_for_workers, cpus_per_worker=config.cpus_per_worker,
+            pieces=config.pieces)
 
     def status(self) -> dict[str, Any]:
         """The farm's own state, sent with every job's status: ``farm`` is ``ok`` or
