@@ -120,6 +120,8 @@ class Assembler:
         #: the metadata entries every file gets the artist's values of
         self.restamp = {"File": origin} if origin else {}
         self.origin = origin
+        #: pieces kept on the nodes that checks compare, by task index
+        self.held: dict[int, Any] = {}
         self._place = place or (lambda path: path)
         self._on_nodes = on_nodes
         self._on_lost = on_lost
@@ -139,6 +141,13 @@ class Assembler:
         self.hashes: dict[int, str] = {}
         #: merges refused because the frame was merged already (0 unless something is wrong)
         self.merged_twice = 0
+
+    def release(self) -> None:
+        """The job ended: let go of the pieces still kept (pieces kept on the nodes leave
+        their object stores; a verified job kept them all)."""
+        with self._lock:
+            self._pieces.clear()
+            self.held.clear()
 
     def blueprint(self) -> dict[str, Any]:
         """What an :class:`Assembler` on a node needs to write this job's frames

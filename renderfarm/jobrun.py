@@ -6,6 +6,7 @@ files, inspection, plan and resume (:class:`JobRun`), the entry points its dispa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -309,8 +310,9 @@ class JobRun:
             self.handle.end(result, None)
         finally:
             self.inbox.shutdown(wait=True)  # nothing writes into the scratch folder after
-            if self.marker is not None:
-                self.marker.remove()
+            for kept in (self.marker, self.assembler):  # what the job kept on the nodes
+                if kept is not None:
+                    kept.release()
             if self.workdir is None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
             self.farm.forget(self.handle)  # in case ending itself failed
@@ -766,7 +768,7 @@ def assemble_on_node_for(job: JobRun, entries: list[tuple[int, Piece, tuple[int,
         WorkerCalls.wait_for_worker(job.pool, job.farm.config.wait_for_workers)
     # finishing (denoise, composite, convert) by a worker, of that node's first
     workers = sorted([h for h in job.pool.trusted if h.ready], key=lambda h: h.node != node)
-    handles = {h.worker_id: h for h in workers[:4]}
+    handles = {h.worker_id: h for h in workers[:4]} if finishing else {}
     files = job.files
 
     def finish_args() -> tuple[Any, ...]:
@@ -781,7 +783,9 @@ def assemble_on_node_for(job: JobRun, entries: list[tuple[int, Piece, tuple[int,
         if job.blueprint is None:  # once per job: every frame's merge reads it
             job.blueprint = ray.put(assembler.blueprint())
         blueprint = job.blueprint
-    with SLOTS.slot(node):
+    with SLOTS.slot(node), contextlib.ExitStack() as leases:
+        for handle in handles.values():  # not released while they may finish it
+            leases.enter_context(job.pool.leased(handle))
         written, extras, ran_on, finished = assemble_on_node(
             node, blueprint, frame, held, [(w, h.actor) for w, h in handles.items()],
             finish_args(), job.marker.pair() if job.marker is not None else None, send_files)
@@ -813,7 +817,7 @@ class Entries:
         #: renders of one class only)
         self.devices: dict[str, str] = {}
         #: pieces kept on the nodes that checks compare, by task index
-        self.held: dict[int, NodePiece] = {}
+        self.held = job.assembler.held
 
     def next_task(self, worker: str, live: frozenset[str], checks_only: bool) -> Task | None:
         """The job's next task for a free worker (``live``: the workers taking tasks), or

@@ -232,7 +232,7 @@ class SharedMarker:
         except OSError as exc:  # the head writes the frames then
             logger.info("no shared-folder marker in %s: %s", folder, exc)
 
-    def remove(self) -> None:
+    def release(self) -> None:
         """Remove the marker (the job ended)."""
         self.path.unlink(missing_ok=True)
 
