@@ -149,6 +149,14 @@ class Assembler:
             self._pieces.clear()
             self.held.clear()
 
+    @property
+    def finishing(self) -> bool:
+        """Whether a worker finishes each merged frame (denoise, composite, or convert it
+        to a format other than multilayer EXR)."""
+        plan = self.plan
+        return plan.post_denoise or plan.post_composite or \
+            self.final_format != "OPEN_EXR_MULTILAYER"
+
     def blueprint(self) -> dict[str, Any]:
         """What an :class:`Assembler` on a node needs to write this job's frames
         (:func:`renderfarm.pieces.assemble_on_node`): its arguments, and the pieces' file
@@ -391,11 +399,9 @@ class Assembler:
         """Pieces of ``frame`` were lost with their node: the others wait for the lost ones'
         new renders, and the frame merges again once they are in."""
         gone = set(members)
-        with self._lock:
-            kept = [e for e in self._pieces.get(frame, []) if not gone.intersection(e[2])]
-            if not self.keep_pieces:  # taken for this merge: put back
-                kept = [e for e in entries if not gone.intersection(e[2])]
-            self._pieces[frame] = kept
+        with self._lock:  # a kept frame's pieces as they are now; else those this merge took
+            source = self._pieces.get(frame, []) if self.keep_pieces else entries
+            self._pieces[frame] = [e for e in source if not gone.intersection(e[2])]
             self._merged.discard(frame)
             self._generation[frame] = self._generation.get(frame, 0) + 1
         logger.warning("job %s: frame %d lost %d piece(s) with their node; they render "
@@ -435,7 +441,7 @@ class Assembler:
         stats = combine_stats(piece_stats(piece.path) for chunk, piece in found
                               if chunk == found[0][0])
         merged = self._merge_frame(found, frame, tag)
-        if plan.post_denoise or plan.post_composite or self.final_format != "OPEN_EXR_MULTILAYER":
+        if self.finishing:
             data, extras = self._finish_remote(merged.read_bytes(), frame)
             for name in extras:  # checked before the frame is written
                 self.extra_target(name)

@@ -516,7 +516,7 @@ class Farm:
             return self.config.pieces == "nodes"
         import ray
 
-        return on_nodes("auto", ray.nodes(), ray.get_runtime_context().get_node_id())
+        return on_nodes(ray.nodes(), ray.get_runtime_context().get_node_id())
 
     def forget(self, handle: JobHandle) -> None:
         """A job has ended: the farm keeps nothing of it (its plan and state go with the

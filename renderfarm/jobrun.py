@@ -753,17 +753,16 @@ def assemble_on_node_for(job: JobRun, entries: list[tuple[int, Piece, tuple[int,
     import ray
 
     assert (job.files is not None and job.assembler is not None
-            and job.settings is not None and job.pool is not None and job.plan is not None)
+            and job.settings is not None and job.pool is not None)
     here = ray.get_runtime_context().get_node_id()
     held = []
     for chunk, piece, members in entries:  # a piece an earlier run stored: from this node
         kept = piece.held or NodePiece(ray.put(piece.path.read_bytes()), here, 0, "")
         held.append((chunk, piece.tile, kept, members))
     node = biggest_node([h[2] for h in held])
-    assembler, plan = job.assembler, job.plan
+    assembler = job.assembler
     final = assembler.final_format
-    finishing = (plan.post_denoise or plan.post_composite
-                 or final != "OPEN_EXR_MULTILAYER")
+    finishing = assembler.finishing
     if finishing and not [h for h in job.pool.trusted if h.ready]:  # released, or gone
         WorkerCalls.wait_for_worker(job.pool, job.farm.config.wait_for_workers)
     # finishing (denoise, composite, convert) by a worker, of that node's first
@@ -951,7 +950,7 @@ class Entries:
             held = NodePiece(data, str(reply.get("node") or ""),
                              int(reply.get("piece_bytes") or 0),
                              str(reply.get("piece_sha256") or ""))
-            if check is not None or self.assembler.keep_pieces:  # for its checks
+            if self.assembler.keep_pieces:  # a verified job's: for its checks
                 with job.lock:
                     self.held[task.index] = held
         else:

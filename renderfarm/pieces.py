@@ -76,18 +76,14 @@ class PiecesLost(RenderFarmError):
         self.members = tuple(members)
 
 
-def on_nodes(mode: str, nodes: Sequence[Mapping[str, Any]], driver_node: str) -> bool:
-    """Whether a job keeps its pieces on the nodes (pure: from ``ray.nodes()``).
+def on_nodes(nodes: Sequence[Mapping[str, Any]], driver_node: str) -> bool:
+    """Whether ``auto`` keeps a job's pieces on the nodes (pure: from ``ray.nodes()``): the
+    cluster has more than one node, or the driver's node has no CPU for a worker.
 
     Args:
-        mode: the farm's :data:`PIECES_MODES` setting.
         nodes: the cluster's nodes as ``ray.nodes()`` lists them.
         driver_node: the driver's node id.
     """
-    if mode not in PIECES_MODES:
-        raise ValueError(f"pieces must be one of {', '.join(PIECES_MODES)}, not {mode!r}")
-    if mode != "auto":
-        return mode == "nodes"
     alive = [n for n in nodes if n.get("Alive")]
     if len(alive) > 1:
         return True

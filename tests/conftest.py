@@ -116,6 +116,24 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[in
     return render
 
 
+def cpu_less_head_cluster(render_nodes: int) -> Iterator[object]:
+    """A ``ray.cluster_utils.Cluster`` whose head (the driver's node) has no CPU, with
+    ``render_nodes`` 1-CPU nodes (``cluster.render_nodes``), joined by this driver; shut
+    down when the generator is (a module fixture's body: ``yield from``)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    the_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [the_cluster.add_node(num_cpus=1) for _ in range(render_nodes)]
+    ray.init(address=the_cluster.address, log_to_driver=False, logging_level="ERROR")
+    the_cluster.wait_for_nodes()
+    the_cluster.render_nodes = nodes  # type: ignore[attr-defined]
+    yield the_cluster
+    ray.shutdown()
+    the_cluster.shutdown()
+
+
 def start_local_ray() -> None:
     """Start (or keep) a real Ray cluster on this machine with 2 CPUs."""
     import ray

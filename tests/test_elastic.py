@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from renderfarm.job import JobSpec
+from tests.conftest import cpu_less_head_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.blender]
 
@@ -18,18 +19,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.blender]
 @pytest.fixture()
 def cluster() -> Iterator[object]:
     """A head without CPUs (the driver) and two 1-CPU worker nodes."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
-    the_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [the_cluster.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=the_cluster.address, log_to_driver=False, logging_level="ERROR")
-    the_cluster.wait_for_nodes()
-    the_cluster.worker_nodes_list = nodes  # type: ignore[attr-defined]
-    yield the_cluster
-    ray.shutdown()
-    the_cluster.shutdown()
+    yield from cpu_less_head_cluster(2)
 
 
 def _wait_for(test: object, timeout: float = 120.0) -> None:
@@ -54,7 +44,7 @@ def test_a_lost_node_does_not_stall_the_job_and_new_nodes_take_tasks(
             if event.kind == "frame_merged":
                 merged.append(event.frame)
                 break
-        cluster.remove_node(cluster.worker_nodes_list[0])  # a spot instance goes away
+        cluster.remove_node(cluster.render_nodes[0])  # a spot instance goes away
         removed_at = time.monotonic()
         result = handle.result(timeout=600)
         after_loss = time.monotonic() - removed_at

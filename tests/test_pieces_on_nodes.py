@@ -13,6 +13,7 @@ import pytest
 
 from renderfarm.job import JobSpec
 from tests import test_outputs
+from tests.conftest import cpu_less_head_cluster
 from tests.filecompare import differences
 from tests.test_outputs import KNOWN, SETUPS, _copy, _files
 from tests.test_render import assert_same_image, parts
@@ -27,18 +28,7 @@ blender_files = test_outputs.blender_files
 def cluster() -> Iterator[object]:
     """A head with no CPU (the driver's node: no worker, no merge can run there) and three
     1-CPU render nodes (three workers: a check that disagrees can get a third opinion)."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
-    the_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [the_cluster.add_node(num_cpus=1) for _ in range(3)]
-    ray.init(address=the_cluster.address, log_to_driver=False, logging_level="ERROR")
-    the_cluster.wait_for_nodes()
-    the_cluster.render_nodes = nodes  # type: ignore[attr-defined]
-    yield the_cluster
-    ray.shutdown()
-    the_cluster.shutdown()
+    yield from cpu_less_head_cluster(3)
 
 
 def head_node() -> str:

@@ -195,7 +195,8 @@ class Recorder:
         record = (job_id, path.stem, event.frame or 0, piece["chunk"], data["tiles"],
                   piece["tile"], str(path), data.get("worker"), data.get("render_seconds"))
         if piece["path"] is None:  # kept on its node: a restart renders it again
-            self._store.add_run(*record[:2], record[2], record[4], record[7], record[8])
+            self._store.add_run(job_id, path.stem, event.frame or 0, data["tiles"],
+                                data.get("worker"), data.get("render_seconds"))
         elif data.get("checked"):  # kept for a restart only once its check has agreed
             live.held[(event.frame or 0, piece["chunk"], tuple(data["tiles"]))] = (
                 data.get("worker"), record)
