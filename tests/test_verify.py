@@ -64,7 +64,9 @@ def test_a_lying_worker_is_caught_and_its_pieces_rendered_again(
         cluster, make_scene, reference, tmp_path: Path, spoil: str | None) -> None:
     from renderfarm.farm import Farm
 
-    blend = make_scene(width=64, height=48, samples=8, frames=3)
+    # four frames in the scene, three rendered: the liar's "next frame" of frame 3 is a
+    # different picture (past the last keyframe it would equal frame 3 and could not be caught)
+    blend = make_scene(width=64, height=48, samples=8, frames=4)
     if spoil is not None:
         liar(spoil)
     with Farm(address=cluster.address) as farm:
