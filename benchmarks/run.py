@@ -15,6 +15,7 @@ Exit code: 0 when every target is met (within its margin), 1 otherwise, 2 on usa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -993,34 +994,53 @@ def bench_scale(ctx: Context) -> list[Record]:
         blend = make_scene(ctx.workdir / f"scale-{width}.blend", width=width, height=height,
                            samples=1, frames=1, passes=True)
         info = scale.scene_info(blend)
-        pieces = scale.record_pieces(ctx.farm(), blend, ctx.out("record"), (2, 2))
-        recording = Recording(info, pieces, 1.0)
+        pieces, frame = scale.record_pieces(ctx.farm(), blend, ctx.out("record"), (2, 2))
+        recording = Recording(info, pieces, 1.0, frame=frame)
+        merge = scale.merge_seconds(pieces, info, ctx.workdir)
+        print(f"[scale {width}x{height}: a frame's merge takes {merge:.2f} s here]",
+              file=sys.stderr, flush=True)
         frame_mb = sum(len(p) for p in pieces.values()) / 2**20
-        runs = ([(10, 6.0, 2, "nodes"), (25, 6.0, 2, "nodes"), (50, 6.0, 2, "nodes"),
-                 (100, 6.0, 2, "nodes"), (25, 6.0, 2, "head")] if full
-                else [(16, 1.0, 3, "head"), (16, 1.0, 3, "nodes")])
+        # (GPUs, seconds a piece, rounds, where pieces stay, GPUs per modelled render node)
+        runs = ([(10, 6.0, 2, "nodes", 0), (25, 6.0, 2, "nodes", 0), (50, 6.0, 2, "nodes", 0),
+                 (100, 6.0, 2, "nodes", 0), (25, 6.0, 2, "head", 0),
+                 # the load of 1,000, 2,000 and 5,000 GPUs, the merges on modelled nodes
+                 (100, 6.0, 6, "nodes", 4), (100, 3.0, 6, "nodes", 4),
+                 (100, 1.2, 6, "nodes", 4)] if full
+                else [(16, 1.0, 3, "head", 0), (16, 1.0, 3, "nodes", 0),
+                      (32, 1.0, 4, "nodes", 4)])
         per_frame: dict[str, float] = {}
-        for gpus, seconds, rounds, where in runs:
-            run = scale.run_scale(recording, blend, ctx.out("scale"), gpus, seconds, rounds, 4,
+        for gpus, seconds, rounds, where, per_node in runs:
+            # a modelled render node merges in the time this machine takes, scaled with
+            # the pieces' time to the 60 s a piece the runs stand for
+            modelled = dataclasses.replace(recording, gpus_per_node=per_node,
+                                           merge_seconds=merge * seconds / 60)
+            run = scale.run_scale(modelled, blend, ctx.out("scale"), gpus, seconds, rounds, 4,
                                   pieces=where)
             data = run.to_dict()
-            print(f"[scale {width}x{height} pieces on {where}: {json.dumps(data)}]",
+            print(f"[scale {width}x{height} pieces on {where}"
+                  f"{' (modelled nodes)' if per_node else ''}: {json.dumps(data)}]",
                   file=sys.stderr, flush=True)
             equivalent = gpus * 60 / seconds
-            per_frame.setdefault(where, data["head_cpu_s_per_frame"])
+            if not per_node:
+                per_frame.setdefault(where, data["head_cpu_s_per_frame"])
+            nodes = (f", merged on {gpus // per_node} modelled render nodes of {per_node} "
+                     f"GPUs ({merge * seconds / 60:.2f} s a frame: this machine's "
+                     f"{merge:.2f} s, time-scaled)" if per_node else "")
             records.append(Record(
                 f"scale.{width}x{height}.{gpus}x{seconds:g}s"
-                + (".nodes" if where == "nodes" else ""),
-                f"frames/s / the simulated GPUs' own rate; {gpus} GPUs at {seconds:g} s per "
+                + (".nodes" if where == "nodes" else "") + (".modelled" if per_node else ""),
+                f"frames/s / the simulated GPUs' own rate (the busiest one's rendering time / "
+                f"the makespan); {gpus} GPUs at {seconds:g} s per "
                 f"piece (the load of {equivalent:.0f} GPUs at 60 s), {width}x{height} frames "
                 f"of {frame_mb:.1f} MB of pieces in 2x2 tiles, through the farm service, "
-                f"pieces kept on the {where}",
-                "frames/s", [data["frames_per_second"]], [run.frames / run.ideal],
+                f"pieces kept on the {where}{nodes}",
+                "frames/s", [data["frames_per_second"]], [run.frames / run.busiest()],
                 run.efficiency, None,
                 note=json.dumps({k: data[k] for k in (
-                    "head_cores", "head_cpu_s_per_frame", "head_io_per_frame",
-                    "head_io_share", "head_bytes_in_per_frame",
-                    "status_p99_ms", "page_p99_ms", "pieces_per_second")})))
+                    "efficiency_modelled", "gpu_wait_share", "head_cores",
+                    "head_cpu_s_per_frame", "head_io_per_frame", "head_io_share",
+                    "head_bytes_in_per_frame", "status_p99_ms", "page_p99_ms",
+                    "pieces_per_second")})))
         if len(per_frame) == 2:
             ratio = per_frame["nodes"] / max(per_frame["head"], 1e-9)
             records.append(Record(
@@ -1034,7 +1054,8 @@ def bench_scale(ctx: Context) -> list[Record]:
             small = make_scene(ctx.workdir / "scale-small.blend", width=96, height=54,
                                samples=1, frames=1, passes=True)
             tiny = Recording(scale.scene_info(small),
-                             scale.record_pieces(ctx.farm(), small, ctx.out("rs"), (2, 2)), 60)
+                             scale.record_pieces(ctx.farm(), small, ctx.out("rs"), (2, 2))[0],
+                             60)
             for gpus in (1000, 10_000):
                 run = scale.run_scale(tiny, small, ctx.out("scale"), gpus, 60.0, 1, 4,
                                       pieces="nodes")
@@ -1044,10 +1065,10 @@ def bench_scale(ctx: Context) -> list[Record]:
                     f"scale.tiny.{gpus}x60s", f"frames/s / the simulated GPUs' own rate; "
                     f"{gpus} GPUs at 60 s per piece, 96x54 frames (the dispatcher, SQLite, "
                     "events and the web app at that many workers, pixels aside)", "frames/s",
-                    [data["frames_per_second"]], [run.frames / run.ideal], run.efficiency,
-                    None, note=json.dumps({k: data[k] for k in (
-                        "head_cores", "head_cpu_s_per_frame", "status_p99_ms",
-                        "page_p99_ms")})))
+                    [data["frames_per_second"]], [run.frames / run.busiest()],
+                    run.efficiency, None, note=json.dumps({k: data[k] for k in (
+                        "efficiency_modelled", "gpu_wait_share", "head_cores",
+                        "head_cpu_s_per_frame", "status_p99_ms", "page_p99_ms")})))
     per_task = scale.memory_per_task()
     records.append(Record(
         "scale.memory_per_task", "bytes the head holds per queued task (a job's tasks and "

@@ -62,8 +62,9 @@ def scene_info(blend: Path) -> dict[str, Any]:
 
 
 def record_pieces(farm: Any, blend: Path, out: Path, tiles: tuple[int, int]
-                  ) -> dict[int, bytes]:
-    """Render frame 1 of ``blend`` once as ``tiles`` on a real worker; each tile's piece."""
+                  ) -> tuple[dict[int, bytes], bytes]:
+    """Render frame 1 of ``blend`` once as ``tiles`` on a real worker: each tile's piece,
+    and the frame's file the farm wrote."""
     from renderfarm.job import JobSpec
 
     pieces: dict[int, bytes] = {}
@@ -73,8 +74,35 @@ def record_pieces(farm: Any, blend: Path, out: Path, tiles: tuple[int, int]
 
     handle = farm.submit(JobSpec(str(blend), frames="1", tiles=tiles, group_tiles=False,
                                  output=str(out / "rec_####.exr")), on_piece=keep)
-    handle.result()
-    return pieces
+    result = handle.result()
+    return pieces, result.outputs[1].read_bytes()
+
+
+def merge_seconds(pieces: dict[int, bytes], info: dict[str, Any], workdir: Path,
+                  tiles: tuple[int, int] = (2, 2)) -> float:
+    """Seconds this machine takes to merge a frame's recorded ``pieces`` and write it in the
+    scene's encoding (what a render node spends per frame; the best of two)."""
+    from renderfarm.job import Rect, SceneInfo
+    from renderfarm.merge import Piece, exr_encoding, merge_pieces, recode_exr
+    from renderfarm.planner import plan_tiles, render_size
+
+    scene = SceneInfo.from_dict(info)
+    canvas = Rect(0, 0, *render_size(scene.resolution, scene.percentage))
+    folder = workdir / f"merge-cost-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    found = []
+    for tile in plan_tiles(canvas, *tiles):
+        path = folder / f"piece-{tile.index}.exr"
+        path.write_bytes(pieces[tile.index])
+        found.append(Piece(tile, path))
+    best = math.inf
+    for _ in range(2):
+        start = time.perf_counter()
+        merge_pieces(found, canvas, folder / "merged.exr")
+        recode_exr(folder / "merged.exr", folder / "frame.exr",
+                   exr_encoding(scene.multilayer_settings()))
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 @dataclass
@@ -99,11 +127,46 @@ class ScaleRun:
     head_io: int = 0
     status_ms: list[float] = field(default_factory=list)
     page_ms: list[float] = field(default_factory=list)
+    #: ``(gpu, started, finished)`` of every piece the simulated GPUs rendered
+    trace: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def waits(self) -> dict[str, float]:
+        """What the GPUs waited for: ``between``, the share of a GPU's time from its first
+        piece's start to its last's end spent waiting for its next task (on the head);
+        ``pieces_min``/``pieces_max``: pieces a GPU rendered, least and most."""
+        by_gpu: dict[str, list[tuple[float, float]]] = {}
+        for gpu, started, finished in self.trace:
+            by_gpu.setdefault(gpu, []).append((started, finished))
+        waited = spanned = 0.0
+        for spans in by_gpu.values():
+            spans.sort()
+            spanned += spans[-1][1] - spans[0][0]
+            waited += sum(max(0.0, b[0] - a[1])
+                          for a, b in zip(spans, spans[1:], strict=False))
+        counts = [len(s) for s in by_gpu.values()] or [0]
+        return {"between": waited / spanned if spanned else 0.0,
+                "pieces_min": min(counts), "pieces_max": max(counts)}
 
     @property
     def efficiency(self) -> float:
-        """Frames per second against the simulated GPUs' own rate."""
+        """Frames per second against the simulated GPUs' own rate: the busiest GPU's time
+        rendering (its pieces back to back, as it took them: the modelled seconds, their
+        jitter and its host's lateness) / the run's makespan; what is lost is the GPUs'
+        wait for tasks and the last frames' merge."""
+        busy = self.busiest()
+        return busy / self.makespan if self.makespan and busy else 0.0
+
+    @property
+    def efficiency_modelled(self) -> float:
+        """Frames per second against the modelled rate (rounds of ``seconds`` a piece)."""
         return self.ideal / self.makespan if self.makespan else 0.0
+
+    def busiest(self) -> float:
+        """The most seconds one simulated GPU spent rendering."""
+        busy: dict[str, float] = {}
+        for gpu, started, finished in self.trace:
+            busy[gpu] = busy.get(gpu, 0.0) + finished - started
+        return max(busy.values(), default=0.0)
 
     @property
     def cores(self) -> float:
@@ -113,7 +176,9 @@ class ScaleRun:
     def to_dict(self) -> dict[str, Any]:
         return {"gpus": self.gpus, "seconds_per_piece": self.seconds, "frames": self.frames,
                 "pieces": self.pieces, "makespan": round(self.makespan, 2),
-                "ideal": round(self.ideal, 2), "efficiency": round(self.efficiency, 3),
+                "ideal": round(self.ideal, 2), "busiest_gpu": round(self.busiest(), 2),
+                "efficiency": round(self.efficiency, 3),
+                "efficiency_modelled": round(self.efficiency_modelled, 3),
                 "frames_per_second": round(self.frames / self.makespan, 3),
                 "pieces_per_second": round(self.pieces / self.makespan, 2),
                 "head_cores": round(self.cores, 3),
@@ -124,7 +189,9 @@ class ScaleRun:
                 "head_io_per_frame": self.head_io // max(1, self.frames),
                 "head_io_share": round(self.head_io / max(1, self.bytes_in), 4),
                 "status_p99_ms": round(p99(self.status_ms), 1),
-                "page_p99_ms": round(p99(self.page_ms), 1)}
+                "page_p99_ms": round(p99(self.page_ms), 1),
+                "gpu_wait_share": round(self.waits()["between"], 4),
+                "gpu_pieces_min_max": [self.waits()["pieces_min"], self.waits()["pieces_max"]]}
 
 
 def p99(values: list[float]) -> float:
@@ -165,13 +232,14 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
     """One job of ``rounds * gpus / tiles`` frames through a farm service whose pool is
     ``gpus`` simulated GPUs taking ``seconds`` per piece; ``pieces``: where the farm keeps
     them (``head``: every piece comes to the head; ``nodes``: they stay with the simulated
-    GPUs' hosts, and frames merge there)."""
+    GPUs' hosts, and frames merge there: on the hosts' node for real, or on modelled render
+    nodes when the recording has ``gpus_per_node``)."""
     import dataclasses
 
     from renderfarm.client import FarmClient
     from renderfarm.farm import Farm, FarmConfig
     from renderfarm.server.service import FarmService, ServiceConfig
-    from renderfarm.synthetic import SimulatedPool, start_hosts
+    from renderfarm.synthetic import SimulatedPool, start_hosts, stop_hosts
 
     frames = max(1, rounds * gpus // tiles)
     hosts = start_hosts(dataclasses.replace(recording, seconds=seconds),
@@ -223,15 +291,13 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
                         last - first, rounds_done * seconds, head_cpu, wall,
                         sum(s["bytes"] for s in served),
                         sum(p.stat().st_size for p in written), pieces, head_io,
-                        status.times, page.times)
+                        status.times, page.times,
+                        [tuple(t) for s in served for t in s["trace"]])
     finally:
         service.stop()
         thread.join(60)
         farm.shutdown()
-        for host in hosts:
-            import ray
-
-            ray.kill(host)
+        stop_hosts(hosts)
 
 
 def memory_per_task(frames: int = 10_000, tiles: tuple[int, int] = (2, 2)) -> float:

@@ -108,6 +108,21 @@ def _remote(function: Callable[..., Any]) -> Any:
     return ray.remote(function)
 
 
+#: hosts of modelled render nodes, by name (:mod:`renderfarm.synthetic`: a node named
+#: ``<host>-<n>`` is one of that host's simulated nodes, whose work it models); empty on a
+#: real farm
+MODELLED_NODES: dict[str, Any] = {}
+
+
+def _on_node(function: Callable[..., Any], node: str) -> Callable[..., Any]:
+    """``function`` to run on ``node``: its ``(*args)`` returns the call's object reference
+    (a Ray task there; a modelled node's call of its host)."""
+    host = MODELLED_NODES.get(node.rpartition("-")[0]) if MODELLED_NODES else None
+    if host is not None:
+        return functools.partial(host.node_call.remote, function.__name__, node)
+    return _remote(function).options(**node_options(node)).remote
+
+
 def _lost_errors() -> tuple[type[BaseException], ...]:
     import ray
 
@@ -128,8 +143,10 @@ def _fetch(box: Sequence[Any], path: Path) -> bool:
 
 
 # -- checks ----------------------------------------------------------------------------------
-def _compare(first: Sequence[Any], second: Sequence[Any], tolerance: float,
-             suffix: str) -> tuple[bool | None, str]:
+def compare_here(first: Sequence[Any], second: Sequence[Any], tolerance: float,
+                 suffix: str) -> tuple[bool | None, str]:
+    """On a node (:func:`compare_on_node`): whether two pieces (``[ref]`` each) agree, and
+    why not; ``(None, why)`` when one is lost."""
     from renderfarm.merge import compare_images
 
     folder = Path(tempfile.mkdtemp(prefix="renderfarm-check-"))
@@ -154,7 +171,7 @@ def compare_on_node(first: NodePiece, second: NodePiece, tolerance: float,
     """
     import ray
 
-    same, why = ray.get(_remote(_compare).options(**node_options(first.node)).remote(
+    same, why = ray.get(_on_node(compare_here, first.node)(
         [first.ref], [second.ref], tolerance, suffix))
     if same is None:
         raise PiecesLost(())
@@ -162,7 +179,10 @@ def compare_on_node(first: NodePiece, second: NodePiece, tolerance: float,
 
 
 # -- previews --------------------------------------------------------------------------------
-def _preview(box: Sequence[Any], tile: Any, canvas: Any, display: Any, suffix: str) -> Any:
+def preview_here(box: Sequence[Any], tile: Any, canvas: Any, display: Any, suffix: str
+                 ) -> Any:
+    """On a node (:func:`preview_on_node`): a piece's (``[ref]``) 8-bit tile preview; None
+    when it is lost."""
     from renderfarm.server.preview import tile_preview
 
     folder = Path(tempfile.mkdtemp(prefix="renderfarm-preview-"))
@@ -186,8 +206,7 @@ def preview_on_node(piece: NodePiece, tile: Any, canvas: Any, display: Any,
     """
     import ray
 
-    ref = _remote(_preview).options(**node_options(piece.node)).remote(
-        [piece.ref], tile, canvas, display, suffix)
+    ref = _on_node(preview_here, piece.node)([piece.ref], tile, canvas, display, suffix)
     try:
         return ray.get(ref, timeout=PREVIEW_TIMEOUT)
     except ray.exceptions.GetTimeoutError:  # a live preview is never worth a wait
@@ -237,7 +256,9 @@ class SharedMarker:
         return str(self.path), self.token
 
 
-def _sees(marker: tuple[str, str] | None) -> bool:
+def sees_marker(marker: tuple[str, str] | None) -> bool:
+    """Whether this process sees the job's output folder (its :class:`SharedMarker` pair
+    reads there)."""
     if marker is None:
         return False
     try:
@@ -250,10 +271,12 @@ class _NeedFiles(Exception):
     """A finishing worker needs the job's files through Ray."""
 
 
-def _assemble(blueprint_box: list[Any], frame: int,
-              pieces: list[tuple[int, dict[str, Any], list[Any], tuple[int, ...]]],
-              finishers: list[Any], finish_args: tuple[Any, ...],
-              marker: tuple[str, str] | None) -> dict[str, Any]:
+def assemble_here(blueprint_box: list[Any], frame: int,
+                  pieces: list[tuple[int, dict[str, Any], list[Any], tuple[int, ...]]],
+                  finishers: list[Any], finish_args: tuple[Any, ...],
+                  marker: tuple[str, str] | None) -> dict[str, Any]:
+    """On a node (:func:`assemble_on_node`): merge, finish and write a frame; its files
+    (``written``), or the pieces ``lost``, or ``need_files`` for a finishing worker."""
     import ray
 
     from renderfarm.assemble import Assembler
@@ -264,7 +287,7 @@ def _assemble(blueprint_box: list[Any], frame: int,
     node = ray.get_runtime_context().get_node_id()
     blueprint = dict(ray.get(blueprint_box[0]))
     folder = Path(tempfile.mkdtemp(prefix=f"renderfarm-frame-{frame}-"))
-    direct = _sees(marker)
+    direct = sees_marker(marker)
     suffix = blueprint.pop("suffix")
     settings, final, extension, files = finish_args
 
@@ -382,7 +405,7 @@ def assemble_on_node(node: str, blueprint: Any, frame: int,
     boxes = [(chunk, tile.to_dict(), [piece.ref], members)
              for chunk, tile, piece, members in pieces]
     for _attempt in range(2):
-        result = ray.get(_remote(_assemble).options(**node_options(node)).remote(
+        result = ray.get(_on_node(assemble_here, node)(
             [blueprint], frame, boxes, finishers, finish_args, marker))
         if result.get("need_files") and send_files is not None:
             finish_args = send_files()
@@ -416,6 +439,7 @@ def describe(data: bytes) -> dict[str, Any]:
     return {"piece_bytes": len(data), "piece_sha256": hashlib.sha256(data).hexdigest()}
 
 
-__all__ = ["PIECES_MODES", "NodePiece", "NodeSlots", "PiecesLost", "SharedMarker", "Written",
-           "assemble_on_node", "biggest_node", "compare_on_node", "describe", "node_options",
-           "on_nodes", "preview_on_node"]
+__all__ = ["MODELLED_NODES", "PIECES_MODES", "NodePiece", "NodeSlots", "PiecesLost",
+           "SharedMarker", "Written", "assemble_here", "assemble_on_node", "biggest_node",
+           "compare_here", "compare_on_node", "describe", "node_options", "on_nodes",
+           "preview_here", "preview_on_node", "sees_marker"]

@@ -199,6 +199,14 @@ class Recording:
     pieces: dict[int, bytes]
     seconds: float
     jitter: float = 0.05
+    #: modelled render nodes: every ``gpus_per_node`` GPUs are a node of their own whose
+    #: frame merges, checks and previews the host models (0: the GPUs' work beside
+    #: rendering runs for real, on the hosts' node)
+    gpus_per_node: int = 0
+    #: a modelled node's seconds to merge and write a frame
+    merge_seconds: float = 0.0
+    #: the frame's file as the farm writes it (what a modelled node's merge writes)
+    frame: bytes = b""
 
 
 class SimulatedGpus:
@@ -210,7 +218,8 @@ class SimulatedGpus:
         recording: what to replay (put in Ray's object store once, shared by every host).
     """
 
-    def __init__(self, recording: Recording) -> None:
+    def __init__(self, recording: Recording, name: str = "", hosts: int = 1) -> None:
+        import hashlib
         import os
         import random
 
@@ -218,6 +227,17 @@ class SimulatedGpus:
 
         self.recording = recording
         self.node = ray.get_runtime_context().get_node_id()
+        #: the host's name (its modelled nodes are ``<name>-<n>``), and how many hosts
+        #: share the GPUs (every ``hosts``-th GPU is this one's)
+        self.name = name
+        self.hosts = hosts
+        self._frame_sha256 = hashlib.sha256(recording.frame).hexdigest()
+        #: ``(gpu, started, finished)`` of every piece rendered
+        self.trace: list[tuple[str, float, float]] = []
+        #: each simulated GPU's lock: it renders one piece at a time
+        self._busy: dict[str, Any] = {}
+        #: a modelled node's previews, made once per tile and canvas, then replayed
+        self._previews: dict[tuple[int, str], Any] = {}
         self.pid = os.getpid()
         self._random = random.Random(self.pid)
         #: pieces returned, their bytes, and when the first render call began
@@ -239,8 +259,8 @@ class SimulatedGpus:
 
         started = time.time()
         if method == "ping":
-            return {"worker": gpu, "node": self.node, "pid": self.pid, "loaded": None,
-                    "blenders": []}
+            return {"worker": gpu, "node": self.node_of(gpu), "pid": self.pid,
+                    "loaded": None, "blenders": []}
         if method == "blenders":
             return []
         if method == "inspect":
@@ -251,27 +271,87 @@ class SimulatedGpus:
         if method != "render":
             raise NotImplementedError(f"a simulated GPU does not answer {method!r}")
         _settings, _format, task, attempt = args[:4]
-        self.first = started if self.first is None else self.first
-        jitter = self.recording.jitter
-        seconds = self.recording.seconds * self._random.uniform(1 - jitter, 1 + jitter)
-        await asyncio.sleep(seconds)
+        # one render at a time per GPU, as a worker actor runs its calls (the dispatcher
+        # queues the next call while one runs)
+        async with self._busy.setdefault(gpu, asyncio.Lock()):
+            started = time.time()
+            self.first = started if self.first is None else self.first
+            jitter = self.recording.jitter
+            seconds = self.recording.seconds * self._random.uniform(1 - jitter, 1 + jitter)
+            await asyncio.sleep(seconds)
+            self.trace.append((gpu, started, time.time()))
         tile = int(task["tile"]["index"])
         data = self.recording.pieces[tile]
         self.pieces += 1
         self.bytes += len(data)
         kept = self._described.setdefault(tile, describe(data)) if keep else {}
         return {**kept, "task_index": task["index"], "frame": task["frame"],
-                "tile": task["tile"]["index"], "worker": gpu, "node": self.node,
+                "tile": task["tile"]["index"], "worker": gpu, "node": self.node_of(gpu),
                 "attempt": attempt, "started": started, "covers": list(task.get("covers", [])),
                 "ok": True, "device": "simulated GPU", "render_seconds": seconds,
                 "load_seconds": 0.0, "task_seconds": time.time() - started,
                 "finished": time.time(), "peak_memory_mb": 0.0, "rss_mb": 0.0,
                 "log": ""}, data
 
+    def node_of(self, gpu: str) -> str:
+        """The node simulated GPU ``gpu`` (``gpu-<n>``) is on: a modelled node of this host,
+        or the host's own."""
+        per_node = self.recording.gpus_per_node
+        if not per_node:
+            return self.node
+        mine = (int(gpu.rpartition("-")[2]) - 1) // self.hosts  # this host's n-th GPU (from 1)
+        return f"{self.name}-{mine // per_node}"
+
+    async def node_call(self, name: str, node: str, *args: Any) -> Any:
+        """A modelled node's work (:func:`renderfarm.pieces._on_node`): a frame's merge
+        (``assemble_here``) takes the recording's ``merge_seconds`` and writes its ``frame``;
+        a tile's preview (``preview_here``) is made once per tile, then replayed; a check's
+        comparison (``compare_here``) runs for real. Pieces are not moved (a modelled node
+        never loses one).
+
+        Raises:
+            NotImplementedError: work a modelled node cannot do (finishing a frame by a
+                worker, a stereo frame's views).
+        """
+        import asyncio
+
+        from renderfarm import pieces
+
+        if name == "preview_here":
+            box, tile, canvas, display, suffix = args
+            key = (int(tile.index), repr(canvas))
+            if key not in self._previews:
+                self._previews[key] = await asyncio.to_thread(
+                    pieces.preview_here, box, tile, canvas, display, suffix)
+            return self._previews[key]
+        if name != "assemble_here":
+            return await asyncio.to_thread(getattr(pieces, name), *args)
+        blueprint_box, frame, _boxes, finishers, _finish_args, marker = args
+        blueprint = await blueprint_box[0]
+        info = blueprint["info"]
+        if finishers or (info.views and info.views_format == "INDIVIDUAL") \
+                or not self.recording.frame:
+            raise NotImplementedError("a modelled node writes a recorded multilayer EXR "
+                                      "frame only (no finishing, no views)")
+        await asyncio.sleep(self.recording.merge_seconds)
+        from pathlib import Path
+
+        from renderfarm.job import output_path
+        from renderfarm.merge import write_atomically
+
+        target = output_path(blueprint["output"], frame)
+        direct = pieces.sees_marker(marker)
+        if direct:
+            write_atomically(target, lambda tmp: tmp.write_bytes(self.recording.frame))
+        written = pieces.Written(Path(target), self._frame_sha256,
+                                 None if direct else self.recording.frame)
+        return {"written": [written], "extras": {}, "node": node, "finished": []}
+
     def served(self) -> dict[str, Any]:
-        """Pieces this host returned, their bytes, and when its first render call began
-        (None before one)."""
-        return {"pieces": self.pieces, "bytes": self.bytes, "first": self.first}
+        """Pieces this host returned, their bytes, when its first render call began (None
+        before one), and ``(gpu, started, finished)`` of each."""
+        return {"pieces": self.pieces, "bytes": self.bytes, "first": self.first,
+                "trace": list(self.trace)}
 
 
 class _SimulatedMethod:
@@ -338,10 +418,30 @@ class SimulatedPool(WorkerPool):
 def start_hosts(recording: Recording, count: int) -> list[Any]:
     """``count`` :class:`SimulatedGpus` hosts (no CPU asked; each serves any number of
     GPUs at once), started and answering."""
+    import secrets
+
     import ray
+
+    from renderfarm import pieces
 
     remote = ray.remote(SimulatedGpus).options(num_cpus=0, max_concurrency=100_000)
     shared = ray.put(recording)
-    hosts = [remote.remote(shared) for _ in range(count)]
+    names = [f"sim{secrets.token_hex(4)}" for _ in range(count)]
+    hosts = [remote.remote(shared, name, count) for name in names]
     ray.get([host.served.remote() for host in hosts])
+    if recording.gpus_per_node:  # their nodes' work goes to them
+        pieces.MODELLED_NODES.update(zip(names, hosts, strict=True))
     return hosts
+
+
+def stop_hosts(hosts: Sequence[Any]) -> None:
+    """Stop hosts of :func:`start_hosts` (their modelled nodes are forgotten)."""
+    import ray
+
+    from renderfarm import pieces
+
+    for name in [n for n, h in pieces.MODELLED_NODES.items()
+                 if any(h is host for host in hosts)]:
+        del pieces.MODELLED_NODES[name]
+    for host in hosts:
+        ray.kill(host)
