@@ -1029,12 +1029,12 @@ def bench_scale(ctx: Context) -> list[Record]:
             records.append(Record(
                 f"scale.{width}x{height}.{gpus}x{seconds:g}s"
                 + (".nodes" if where == "nodes" else "") + (".modelled" if per_node else ""),
-                f"frames/s / the simulated GPUs' own rate (the busiest one's rendering time / "
-                f"the makespan); {gpus} GPUs at {seconds:g} s per "
+                f"frames/s / the simulated GPUs' own rate (the share of their time they spent "
+                f"rendering); {gpus} GPUs at {seconds:g} s per "
                 f"piece (the load of {equivalent:.0f} GPUs at 60 s), {width}x{height} frames "
                 f"of {frame_mb:.1f} MB of pieces in 2x2 tiles, through the farm service, "
                 f"pieces kept on the {where}{nodes}",
-                "frames/s", [data["frames_per_second"]], [run.frames / run.busiest()],
+                "frames/s", [data["frames_per_second"]], [run.own_rate()],
                 run.efficiency, None,
                 note=json.dumps({k: data[k] for k in (
                     "efficiency_modelled", "gpu_wait_share", "head_cores",
@@ -1065,7 +1065,7 @@ def bench_scale(ctx: Context) -> list[Record]:
                     f"scale.tiny.{gpus}x60s", f"frames/s / the simulated GPUs' own rate; "
                     f"{gpus} GPUs at 60 s per piece, 96x54 frames (the dispatcher, SQLite, "
                     "events and the web app at that many workers, pixels aside)", "frames/s",
-                    [data["frames_per_second"]], [run.frames / run.busiest()],
+                    [data["frames_per_second"]], [run.own_rate()],
                     run.efficiency, None, note=json.dumps({k: data[k] for k in (
                         "efficiency_modelled", "gpu_wait_share", "head_cores",
                         "head_cpu_s_per_frame", "status_p99_ms", "page_p99_ms")})))

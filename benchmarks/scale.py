@@ -80,8 +80,14 @@ def record_pieces(farm: Any, blend: Path, out: Path, tiles: tuple[int, int]
 
 def merge_seconds(pieces: dict[int, bytes], info: dict[str, Any], workdir: Path,
                   tiles: tuple[int, int] = (2, 2)) -> float:
-    """Seconds this machine takes to merge a frame's recorded ``pieces`` and write it in the
-    scene's encoding (what a render node spends per frame; the best of two)."""
+    """Seconds this machine takes to do a render node's part of a frame (what
+    :func:`renderfarm.pieces.assemble_here` does): write the fetched pieces to its disk,
+    merge them, write the frame in the scene's encoding and hash it; the median of three.
+    Moving pieces between nodes is not in it."""
+    import hashlib
+    import shutil
+    import statistics
+
     from renderfarm.job import Rect, SceneInfo
     from renderfarm.merge import Piece, exr_encoding, merge_pieces, recode_exr
     from renderfarm.planner import plan_tiles, render_size
@@ -90,19 +96,23 @@ def merge_seconds(pieces: dict[int, bytes], info: dict[str, Any], workdir: Path,
     canvas = Rect(0, 0, *render_size(scene.resolution, scene.percentage))
     folder = workdir / f"merge-cost-{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
-    found = []
-    for tile in plan_tiles(canvas, *tiles):
-        path = folder / f"piece-{tile.index}.exr"
-        path.write_bytes(pieces[tile.index])
-        found.append(Piece(tile, path))
-    best = math.inf
-    for _ in range(2):
-        start = time.perf_counter()
-        merge_pieces(found, canvas, folder / "merged.exr")
-        recode_exr(folder / "merged.exr", folder / "frame.exr",
-                   exr_encoding(scene.multilayer_settings()))
-        best = min(best, time.perf_counter() - start)
-    return best
+    times = []
+    try:
+        for _ in range(3):
+            start = time.perf_counter()
+            found = []
+            for tile in plan_tiles(canvas, *tiles):
+                path = folder / f"piece-{tile.index}.exr"
+                path.write_bytes(pieces[tile.index])
+                found.append(Piece(tile, path))
+            merge_pieces(found, canvas, folder / "merged.exr")
+            recode_exr(folder / "merged.exr", folder / "frame.exr",
+                       exr_encoding(scene.multilayer_settings()))
+            hashlib.sha256((folder / "frame.exr").read_bytes()).hexdigest()
+            times.append(time.perf_counter() - start)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return statistics.median(times)
 
 
 @dataclass
@@ -149,24 +159,25 @@ class ScaleRun:
 
     @property
     def efficiency(self) -> float:
-        """Frames per second against the simulated GPUs' own rate: the busiest GPU's time
-        rendering (its pieces back to back, as it took them: the modelled seconds, their
-        jitter and its host's lateness) / the run's makespan; what is lost is the GPUs'
-        wait for tasks and the last frames' merge."""
-        busy = self.busiest()
-        return busy / self.makespan if self.makespan and busy else 0.0
+        """Frames per second against the simulated GPUs' own rate: the share of the GPUs'
+        time (every one of the run's ``gpus``, from the first piece's start to the last
+        frame written) they spent rendering. What is lost: GPUs waiting for a task, GPUs
+        given fewer pieces than others, the last frames' merge. A GPU's rendering time is
+        as it took it (its modelled seconds, their jitter, and its host's lateness when
+        this machine's cores are busy)."""
+        busy = sum(finished - started for _gpu, started, finished in self.trace)
+        return busy / (self.gpus * self.makespan) if self.makespan else 0.0
+
+    def own_rate(self) -> float:
+        """The GPUs' own frames per second: had none ever waited (their rendering time,
+        shared over all of them)."""
+        busy = sum(finished - started for _gpu, started, finished in self.trace)
+        return self.frames * self.gpus / busy if busy else 0.0
 
     @property
     def efficiency_modelled(self) -> float:
         """Frames per second against the modelled rate (rounds of ``seconds`` a piece)."""
         return self.ideal / self.makespan if self.makespan else 0.0
-
-    def busiest(self) -> float:
-        """The most seconds one simulated GPU spent rendering."""
-        busy: dict[str, float] = {}
-        for gpu, started, finished in self.trace:
-            busy[gpu] = busy.get(gpu, 0.0) + finished - started
-        return max(busy.values(), default=0.0)
 
     @property
     def cores(self) -> float:
@@ -176,7 +187,7 @@ class ScaleRun:
     def to_dict(self) -> dict[str, Any]:
         return {"gpus": self.gpus, "seconds_per_piece": self.seconds, "frames": self.frames,
                 "pieces": self.pieces, "makespan": round(self.makespan, 2),
-                "ideal": round(self.ideal, 2), "busiest_gpu": round(self.busiest(), 2),
+                "ideal": round(self.ideal, 2),
                 "efficiency": round(self.efficiency, 3),
                 "efficiency_modelled": round(self.efficiency_modelled, 3),
                 "frames_per_second": round(self.frames / self.makespan, 3),
@@ -244,59 +255,61 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
     frames = max(1, rounds * gpus // tiles)
     hosts = start_hosts(dataclasses.replace(recording, seconds=seconds),
                         max(1, math.ceil(gpus / 500)))
-    state = workdir / f"scale-{gpus}-{os.getpid()}-{time.monotonic_ns()}"
-    storage = str(state / "storage")  # the service's: the farm reads its uploads there
-    farm = Farm(config=FarmConfig(workers=gpus, storage=storage, pieces=pieces),
-                pool_class=partial(SimulatedPool, hosts=hosts))
-    port, web = _port(), _port()
-    service = FarmService(ServiceConfig(bind=f"tcp://127.0.0.1:{port}", storage=storage,
-                                        publish=f"tcp://127.0.0.1:{port + 1}",
-                                        http=f"127.0.0.1:{web}",
-                                        insecure_loopback=True, state=state), farm=farm)
-    ready = threading.Event()
-    thread = threading.Thread(target=service.serve, args=(ready,), daemon=True)
-    thread.start()
-    ready.wait(60)
-    try:
-        farm.runner("cpu")  # the pool starts outside the measurement (as a farm's has)
-        with FarmClient(f"tcp://127.0.0.1:{port}") as client, \
-                FarmClient(f"tcp://127.0.0.1:{port}") as watcher:
-            cpu, wall, io = _cpu(), time.perf_counter(), _io()
-            job_id = client.submit(blend, {"frames": f"1-{frames}", "tiles": [2, 2],
-                                           "group_tiles": False, "output": "f_####.exr"})
-            status = _Poller(lambda: watcher.status(job_id), 0.2)
-            page = _Poller(lambda: urllib.request.urlopen(
-                f"http://127.0.0.1:{web}/job/{job_id}", timeout=30).read(), 1.0)
-            status.start()
-            page.start()
-            reply = client.wait(job_id)
-            wall = time.perf_counter() - wall
-            head_cpu = _cpu() - cpu
-            head_io = _io() - io
-            for poller in (status, page):
-                poller.stop.set()
-                poller.join(30)
-                head_cpu -= poller.cpu
-            if reply.get("state") != "done":
-                raise RuntimeError(f"the scale job ended {reply.get('state')}: "
-                                   f"{reply.get('error')}")
-        import ray
+    try:  # the hosts stop whatever fails
+        state = workdir / f"scale-{gpus}-{os.getpid()}-{time.monotonic_ns()}"
+        storage = str(state / "storage")  # the service's: the farm reads its uploads there
+        farm = Farm(config=FarmConfig(workers=gpus, storage=storage, pieces=pieces),
+                    pool_class=partial(SimulatedPool, hosts=hosts))
+        port, web = _port(), _port()
+        service = FarmService(ServiceConfig(bind=f"tcp://127.0.0.1:{port}", storage=storage,
+                                            publish=f"tcp://127.0.0.1:{port + 1}",
+                                            http=f"127.0.0.1:{web}",
+                                            insecure_loopback=True, state=state), farm=farm)
+        ready = threading.Event()
+        thread = threading.Thread(target=service.serve, args=(ready,), daemon=True)
+        thread.start()
+        ready.wait(60)
+        try:
+            farm.runner("cpu")  # the pool starts outside the measurement (as a farm's has)
+            with FarmClient(f"tcp://127.0.0.1:{port}") as client, \
+                    FarmClient(f"tcp://127.0.0.1:{port}") as watcher:
+                cpu, wall, io = _cpu(), time.perf_counter(), _io()
+                job_id = client.submit(blend, {"frames": f"1-{frames}", "tiles": [2, 2],
+                                               "group_tiles": False, "output": "f_####.exr"})
+                status = _Poller(lambda: watcher.status(job_id), 0.2)
+                page = _Poller(lambda: urllib.request.urlopen(
+                    f"http://127.0.0.1:{web}/job/{job_id}", timeout=30).read(), 1.0)
+                status.start()
+                page.start()
+                reply = client.wait(job_id)
+                wall = time.perf_counter() - wall
+                head_cpu = _cpu() - cpu
+                head_io = _io() - io
+                for poller in (status, page):
+                    poller.stop.set()
+                    poller.join(30)
+                    head_cpu -= poller.cpu
+                if reply.get("state") != "done":
+                    raise RuntimeError(f"the scale job ended {reply.get('state')}: "
+                                       f"{reply.get('error')}")
+            import ray
 
-        served = ray.get([host.served.remote() for host in hosts])
-        written = sorted(state.rglob("f_*.exr"), key=lambda p: p.stat().st_mtime)
-        first = min(s["first"] for s in served if s.get("first"))
-        last = written[-1].stat().st_mtime
-        rounds_done = math.ceil(frames * tiles / gpus)
-        return ScaleRun(gpus, seconds, len(written), sum(s["pieces"] for s in served),
-                        last - first, rounds_done * seconds, head_cpu, wall,
-                        sum(s["bytes"] for s in served),
-                        sum(p.stat().st_size for p in written), pieces, head_io,
-                        status.times, page.times,
-                        [tuple(t) for s in served for t in s["trace"]])
+            served = ray.get([host.served.remote() for host in hosts])
+            written = sorted(state.rglob("f_*.exr"), key=lambda p: p.stat().st_mtime)
+            first = min(s["first"] for s in served if s.get("first"))
+            last = written[-1].stat().st_mtime
+            rounds_done = math.ceil(frames * tiles / gpus)
+            return ScaleRun(gpus, seconds, len(written), sum(s["pieces"] for s in served),
+                            last - first, rounds_done * seconds, head_cpu, wall,
+                            sum(s["bytes"] for s in served),
+                            sum(p.stat().st_size for p in written), pieces, head_io,
+                            status.times, page.times,
+                            [tuple(t) for s in served for t in s["trace"]])
+        finally:
+            service.stop()
+            thread.join(60)
+            farm.shutdown()
     finally:
-        service.stop()
-        thread.join(60)
-        farm.shutdown()
         stop_hosts(hosts)
 
 

@@ -110,7 +110,8 @@ def _remote(function: Callable[..., Any]) -> Any:
 
 #: hosts of modelled render nodes, by name (:mod:`renderfarm.synthetic`: a node named
 #: ``<host>-<n>`` is one of that host's simulated nodes, whose work it models); empty on a
-#: real farm
+#: real farm. A host is forgotten when it stops (``synthetic.stop_hosts``), after the farm
+#: that used it: a modelled node's work after that would go to Ray, which refuses its name.
 MODELLED_NODES: dict[str, Any] = {}
 
 

@@ -319,7 +319,7 @@ class SimulatedGpus:
 
         if name == "preview_here":
             box, tile, canvas, display, suffix = args
-            key = (int(tile.index), repr(canvas))
+            key = (int(tile.index), repr(canvas), repr(display), suffix)
             if key not in self._previews:
                 self._previews[key] = await asyncio.to_thread(
                     pieces.preview_here, box, tile, canvas, display, suffix)
@@ -340,9 +340,10 @@ class SimulatedGpus:
         from renderfarm.merge import write_atomically
 
         target = output_path(blueprint["output"], frame)
-        direct = pieces.sees_marker(marker)
-        if direct:
-            write_atomically(target, lambda tmp: tmp.write_bytes(self.recording.frame))
+        direct = await asyncio.to_thread(pieces.sees_marker, marker)
+        if direct:  # off the event loop: the GPUs' timers go on
+            await asyncio.to_thread(write_atomically, target,
+                                    lambda tmp: tmp.write_bytes(self.recording.frame))
         written = pieces.Written(Path(target), self._frame_sha256,
                                  None if direct else self.recording.frame)
         return {"written": [written], "extras": {}, "node": node, "finished": []}
