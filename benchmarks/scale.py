@@ -15,6 +15,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -85,7 +86,6 @@ def merge_seconds(pieces: dict[int, bytes], info: dict[str, Any], workdir: Path,
     merge them, write the frame in the scene's encoding and hash it; the median of three.
     Moving pieces between nodes is not in it."""
     import hashlib
-    import shutil
     import statistics
 
     from renderfarm.job import Rect, SceneInfo
@@ -255,8 +255,8 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
     frames = max(1, rounds * gpus // tiles)
     hosts = start_hosts(dataclasses.replace(recording, seconds=seconds),
                         max(1, math.ceil(gpus / 500)))
+    state = workdir / f"scale-{gpus}-{os.getpid()}-{time.monotonic_ns()}"
     try:  # the hosts stop whatever fails
-        state = workdir / f"scale-{gpus}-{os.getpid()}-{time.monotonic_ns()}"
         storage = str(state / "storage")  # the service's: the farm reads its uploads there
         farm = Farm(config=FarmConfig(workers=gpus, storage=storage, pieces=pieces),
                     pool_class=partial(SimulatedPool, hosts=hosts))
@@ -311,6 +311,7 @@ def run_scale(recording: Any, blend: Path, workdir: Path, gpus: int, seconds: fl
             farm.shutdown()
     finally:
         stop_hosts(hosts)
+        shutil.rmtree(state, ignore_errors=True)  # its frames: gigabytes at full HD
 
 
 def memory_per_task(frames: int = 10_000, tiles: tuple[int, int] = (2, 2)) -> float:
