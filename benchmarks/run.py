@@ -1003,8 +1003,9 @@ def bench_scale(ctx: Context) -> list[Record]:
         # (GPUs, seconds a piece, rounds, where pieces stay, GPUs per modelled render node)
         runs = ([(10, 6.0, 2, "nodes", 0), (25, 6.0, 2, "nodes", 0), (50, 6.0, 2, "nodes", 0),
                  (100, 6.0, 2, "nodes", 0), (25, 6.0, 2, "head", 0),
-                 # the load of 1,000, 2,000 and 5,000 GPUs, the merges on modelled nodes
-                 (100, 6.0, 6, "nodes", 4), (100, 3.0, 6, "nodes", 4),
+                 # the load of 1,000 (12 rounds: a job's start and end weigh less), 2,000
+                 # and 5,000 GPUs, the merges on modelled nodes
+                 (100, 6.0, 12, "nodes", 4), (100, 3.0, 6, "nodes", 4),
                  (100, 1.2, 6, "nodes", 4)] if full
                 else [(16, 1.0, 3, "head", 0), (16, 1.0, 3, "nodes", 0),
                       (32, 1.0, 4, "nodes", 4)])
