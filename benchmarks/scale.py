@@ -165,13 +165,16 @@ class ScaleRun:
         given fewer pieces than others, the last frames' merge. A GPU's rendering time is
         as it took it (its modelled seconds, their jitter, and its host's lateness when
         this machine's cores are busy)."""
-        busy = sum(finished - started for _gpu, started, finished in self.trace)
-        return busy / (self.gpus * self.makespan) if self.makespan else 0.0
+        return self.busy() / (self.gpus * self.makespan) if self.makespan else 0.0
+
+    def busy(self) -> float:
+        """The seconds the GPUs spent rendering, all of them together."""
+        return sum(finished - started for _gpu, started, finished in self.trace)
 
     def own_rate(self) -> float:
         """The GPUs' own frames per second: had none ever waited (their rendering time,
         shared over all of them)."""
-        busy = sum(finished - started for _gpu, started, finished in self.trace)
+        busy = self.busy()
         return self.frames * self.gpus / busy if busy else 0.0
 
     @property
@@ -185,6 +188,7 @@ class ScaleRun:
         return self.head_cpu / self.wall if self.wall else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        waits = self.waits()
         return {"gpus": self.gpus, "seconds_per_piece": self.seconds, "frames": self.frames,
                 "pieces": self.pieces, "makespan": round(self.makespan, 2),
                 "ideal": round(self.ideal, 2),
@@ -201,8 +205,8 @@ class ScaleRun:
                 "head_io_share": round(self.head_io / max(1, self.bytes_in), 4),
                 "status_p99_ms": round(p99(self.status_ms), 1),
                 "page_p99_ms": round(p99(self.page_ms), 1),
-                "gpu_wait_share": round(self.waits()["between"], 4),
-                "gpu_pieces_min_max": [self.waits()["pieces_min"], self.waits()["pieces_max"]]}
+                "gpu_wait_share": round(waits["between"], 4),
+                "gpu_pieces_min_max": [waits["pieces_min"], waits["pieces_max"]]}
 
 
 def p99(values: list[float]) -> float:
