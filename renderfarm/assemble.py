@@ -396,14 +396,32 @@ class Assembler:
 
     def _lost(self, frame: int, entries: list[tuple[int, Piece, tuple[int, ...]]],
               members: tuple[int, ...]) -> None:
-        """Pieces of ``frame`` were lost with their node: the others wait for the lost ones'
-        new renders, and the frame merges again once they are in."""
+        """Pieces of ``frame`` were lost with their node: those its node had also stored
+        for a restart are merged from there; the others wait for the lost ones' new
+        renders, and the frame merges again once they are in."""
         gone = set(members)
         with self._lock:  # a kept frame's pieces as they are now; else those this merge took
-            source = self._pieces.get(frame, []) if self.keep_pieces else entries
-            self._pieces[frame] = [e for e in source if not gone.intersection(e[2])]
+            source = list(self._pieces.get(frame, []) if self.keep_pieces else entries)
+        pieces = []
+        stored = 0
+        for chunk, piece, tasks in source:
+            if not gone.intersection(tasks):
+                pieces.append((chunk, piece, tasks))
+            elif piece.held is not None and piece.path.is_file():  # its node stored it
+                pieces.append((chunk, Piece(piece.tile, piece.path), tasks))
+                stored += 1
+        for _chunk, piece, tasks in pieces:
+            if piece.held is None:
+                gone.difference_update(tasks)
+        with self._lock:
+            self._pieces[frame] = pieces
             self._merged.discard(frame)
             self._generation[frame] = self._generation.get(frame, 0) + 1
+        if not gone:  # every lost piece was stored: merged again from there
+            logger.warning("job %s: frame %d lost %d piece(s) with their node; merged from "
+                           "their stored copies", self.job_id, frame, stored)
+            self.schedule(frame)
+            return
         logger.warning("job %s: frame %d lost %d piece(s) with their node; they render "
                        "again", self.job_id, frame, len(gone))
         if self._on_lost is None:

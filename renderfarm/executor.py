@@ -285,11 +285,13 @@ class BlenderWorker:
             return {"ok": False, "error": _error_dict(exc)}
 
     def render(self, settings: dict[str, Any], output_format: str, task: dict[str, Any],
-               attempt: int, files: dict[str, Any] | None = None, keep: bool = False
+               attempt: int, files: dict[str, Any] | None = None, keep: bool = False,
+               store: tuple[str, str, str] | None = None
                ) -> tuple[dict[str, Any], bytes | None]:
         """Render one task and return its result and the piece's bytes (``keep``: the
         piece stays on this node, a second return value: the result tells its size and
-        SHA-256)."""
+        SHA-256; ``store``: the node also writes it there for a restart when it sees that
+        folder, :func:`renderfarm.pieces.store_here`, and the result says ``piece_stored``)."""
         job_settings = RenderSettings.from_dict(settings)
         the_task = Task.from_dict(task)
         base = {"task_index": the_task.index, "frame": the_task.frame,
@@ -328,9 +330,9 @@ class BlenderWorker:
             if extras:
                 base["extras"] = extras
             if keep:
-                from renderfarm.pieces import describe
+                from renderfarm.pieces import describe, store_here
 
-                base.update(describe(data))
+                base.update(describe(data), piece_stored=store_here(data, store))
             return {**base, "ok": True, "device": session.device_label,
                     "render_seconds": stats.render_seconds, "load_seconds": load,
                     "task_seconds": time.perf_counter() - start, "finished": time.time(),

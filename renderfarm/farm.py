@@ -104,6 +104,12 @@ class FarmConfig:
             node, or the driver's node has no CPU for a worker).
         node_merges: frames merged at once on the nodes (pieces on nodes: the driver's
             threads only wait for them).
+        store_node_pieces: with pieces on the nodes, a job whose pieces are kept for a
+            restart (``workdir``: the service's) has the node that rendered each piece also
+            write it there, when that node sees that folder (a shared file system: a marker
+            tells), so that a restart renders only what was not finished; False: such a
+            restart renders the unfinished frames' pieces again, and the file server takes
+            half the writes.
     """
 
     address: str | None = None
@@ -130,6 +136,7 @@ class FarmConfig:
     keep_warm: bool = False
     pieces: str = "auto"
     node_merges: int = 64
+    store_node_pieces: bool = True
 
 
 def _private_token() -> None:

@@ -802,6 +802,8 @@ class TaskResult(_Json):
         piece_bytes: the size of the piece, when it stayed on its worker's node (pieces on
             nodes: :mod:`renderfarm.pieces`); else 0.
         piece_sha256: its SHA-256 as that worker computed it (pieces on nodes); else "".
+        piece_stored: that node also wrote the piece where the job keeps its pieces for a
+            restart (:func:`renderfarm.pieces.store_here`).
     """
 
     task_index: int
@@ -828,6 +830,7 @@ class TaskResult(_Json):
     log: str = ""
     piece_bytes: int = 0
     piece_sha256: str = ""
+    piece_stored: bool = False
 
     @property
     def busy_seconds(self) -> float:

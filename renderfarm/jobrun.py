@@ -214,6 +214,10 @@ class JobRun:
         #: the nodes frames were merged on, the reference of the assembler's blueprint
         self.on_nodes = False
         self.marker: SharedMarker | None = None
+        #: the file that tells a node it sees where the job's pieces are kept for a restart
+        #: (pieces on nodes, a job kept for a restart: the node writes its pieces there too)
+        self.store_marker: SharedMarker | None = None
+        self.pieces_stored = 0
         self.pieces_lost = 0
         self.merged_on: set[str] = set()
         self.blueprint: Any = None
@@ -310,7 +314,7 @@ class JobRun:
             self.handle.end(result, None)
         finally:
             self.inbox.shutdown(wait=True)  # nothing writes into the scratch folder after
-            for kept in (self.marker, self.assembler):  # what the job kept on the nodes
+            for kept in (self.marker, self.store_marker, self.assembler):  # kept on nodes
                 if kept is not None:
                     kept.release()
             if self.workdir is None:
@@ -369,6 +373,8 @@ class JobRun:
         self.on_nodes = self.farm.pieces_on_nodes()
         if self.on_nodes:  # a node that sees the job's folder writes its frames there
             self.marker = SharedMarker(output_path(output, plan.frames[0]).parent)
+            if self.workdir is not None and self.farm.config.store_node_pieces:
+                self.store_marker = SharedMarker(self.scratch)
         self.assembler = Assembler(
             job_id=self.handle.job_id, output=output, plan=plan, info=info,
             scratch=self.scratch, final_format=final_format,
@@ -491,7 +497,8 @@ class JobRun:
             "verify": self.verify, "started_at": self.started_at,
             "estimate": self.estimate, "elastic": self.elastic,
             "pieces": {"kept_on": "nodes" if self.on_nodes else "head",
-                       "merged_on": sorted(self.merged_on), "lost": self.pieces_lost}}
+                       "merged_on": sorted(self.merged_on), "lost": self.pieces_lost,
+                       "stored": self.pieces_stored}}
 
     def _keep_estimate(self, estimate: dict[str, Any]) -> None:
         self.estimate = estimate
@@ -866,7 +873,11 @@ class Entries:
         args = (job.settings.to_dict(), self.assembler.piece_format, task.to_dict(), attempt,
                 job.files.ref)
         if job.on_nodes:  # the piece stays on the worker's node: a second return value
-            return handle.actor.render.options(num_returns=2).remote(*args, keep=True)
+            store = (str(self.assembler.piece_path(task)), *job.store_marker.pair()) \
+                if job.store_marker is not None and self.state.check_of(task.index) is None \
+                else None  # and is written where pieces are kept for a restart, if it can
+            return handle.actor.render.options(num_returns=2).remote(*args, keep=True,
+                                                                     store=store)
         return handle.actor.render.remote(*args)
 
     def done(self, handle: WorkerHandle, task: Task, value: Any) -> None:
@@ -946,10 +957,15 @@ class Entries:
         path = (self.check_path(task.index) if check is not None
                 else self.assembler.piece_path(task))
         held: NodePiece | None = None
+        stored = False  # a piece on its node written where pieces are kept for a restart
         if job.on_nodes:  # on the worker's node: only its size and hash came
             held = NodePiece(data, str(reply.get("node") or ""),
                              int(reply.get("piece_bytes") or 0),
                              str(reply.get("piece_sha256") or ""))
+            stored = check is None and bool(reply.get("piece_stored"))
+            if stored:
+                with job.lock:
+                    job.pieces_stored += 1
             if self.assembler.keep_pieces:  # a verified job's: for its checks
                 with job.lock:
                     self.held[task.index] = held
@@ -986,7 +1002,8 @@ class Entries:
         job.emit("task_done", frame=task.frame, tile=task.tile.index,
                  data={**{k: reply.get(k) for k in ("worker", "render_seconds", "device")},
                        "tiles": self.tiles(task), "checked": checked is not None,
-                       "piece": {"path": None if held is not None else str(path),
+                       "piece": {"path": None if held is not None and not stored
+                                 else str(path),
                                  "name": path.name, "chunk": task.chunk,
                                  "tile": task.tile.to_dict(), "size": list(task.size),
                                  **({"node": held.node, "bytes": held.size,

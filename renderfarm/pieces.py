@@ -433,6 +433,33 @@ def biggest_node(pieces: Sequence[NodePiece]) -> str:
     return max(held, key=lambda n: held[n])
 
 
+def store_here(data: bytes, store: Sequence[str] | None) -> bool:
+    """Write a piece a worker keeps on its node where the farm keeps pieces for a restart
+    too, when this node sees that folder; whether it did.
+
+    Args:
+        data: the piece's bytes.
+        store: ``(the piece's path, and the folder's SharedMarker pair)`` (None: not asked).
+    """
+    if not store or not sees_marker((store[1], store[2])):
+        return False
+    import os
+
+    path = Path(store[0])
+    if path.parent != Path(store[1]).parent:  # only into the folder the marker is in
+        logger.warning("a piece's path %s is not in the folder of its marker", path)
+        return False
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:  # a restart renders it again
+        logger.warning("could not store the piece %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def describe(data: bytes) -> dict[str, Any]:
     """What a worker tells the head of a piece it keeps: its size and SHA-256."""
     import hashlib
@@ -443,4 +470,4 @@ def describe(data: bytes) -> dict[str, Any]:
 __all__ = ["MODELLED_NODES", "PIECES_MODES", "NodePiece", "NodeSlots", "PiecesLost",
            "SharedMarker", "Written", "assemble_here", "assemble_on_node", "biggest_node",
            "compare_here", "compare_on_node", "describe", "node_options", "on_nodes",
-           "preview_here", "preview_on_node", "sees_marker"]
+           "preview_here", "preview_on_node", "sees_marker", "store_here"]

@@ -85,6 +85,17 @@ def _piece_checks(checks: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int, s
     return found
 
 
+def _pieces_kept(kept: Any) -> dict[str, Any] | None:
+    """Where the job kept its pieces (its result's ``pieces``): ``on`` the head or the
+    nodes, the nodes its frames were ``merged_on``, pieces ``lost`` with their node and
+    rendered again, pieces their nodes ``stored`` for a restart."""
+    if not isinstance(kept, dict):
+        return None
+    return {"on": str(kept.get("kept_on") or "head"),
+            "merged_on": sorted(kept.get("merged_on") or []),
+            "lost": int(kept.get("lost") or 0), "stored": int(kept.get("stored") or 0)}
+
+
 def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None = None,
                  state: str = "done", prices: Mapping[str, float] | None = None,
                  estimate: Mapping[str, Any] | None = None,
@@ -162,6 +173,7 @@ def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None =
         "verification": _verification(run, checks, suspects, kinds),
         "outputs": _outputs(run, output_names),
         "pieces": sorted(pieces, key=lambda p: (p["started"], p["worker"])),
+        "pieces_kept": _pieces_kept(run.get("pieces")),
         "warnings": list(run.get("warnings") or []),
         "estimate": dict(estimate) if estimate else None,
         # on an autoscaled farm: the render nodes' time up against the time its calls kept

@@ -66,6 +66,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, jobs: argparse.Argum
                        help="run without keys (only on loopback addresses)")
     serve.add_argument("--workers", type=int, help="workers in the pool")
     add_autoscale_options(serve)
+    serve.add_argument("--no-store-node-pieces", dest="store_node_pieces",
+                       action="store_false",
+                       help="with pieces on the nodes: do not have each node also write its "
+                       "pieces into the state folder (a node does when it sees that folder, a "
+                       "shared file system, so that a restart renders only what was not "
+                       "finished); halves the file server's writes, and a restart renders "
+                       "the unfinished frames' tiles again")
     serve.add_argument("--max-running", type=int, default=4,
                        help="jobs started at once; they share the workers by priority "
                        "(default 4)")
@@ -342,7 +349,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels, task_timeout=args.task_timeout or None,
         max_stored_bytes_per_client=int(args.max_stored_gb_per_client * 1024**3),
         insecure_loopback=args.insecure_loopback, workers=args.workers,
-        **autoscale_settings(args),
+        **autoscale_settings(args), store_node_pieces=args.store_node_pieces,
         max_running=args.max_running, permit_scripts=args.permit_scripts, http=args.http,
         max_bundle_bytes=int(args.max_bundle_gb * 1024**3), verify=args.verify,
         verify_tolerance=args.verify_tolerance, prices=parse_prices(args.price),

@@ -247,9 +247,11 @@ class SimulatedGpus:
         #: each tile's size and hash, for a job that keeps its pieces on the nodes
         self._described: dict[int, dict[str, Any]] = {}
 
-    async def call(self, gpu: str, method: str, *args: Any, keep: bool = False) -> Any:
+    async def call(self, gpu: str, method: str, *args: Any, keep: bool = False,
+                   store: Any = None) -> Any:
         """Run ``method`` of simulated GPU ``gpu`` (``ping``, ``blenders``, ``inspect``,
-        ``render``, ``shutdown``).
+        ``render``, ``shutdown``). A modelled node sees none of the head's folders: it
+        stores no piece for a restart (``store``), and says so.
 
         Raises:
             NotImplementedError: a call a simulated GPU cannot answer (finishing a frame
@@ -284,7 +286,8 @@ class SimulatedGpus:
         data = self.recording.pieces[tile]
         self.pieces += 1
         self.bytes += len(data)
-        kept = self._described.setdefault(tile, describe(data)) if keep else {}
+        kept = {**self._described.setdefault(tile, describe(data)), "piece_stored": False} \
+            if keep else {}
         return {**kept, "task_index": task["index"], "frame": task["frame"],
                 "tile": task["tile"]["index"], "worker": gpu, "node": self.node_of(gpu),
                 "attempt": attempt, "started": started, "covers": list(task.get("covers", [])),

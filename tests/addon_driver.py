@@ -289,6 +289,9 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {"installed": sorted(installed),
                                "registered": hasattr(bpy.types.Scene, "renderfarm")}
     results["render"] = scenario_render(settings, out)
+    if settings.get("only_render"):  # the live tiles and the frame, on another farm
+        Path(result_path).write_text(json.dumps(results, indent=1))
+        return 0
     results["invoke"] = scenario_invoke(settings, out)
     results["cancel"] = scenario_cancel(settings, out)
     results["refused"] = scenario_refused(settings, prefs)

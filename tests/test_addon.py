@@ -34,19 +34,18 @@ def extension(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def addon_run(extension: Path, farm_server: ServerProcess, farm_keys: Path, make_scene,
-              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Everything the driver saw in one Blender session (see addon_driver.py)."""
-    folder = tmp_path_factory.mktemp("addon")
+def drive_addon(extension: Path, server: ServerProcess, farm_keys: Path, make_scene,
+                folder: Path, only_render: bool = False) -> dict[str, Any]:
+    """Everything the driver saw in one Blender session with the add-on (see
+    addon_driver.py), against ``server`` (``only_render``: its Render on Network only)."""
     artist = folder / "artist's shot.blend"
     shutil.copyfile(make_scene(width=96, height=64, samples=8, frames=3), artist)
     settings = {
-        "address": farm_server.address, "server_key": str(farm_keys / "server.key"),
+        "address": server.address, "server_key": str(farm_keys / "server.key"),
         "client_key": str(farm_keys / "client.key_secret"),
         "stranger_key": str(farm_keys / "stranger.key_secret"), "artist_file": str(artist),
         "long_file": str(make_scene(width=96, height=64, samples=64, frames=40)),
-        "state": str(farm_server.state),
+        "state": str(server.state), "only_render": only_render,
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(folder / "blender-user")}
@@ -59,6 +58,14 @@ def addon_run(extension: Path, farm_server: ServerProcess, farm_keys: Path, make
     result["folder"] = folder
     result["stderr"] = proc.stderr
     return result
+
+
+@pytest.fixture(scope="module")
+def addon_run(extension: Path, farm_server: ServerProcess, farm_keys: Path, make_scene,
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Everything the driver saw in one Blender session (see addon_driver.py)."""
+    return drive_addon(extension, farm_server, farm_keys, make_scene,
+                       tmp_path_factory.mktemp("addon"))
 
 
 def test_extension_zip_has_manifest_wheels_and_permissions(extension: Path) -> None:
@@ -110,8 +117,17 @@ def test_render_on_network_shows_progress_tiles_and_the_final_frame(
 
     assert str(oiio.ImageInput.open(str(output)).spec().format) == "half"  # its own depth
     assert Path(run["final_image"]) == output and run["final_source"] == "FILE"
-    # the tiles painted live are the frame's pixels as the scene shows them (its view
-    # transform, 8-bit, Blender's rows bottom-up), not a plain sRGB encoding
+    assert_live_tiles_are_the_frame(addon_run)
+    # and the artist's file was never touched
+    assert run["artist_unchanged"] and run["still_dirty"]
+    assert run["filepath"].endswith("artist's shot.blend")
+
+
+def assert_live_tiles_are_the_frame(addon_run: dict[str, Any]) -> None:
+    """The tiles painted live are the frame's pixels as the scene shows them (its view
+    transform, 8-bit, Blender's rows bottom-up), not a plain sRGB encoding."""
+    run = addon_run["render"]
+    combined, channels, linear = read_combined(Path(run["last_output"]))
     assert run["tiles"] >= 1 and run["preview_size"] == [80, 64]
     preview = np.load(addon_run["folder"] / "preview.npy")[::-1]
     assert run["display"]["view_transform"] == "AgX"  # a new scene's, in Blender 5.0
@@ -120,9 +136,39 @@ def test_render_on_network_shows_progress_tiles_and_the_final_frame(
     plain = to_rgba8(combined, channels, linear).astype(np.float32) / 255
     assert np.abs(preview - plain).max() > 8 / 255
     assert np.count_nonzero(preview[:, :, 3]) == 80 * 64  # every pixel painted
-    # and the artist's file was never touched
-    assert run["artist_unchanged"] and run["still_dirty"]
-    assert run["filepath"].endswith("artist's shot.blend")
+
+
+def test_live_tiles_on_a_cluster_with_pieces_on_the_nodes(
+        extension: Path, farm_keys: Path, make_scene,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Render on Network against a farm on a Ray cluster whose head has no CPU and keeps no
+    pixels: the live tiles (previews made on the nodes) and the frame (merged and written
+    on a node) reach the artist as on one machine."""
+    from tests.conftest import cpu_less_head_cluster
+
+    clusters = cpu_less_head_cluster(2)
+    cluster = next(clusters)
+    head = cluster.head_node.node_id
+    folder = tmp_path_factory.mktemp("addon-cluster")
+    server = ServerProcess(folder / "state", farm_keys, "--address", cluster.address,
+                           "--workers", "2", "--cpus-per-worker", "1", "--pieces", "nodes")
+    try:
+        server.start()
+        run = drive_addon(extension, server, farm_keys, make_scene, folder, only_render=True)
+        with server.client() as client:
+            kept = client.report(run["render"]["job_id"])["pieces_kept"]
+    finally:
+        server.stop()
+        next(clusters, None)  # the cluster shuts down
+    render = run["render"]
+    assert render["final_state"] == "done", render.get("message")
+    output = Path(render["last_output"])
+    assert output.name == "artist_0002.exr" and output.is_file()
+    assert Path(render["final_image"]) == output and render["final_source"] == "FILE"
+    assert_live_tiles_are_the_frame(run)
+    # kept, merged and written on the render nodes, never on the head
+    assert kept["on"] == "nodes" and kept["merged_on"], kept
+    assert head not in kept["merged_on"]
 
 
 def test_the_button_returns_at_once_and_work_goes_on_in_a_thread(

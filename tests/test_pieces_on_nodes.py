@@ -168,6 +168,68 @@ def test_pieces_lost_with_their_node_are_rendered_again(cluster, make_scene, ref
     assert_same_image(result.outputs[1], reference(passes_scene, [1])[1])
 
 
+def test_pieces_a_lost_node_stored_are_merged_from_there(cluster, make_scene, reference,
+                                                        tmp_path, caplog) -> None:
+    """A job kept for a restart (a ``workdir``, as the service's): each node also writes its
+    pieces there (it sees that folder); when a node leaves before its frame is merged, its
+    pieces are merged from there and nothing renders twice."""
+    from renderfarm import faults
+    from renderfarm.farm import Farm
+
+    scene = make_scene(width=128, height=96, frames=1, samples=4, all_passes=True)
+    workdir = tmp_path / "pieces"
+    faults.arm("driver.merge", "sleep", seconds=12.0, times=1, match={"frame": 1})
+    spare = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+            handle = farm.submit(JobSpec(str(scene), frames="1", tiles=(2, 2),
+                                         group_tiles=False, output=str(tmp_path / "k_####.exr")),
+                                 workdir=workdir)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # every piece in, the merge asleep
+                done = [t for t in handle.snapshot()["tasks"]
+                        if t["ok"] and t["kind"] == "render"]
+                if len(done) == 4:
+                    break
+                time.sleep(0.2)
+            assert len(done) == 4 and all(t["piece_bytes"] > 100_000 for t in done)
+            stored = sorted(p.name for p in workdir.glob("*.exr"))
+            assert len(stored) == 4, stored  # each node wrote its piece where it was told
+            held = [t for t in done if t["node"] == spare.node_id]
+            if not held:
+                pytest.skip("the spare node rendered no piece this time")
+            threading.Thread(target=cluster.remove_node, args=(spare,)).start()
+            result = handle.result(300)
+    finally:
+        faults.disarm()
+    assert result.pieces is not None
+    assert result.pieces["stored"] == 4 and result.pieces["lost"] == 0
+    assert len(result.renders) == 4  # nothing rendered twice
+    assert "merged from their stored copies" in caplog.text  # the lost node's pieces
+    assert_same_image(result.outputs[1], reference(scene, [1])[1])
+    assert not list(workdir.glob("*.exr")), "merged pieces are removed"
+    assert not list(workdir.glob(".renderfarm-shared-*")), "the marker was left behind"
+
+
+def test_a_node_that_does_not_see_the_folder_stores_nothing(tmp_path) -> None:
+    """A node stores a piece only in the folder whose marker it reads (a shared file
+    system), and only there."""
+    from renderfarm.pieces import SharedMarker, store_here
+
+    folder = tmp_path / "pieces"
+    marker = SharedMarker(folder)
+    path, token = marker.pair()
+    assert store_here(b"piece", (str(folder / "a.exr"), path, token))
+    assert (folder / "a.exr").read_bytes() == b"piece"
+    assert not store_here(b"piece", (str(folder / "b.exr"), path, "another token"))
+    assert not store_here(b"piece", (str(tmp_path / "c.exr"), path, token))  # not its folder
+    assert not store_here(b"piece", None)
+    marker.release()
+    assert not store_here(b"piece", (str(folder / "d.exr"), path, token))
+    assert sorted(p.name for p in folder.iterdir()) == ["a.exr"]
+
+
 def test_previews_are_made_on_the_node(cluster, passes_scene, tmp_path) -> None:
     """A live tile's 8-bit preview made on the piece's node is the one the head makes from
     the same piece."""

@@ -278,6 +278,51 @@ def test_restart_mid_job_resumes_without_rendering_finished_pieces_again(
             assert np.array_equal(got[name], ref[name]), (frame, name)
 
 
+def test_restart_with_pieces_on_the_nodes_renders_nothing_twice(tmp_path: Path, make_scene,
+                                                                reference) -> None:
+    """Pieces kept on the nodes die with the service that owned them; each node also wrote
+    its pieces into the service's state folder, so the restarted service merges unfinished
+    frames from those and renders only what was not finished."""
+    blend = make_scene(width=96, height=72, samples=64, frames=6)
+    server = ServerProcess(tmp_path / "state", None, "--workers", "2",
+                           "--pieces", "nodes").start()
+    try:
+        with server.client() as client:
+            job_id = client.submit(blend, {"frames": "1-6", "tiles": [2, 2],
+                                           "output": "shot_####.exr", "group_tiles": False})
+            before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 6)
+    finally:
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    pieces = server.state / "jobs" / job_id / "pieces"
+    left = sorted(p.name for p in pieces.glob("*.exr"))
+    marked = list(pieces.glob(".renderfarm-shared-*"))
+    server.start()
+    try:
+        with server.client() as client:
+            job = wait_state(client, job_id, ("done", "failed"))
+            assert job["state"] == "done", job
+            fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+            kept = client.report(job_id)["pieces_kept"]
+    finally:
+        server.stop()
+    assert kept["on"] == "nodes" and kept["stored"] >= 1 and kept["lost"] == 0, kept
+    # pieces on the nodes (the head writes none then), stored by the nodes that saw the
+    # folder's marker (left behind by the killed service)
+    assert marked, "the pieces' folder had no marker: were the pieces kept on the nodes?"
+    assert left, "no piece of an unfinished frame was stored by its node"
+    db = sqlite3.connect(server.state / "farm.db")
+    runs = [row[0] for row in db.execute("SELECT task_id FROM runs WHERE job_id = ?",
+                                         (job_id,))]
+    # every one of the 24 tiles rendered exactly once, across both runs of the service
+    assert len(runs) == 24 and len(set(runs)) == 24, runs
+    assert before["tasks_done"] >= 6
+    want = reference(blend, [1, 6])
+    for frame in (1, 6):
+        got, ref = read_layers(fetched[frame]), read_layers(want[frame])
+        for name in ref:
+            assert np.array_equal(got[name], ref[name]), (frame, name)
+
+
 def test_the_example_client_script_renders_on_the_farm(farm_server: ServerProcess,
                                                        farm_keys: Path, make_scene,
                                                        tmp_path: Path) -> None:

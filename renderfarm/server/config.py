@@ -30,6 +30,9 @@ class ServiceConfig:
         autoscale, max_workers, wait_for_workers, cpus_per_worker, pieces: the farm's
             (:class:`~renderfarm.farm.FarmConfig`): ask Ray's autoscaler for the workers the
             queue can use; where finished pieces are kept (the head or the nodes).
+        store_node_pieces: with pieces on the nodes, each node also writes its pieces into
+            the state folder when it sees it, so that a restart renders only what was not
+            finished (:attr:`renderfarm.farm.FarmConfig.store_node_pieces`).
         max_running: jobs started at once (they share the workers by priority).
         permit_scripts: jobs may ask to run Python embedded in their files.
         max_message: the largest request accepted, in bytes.
@@ -73,6 +76,7 @@ class ServiceConfig:
     wait_for_workers: float = 600.0
     cpus_per_worker: float | None = None
     pieces: str = "auto"
+    store_node_pieces: bool = True
     max_running: int = 4
     permit_scripts: bool = False
     max_message: int = protocol.MAX_MESSAGE

@@ -82,7 +82,7 @@ class FarmHealth:
             verify=config.verify, verify_tolerance=config.verify_tolerance,
             prices=config.prices, autoscale=config.autoscale, max_workers=config.max_workers,
             wait_for_workers=config.wait_for_workers, cpus_per_worker=config.cpus_per_worker,
-            pieces=config.pieces)
+            pieces=config.pieces, store_node_pieces=config.store_node_pieces)
 
     def status(self) -> dict[str, Any]:
         """The farm's own state, sent with every job's status: ``farm`` is ``ok`` or

@@ -58,6 +58,15 @@ class Reports:
                         "estimate"):
                 if run.get(key):
                     merged[key] = run[key]
+            kept = run.get("pieces")
+            if isinstance(kept, dict):  # where each run kept its pieces, summed
+                before = merged.get("pieces") or {}
+                merged["pieces"] = {
+                    "kept_on": kept.get("kept_on"),
+                    "merged_on": sorted(set(before.get("merged_on") or [])
+                                        | set(kept.get("merged_on") or [])),
+                    **{k: int(before.get(k) or 0) + int(kept.get(k) or 0)
+                       for k in ("lost", "stored")}}
         frames = self._store.frames(row.id)
         merged["outputs"] = {str(f): p for f, p in frames.items()}
         merged["hashes"] = {str(f): h for f, h in self._store.hashes(row.id).items()}
