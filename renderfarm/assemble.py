@@ -141,6 +141,8 @@ class Assembler:
         self.hashes: dict[int, str] = {}
         #: merges refused because the frame was merged already (0 unless something is wrong)
         self.merged_twice = 0
+        #: pieces lost with their node and merged from the copies their node stored
+        self.restored = 0
 
     def release(self) -> None:
         """The job ended: let go of the pieces still kept (pieces kept on the nodes leave
@@ -415,6 +417,7 @@ class Assembler:
                 gone.difference_update(tasks)
         with self._lock:
             self._pieces[frame] = pieces
+            self.restored += stored
             self._merged.discard(frame)
             self._generation[frame] = self._generation.get(frame, 0) + 1
         if not gone:  # every lost piece was stored: merged again from there

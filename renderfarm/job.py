@@ -885,7 +885,9 @@ class JobResult(_Json):
             seconds they were busy, the time to the first task on a new node); else None.
         pieces: where the job's pieces were kept: ``{"kept_on": "head" | "nodes",
             "merged_on": [node ids frames were merged on], "lost": pieces lost with their
-            node and rendered again}`` (:mod:`renderfarm.pieces`).
+            node and rendered again, "stored": pieces their nodes also stored for a restart,
+            "restored": pieces lost with their node and merged from those copies}``
+            (:mod:`renderfarm.pieces`).
     """
 
     job_id: str

@@ -417,7 +417,7 @@ class JobRun:
                                             "frames": [], "outputs": {}})
         entries = Entries(self)
         if self.resume is not None:
-            self._take_resume(self.resume)
+            take_resume(self, self.resume)
         self.runner = runner
         timeout = spec.task_timeout or self.farm.config.default_task_timeout
         # with what its caller set meanwhile; then cancel, pause and priority go there
@@ -498,7 +498,8 @@ class JobRun:
             "estimate": self.estimate, "elastic": self.elastic,
             "pieces": {"kept_on": "nodes" if self.on_nodes else "head",
                        "merged_on": sorted(self.merged_on), "lost": self.pieces_lost,
-                       "stored": self.pieces_stored}}
+                       "stored": self.pieces_stored,
+                       "restored": self.assembler.restored if self.assembler else 0}}
 
     def _keep_estimate(self, estimate: dict[str, Any]) -> None:
         self.estimate = estimate
@@ -690,45 +691,6 @@ class JobRun:
                 "as the resource tag:NAME, a GPU model as accelerator_type:MODEL, other terms "
                 "as node labels); finished frames are kept, submit it again to render the rest")
 
-    def _take_resume(self, resume: Resume) -> None:
-        """Mark what an earlier run finished as done; merge frames it left complete."""
-        assert self.state is not None and self.assembler is not None
-        index = {(e.task.frame, e.task.tile.index, e.task.chunk): i
-                 for i, e in self.state.entries.items()}
-        complete: set[int] = set()
-        for frame, path in resume.frames.items():
-            found = [i for (f, _t, _c), i in index.items() if f == frame]
-            if not found or not Path(path).is_file():
-                continue
-            for i in found:
-                self.state.succeeded(i)
-            self.assembler.kept(frame, Path(path))
-        for (frame, _t, _c), i in index.items():  # left alone by this run (no output)
-            if frame in resume.skip and frame not in resume.frames:
-                self.state.succeeded(i)
-        # a whole frame's render brought its File Output nodes' files along, and an earlier
-        # run's are gone: such frames render again
-        pieces = resume.pieces if not (self.info and self.info.file_outputs
-                                       and self.assembler.piece_format != PIECE_FORMAT) else ()
-        for piece in pieces:
-            members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
-            if (piece.frame in self.assembler.outputs or None in members
-                    or not Path(piece.path).is_file()):
-                continue
-            if any(self.state.entries[i].status is TaskStatus.DONE for i in members):
-                continue
-            if self.state.complete(members):
-                complete.add(piece.frame)
-            self.assembler.add(piece.frame, piece.chunk,
-                               Piece(Tile.from_dict(piece.tile), Path(piece.path)),
-                               tuple(i for i in members if i is not None))
-        if resume.frames or resume.pieces:
-            self.emit("info", message=f"resumed: {self.assembler.frames_done} frame(s) and "
-                      f"{self.state.count(TaskStatus.DONE)} task(s) already done")
-        for frame in sorted(complete):
-            self.assembler.schedule(frame)
-        self.check_end()
-
     def _pieces_lost(self, frame: int, members: tuple[int, ...]) -> None:
         """Pieces of ``frame`` were lost with their node: their tasks render again."""
         assert self.state is not None
@@ -750,6 +712,46 @@ class JobRun:
             lambda: MergeError("every worker died while finishing the frame", frame=frame),
             payload, final, WRITE_EXTENSIONS[final], self.files.ref, frame)
         return data["data"], dict(data.get("extras") or {})
+
+
+def take_resume(job: JobRun, resume: Resume) -> None:
+    """Mark what an earlier run of ``job`` finished as done; merge frames it left complete."""
+    assert job.state is not None and job.assembler is not None
+    index = {(e.task.frame, e.task.tile.index, e.task.chunk): i
+             for i, e in job.state.entries.items()}
+    complete: set[int] = set()
+    for frame, path in resume.frames.items():
+        found = [i for (f, _t, _c), i in index.items() if f == frame]
+        if not found or not Path(path).is_file():
+            continue
+        for i in found:
+            job.state.succeeded(i)
+        job.assembler.kept(frame, Path(path))
+    for (frame, _t, _c), i in index.items():  # left alone by this run (no output)
+        if frame in resume.skip and frame not in resume.frames:
+            job.state.succeeded(i)
+    # a whole frame's render brought its File Output nodes' files along, and an earlier
+    # run's are gone: such frames render again
+    pieces = resume.pieces if not (job.info and job.info.file_outputs
+                                   and job.assembler.piece_format != PIECE_FORMAT) else ()
+    for piece in pieces:
+        members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
+        if (piece.frame in job.assembler.outputs or None in members
+                or not Path(piece.path).is_file()):
+            continue
+        if any(job.state.entries[i].status is TaskStatus.DONE for i in members):
+            continue
+        if job.state.complete(members):
+            complete.add(piece.frame)
+        job.assembler.add(piece.frame, piece.chunk,
+                          Piece(Tile.from_dict(piece.tile), Path(piece.path)),
+                          tuple(i for i in members if i is not None))
+    if resume.frames or resume.pieces:
+        job.emit("info", message=f"resumed: {job.assembler.frames_done} frame(s) and "
+                 f"{job.state.count(TaskStatus.DONE)} task(s) already done")
+    for frame in sorted(complete):
+        job.assembler.schedule(frame)
+    job.check_end()
 
 
 def assemble_on_node_for(job: JobRun, entries: list[tuple[int, Piece, tuple[int, ...]]],

@@ -88,12 +88,13 @@ def _piece_checks(checks: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int, s
 def _pieces_kept(kept: Any) -> dict[str, Any] | None:
     """Where the job kept its pieces (its result's ``pieces``): ``on`` the head or the
     nodes, the nodes its frames were ``merged_on``, pieces ``lost`` with their node and
-    rendered again, pieces their nodes ``stored`` for a restart."""
+    rendered again, pieces their nodes ``stored`` for a restart, lost pieces ``restored``
+    from those copies."""
     if not isinstance(kept, dict):
         return None
     return {"on": str(kept.get("kept_on") or "head"),
             "merged_on": sorted(kept.get("merged_on") or []),
-            "lost": int(kept.get("lost") or 0), "stored": int(kept.get("stored") or 0)}
+            **{key: int(kept.get(key) or 0) for key in ("lost", "stored", "restored")}}
 
 
 def build_report(run: Mapping[str, Any], *, client: str = "", name: str | None = None,

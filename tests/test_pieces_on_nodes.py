@@ -169,16 +169,26 @@ def test_pieces_lost_with_their_node_are_rendered_again(cluster, make_scene, ref
 
 
 def test_pieces_a_lost_node_stored_are_merged_from_there(cluster, make_scene, reference,
-                                                        tmp_path, caplog) -> None:
+                                                        tmp_path, monkeypatch) -> None:
     """A job kept for a restart (a ``workdir``, as the service's): each node also writes its
     pieces there (it sees that folder); when a node leaves before its frame is merged, its
     pieces are merged from there and nothing renders twice."""
+    import ray
+
     from renderfarm import faults
     from renderfarm.farm import Farm
 
     scene = make_scene(width=128, height=96, frames=1, samples=4, all_passes=True)
     workdir = tmp_path / "pieces"
-    faults.arm("driver.merge", "sleep", seconds=12.0, times=1, match={"frame": 1})
+    gone = threading.Event()  # the frame's merge waits until the node is gone
+    fire = faults.fire
+
+    def merge_after_the_node_left(point: str, **context: object) -> None:
+        if point == "driver.merge":
+            assert gone.wait(120), "the node was not removed"
+        fire(point, **context)
+
+    monkeypatch.setattr(faults, "fire", merge_after_the_node_left)
     spare = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
@@ -187,7 +197,7 @@ def test_pieces_a_lost_node_stored_are_merged_from_there(cluster, make_scene, re
                                          group_tiles=False, output=str(tmp_path / "k_####.exr")),
                                  workdir=workdir)
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:  # every piece in, the merge asleep
+            while time.monotonic() < deadline:  # every piece in, the merge waiting
                 done = [t for t in handle.snapshot()["tasks"]
                         if t["ok"] and t["kind"] == "render"]
                 if len(done) == 4:
@@ -197,16 +207,22 @@ def test_pieces_a_lost_node_stored_are_merged_from_there(cluster, make_scene, re
             stored = sorted(p.name for p in workdir.glob("*.exr"))
             assert len(stored) == 4, stored  # each node wrote its piece where it was told
             held = [t for t in done if t["node"] == spare.node_id]
+            cluster.remove_node(spare)
+            while time.monotonic() < deadline and any(
+                    n["NodeID"] == spare.node_id and n["Alive"] for n in ray.nodes()):
+                time.sleep(0.2)
+            gone.set()
             if not held:
+                handle.result(300)
                 pytest.skip("the spare node rendered no piece this time")
-            threading.Thread(target=cluster.remove_node, args=(spare,)).start()
             result = handle.result(300)
     finally:
-        faults.disarm()
+        gone.set()
+    # the lost node's pieces merged from their stored copies, nothing rendered twice
     assert result.pieces is not None
-    assert result.pieces["stored"] == 4 and result.pieces["lost"] == 0
-    assert len(result.renders) == 4  # nothing rendered twice
-    assert "merged from their stored copies" in caplog.text  # the lost node's pieces
+    assert result.pieces["stored"] == 4 and result.pieces["lost"] == 0, result.pieces
+    assert result.pieces["restored"] == len(held), result.pieces
+    assert len(result.renders) == 4
     assert_same_image(result.outputs[1], reference(scene, [1])[1])
     assert not list(workdir.glob("*.exr")), "merged pieces are removed"
     assert not list(workdir.glob(".renderfarm-shared-*")), "the marker was left behind"

@@ -66,7 +66,7 @@ class Reports:
                     "merged_on": sorted(set(before.get("merged_on") or [])
                                         | set(kept.get("merged_on") or [])),
                     **{k: int(before.get(k) or 0) + int(kept.get(k) or 0)
-                       for k in ("lost", "stored")}}
+                       for k in ("lost", "stored", "restored")}}
         frames = self._store.frames(row.id)
         merged["outputs"] = {str(f): p for f, p in frames.items()}
         merged["hashes"] = {str(f): h for f, h in self._store.hashes(row.id).items()}
