@@ -280,31 +280,41 @@ def test_restart_mid_job_resumes_without_rendering_finished_pieces_again(
 
 def test_restart_with_pieces_on_the_nodes_renders_nothing_twice(tmp_path: Path, make_scene,
                                                                 reference) -> None:
-    """Pieces kept on the nodes die with the service that owned them; each node also wrote
-    its pieces into the service's state folder, so the restarted service merges unfinished
-    frames from those and renders only what was not finished."""
+    """On a Ray cluster whose head has no CPU, pieces kept on the nodes die with the service
+    that owned them; each node also wrote its pieces into the service's state folder, so the
+    restarted service merges unfinished frames from those and renders only what was not
+    finished."""
+    from tests.conftest import cpu_less_head_cluster
+
+    clusters = cpu_less_head_cluster(2)
+    cluster = next(clusters)
     blend = make_scene(width=96, height=72, samples=64, frames=6)
-    server = ServerProcess(tmp_path / "state", None, "--workers", "2",
-                           "--pieces", "nodes").start()
+    server = ServerProcess(tmp_path / "state", None, "--address", cluster.address,
+                           "--workers", "2", "--cpus-per-worker", "1")  # pieces: auto
     try:
-        with server.client() as client:
-            job_id = client.submit(blend, {"frames": "1-6", "tiles": [2, 2],
-                                           "output": "shot_####.exr", "group_tiles": False})
-            before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 6)
+        server.start()
+        try:
+            with server.client() as client:
+                job_id = client.submit(blend, {"frames": "1-6", "tiles": [2, 2],
+                                               "output": "shot_####.exr",
+                                               "group_tiles": False})
+                before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 6)
+        finally:
+            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        pieces = server.state / "jobs" / job_id / "pieces"
+        left = sorted(p.name for p in pieces.glob("*.exr"))
+        marked = list(pieces.glob(".renderfarm-shared-*"))
+        server.start()
+        try:
+            with server.client() as client:
+                job = wait_state(client, job_id, ("done", "failed"))
+                assert job["state"] == "done", job
+                fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
+                kept = client.report(job_id)["pieces_kept"]
+        finally:
+            server.stop()
     finally:
-        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
-    pieces = server.state / "jobs" / job_id / "pieces"
-    left = sorted(p.name for p in pieces.glob("*.exr"))
-    marked = list(pieces.glob(".renderfarm-shared-*"))
-    server.start()
-    try:
-        with server.client() as client:
-            job = wait_state(client, job_id, ("done", "failed"))
-            assert job["state"] == "done", job
-            fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
-            kept = client.report(job_id)["pieces_kept"]
-    finally:
-        server.stop()
+        next(clusters, None)  # the cluster shuts down
     assert kept["on"] == "nodes" and kept["stored"] >= 1 and kept["lost"] == 0, kept
     # pieces on the nodes (the head writes none then), stored by the nodes that saw the
     # folder's marker (left behind by the killed service)
