@@ -181,6 +181,14 @@ class Assembler:
         """Where a task's piece waits until its frame is merged."""
         return self.scratch / f"{task.task_id}{WRITE_EXTENSIONS[self.piece_format]}"
 
+    def stored_path(self, task: Task, attempt: int, worker: str) -> Path:
+        """Where the node of ``worker`` stores its piece of ``task`` (attempt ``attempt``)
+        for a restart (pieces on the nodes): each attempt its own file, so that only the
+        accepted one is used."""
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in worker)
+        return self.scratch / (f"{task.task_id}-a{attempt}-{name}"
+                               f"{WRITE_EXTENSIONS[self.piece_format]}")
+
     def add(self, frame: int, chunk: int, piece: Piece, members: tuple[int, ...] = ()) -> None:
         """Keep a finished piece of ``frame`` (sample range ``chunk``) that tasks ``members``
         rendered."""
@@ -314,9 +322,13 @@ class Assembler:
         self._futures.append(self._executor.submit(self._merge, frame, generation, lock))
 
     def wait(self) -> None:
-        """Wait for every merge scheduled so far (failures went to ``on_error``)."""
-        for future in list(self._futures):
-            future.exception()
+        """Wait for every merge scheduled so far, and those they schedule (failures went
+        to ``on_error``)."""
+        waited = 0
+        while waited < len(self._futures):
+            for future in list(self._futures[waited:]):
+                future.exception()
+                waited += 1
 
     # -- merge threads -----------------------------------------------------------------------
     def _merge(self, frame: int, generation: int, lock: threading.Lock) -> None:
@@ -351,7 +363,7 @@ class Assembler:
             try:
                 files, extras = self._on_nodes(entries, frame)
             except PiecesLost as exc:
-                self._lost(frame, entries, exc.members)
+                self._lost(frame, generation, entries, exc.members)
                 return
             for written in files:
                 if written.data is not None:  # the node could not see the job's folder
@@ -396,33 +408,47 @@ class Assembler:
             written.append(path)
         return written, extras
 
-    def _lost(self, frame: int, entries: list[tuple[int, Piece, tuple[int, ...]]],
-              members: tuple[int, ...]) -> None:
-        """Pieces of ``frame`` were lost with their node: those its node had also stored
-        for a restart are merged from there; the others wait for the lost ones' new
+    def _lost(self, frame: int, generation: int,
+              entries: list[tuple[int, Piece, tuple[int, ...]]], members: tuple[int, ...]
+              ) -> None:
+        """Pieces of ``frame`` were lost with their node (its merge of ``generation``
+        found out): those its node had also stored for a restart, whose copy is the piece its
+        worker described, are merged from there; the others wait for the lost ones' new
         renders, and the frame merges again once they are in."""
+        from renderfarm.bundle import file_sha256
+
         gone = set(members)
         with self._lock:  # a kept frame's pieces as they are now; else those this merge took
             source = list(self._pieces.get(frame, []) if self.keep_pieces else entries)
-        pieces = []
-        stored = 0
-        for chunk, piece, tasks in source:
-            if not gone.intersection(tasks):
-                pieces.append((chunk, piece, tasks))
-            elif piece.held is not None and piece.path.is_file():  # its node stored it
-                pieces.append((chunk, Piece(piece.tile, piece.path), tasks))
-                stored += 1
-        for _chunk, piece, tasks in pieces:
-            if piece.held is None:
-                gone.difference_update(tasks)
+        copies = {}  # the stored copies of lost pieces that are what their worker described
+        for number, (_chunk, piece, tasks) in enumerate(source):
+            held = piece.held
+            if (gone.intersection(tasks) and held is not None and held.stored
+                    and piece.path.is_file() and file_sha256(piece.path) == held.sha256):
+                copies[number] = Piece(piece.tile, piece.path)
         with self._lock:
+            if generation != self._generation.get(frame, 0):
+                return  # reopened meanwhile (a check's suspect): its new merge decides
+            if self.keep_pieces and self._pieces.get(frame, []) != source:
+                copies = {}  # changed meanwhile: render the lost ones again
+            pieces, useless = [], []
+            for number, (chunk, piece, tasks) in enumerate(source):
+                if number in copies:
+                    pieces.append((chunk, copies[number], tasks))
+                    gone.difference_update(tasks)
+                elif not gone.intersection(tasks):
+                    pieces.append((chunk, piece, tasks))
+                elif piece.held is not None and piece.held.stored:  # a copy not to be used
+                    useless.append(piece.path)
             self._pieces[frame] = pieces
-            self.restored += stored
+            self.restored += len(copies)
             self._merged.discard(frame)
             self._generation[frame] = self._generation.get(frame, 0) + 1
+        for path in useless:
+            path.unlink(missing_ok=True)
         if not gone:  # every lost piece was stored: merged again from there
             logger.warning("job %s: frame %d lost %d piece(s) with their node; merged from "
-                           "their stored copies", self.job_id, frame, stored)
+                           "their stored copies", self.job_id, frame, len(copies))
             self.schedule(frame)
             return
         logger.warning("job %s: frame %d lost %d piece(s) with their node; they render "

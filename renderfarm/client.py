@@ -512,7 +512,7 @@ class FarmClient:
             except Exception:
                 logger.warning("malformed event on %r dropped", frames[0][:40])
                 continue
-            if frames[0].startswith(b"preview."):
+            if frames[0].startswith(b"preview.") and message.get("kind") != "subscribed":
                 rgba = _inflate(blob or b"", MAX_PREVIEW_BYTES)
                 if rgba is None:
                     logger.warning("oversized or damaged preview on %r dropped", frames[0][:40])

@@ -68,6 +68,8 @@ class ResumePiece:
         tiles: the grid tiles it covers (several when neighbouring tiles were grouped).
         tile: the :class:`~renderfarm.job.Tile` it holds, as a dict.
         path: its file.
+        sha256: what its worker said of it, when its node stored it (pieces on the nodes):
+            a file that differs renders again; empty: the head wrote it.
     """
 
     frame: int
@@ -75,6 +77,7 @@ class ResumePiece:
     tiles: tuple[int, ...]
     tile: dict[str, Any]
     path: str
+    sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ from renderfarm.pieces import (
     assemble_on_node,
     biggest_node,
     compare_on_node,
+    warm,
 )
 from renderfarm.planner import Plan, plan_job, render_size
 from renderfarm.probe import Probe
@@ -284,6 +285,8 @@ class JobRun:
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.scratch = self.workdir
+            for stale in self.workdir.glob(".renderfarm-shared-*"):  # a killed run's
+                stale.unlink(missing_ok=True)
         else:
             self.scratch = Path(tempfile.mkdtemp(prefix=f"renderfarm-{self.handle.job_id}-"))
         try:
@@ -292,6 +295,7 @@ class JobRun:
             finally:
                 self.finished_at = time.monotonic()
                 self.inbox.shutdown(wait=True)  # its pieces and hooks are in before it ends
+                self.release()
                 self.elastic = self.pool.elastic_cost(self.snapshot()["tasks"], self.started_at) \
                     if self.pool is not None and self.pool.autoscale else None
             if self.elastic is not None:
@@ -314,12 +318,17 @@ class JobRun:
             self.handle.end(result, None)
         finally:
             self.inbox.shutdown(wait=True)  # nothing writes into the scratch folder after
-            for kept in (self.marker, self.store_marker, self.assembler):  # kept on nodes
-                if kept is not None:
-                    kept.release()
+            self.release()
             if self.workdir is None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
             self.farm.forget(self.handle)  # in case ending itself failed
+
+    def release(self) -> None:
+        """Let go of what the job kept on the nodes: its markers, its pieces (before anyone
+        sees it end)."""
+        for kept in (self.marker, self.store_marker, self.assembler):
+            if kept is not None:
+                kept.release()
 
     def _run(self, start: float) -> JobResult:
         spec = self.spec
@@ -372,6 +381,7 @@ class JobRun:
         self.pool = runner.pool
         self.on_nodes = self.farm.pieces_on_nodes()
         if self.on_nodes:  # a node that sees the job's folder writes its frames there
+            warm()  # its first merges, checks and previews start at once
             self.marker = SharedMarker(output_path(output, plan.frames[0]).parent)
             if self.workdir is not None and self.farm.config.store_node_pieces:
                 self.store_marker = SharedMarker(self.scratch)
@@ -716,6 +726,8 @@ class JobRun:
 
 def take_resume(job: JobRun, resume: Resume) -> None:
     """Mark what an earlier run of ``job`` finished as done; merge frames it left complete."""
+    from renderfarm.bundle import file_sha256
+
     assert job.state is not None and job.assembler is not None
     index = {(e.task.frame, e.task.tile.index, e.task.chunk): i
              for i, e in job.state.entries.items()}
@@ -738,6 +750,10 @@ def take_resume(job: JobRun, resume: Resume) -> None:
         members = [index.get((piece.frame, t, piece.chunk)) for t in piece.tiles]
         if (piece.frame in job.assembler.outputs or None in members
                 or not Path(piece.path).is_file()):
+            continue
+        if piece.sha256 and file_sha256(Path(piece.path)) != piece.sha256:
+            logger.warning("job %s: the stored piece %s is not the one its worker described; "
+                           "it renders again", job.handle.job_id, piece.path)
             continue
         if any(job.state.entries[i].status is TaskStatus.DONE for i in members):
             continue
@@ -875,7 +891,8 @@ class Entries:
         args = (job.settings.to_dict(), self.assembler.piece_format, task.to_dict(), attempt,
                 job.files.ref)
         if job.on_nodes:  # the piece stays on the worker's node: a second return value
-            store = (str(self.assembler.piece_path(task)), *job.store_marker.pair()) \
+            store = (str(self.assembler.stored_path(task, attempt, handle.worker_id)),
+                     *job.store_marker.pair()) \
                 if job.store_marker is not None and self.state.check_of(task.index) is None \
                 else None  # and is written where pieces are kept for a restart, if it can
             return handle.actor.render.options(num_returns=2).remote(*args, keep=True,
@@ -903,6 +920,9 @@ class Entries:
                   and isinstance(value[0], dict) else None) or {}
         if verdict is not Verdict.ACCEPT:
             reply = value[0] if isinstance(value, tuple) and value else None
+            if isinstance(reply, dict) and reply.get("piece_stored"):  # never used
+                self.assembler.stored_path(task, int(reply.get("attempt") or 0),
+                                           handle.worker_id).unlink(missing_ok=True)
             if isinstance(reply, dict) and "ok" in reply:  # its time counts all the same
                 job.record(self.result_of(task, reply, ok=False, error={
                     "type": "Dropped", "message": f"result not used ({verdict.value}"
@@ -961,11 +981,13 @@ class Entries:
         held: NodePiece | None = None
         stored = False  # a piece on its node written where pieces are kept for a restart
         if job.on_nodes:  # on the worker's node: only its size and hash came
+            stored = check is None and bool(reply.get("piece_stored"))
             held = NodePiece(data, str(reply.get("node") or ""),
                              int(reply.get("piece_bytes") or 0),
-                             str(reply.get("piece_sha256") or ""))
-            stored = check is None and bool(reply.get("piece_stored"))
-            if stored:
+                             str(reply.get("piece_sha256") or ""), stored=stored)
+            if stored:  # that attempt's own file
+                path = self.assembler.stored_path(task, int(reply.get("attempt") or 0),
+                                                  handle.worker_id)
                 with job.lock:
                     job.pieces_stored += 1
             if self.assembler.keep_pieces:  # a verified job's: for its checks
@@ -1006,7 +1028,8 @@ class Entries:
                        "tiles": self.tiles(task), "checked": checked is not None,
                        "piece": {"path": None if held is not None and not stored
                                  else str(path),
-                                 "name": path.name, "chunk": task.chunk,
+                                 "name": self.assembler.piece_path(task).name,
+                                 "chunk": task.chunk,
                                  "tile": task.tile.to_dict(), "size": list(task.size),
                                  **({"node": held.node, "bytes": held.size,
                                      "sha256": held.sha256} if held is not None else {})}})

@@ -13,7 +13,11 @@ folder (a shared file system: a marker the head writes there tells); otherwise i
 to the head, once.
 
 A piece whose node went away is lost: the frame's merge reports the tasks that rendered the
-lost pieces (:class:`PiecesLost`) and they are rendered again.
+lost pieces (:class:`PiecesLost`) and they are rendered again, unless their node also stored
+them where the job keeps its pieces for a restart (:func:`store_here`: the farm service's
+jobs, on a node that sees that folder) and the copy is the piece the worker described; then
+the frame merges from those copies. A piece whose bytes are not what its worker described
+(its SHA-256) counts as lost.
 """
 
 from __future__ import annotations
@@ -53,13 +57,16 @@ class NodePiece:
             not its node).
         node: the Ray node id of the node that holds it.
         size: its bytes.
-        sha256: its SHA-256, as the worker computed it.
+        sha256: its SHA-256, as the worker computed it (checked where it is fetched).
+        stored: the node also wrote it where the job keeps its pieces for a restart
+            (:func:`store_here`).
     """
 
     ref: Any
     node: str
     size: int
     sha256: str
+    stored: bool = False
 
 
 class PiecesLost(RenderFarmError):
@@ -124,6 +131,25 @@ def _on_node(function: Callable[..., Any], node: str) -> Callable[..., Any]:
     return _remote(function).options(**node_options(node)).remote
 
 
+def ready_here() -> bool:
+    """On a node (:func:`warm`): nothing; its process is then ready for the next task."""
+    return True
+
+
+def warm() -> None:
+    """Have a process ready on each render node (a node with CPUs) for the tasks that need
+    the pixels (a frame's merge, a check, a live tile's preview), so that a job's first ones
+    do not wait for Ray to start one; nothing waits for them."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and (node.get("Resources") or {}).get("CPU"):
+            try:
+                _on_node(ready_here, str(node["NodeID"]))()
+            except Exception as exc:  # only an optimisation
+                logger.debug("could not warm node %s: %s", node.get("NodeID"), exc)
+
+
 def _lost_errors() -> tuple[type[BaseException], ...]:
     import ray
 
@@ -131,13 +157,19 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fetch(box: Sequence[Any], path: Path) -> bool:
-    """Write the piece in ``box`` (``[ref]``: nested, so Ray does not fetch it before the
-    task runs) to ``path``; False when it is lost."""
+    """Write the piece in ``box`` (``[ref, sha256]``: nested, so Ray does not fetch it
+    before the task runs) to ``path``; False when it is lost, or is not the piece its worker
+    described (its SHA-256 differs: it renders again, as a lost one)."""
+    import hashlib
+
     import ray
 
     try:
         data = ray.get(box[0])
     except _lost_errors():
+        return False
+    if len(box) > 1 and box[1] and hashlib.sha256(data).hexdigest() != box[1]:
+        logger.warning("a piece is not the one its worker described (SHA-256 differs)")
         return False
     path.write_bytes(data)
     return True
@@ -173,7 +205,7 @@ def compare_on_node(first: NodePiece, second: NodePiece, tolerance: float,
     import ray
 
     same, why = ray.get(_on_node(compare_here, first.node)(
-        [first.ref], [second.ref], tolerance, suffix))
+        [first.ref, first.sha256], [second.ref, second.sha256], tolerance, suffix))
     if same is None:
         raise PiecesLost(())
     return bool(same), why
@@ -207,7 +239,8 @@ def preview_on_node(piece: NodePiece, tile: Any, canvas: Any, display: Any,
     """
     import ray
 
-    ref = _on_node(preview_here, piece.node)([piece.ref], tile, canvas, display, suffix)
+    ref = _on_node(preview_here, piece.node)([piece.ref, piece.sha256], tile, canvas, display,
+                                             suffix)
     try:
         return ray.get(ref, timeout=PREVIEW_TIMEOUT)
     except ray.exceptions.GetTimeoutError:  # a live preview is never worth a wait
@@ -403,7 +436,7 @@ def assemble_on_node(node: str, blueprint: Any, frame: int,
     """
     import ray
 
-    boxes = [(chunk, tile.to_dict(), [piece.ref], members)
+    boxes = [(chunk, tile.to_dict(), [piece.ref, piece.sha256], members)
              for chunk, tile, piece, members in pieces]
     for _attempt in range(2):
         result = ray.get(_on_node(assemble_here, node)(
@@ -441,7 +474,7 @@ def store_here(data: bytes, store: Sequence[str] | None) -> bool:
         data: the piece's bytes.
         store: ``(the piece's path, and the folder's SharedMarker pair)`` (None: not asked).
     """
-    if not store or not sees_marker((store[1], store[2])):
+    if not store or len(store) != 3 or not sees_marker((store[1], store[2])):
         return False
     import os
 
@@ -451,7 +484,10 @@ def store_here(data: bytes, store: Sequence[str] | None) -> bool:
         return False
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as out:  # on the disk before it has its name
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except OSError as exc:  # a restart renders it again
         logger.warning("could not store the piece %s: %s", path, exc)
@@ -470,4 +506,5 @@ def describe(data: bytes) -> dict[str, Any]:
 __all__ = ["MODELLED_NODES", "PIECES_MODES", "NodePiece", "NodeSlots", "PiecesLost",
            "SharedMarker", "Written", "assemble_here", "assemble_on_node", "biggest_node",
            "compare_here", "compare_on_node", "describe", "node_options", "on_nodes",
-           "preview_here", "preview_on_node", "sees_marker", "store_here"]
+           "preview_here", "preview_on_node", "ready_here", "sees_marker", "store_here",
+           "warm"]

@@ -126,11 +126,13 @@ def scenario_render(settings: dict[str, Any], out: Path) -> dict[str, Any]:
         if isinstance(message, work.TilePreview):
             snapshot["tiles"] = snapshot.get("tiles", 0) + 1
         if isinstance(message, work.Finished):
-            image = bpy.data.images["Render on Network"]
-            pixels = np.empty(len(image.pixels), dtype=np.float32)
-            image.pixels.foreach_get(pixels)
-            np.save(out / "preview.npy", pixels.reshape(image.size[1], image.size[0], 4))
-            snapshot["preview_size"] = list(image.size)
+            snapshot["finished"] = [message.state, message.message]
+            image = bpy.data.images.get("Render on Network")  # None: no tile was painted
+            if image is not None:
+                pixels = np.empty(len(image.pixels), dtype=np.float32)
+                image.pixels.foreach_get(pixels)
+                np.save(out / "preview.npy", pixels.reshape(image.size[1], image.size[0], 4))
+                snapshot["preview_size"] = list(image.size)
 
     seen = follow(scene, on_message)
     final = bpy.data.images["Render on Network"]

@@ -128,7 +128,7 @@ def assert_live_tiles_are_the_frame(addon_run: dict[str, Any]) -> None:
     transform, 8-bit, Blender's rows bottom-up), not a plain sRGB encoding."""
     run = addon_run["render"]
     combined, channels, linear = read_combined(Path(run["last_output"]))
-    assert run["tiles"] >= 1 and run["preview_size"] == [80, 64]
+    assert run.get("tiles", 0) >= 1 and run["preview_size"] == [80, 64], run
     preview = np.load(addon_run["folder"] / "preview.npy")[::-1]
     assert run["display"]["view_transform"] == "AgX"  # a new scene's, in Blender 5.0
     want = to_rgba8(combined, channels, linear, run["display"]).astype(np.float32) / 255
@@ -161,7 +161,7 @@ def test_live_tiles_on_a_cluster_with_pieces_on_the_nodes(
         server.stop()
         next(clusters, None)  # the cluster shuts down
     render = run["render"]
-    assert render["final_state"] == "done", render.get("message")
+    assert render["final_state"] == "done", (render.get("finished"), render.get("message"))
     output = Path(render["last_output"])
     assert output.name == "artist_0002.exr" and output.is_file()
     assert Path(render["final_image"]) == output and render["final_source"] == "FILE"

@@ -129,15 +129,54 @@ def test_a_spoiled_piece_is_caught_by_a_check_on_the_nodes(cluster, passes_scene
     assert_same_image(result.outputs[1], reference(passes_scene, [1])[1])
 
 
+def rendered(handle: object, count: int, timeout: float = 120) -> list[dict]:
+    """The job's render calls once ``count`` of them succeeded (each its piece)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [t for t in handle.snapshot()["tasks"]  # type: ignore[attr-defined]
+                if t["ok"] and t["kind"] == "render"]
+        if len(done) >= count or time.monotonic() > deadline:
+            assert len(done) == count, done
+            return done
+        time.sleep(0.2)
+
+
+def merge_after(monkeypatch) -> threading.Event:
+    """Frames are merged only once the returned event is set (a test removes a node
+    first)."""
+    from renderfarm import faults
+
+    gone = threading.Event()
+    fire = faults.fire
+
+    def merge_after_it(point: str, **context: object) -> None:
+        if point == "driver.merge":
+            assert gone.wait(120), "the node was not removed"
+        fire(point, **context)
+
+    monkeypatch.setattr(faults, "fire", merge_after_it)
+    return gone
+
+
+def remove(cluster, node) -> None:
+    """Remove ``node`` from the cluster and wait until Ray knows it is gone."""
+    import ray
+
+    cluster.remove_node(node)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(
+            n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes()):
+        time.sleep(0.2)
+
+
 def test_pieces_lost_with_their_node_are_rendered_again(cluster, make_scene, reference,
-                                                        tmp_path) -> None:
+                                                        tmp_path, monkeypatch) -> None:
     """A node leaves after rendering its pieces, before its frame is merged: the pieces it
     held render again on the other node, and the frame equals Blender's."""
-    from renderfarm import faults
     from renderfarm.farm import Farm
 
     passes_scene = make_scene(width=128, height=96, frames=1, samples=4, all_passes=True)
-    faults.arm("driver.merge", "sleep", seconds=12.0, times=1, match={"frame": 1})
+    gone = merge_after(monkeypatch)
     spare = cluster.add_node(num_cpus=1)  # the node that leaves; the fixture's stay
     cluster.wait_for_nodes()
     try:
@@ -146,71 +185,12 @@ def test_pieces_lost_with_their_node_are_rendered_again(cluster, make_scene, ref
                                          group_tiles=False,
                                          output=str(tmp_path / "l_####.exr")))
             spare_id = spare.node_id
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:  # every piece in, the merge asleep
-                done = [t for t in handle.snapshot()["tasks"]
-                        if t["ok"] and t["kind"] == "render"]
-                if len(done) == 4:
-                    break
-                time.sleep(0.2)
-            assert len(done) == 4
+            done = rendered(handle, 4)  # the merge waiting
             # pieces above Ray's 100 KB inline limit stay on their node (smaller ones
             # travel with the reply)
             assert all(t["piece_bytes"] > 100_000 for t in done)
             held = [t for t in done if t["node"] == spare_id]
-            if not held:
-                pytest.skip("the spare node rendered no piece this time")
-            threading.Thread(target=cluster.remove_node, args=(spare,)).start()
-            result = handle.result(300)
-    finally:
-        faults.disarm()
-    assert result.pieces is not None and result.pieces["lost"] >= len(held)
-    assert_same_image(result.outputs[1], reference(passes_scene, [1])[1])
-
-
-def test_pieces_a_lost_node_stored_are_merged_from_there(cluster, make_scene, reference,
-                                                        tmp_path, monkeypatch) -> None:
-    """A job kept for a restart (a ``workdir``, as the service's): each node also writes its
-    pieces there (it sees that folder); when a node leaves before its frame is merged, its
-    pieces are merged from there and nothing renders twice."""
-    import ray
-
-    from renderfarm import faults
-    from renderfarm.farm import Farm
-
-    scene = make_scene(width=128, height=96, frames=1, samples=4, all_passes=True)
-    workdir = tmp_path / "pieces"
-    gone = threading.Event()  # the frame's merge waits until the node is gone
-    fire = faults.fire
-
-    def merge_after_the_node_left(point: str, **context: object) -> None:
-        if point == "driver.merge":
-            assert gone.wait(120), "the node was not removed"
-        fire(point, **context)
-
-    monkeypatch.setattr(faults, "fire", merge_after_the_node_left)
-    spare = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
-        with Farm(address=cluster.address, cpus_per_worker=1) as farm:
-            handle = farm.submit(JobSpec(str(scene), frames="1", tiles=(2, 2),
-                                         group_tiles=False, output=str(tmp_path / "k_####.exr")),
-                                 workdir=workdir)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:  # every piece in, the merge waiting
-                done = [t for t in handle.snapshot()["tasks"]
-                        if t["ok"] and t["kind"] == "render"]
-                if len(done) == 4:
-                    break
-                time.sleep(0.2)
-            assert len(done) == 4 and all(t["piece_bytes"] > 100_000 for t in done)
-            stored = sorted(p.name for p in workdir.glob("*.exr"))
-            assert len(stored) == 4, stored  # each node wrote its piece where it was told
-            held = [t for t in done if t["node"] == spare.node_id]
-            cluster.remove_node(spare)
-            while time.monotonic() < deadline and any(
-                    n["NodeID"] == spare.node_id and n["Alive"] for n in ray.nodes()):
-                time.sleep(0.2)
+            remove(cluster, spare)
             gone.set()
             if not held:
                 handle.result(300)
@@ -218,14 +198,81 @@ def test_pieces_a_lost_node_stored_are_merged_from_there(cluster, make_scene, re
             result = handle.result(300)
     finally:
         gone.set()
-    # the lost node's pieces merged from their stored copies, nothing rendered twice
+    assert result.pieces is not None and result.pieces["lost"] >= len(held), result.pieces
+    assert result.pieces["stored"] == 0  # a job not kept for a restart stores nothing
+    assert_same_image(result.outputs[1], reference(passes_scene, [1])[1])
+
+
+@pytest.mark.parametrize("spoiled", [False, True], ids=["stored", "stored-then-spoiled"])
+def test_pieces_a_lost_node_stored_are_merged_from_there(cluster, make_scene, reference,
+                                                        tmp_path, monkeypatch,
+                                                        spoiled) -> None:
+    """A job kept for a restart (a ``workdir``, as the service's): each node also writes its
+    pieces there (it sees that folder); when a node leaves before its frame is merged, its
+    pieces are merged from there and nothing renders twice. A stored copy that is not the
+    piece its worker described (changed on the file server) is not used: it renders again."""
+    from renderfarm.farm import Farm
+
+    scene = make_scene(width=128, height=96, frames=1, samples=4, all_passes=True)
+    workdir = tmp_path / "pieces"
+    gone = merge_after(monkeypatch)
+    spare = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        with Farm(address=cluster.address, cpus_per_worker=1) as farm:
+            handle = farm.submit(JobSpec(str(scene), frames="1", tiles=(2, 2),
+                                         group_tiles=False, output=str(tmp_path / "k_####.exr")),
+                                 workdir=workdir)
+            done = rendered(handle, 4)  # the merge waiting
+            assert all(t["piece_bytes"] > 100_000 for t in done)
+            stored = sorted(p.name for p in workdir.glob("*.exr"))
+            assert len(stored) == 4, stored  # each node wrote its piece where it was told
+            held = [t for t in done if t["node"] == spare.node_id]
+            if spoiled:  # every stored copy changed after it was written
+                for path in workdir.glob("*.exr"):
+                    data = bytearray(path.read_bytes())
+                    data[-100] ^= 0xFF
+                    path.write_bytes(bytes(data))
+            remove(cluster, spare)
+            gone.set()
+            if not held:
+                handle.result(300)
+                pytest.skip("the spare node rendered no piece this time")
+            result = handle.result(300)
+    finally:
+        gone.set()
     assert result.pieces is not None
-    assert result.pieces["stored"] == 4 and result.pieces["lost"] == 0, result.pieces
-    assert result.pieces["restored"] == len(held), result.pieces
-    assert len(result.renders) == 4
+    if spoiled:  # the lost node's pieces rendered again (and stored again)
+        assert result.pieces["stored"] == 4 + len(held), result.pieces
+        assert result.pieces["restored"] == 0, result.pieces
+        assert result.pieces["lost"] == len(held), result.pieces
+        assert len([t for t in result.renders if t.ok]) == 4 + len(held)
+    else:  # merged from their stored copies, nothing rendered twice
+        assert result.pieces["stored"] == 4 and result.pieces["lost"] == 0, result.pieces
+        assert result.pieces["restored"] == len(held), result.pieces
+        assert len([t for t in result.renders if t.ok]) == 4
     assert_same_image(result.outputs[1], reference(scene, [1])[1])
     assert not list(workdir.glob("*.exr")), "merged pieces are removed"
     assert not list(workdir.glob(".renderfarm-shared-*")), "the marker was left behind"
+
+
+def test_a_piece_that_is_not_what_its_worker_described_counts_as_lost(cluster,
+                                                                     tmp_path) -> None:
+    """Where a piece is fetched on a node (a merge, a check, a preview), its bytes must have
+    the SHA-256 its worker gave; otherwise it renders again, as a lost one."""
+    import hashlib
+
+    import ray
+
+    from renderfarm.pieces import _fetch
+
+    data = bytes(range(256)) * 800  # above Ray's inline limit: kept in the object store
+    ref = ray.put(data)
+    assert _fetch([ref, hashlib.sha256(data).hexdigest()], tmp_path / "good.exr")
+    assert (tmp_path / "good.exr").read_bytes() == data
+    assert not _fetch([ref, hashlib.sha256(b"other").hexdigest()], tmp_path / "bad.exr")
+    assert not (tmp_path / "bad.exr").exists()
+    assert _fetch([ref, ""], tmp_path / "unsaid.exr")  # an earlier run's file: the head hashed it
 
 
 def test_a_node_that_does_not_see_the_folder_stores_nothing(tmp_path) -> None:

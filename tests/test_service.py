@@ -234,6 +234,41 @@ def test_server_survives_a_client_that_disappears_mid_job(farm_server: ServerPro
         assert farm_server.proc.poll() is None
 
 
+def test_a_subscription_to_previews_is_confirmed_and_each_preview_has_pixels(
+        farm_server: ServerProcess, make_scene, caplog) -> None:
+    """The farm's confirmation of a preview subscription is taken as one (the client does
+    not wait out its timeout, nor take it for a tile), and every preview is a tile's
+    pixels."""
+    blend = make_scene(width=64, height=48, samples=4, frames=1)
+    with farm_server.client() as client:
+        job_id = client.submit(blend, {"frames": "1", "tiles": [2, 2], "group_tiles": False,
+                                       "output": "sub_####.exr"})
+        client.subscribe(job_id, previews=True)
+        assert "did not confirm" not in caplog.text
+        previews, deadline = [], time.monotonic() + 180
+        while time.monotonic() < deadline:
+            events = client.poll_events(0.5)
+            previews += [e for e in events if e.get("kind") == "preview"]
+            if any(e.get("kind") == "job_done" for e in events):
+                break
+    assert previews and all(p.get("kind") == "preview" and "tile" in p for p in previews)
+    assert all(len(p["rgba"]) == p["width"] * p["height"] * 4 > 0 for p in previews)
+
+
+def finish_after_restart(server: ServerProcess, job_id: str, folder: Path
+                         ) -> tuple[dict[int, Path], dict[str, Any]]:
+    """Start the killed ``server`` again, wait for its job to be done; its frames fetched
+    into ``folder``, and its report."""
+    server.start()
+    try:
+        with server.client() as client:
+            job = wait_state(client, job_id, ("done", "failed"))
+            assert job["state"] == "done", job
+            return client.fetch_outputs(job_id, folder), client.report(job_id)
+    finally:
+        server.stop()
+
+
 def test_restart_mid_job_resumes_without_rendering_finished_pieces_again(
         tmp_path: Path, make_scene, reference, s3_server: str) -> None:
     """Storage in S3 (a real S3 server on loopback); the service is killed mid-job."""
@@ -254,14 +289,7 @@ def test_restart_mid_job_resumes_without_rendering_finished_pieces_again(
             before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 8)
     finally:
         assert server.stop(signal.SIGKILL) == -signal.SIGKILL
-    server.start()
-    try:
-        with server.client() as client:
-            job = wait_state(client, job_id, ("done", "failed"))
-            assert job["state"] == "done", job
-            fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
-    finally:
-        server.stop()
+    fetched, _report = finish_after_restart(server, job_id, tmp_path / "fetched")
     db = sqlite3.connect(server.state / "farm.db")
     runs = [row[0] for row in db.execute("SELECT task_id FROM runs WHERE job_id = ?",
                                          (job_id,))]
@@ -284,13 +312,19 @@ def test_restart_with_pieces_on_the_nodes_renders_nothing_twice(tmp_path: Path, 
     that owned them; each node also wrote its pieces into the service's state folder, so the
     restarted service merges unfinished frames from those and renders only what was not
     finished."""
+    from renderfarm import faults
     from tests.conftest import cpu_less_head_cluster
 
+    # frame 2's merge waits in the first run: its pieces are in, stored, not merged
+    fault_file = tmp_path / "faults.json"
+    faults.arm_workers(fault_file, [faults.Fault("driver.merge", "sleep", times=1,
+                                                 seconds=120.0, match={"frame": 2})])
     clusters = cpu_less_head_cluster(2)
     cluster = next(clusters)
     blend = make_scene(width=96, height=72, samples=64, frames=6)
     server = ServerProcess(tmp_path / "state", None, "--address", cluster.address,
-                           "--workers", "2", "--cpus-per-worker", "1")  # pieces: auto
+                           "--workers", "2", "--cpus-per-worker", "1",  # pieces: auto
+                           env={faults.FAULTS_ENV: str(fault_file)})
     try:
         server.start()
         try:
@@ -298,34 +332,35 @@ def test_restart_with_pieces_on_the_nodes_renders_nothing_twice(tmp_path: Path, 
                 job_id = client.submit(blend, {"frames": "1-6", "tiles": [2, 2],
                                                "output": "shot_####.exr",
                                                "group_tiles": False})
-                before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 6)
+                before = wait_until(client, job_id, lambda j: j["tasks_done"] >= 10)
         finally:
             assert server.stop(signal.SIGKILL) == -signal.SIGKILL
         pieces = server.state / "jobs" / job_id / "pieces"
         left = sorted(p.name for p in pieces.glob("*.exr"))
         marked = list(pieces.glob(".renderfarm-shared-*"))
-        server.start()
-        try:
-            with server.client() as client:
-                job = wait_state(client, job_id, ("done", "failed"))
-                assert job["state"] == "done", job
-                fetched = client.fetch_outputs(job_id, tmp_path / "fetched")
-                kept = client.report(job_id)["pieces_kept"]
-        finally:
-            server.stop()
+        # one stored piece changed on the file server: it is not used, its tile renders again
+        spoiled = pieces / next(name for name in left if name.startswith("f0002-"))
+        data = bytearray(spoiled.read_bytes())
+        data[-100] ^= 0xFF
+        spoiled.write_bytes(bytes(data))
+        fetched, report = finish_after_restart(server, job_id, tmp_path / "fetched")
+        kept = report["pieces_kept"]
     finally:
         next(clusters, None)  # the cluster shuts down
     assert kept["on"] == "nodes" and kept["stored"] >= 1 and kept["lost"] == 0, kept
     # pieces on the nodes (the head writes none then), stored by the nodes that saw the
     # folder's marker (left behind by the killed service)
     assert marked, "the pieces' folder had no marker: were the pieces kept on the nodes?"
-    assert left, "no piece of an unfinished frame was stored by its node"
+    stored = [name for name in left if name.startswith("f0002-")]
+    assert len(stored) == 4, left  # frame 2's, each by the node that rendered it
     db = sqlite3.connect(server.state / "farm.db")
     runs = [row[0] for row in db.execute("SELECT task_id FROM runs WHERE job_id = ?",
                                          (job_id,))]
-    # every one of the 24 tiles rendered exactly once, across both runs of the service
-    assert len(runs) == 24 and len(set(runs)) == 24, runs
-    assert before["tasks_done"] >= 6
+    # every one of the 24 tiles rendered once across both runs of the service, but the one
+    # whose stored piece was spoiled: twice
+    again = spoiled.name.split("-a")[0]
+    assert len(set(runs)) == 24 and runs.count(again) == 2 and len(runs) == 25, runs
+    assert before["tasks_done"] >= 10
     want = reference(blend, [1, 6])
     for frame in (1, 6):
         got, ref = read_layers(fetched[frame]), read_layers(want[frame])

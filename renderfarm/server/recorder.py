@@ -192,21 +192,24 @@ class Recorder:
         data = event.data
         piece = data["piece"]
         path = Path(piece["path"] or piece["name"])
-        record = (job_id, path.stem, event.frame or 0, piece["chunk"], data["tiles"],
-                  piece["tile"], str(path), data.get("worker"), data.get("render_seconds"))
-        if piece["path"] is None:  # kept on its node: a restart renders it again
-            self._store.add_run(job_id, path.stem, event.frame or 0, data["tiles"],
+        task_id = Path(piece["name"]).stem
+        record = (job_id, task_id, event.frame or 0, piece["chunk"], data["tiles"],
+                  piece["tile"], str(path), data.get("worker"), data.get("render_seconds"),
+                  piece.get("sha256"))
+        if piece["path"] is None:  # kept on its node, not stored: a restart renders it again
+            self._store.add_run(job_id, task_id, event.frame or 0, data["tiles"],
                                 data.get("worker"), data.get("render_seconds"))
         elif data.get("checked"):  # kept for a restart only once its check has agreed
             live.held[(event.frame or 0, piece["chunk"], tuple(data["tiles"]))] = (
                 data.get("worker"), record)
         else:
             self._store.add_piece(*record)
+        name = piece["name"]  # the piece's name (a stored one's file has its attempt's)
         if not previews_keep_up(live.handle.backlog()):
-            self._publisher.skip_preview(job_id, path.name)
+            self._publisher.skip_preview(job_id, name)
             return
         self._publisher.preview(job_id, live, event.frame or 0, Tile.from_dict(piece["tile"]),
-                                path.name)
+                                name)
 
     def _task_checked(self, job_id: str, live: Live, event: Event) -> None:
         """A checked piece recorded when its check agreed; nothing of a suspect worker

@@ -78,7 +78,7 @@ def resumed(spec: JobSpec, plan: Mapping[str, Any], pieces: Sequence[Mapping[str
     only = plan.get("only")
     return spec, Resume(
         pieces=tuple(ResumePiece(p["frame"], p["chunk"], tuple(p["tiles"]), p["tile"],
-                                 p["path"]) for p in pieces),
+                                 p["path"], p.get("sha256") or "") for p in pieces),
         frames=frames,
         skip=frozenset(set(plan.get("frames") or []) - set(only)) if only else frozenset())
 

@@ -128,7 +128,8 @@ CREATE INDEX IF NOT EXISTS logs_by_time ON logs (job_id, at);
 """
 
 #: columns added since the first schema: ``(table, column, type and default)``
-_ADDED_COLUMNS = (("logs", "tiles", "TEXT NOT NULL DEFAULT '[]'"),)
+_ADDED_COLUMNS = (("logs", "tiles", "TEXT NOT NULL DEFAULT '[]'"),
+                  ("pieces", "sha256", "TEXT"))
 
 #: what each action does to a job in each state (a missing pair is refused)
 _TRANSITIONS: dict[tuple[str, str], str] = {
@@ -416,11 +417,13 @@ class Store:
     # -- pieces and frames -------------------------------------------------------------------
     def add_piece(self, job_id: str, task_id: str, frame: int, chunk: int, tiles: list[int],
                   tile: dict[str, Any], path: str, worker: str | None,
-                  seconds: float | None) -> None:
-        """Record a finished piece (kept until its frame is merged)."""
-        self._run("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  seconds: float | None, sha256: str | None = None) -> None:
+        """Record a finished piece (kept until its frame is merged; ``sha256``: what its
+        worker said of a piece its node stored, checked before a restart uses it)."""
+        self._run("INSERT OR REPLACE INTO pieces (job_id, task_id, frame, chunk, tiles, tile, "
+                  "path, worker, seconds, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (job_id, task_id, frame, chunk, json.dumps(tiles), json.dumps(tile), path,
-                   worker, seconds))
+                   worker, seconds, sha256))
         self.add_run(job_id, task_id, frame, tiles, worker, seconds)
 
     def add_run(self, job_id: str, task_id: str, frame: int, tiles: list[int],
@@ -522,10 +525,10 @@ class Store:
 
     def pieces(self, job_id: str) -> list[dict[str, Any]]:
         """The pieces of a job waiting for their frame's merge."""
-        rows = self._run("SELECT frame, chunk, tiles, tile, path FROM pieces WHERE job_id = ?",
-                         (job_id,))
+        rows = self._run("SELECT frame, chunk, tiles, tile, path, sha256 FROM pieces "
+                         "WHERE job_id = ?", (job_id,))
         return [{"frame": r[0], "chunk": r[1], "tiles": json.loads(r[2]),
-                 "tile": json.loads(r[3]), "path": r[4]} for r in rows]
+                 "tile": json.loads(r[3]), "path": r[4], "sha256": r[5] or ""} for r in rows]
 
     def frames(self, job_id: str) -> dict[int, str]:
         """The merged frames of a job and their files."""
