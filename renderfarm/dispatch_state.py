@@ -169,7 +169,8 @@ class WorkerJoined:
 
 @dataclass(frozen=True)
 class WorkerStarted:
-    """A worker answered: it takes tasks from now on; ``tags``: what its node offers."""
+    """A worker answered: it takes tasks from now on; ``tags``: what its node offers
+    (posted again when that changes: a Blender registered on its machine since)."""
 
     worker_id: str
     tags: WorkerTags = field(default_factory=WorkerTags)
@@ -403,7 +404,7 @@ class JobSlot:
     durations: list[float] = field(default_factory=list)
     #: the same per worker (how fast each worker is on this job)
     paces: dict[str, list[float]] = field(default_factory=dict)
-    #: whether each worker meets :attr:`require` (a worker's tags never change)
+    #: whether each worker meets :attr:`require` (forgotten when a worker's tags change)
     fits: dict[str, bool] = field(default_factory=dict)
 
     @property
@@ -622,7 +623,10 @@ class DispatchState:
     def _worker_started(self, event: WorkerStarted) -> list[Instruction]:
         slot = self.workers.setdefault(event.worker_id, WorkerSlot(event.worker_id))
         slot.started = True
-        slot.tags = event.tags
+        if slot.tags != event.tags:  # what it offers changed: each job asks again
+            slot.tags = event.tags
+            for job in self.jobs.values():
+                job.fits.pop(event.worker_id, None)
         return []
 
     def _worker_loaded(self, event: WorkerLoaded) -> list[Instruction]:

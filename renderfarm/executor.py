@@ -748,6 +748,34 @@ class WorkerPool:
         with self._lock:
             return [h for h in self.workers.values() if h.ready]
 
+    def refresh_offers(self, wait: float = 30.0) -> list[WorkerHandle]:
+        """Ask each started worker which Blenders its machine has now (one registered or
+        prepared since it started is offered from now on); returns those whose offer
+        changed. A worker that does not answer within ``wait`` seconds keeps its offer."""
+        import ray
+
+        from renderfarm.tags import WorkerTags, with_blenders
+
+        handles = self.ready
+        asked = {h.actor.blenders.remote(): h for h in handles}
+        done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=wait)
+        changed = []
+        for ref in done:
+            handle = asked[ref]
+            try:
+                fresh = list(ray.get(ref))
+            except Exception as exc:  # gone meanwhile: the pool finds out
+                logger.info("worker %s did not say its Blenders: %s", handle.worker_id, exc)
+                continue
+            tags = with_blenders(handle.tags or WorkerTags(),
+                                 [str(b.get("version")) for b in fresh],
+                                 [str(b.get("path")) for b in fresh
+                                  if b.get("kind") == "executable"])
+            if tags != handle.tags:
+                handle.blenders, handle.tags = fresh, tags
+                changed.append(handle)
+        return changed
+
     @property
     def trusted(self) -> list[WorkerHandle]:
         """The started workers that are neither suspect nor disabled: they get tasks."""

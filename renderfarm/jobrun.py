@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from renderfarm import faults
 from renderfarm.assemble import Assembler
-from renderfarm.dispatch_state import WorkerLoaded
+from renderfarm.dispatch_state import WorkerLoaded, WorkerStarted
 from renderfarm.dispatcher import PoolRunner
 from renderfarm.errors import (
     CancelledError,
@@ -81,7 +81,7 @@ from renderfarm.state import (
     TaskStatus,
     Verdict,
 )
-from renderfarm.tags import Requirement, executable_requirement
+from renderfarm.tags import Requirement, executable_requirement, satisfies
 from renderfarm.worker_calls import WorkerCalls
 
 if TYPE_CHECKING:
@@ -354,6 +354,10 @@ class JobRun:
                                               self.emit, self.warn, self.handle.job_id)
         require += executable_requirement(self.blender)  # only machines that have it
         self.require = require
+        if require and not any(satisfies(h.tags, require) for h in runner.pool.trusted
+                               if h.tags is not None):  # registered since they started?
+            runner.post(*(WorkerStarted(h.worker_id, h.tags)
+                          for h in runner.pool.refresh_offers()), wait=5.0)
         key = blend_hash if not self.blender else f"{blend_hash}@{self.blender}"
         self.info = info = self.calls.inspect(blend_hash, self.blender)
         # what Blender itself reports missing after opening the file on a worker
@@ -682,7 +686,6 @@ class JobRun:
         """On an autoscaled farm: stop a job whose tasks have waited the farm's
         ``wait_for_workers`` with no worker that may take them, naming what was asked (a
         paused job asks for nothing and waits for nothing)."""
-        from renderfarm.tags import satisfies
 
         with self.lock:
             waiting = self.state is not None and self.state.has_pending()

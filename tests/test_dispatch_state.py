@@ -238,6 +238,21 @@ def test_require_keeps_a_job_on_the_workers_that_meet_it() -> None:
     assert [c.worker_id for c in starts(out)] == ["big"]
 
 
+def test_a_worker_that_offers_more_since_it_started_gets_the_job() -> None:
+    """A Blender registered on a worker's machine after it started (posted again with what
+    it offers now) makes it fit a job that renders with that Blender."""
+    from renderfarm.tags import executable_requirement, with_blenders
+
+    state = DispatchState(depth=1)
+    started_workers(state, "w1")
+    out = state.handle(JobAdded("a", "f", Job("a", 2),
+                                require=executable_requirement("/usr/bin/blender")), Tick(0.0))
+    assert starts(out) == []  # nothing on this machine offers it yet
+    now = with_blenders(WorkerTags(), ["5.0.1", "3.4.1"], ["/usr/bin/blender"])
+    out = state.handle(WorkerStarted("w1", now), Tick(1.0))
+    assert [c.worker_id for c in starts(out)] == ["w1"]
+
+
 def test_a_straggler_gets_a_backup_and_the_first_result_wins() -> None:
     state = DispatchState(depth=1)
     job = Job("a", 6)
